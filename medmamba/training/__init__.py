@@ -1,0 +1,78 @@
+"""The MobileMamba training recipe as MONAI / ignite components.
+
+One concept per module:
+
+- :mod:`~medmamba.training.distillation`: knowledge-distillation losses (classification with a
+  distillation head, pixel-wise for segmentation) and the soft-target cross-entropy;
+- :mod:`~medmamba.training.teacher`: the frozen teacher and the teacher-logit cache;
+- :mod:`~medmamba.training.iteration`: the ``SupervisedTrainer`` ``iteration_update`` that ties
+  teacher, loss, mixup, mixed precision and gradient clipping together;
+- :mod:`~medmamba.training.ema`: EMA of the weights and its ignite handler;
+- :mod:`~medmamba.training.mixup`: Mixup / CutMix with label smoothing, segmentation CutMix;
+- :mod:`~medmamba.training.optim`: AdamW with the recipe's weight-decay exemptions;
+- :mod:`~medmamba.training.schedule`: per-iteration warm-up + cosine-to-floor schedule;
+- :mod:`~medmamba.training.amp`: autocast dtype per device, grad scaler;
+- :mod:`~medmamba.training.export`: norm fusion, TorchScript / ONNX export and verification;
+- :mod:`~medmamba.training.checkpoint`: loading weights from the checkpoints all of these write.
+
+Every class takes plain constructor arguments, so a MONAI bundle config can build it with
+``"_target_": "medmamba.training.<Name>"``.
+"""
+
+from __future__ import annotations
+
+from .amp import autocast, create_grad_scaler, resolve_amp_dtype
+from .checkpoint import extract_state_dict, load_weights
+from .distillation import (
+    DistillationLoss,
+    SegmentationDistillationLoss,
+    SoftTargetCrossEntropy,
+    hard_distillation,
+    pixelwise_distillation,
+    soft_distillation,
+    split_student_output,
+)
+from .ema import EMAHandler, ModelEMA, ema_decay
+from .export import ExportMismatchError, ExportResult, FusedExportHandler, export_fused, verify_export
+from .iteration import DistillationIteration
+from .mixup import MixupCutmix, SegmentationCutMix, rand_box, smooth_one_hot
+from .optim import NO_DECAY_NAMES, create_optimizer, param_groups, scale_lr
+from .schedule import WarmupCosineLR, warmup_cosine_factor
+from .teacher import Teacher, TeacherLogitCache, batch_ids
+
+__all__ = [
+    "DistillationIteration",
+    "DistillationLoss",
+    "EMAHandler",
+    "ExportMismatchError",
+    "ExportResult",
+    "FusedExportHandler",
+    "MixupCutmix",
+    "ModelEMA",
+    "NO_DECAY_NAMES",
+    "SegmentationCutMix",
+    "SegmentationDistillationLoss",
+    "SoftTargetCrossEntropy",
+    "Teacher",
+    "TeacherLogitCache",
+    "WarmupCosineLR",
+    "autocast",
+    "batch_ids",
+    "create_grad_scaler",
+    "create_optimizer",
+    "ema_decay",
+    "export_fused",
+    "extract_state_dict",
+    "hard_distillation",
+    "load_weights",
+    "param_groups",
+    "pixelwise_distillation",
+    "rand_box",
+    "resolve_amp_dtype",
+    "scale_lr",
+    "smooth_one_hot",
+    "soft_distillation",
+    "split_student_output",
+    "verify_export",
+    "warmup_cosine_factor",
+]

@@ -1,0 +1,95 @@
+"""Loading network weights from the checkpoints the training recipe writes.
+
+MONAI's :class:`~monai.handlers.CheckpointSaver` writes a dict keyed by the names of its
+``save_dict`` (``{"model": ..., "ema": ..., "optimizer": ...}``); a plain ``torch.save`` of
+``model.state_dict()`` is a flat dict of tensors; a :class:`~medmamba.training.ema.ModelEMA`
+state dict prefixes every tensor with ``module.`` and carries a ``num_updates`` counter; DDP
+prefixes with ``module.`` too. :func:`extract_state_dict` accepts all of these so that the teacher,
+the export step and the benchmarks can load "the best (or EMA) checkpoint" the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["extract_state_dict", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+#: Keys tried, in order, when a checkpoint holds several objects and no ``key`` is given.
+_DEFAULT_KEYS = ("model", "network", "state_dict", "net", "ema")
+#: Bookkeeping entries of :class:`~medmamba.training.ema.ModelEMA` that are not network weights.
+_EMA_EXTRA = ("num_updates",)
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def extract_state_dict(checkpoint: Mapping | str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Return the network state dict held by ``checkpoint``.
+
+    Args:
+        checkpoint: a path (loaded with ``torch.load(weights_only=True)`` on the CPU) or an
+            already loaded object: a flat state dict, or a dict of named objects as written by
+            MONAI's ``CheckpointSaver`` (e.g. ``{"model": ..., "ema": ...}``).
+        key: which entry to take from a dict of named objects (``"model"``, ``"ema"``...). When
+            ``None``, a flat state dict is used as is, otherwise the first of ``model``,
+            ``network``, ``state_dict``, ``net``, ``ema`` present is taken.
+
+    Returns:
+        The state dict with a leading ``module.`` prefix (DDP, :class:`ModelEMA`) removed and the
+        EMA counter ``num_updates`` dropped.
+
+    Raises:
+        ValueError: when ``key`` is not in the checkpoint or no state dict can be found.
+        TypeError: when ``checkpoint`` is neither a path nor a mapping.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"checkpoint must be a path or a mapping, got {type(checkpoint).__name__}.")
+    if key is not None:
+        if key not in checkpoint:
+            raise ValueError(f"key={key!r} is not in the checkpoint; available keys: {sorted(checkpoint)[:20]}.")
+        state = checkpoint[key]
+    elif _is_state_dict(checkpoint):
+        state = checkpoint
+    else:
+        found = [k for k in _DEFAULT_KEYS if k in checkpoint]
+        if not found:
+            raise ValueError(
+                f"no state dict found in the checkpoint (keys {sorted(checkpoint)[:20]}); pass key= one of them."
+            )
+        state = checkpoint[found[0]]
+    if not _is_state_dict(state):
+        raise ValueError(f"checkpoint entry {key!r} is not a state dict of tensors.")
+    state = {k: v for k, v in state.items() if k not in _EMA_EXTRA}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(
+    network: nn.Module, checkpoint: Mapping | str | os.PathLike, key: str | None = None, strict: bool = True
+) -> nn.Module:
+    """Load ``checkpoint`` (see :func:`extract_state_dict`) into ``network`` in place and return it.
+
+    Args:
+        network: the module to fill.
+        checkpoint: path or loaded checkpoint.
+        key: entry of a multi-object checkpoint (``"model"``, ``"ema"``...).
+        strict: passed to :meth:`torch.nn.Module.load_state_dict`.
+    """
+    state = extract_state_dict(checkpoint, key=key)
+    result = network.load_state_dict(state, strict=strict)
+    if not strict and (result.missing_keys or result.unexpected_keys):
+        logger.warning(
+            "load_weights: %d missing and %d unexpected keys", len(result.missing_keys), len(result.unexpected_keys)
+        )
+    return network
