@@ -1,0 +1,19 @@
+"""MobileMamba networks, the selective scan, norm fusion, checkpoint conversion and export."""
+
+from __future__ import annotations
+
+from .convert import adapt_input_channels, convert_official_state_dict, load_official_checkpoint
+from .fusion import fuse_norms
+from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
+from .selective_scan import selective_scan
+
+__all__ = [
+    "MOBILEMAMBA_VARIANTS",
+    "MobileMamba",
+    "MobileMambaBlock",
+    "adapt_input_channels",
+    "convert_official_state_dict",
+    "fuse_norms",
+    "load_official_checkpoint",
+    "selective_scan",
+]

@@ -1,0 +1,32 @@
+"""Building blocks of MobileMamba."""
+
+from __future__ import annotations
+
+from .conv_bn import BNLinear, ConvBN, Residual, fuse_bn_linear, fuse_conv_bn
+from .feed_forward import FeedForward
+from .mk_deconv import MKDeConv
+from .mrffi import MRFFI, split_channels
+from .patch_merging import PatchMerging, SqueezeExcite, make_divisible
+from .selective_scan_2d import SelectiveScan2D
+from .wavelet import inverse_wavelet_transform, wavelet_filters, wavelet_transform
+from .wte_mamba import WTEMamba
+
+__all__ = [
+    "BNLinear",
+    "ConvBN",
+    "FeedForward",
+    "MKDeConv",
+    "MRFFI",
+    "PatchMerging",
+    "Residual",
+    "SelectiveScan2D",
+    "SqueezeExcite",
+    "WTEMamba",
+    "fuse_bn_linear",
+    "fuse_conv_bn",
+    "inverse_wavelet_transform",
+    "make_divisible",
+    "split_channels",
+    "wavelet_filters",
+    "wavelet_transform",
+]

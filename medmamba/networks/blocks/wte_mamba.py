@@ -1,0 +1,61 @@
+"""WTE-Mamba: the wavelet-transform-enhanced Mamba global branch of MRFFI."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .selective_scan_2d import SelectiveScan2D
+from .wavelet import inverse_wavelet_transform, wavelet_filters, wavelet_transform
+
+__all__ = ["WTEMamba"]
+
+
+class WTEMamba(nn.Module):
+    """Wavelet-transform-enhanced Mamba (WTE-Mamba).
+
+    ``out = s ⊙ SS2D(x) + IWT(t ⊙ DWConv_k(WT(x)))``: the selective scan captures global context, while
+    a depthwise convolution on the Haar sub-bands at half resolution strengthens high-frequency
+    (edge) detail. Odd ``H`` or ``W`` is zero-padded at the bottom/right before the transform and the
+    reconstruction is cropped back.
+
+    The analysis/synthesis filters ``wt_filter``/``iwt_filter`` are fixed (``requires_grad=False``)
+    parameters, as in the reference implementation, so parameter counts and checkpoints match it.
+
+    Args:
+        channels: global channels ``Cg``.
+        kernel_size: kernel of the depthwise convolution on the sub-bands.
+        ssm_ratio: SS2D expansion ratio.
+        wavelet: PyWavelets name of the wavelet (MobileMamba: ``"db1"``, Haar).
+        scan_backend: selective-scan backend of the SS2D.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        ssm_ratio: float = 2.0,
+        wavelet: str = "db1",
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        dec, rec = wavelet_filters(wavelet, channels)
+        self.wt_filter = nn.Parameter(dec, requires_grad=False)
+        self.iwt_filter = nn.Parameter(rec, requires_grad=False)
+        self.ssm = SelectiveScan2D(channels, ssm_ratio=ssm_ratio, scan_backend=scan_backend)
+        self.ssm_scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.wavelet_conv = nn.Conv2d(
+            4 * channels, 4 * channels, kernel_size, padding="same", groups=4 * channels, bias=False
+        )
+        self.wavelet_scale = nn.Parameter(torch.full((1, 4 * channels, 1, 1), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        xw = x
+        if h % 2 == 1 or w % 2 == 1:
+            xw = F.pad(x, (0, w % 2, 0, h % 2))
+        bands = wavelet_transform(xw, self.wt_filter)
+        bands = self.wavelet_conv(bands) * self.wavelet_scale
+        detail = inverse_wavelet_transform(bands, self.iwt_filter)[:, :, :h, :w]
+        return self.ssm(x) * self.ssm_scale + detail

@@ -1,0 +1,231 @@
+"""Conversion of the reference implementation's checkpoints to medmamba's parameter names.
+
+The released MobileMamba ImageNet checkpoints use the reference implementation's module names
+(``patch_embed``, ``blocks1``…``blocks3``, ``mixer.m.attn.global_op.global_atten`` …). Following
+timm's ``checkpoint_filter_fn`` pattern, those quirks live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["convert_official_state_dict", "load_official_checkpoint", "adapt_input_channels"]
+
+logger = logging.getLogger(__name__)
+
+# Ordered (pattern, replacement) rules applied to the part of a key after its stage prefix,
+# written with a leading dot so that every rule matches whole dot-delimited names.
+_BLOCK_RULES: list[tuple[str, str]] = [
+    (r"^\.dw0\.m\.", ".dw_conv0.branch."),
+    (r"^\.dw1\.m\.", ".dw_conv1.branch."),
+    (r"^\.ffn0\.m\.", ".ffn0.branch."),
+    (r"^\.ffn1\.m\.", ".ffn1.branch."),
+    (r"^\.mixer\.m\.attn\.", ".mixer.branch."),
+]
+_MODULE_RULES: list[tuple[str, str]] = [
+    (r"\.pw1\.", ".fc1."),
+    (r"\.pw2\.", ".fc2."),
+    (r"global_op\.global_atten\.", "global_branch.ssm."),
+    (r"global_op\.base_scale\.weight$", "global_branch.ssm_scale"),
+    (r"global_op\.wavelet_convs\.0\.", "global_branch.wavelet_conv."),
+    (r"global_op\.wavelet_scale\.0\.weight$", "global_branch.wavelet_scale"),
+    (r"global_op\.", "global_branch."),
+    (r"local_op\.dwconv3x3\.", "local_branch.spatial.conv."),
+    (r"local_op\.bn1\.", "local_branch.spatial.bn."),
+    (r"local_op\.dwconv1x1\.", "local_branch.pointwise.conv."),
+    (r"local_op\.bn2\.", "local_branch.pointwise.bn."),
+    (r"proj\.1\.", "proj."),
+    (r"\.conv2d\.", ".dw_conv."),
+    (r"\.dt_projs_weight$", ".dt_proj_weight"),
+    (r"\.dt_projs_bias$", ".dt_proj_bias"),
+    (r"\.A_logs$", ".A_log"),
+    (r"\.Ds$", ".D"),
+    (r"\.c\.(weight|bias)$", r".conv.\1"),
+    (r"^\.conv1\.", ".expand."),
+    (r"^\.conv2\.", ".dw_conv."),
+    (r"^\.conv3\.", ".project."),
+]
+_DOWNSAMPLE_PARTS = {
+    "0.0.m.": "dw_conv_pre.branch.",
+    "0.1.m.": "ffn_pre.branch.",
+    "2.0.m.": "dw_conv_post.branch.",
+    "2.1.m.": "ffn_post.branch.",
+}
+
+
+def _rename(key: str) -> str:
+    if key.startswith("patch_embed."):
+        rest = key[len("patch_embed.") :]
+        return "stem." + re.sub(r"\.c\.", ".conv.", rest)
+    m = re.match(r"^(head|head_dist)\.(bn|l)\.(.*)$", key)
+    if m:
+        return f"{m.group(1)}.{'bn' if m.group(2) == 'bn' else 'linear'}.{m.group(3)}"
+    m = re.match(r"^blocks([123])\.(\d+)\.(.*)$", key)
+    if not m:
+        return key
+    stage, index, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+    if stage == 1:
+        prefix = f"stages.0.blocks.{index}."
+    elif index >= 3:
+        prefix = f"stages.{stage - 1}.blocks.{index - 3}."
+    elif index == 1:
+        prefix = f"stages.{stage - 1}.downsample.patch_merging."
+    else:
+        full = f"{index}.{rest}"
+        for old, new in _DOWNSAMPLE_PARTS.items():
+            if full.startswith(old):
+                prefix = f"stages.{stage - 1}.downsample.{new}"
+                rest = full[len(old) :]
+                break
+        else:
+            return key
+    rest = "." + rest  # rules match on dot-delimited names
+    for pattern, repl in _BLOCK_RULES + _MODULE_RULES:
+        rest = re.sub(pattern, repl, rest)
+    return prefix + rest[1:]
+
+
+def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a reference-implementation MobileMamba state dict to :class:`MobileMamba` names.
+
+    Keys already in medmamba's naming pass through unchanged, so converting twice is harmless.
+    A ``module.`` prefix (DataParallel / DDP checkpoints) is stripped.
+
+    Args:
+        state_dict: the reference implementation's ``state_dict()`` (the ``"net"`` / ``"net_E"`` entry
+            of a released checkpoint).
+
+    Returns:
+        A new dict with medmamba's keys and the same tensors.
+
+    Raises:
+        TypeError: ``state_dict`` is not a mapping of names to tensors.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of parameter names to tensors, got {type(state_dict).__name__}.")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state_dict keys must be strings, got {key!r}.")
+        name = key[len("module.") :] if key.startswith("module.") else key
+        out[_rename(name)] = value
+    return out
+
+
+def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt the first convolution's weight ``(out, c, k, k)`` to ``in_channels`` input channels.
+
+    One channel: the filters summed over the input channels (a grey image equals an RGB image with
+    three equal channels). More channels: the filters repeated cyclically and rescaled by
+    ``c / in_channels`` so that the response to a constant image is preserved.
+
+    Args:
+        weight: the pretrained stem weight.
+        in_channels: the new number of input channels.
+
+    Returns:
+        The adapted weight ``(out, in_channels, k, k)``.
+    """
+    c = weight.shape[1]
+    if in_channels == c:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // c)
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (c / in_channels)
+
+
+def _extract_state_dict(obj: Any, ema: bool, path: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        order = ("net_E", "net", "state_dict", "model") if ema else ("net", "net_E", "state_dict", "model")
+        for key in order:
+            if key in obj and isinstance(obj[key], Mapping):
+                return obj[key]
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise ValueError(
+        f"checkpoint {path!r} holds no state dict: expected a dict of tensors or a dict with a 'net' or 'net_E' entry."
+    )
+
+
+def load_official_checkpoint(
+    path: str,
+    variant: str,
+    *,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    distillation: bool | None = None,
+    ema: bool = False,
+    **kwargs: Any,
+):
+    """Build a :class:`MobileMamba` variant and load a released reference checkpoint into it.
+
+    The file is read with ``torch.load(weights_only=True)``, so an untrusted checkpoint cannot run
+    code. The stem is adapted to ``in_channels`` (:func:`adapt_input_channels`) and the classifier
+    head(s) re-created when ``num_classes`` differs from the checkpoint's; both are logged.
+
+    Args:
+        path: checkpoint file.
+        variant: MobileMamba variant name.
+        in_channels: input channels of the new network.
+        num_classes: classes of the new network.
+        distillation: keep a distillation head; ``None`` keeps it when the checkpoint has one.
+        ema: prefer the EMA weights (``"net_E"``).
+        kwargs: further :class:`MobileMamba` arguments.
+
+    Returns:
+        The network, in eval mode, with the checkpoint's weights.
+
+    Raises:
+        ValueError: the file holds no state dict, or keys are missing/unexpected or shapes differ
+            (all of them listed).
+    """
+    from .nets.mobilemamba import MobileMamba
+
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    sd = convert_official_state_dict(_extract_state_dict(obj, ema, str(path)))
+    has_dist = any(k.startswith("head_dist.") for k in sd)
+    if distillation is None:
+        distillation = has_dist
+    model = MobileMamba(variant, in_channels=in_channels, num_classes=num_classes, distillation=distillation, **kwargs)
+
+    stem_key = "stem.0.conv.weight"
+    if stem_key in sd and sd[stem_key].shape[1] != in_channels:
+        logger.info("adapting the stem from %d to %d input channels", sd[stem_key].shape[1], in_channels)
+        sd[stem_key] = adapt_input_channels(sd[stem_key], in_channels)
+    target = model.state_dict()
+    for head in ("head", "head_dist"):
+        keys = [k for k in sd if k.startswith(head + ".")]
+        ckpt_classes = sd[f"{head}.linear.weight"].shape[0] if f"{head}.linear.weight" in sd else None
+        if head == "head_dist" and not distillation:
+            for k in keys:
+                sd.pop(k)
+            continue
+        if ckpt_classes is not None and ckpt_classes != num_classes:
+            logger.info("re-creating %s for %d classes (checkpoint has %d)", head, num_classes, ckpt_classes)
+            for k in keys:
+                sd.pop(k)
+            sd.update({k: v for k, v in target.items() if k.startswith(head + ".")})
+        elif head == "head_dist" and not keys and distillation:
+            logger.info("checkpoint has no distillation head; head_dist starts from the head's weights")
+            sd.update({k.replace("head.", "head_dist.", 1): v for k, v in sd.items() if k.startswith("head.")})
+
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs network {tuple(target[k].shape)}"
+        for k in set(sd) & set(target)
+        if sd[k].shape != target[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit MobileMamba variant={variant!r}: "
+            f"missing keys {missing}; unexpected keys {unexpected}; shape mismatches {mismatched}."
+        )
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
