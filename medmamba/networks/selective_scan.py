@@ -46,6 +46,8 @@ SCAN_BACKENDS: tuple[str, ...] = ("auto", "parallel", "reference", "cuda")
 # produces denormals, which are 12-36x slower on x86 CPUs. exp(-80) < 2e-35, so nothing changes.
 _LOG_DECAY_MIN = -80.0
 
+_USE_FAST_SOFTPLUS = False
+
 
 # --------------------------------------------------------------------------------------------
 # validation
@@ -176,6 +178,11 @@ def _fast_softplus(z: Tensor) -> Tensor:
     return v.log_().add_(t).add_(z.clamp_min(0.0))
 
 
+def _softplus(z: Tensor) -> Tensor:
+    """Softplus of the time steps (``F.softplus``, or :func:`_fast_softplus` where faster)."""
+    return _fast_softplus(z) if _USE_FAST_SOFTPLUS else F.softplus(z)
+
+
 def _scan_fwd_(a: Tensor, b: Tensor) -> None:
     """In place along the last dim: ``b[t] <- a[t]·b[t-1] + b[t]`` (``a`` is not modified).
 
@@ -232,6 +239,10 @@ class SelectiveScanFn(torch.autograd.Function):
     Inputs must already be in the compute dtype and contiguous:
     ``u, delta (batch, K*Dm, L)``, ``A (K*Dm, N)``, ``B, C (batch, K, N, L)``,
     ``D, delta_bias (K*Dm,)`` or ``None``. Use :func:`selective_scan` rather than this class.
+
+    The forward pass saves the decays ``a = exp(Δ·A)`` and the states ``h``; the backward pass
+    runs one reverse scan ``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` (``g = dL/dh``) and otherwise only
+    elementwise products and reductions.
     """
 
     @staticmethod
@@ -251,66 +262,67 @@ class SelectiveScanFn(torch.autograd.Function):
         dm = kd // groups
         u4 = u.view(batch, groups, dm, length)
         z = delta if delta_bias is None else delta + delta_bias[:, None]
-        dt = _fast_softplus(z) if delta_softplus else z
-        dt4 = dt.view(batch, groups, dm, 1, length)
-        A5 = A.view(groups, dm, n_state, 1)
-        # decays a = exp(Δ·A) (clamped log-decay), inputs x = Δ·u·B: (batch, K, Dm, N, L)
-        a = (dt4 * A5).clamp_min_(_LOG_DECAY_MIN).exp_()
-        w = dt4 * u4.unsqueeze(3)
-        h = w * B.unsqueeze(2)
+        dt = _softplus(z) if delta_softplus else z
+        dt5 = dt.view(batch, groups, dm, 1, length)
+        # decays a = exp(Δ·A) with the log-decay clamped, inputs x = Δ·u·B: (batch, K, Dm, N, L)
+        a = torch.mul(dt5, A.view(groups, dm, n_state, 1)).clamp_min_(_LOG_DECAY_MIN).exp_()
+        w = (dt * u).view(batch, groups, dm, 1, length)
+        h = w.mul_(B.unsqueeze(2)) if n_state == 1 else w * B.unsqueeze(2)
         _scan_fwd_(a, h)
-        y = (h * C.unsqueeze(2)).sum(3) if n_state > 1 else h.squeeze(3) * C
+        if n_state > 1:
+            y = (h * C.unsqueeze(2)).sum(3)
+        else:
+            y = h.squeeze(3) * C
         if D is not None:
             y.addcmul_(u4, D.view(groups, dm, 1))
         ctx.delta_softplus = delta_softplus
-        ctx.has_d = D is not None
         ctx.has_bias = delta_bias is not None
-        ctx.save_for_backward(u, dt, A, B, C, D, a, h)
+        ctx.save_for_backward(u, z if delta_softplus else None, dt, A, B, C, D, a, h)
         return y.view(batch, kd, length)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        u, dt, A, B, C, D, a, h = ctx.saved_tensors
+        u, z, dt, A, B, C, D, a, h = ctx.saved_tensors
         batch, kd, length = u.shape
         groups, n_state = B.shape[1], A.shape[1]
         dm = kd // groups
         dy4 = dy.to(u.dtype).contiguous().view(batch, groups, dm, length)
         u4 = u.view(batch, groups, dm, length)
         dt4 = dt.view(batch, groups, dm, length)
-        A5 = A.view(groups, dm, n_state, 1)
-        B5 = B.unsqueeze(2)
         # g_t = dL/dh_t = C_t·dy_t + a_{t+1}·g_{t+1}
-        g = dy4.unsqueeze(3) * C.unsqueeze(2)
+        g = torch.mul(dy4.unsqueeze(3), C.unsqueeze(2))
         _scan_rev_(a, g)
-        # dL/d(Δ_t·A) = g_t·a_t·h_{t-1}
-        gah = torch.empty_like(g)
-        gah[..., 0] = 0.0
-        torch.mul(g[..., 1:], h[..., :-1], out=gah[..., 1:])
-        gah.mul_(a)
+        # q_t = dL/d(Δ_t·A) = g_t·a_t·h_{t-1}  (q_0 = 0)
+        q = torch.empty_like(g)
+        q[..., 0] = 0.0
+        torch.mul(g[..., 1:], h[..., :-1], out=q[..., 1:])
+        q.mul_(a)
+        A4 = A.view(groups, dm, n_state, 1)
         if n_state > 1:
-            gb = (g * B5).sum(3)
-            d_dt = (gah * A5).sum(3)
+            gb = (g * B.unsqueeze(2)).sum(3)  # Σ_n g·B
+            d_dt = (q * A4).sum(3)
+            dA = (q * dt4.unsqueeze(3)).sum(-1).sum(0)
+            dB = (g * (dt4 * u4).unsqueeze(3)).sum(2)
+            dC = (h * dy4.unsqueeze(3)).sum(2)
         else:
-            gb = g.squeeze(3) * B
-            d_dt = gah.squeeze(3) * A5.squeeze(3)
-        # dL/dB = Σ_d g·Δ·u ; dL/dC = Σ_d h·dy
-        w = dt4 * u4
-        dB = torch.einsum("bkdnl,bkdl->bknl", g, w)
-        dC = torch.einsum("bkdnl,bkdl->bknl", h, dy4)
-        dA = torch.einsum("bkdnl,bkdl->kdn", gah, dt4).reshape(kd, n_state)
+            g4, q4, h4 = g.squeeze(3), q.squeeze(3), h.squeeze(3)
+            gb = g4 * B
+            d_dt = q4 * A4.squeeze(3)
+            dA = q4.mul_(dt4).sum(-1).sum(0)  # q is not needed any more
+            dB = torch.mul(dt4, u4).mul_(g4).sum(2, keepdim=True)
+            dC = h4.mul(dy4).sum(2, keepdim=True)
         du = gb * dt4
         d_dt.addcmul_(gb, u4)
         dD = None
-        if ctx.has_d:
+        if D is not None:
             du.addcmul_(dy4, D.view(groups, dm, 1))
-            dD = torch.einsum("bkdl,bkdl->kd", dy4, u4).reshape(kd)
+            dD = (dy4 * u4).sum(-1).sum(0).reshape(kd)
         if ctx.delta_softplus:
-            # softplus' = sigmoid(z) = 1 - exp(-softplus(z))
-            d_dt.mul_(torch.expm1(dt4.neg()).neg_())
+            d_dt.mul_(torch.sigmoid(z).view_as(d_dt))  # softplus' = sigmoid
         d_delta = d_dt.view(batch, kd, length)
-        d_bias = d_delta.sum((0, 2)) if ctx.has_bias else None
-        return du.view(batch, kd, length), d_delta, dA, dB, dC, dD, d_bias, None
+        d_bias = d_delta.sum(-1).sum(0) if ctx.has_bias else None
+        return du.view(batch, kd, length), d_delta, dA.reshape(kd, n_state), dB, dC, dD, d_bias, None
 
 
 # --------------------------------------------------------------------------------------------
