@@ -5,12 +5,14 @@ from __future__ import annotations
 from .convert import adapt_input_channels, convert_official_state_dict, load_official_checkpoint
 from .fusion import fuse_norms
 from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
+from .nets.segmentation import MobileMambaSeg
 from .selective_scan import selective_scan
 
 __all__ = [
     "MOBILEMAMBA_VARIANTS",
     "MobileMamba",
     "MobileMambaBlock",
+    "MobileMambaSeg",
     "adapt_input_channels",
     "convert_official_state_dict",
     "fuse_norms",

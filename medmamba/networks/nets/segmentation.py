@@ -226,6 +226,7 @@ class MobileMambaSeg(nn.Module):
         self.deep_supervision = bool(deep_supervision)
         self.decoder_channels = widths
         self.pad_mode = pad_mode
+        self.pad_multiple: int = ENCODER_STRIDE
 
     def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The six encoder levels (strides 2, 4, 8, 16, 32, 64) of a padded input."""
@@ -261,8 +262,9 @@ class MobileMambaSeg(nn.Module):
                 f"input has {x.shape[1]} channels but the network was built with in_channels={self.in_channels}."
             )
         height, width = x.shape[-2], x.shape[-1]
-        pad_h = (ENCODER_STRIDE - height % ENCODER_STRIDE) % ENCODER_STRIDE
-        pad_w = (ENCODER_STRIDE - width % ENCODER_STRIDE) % ENCODER_STRIDE
+        multiple = self.pad_multiple
+        pad_h = (multiple - height % multiple) % multiple
+        pad_w = (multiple - width % multiple) % multiple
         if pad_h > 0 or pad_w > 0:
             x = F.pad(x, [0, pad_w, 0, pad_h], mode=self.pad_mode)
         size = [x.shape[-2], x.shape[-1]]
