@@ -156,18 +156,22 @@ def test_torchscript_matches_eager() -> None:
             _assert_close_rel(scripted(x), model(x), 1e-5, f"TorchScript {shape}")
 
 
-def test_onnx_export_matches_eager(tmp_path: Path) -> None:
+def test_onnx_export_matches_eager_at_any_size(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     model = fuse_norms(_tiny_model(in_channels=1, out_channels=2))
-    x = torch.randn(1, 1, 97, 131)
     path = tmp_path / "seg.onnx"
-    torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False, input_names=["image"],
-                      output_names=["logits"])
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(
+        model, (torch.randn(1, 1, 97, 131),), str(path), opset_version=17, dynamo=False,
+        input_names=["image"], output_names=["logits"], dynamic_axes={"image": dynamic, "logits": dynamic},
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        _assert_close_rel(torch.from_numpy(out), model(x), 1e-4, "onnxruntime")
+    for shape in ((1, 1, 97, 131), (2, 1, 64, 200)):  # the padding is computed from the input shape
+        x = torch.randn(*shape)
+        (out,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            _assert_close_rel(torch.from_numpy(out), model(x), 1e-4, f"onnxruntime {shape}")
 
 
 def test_runs_as_2p5d_network_in_slice_stack_inferer() -> None:

@@ -130,11 +130,16 @@ class SliceStackInferer(Inferer):
             expected = expected_in_channels(network)
             given = inputs.shape[1] * window
             if expected is not None and expected != given:
+                hint = (
+                    f"a volume with {expected // window} modalities"
+                    if expected % window == 0
+                    else f"a context whose 2*context+1 divides {expected}"
+                )
                 raise ValueError(
                     f"the network takes {expected} input channels, but context={self.context} stacks "
                     f"2*{self.context}+1={window} slices x {inputs.shape[1]} modalities = {given} channels; "
-                    f"build the network with in_channels={given} or use a volume with "
-                    f"{expected / window:g} modalities (pass check_channels=False to skip this check)."
+                    f"build the network with in_channels={given} or use {hint} "
+                    "(pass check_channels=False to skip this check)."
                 )
 
     def _placement(self, out_slice: torch.Tensor) -> int:
