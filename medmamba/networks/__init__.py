@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .convert import adapt_input_channels, convert_official_state_dict, load_official_checkpoint
+from .convert import (
+    adapt_input_channels,
+    convert_official_state_dict,
+    emulate_reference_cpu_merge,
+    load_official_checkpoint,
+)
 from .fusion import fuse_norms
 from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
 from .nets.segmentation import MobileMambaSeg
@@ -15,6 +20,7 @@ __all__ = [
     "MobileMambaSeg",
     "adapt_input_channels",
     "convert_official_state_dict",
+    "emulate_reference_cpu_merge",
     "fuse_norms",
     "load_official_checkpoint",
     "selective_scan",

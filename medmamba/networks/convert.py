@@ -14,7 +14,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["convert_official_state_dict", "load_official_checkpoint", "adapt_input_channels"]
+__all__ = [
+    "convert_official_state_dict",
+    "load_official_checkpoint",
+    "adapt_input_channels",
+    "emulate_reference_cpu_merge",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +234,32 @@ def load_official_checkpoint(
         )
     model.load_state_dict(sd, strict=True)
     return model.eval()
+
+
+def emulate_reference_cpu_merge(model: torch.nn.Module, enable: bool = True) -> torch.nn.Module:
+    """Reproduce (or undo) the reference implementation's batch-coupled SS2D merge on CPU.
+
+    On the CPU, the reference implementation merges the two scan directions of its SS2D with a
+    broadcast over the batch (VMamba's ``cross_merge_fwd`` for two directions), so that image ``i``
+    receives ``Σ_j y0_j + B·reverse(y1_i)`` instead of ``y0_i + reverse(y1_i)``: its output depends
+    on which other images share its batch. The fixtures written by that code (batch 2) carry this
+    coupling. medmamba merges per image; this switch exists only to check number-for-number
+    agreement with such fixtures. For a batch of one image both merges are identical.
+
+    Args:
+        model: a network holding :class:`~medmamba.networks.blocks.SelectiveScan2D` modules.
+        enable: ``True`` to emulate the reference CPU merge, ``False`` to restore the per-image merge.
+
+    Returns:
+        ``model`` (modified in place).
+    """
+    from .blocks.selective_scan_2d import SelectiveScan2D
+
+    found = 0
+    for module in model.modules():
+        if isinstance(module, SelectiveScan2D):
+            module.batch_coupled_merge = bool(enable)
+            found += 1
+    if not found:
+        raise ValueError(f"model {type(model).__name__} holds no SelectiveScan2D module to switch.")
+    return model

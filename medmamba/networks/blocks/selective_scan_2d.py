@@ -32,9 +32,16 @@ class SelectiveScan2D(nn.Module):
         dt_rank: rank ``R`` of the Δ projection; ``None`` gives ``ceil(C / 16)``.
         scan_backend: backend of :func:`medmamba.networks.selective_scan` (``"auto"``, ``"parallel"``,
             ``"reference"``, ``"cuda"``); TorchScript and ONNX export always use the scriptable scan.
-    """
 
-    directions: int = 2
+    Attributes:
+        batch_coupled_merge: ``False`` (default): every image's two scan directions are merged on
+            their own, ``y_i = y0_i + reverse(y1_i)``. ``True`` reproduces the reference
+            implementation's CPU code path, whose merge broadcasts over the batch
+            (``y_i = Σ_j y0_j + B·reverse(y1_i)``), so that an image's output depends on the other
+            images of its batch. It exists only to verify against fixtures written by that code;
+            set it with :func:`medmamba.networks.convert.emulate_reference_cpu_merge`, never for
+            real use. Both agree for a batch of one image.
+    """
 
     def __init__(
         self,
@@ -47,7 +54,9 @@ class SelectiveScan2D(nn.Module):
         super().__init__()
         d_inner = int(ssm_ratio * channels)
         dt_rank = math.ceil(channels / 16) if dt_rank is None else dt_rank
-        k = self.directions
+        k = 2  # directions: row-major forwards and backwards
+        self.directions = k
+        self.batch_coupled_merge = False
         self.d_inner = d_inner
         self.d_state = d_state
         self.dt_rank = dt_rank
@@ -99,7 +108,11 @@ class SelectiveScan2D(nn.Module):
         else:
             y = self._scan_eager(u, delta, A, Bs.contiguous(), Cs.contiguous())
         y = y.reshape(b, self.directions, self.d_inner, length)
-        y = y[:, 0] + y[:, 1].flip(-1)  # (b, d, L)
+        if self.batch_coupled_merge:
+            # the reference CPU merge: (B, d, L) + (B, 1, d, L) broadcasts to (B, B, d, L), summed over dim 1
+            y = (y[:, 0] + y[:, 1].flip(-1).unsqueeze(1)).sum(1)
+        else:
+            y = y[:, 0] + y[:, 1].flip(-1)  # (b, d, L)
 
         y = self.out_norm(y.transpose(1, 2))  # (b, L, d)
         y = y * z.flatten(2).transpose(1, 2).to(y.dtype)
