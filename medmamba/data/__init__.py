@@ -1,0 +1,39 @@
+"""Scans in (DICOM series, multi-frame DICOM, NIfTI), batch processing, and the default data set.
+
+Main entry points:
+
+* :func:`load_scan` - a path to a channel-first ``monai.data.MetaTensor`` with a RAS affine.
+* :func:`read_dicom`, :func:`scan_dicom_folder` - the DICOM reading underneath.
+* ``python -m medmamba.data make-default`` - build the embedded semi-synthetic data set.
+"""
+
+from __future__ import annotations
+
+from medmamba.data.dicom_geometry import LPS_TO_RAS
+from medmamba.data.dicom_reader import (
+    SAFE_DICOM_META_KEYS,
+    DicomGeometryWarning,
+    DicomSeriesReader,
+    DicomVolume,
+    read_dicom,
+)
+from medmamba.data.dicom_scan import DicomSkipWarning, FolderScan, scan_dicom_folder, select_series
+from medmamba.data.errors import ScanLoadError
+from medmamba.data.loading import check_scan, is_nifti_path, load_scan
+
+__all__ = [
+    "LPS_TO_RAS",
+    "SAFE_DICOM_META_KEYS",
+    "DicomGeometryWarning",
+    "DicomSeriesReader",
+    "DicomSkipWarning",
+    "DicomVolume",
+    "FolderScan",
+    "ScanLoadError",
+    "check_scan",
+    "is_nifti_path",
+    "load_scan",
+    "read_dicom",
+    "scan_dicom_folder",
+    "select_series",
+]

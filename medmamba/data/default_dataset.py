@@ -1,0 +1,366 @@
+"""The embedded default data set: a seeded, semi-synthetic cohort built from MNI152 offline.
+
+``make_default_dataset`` writes, under ``out_dir``::
+
+    subjects/sub-000/image.nii.gz     T1-like image (int16 + NIfTI scaling, RAS affine)
+    subjects/sub-000/tissue.nii.gz    0 background, 1 CSF/other in brain, 2 GM, 3 WM
+    subjects/sub-000/lesion.nii.gz    0/1 synthetic lesion mask (empty for lesion-free subjects)
+    subjects/sub-018/dicom/IM00001.dcm ...   the same image as a DICOM MR series (test subjects)
+    datalist_segmentation.json        {"image", "label": tissue, "lesion"[, "dicom"]}
+    datalist_classification_volume.json   {"image", "label": 0/1 lesion present}
+    datalist_classification_slice.json    {"image", "slice": axial index, "label": 0/1}
+    manifest.json                      configuration, per-subject parameters, sha256 of every file
+
+Each datalist has ``training``, ``validation`` and ``test`` lists (split by subject) and reads with
+``monai.data.load_decathlon_datalist``. The same seed and configuration give the same bytes.
+The data set is built in a temporary sibling folder and moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmamba.data.synthetic import TISSUE_LABELS, MniTemplate, load_mni_template, make_subject
+from medmamba.io.atomic import atomic_write_text
+from medmamba.io.dicom_series import PatientInfo, write_dicom_series
+from medmamba.io.nifti import write_nifti
+
+__all__ = [
+    "DATALIST_FILES",
+    "DefaultDatasetConfig",
+    "DefaultDatasetSummary",
+    "make_default_dataset",
+    "subject_patient_info",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Datalist file names by task.
+DATALIST_FILES: dict[str, str] = {
+    "segmentation": "datalist_segmentation.json",
+    "classification_volume": "datalist_classification_volume.json",
+    "classification_slice": "datalist_classification_slice.json",
+}
+_SPLITS = ("training", "validation", "test")
+#: Stored image value = real value / IMAGE_SLOPE (int16); the DICOM RescaleSlope is the same.
+IMAGE_SLOPE = 0.5
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DefaultDatasetConfig:
+    """Parameters of the default data set.
+
+    Attributes:
+        seed: Master seed; subject ``i`` uses ``SeedSequence([seed, i])``.
+        n_train: Training subjects.
+        n_val: Validation subjects.
+        n_test: Test subjects.
+        resolution: nilearn MNI152 resolution in mm (1 or 2).
+        downsample: Extra integer block-averaging of the template grid (tiny builds for tests).
+        lesion_fraction: Fraction of each split's subjects that get lesions.
+        max_lesions: Lesions per lesion subject are drawn from 1..max_lesions.
+        dicom_split: Split whose subjects are also written as DICOM series ("" for none).
+        min_slice_brain_fraction: Axial slices whose brain area is below this fraction of the
+            largest are left out of the per-slice datalist.
+        min_slice_lesion_voxels: A slice is "lesion present" with at least this many lesion voxels;
+            slices with fewer but non-zero lesion voxels are left out as ambiguous.
+    """
+
+    seed: int = 0
+    n_train: int = 14
+    n_val: int = 4
+    n_test: int = 6
+    resolution: int = 2
+    downsample: int = 1
+    lesion_fraction: float = 0.5
+    max_lesions: int = 3
+    dicom_split: str = "test"
+    min_slice_brain_fraction: float = 0.1
+    min_slice_lesion_voxels: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "n_test"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.n_train + self.n_val + self.n_test < 1:
+            raise ValueError("n_train + n_val + n_test must be at least 1")
+        if not 0.0 <= self.lesion_fraction <= 1.0:
+            raise ValueError(f"lesion_fraction must be in [0, 1], got {self.lesion_fraction!r}")
+        if self.max_lesions < 1:
+            raise ValueError(f"max_lesions must be >= 1, got {self.max_lesions!r}")
+        if self.dicom_split not in ("", *_SPLITS):
+            raise ValueError(f"dicom_split must be '' or one of {_SPLITS}, got {self.dicom_split!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DefaultDatasetSummary:
+    """What :func:`make_default_dataset` produced."""
+
+    out_dir: Path
+    n_subjects: int
+    n_files: int
+    size_bytes: int
+    seconds: float
+    datalists: dict[str, Path]
+    rebuilt: bool
+
+
+def subject_patient_info(seed: int, index: int) -> PatientInfo:
+    """The fake patient identity planted in a subject's DICOM series (for de-identification tests).
+
+    Args:
+        seed: Data set seed.
+        index: Subject index.
+
+    Returns:
+        Distinctive, obviously fake values (``MMBFAKE`` in name and ID).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 99]))
+    year = int(rng.integers(1940, 2000))
+    month, day = int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    return PatientInfo(
+        name=f"MMBFAKE^Subject{index:03d}^S{seed}",
+        patient_id=f"MMBFAKE-{seed}-{index:03d}",
+        birth_date=f"{year:04d}{month:02d}{day:02d}",
+        sex="F" if rng.random() < 0.5 else "M",
+    )
+
+
+def _split_assignment(cfg: DefaultDatasetConfig) -> list[tuple[str, bool, int]]:
+    """Per subject: (split, has_lesion, n_lesions); lesions spread evenly over the splits."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1_000_003]))
+    out: list[tuple[str, bool, int]] = []
+    for split, n in zip(_SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)):
+        n_les = int(round(n * cfg.lesion_fraction))
+        flags = np.zeros(n, dtype=bool)
+        flags[rng.permutation(n)[:n_les]] = True
+        for f in flags:
+            out.append((split, bool(f), int(rng.integers(1, cfg.max_lesions + 1)) if f else 0))
+    return out
+
+
+def _dicom_orientation(stored: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flip the two in-plane axes of a RAS-ordered volume so the DICOM rows/columns run L and P."""
+    arr = stored[::-1, ::-1, :]
+    aff = affine.copy()
+    for ax in (0, 1):
+        aff[:3, 3] = aff[:3, 3] + aff[:3, ax] * (stored.shape[ax] - 1)
+        aff[:3, ax] = -aff[:3, ax]
+    return np.ascontiguousarray(arr), aff
+
+
+def _write_subject(
+    root: Path, cfg: DefaultDatasetConfig, template: MniTemplate, index: int, split: str, n_lesions: int
+) -> dict[str, Any]:
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), int(index)]))
+    subj = make_subject(template, rng, n_lesions=n_lesions)
+    sid = f"sub-{index:03d}"
+    sdir = root / "subjects" / sid
+    stored = np.clip(np.round(subj.image / IMAGE_SLOPE), 0, np.iinfo(np.int16).max).astype(np.int16)
+    aff = template.affine
+    real = stored.astype(np.float32) * np.float32(IMAGE_SLOPE)  # exactly representable: stored * slope
+    write_nifti(sdir / "image.nii.gz", real, aff, dtype=np.int16, scl_slope=IMAGE_SLOPE, scl_inter=0.0, xform_code=4)
+    write_nifti(sdir / "tissue.nii.gz", subj.tissue, aff, dtype=np.uint8, xform_code=4)
+    write_nifti(sdir / "lesion.nii.gz", subj.lesion, aff, dtype=np.uint8, xform_code=4)
+    entry: dict[str, Any] = {
+        "id": sid,
+        "split": split,
+        "image": f"subjects/{sid}/image.nii.gz",
+        "tissue": f"subjects/{sid}/tissue.nii.gz",
+        "lesion": f"subjects/{sid}/lesion.nii.gz",
+        "has_lesion": bool(subj.lesion.any()),
+        "lesion_voxels": int(subj.lesion.sum()),
+        "params": subj.params,
+    }
+    if cfg.dicom_split and split == cfg.dicom_split:
+        d_arr, d_aff = _dicom_orientation(stored, aff)
+        write_dicom_series(
+            sdir / "dicom",
+            d_arr,
+            d_aff,
+            rescale_slope=IMAGE_SLOPE,
+            rescale_intercept=0.0,
+            modality="MR",
+            uid_entropy=f"medmamba-default/seed={cfg.seed}/{sid}",
+            patient=subject_patient_info(cfg.seed, index),
+            series_description="T1 semi-synthetic",
+            extra_attributes={"InstitutionName": f"MMBFAKE HOSPITAL {index:03d}"},
+        )
+        entry["dicom"] = f"subjects/{sid}/dicom"
+    brain_area = (subj.tissue > 0).sum(axis=(0, 1))
+    lesion_area = subj.lesion.sum(axis=(0, 1))
+    keep = brain_area >= cfg.min_slice_brain_fraction * max(1, int(brain_area.max()))
+    slices = []
+    for k in np.flatnonzero(keep):
+        n = int(lesion_area[k])
+        if 0 < n < cfg.min_slice_lesion_voxels:
+            continue
+        slices.append((int(k), int(n >= cfg.min_slice_lesion_voxels)))
+    entry["slices"] = slices
+    return entry
+
+
+def _datalists(subjects: list[dict[str, Any]], cfg: DefaultDatasetConfig) -> dict[str, dict[str, Any]]:
+    common = {
+        "name": "medmamba-default",
+        "description": (
+            "Semi-synthetic brain MRI: real anatomy from the MNI152 2009 template (nilearn), synthetic "
+            "deformation, bias field, noise, contrast and lesions"
+        ),
+        "reference": "MNI ICBM152 2009 nonlinear symmetric template via nilearn",
+        "licence": "see nilearn (BSD-3) and the MNI template terms",
+        "release": f"medmamba default v{FORMAT_VERSION}, seed {cfg.seed}",
+        "tensorImageSize": "3D",
+        "modality": {"0": "MR"},
+    }
+    seg: dict[str, Any] = {**common, "labels": {str(k): v for k, v in TISSUE_LABELS.items()}}
+    vol: dict[str, Any] = {**common, "labels": {"0": "no lesion", "1": "lesion present"}}
+    sl: dict[str, Any] = {**common, "tensorImageSize": "2D", "labels": {"0": "no lesion", "1": "lesion present"}}
+    for split in _SPLITS:
+        members = [s for s in subjects if s["split"] == split]
+        seg[split] = []
+        for s in members:
+            item = {"image": s["image"], "label": s["tissue"], "lesion": s["lesion"], "id": s["id"]}
+            if "dicom" in s:
+                item["dicom"] = s["dicom"]
+            seg[split].append(item)
+        vol[split] = [{"image": s["image"], "label": int(s["has_lesion"]), "id": s["id"]} for s in members]
+        sl[split] = [
+            {"image": s["image"], "slice": k, "label": lab, "id": s["id"]} for s in members for k, lab in s["slices"]
+        ]
+    for d in (seg, vol, sl):
+        d["numTraining"] = len(d["training"])
+        d["numValidation"] = len(d["validation"])
+        d["numTest"] = len(d["test"])
+    return {"segmentation": seg, "classification_volume": vol, "classification_slice": sl}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_up_to_date(out: Path, cfg: DefaultDatasetConfig) -> bool:
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    if data.get("config") != cfg.to_dict() or data.get("format_version") != FORMAT_VERSION:
+        return False
+    return all((out / rel).is_file() for rel in data.get("files", {}))
+
+
+def _dir_size(root: Path) -> tuple[int, int]:
+    n, size = 0, 0
+    for p in root.rglob("*"):
+        if p.is_file():
+            n += 1
+            size += p.stat().st_size
+    return n, size
+
+
+def make_default_dataset(
+    out_dir: str | os.PathLike[str] = "data/default",
+    config: DefaultDatasetConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    on_subject: Callable[[int, int], None] | None = None,
+) -> DefaultDatasetSummary:
+    """Build the default data set (or keep an up-to-date one).
+
+    Args:
+        out_dir: Destination folder; replaced as a whole when rebuilt.
+        config: Data set parameters (default: :class:`DefaultDatasetConfig`).
+        force: Rebuild even when ``out_dir`` already holds the same configuration.
+        progress: Show a tqdm progress bar.
+        on_subject: Called with ``(done, total)`` after each subject.
+
+    Returns:
+        A summary (size, time, datalist paths).
+
+    Raises:
+        TypeError: If ``config`` is not a :class:`DefaultDatasetConfig`.
+    """
+    cfg = config if config is not None else DefaultDatasetConfig()
+    if not isinstance(cfg, DefaultDatasetConfig):
+        raise TypeError(f"config must be a DefaultDatasetConfig, got {type(cfg).__name__}")
+    out = Path(out_dir)
+    start = time.perf_counter()
+    datalists = {k: out / v for k, v in DATALIST_FILES.items()}
+    if not force and _is_up_to_date(out, cfg):
+        n, size = _dir_size(out)
+        data = json.loads((out / "manifest.json").read_text())
+        return DefaultDatasetSummary(out, len(data["subjects"]), n, size, time.perf_counter() - start, datalists, False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        template = load_mni_template(cfg.resolution, cfg.downsample)
+        plan = _split_assignment(cfg)
+        from tqdm.auto import tqdm
+
+        subjects = []
+        bar = tqdm(total=len(plan), desc="default data set", unit="subject", disable=not progress)
+        try:
+            for i, (split, _has, n_les) in enumerate(plan):
+                subjects.append(_write_subject(tmp, cfg, template, i, split, n_les))
+                bar.update(1)
+                if on_subject is not None:
+                    on_subject(i + 1, len(plan))
+        finally:
+            bar.close()
+        for task, content in _datalists(subjects, cfg).items():
+            atomic_write_text(tmp / DATALIST_FILES[task], json.dumps(content, indent=1, sort_keys=True) + "\n")
+        files = {
+            p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "semi_synthetic": True,
+            "source": "MNI152 2009 template, GM/WM maps and brain mask shipped with nilearn",
+            "config": cfg.to_dict(),
+            "grid": {"shape": list(template.shape), "affine": np.round(template.affine, 6).tolist()},
+            "image_scaling": {"slope": IMAGE_SLOPE, "intercept": 0.0, "stored_dtype": "int16"},
+            "tissue_labels": {str(k): v for k, v in TISSUE_LABELS.items()},
+            "subjects": [{k: v for k, v in s.items() if k != "slices"} for s in subjects],
+            "files": files,
+        }
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n, size = _dir_size(out)
+    seconds = time.perf_counter() - start
+    logger.info("default data set: %d subjects, %d files, %.1f MB in %.1f s", len(subjects), n, size / 1e6, seconds)
+    return DefaultDatasetSummary(out, len(subjects), n, size, seconds, datalists, True)

@@ -1,0 +1,138 @@
+"""``load_scan``: one call from a DICOM folder, a DICOM file or a NIfTI file to a ``MetaTensor``.
+
+DICOM goes through :class:`~medmamba.data.dicom_reader.DicomSeriesReader`, NIfTI through MONAI's
+``NibabelReader``; both via ``monai.transforms.LoadImage``, so the result is what a MONAI pipeline
+expects: channel-first, float32, with a RAS ``affine`` and ``meta`` (``filename_or_obj``,
+``spatial_shape``, ``original_affine``, ``space``, plus safe DICOM keys). Non-finite voxels and
+unexpected modalities are refused with a :class:`~medmamba.data.errors.ScanLoadError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.data.image_reader import ImageReader, NibabelReader
+from monai.transforms.io.array import switch_endianness
+from monai.transforms import EnsureChannelFirst
+from monai.utils import ImageMetaKey
+
+from medmamba.data.dicom_reader import DicomSeriesReader, OnGap
+from medmamba.data.errors import ScanLoadError
+
+__all__ = ["NIFTI_SUFFIXES", "check_scan", "is_nifti_path", "load_scan", "read_to_metatensor"]
+
+#: File-name endings read as NIfTI.
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".hdr", ".img", ".img.gz")
+
+
+def read_to_metatensor(reader: ImageReader, path: str) -> MetaTensor:
+    """Read ``path`` with a MONAI reader into a channel-first float32 ``MetaTensor``.
+
+    Does what ``monai.transforms.LoadImage`` does with one given reader (read, ``get_data``,
+    ``MetaTensor``, ``EnsureChannelFirst``) without instantiating every registered reader.
+
+    Args:
+        reader: A MONAI ``ImageReader``.
+        path: The file or folder.
+
+    Returns:
+        The image.
+    """
+    data = reader.read(path)
+    arr, meta = reader.get_data(data)
+    meta = switch_endianness(meta, "<")
+    meta[ImageMetaKey.FILENAME_OR_OBJ] = path
+    img = MetaTensor.ensure_torch_and_prune_meta(np.asarray(arr, dtype=np.float32), meta)
+    return EnsureChannelFirst()(img, meta_dict=meta)
+
+
+def is_nifti_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a NIfTI (or Analyze) file by its suffix."""
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in NIFTI_SUFFIXES)
+
+
+def check_scan(
+    img: torch.Tensor | np.ndarray,
+    where: str,
+    modality: str = "",
+    expected_modalities: Collection[str] | None = None,
+    allow_nonfinite: bool = False,
+) -> None:
+    """Refuse empty volumes, non-finite voxels and unexpected modalities.
+
+    Args:
+        img: The loaded image.
+        where: The path named in error messages.
+        modality: The image's modality ("" if unknown, e.g. NIfTI).
+        expected_modalities: Accepted DICOM modalities (``None`` accepts any). NIfTI images, which
+            carry no modality, are accepted.
+        allow_nonfinite: Accept NaN/inf voxels.
+
+    Raises:
+        ScanLoadError: With the reason.
+    """
+    n_voxels = img.numel() if isinstance(img, torch.Tensor) else img.size
+    if n_voxels == 0:
+        raise ScanLoadError(f"path={where!r}: the image is empty (shape {tuple(img.shape)})")
+    if expected_modalities is not None and modality and modality.upper() not in {m.upper() for m in expected_modalities}:
+        raise ScanLoadError(
+            f"path={where!r}: modality {modality!r} is not one of the expected modalities {sorted(expected_modalities)}"
+        )
+    if not allow_nonfinite:
+        t = torch.as_tensor(img)
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ScanLoadError(
+                    f"path={where!r}: {bad} of {t.numel()} voxels are NaN or infinite; expected finite intensities"
+                )
+
+
+def load_scan(
+    path: str | os.PathLike[str],
+    series_uid: str | None = None,
+    *,
+    on_gap: OnGap = "error",
+    expected_modalities: Collection[str] | None = None,
+    allow_nonfinite: bool = False,
+) -> MetaTensor:
+    """Load a DICOM series folder, a single (multi-frame) DICOM file or a NIfTI file.
+
+    Args:
+        path: Folder of DICOM files, a DICOM file, or a ``.nii``/``.nii.gz`` file.
+        series_uid: ``SeriesInstanceUID`` to pick when a folder holds several series.
+        on_gap: What to do with missing slices / uneven spacing in DICOM series: ``"error"`` or
+            ``"warn"`` (see :func:`medmamba.data.read_dicom`).
+        expected_modalities: Refuse DICOM objects whose ``Modality`` is not listed.
+        allow_nonfinite: Accept NaN/inf voxels (refused by default).
+
+    Returns:
+        A float32 channel-first ``MetaTensor`` (``(C, X, Y[, Z])``) whose ``affine`` is RAS.
+
+    Raises:
+        ScanLoadError: If the path is missing, unreadable, ambiguous or holds an unusable image.
+    """
+    p = Path(path)
+    where = str(p)
+    if not p.exists():
+        raise ScanLoadError(f"path={where!r} does not exist; expected a DICOM folder, DICOM file or NIfTI file")
+    if is_nifti_path(p):
+        if series_uid is not None:
+            raise ScanLoadError(f"series_uid={series_uid!r} given for NIfTI file {where!r}; it applies to DICOM only")
+        try:
+            img = read_to_metatensor(NibabelReader(), where)
+        except Exception as exc:
+            raise ScanLoadError(f"path={where!r}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
+        img.meta["source_format"] = "NIfTI"
+        modality = ""
+    else:
+        img = read_to_metatensor(DicomSeriesReader(series_uid=series_uid, on_gap=on_gap), where)
+        modality = str(img.meta.get("modality", ""))
+    check_scan(img, where, modality, expected_modalities, allow_nonfinite)
+    return img

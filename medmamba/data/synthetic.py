@@ -1,0 +1,332 @@
+"""Semi-synthetic subjects from the MNI152 template: deformation, bias field, noise, contrast, lesions.
+
+The anatomy is real (the MNI152 2009 T1 template with its grey- and white-matter maps and brain
+mask, shipped inside the ``nilearn`` package, read offline); the variation between subjects and
+the lesions are synthetic. Every random choice comes from the ``numpy.random.Generator`` passed in,
+so a subject is a pure function of its seed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "TISSUE_LABELS",
+    "MniTemplate",
+    "Subject",
+    "bias_field",
+    "insert_lesions",
+    "load_mni_template",
+    "make_subject",
+    "random_deformation",
+    "rician_noise",
+    "tissue_labels",
+    "warp",
+]
+
+#: Label values of the tissue maps.
+TISSUE_LABELS: dict[int, str] = {0: "background", 1: "CSF/other in brain", 2: "grey matter", 3: "white matter"}
+
+
+@dataclass(frozen=True)
+class MniTemplate:
+    """The template volumes on one grid.
+
+    Attributes:
+        t1: T1 intensities in [0, 1].
+        gm: Grey-matter probability.
+        wm: White-matter probability.
+        mask: Brain mask (0/1 float).
+        affine: Voxel-to-RAS (MNI) affine.
+    """
+
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Grid shape."""
+        return tuple(int(s) for s in self.t1.shape)  # type: ignore[return-value]
+
+
+def _block_mean(vol: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return vol
+    shp = [s // factor * factor for s in vol.shape]
+    v = vol[: shp[0], : shp[1], : shp[2]]
+    return v.reshape(shp[0] // factor, factor, shp[1] // factor, factor, shp[2] // factor, factor).mean(axis=(1, 3, 5))
+
+
+def load_mni_template(resolution: int = 2, downsample: int = 1) -> MniTemplate:
+    """Load the MNI152 template and tissue maps that ship with nilearn (no download).
+
+    Args:
+        resolution: nilearn template resolution in mm (1 or 2).
+        downsample: Integer block-averaging factor on top (1 keeps the grid; 2 halves each axis).
+
+    Returns:
+        The template, float32 volumes on a common grid.
+
+    Raises:
+        ValueError: If ``resolution`` is not 1 or 2 or ``downsample`` < 1.
+    """
+    if resolution not in (1, 2):
+        raise ValueError(f"resolution must be 1 or 2 (mm), got {resolution!r}")
+    if int(downsample) < 1:
+        raise ValueError(f"downsample must be a positive integer, got {downsample!r}")
+    from nilearn import datasets  # local import: nilearn is slow to import and only needed here
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        imgs = [
+            datasets.load_mni152_template(resolution=resolution),
+            datasets.load_mni152_gm_template(resolution=resolution),
+            datasets.load_mni152_wm_template(resolution=resolution),
+            datasets.load_mni152_brain_mask(resolution=resolution),
+        ]
+    vols = [np.asarray(img.get_fdata(), dtype=np.float32) for img in imgs]
+    affine = np.asarray(imgs[0].affine, dtype=float)
+    f = int(downsample)
+    if f > 1:
+        vols = [_block_mean(v, f).astype(np.float32) for v in vols]
+        scale = np.diag([f, f, f, 1.0])
+        shift = np.eye(4)
+        shift[:3, 3] = (f - 1) / 2.0
+        affine = affine @ shift @ scale
+    t1, gm, wm, mask = vols
+    mask = (mask >= 0.5).astype(np.float32)
+    return MniTemplate(t1=np.clip(t1, 0, None), gm=np.clip(gm, 0, 1), wm=np.clip(wm, 0, 1), mask=mask, affine=affine)
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _smooth_field(shape: tuple[int, ...], rng: np.random.Generator, grid: int, scale: float) -> np.ndarray:
+    """A smooth random field: normal noise on a coarse grid, cubic-upsampled to ``shape``."""
+    coarse = rng.normal(0.0, scale, size=tuple(grid for _ in shape))
+    zoom = [s / grid for s in shape]
+    field_ = ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)
+    return field_[tuple(slice(0, s) for s in shape)].astype(np.float32)
+
+
+def random_deformation(
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+    voxel_mm: float,
+    *,
+    max_rotation_deg: float = 7.0,
+    scale_range: tuple[float, float] = (0.92, 1.08),
+    max_translation_mm: float = 5.0,
+    elastic_mm: float = 2.5,
+    elastic_grid: int = 5,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Sample a smooth random deformation (affine + elastic) as sampling coordinates.
+
+    The result gives, for each output voxel, the template voxel to sample: rotation and anisotropic
+    scaling about the grid centre, a translation, and a smooth displacement field.
+
+    Args:
+        shape: Grid shape.
+        rng: Random generator.
+        voxel_mm: Voxel size (to express millimetre parameters in voxels).
+        max_rotation_deg: Largest rotation about each axis.
+        scale_range: Range of the per-axis scale factors.
+        max_translation_mm: Largest translation per axis.
+        elastic_mm: Standard deviation of the elastic displacement at the control points.
+        elastic_grid: Number of control points per axis of the elastic field.
+
+    Returns:
+        ``(coords, params)``: float32 ``(3, *shape)`` sampling coordinates and the affine parameters.
+    """
+    angles = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 3))
+    scales = rng.uniform(*scale_range, 3)
+    trans = rng.uniform(-max_translation_mm, max_translation_mm, 3) / voxel_mm
+    mat = _rotation(angles) @ np.diag(1.0 / scales)
+    centre = (np.asarray(shape, dtype=float) - 1) / 2.0
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1) - centre[:, None].astype(np.float32)
+    coords = (mat.astype(np.float32) @ grid) + (centre + trans)[:, None].astype(np.float32)
+    coords = coords.reshape(3, *shape)
+    for d in range(3):
+        coords[d] += _smooth_field(shape, rng, elastic_grid, elastic_mm / voxel_mm)
+    params = {
+        "rotation_deg": np.rad2deg(angles).round(3).tolist(),
+        "scale": scales.round(4).tolist(),
+        "translation_mm": (trans * voxel_mm).round(3).tolist(),
+    }
+    return coords, params
+
+
+def warp(volume: np.ndarray, coords: np.ndarray, order: int = 1) -> np.ndarray:
+    """Sample ``volume`` at ``coords`` (zero outside), as float32."""
+    return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=0.0, prefilter=False).astype(
+        np.float32
+    )
+
+
+def tissue_labels(gm: np.ndarray, wm: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Hard tissue labels: 0 outside the mask, else the most likely of CSF/other (1), GM (2), WM (3)."""
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    labels = np.argmax(np.stack([csf, gm, wm]), axis=0).astype(np.uint8) + 1
+    labels[mask < 0.5] = 0
+    return labels
+
+
+def bias_field(shape: tuple[int, int, int], rng: np.random.Generator, strength: float = 0.15, grid: int = 4) -> np.ndarray:
+    """A smooth multiplicative bias field ``exp(smooth noise)`` (float32, around 1)."""
+    return np.exp(_smooth_field(shape, rng, grid, strength)).astype(np.float32)
+
+
+def rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude (Rician) noise as in MR: ``|image + n1 + i n2|``, non-negative."""
+    n1 = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    n2 = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    return np.sqrt((image + n1) ** 2 + n2**2).astype(np.float32)
+
+
+def _lesion_blob(
+    labels: np.ndarray, rng: np.random.Generator, voxel_mm: float, radius_mm: tuple[float, float]
+) -> np.ndarray | None:
+    wm = np.argwhere(labels == 3)
+    if len(wm) == 0:
+        return None
+    centre = wm[rng.integers(len(wm))]
+    r = rng.uniform(*radius_mm) / voxel_mm
+    half = int(np.ceil(r * 1.8)) + 1
+    lo = np.maximum(centre - half, 0)
+    hi = np.minimum(centre + half + 1, labels.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    idx = np.indices(tuple(int(b - a) for a, b in zip(lo, hi)), dtype=np.float32)
+    anis = rng.uniform(0.7, 1.3, 3)
+    dist = np.sqrt(sum(((idx[d] + lo[d] - centre[d]) * anis[d]) ** 2 for d in range(3))) / r
+    noise = ndimage.gaussian_filter(rng.normal(size=dist.shape), sigma=max(r / 2.5, 0.8))
+    noise /= noise.std() + 1e-6
+    blob = np.zeros(labels.shape, dtype=bool)
+    blob[box] = (dist + 0.3 * noise) < 1.0
+    blob &= labels > 0
+    return blob
+
+
+def insert_lesions(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    voxel_mm: float,
+    *,
+    n_lesions: int,
+    radius_mm: tuple[float, float] = (4.0, 9.0),
+    min_voxels: int = 8,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Insert irregular blobs of abnormal intensity centred in white matter.
+
+    Each lesion is a sphere distorted by smooth noise and clipped to the brain; its intensity is a
+    random factor of the white-matter mean (hypo- or hyperintense), blended with a soft edge.
+
+    Args:
+        image: Noise-free image (float32).
+        labels: Tissue labels of the same subject.
+        rng: Random generator.
+        voxel_mm: Voxel size in mm.
+        n_lesions: Number of lesions to insert.
+        radius_mm: Range of the nominal lesion radius.
+        min_voxels: Smallest accepted lesion (retries otherwise).
+
+    Returns:
+        ``(image, mask, info)``: the modified image, the uint8 lesion mask and per-lesion details.
+    """
+    out = image.copy()
+    mask = np.zeros(labels.shape, dtype=bool)
+    info: list[dict[str, Any]] = []
+    wm_mean = float(image[labels == 3].mean()) if np.any(labels == 3) else float(image.max())
+    min_vox = max(1, int(round(min_voxels * (2.0 / voxel_mm) ** 3)))
+    for _ in range(n_lesions):
+        blob = None
+        for _attempt in range(10):
+            blob = _lesion_blob(labels, rng, voxel_mm, radius_mm)
+            if blob is not None and int(blob.sum()) >= min_vox:
+                break
+            blob = None
+        if blob is None:
+            continue
+        factor = float(rng.uniform(0.35, 0.6) if rng.random() < 0.5 else rng.uniform(1.3, 1.6))
+        soft = ndimage.gaussian_filter(blob.astype(np.float32), sigma=0.6)
+        soft = np.maximum(soft, blob.astype(np.float32) * 0.9)
+        texture = 1.0 + 0.05 * rng.normal(size=image.shape).astype(np.float32)
+        out = out * (1.0 - soft) + (wm_mean * factor) * texture * soft
+        mask |= blob
+        info.append({"voxels": int(blob.sum()), "intensity_factor": round(factor, 3)})
+    return out.astype(np.float32), mask.astype(np.uint8), info
+
+
+@dataclass
+class Subject:
+    """One generated subject.
+
+    Attributes:
+        image: T1-like intensities (float32, arbitrary units around 0-1500).
+        tissue: uint8 tissue labels (see :data:`TISSUE_LABELS`).
+        lesion: uint8 lesion mask (all zero for lesion-free subjects).
+        params: The random parameters drawn (for the manifest).
+    """
+
+    image: np.ndarray
+    tissue: np.ndarray
+    lesion: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def make_subject(
+    template: MniTemplate, rng: np.random.Generator, *, n_lesions: int = 0, intensity_scale: float = 1000.0
+) -> Subject:
+    """Make one subject: deform the template, add lesions, contrast change, bias field and noise.
+
+    Args:
+        template: The MNI template.
+        rng: The subject's own random generator.
+        n_lesions: Number of lesions (0 for a lesion-free subject).
+        intensity_scale: Nominal intensity of the brightest tissue.
+
+    Returns:
+        The subject.
+
+    Raises:
+        ValueError: If ``n_lesions`` is negative.
+    """
+    if n_lesions < 0:
+        raise ValueError(f"n_lesions must be >= 0, got {n_lesions!r}")
+    voxel_mm = float(np.sqrt((template.affine[:3, 0] ** 2).sum()))
+    coords, params = random_deformation(template.shape, rng, voxel_mm)
+    t1 = warp(template.t1, coords)
+    gm = warp(template.gm, coords)
+    wm = warp(template.wm, coords)
+    mask = warp(template.mask, coords)
+    tissue = tissue_labels(gm, wm, mask)
+    gamma = float(rng.uniform(0.8, 1.25))
+    gm_shift = float(rng.uniform(-0.06, 0.06))
+    image = np.clip(t1, 0, None) ** gamma * (1.0 + gm_shift * gm)
+    image *= float(rng.uniform(0.85, 1.15)) * intensity_scale
+    image, lesion, lesion_info = insert_lesions(image, tissue, rng, voxel_mm, n_lesions=n_lesions)
+    bias_strength = float(rng.uniform(0.05, 0.2))
+    image = image * bias_field(template.shape, rng, bias_strength)
+    sigma = float(rng.uniform(0.01, 0.03)) * intensity_scale
+    image = rician_noise(image, sigma, rng)
+    params.update(
+        gamma=round(gamma, 4),
+        gm_shift=round(gm_shift, 4),
+        bias_strength=round(bias_strength, 4),
+        noise_sigma=round(sigma, 3),
+        lesions=lesion_info,
+    )
+    return Subject(image=image, tissue=tissue, lesion=lesion, params=params)
