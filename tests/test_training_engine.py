@@ -182,3 +182,85 @@ def test_segmentation_distillation_iteration_with_cutmix():
     out = outputs[0]
     assert torch.isfinite(out["loss"]) and out["loss_kd"].item() > 0
     assert out["grad_norm"] is not None and torch.isfinite(out["grad_norm"])
+
+
+def test_bundle_config_builds_the_recipe_components():
+    from monai.bundle import ConfigParser
+
+    config = {
+        "network": {
+            "_target_": "monai.networks.nets.DenseNet",
+            "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+            "init_features": 4, "growth_rate": 4, "block_config": [1, 1],
+        },
+        "teacher": {
+            "_target_": "medmamba.training.Teacher",
+            "network": {
+                "_target_": "monai.networks.nets.DenseNet",
+                "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+                "init_features": 8, "growth_rate": 4, "block_config": [1, 1],
+            },
+            "input_size": 24,
+        },
+        "distillation": {
+            "_target_": "medmamba.training.DistillationIteration",
+            "teacher": "@teacher", "kind": "soft", "tau": 1.0, "weight": 5.0, "grad_clip_norm": 5.0,
+            "mixup": {"_target_": "medmamba.training.MixupCutmix", "num_classes": 3, "label_smoothing": 0.1},
+        },
+        "ema": {"_target_": "medmamba.training.ModelEMA", "model": "@network", "decay": 0.9998},
+        "ema_handler": {"_target_": "medmamba.training.EMAHandler", "ema": "@ema"},
+        "optimizer": {"_target_": "medmamba.training.create_optimizer", "model": "@network", "lr": 0.001},
+        "lr_scheduler": {
+            "_target_": "medmamba.training.WarmupCosineLR",
+            "optimizer": "@optimizer", "warmup_steps": 2, "total_steps": 10,
+        },
+        "export": {
+            "_target_": "medmamba.training.FusedExportHandler",
+            "network": "@network", "input_shape": [1, 1, 16, 16], "export_kwargs": {"fuse_strict": False},
+        },
+    }
+    parser = ConfigParser(config)
+    iteration = parser.get_parsed_content("distillation")
+    assert isinstance(iteration, DistillationIteration) and isinstance(iteration.teacher, Teacher)
+    assert isinstance(parser.get_parsed_content("ema_handler").ema, ModelEMA)
+    sched = parser.get_parsed_content("lr_scheduler")
+    assert [g["weight_decay"] for g in sched.optimizer.param_groups] == [0.05, 0.0]
+    assert parser.get_parsed_content("export").sample_input.shape == (1, 1, 16, 16)
+
+
+def test_with_mobilemamba_two_head_student(tmp_path):
+    networks = pytest.importorskip("medmamba.networks")
+    if not hasattr(networks, "MobileMamba"):
+        pytest.skip("medmamba.networks.MobileMamba not available")
+    from medmamba.training import export_fused, param_groups
+
+    torch.manual_seed(0)
+    kw = {"in_channels": 1, "num_classes": 3, "embed_dim": (32, 48, 64), "depth": (1, 1, 1)}
+    student = networks.MobileMamba("t2", distillation=True, **kw)
+    teacher = Teacher(networks.MobileMamba("t2", **{**kw, "embed_dim": (48, 64, 80)}))
+    no_decay = param_groups(student)[1]["param_names"]
+    for last in ("A_log", "D", "dt_proj_bias"):
+        assert any(n.endswith("." + last) for n in no_decay)
+    ema = ModelEMA(student)
+    data = [{"image": torch.randn(1, 64, 64), "label": torch.tensor(i % 3)} for i in range(4)]
+    outputs = []
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=_loader(data),
+        network=student,
+        optimizer=create_optimizer(student, lr=1e-3),
+        loss_function=nn.CrossEntropyLoss(),
+        decollate=False,
+        iteration_update=DistillationIteration(teacher=teacher, grad_clip_norm=5.0, amp=True),
+        train_handlers=[EMAHandler(ema=ema)],
+    )
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output))
+    trainer.run()
+    out = outputs[0]
+    assert torch.isfinite(out["loss"]) and out["loss_kd"].item() > 0
+    assert out["pred"].shape == (4, 3)  # mean of the two heads
+    result = export_fused(ema, out_dir=tmp_path, sample_input=torch.randn(2, 1, 64, 64), formats=("onnx",))
+    assert result.max_abs_error["onnx@batch=3"] < 1e-4

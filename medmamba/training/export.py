@@ -15,6 +15,10 @@ it:
    the eager fused network on the sample batch and on a batch of another size; any difference
    beyond ``atol + rtol·|reference|`` raises :class:`ExportMismatchError`.
 
+When ``torch.jit.script`` cannot compile the network, it is traced; traced TorchScript and the
+ONNX graph are then valid for the sample's spatial size (shape-dependent Python control flow is
+fixed at export), with a dynamic batch dimension. Export with a sample of the deployment size.
+
 :class:`FusedExportHandler` runs the same step from an ignite/MONAI bundle when training ends.
 """
 
@@ -187,8 +191,9 @@ def export_fused(
     """Fuse the norms of a trained network, export TorchScript and ONNX, and verify both.
 
     Args:
-        model: a network (``nn.Module``; it is deep-copied, never modified) or a checkpoint path
-            to load into ``network``.
+        model: a network (``nn.Module``; it is deep-copied, never modified; a
+            :class:`~medmamba.training.ema.ModelEMA` exports its averaged network) or a checkpoint
+            path to load into ``network``.
         network: the architecture to load a checkpoint path into (required for a path).
         out_dir: where to write; default the checkpoint's folder (for a path) or ``"."``.
         sample_input: a batch ``(B, C, *spatial)`` for tracing and checking (required).
@@ -224,7 +229,9 @@ def export_fused(
         out_dir = out_dir if out_dir is not None else os.path.dirname(os.path.abspath(path))
         name = name or os.path.splitext(os.path.basename(path))[0]
     elif isinstance(model, nn.Module):
-        eager = copy.deepcopy(model)
+        # a ModelEMA (or DDP) wrapper exports the averaged network itself
+        inner = getattr(model, "module", None)
+        eager = copy.deepcopy(inner if isinstance(inner, nn.Module) else model)
         out_dir = out_dir if out_dir is not None else "."
         name = name or "model"
     else:
@@ -243,6 +250,9 @@ def export_fused(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # tracing fixes shape-dependent Python control flow (e.g. the scan's loop over the sequence
+        # length) to the sample's spatial size; the batch dimension stays dynamic.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if "torchscript" in formats:
             ts_path = os.path.join(os.fspath(out_dir), f"{name}_fused.ts")
             try:
