@@ -1,0 +1,164 @@
+"""Benchmark every MobileMamba variant on the CPU, unfused vs fused, against MONAI baselines.
+
+For each variant at its native resolution (T2/T4 192, S6 224, B1 256, B2 384, B4 512):
+
+- images/s at batch 8 and latency at batch 1 (inference, ``torch.no_grad``), unfused and fused
+  (:func:`medmamba.networks.fuse_norms`), with the fast parallel selective scan;
+- the peak resident memory of the batch-8 inference (measured in a fresh subprocess per case);
+- for B1@256 also "the reference way" (sequential-loop scan, no fusion) for inference and for a
+  training step (forward + backward + SGD step) at batch 8, and the ratios.
+
+MONAI's ``EfficientNetBN("efficientnet-b0")`` and ``DenseNet121`` at 224 are measured in the same run.
+
+Usage::
+
+    python benchmarks/bench_networks.py [--json out.json] [--variants t2 b1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info, machine_line, reexec_with_malloc_tuning, time_call  # noqa: E402
+
+from medmamba.networks import MOBILEMAMBA_VARIANTS, MobileMamba, fuse_norms  # noqa: E402
+
+
+def build(name: str, scan_backend: str = "parallel") -> tuple[nn.Module, int]:
+    """A network by benchmark name and its input resolution."""
+    if name == "efficientnet-b0":
+        from monai.networks.nets import EfficientNetBN
+
+        return EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3, num_classes=1000), 224
+    if name == "densenet121":
+        from monai.networks.nets import DenseNet121
+
+        return DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000), 224
+    model = MobileMamba(name, num_classes=1000, scan_backend=scan_backend)
+    return model, int(MOBILEMAMBA_VARIANTS[name]["img_size"])
+
+
+def measure_inference(name: str, fused: bool, scan_backend: str, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model, size = build(name, scan_backend)
+    model.eval()
+    if fused:
+        model = fuse_norms(model, strict=False)
+    x8, x1 = torch.randn(8, 3, size, size), torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t8 = time_call(lambda: model(x8), repeats=repeats, warmup=1)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t1 = time_call(lambda: model(x1), repeats=max(repeats, 5), warmup=2)
+    return {"images_per_s_b8": 8 / t8, "latency_b1_ms": 1000 * t1, "peak_mem_mib": (peak - base) / 1024}
+
+
+def measure_train_step(name: str, scan_backend: str, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model, size = build(name, scan_backend)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(8, 3, size, size)
+    y = torch.randint(0, 1000, (8,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return {"train_step_s_b8": time_call(step, repeats=repeats, warmup=1)}
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Run one case in a fresh Python process (so that its peak memory is its own)."""
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--case", json.dumps(case)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _case_main(case: dict[str, Any]) -> None:
+    if case["kind"] == "infer":
+        res = measure_inference(case["name"], case["fused"], case["scan"], case["repeats"])
+    else:
+        res = measure_train_step(case["name"], case["scan"], case["repeats"])
+    print(json.dumps(res))
+
+
+def params_of(name: str) -> int:
+    model, _ = build(name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="*", default=list(MOBILEMAMBA_VARIANTS))
+    parser.add_argument("--baselines", nargs="*", default=["efficientnet-b0", "densenet121"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--no-malloc-tuning", action="store_true")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        _case_main(json.loads(args.case))
+        return 0
+    reexec_with_malloc_tuning(__file__, args.no_malloc_tuning)
+
+    from tqdm import tqdm
+
+    rows: list[dict[str, Any]] = []
+    names = [v.lower() for v in args.variants] + list(args.baselines)
+    for name in tqdm(names, desc="networks", file=sys.stderr):
+        size = build(name)[1]
+        row: dict[str, Any] = {"name": name, "input": size, "params": params_of(name)}
+        is_mamba = name in MOBILEMAMBA_VARIANTS
+        row["unfused"] = run_case({"kind": "infer", "name": name, "fused": False, "scan": "parallel", "repeats": args.repeats})
+        row["fused"] = run_case({"kind": "infer", "name": name, "fused": is_mamba, "scan": "parallel", "repeats": args.repeats})
+        if name == "b1":
+            row["reference_way"] = run_case({"kind": "infer", "name": name, "fused": False, "scan": "reference", "repeats": 1})
+            row["train_fast"] = run_case({"kind": "train", "name": name, "scan": "parallel", "repeats": args.repeats})
+            row["train_reference_way"] = run_case({"kind": "train", "name": name, "scan": "reference", "repeats": 1})
+        rows.append(row)
+
+    print(f"\nMachine: {machine_line()}\n")
+    head = "| network | input | params | img/s b8 unfused | img/s b8 fused | fused/unfused | latency b1 unfused (ms) | latency b1 fused (ms) | peak mem b8 fused (MiB) |"
+    print(head)
+    print("|---" * 9 + "|")
+    for r in rows:
+        u, f = r["unfused"], r["fused"]
+        label = r["name"].upper() if r["name"] in MOBILEMAMBA_VARIANTS else f"MONAI {r['name']}"
+        print(
+            f"| {label} | {r['input']} | {r['params'] / 1e6:.2f} M | {u['images_per_s_b8']:.1f} | {f['images_per_s_b8']:.1f} | "
+            f"{f['images_per_s_b8'] / u['images_per_s_b8']:.2f}x | {u['latency_b1_ms']:.0f} | {f['latency_b1_ms']:.0f} | {f['peak_mem_mib']:.0f} |"
+        )
+    for r in rows:
+        if "reference_way" in r:
+            ref, fused = r["reference_way"], r["fused"]
+            tr_ref, tr_fast = r["train_reference_way"]["train_step_s_b8"], r["train_fast"]["train_step_s_b8"]
+            print(
+                f"\nB1@256 batch 8, the reference way (sequential scan, unfused) vs ours:\n"
+                f"  inference: {ref['images_per_s_b8']:.1f} img/s vs fused {fused['images_per_s_b8']:.1f} img/s "
+                f"= {fused['images_per_s_b8'] / ref['images_per_s_b8']:.2f}x\n"
+                f"  training step: {tr_ref:.2f} s vs {tr_fast:.2f} s = {tr_ref / tr_fast:.2f}x"
+            )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine_info(), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Shared helpers of the benchmark scripts: the machine's description, timing, malloc tuning."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["MALLOC_ENV", "machine_info", "machine_line", "reexec_with_malloc_tuning", "time_call"]
+
+#: glibc returns freed blocks ≥ 32 MiB to the OS, so large temporaries are page-faulted again on
+#: every call; these thresholds (read at process start) keep them (docs: shared fast-scan notes).
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024**3),
+    "MALLOC_TOP_PAD_": str(1024**3),
+}
+_REEXEC_FLAG = "MEDMAMBA_BENCH_REEXEC"
+
+
+def reexec_with_malloc_tuning(script: str, disabled: bool = False) -> None:
+    """Re-run ``script`` once with :data:`MALLOC_ENV` set, unless disabled or already set."""
+    if disabled or os.environ.get(_REEXEC_FLAG) or all(k in os.environ for k in MALLOC_ENV):
+        return
+    env = dict(os.environ)
+    for key, value in MALLOC_ENV.items():
+        env.setdefault(key, value)
+    env[_REEXEC_FLAG] = "1"
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(script), *sys.argv[1:]], env)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, torch threads and versions of the machine the benchmark runs on."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "malloc_tuning": all(k in os.environ for k in MALLOC_ENV),
+    }
+
+
+def machine_line() -> str:
+    """One line naming the machine, for the head of a results table."""
+    info = machine_info()
+    return (
+        f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
+        f"Python {info['python']}, glibc malloc tuning {'on' if info['malloc_tuning'] else 'off'}"
+    )
+
+
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, min_time: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs (more while under ``min_time``)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
