@@ -10,6 +10,7 @@ from medmamba.training import (
     DistillationIteration,
     DistillationLoss,
     EMAHandler,
+    FusedExportHandler,
     MixupCutmix,
     ModelEMA,
     SegmentationCutMix,
@@ -82,6 +83,11 @@ def test_supervised_trainer_with_distillation_ema_mixup_and_checkpoint(tmp_path)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output))
     saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": student, "ema": ema}, save_final=True)
     saver.attach(trainer)
+    exporter = FusedExportHandler(
+        network=TwoHead(), input_shape=(2, 1, 16, 16), checkpoint_saver=saver, checkpoint_key="ema",
+        export_kwargs={"fuse_strict": False, "formats": ("onnx",)},
+    )
+    exporter.attach(trainer)  # after the saver: exports the final checkpoint's EMA weights
     trainer.run()
 
     assert trainer.state.iteration == 2 and len(losses) == 2
@@ -100,6 +106,8 @@ def test_supervised_trainer_with_distillation_ema_mixup_and_checkpoint(tmp_path)
     ckpt = next(tmp_path.glob("*.pt"))
     state = torch.load(ckpt, weights_only=True)
     assert set(state) == {"model", "ema"} and "num_updates" in state["ema"]
+    assert exporter.result is not None and exporter.result.onnx_path.startswith(str(tmp_path))
+    assert exporter.result.max_abs_error["onnx"] < 1e-4
 
     # the EMA model is evaluated by a standard evaluator
     evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=_loader(_data(4, seed=1)), network=ema)
