@@ -151,3 +151,21 @@ def test_segmentation_distillation_loss_adds_weighted_kd_to_dice_ce():
     fg = SegmentationDistillationLoss(tau=2.0, weight=0.5, region="foreground")
     kd_fg = pixelwise_distillation(s, t, 2.0, mask=y != 0)
     assert fg.compute(s, y, t)["loss_kd"].item() == pytest.approx(kd_fg.item(), rel=1e-6)
+
+
+def test_segmentation_distillation_with_deep_supervision_list():
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    g = torch.Generator().manual_seed(1)
+    full, aux = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    t = torch.randn(2, 3, 8, 8, generator=g)
+    y = torch.randint(0, 3, (2, 1, 8, 8), generator=g)
+    ds = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
+    loss_fn = SegmentationDistillationLoss(base_loss=ds, tau=1.0, weight=2.0)
+    assert loss_fn.base_takes_list
+    terms = loss_fn.compute([full, aux], y, t)
+    assert terms["loss_base"].item() == pytest.approx(ds([full, aux], y).item(), rel=1e-6)
+    assert terms["loss_kd"].item() == pytest.approx(pixelwise_distillation(full, t, 1.0).item(), rel=1e-6)
+    plain = SegmentationDistillationLoss(weight=2.0)  # DiceCE: only the full-resolution output
+    base = DiceCELoss(to_onehot_y=True, softmax=True)(full, y)
+    assert plain.compute([full, aux], y, t)["loss_base"].item() == pytest.approx(base.item(), rel=1e-6)

@@ -278,8 +278,13 @@ class SegmentationDistillationLoss(nn.Module):
             labels must be indices ``(B, 1, *spatial)`` or one-hot ``(B, C, *spatial)`` with channel
             0 the background). An explicit ``mask`` passed to :meth:`forward` takes precedence.
 
-    Call ``loss(student_output, target, teacher_logits, mask=None)``. A tuple ``student_output``
-    (deep supervision) uses its first element.
+        base_takes_list: whether ``base_loss`` receives a deep-supervision list of outputs whole;
+            ``None`` (default): when it is a MONAI ``DeepSupervisionLoss``.
+
+    Call ``loss(student_output, target, teacher_logits, mask=None)``. A list/tuple
+    ``student_output`` (deep supervision: full-resolution logits first, e.g. ``MobileMambaSeg(
+    deep_supervision=True)`` in training mode) is distilled through its first element and given
+    whole to a ``DeepSupervisionLoss`` base loss (else its first element).
     """
 
     _REGIONS = (None, "foreground")
@@ -290,6 +295,7 @@ class SegmentationDistillationLoss(nn.Module):
         tau: float = 1.0,
         weight: float = 1.0,
         region: str | None = None,
+        base_takes_list: bool | None = None,
     ) -> None:
         super().__init__()
         if region not in self._REGIONS:
@@ -301,6 +307,11 @@ class SegmentationDistillationLoss(nn.Module):
 
             base_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.base_loss = base_loss
+        if base_takes_list is None:
+            from monai.losses import DeepSupervisionLoss
+
+            base_takes_list = isinstance(base_loss, DeepSupervisionLoss)
+        self.base_takes_list = bool(base_takes_list)
         self.tau = _check_positive("tau", tau)
         self.weight = float(weight)
         self.region = region
@@ -321,8 +332,15 @@ class SegmentationDistillationLoss(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``{"loss": total, "loss_base": base, "loss_kd": unweighted pixel-wise KD}``."""
-        logits, _ = split_student_output(student_output)
-        base = self.base_loss(logits.float(), target).mean()
+        if isinstance(student_output, torch.Tensor):
+            logits = student_output
+            base_input: torch.Tensor | list[torch.Tensor] = logits.float()
+        elif isinstance(student_output, Sequence) and len(student_output) > 0:
+            logits = student_output[0]
+            base_input = [o.float() for o in student_output] if self.base_takes_list else logits.float()
+        else:
+            raise TypeError(f"student output must be a tensor or a list of tensors, got {type(student_output).__name__}.")
+        base = self.base_loss(base_input, target).mean()
         if teacher_logits is None or self.weight == 0:
             kd = torch.zeros((), dtype=base.dtype, device=base.device)
             return {"loss": base, "loss_base": base, "loss_kd": kd}

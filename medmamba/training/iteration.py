@@ -13,8 +13,9 @@
 5. back-propagates (with a ``GradScaler`` for fp16), clips the gradient norm, steps the optimiser,
    honouring the trainer's ``accumulation_steps``.
 
-It fills ``engine.state.output`` with MONAI's keys ``image``, ``label``, ``pred`` (for a two-head
-student the mean of the heads, what the network returns in eval mode), ``loss``, plus
+It fills ``engine.state.output`` with MONAI's keys ``image``, ``label``, ``pred`` (what the network
+returns in eval mode: for a two-head student the mean of the heads, for a deep-supervision list
+its full-resolution logits), ``loss``, plus
 ``loss_base``, ``loss_kd``, ``teacher_pred`` and ``grad_norm``, and fires the trainer's
 ``IterationEvents`` (``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
 ``MODEL_COMPLETED``). With ``teacher=None`` it is the recipe's plain iteration (mixup, AMP,
@@ -223,7 +224,7 @@ class DistillationIteration:
         teacher_out = self.teacher_logits(inputs, batchdata, device, amp_enabled, dtype)
         with autocast(device, amp_enabled, dtype):
             pred = engine.inferer(inputs, network, *args, **kwargs)
-        engine.state.output[Keys.PRED] = self._merge_heads(pred)
+        engine.state.output[Keys.PRED] = self._primary_output(pred)
         _fire(engine, "FORWARD_COMPLETED")
 
         loss_kwargs = {"mask": mask} if mask is not None else {}
@@ -272,8 +273,13 @@ class DistillationIteration:
         _fire(engine, "MODEL_COMPLETED")
         return engine.state.output
 
-    @staticmethod
-    def _merge_heads(pred: Any) -> Any:
-        if isinstance(pred, (tuple, list)) and len(pred) == 2 and all(isinstance(p, torch.Tensor) for p in pred):
+    def _primary_output(self, pred: Any) -> Any:
+        """What the network returns in eval mode: the mean of the two classification heads, or
+        the full-resolution logits of a deep-supervision list (segmentation)."""
+        if not isinstance(pred, (tuple, list)) or not pred or not all(isinstance(p, torch.Tensor) for p in pred):
+            return pred
+        if self.task == "segmentation" or isinstance(self.loss, SegmentationDistillationLoss):
+            return pred[0]
+        if len(pred) == 2:
             return ((pred[0].detach().float() + pred[1].detach().float()) / 2).to(pred[0].dtype)
         return pred
