@@ -139,6 +139,7 @@ class DistillationIteration:
         self.mask_key = mask_key
         self.skip_nonfinite = bool(skip_nonfinite)
         self._scaler: torch.amp.GradScaler | None = None
+        self._dtypes: dict[str, torch.dtype] = {}
         if loss is None:
             # validate kind/tau/weight now rather than at the first iteration
             self._build_loss(None)
@@ -147,6 +148,12 @@ class DistillationIteration:
         if self.task == "classification":
             return DistillationLoss(base_loss=base_loss, kind=self.kind, tau=self.tau, weight=self.weight)
         return SegmentationDistillationLoss(base_loss=base_loss, tau=self.tau, weight=self.weight)
+
+    def _amp_dtype(self, device: torch.device) -> torch.dtype:
+        # resolved once per device type (resolve_amp_dtype may warn about fp16 on the CPU)
+        if device.type not in self._dtypes:
+            self._dtypes[device.type] = resolve_amp_dtype(device, self.amp_dtype)
+        return self._dtypes[device.type]
 
     def loss_for(self, engine: Any) -> nn.Module:
         """The combined loss, built around ``engine.loss_function`` on first use."""
@@ -195,7 +202,7 @@ class DistillationIteration:
             inputs, targets = self.mixup(inputs, targets)
 
         amp_enabled = bool(getattr(engine, "amp", False)) if self.amp is None else bool(self.amp)
-        dtype = resolve_amp_dtype(device, self.amp_dtype) if amp_enabled else torch.float32
+        dtype = self._amp_dtype(device) if amp_enabled else torch.float32
         scaler = None
         if amp_enabled and dtype == torch.float16:
             scaler = getattr(engine, "scaler", None) or self._scaler
