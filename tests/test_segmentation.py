@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from medmamba.networks import MobileMamba, MobileMambaSeg, convert_official_state_dict, fuse_norms
+from medmamba.networks import (
+    MobileMamba,
+    MobileMambaSeg,
+    convert_official_state_dict,
+    emulate_reference_cpu_merge,
+    fuse_norms,
+)
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "mobilemamba_tiny.pt"
 TINY = {"embed_dim": (32, 48, 64), "depth": (1, 1, 1)}
@@ -109,6 +115,8 @@ def test_reference_weights_give_reference_stage_outputs() -> None:
     ).eval()
     dropped = model.load_encoder_state_dict(convert_official_state_dict(fx["state_dict"]))
     assert dropped and all(k.startswith("head.") for k in dropped)
+    # the fixture (batch 2) was written with the reference's batch-coupled CPU merge of the two scans
+    emulate_reference_cpu_merge(model.encoder)
     with torch.no_grad():
         levels = model.encode(fx["input"])  # the very path the decoder reads
     assert [lv.shape[-1] for lv in levels] == [48, 24, 12, 6, 3, 2]
