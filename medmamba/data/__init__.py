@@ -4,11 +4,14 @@ Main entry points:
 
 * :func:`load_scan` - a path to a channel-first ``monai.data.MetaTensor`` with a RAS affine.
 * :func:`read_dicom`, :func:`scan_dicom_folder` - the DICOM reading underneath.
+* :func:`run_batch` - robust per-case processing (failures recorded, inputs untouched).
+* :func:`scrub_meta`, :class:`Redactor` - keeping patient-identifying DICOM values out of outputs.
 * ``python -m medmamba.data make-default`` - build the embedded semi-synthetic data set.
 """
 
 from __future__ import annotations
 
+from medmamba.data.batch import BatchCase, BatchReport, CaseOutcome, case_redactor, run_batch
 from medmamba.data.dicom_geometry import LPS_TO_RAS
 from medmamba.data.dicom_reader import (
     SAFE_DICOM_META_KEYS,
@@ -20,9 +23,20 @@ from medmamba.data.dicom_reader import (
 from medmamba.data.dicom_scan import DicomSkipWarning, FolderScan, scan_dicom_folder, select_series
 from medmamba.data.errors import ScanLoadError
 from medmamba.data.loading import check_scan, is_nifti_path, load_scan
+from medmamba.data.privacy import IDENTIFYING_KEYWORDS, Redactor, identifying_values, is_identifying_key, scrub_meta
 
 __all__ = [
+    "IDENTIFYING_KEYWORDS",
     "LPS_TO_RAS",
+    "BatchCase",
+    "BatchReport",
+    "CaseOutcome",
+    "Redactor",
+    "case_redactor",
+    "identifying_values",
+    "is_identifying_key",
+    "run_batch",
+    "scrub_meta",
     "SAFE_DICOM_META_KEYS",
     "DicomGeometryWarning",
     "DicomSeriesReader",

@@ -1,7 +1,34 @@
-"""Dictionary and array transforms for medical volumes."""
+"""MONAI transforms for medmamba: loading scans, CT windows, MR normalisation, stride padding, presets.
+
+Spatial work (orientation, spacing, foreground crop) re-uses MONAI's ``Orientationd``,
+``Spacingd`` and ``CropForegroundd``; see :func:`scan_preprocessing`.
+"""
 
 from __future__ import annotations
 
-from .slice_stack import SliceStackd, neighbour_slice_indices, stack_slices
+from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
+from medmamba.transforms.loading import LoadScan, LoadScand
+from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask
+from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMultipled
+from medmamba.transforms.presets import ForegroundSelector, scan_preprocessing
+from medmamba.transforms.slice_stack import SliceStackd, neighbour_slice_indices, stack_slices
 
-__all__ = ["SliceStackd", "neighbour_slice_indices", "stack_slices"]
+__all__ = [
+    "CT_WINDOWS",
+    "NETWORK_STRIDE",
+    "CTWindow",
+    "CTWindowd",
+    "ForegroundSelector",
+    "LoadScan",
+    "LoadScand",
+    "MRNormalize",
+    "MRNormalized",
+    "PadToMultiple",
+    "PadToMultipled",
+    "foreground_mask",
+    "resolve_window",
+    "scan_preprocessing",
+    "SliceStackd",
+    "neighbour_slice_indices",
+    "stack_slices",
+]

@@ -1,0 +1,178 @@
+"""Keeping patient-identifying DICOM values out of metadata, logs and written files.
+
+* :data:`IDENTIFYING_KEYWORDS` - DICOM attributes that identify a patient, a person or a visit
+  (after the PS3.15 Basic Application Level Confidentiality Profile).
+* :func:`scrub_meta` - a copy of a metadata dict (MONAI, pydicom-JSON or keyword style, nested)
+  without those attributes.
+* :class:`Redactor` - replaces known identifying values (taken from the DICOM headers of a case)
+  in any text, e.g. an exception message before it is logged or written to a report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+
+__all__ = [
+    "IDENTIFYING_KEYWORDS",
+    "REDACTED",
+    "Redactor",
+    "identifying_values",
+    "is_identifying_key",
+    "scrub_meta",
+]
+
+#: DICOM keywords whose values identify the patient or people/places of the visit.
+IDENTIFYING_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
+        "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "OtherPatientIDs",
+        "OtherPatientNames", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientBirthName",
+        "PatientSize", "PatientWeight", "MedicalRecordLocator", "EthnicGroup", "Occupation",
+        "AdditionalPatientHistory", "PatientComments", "PatientReligiousPreference", "MilitaryRank",
+        "BranchOfService", "CountryOfResidence", "RegionOfResidence", "ResponsiblePerson",
+        "ResponsibleOrganization", "PatientInsurancePlanCodeSequence", "InsurancePlanIdentification",
+        "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+        "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "OperatorsName",
+        "RequestingPhysician", "ScheduledPerformingPhysicianName", "InstitutionName", "InstitutionAddress",
+        "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "AccessionNumber", "StudyID",
+        "AdmissionID", "AdmittingDiagnosesDescription", "RequestAttributesSequence", "PerformedProcedureStepID",
+        "ScheduledProcedureStepID", "RequestedProcedureID", "FillerOrderNumberImagingServiceRequest",
+        "PlacerOrderNumberImagingServiceRequest", "PersonName", "PersonAddress", "PersonTelephoneNumbers",
+        "ContentCreatorName", "VerifyingObserverName", "PatientState", "PregnancyStatus",
+        "CurrentPatientLocation", "PatientInstitutionResidence", "SpecialNeeds", "Allergies",
+    }
+)
+REDACTED = "[REDACTED]"
+#: Identifying attributes whose values are distinctive enough to search for in text.
+_REDACT_KEYWORDS: frozenset[str] = IDENTIFYING_KEYWORDS - {
+    "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PregnancyStatus", "PatientState", "EthnicGroup",
+    "SpecialNeeds", "Allergies", "StudyID", "RequestAttributesSequence", "OtherPatientIDsSequence",
+    "PatientInsurancePlanCodeSequence",
+}
+_REDACT_TAGS: frozenset[int] = frozenset(t for t in (tag_for_keyword(k) for k in _REDACT_KEYWORDS) if t is not None)
+
+_IDENT_TAGS: frozenset[int] = frozenset(t for t in (tag_for_keyword(k) for k in IDENTIFYING_KEYWORDS) if t is not None)
+_HEX_KEY = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*[,|]?\s*([0-9A-Fa-f]{4})\s*\)?$")
+_MIN_TOKEN = 3
+
+
+def is_identifying_key(key: object) -> bool:
+    """Whether a metadata key names an identifying attribute.
+
+    Recognises keywords (``PatientName``), MONAI/pydicom-JSON hex keys (``00100010``), ITK style
+    (``0010|0010``) and ``(0010,0010)``; any key in the patient group 0x0010 counts.
+
+    Args:
+        key: A metadata key.
+
+    Returns:
+        True for identifying keys.
+    """
+    if isinstance(key, int):
+        return key in _IDENT_TAGS or (key >> 16) == 0x0010
+    if not isinstance(key, str):
+        return False
+    if key in IDENTIFYING_KEYWORDS:
+        return True
+    m = _HEX_KEY.match(key)
+    if m:
+        tag = int(m.group(1) + m.group(2), 16)
+        return tag in _IDENT_TAGS or (tag >> 16) == 0x0010
+    return False
+
+
+def scrub_meta(meta: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Return a copy of ``meta`` without identifying keys, recursing into dicts and lists.
+
+    Args:
+        meta: Metadata (e.g. ``MetaTensor.meta``, a pydicom ``to_json_dict()``, a keyword dict).
+
+    Returns:
+        The scrubbed copy (values are not copied deeper than containers).
+
+    Raises:
+        TypeError: If ``meta`` is not a mapping.
+    """
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
+    return _scrub(meta)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _scrub(v) for k, v in value.items() if not is_identifying_key(k)}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub(v) for v in value)
+    return value
+
+
+def identifying_values(datasets: Iterable[Dataset]) -> set[str]:
+    """Collect the identifying values found in DICOM datasets (top level and nested sequences).
+
+    Only distinctive attributes count (names, IDs, dates of birth, addresses, institutions,
+    accession numbers, ...; not sex, age, weight). Person names contribute the whole value and
+    each name component of 3+ characters.
+
+    Args:
+        datasets: Headers of the files of a case.
+
+    Returns:
+        The distinct non-empty values, as strings.
+    """
+    found: set[str] = set()
+
+    def visit(ds: Dataset) -> None:
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    visit(item)
+                continue
+            if elem.tag not in _REDACT_TAGS:
+                continue
+            values = elem.value if isinstance(elem.value, (list, tuple)) or getattr(elem, "VM", 1) > 1 else [elem.value]
+            try:
+                values = list(values)
+            except TypeError:
+                values = [elem.value]
+            for v in values:
+                text = str(v).strip() if v is not None else ""
+                if len(text) < _MIN_TOKEN:
+                    continue
+                found.add(text)
+                if elem.VR == "PN":
+                    found.update(p.strip() for p in re.split(r"[\^=]", text) if len(p.strip()) >= _MIN_TOKEN)
+
+    for ds in datasets:
+        visit(ds)
+    return found
+
+
+class Redactor:
+    """Replace known identifying values in text (case-insensitive).
+
+    Args:
+        values: The values to hide (e.g. from :func:`identifying_values`); values shorter than
+            3 characters are ignored (they would hide ordinary text).
+    """
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        vals = sorted({v for v in values if isinstance(v, str) and len(v.strip()) >= _MIN_TOKEN}, key=len, reverse=True)
+        self.values: tuple[str, ...] = tuple(vals)
+        self._pattern = re.compile("|".join(re.escape(v) for v in vals), re.IGNORECASE) if vals else None
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every known value replaced by :data:`REDACTED`."""
+        if self._pattern is None:
+            return str(text)
+        return self._pattern.sub(REDACTED, str(text))
+
+    def merged(self, other: Redactor) -> Redactor:
+        """A redactor hiding the values of both."""
+        return Redactor((*self.values, *other.values))

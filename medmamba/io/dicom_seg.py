@@ -1,0 +1,193 @@
+"""Writing a predicted label map as a DICOM Segmentation (SEG) object with highdicom.
+
+The mask is given in the geometry that :func:`medmamba.data.load_scan` produced for the source
+series (``(X, Y, Z)``, slices ordered along the normal). The writer re-reads the source headers,
+orders them the same way, and hands highdicom one frame per source image, so every SEG frame
+references the SOP instance it was predicted on.
+
+Patient data: highdicom copies the whole Patient and Study modules of the source. The writer then
+removes every identifying attribute that the SEG IOD does not require (Type 3, e.g. other patient
+IDs, comments, weight, physicians of record), keeping only the Type 1/2 attributes that tie the SEG
+to its patient and study (:data:`REQUIRED_PATIENT_STUDY_KEYWORDS`), and every identifying attribute
+inside sequences (highdicom records the source's institution in the contributing equipment);
+``anonymous=True`` empties the Type 2 values as well.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from medmamba.data.dicom_geometry import PlaneGeometry, sort_by_position
+from medmamba.data.dicom_scan import read_dicom_file, scan_dicom_folder, select_series
+from medmamba.data.privacy import IDENTIFYING_KEYWORDS
+from medmamba.io.atomic import atomic_write_bytes
+from medmamba.io.dicom_series import dataset_to_bytes
+
+__all__ = ["REQUIRED_PATIENT_STUDY_KEYWORDS", "ordered_source_datasets", "write_dicom_seg"]
+
+#: Patient/study attributes of Type 1 or 2 in the Segmentation IOD: the only ones copied from the source.
+REQUIRED_PATIENT_STUDY_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
+        "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    }
+)
+_TYPE2_IDENTIFYING = REQUIRED_PATIENT_STUDY_KEYWORDS - {"StudyInstanceUID", "StudyDate", "StudyTime"}
+
+
+def ordered_source_datasets(source: str | os.PathLike[str], series_uid: str | None = None) -> list[Dataset]:
+    """The source images of a series, fully read, in the slice order used by ``load_scan``.
+
+    Args:
+        source: The DICOM folder (or a single multi-frame / single-slice file).
+        series_uid: ``SeriesInstanceUID`` when the folder holds several series.
+
+    Returns:
+        Datasets ordered along the slice normal (one dataset for a single file).
+
+    Raises:
+        ValueError: If the images lack the geometry needed to order them.
+    """
+    src = Path(source)
+    if src.is_file():
+        return [read_dicom_file(src)]
+    series = select_series(scan_dicom_folder(src), series_uid)
+    hdrs = [inst.header for inst in series.instances]
+    if len(hdrs) > 1:
+        if any(h.get("ImagePositionPatient") is None or h.get("ImageOrientationPatient") is None for h in hdrs):
+            raise ValueError(f"source={str(src)!r}: images lack ImagePositionPatient/ImageOrientationPatient")
+        spacing = hdrs[0].get("PixelSpacing") or (1.0, 1.0)
+        plane = PlaneGeometry.from_values(hdrs[0].ImageOrientationPatient, spacing, str(src))
+        positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in hdrs])
+        order, _ = sort_by_position(positions, plane.normal)
+    else:
+        order = np.arange(1)
+    return [read_dicom_file(series.instances[int(i)].path) for i in order]
+
+
+def _segment_descriptions(labels: Mapping[int, str], algorithm_name: str, algorithm_version: str) -> list:
+    algo = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, version=algorithm_version, family=codes.cid7162.ArtificialIntelligence
+    )
+    out = []
+    for number in sorted(labels):
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=int(number),
+                segment_label=str(labels[number])[:64],
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+            )
+        )
+    return out
+
+
+def _strip_nested(ds: Dataset) -> None:
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                for keyword in IDENTIFYING_KEYWORDS:
+                    if keyword in item:
+                        delattr(item, keyword)
+                _strip_nested(item)
+
+
+def _strip_optional_identifiers(seg: Dataset, anonymous: bool) -> None:
+    for keyword in IDENTIFYING_KEYWORDS - REQUIRED_PATIENT_STUDY_KEYWORDS:
+        if keyword in seg:
+            delattr(seg, keyword)
+    # e.g. the source's InstitutionName in ContributingEquipmentSequence
+    _strip_nested(seg)
+    if anonymous:
+        for keyword in _TYPE2_IDENTIFYING:
+            setattr(seg, keyword, "")
+
+
+def write_dicom_seg(
+    path: str | os.PathLike[str],
+    mask: np.ndarray,
+    source: str | os.PathLike[str],
+    labels: Mapping[int, str],
+    *,
+    series_uid: str | None = None,
+    seg_series_uid: str | None = None,
+    seg_sop_uid: str | None = None,
+    series_number: int = 900,
+    algorithm_name: str = "medmamba",
+    algorithm_version: str = "0.1.0",
+    anonymous: bool = False,
+) -> Path:
+    """Write ``mask`` as a DICOM SEG referencing the source series, atomically.
+
+    Args:
+        path: Destination ``.dcm`` file.
+        mask: Integer label map ``(X, Y, Z)`` (or ``(1, X, Y, Z)``, or ``(X, Y)`` for one image) in
+            the geometry of ``load_scan(source)``; 0 is background, other values are segment numbers.
+        source: The DICOM folder (or file) the prediction was made on.
+        labels: Segment number -> label, for every non-zero value that may occur.
+        series_uid: The source ``SeriesInstanceUID`` (needed when the folder holds several series).
+        seg_series_uid: UID of the new SEG series (random by default).
+        seg_sop_uid: SOP Instance UID of the SEG (random by default).
+        series_number: ``SeriesNumber`` of the SEG series.
+        algorithm_name: Algorithm name recorded in each segment.
+        algorithm_version: Algorithm version.
+        anonymous: Empty the Type 2 patient/study identifiers instead of copying them.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ValueError: If the mask shape does not match the source, or it holds values missing from ``labels``.
+    """
+    arr = np.asarray(mask)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"mask must be (X, Y, Z), (1, X, Y, Z) or (X, Y); got shape {np.asarray(mask).shape}")
+    if not np.all(np.equal(np.mod(arr, 1), 0)):
+        raise ValueError("mask must hold integer segment numbers")
+    arr = arr.astype(np.int64)
+    values = {int(v) for v in np.unique(arr)} - {0}
+    if not values <= set(labels):
+        raise ValueError(f"mask holds segment numbers {sorted(values - set(labels))} missing from labels={dict(labels)!r}")
+    sources = ordered_source_datasets(source, series_uid)
+    if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError("multi-frame source images are not supported by write_dicom_seg yet; use a series of slices")
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    if arr.shape != (cols, rows, len(sources)):
+        raise ValueError(
+            f"mask shape {arr.shape} does not match the source series (columns, rows, slices) = "
+            f"{(cols, rows, len(sources))}"
+        )
+    frames = np.ascontiguousarray(np.transpose(arr, (2, 1, 0))).astype(np.uint16 if max(labels) > 255 else np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_segment_descriptions(labels, algorithm_name, algorithm_version),
+        series_instance_uid=seg_series_uid or hd.UID(),
+        series_number=int(series_number),
+        sop_instance_uid=seg_sop_uid or hd.UID(),
+        instance_number=1,
+        manufacturer="medmamba",
+        manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version,
+        device_serial_number="0",
+        omit_empty_frames=False,
+    )
+    _strip_optional_identifiers(seg, anonymous)
+    return atomic_write_bytes(path, dataset_to_bytes(seg))
+
+
