@@ -159,3 +159,27 @@ def test_full_default_build_fits_time_and_size(tmp_path: Path) -> None:
     assert len(manifest["subjects"]) == 24
     for split, n in zip(SPLITS, (14, 4, 6)):
         assert len(load_decathlon_datalist(out / DATALIST_FILES["segmentation"], True, split)) == n
+
+
+def test_template_loads_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from medmamba.data.synthetic import load_mni_template
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    tpl = load_mni_template(resolution=2, downsample=2)
+    assert tpl.shape == (49, 58, 47)
+    assert tpl.mask.sum() > 1000 and float(tpl.t1.max()) > 0.5
+    np.testing.assert_allclose(np.diag(tpl.affine)[:3], [4.0, 4.0, 4.0])
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a default data set"):
+        make_default_dataset(tmp_path / "mine", TINY, progress=False)
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"

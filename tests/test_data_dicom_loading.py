@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -60,21 +61,13 @@ def _expected_values(name: str) -> np.ndarray:
     ],
 )
 def test_real_single_images_load_with_modality_and_layout(name: str, modality: str, shape: tuple[int, ...]) -> None:
-    with pytest.warns(DicomGeometryWarning) if name in ("RG1_UNCR.dcm", "US1_UNCR.dcm") else _nullwarn():
+    with pytest.warns(DicomGeometryWarning) if name in ("RG1_UNCR.dcm", "US1_UNCR.dcm") else contextlib.nullcontext():
         img = load_scan(_testfile(name))
     assert tuple(img.shape) == shape
     assert img.meta["modality"] == modality
     assert img.dtype.is_floating_point
     assert img.affine.shape == (4, 4)
     assert np.all(np.isfinite(img.numpy()))
-
-
-class _nullwarn:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def test_ct_is_in_hounsfield_units_and_affine_is_ras() -> None:

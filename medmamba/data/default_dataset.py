@@ -274,6 +274,18 @@ def _is_up_to_date(out: Path, cfg: DefaultDatasetConfig) -> bool:
     return all((out / rel).is_file() for rel in data.get("files", {}))
 
 
+def _replaceable(out: Path) -> bool:
+    """Only an empty folder or a previous build (with its manifest) may be replaced."""
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    try:
+        return bool(json.loads((out / "manifest.json").read_text()).get("semi_synthetic"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _dir_size(root: Path) -> tuple[int, int]:
     n, size = 0, 0
     for p in root.rglob("*"):
@@ -305,6 +317,7 @@ def make_default_dataset(
 
     Raises:
         TypeError: If ``config`` is not a :class:`DefaultDatasetConfig`.
+        ValueError: If ``out_dir`` exists and is neither empty nor a previous build.
     """
     cfg = config if config is not None else DefaultDatasetConfig()
     if not isinstance(cfg, DefaultDatasetConfig):
@@ -316,6 +329,11 @@ def make_default_dataset(
         n, size = _dir_size(out)
         data = json.loads((out / "manifest.json").read_text())
         return DefaultDatasetSummary(out, len(data["subjects"]), n, size, time.perf_counter() - start, datalists, False)
+    if out.exists() and not _replaceable(out):
+        raise ValueError(
+            f"out_dir={str(out)!r} exists and is not a default data set (no manifest.json from make-default); "
+            "refusing to replace it - choose an empty or new folder"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
