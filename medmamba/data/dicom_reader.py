@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pydicom
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.dataset import Dataset

@@ -16,12 +16,11 @@ inside sequences (highdicom records the source's institution in the contributing
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
