@@ -32,6 +32,7 @@ from medmamba.visualize.erf import (
     default_feature_fn,
     effective_receptive_field,
     erf_mass_radius,
+    fill_zero_norm_weights,
     plot_effective_receptive_fields,
 )
 from medmamba.visualize.montage import montage, montage_indices
@@ -62,6 +63,7 @@ __all__ = [
     "error_categories",
     "error_map",
     "extract_view",
+    "fill_zero_norm_weights",
     "find_event_files",
     "label_overlay",
     "label_to_rgba",

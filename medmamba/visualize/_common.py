@@ -62,7 +62,7 @@ def to_numpy(x: Any, name: str = "array") -> np.ndarray:
         return t.cpu().numpy()
     if isinstance(x, np.ndarray):
         return x
-    if isinstance(x, (list, tuple)) or np.isscalar(x):
+    if isinstance(x, (list, tuple)) or (np.isscalar(x) and not isinstance(x, (str, bytes))):
         return np.asarray(x)
     raise TypeError(f"{name} must be a numpy array, torch tensor or MetaTensor, got {type(x).__name__}")
 
@@ -109,9 +109,7 @@ def volume_and_affine(
             raise ValueError(f"channel={channel} is out of range for {name} with {arr.shape[0]} channels")
         arr = arr[channel]
     if arr.ndim != 3:
-        raise ValueError(
-            f"{name} must be 3D (H, W, D) or channel-first 4D (C, H, W, D), got shape {tuple(arr.shape)}"
-        )
+        raise ValueError(f"{name} must be 3D (H, W, D) or channel-first 4D (C, H, W, D), got shape {tuple(arr.shape)}")
     if aff is None:
         aff = np.eye(4)
         if spacing is not None:
@@ -303,9 +301,7 @@ def display_range(
     return lo, hi
 
 
-def window_label(
-    window: WindowSpec | None, lo: float, hi: float, percentiles: Sequence[float] | None = None
-) -> str:
+def window_label(window: WindowSpec | None, lo: float, hi: float, percentiles: Sequence[float] | None = None) -> str:
     """A short description of a display range for titles."""
     if window is None:
         what = f"percentiles {percentiles[0]:g}-{percentiles[1]:g} " if percentiles is not None else ""

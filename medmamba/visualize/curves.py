@@ -118,9 +118,8 @@ def read_tensorboard_scalars(path: PathLike, *, tags: Sequence[str] | None = Non
 
 
 def _to_float(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
-        return None if v is None else float(v)
-    if isinstance(v, (int, float)):
+    """A number from a table cell, or None for empty/non-numeric cells."""
+    if isinstance(v, (int, float)):  # bool included
         return float(v)
     if isinstance(v, str):
         try:
@@ -204,8 +203,13 @@ def read_metrics_file(path: PathLike, *, x_key: str | None = None) -> dict[str, 
         values = list(data.values())
         if all(v and all(isinstance(e, (list, tuple)) and len(e) == 2 for e in v) for v in values):
             return {
-                str(k): Curve(str(k), np.asarray([float(e[0]) for e in v]), np.asarray([float(e[1]) for e in v]),
-                              x_key or "step", src)
+                str(k): Curve(
+                    str(k),
+                    np.asarray([float(e[0]) for e in v]),
+                    np.asarray([float(e[1]) for e in v]),
+                    x_key or "step",
+                    src,
+                )
                 for k, v in data.items()
             }
         lengths = {len(v) for v in values}
@@ -242,7 +246,8 @@ def load_training_logs(
             if isinstance(v, Curve):
                 out[str(name)] = v
             elif isinstance(v, tuple) and len(v) == 2:
-                out[str(name)] = Curve(str(name), np.asarray(v[0], dtype=np.float64), np.asarray(v[1], dtype=np.float64))
+                x, y = np.asarray(v[0], dtype=np.float64), np.asarray(v[1], dtype=np.float64)
+                out[str(name)] = Curve(str(name), x, y)
             else:
                 y = np.asarray(v, dtype=np.float64).ravel()
                 out[str(name)] = Curve(str(name), np.arange(y.size, dtype=np.float64), y)
@@ -265,8 +270,9 @@ def load_training_logs(
                 found = True
             for f in sorted(p.iterdir()):
                 low = f.name.lower()
-                if f.is_file() and (low.endswith((".csv", ".tsv", ".jsonl")) or
-                                    (low.startswith("metrics") and low.endswith(".json"))):
+                if f.is_file() and (
+                    low.endswith((".csv", ".tsv", ".jsonl")) or (low.startswith("metrics") and low.endswith(".json"))
+                ):
                     out.update(read_metrics_file(f))
                     found = True
             if not found:

@@ -26,6 +26,7 @@ __all__ = [
     "default_feature_fn",
     "effective_receptive_field",
     "erf_mass_radius",
+    "fill_zero_norm_weights",
     "plot_effective_receptive_fields",
 ]
 
@@ -143,6 +144,32 @@ def default_feature_fn(model: Any) -> FeatureFn:
     return model
 
 
+def fill_zero_norm_weights(model: nn.Module, value: float = 1.0) -> int:
+    """Set normalisation weights (γ) that are all zero to ``value``, in place.
+
+    MobileMamba (like many efficient networks) zero-initialises the last norm of its residual
+    branches (FFN, MRFFI projection, depthwise ConvBN), so an *untrained* network is its stem plus
+    identities and its ERF is just the stem's. Call this on an untrained model to see the receptive
+    field its architecture allows; trained weights need no such step.
+
+    Args:
+        model: The network (changed in place).
+        value: The weight given to those norms.
+
+    Returns:
+        The number of norm layers changed.
+    """
+    changed = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                w = getattr(m, "weight", None)
+                if isinstance(w, torch.Tensor) and w.numel() and bool((w == 0).all()):
+                    w.fill_(float(value))
+                    changed += 1
+    return changed
+
+
 def _feature_map(out: Any) -> torch.Tensor:
     if isinstance(out, (list, tuple)):
         if not out:
@@ -211,7 +238,8 @@ def effective_receptive_field(
     For each image ``x``: ``g = d(sum_c F(x)[c, centre]) / dx``, reduced to ``|g|`` (or ``relu(g)``,
     as in RepLKNet's script) and summed over the input channels; then averaged over the images and
     normalised to a maximum of 1. The model is evaluated in ``eval()`` mode (its mode is restored
-    afterwards) and no parameter gradient is accumulated.
+    afterwards) and no parameter gradient is accumulated. For an untrained MobileMamba call
+    :func:`fill_zero_norm_weights` first: its residual branches start at zero.
 
     Args:
         model: The network, or any callable (used as is when ``feature_fn`` is given).
@@ -367,8 +395,7 @@ def plot_effective_receptive_fields(
             raise ValueError(f"results[{name!r}] has shape {m.shape}; expected a 2D (or 3D) map")
         peak = m.max()
         m = np.abs(m) / peak if peak > 0 else np.abs(m)
-        im = ax.imshow(np.maximum(m, float(floor)) if log_scale else m, cmap=cmap, norm=norm,
-                       interpolation="nearest")
+        im = ax.imshow(np.maximum(m, float(floor)) if log_scale else m, cmap=cmap, norm=norm, interpolation="nearest")
         label = name
         if show_radii and isinstance(res, ERFResult) and centre is not None:
             r50, r90 = res.mass_radius(0.5), res.mass_radius(0.9)

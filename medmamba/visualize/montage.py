@@ -113,6 +113,7 @@ def montage(
         raise ValueError(f"ncols must be >= 1, got {ncols}")
     nrows = math.ceil(n / ncols)
     lo, hi = display_range(vol, window, percentiles, vmin=vmin, vmax=vmax)
+    shown_pct = None if vmin is not None or vmax is not None else percentiles
     fig = new_figure(fig, figsize=(2.0 * ncols, 2.0 * nrows + 0.4), layout="compressed")
     grid = fig.subplots(nrows, ncols, squeeze=False)
     for k, ax in enumerate(grid.ravel()):
@@ -127,8 +128,6 @@ def montage(
         ax.text(0.03, 0.97, str(idx[k]), transform=ax.transAxes, ha="left", va="top", color="yellow", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(
-        title if title is not None else f"{vname or f'axis {axis}'} slices, display {window_label(window, lo, hi, None if vmin is not None or vmax is not None else percentiles)}",
-        fontsize=11,
-    )
+    shown = f"{vname or f'axis {axis}'} slices, display {window_label(window, lo, hi, shown_pct)}"
+    fig.suptitle(title if title is not None else shown, fontsize=11)
     return fig

@@ -94,9 +94,7 @@ def _class_name(c: int, class_names: ClassNames) -> str:
     return f"class {c}"
 
 
-def label_to_rgba(
-    label: Any, colors: ClassColors = None, alpha: float = 0.4
-) -> np.ndarray:
+def label_to_rgba(label: Any, colors: ClassColors = None, alpha: float = 0.4) -> np.ndarray:
     """Colour a 2D label map: class ``k`` → its colour with opacity ``alpha``, background transparent.
 
     Args:
@@ -244,8 +242,8 @@ def label_overlay(
     """A label (or prediction) map over an image slice, with a legend of the classes present.
 
     Args:
-        image: A 2D slice ``(H, W)``, or a volume ``(H, W, D)`` / ``(C, H, W, D)`` (numpy, torch,
-            MetaTensor) from which ``view``/``index`` select the slice.
+        image: A 2D slice ``(H, W)`` or ``(1, H, W)``, or a volume ``(H, W, D)`` / ``(C, H, W, D)``
+            (numpy, torch, MetaTensor) from which ``view``/``index`` select the slice.
         label: Integer labels of the same spatial shape (0 = background); a multi-channel
             (one-hot / probability) array is reduced by argmax over the channel axis.
         view: ``"axial"``, ``"coronal"``, ``"sagittal"`` or an array axis, for volumes.
@@ -274,13 +272,29 @@ def label_overlay(
         ValueError: For mismatched shapes, non-integer labels or an unknown ``mode``.
     """
     _check_mode(mode)
-    sl = _prepare(image, [label], ["label"], view=view, index=index, channel=channel, affine=affine,
-                  spacing=spacing, radiological=radiological)
+    sl = _prepare(
+        image,
+        [label],
+        ["label"],
+        view=view,
+        index=index,
+        channel=channel,
+        affine=affine,
+        spacing=spacing,
+        radiological=radiological,
+    )
     lo, hi = display_range(sl.image, window, percentiles)
     fig, ax = axes_or_new(ax, figsize=(6, 5))
     _show_image(ax, sl, lo, hi, cmap, letters)
-    _draw_labels(ax, sl.masks[0], class_names=class_names, colors=colors, mode=mode, alpha=alpha,  # type: ignore[arg-type]
-                 legend=legend)
+    _draw_labels(
+        ax,
+        sl.masks[0],
+        class_names=class_names,
+        colors=colors,
+        mode=mode,
+        alpha=alpha,  # type: ignore[arg-type]
+        legend=legend,
+    )
     ax.set_title(title if title is not None else f"labels{', ' + sl.where if sl.where else ''}", fontsize=10)
     return fig
 
@@ -375,8 +389,17 @@ def error_map(
     Returns:
         The figure; the axes holds the slice and the RGBA category image.
     """
-    sl = _prepare(image, [label, prediction], ["label", "prediction"], view=view, index=index, channel=channel,
-                  affine=affine, spacing=spacing, radiological=radiological)
+    sl = _prepare(
+        image,
+        [label, prediction],
+        ["label", "prediction"],
+        view=view,
+        index=index,
+        channel=channel,
+        affine=affine,
+        spacing=spacing,
+        radiological=radiological,
+    )
     lo, hi = display_range(sl.image, window, percentiles)
     fig, ax = axes_or_new(ax, figsize=(6, 5))
     _show_image(ax, sl, lo, hi, cmap, letters)
@@ -416,19 +439,34 @@ def prediction_overview(
         The figure with three axes: label overlay, prediction overlay, error map.
     """
     _check_mode(mode)
-    sl = _prepare(image, [label, prediction], ["label", "prediction"], view=view, index=index, channel=channel,
-                  affine=affine, spacing=spacing, radiological=radiological)
+    sl = _prepare(
+        image,
+        [label, prediction],
+        ["label", "prediction"],
+        view=view,
+        index=index,
+        channel=channel,
+        affine=affine,
+        spacing=spacing,
+        radiological=radiological,
+    )
     lo, hi = display_range(sl.image, window, percentiles)
     fig = new_figure(fig, figsize=(15, 4.8))
     axes = fig.subplots(1, 3)
     for ax, mask, name in zip(axes[:2], sl.masks, ("label", "prediction")):
         _show_image(ax, sl, lo, hi, cmap, True)
-        _draw_labels(ax, mask, class_names=class_names, colors=colors, mode=mode, alpha=alpha,  # type: ignore[arg-type]
-                     legend=True)
+        _draw_labels(
+            ax,
+            mask,
+            class_names=class_names,
+            colors=colors,
+            mode=mode,
+            alpha=alpha,  # type: ignore[arg-type]
+            legend=True,
+        )
         ax.set_title(name, fontsize=10)
     _show_image(axes[2], sl, lo, hi, cmap, True)
-    _draw_errors(axes[2], error_categories(sl.masks[1], sl.masks[0]), alpha=0.6, show_true_positives=True,
-                 legend=True)
+    _draw_errors(axes[2], error_categories(sl.masks[1], sl.masks[0]), alpha=0.6, show_true_positives=True, legend=True)
     axes[2].set_title("errors", fontsize=10)
     fig.suptitle(title if title is not None else (sl.where or "slice"), fontsize=11)
     return fig

@@ -17,9 +17,7 @@ from medmamba.visualize._common import axes_or_new, to_numpy
 __all__ = ["slice_probabilities", "slice_probability_strip"]
 
 
-def slice_probabilities(
-    scores: Any, *, class_index: int = 1, logits: bool = False
-) -> np.ndarray:
+def slice_probabilities(scores: Any, *, class_index: int = 1, logits: bool = False) -> np.ndarray:
     """Per-slice probability of one class.
 
     Args:
@@ -60,7 +58,10 @@ def slice_probabilities(
 
 
 def _volume_probability(
-    scores: Any, aggregate: str | Callable[[torch.Tensor], torch.Tensor], top_k: int | float, class_index: int,
+    scores: Any,
+    aggregate: str | Callable[[torch.Tensor], torch.Tensor],
+    top_k: int | float,
+    class_index: int,
     logits: bool,
 ) -> float:
     """The volume-level probability as the inferer computes it (aggregate, then sigmoid/softmax for logits)."""
@@ -163,8 +164,7 @@ def slice_probability_strip(
         handles.append(Patch(color="tab:orange", alpha=0.3, label=f"ground truth: {cname} slices"))
     (line,) = ax.plot(x, p, marker="o", ms=3, lw=1.4, color="tab:blue", label="slice probability")
     thr = ax.axhline(threshold, color="black", ls="--", lw=1.0, label="threshold")
-    vol_line = ax.axhline(vol_p, color="tab:red", ls="-", lw=1.4, alpha=0.8,
-                          label=f"volume ({agg_name}) = {vol_p:.3f}")
+    vol_line = ax.axhline(vol_p, color="tab:red", ls="-", lw=1.4, alpha=0.8, label=f"volume ({agg_name}) = {vol_p:.3f}")
     handles = [line, thr, vol_line, *handles]
     above = p >= threshold
     if np.any(above):
@@ -183,8 +183,15 @@ def slice_probability_strip(
     if heat_strip:
         strip = ax.inset_axes((0.0, 1.12, 1.0, 0.08), sharex=ax)
         step = _step_of(x)
-        strip.imshow(p[None, :], aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest",
-                     extent=(x[0] - step / 2, x[-1] + step / 2, 0, 1))
+        strip.imshow(
+            p[None, :],
+            aspect="auto",
+            cmap="viridis",
+            vmin=0.0,
+            vmax=1.0,
+            interpolation="nearest",
+            extent=(x[0] - step / 2, x[-1] + step / 2, 0, 1),
+        )
         strip.set_yticks([])
         strip.tick_params(labelbottom=False)
         ax.title.set_y(1.22)

@@ -81,6 +81,7 @@ def orthogonal_views(
         if len(pt) != 3 or any(not 0 <= p < s for p, s in zip(pt, vol.shape)):
             raise ValueError(f"point={tuple(point)!r} must be a voxel index (i, j, k) inside shape {vol.shape}")
     lo, hi = display_range(vol, window, percentiles, vmin=vmin, vmax=vmax)
+    shown_pct = None if vmin is not None or vmax is not None else percentiles
     fig = new_figure(fig, figsize=(12, 4.6))
     axes = fig.subplots(1, 3)
     im = None
@@ -99,6 +100,5 @@ def orthogonal_views(
             annotate_letters(ax, dv.letters)
     if colorbar and im is not None:
         fig.colorbar(im, ax=list(axes), shrink=0.8, label="intensity")
-    fig.suptitle(title if title is not None else f"display {window_label(window, lo, hi, None if vmin is not None or vmax is not None else percentiles)}", fontsize=11)
+    fig.suptitle(title if title is not None else f"display {window_label(window, lo, hi, shown_pct)}", fontsize=11)
     return fig
-
