@@ -593,3 +593,21 @@ def test_no_pyplot_figures_and_no_rcparams_changes() -> None:
     slice_probability_strip(np.array([0.2, 0.8]))
     assert len(plt.get_fignums()) == n_open
     assert dict(matplotlib.rcParams) == before
+
+
+def test_default_feature_maps_of_monai_baselines() -> None:
+    from monai.networks.nets import DenseNet, EfficientNetBN, UNet
+
+    from medmamba.visualize import default_feature_fn
+
+    x = torch.randn(1, 1, 32, 32)
+    dense = DenseNet(2, 1, 2, init_features=8, growth_rate=4, block_config=(1, 1)).eval()
+    eff = EfficientNetBN("efficientnet-b0", spatial_dims=2, in_channels=1, num_classes=2, pretrained=False).eval()
+    unet = UNet(2, 1, 2, channels=(4, 8), strides=(2,)).eval()
+    with torch.no_grad(), _fast_cpu():
+        torch.testing.assert_close(default_feature_fn(dense)(x), dense.features(x))
+        assert default_feature_fn(eff)(x).shape == (1, 1280, 1, 1)
+        assert default_feature_fn(unet) is unet
+    with _fast_cpu():
+        res = effective_receptive_field(dense, (1, 32, 32), 1)
+    assert res.feature_shape == (4, 4) and res.map.max() == 1.0
