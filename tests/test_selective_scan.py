@@ -112,6 +112,37 @@ def test_strong_decay_is_finite(length: int) -> None:
         assert_close_rel(g, g_ref, 1e-4, f"grad {name}")
 
 
+def _time_major(x: Tensor) -> Tensor:
+    """The same values stored as (batch, L, channels): a (batch, channels, L) view with L strided."""
+    return x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(x.requires_grad)
+
+
+@pytest.mark.parametrize("n_state,length", [(1, 1), (1, 50), (3, 33)])
+@pytest.mark.parametrize("layouts", ["tm-tm", "tm-last", "last-tm", "strided"])
+def test_parallel_memory_layouts(n_state: int, length: int, layouts: str) -> None:
+    inputs = make_inputs(2, 2, 8, n_state, length, seed=7)
+    y_ref = selective_scan(*inputs, backend="reference")
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(8))
+    g_ref = grads(y_ref, inputs, dy)
+    fast = list(inputs)
+    if layouts == "strided":  # every other channel of a wider tensor, and a strided dy
+        fast[0] = torch.stack([inputs[0].detach(), inputs[0].detach()], 2).flatten(1, 2)[:, ::2].requires_grad_()
+        fast[1] = torch.stack([inputs[1].detach(), inputs[1].detach()], 2).flatten(1, 2)[:, ::2].requires_grad_()
+        dy_fast = torch.stack([dy, dy], -1)[..., 0]
+    else:
+        if layouts.startswith("tm"):
+            fast[0] = _time_major(inputs[0])
+        if layouts.endswith("tm"):
+            fast[1] = _time_major(inputs[1])
+        dy_fast = dy
+    y = selective_scan(*fast, backend="parallel")
+    assert_close_rel(y, y_ref, 1e-5, "y")
+    if layouts.startswith("tm") and length > 1:
+        assert y.transpose(1, 2).is_contiguous()  # output follows the layout of u
+    for name, g, g0 in zip(ARG_NAMES, grads(y, fast, dy_fast), g_ref):
+        assert_close_rel(g, g0, 1e-4, f"grad {name}")
+
+
 def test_default_backend_is_parallel_on_cpu() -> None:
     inputs = make_inputs(2, 2, 3, 1, 9)
     y_auto = selective_scan(*inputs)

@@ -1,0 +1,222 @@
+"""Benchmark the selective scan: sequential reference loop vs the exact parallel scan.
+
+Times the forward pass (inference, ``torch.no_grad``) and forward+backward (training) of
+``medmamba.networks.selective_scan.selective_scan`` with ``backend="reference"`` and
+``backend="parallel"`` at the stage-1 SS2D shapes of MobileMamba (N = 1, K = 2 directions):
+
+=============  =====  ===========  =====  ======  ======
+variant        batch  tokens       E0     KD      L
+=============  =====  ===========  =====  ======  ======
+T2 @ 192       8      12 x 12      144    448     144
+S6 @ 224       8      14 x 14      192    640     196
+B1 @ 256       8      16 x 16      200    640     256
+B4 @ 512       8      32 x 32      200    640     1024
+=============  =====  ===========  =====  ======  ======
+
+(``Cg = round(0.8 * E0)`` global channels, ``d_inner = 2 * Cg``, ``KD = 2 * d_inner``.)
+
+glibc trap: freed blocks of 32 MiB or more go back to the OS, so large temporaries are page-faulted
+again on every call. Those thresholds can only be set before the process starts, so unless
+``--no-malloc-tuning`` is given the script re-executes itself once with ``MALLOC_MMAP_THRESHOLD_``
+(32 MiB, the largest value glibc accepts), ``MALLOC_TRIM_THRESHOLD_`` (64 GiB) and
+``MALLOC_TOP_PAD_`` (1 GiB) set, unless they are already in the environment.
+
+Usage::
+
+    python benchmarks/bench_scan.py [--json results.json] [--repeats 7] [--ref-repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024**3),
+    "MALLOC_TOP_PAD_": str(1024**3),
+}
+_REEXEC_FLAG = "MEDMAMBA_BENCH_SCAN_REEXEC"
+
+# name, batch, KD (= K * d_inner), L
+SHAPES: list[tuple[str, int, int, int]] = [
+    ("T2@192", 8, 448, 144),
+    ("S6@224", 8, 640, 196),
+    ("B1@256", 8, 640, 256),
+    ("B4@512", 8, 640, 1024),
+]
+GROUPS = 2
+N_STATE = 1
+
+
+def _maybe_reexec(args: argparse.Namespace) -> None:
+    """Re-run this script once with the glibc malloc thresholds set (they are read at start-up)."""
+    if args.no_malloc_tuning or os.environ.get(_REEXEC_FLAG) or all(k in os.environ for k in MALLOC_ENV):
+        return
+    env = dict(os.environ)
+    for key, value in MALLOC_ENV.items():
+        env.setdefault(key, value)
+    env[_REEXEC_FLAG] = "1"
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def _time(fn: Callable[[], None], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_shape(name: str, batch: int, kd: int, length: int, repeats: int, ref_repeats: int) -> dict[str, Any]:
+    import torch
+
+    from medmamba.networks.selective_scan import selective_scan
+
+    gen = torch.Generator().manual_seed(0)
+    # SS2D "v2" initialisation: A_log = 0, D = 1, dt bias ~ 0.1 U(0, 1); small projected dt
+    u = torch.randn(batch, kd, length, generator=gen)
+    delta = torch.randn(batch, kd, length, generator=gen) * 0.1
+    A = -torch.ones(kd, N_STATE)
+    B = torch.randn(batch, GROUPS, N_STATE, length, generator=gen)
+    C = torch.randn(batch, GROUPS, N_STATE, length, generator=gen)
+    D = torch.ones(kd)
+    bias = torch.rand(kd, generator=gen) * 0.1
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+    dy = torch.randn(batch, kd, length, generator=gen)
+
+    def fwd(backend: str) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                selective_scan(*leaves, backend=backend)
+
+        return run
+
+    def fwd_bwd(backend: str) -> Callable[[], None]:
+        def run() -> None:
+            for t in leaves:
+                t.grad = None
+            selective_scan(*leaves, backend=backend).backward(dy)
+
+        return run
+
+    with torch.no_grad():
+        err = (selective_scan(*leaves, backend="parallel") - selective_scan(*leaves, backend="reference")).abs().max()
+    result: dict[str, Any] = {"name": name, "batch": batch, "KD": kd, "L": length, "N": N_STATE, "K": GROUPS}
+    result["max_abs_diff_fwd"] = float(err)
+    result["ref_fwd_s"] = _time(fwd("reference"), ref_repeats, warmup=1)
+    result["par_fwd_s"] = _time(fwd("parallel"), repeats, warmup=2)
+    result["ref_fwd_bwd_s"] = _time(fwd_bwd("reference"), ref_repeats, warmup=0)
+    result["par_fwd_bwd_s"] = _time(fwd_bwd("parallel"), repeats, warmup=2)
+    for key in ("ref_fwd", "par_fwd", "ref_fwd_bwd", "par_fwd_bwd"):
+        result[key + "_median_ms"] = 1e3 * statistics.median(result[key + "_s"])
+    result["speedup_fwd"] = result["ref_fwd_median_ms"] / result["par_fwd_median_ms"]
+    result["speedup_fwd_bwd"] = result["ref_fwd_bwd_median_ms"] / result["par_fwd_bwd_median_ms"]
+    return result
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| shape | batch | KD | L | ref fwd (ms) | parallel fwd (ms) | fwd speed-up "
+        "| ref fwd+bwd (ms) | parallel fwd+bwd (ms) | fwd+bwd speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['batch']} | {r['KD']} | {r['L']} "
+            f"| {r['ref_fwd_median_ms']:.1f} | {r['par_fwd_median_ms']:.1f} | {r['speedup_fwd']:.1f}x "
+            f"| {r['ref_fwd_bwd_median_ms']:.1f} | {r['par_fwd_bwd_median_ms']:.1f} | {r['speedup_fwd_bwd']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="PATH", help="write machine info and all timings to this JSON file")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats of the parallel scan (median)")
+    parser.add_argument("--ref-repeats", type=int, default=3, help="timed repeats of the reference loop")
+    parser.add_argument("--shapes", nargs="*", default=None, help="subset of shape names, e.g. B4@512")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="do not re-exec with glibc malloc settings")
+    args = parser.parse_args(argv)
+    _maybe_reexec(args)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes]
+    info = machine_info()
+    print(
+        f"machine: {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['cpu_capability']}), "
+        f"torch {info['torch']} with {info['torch_threads']} threads, Python {info['python']}"
+    )
+    print(f"malloc tuning: {info['malloc_env']}")
+    print(f"load average at start: {info['loadavg_start']}")
+    results = []
+    for name, batch, kd, length in shapes:
+        r = bench_shape(name, batch, kd, length, args.repeats, args.ref_repeats)
+        results.append(r)
+        print(
+            f"  {name}: fwd {r['ref_fwd_median_ms']:.1f} -> {r['par_fwd_median_ms']:.1f} ms, "
+            f"fwd+bwd {r['ref_fwd_bwd_median_ms']:.1f} -> {r['par_fwd_bwd_median_ms']:.1f} ms "
+            f"(max |diff| {r['max_abs_diff_fwd']:.1e})",
+            flush=True,
+        )
+    info["loadavg_end"] = os.getloadavg()
+    print()
+    print(f"median of {args.repeats} (parallel) / {args.ref_repeats} (reference) repeats, N = {N_STATE}, K = {GROUPS}")
+    print(format_table(results))
+    print(f"load average at end: {info['loadavg_end']}")
+    for r in results:
+        if r["name"] == "B4@512":
+            ok = r["speedup_fwd"] >= 4.0 and r["speedup_fwd_bwd"] >= 30.0
+            print(
+                f"target at B4@512 (fwd >= 4x, fwd+bwd >= 30x): {'met' if ok else 'NOT met'} "
+                f"({r['speedup_fwd']:.1f}x, {r['speedup_fwd_bwd']:.1f}x)"
+            )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": info, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
