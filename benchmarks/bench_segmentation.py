@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -88,17 +87,10 @@ class Result:
 
 
 @torch.no_grad()
-def _time(fn: Callable[[], object], min_time: float, min_iters: int, warmup: int) -> float:
-    """Median seconds per call, after ``warmup`` calls, over at least ``min_iters`` calls / ``min_time`` s."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _once(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def run(
@@ -107,35 +99,61 @@ def run(
     batch: int = 8,
     slices: int = 200,
     context: int = 1,
-    min_time: float = 3.0,
-    min_iters: int = 3,
+    rounds: int = 5,
     warmup: int = 2,
 ) -> list[Result]:
-    """Benchmark the networks ``names`` (keys of :data:`MODELS`); see the module docstring."""
-    results = []
+    """Benchmark the networks ``names`` (keys of :data:`MODELS`); see the module docstring.
+
+    Throughput and latency are the best of ``rounds`` rounds that visit every network in turn
+    (interleaved, so that load from other processes on a shared machine hits all networks alike and
+    the minimum filters it out). The volume is segmented once per network.
+    """
     x8 = torch.randn(batch, 1, size, size)
     x1 = torch.randn(1, 1, size, size)
     volume = torch.randn(1, 1, size, size, slices)
+    results: dict[str, Result] = {}
+    runners: dict[str, dict[str, nn.Module]] = {}
     for name in names:
         label, build, fusable = MODELS[name]
-        res = Result(label)
+        res = results[name] = Result(label)
         try:
             torch.manual_seed(0)
             model = build(1).eval()
         except ImportError as err:
             res.note = f"not run: {err}"
-            results.append(res)
             continue
         res.params = sum(p.numel() for p in model.parameters())
-        res.throughput = batch / _time(lambda: model(x8), min_time, min_iters, warmup)
-        res.latency_ms = 1000 * _time(lambda: model(x1), min_time, min_iters, warmup)
+        runners[name] = {"eager": model}
         if fusable:
-            fused = fuse_norms(model)
-            res.throughput_fused = batch / _time(lambda: fused(x8), min_time, min_iters, warmup)
-            res.latency_fused_ms = 1000 * _time(lambda: fused(x1), min_time, min_iters, warmup)
+            runners[name]["fused"] = fuse_norms(model)
         else:
             res.note = "no foldable BatchNorm (Instance/Group/LayerNorm or BN outside conv-BN units)"
-        # 2.5D: a (2k+1)-slice stack per slice, the network built for that many channels
+    times: dict[tuple[str, str, int], list[float]] = {}
+    for name, modes in runners.items():
+        for mode, model in modes.items():
+            for x in (x8, x1):
+                for _ in range(warmup):
+                    _once(lambda: model(x))
+    for _ in range(rounds):
+        for name, modes in runners.items():
+            for mode, model in modes.items():
+                for x in (x8, x1):
+                    times.setdefault((name, mode, x.shape[0]), []).append(_once(lambda: model(x)))
+    for name, modes in runners.items():
+        res = results[name]
+        res.throughput = batch / min(times[(name, "eager", batch)])
+        res.latency_ms = 1000 * min(times[(name, "eager", 1)])
+        if "fused" in modes:
+            res.throughput_fused = batch / min(times[(name, "fused", batch)])
+            res.latency_fused_ms = 1000 * min(times[(name, "fused", 1)])
+    runners.clear()
+    for name in names:
+        res = results[name]
+        if res.params == 0:
+            continue
+        _, build, fusable = MODELS[name]
+        # 2.5D: a (2k+1)-slice stack per slice, the network built for that many channels (fused if it can be)
+        torch.manual_seed(0)
         stack_model = build(2 * context + 1).eval()
         stack_model = fuse_norms(stack_model) if fusable else stack_model
         inferer = SliceStackInferer(spatial_dim=2, context=context, sw_batch_size=batch)
@@ -145,9 +163,16 @@ def run(
             out = inferer(volume, stack_model)
             res.volume_s = time.perf_counter() - t
         res.extra["volume_out"] = tuple(out.shape)
-        results.append(res)
-        del model, stack_model
-    return results
+        del stack_model
+    return [results[n] for n in names]
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def machine() -> str:
@@ -198,23 +223,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 64², 4 slices, one timed call")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (best of)")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     settings = (
-        dict(size=64, batch=2, slices=4, min_time=0.0, min_iters=1, warmup=1)
+        dict(size=64, batch=2, slices=4, rounds=1, warmup=1)
         if args.quick
-        else dict(size=256, batch=8, slices=200)
+        else dict(size=256, batch=8, slices=200, rounds=args.rounds)
     )
+    load_before = _loadavg()
     started = time.perf_counter()
     results = run(args.models, **settings)
     elapsed = time.perf_counter() - started
     text = "\n".join(
         [
             f"Machine: {machine()}",
-            f"Date: {datetime.date.today().isoformat()}; benchmark wall time {elapsed:.0f} s",
+            f"Date: {datetime.date.today().isoformat()}; benchmark wall time {elapsed:.0f} s; "
+            f"load average before / after: {load_before} / {_loadavg()}; img/s and latency: best of "
+            f"{settings['rounds']} interleaved rounds",
             "",
             table(results, settings["size"], settings["batch"], settings["slices"], 1),
         ]

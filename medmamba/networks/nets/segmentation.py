@@ -162,7 +162,9 @@ class MobileMambaSeg(nn.Module):
         in_channels: input channels (``modalities × (2k + 1)`` for 2.5D stacks).
         out_channels: number of classes (logit channels).
         deep_supervision: return auxiliary outputs in training (see above).
-        decoder_channels: decoder widths at strides 2, 4, 8, 16, 32, 64 (one int for all).
+        decoder_channels: decoder widths at strides 2, 4, 8, 16, 32, 64 (one int for all). The
+            default keeps the two high-resolution levels narrow: they carry boundary detail, not
+            semantics, and dominate the decoder's memory traffic on the CPU.
         pad_mode: how the input is padded to a multiple of 64: ``"replicate"`` (default),
             ``"constant"`` (zeros) or ``"reflect"`` (needs the padding to be smaller than the input).
         upsample_mode: top-down upsampling in the decoder, ``"bilinear"`` or ``"nearest"``.
@@ -188,7 +190,7 @@ class MobileMambaSeg(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         deep_supervision: bool = False,
-        decoder_channels: int | Sequence[int] = (32, 48, 64, 96, 128, 128),
+        decoder_channels: int | Sequence[int] = (16, 32, 64, 96, 128, 128),
         pad_mode: str = "replicate",
         upsample_mode: str = "bilinear",
         **encoder_kwargs: Any,
