@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "Notebook", "pick_test_case"]
+__all__ = ["ROOT", "Bundle", "Notebook", "brain_slices", "load_bundle", "pick_test_case"]
 
 
 def _find_root() -> Path:
@@ -82,3 +83,84 @@ def pick_test_case(nb: Notebook) -> dict[str, Any]:
             if cond(item):
                 return {**item, "has_lesion": labels.get(item["id"]) == 1}
     raise AssertionError("unreachable")
+
+
+def brain_slices(
+    nb: Notebook, n: int, size: int, *, split: str = "test", context: int = 0, seed: int = 0, min_brain: float = 0.3
+) -> Any:
+    """``n`` random axial slices with brain from the ``split`` subjects, as a float tensor
+    ``(n, 2*context+1, size, size)``: each volume standardised (mean 0, std 1 inside the brain),
+    each slice (with ``context`` neighbours on each side as channels) padded to a square and resized.
+
+    Slices whose brain area is below ``min_brain`` of the subject's largest are not used.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from medmamba.data import load_scan
+
+    items = nb.datalist("segmentation")[split] or nb.datalist("segmentation")["training"]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(items))
+    per_subject = -(-n // len(items))
+    out = []
+    for i in order:
+        vol = load_scan(items[i]["image"])[0].numpy()
+        brain = load_scan(items[i]["label"])[0].numpy() > 0
+        vol = (vol - vol[brain].mean()) / (vol[brain].std() + 1e-6)
+        area = brain.sum(axis=(0, 1))
+        zs = np.nonzero(area >= min_brain * area.max())[0]
+        for z in rng.choice(zs, size=min(per_subject, len(zs)), replace=False):
+            idx = np.clip(np.arange(z - context, z + context + 1), 0, vol.shape[2] - 1)
+            sl = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol[:, :, idx], -1, 0))).float()
+            h, w = sl.shape[1:]
+            m = max(h, w)
+            sl = F.pad(sl, ((m - w) // 2, m - w - (m - w) // 2, (m - h) // 2, m - h - (m - h) // 2), value=float(sl.min()))
+            out.append(F.interpolate(sl[None], size=(size, size), mode="bilinear", align_corners=False)[0])
+            if len(out) == n:
+                return torch.stack(out)
+    return torch.stack(out)
+
+
+@dataclass
+class Bundle:
+    """A trained MONAI bundle: its folder, the network with the trained weights (eval mode), the
+    parsed inference configuration and the weights file."""
+
+    root: Path
+    network: Any
+    config: Any
+    weights: Path
+
+
+def load_bundle(nb: Notebook, name: str) -> Bundle | None:
+    """The trained network of ``bundles/<name>``, or ``None`` when ``models/model.pt`` is missing.
+
+    The network is built from the bundle's own ``network_def`` (``configs/inference.json`` or
+    ``.yaml``, else ``train``) and gets the saved weights (a state dict, possibly inside a checkpoint
+    dict).
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    root = nb.bundles / name
+    weights = root / "models" / "model.pt"
+    if not weights.is_file():
+        return None
+    configs = [root / "configs" / f"{stem}.{ext}" for stem in ("inference", "train") for ext in ("json", "yaml")]
+    config_file = next((c for c in configs if c.is_file()), None)
+    if config_file is None:
+        raise FileNotFoundError(f"{root} has weights but no configs/inference.json|yaml")
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser["bundle_root"] = str(root)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "network", "net"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    network.load_state_dict(state)
+    return Bundle(root, network.eval(), parser, weights)

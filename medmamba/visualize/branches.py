@@ -397,7 +397,7 @@ def plot_branch_contributions(stats: Sequence[BranchStats], *, title: str | None
     cats = [
         f"{s.block}\n{s.channels['WTE-Mamba']}/{s.channels['MK-DeConv']}/{s.channels['identity']} ch" for s in stats
     ]
-    fig = new_figure(fig, figsize=(max(8.0, 1.9 * len(stats) * 2), 4.2))
+    fig = new_figure(fig, figsize=(max(9.0, 2.6 * len(stats) + 2.0), 4.2))
     ax1, ax2 = fig.subplots(1, 2)
     _grouped_bars(ax1, cats, {b: [s.feature_rms[b] for s in stats] for b in BRANCHES})
     ax1.set_ylabel("RMS of the branch output")
