@@ -150,6 +150,14 @@ def test_default_backend_is_parallel_on_cpu() -> None:
     torch.testing.assert_close(y_auto, y_par, rtol=0, atol=0)
 
 
+def test_fast_softplus_is_accurate() -> None:
+    from medmamba.networks.selective_scan import _fast_softplus
+
+    z = torch.linspace(-80.0, 100.0, 20001)  # results stay normal float32 numbers
+    exact = torch.nn.functional.softplus(z.double())
+    assert ((_fast_softplus(z).double() - exact).abs() / exact).max() < 5e-7
+
+
 def test_gradcheck_float64() -> None:
     inputs = make_inputs(1, 2, 2, 2, 5, dtype=torch.float64)
     for softplus in (True, False):
