@@ -54,6 +54,10 @@ _LOG_DECAY_MIN = -80.0
 # below float32 resolution.
 _DECAY_PRODUCT_MIN = 1e-30
 
+# In the L-last layout the recursive scans copy the every-4th-element subsequence (a strided view)
+# to a contiguous tensor and back: deeper levels then touch far fewer pages (about 10% faster).
+_COMPACT_STRIDE = 4
+
 # ``F.softplus`` (ATen's scalar ``log1p``) vs the compensated ``_fast_softplus`` built from ten
 # vectorised ops: the latter was 2.3x faster on a Zen 4 CPU with torch 2.14 (where ``log1p`` cost
 # 5 ns per element), but is 2.3x slower on the AVX-512 Xeon with torch 2.13 of
@@ -211,7 +215,13 @@ def _scan_fwd_(a: Tensor, b: Tensor) -> None:
     a_odd = a[..., 1 : 2 * n : 2]
     b_odd.addcmul_(a_odd, b[..., 0 : 2 * n : 2])
     if n > 1:
-        _scan_fwd_(torch.mul(a_odd, a[..., 0 : 2 * n : 2]).clamp_min_(_DECAY_PRODUCT_MIN), b_odd)
+        a_pair = torch.mul(a_odd, a[..., 0 : 2 * n : 2]).clamp_min_(_DECAY_PRODUCT_MIN)
+        if b_odd.stride(-1) == _COMPACT_STRIDE:  # L-last: go on with a contiguous copy
+            b_sub = b_odd.contiguous()
+            _scan_fwd_(a_pair, b_sub)
+            b_odd.copy_(b_sub)
+        else:
+            _scan_fwd_(a_pair, b_odd)
     m = (length - 1) // 2
     if m > 0:
         b[..., 2 : 2 * m + 1 : 2].addcmul_(a[..., 2 : 2 * m + 1 : 2], b[..., 1 : 2 * m : 2])
@@ -234,7 +244,13 @@ def _scan_rev_(a_next: Tensor, b: Tensor) -> None:
     if n > 1:
         # the pair starting at p = off + 2u links to the next one through a_next[p]·a_next[p+1]
         a_pair = torch.mul(a_next[..., off : length - 3 : 2], a_next[..., off + 1 : length - 2 : 2])
-        _scan_rev_(a_pair.clamp_min_(_DECAY_PRODUCT_MIN), b_tgt)
+        a_pair.clamp_min_(_DECAY_PRODUCT_MIN)
+        if b_tgt.stride(-1) == _COMPACT_STRIDE:  # L-last: go on with a contiguous copy
+            b_sub = b_tgt.contiguous()
+            _scan_rev_(a_pair, b_sub)
+            b_tgt.copy_(b_sub)
+        else:
+            _scan_rev_(a_pair, b_tgt)
     start = 1 - off
     if start < length - 2:
         b[..., start : length - 2 : 2].addcmul_(a_next[..., start : length - 2 : 2], b[..., start + 1 : length - 1 : 2])
