@@ -141,8 +141,9 @@ def load_bundle(nb: Notebook, name: str) -> Bundle | None:
     ``.yaml``, else ``train``) and gets the saved weights (a state dict, possibly inside a checkpoint
     dict).
     """
-    import torch
     from monai.bundle import ConfigParser
+
+    from medmamba.training.checkpoint import extract_state_dict
 
     root = nb.bundles / name
     weights = root / "models" / "model.pt"
@@ -156,11 +157,133 @@ def load_bundle(nb: Notebook, name: str) -> Bundle | None:
     parser.read_config(str(config_file))
     parser["bundle_root"] = str(root)
     network = parser.get_parsed_content("network_def", instantiate=True)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict):
-        for key in ("state_dict", "model", "network", "net"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    network.load_state_dict(state)
+    network.load_state_dict(extract_state_dict(weights))
     return Bundle(root, network.eval(), parser, weights)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fallback when no trained bundle exists: a tiny MobileMamba trained for a few steps, here and now.
+
+#: Encoder of the tiny fallback networks (about 0.2 M parameters; the bundles use MobileMamba-T2).
+TINY_ENCODER: dict[str, Any] = {
+    "embed_dim": (32, 48, 64),
+    "depth": (1, 1, 1),
+    "global_ratio": (0.8, 0.7, 0.6),
+    "local_ratio": (0.2, 0.2, 0.3),
+    "kernels": (7, 5, 3),
+    "ssm_ratio": 2.0,
+    "drop_path": 0.0,
+}
+#: Neighbouring slices on each side fed as channels to the fallback networks (2.5D).
+FALLBACK_CONTEXT = 1
+
+
+_CASES: dict[str, dict[str, Any]] = {}
+
+
+def load_case(item: dict[str, Any]) -> dict[str, Any]:
+    """A subject as tensors in RAS: ``image`` (MR-normalised, ``(1, H, W, D)`` MetaTensor),
+    ``tissue`` and ``lesion`` (int arrays ``(H, W, D)``); cached per image path (do not modify)."""
+    if item["image"] not in _CASES:
+        _CASES[item["image"]] = _load_case(item)
+    return _CASES[item["image"]]
+
+
+def _load_case(item: dict[str, Any]) -> dict[str, Any]:
+    from monai.transforms import Orientation
+
+    from medmamba.data import load_scan
+    from medmamba.transforms import MRNormalize
+
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    image = MRNormalize()(ras(load_scan(item["image"])))
+    out = {"id": item.get("id", ""), "image": image}
+    for key, src in (("tissue", "label"), ("lesion", "lesion")):
+        if src in item:
+            out[key] = ras(load_scan(item[src]))[0].numpy().round().astype("int64")
+    return out
+
+
+def _stacks(image: Any, zs: Any, context: int) -> Any:
+    import numpy as np
+    import torch
+
+    vol = image[0].as_tensor() if hasattr(image[0], "as_tensor") else image[0]
+    d = vol.shape[-1]
+    idx = [np.clip(np.arange(z - context, z + context + 1), 0, d - 1) for z in zs]
+    return torch.stack([vol[:, :, torch.as_tensor(i)].permute(2, 0, 1) for i in idx]).float()
+
+
+def train_fallback(
+    nb: Notebook, task: str, steps: int, *, batch: int = 8, lr: float = 3e-3, seed: int = 0
+) -> tuple[Any, dict[str, Any]]:
+    """Train a tiny 2.5D MobileMamba for ``steps`` steps on the training subjects' axial slices.
+
+    Args:
+        nb: The notebook (data set).
+        task: ``"segmentation"`` (tissue, 4 classes, ``MobileMambaSeg``) or ``"classification"``
+            (lesion present on the slice, 2 classes, ``MobileMamba``; positives over-sampled to half).
+        steps: Optimiser steps.
+        batch: Slices per step.
+        lr: Peak learning rate (AdamW, cosine decay).
+        seed: Random seed.
+
+    Returns:
+        ``(network in eval mode, {"train_loss": (steps, losses)})``.
+    """
+    import numpy as np
+    import torch
+    from monai.losses import DiceCELoss
+
+    from medmamba.networks import MobileMamba, MobileMambaSeg
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    train = nb.datalist("segmentation")["training"][: 3 if nb.quick else None]
+    cases = [load_case(item) for item in train]
+    k = FALLBACK_CONTEXT
+    if task == "segmentation":
+        net = MobileMambaSeg(None, in_channels=2 * k + 1, out_channels=4, decoder_channels=16, **TINY_ENCODER)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        pools = [[(c, z) for z in np.nonzero((c["tissue"] > 0).sum(axis=(0, 1)) > 0)[0]] for c in cases]
+        pool = [p for ps in pools for p in ps]
+    elif task == "classification":
+        net = MobileMamba(None, in_channels=2 * k + 1, num_classes=2, **TINY_ENCODER)
+        ce = torch.nn.CrossEntropyLoss()
+        loss_fn = lambda logits, y: ce(logits, y)  # noqa: E731
+        pos = [(c, z) for c in cases for z in np.nonzero((c["lesion"] > 0).sum(axis=(0, 1)) >= 5)[0]]
+        neg = [(c, z) for c in cases for z in np.nonzero((c["lesion"] > 0).sum(axis=(0, 1)) == 0)[0]
+               if (c["tissue"][:, :, z] > 0).mean() > 0.05]
+    else:
+        raise ValueError(f"task must be 'segmentation' or 'classification', got {task!r}")
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    losses = []
+    net.train()
+    for _ in range(steps):
+        if task == "segmentation":
+            picks = [pool[i] for i in rng.integers(0, len(pool), batch)]
+            x = torch.cat([_stacks(c["image"], [z], k) for c, z in picks])
+            y = torch.stack([torch.from_numpy(c["tissue"][None, :, :, z]) for c, z in picks])
+        else:
+            n_pos = batch // 2 if pos else 0
+            picks = [pos[i] for i in rng.integers(0, len(pos), n_pos)] if n_pos else []
+            picks += [neg[i] for i in rng.integers(0, len(neg), batch - n_pos)]
+            x = torch.cat([_stacks(c["image"], [z], k) for c, z in picks])
+            y = torch.tensor([1] * n_pos + [0] * (batch - n_pos))
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    return net.eval(), {"train_loss": (np.arange(1, steps + 1), np.asarray(losses))}
+
+
+def bundle_part(bundle: Bundle, *ids: str) -> Any:
+    """The first of the config ids present in the bundle's configuration, instantiated
+    (e.g. ``bundle_part(b, "preprocessing", "validate#preprocessing")``); ``None`` if none is."""
+    for i in ids:
+        if i in bundle.config:
+            return bundle.config.get_parsed_content(i, instantiate=True)
+    return None
