@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import platform
 import sys
 import time
@@ -133,12 +134,12 @@ def run(
         for mode, model in modes.items():
             for x in (x8, x1):
                 for _ in range(warmup):
-                    _once(lambda: model(x))
+                    _once(lambda model=model, x=x: model(x))
     for _ in range(rounds):
         for name, modes in runners.items():
             for mode, model in modes.items():
                 for x in (x8, x1):
-                    times.setdefault((name, mode, x.shape[0]), []).append(_once(lambda: model(x)))
+                    times.setdefault((name, mode, x.shape[0]), []).append(_once(lambda model=model, x=x: model(x)))
     for name, modes in runners.items():
         res = results[name]
         res.throughput = batch / min(times[(name, "eager", batch)])
@@ -200,7 +201,7 @@ def table(results: list[Result], size: int, batch: int, slices: int, context: in
     """The Markdown table."""
 
     def num(v: float, fmt: str) -> str:
-        return "n/a" if v != v else format(v, fmt)
+        return "n/a" if math.isnan(v) else format(v, fmt)
 
     lines = [
         f"| network | params (M) | img/s {size}² b{batch} | img/s fused | latency b1 (ms) | latency fused (ms) "

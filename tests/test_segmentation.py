@@ -145,6 +145,20 @@ def test_reference_weights_load_into_grey_and_2p5d_stems() -> None:
         grey.load_encoder_state_dict({k: v for k, v in convert_official_state_dict(sd).items() if "stages.2" not in k})
 
 
+def test_from_official_checkpoint(tmp_path: Path) -> None:
+    fx = _fixture()
+    cfg = {k: tuple(fx["config"][k]) for k in ("embed_dim", "depth", "global_ratio", "local_ratio", "kernels")}
+    path = tmp_path / "mobilemamba.pth"
+    torch.save({"net": fx["state_dict"], "epoch": 3}, path)  # the released checkpoints' layout
+    model = MobileMambaSeg.from_official_checkpoint(str(path), "t2", in_channels=1, out_channels=4, **cfg)
+    stem = convert_official_state_dict(fx["state_dict"])["stem.0.conv.weight"]
+    torch.testing.assert_close(model.encoder.stem[0].conv.weight, stem.sum(dim=1, keepdim=True))
+    assert model.head.out_channels == 4
+    torch.save({"epoch": 3}, tmp_path / "empty.pth")
+    with pytest.raises(ValueError, match="holds no state dict"):
+        MobileMambaSeg.from_official_checkpoint(str(tmp_path / "empty.pth"), "t2", **cfg)
+
+
 def test_fused_equals_eager_and_has_no_batchnorm() -> None:
     model = _tiny_model(in_channels=2, out_channels=3).eval()
     fused = fuse_norms(model)

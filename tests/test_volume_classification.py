@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from medmamba.inferers import SliceAggregationInferer, SliceAggregator, aggregate_slice_logits
+from medmamba.inferers import (
+    SliceAggregationInferer,
+    SliceAggregator,
+    aggregate_slice_logits,
+)
 
 LOGITS = torch.tensor([[[1.0, 2.0, 3.0, 10.0], [0.0, -1.0, -2.0, -3.0]]])  # (B=1, K=2, S=4)
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from .slice_stack import SliceStackInferer, expected_in_channels
-from .volume_classification import AGGREGATIONS, SliceAggregationInferer, SliceAggregator, aggregate_slice_logits
+from .volume_classification import (
+    AGGREGATIONS,
+    SliceAggregationInferer,
+    SliceAggregator,
+    aggregate_slice_logits,
+)
 
 __all__ = [
     "AGGREGATIONS",

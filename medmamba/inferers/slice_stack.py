@@ -13,7 +13,11 @@ from monai.utils import convert_to_dst_type
 from torch import nn
 from tqdm import tqdm
 
-from medmamba.transforms.slice_stack import _check_context, _check_spatial_axis, stack_slices
+from medmamba.transforms.slice_stack import (
+    _check_context,
+    _check_spatial_axis,
+    stack_slices,
+)
 
 __all__ = ["SliceStackInferer", "expected_in_channels"]
 

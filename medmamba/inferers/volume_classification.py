@@ -112,7 +112,7 @@ class SliceAggregationInferer(SliceStackInferer):
         """Classify ``inputs`` ``(B, C, H, W, D)``; returns ``(B, K)`` volume logits."""
         per_slice = super().__call__(inputs, network, *args, **kwargs)
         if not isinstance(per_slice, torch.Tensor):
-            raise ValueError(f"the network must return one tensor of per-slice logits, got {type(per_slice).__name__}.")
+            raise TypeError(f"the network must return one tensor of per-slice logits, got {type(per_slice).__name__}.")
         if per_slice.ndim == 5 and self._spatial_singleton(per_slice):
             per_slice = per_slice.movedim(2 + self.spatial_dim, -1).flatten(2)  # (B, K, 1*1*S)
         if per_slice.ndim != 3:
@@ -166,7 +166,7 @@ class SliceAggregator(nn.Module):
         """Volume logits ``(B, K)`` (and the per-slice logits if ``return_slice_logits``)."""
         per_slice = SliceStackInferer.__call__(self.inferer, volume, self.network)
         if not isinstance(per_slice, torch.Tensor):
-            raise ValueError(f"the network must return one tensor of per-slice logits, got {type(per_slice).__name__}.")
+            raise TypeError(f"the network must return one tensor of per-slice logits, got {type(per_slice).__name__}.")
         if per_slice.ndim != 3:
             raise ValueError(f"the network must return per-slice logits (N, K); got a volume of shape {tuple(per_slice.shape)}.")
         logits = aggregate_slice_logits(per_slice, self.inferer.method, self.inferer.top_k, dim=-1)

@@ -305,9 +305,9 @@ class MobileMambaSeg(nn.Module):
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}.")
-        stripped = {k[len("encoder.") :] if k.startswith("encoder.") else k: v for k, v in state_dict.items()}
+        stripped = {k.removeprefix("encoder."): v for k, v in state_dict.items()}
         sd = convert_official_state_dict(stripped)
-        dropped = sorted(k for k in sd if k.startswith("head.") or k.startswith("head_dist."))
+        dropped = sorted(k for k in sd if k.startswith(("head.", "head_dist.")))
         for key in dropped:
             sd.pop(key)
         stem_key = "stem.0.conv.weight"
@@ -333,7 +333,7 @@ class MobileMambaSeg(nn.Module):
     @classmethod
     def from_official_checkpoint(
         cls, path: str, variant: str, *, ema: bool = False, **kwargs: Any
-    ) -> "MobileMambaSeg":
+    ) -> MobileMambaSeg:
         """Build a MobileMambaSeg whose encoder starts from a released MobileMamba checkpoint.
 
         The file is read with ``torch.load(weights_only=True)``. The decoder starts fresh.
