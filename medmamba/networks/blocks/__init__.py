@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conv_bn import BNLinear, ConvBN, Residual, fuse_bn_linear, fuse_conv_bn
+from .conv_bn import BNLinear, ChannelAffine, ConvBN, Residual, fuse_bn_linear, fuse_conv_bn
 from .feed_forward import FeedForward
 from .mk_deconv import MKDeConv
 from .mrffi import MRFFI, split_channels
@@ -13,6 +13,7 @@ from .wte_mamba import WTEMamba
 
 __all__ = [
     "BNLinear",
+    "ChannelAffine",
     "ConvBN",
     "FeedForward",
     "MKDeConv",

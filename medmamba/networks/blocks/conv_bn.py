@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["ConvBN", "BNLinear", "Residual", "fuse_conv_bn", "fuse_bn_linear"]
+__all__ = ["ChannelAffine", "ConvBN", "BNLinear", "Residual", "fuse_conv_bn", "fuse_bn_linear"]
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -70,6 +70,26 @@ def fuse_bn_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
     return fused
 
 
+class ChannelAffine(nn.Module):
+    """Per-channel ``x · w + b``: a 1×1 depthwise convolution with bias, computed elementwise.
+
+    PyTorch's CPU convolution runs a 1×1 depthwise convolution (``groups == channels``) as one
+    convolution per channel, thousands of times slower than this multiply-add.
+
+    Args:
+        weight: per-channel scale ``(C,)``.
+        bias: per-channel shift ``(C,)``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().reshape(1, -1, 1, 1).clone())
+        self.bias = nn.Parameter(bias.detach().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, x, self.weight)
+
+
 class ConvBN(nn.Sequential):
     """A bias-free convolution followed by BatchNorm2d (the paper's ``Conv2d_BN`` unit).
 
@@ -102,11 +122,22 @@ class ConvBN(nn.Sequential):
         )
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.constant_(self.bn.bias, 0.0)
+        # a 1×1 depthwise convolution is a per-channel scale: computed elementwise (same numbers)
+        self.channel_scale = kernel_size == 1 and stride == 1 and groups == in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_scale:
+            return self.bn(x * self.conv.weight.reshape(1, -1, 1, 1))
+        return self.bn(self.conv(x))
 
     @torch.no_grad()
-    def fuse(self) -> nn.Conv2d:
-        """Return the equivalent single convolution with bias (eval mode only)."""
-        return fuse_conv_bn(self.conv, self.bn)
+    def fuse(self) -> nn.Module:
+        """Return the equivalent single convolution with bias (eval mode only); a per-channel
+        :class:`ChannelAffine` for a 1×1 depthwise unit."""
+        fused = fuse_conv_bn(self.conv, self.bn)
+        if self.channel_scale:
+            return ChannelAffine(fused.weight.reshape(-1), fused.bias)
+        return fused
 
 
 class BNLinear(nn.Sequential):
