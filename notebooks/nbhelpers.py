@@ -137,9 +137,11 @@ class Bundle:
 def load_bundle(nb: Notebook, name: str) -> Bundle | None:
     """The trained network of ``bundles/<name>``, or ``None`` when ``models/model.pt`` is missing.
 
-    The network is built from the bundle's own ``network_def`` (``configs/inference.json`` or
-    ``.yaml``, else ``train``) and gets the saved weights (a state dict, possibly inside a checkpoint
-    dict).
+    The configuration is the bundle's ``train`` config with its ``inference`` config on top (as
+    ``monai.bundle run --config_file "['train.json', 'inference.json']"`` merges them), so that both
+    the inference network and the validation preprocessing/inferer are available. The network is
+    the bundle's own ``network_def`` with the saved weights (a state dict, possibly inside a
+    checkpoint dict), in eval mode on the CPU.
     """
     from monai.bundle import ConfigParser
 
@@ -149,13 +151,17 @@ def load_bundle(nb: Notebook, name: str) -> Bundle | None:
     weights = root / "models" / "model.pt"
     if not weights.is_file():
         return None
-    configs = [root / "configs" / f"{stem}.{ext}" for stem in ("inference", "train") for ext in ("json", "yaml")]
-    config_file = next((c for c in configs if c.is_file()), None)
-    if config_file is None:
-        raise FileNotFoundError(f"{root} has weights but no configs/inference.json|yaml")
+    files = []
+    for stem in ("train", "inference"):
+        found = [root / "configs" / f"{stem}.{ext}" for ext in ("json", "yaml", "yml")]
+        files += [str(f) for f in found if f.is_file()][:1]
+    if not files:
+        raise FileNotFoundError(f"{root} has weights but no configs/train|inference.json")
     parser = ConfigParser()
-    parser.read_config(str(config_file))
+    parser.read_config(files)
     parser["bundle_root"] = str(root)
+    if "device" in parser:
+        parser["device"] = "$torch.device('cpu')"
     network = parser.get_parsed_content("network_def", instantiate=True)
     network.load_state_dict(extract_state_dict(weights))
     return Bundle(root, network.eval(), parser, weights)
@@ -282,8 +288,22 @@ def train_fallback(
 
 def bundle_part(bundle: Bundle, *ids: str) -> Any:
     """The first of the config ids present in the bundle's configuration, instantiated
-    (e.g. ``bundle_part(b, "preprocessing", "validate#preprocessing")``); ``None`` if none is."""
+    (e.g. ``bundle_part(b, "validate#inferer", "inferer")``); ``None`` if none is."""
     for i in ids:
         if i in bundle.config:
             return bundle.config.get_parsed_content(i, instantiate=True)
     return None
+
+
+def bundle_preprocessing(bundle: Bundle) -> Any:
+    """The bundle's deterministic preprocessing (loading, orientation, crop, normalisation, padding)
+    as one callable on a dict of file paths: its ``preprocessing_transforms`` list, else its
+    validation or inference ``preprocessing``."""
+    from monai.transforms import Compose
+
+    if "preprocessing_transforms" in bundle.config:
+        return Compose(bundle.config.get_parsed_content("preprocessing_transforms", instantiate=True))
+    part = bundle_part(bundle, "validate#preprocessing", "preprocessing")
+    if part is None:
+        raise KeyError(f"{bundle.root}: no preprocessing_transforms, validate#preprocessing or preprocessing in the configs")
+    return part
