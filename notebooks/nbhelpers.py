@@ -307,3 +307,33 @@ def bundle_preprocessing(bundle: Bundle) -> Any:
     if part is None:
         raise KeyError(f"{bundle.root}: no preprocessing_transforms, validate#preprocessing or preprocessing in the configs")
     return part
+
+
+def strip_outputs(paths: list[str]) -> list[str]:
+    """Remove outputs, execution counts and execution timing from notebooks, in place; returns the
+    paths that changed (``python notebooks/nbhelpers.py strip notebooks/*.ipynb``)."""
+    import nbformat
+
+    changed = []
+    for p in paths:
+        nb = nbformat.read(p, as_version=4)
+        before = nbformat.writes(nb)
+        for cell in nb.cells:
+            cell.metadata.pop("execution", None)
+            if cell.cell_type == "code":
+                cell.outputs = []
+                cell.execution_count = None
+        nb.metadata.pop("widgets", None)
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, p)
+            changed.append(p)
+    return changed
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "strip":
+        sys.exit("usage: python notebooks/nbhelpers.py strip NOTEBOOK.ipynb ...")
+    for path in strip_outputs(sys.argv[2:]):
+        print("stripped", path)

@@ -59,7 +59,7 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
     ]
     assert not dirty, (
         f"{path.name}: cells {dirty} hold outputs or execution counts; strip them before committing "
-        f"(jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)})"
+        f"(python notebooks/nbhelpers.py strip {path.relative_to(ROOT)})"
     )
     assert not any("execution" in cell.get("metadata", {}) for cell in nb.cells), f"{path.name}: execution timing kept"
     assert "widgets" not in nb.metadata
@@ -196,3 +196,23 @@ def test_notebook_runs_headless_in_quick_mode(
         _assert_png_shows_something(png)
     written = sorted(p.name for p in out_dir.glob("*.png"))
     assert written == sorted(p.name for p in expected), f"{name}: unexpected figures {written}"
+
+
+def test_strip_outputs_clears_outputs_counts_and_timing(tmp_path: Path) -> None:
+    sys.path.insert(0, str(NOTEBOOKS))
+    try:
+        from nbhelpers import strip_outputs
+    finally:
+        sys.path.remove(str(NOTEBOOKS))
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(1)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    cell.execution_count = 3
+    cell.metadata["execution"] = {"shell.execute_reply": "2026-01-01T00:00:00Z"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), cell]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert strip_outputs([str(path)]) == [str(path)]
+    assert strip_outputs([str(path)]) == []  # already clean: untouched
+    (code,) = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert code.outputs == [] and code.execution_count is None and "execution" not in code.metadata
