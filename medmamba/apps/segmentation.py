@@ -1,0 +1,579 @@
+"""Support code of the ``mobilemamba_segmentation`` bundle (2.5D brain-tissue segmentation).
+
+The bundle's configs (``bundles/mobilemamba_segmentation/configs``) build everything from MONAI and
+medmamba components; this module holds the few pieces that have no ready-made counterpart:
+
+- :class:`FuseOnLoad` / :class:`FusedMobileMambaSeg`: a network whose BatchNorms are folded as
+  soon as its (unfused) weights are loaded, so that ``python -m monai.bundle ckpt_export`` (which
+  loads the checkpoint into ``network_def`` and scripts it) writes the *fused* network;
+- :func:`load_network`: the network for inference, from a checkpoint or an exported TorchScript file;
+- :class:`VolumeSegmenter` and :func:`find_scans` / :func:`segment`: volumes in, masks out, in the
+  input's geometry (NIfTI, and DICOM SEG for DICOM input), one failing case never stops the batch;
+- :class:`SegmentationMetrics`: per-class Dice and HD95 (mm) per case, flattened into
+  ``engine.state.metrics`` and written as a flat JSON (plus a per-case CSV);
+- :func:`export_onnx`: the fused network to ONNX, and both exported files (TorchScript from
+  ``ckpt_export``, ONNX) checked against the eager fused network.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmamba.data.loading import is_nifti_path
+from medmamba.training.checkpoint import extract_state_dict, load_weights
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = [
+    "TISSUE_CLASSES",
+    "TISSUE_LABELS",
+    "FuseOnLoad",
+    "FusedMobileMambaSeg",
+    "SegmentationMetrics",
+    "VolumeSegmenter",
+    "export_onnx",
+    "find_scans",
+    "load_network",
+    "segment",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Short names of the foreground classes of ``tissue.nii.gz`` (metric names: ``dice_csf`` ...).
+TISSUE_CLASSES: dict[int, str] = {1: "csf", 2: "gm", 3: "wm"}
+#: Segment labels written into DICOM SEG objects.
+TISSUE_LABELS: dict[int, str] = {1: "CSF and other brain tissue", 2: "Grey matter", 3: "White matter"}
+
+
+# --------------------------------------------------------------------------------------------- networks
+class FuseOnLoad(nn.Module):
+    """A network that folds its BatchNorms when its unfused weights are loaded.
+
+    ``load_state_dict`` takes the *unfused* network's state dict (a flat one, a ``CheckpointSaver``
+    dict with ``"model"``, an EMA or DDP one; see :func:`medmamba.training.extract_state_dict`),
+    loads it into a fresh copy of the unfused network and replaces :attr:`network` by its fused
+    version (:func:`medmamba.networks.fuse_norms`). Before any load, :attr:`network` is the unfused
+    network in eval mode. Scripting the wrapper after loading gives TorchScript of the fused network;
+    that is what ``ckpt_export network_def`` does when ``network_def`` is a ``FuseOnLoad``.
+
+    Args:
+        network: the unfused network (kept as the template for every load).
+        strict: passed as ``strict`` to ``fuse_norms`` (``False`` for networks with BatchNorms
+            outside fusable units); networks without any BatchNorm are used as they are.
+
+    Attributes:
+        in_channels: the wrapped network's ``in_channels`` (``-1`` if it has none), read by
+            :class:`medmamba.inferers.SliceStackInferer`'s channel check.
+    """
+
+    def __init__(self, network: nn.Module, strict: bool = True) -> None:
+        super().__init__()
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
+        # the template is not a registered sub-module: it stays out of state_dict() and TorchScript
+        self.__dict__["_template"] = copy.deepcopy(network).cpu()
+        self.network = network.eval()
+        self.fuse_strict = bool(strict)
+        self.is_fused = False
+        channels = getattr(network, "in_channels", None)
+        self.in_channels = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load unfused weights into a copy of the template and fuse it (see the class doc)."""
+        from medmamba.networks import fuse_norms
+
+        state = extract_state_dict(state_dict)
+        device = next(iter(self.network.parameters()), torch.empty(0)).device
+        unfused = copy.deepcopy(self.__dict__["_template"])
+        result = unfused.load_state_dict(state, strict=strict)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in unfused.modules())
+        self.network = (fuse_norms(unfused, inplace=True, strict=self.fuse_strict) if has_bn else unfused.eval()).to(device)
+        self.is_fused = has_bn
+        return result
+
+    def train(self, mode: bool = True) -> FuseOnLoad:
+        """Stay in eval mode: a fused network has no BatchNorm statistics to update."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+class FusedMobileMambaSeg(FuseOnLoad):
+    """:class:`FuseOnLoad` around ``MobileMambaSeg(variant, **kwargs)``.
+
+    Takes ``MobileMambaSeg``'s own arguments, so a bundle override such as ``--network_def#variant s6``
+    works in ``inference.json`` as in ``train.json``.
+    """
+
+    def __init__(self, variant: str | None = "t2", strict: bool = True, **kwargs: Any) -> None:
+        from medmamba.networks import MobileMambaSeg
+
+        super().__init__(MobileMambaSeg(variant, **kwargs), strict=strict)
+
+
+def load_network(
+    network: nn.Module | None,
+    model_file: str | os.PathLike[str],
+    use_torchscript: bool = False,
+    key: str | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """The inference network: a checkpoint loaded into ``network``, or an exported TorchScript file.
+
+    Args:
+        network: the architecture (e.g. the bundle's ``network_def``; a :class:`FuseOnLoad` gets
+            fused on load). Ignored for TorchScript.
+        model_file: a checkpoint (``.pt``, as written by the bundle's ``CheckpointSaver``) or, with
+            ``use_torchscript`` or a ``.ts`` suffix, a TorchScript file (``ckpt_export`` output).
+        use_torchscript: load ``model_file`` with ``torch.jit.load``.
+        key: entry of a multi-object checkpoint (``"model"``, ``"ema"``...); default: flat or ``"model"``.
+        device: where to put the network.
+
+    Returns:
+        The network in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: ``model_file`` does not exist.
+        ValueError: no ``network`` for a checkpoint.
+    """
+    path = os.fspath(model_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model_file={path!r} does not exist; train the bundle or export it first.")
+    if use_torchscript or path.endswith(".ts"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(path, map_location=device)
+        logger.info("loaded TorchScript model %s", path)
+        return net.eval()
+    if network is None:
+        raise ValueError("network (the architecture) is required to load a checkpoint.")
+    if isinstance(network, FuseOnLoad):
+        network.load_state_dict(extract_state_dict(path, key=key))
+    else:
+        load_weights(network, path, key=key)
+    logger.info("loaded checkpoint %s into %s", path, type(network).__name__)
+    return network.to(device).eval()
+
+
+class VolumeSegmenter:
+    """A predictor for :func:`medmamba.io.pipeline.segment_scans`: volume in, logit volume out.
+
+    Args:
+        network: a 2D network taking ``2k + 1``-slice stacks (eager or TorchScript).
+        inferer: e.g. :class:`medmamba.inferers.SliceStackInferer`; any ``inferer(x, network)``.
+        device: where the network runs (the volume is moved there).
+    """
+
+    def __init__(self, network: Callable[..., Any], inferer: Callable[..., Any], device: str | torch.device = "cpu") -> None:
+        if not callable(network):
+            raise TypeError(f"network must be callable, got {type(network).__name__}.")
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        self.network = network
+        self.inferer = inferer
+        self.device = torch.device(device)
+
+    def __call__(self, volume: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, H, W, D)`` of a batch of volumes ``(B, C, H, W, D)``."""
+        if isinstance(self.network, nn.Module):
+            self.network.eval()
+        with torch.no_grad():
+            return self.inferer(volume.to(self.device), self.network)
+
+
+# ---------------------------------------------------------------------------------------------- inference
+def _has_dicom(folder: Path) -> bool:
+    for entry in folder.iterdir():
+        if entry.is_file() and not is_nifti_path(entry) and not entry.name.startswith("."):
+            if entry.suffix.lower() in (".dcm", ".ima", "") or _is_dicom_file(entry):
+                return True
+    return False
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def find_scans(input_path: str | os.PathLike[str]) -> list[str]:
+    """The cases under ``input_path``: a NIfTI file, a DICOM file or series folder, or a folder of them.
+
+    A folder that directly holds DICOM files is one series (one case). Otherwise each NIfTI file
+    and each DICOM file in it, and each sub-folder holding DICOM files (searched recursively), is a
+    case, in sorted order.
+
+    Args:
+        input_path: the input.
+
+    Returns:
+        Case paths (strings).
+
+    Raises:
+        FileNotFoundError: ``input_path`` does not exist.
+        ValueError: no scan found under it.
+    """
+    root = Path(input_path)
+    if not root.exists():
+        raise FileNotFoundError(f"input_path={str(root)!r} does not exist; expected a NIfTI file, a DICOM series folder or a folder of them.")
+    if root.is_file():
+        return [str(root)]
+    if _has_dicom(root) and not any(is_nifti_path(p) for p in root.iterdir()):
+        return [str(root)]
+    cases: list[str] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and (is_nifti_path(entry) or _is_dicom_file(entry)):
+            cases.append(str(entry))
+        elif entry.is_dir():
+            if _has_dicom(entry):
+                cases.append(str(entry))
+            else:
+                cases.extend(find_scans(entry) if any(entry.iterdir()) else [])
+    if not cases and root == Path(input_path):
+        raise ValueError(f"input_path={str(root)!r} holds no NIfTI file and no DICOM series.")
+    return cases
+
+
+def segment(
+    input_path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    preprocessing: Any,
+    labels: Mapping[int, str] | None = None,
+    device: str | torch.device = "cpu",
+    write_probabilities: bool = False,
+    write_seg: bool = True,
+    anonymous_seg: bool = False,
+) -> dict[str, Any]:
+    """Segment every scan under ``input_path`` and write the masks in each input's geometry.
+
+    Per case ``<output_dir>/<case>/<case>_seg.nii.gz`` (the mask on the input's voxel grid, with its
+    affine), for DICOM input also ``<case>_seg.dcm`` (a DICOM SEG referencing the source series),
+    optionally ``<case>_prob.nii.gz``; and ``segmentation.csv``/``.json`` reports (failed cases
+    are recorded there with their reason, the others go on).
+
+    Args:
+        input_path: see :func:`find_scans`.
+        output_dir: output folder.
+        predictor: e.g. :class:`VolumeSegmenter`.
+        preprocessing: the invertible preprocessing, starting by loading ``"image"``.
+        labels: segment number -> name (default :data:`TISSUE_LABELS`).
+        device: device of the predictor's input.
+        write_probabilities: also write class probabilities.
+        write_seg: write DICOM SEG for DICOM inputs.
+        anonymous_seg: empty the Type 2 patient/study identifiers of the SEG.
+
+    Returns:
+        ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
+    """
+    from medmamba.io.pipeline import segment_scans
+
+    start = time.perf_counter()
+    cases = find_scans(input_path)
+    logger.info("segmenting %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
+    report = segment_scans(
+        cases,
+        predictor,
+        output_dir,
+        preprocessing,
+        dict(labels or TISSUE_LABELS),
+        write_probabilities=write_probabilities,
+        write_seg=write_seg,
+        anonymous_seg=anonymous_seg,
+        device=device,
+    )
+    summary = {
+        "n_ok": report.n_ok,
+        "n_failed": report.n_failed,
+        "report": str(report.csv_path),
+        "failed": report.failed,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    logger.info("segmentation: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed, summary["seconds"], report.csv_path)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def _spacing(img: Any, ndim: int) -> list[float] | None:
+    affine = getattr(img, "affine", None)
+    if affine is None:
+        return None
+    a = torch.as_tensor(affine, dtype=torch.float64)
+    if a.shape[-1] < ndim + 1:
+        return None
+    return [float(v) for v in torch.linalg.norm(a[:ndim, :ndim], dim=0)]
+
+
+def _one_hot(t: torch.Tensor, num_classes: int) -> torch.Tensor:
+    t = torch.as_tensor(t).detach().cpu()
+    if hasattr(t, "as_tensor"):
+        t = t.as_tensor()
+    if t.shape[0] == num_classes:
+        return t.float()
+    if t.shape[0] != 1:
+        raise ValueError(f"expected a label map (1, *spatial) or one-hot ({num_classes}, *spatial), got {tuple(t.shape)}.")
+    return torch.nn.functional.one_hot(t[0].round().long().clamp(0, num_classes - 1), num_classes).movedim(-1, 0).float()
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+class SegmentationMetrics:
+    """Ignite handler: Dice and HD95 per class and per case, their means, and their JSON/CSV files.
+
+    Reads ``engine.state.output`` after the evaluator's post-processing (a list of per-case dicts
+    with ``pred`` and ``label``, label maps ``(1, *spatial)`` or one-hot), computes per case and per
+    foreground class the Dice (MONAI ``compute_dice``) and, with ``hd95``, the 95th-percentile
+    Hausdorff distance in mm (MONAI ``compute_hausdorff_distance`` with the voxel spacing read from
+    the prediction's affine), and at the end of the epoch puts scalars into
+    ``engine.state.metrics``: ``<prefix>dice_<class>``, ``<prefix>mean_dice`` (mean over classes of
+    the per-class means over cases), ``<prefix>hd95_<class>``, ``<prefix>mean_hd95``. Under
+    ``torch.distributed`` the per-case rows of all ranks are gathered first.
+
+    Attach it before the stats / TensorBoard / checkpoint handlers so that they see its metrics.
+
+    Args:
+        class_names: foreground class index -> name (default :data:`TISSUE_CLASSES`).
+        hd95: also compute HD95 (slower: distance transforms).
+        prefix: metric name prefix (e.g. ``"val_"``).
+        output_dir: when given, rank 0 writes ``<output_dir>/<metrics_filename>`` (a flat JSON of the
+            metrics plus ``extra``, ``num_cases`` and ``wall_time_s``, seconds since this handler was
+            built) and ``<output_dir>/<per_case_filename>`` at the end of each epoch.
+        extra: more entries for the JSON (e.g. ``{"checkpoint": ...}``).
+        id_key: batch key of the case id.
+        metrics_filename: file name of the JSON.
+        per_case_filename: file name of the per-case CSV (``None``: not written).
+    """
+
+    def __init__(
+        self,
+        class_names: Mapping[int, str] | None = None,
+        hd95: bool = True,
+        prefix: str = "",
+        output_dir: str | os.PathLike[str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        id_key: str = "id",
+        metrics_filename: str = "metrics.json",
+        per_case_filename: str | None = "metrics_per_case.csv",
+    ) -> None:
+        names = dict(TISSUE_CLASSES if class_names is None else class_names)
+        if not names or any(int(k) < 1 for k in names):
+            raise ValueError(f"class_names must map foreground class indices (>= 1) to names, got {names!r}.")
+        self.class_names = {int(k): str(v) for k, v in sorted(names.items())}
+        self.num_classes = max(self.class_names) + 1
+        self.hd95 = bool(hd95)
+        self.prefix = str(prefix)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.extra = dict(extra or {})
+        self.id_key = id_key
+        self.metrics_filename = metrics_filename
+        self.per_case_filename = per_case_filename
+        self.rows: list[dict[str, Any]] = []
+        self.metrics: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``EPOCH_STARTED`` (reset), ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED``."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget the cases of the previous epoch."""
+        self.rows = []
+
+    def case_metrics(self, pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+        """Dice (and HD95 in mm) per class of one case (label maps or one-hot, channel first)."""
+        from monai.metrics import compute_dice, compute_hausdorff_distance
+
+        p = _one_hot(pred, self.num_classes)[None]
+        y = _one_hot(label, self.num_classes)[None]
+        if p.shape != y.shape:
+            raise ValueError(f"pred shape {tuple(p.shape)} != label shape {tuple(y.shape)}.")
+        row: dict[str, float] = {}
+        dice = compute_dice(p, y, include_background=True, ignore_empty=True)[0]
+        for c, name in self.class_names.items():
+            row[f"dice_{name}"] = float(dice[c])
+        if self.hd95:
+            spacing = _spacing(label, p.ndim - 2) or _spacing(pred, p.ndim - 2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hd = compute_hausdorff_distance(p, y, include_background=True, percentile=95, spacing=spacing)[0]
+            for c, name in self.class_names.items():
+                row[f"hd95_{name}"] = float(hd[c])
+        return row
+
+    def update(self, engine: Engine) -> None:
+        """Add the cases of the current iteration."""
+        output = engine.state.output
+        batch = engine.state.batch
+        items = output if isinstance(output, list) else [output]
+        batches = batch if isinstance(batch, list) else [batch] * len(items)
+        for item, b in zip(items, batches):
+            if not isinstance(item, Mapping) or "pred" not in item or "label" not in item:
+                raise ValueError("SegmentationMetrics needs per-case dicts with 'pred' and 'label' in engine.state.output.")
+            row: dict[str, Any] = {"id": str(b.get(self.id_key, len(self.rows))) if isinstance(b, Mapping) else str(len(self.rows))}
+            row.update(self.case_metrics(item["pred"], item["label"]))
+            self.rows.append(row)
+
+    def _gather(self) -> list[dict[str, Any]]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.rows)
+            return [r for rows in gathered for r in rows]
+        return list(self.rows)
+
+    def summarize(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """The flat metrics of per-case rows (means over cases, ignoring undefined values)."""
+        out: dict[str, float] = {}
+        kinds = ("dice", "hd95") if self.hd95 else ("dice",)
+        for kind in kinds:
+            per_class = []
+            for name in self.class_names.values():
+                value = _finite_mean([r.get(f"{kind}_{name}", float("nan")) for r in rows])
+                out[f"{self.prefix}{kind}_{name}"] = value
+                per_class.append(value)
+            out[f"{self.prefix}mean_{kind}"] = _finite_mean(per_class)
+        return out
+
+    def complete(self, engine: Engine | None = None) -> dict[str, float]:
+        """Compute the epoch's metrics, store them in ``engine.state.metrics`` and write the files."""
+        rows = self._gather()
+        self.metrics = self.summarize(rows)
+        if engine is not None:
+            engine.state.metrics.update(self.metrics)
+        rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+        if self.output_dir is not None and rank0:
+            self.write(rows)
+        return self.metrics
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> Path:
+        """Write the flat metrics JSON (and the per-case CSV) to ``output_dir``."""
+        from medmamba.io.atomic import atomic_write_text
+        from medmamba.io.results import write_results_csv
+
+        if self.output_dir is None:
+            raise ValueError("output_dir is not set.")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        doc: dict[str, Any] = {k: (round(v, 6) if math.isfinite(v) else None) for k, v in self.metrics.items()}
+        doc["num_cases"] = len(rows)
+        doc.update({str(k): (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in self.extra.items()})
+        doc["wall_time_s"] = round(time.perf_counter() - self._t0, 2)
+        path = self.output_dir / self.metrics_filename
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+        if self.per_case_filename:
+            write_results_csv(self.output_dir / self.per_case_filename, [dict(r) for r in rows])
+        logger.info("metrics: %s -> %s", {k: doc[k] for k in self.metrics}, path)
+        return path
+
+
+# ------------------------------------------------------------------------------------------------- export
+def export_onnx(
+    network: nn.Module,
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    input_shape: Sequence[int] = (1, 3, 128, 128),
+    torchscript_file: str | os.PathLike[str] | None = None,
+    name: str = "model",
+    rtol: float = 1e-4,
+    report_file: str | os.PathLike[str] | None = None,
+    fuse_strict: bool = True,
+) -> dict[str, Any]:
+    """Export the fused network to ONNX and check it, and an exported TorchScript file, against it.
+
+    ONNX goes through :func:`medmamba.training.export_fused` (norm fusion, opset 17, dynamic batch,
+    reload with onnxruntime) and is then renamed to ``<out_dir>/<name>.onnx``. Both that file and
+    ``torchscript_file`` (e.g. ``models/model.ts`` from ``ckpt_export``) are compared with the eager
+    fused network on a seeded random batch of ``input_shape`` and one of another batch size; the
+    largest absolute difference divided by the largest absolute eager output must stay within ``rtol``.
+
+    Args:
+        network: the unfused architecture (a :class:`FuseOnLoad` is unwrapped to its template).
+        checkpoint: the trained weights (flat or ``CheckpointSaver`` state dict).
+        out_dir: output folder.
+        input_shape: ``(B, C, H, W)`` of the check batch (and of the ONNX graph's spatial size).
+        torchscript_file: an exported TorchScript file to check as well, or ``None``.
+        name: file stem of the ONNX file.
+        rtol: largest allowed relative error (max |exported - eager| / max |eager|).
+        report_file: where to write the result as JSON (default ``<out_dir>/<name>_export.json``).
+        fuse_strict: ``strict`` of ``fuse_norms``.
+
+    Returns:
+        ``{"onnx": path, "torchscript": path or None, "max_abs_error": {...}, "relative_error": {...}}``.
+
+    Raises:
+        medmamba.training.ExportMismatchError: an export differs from the eager fused network.
+    """
+    from medmamba.networks import fuse_norms
+    from medmamba.training import ExportMismatchError, export_fused, verify_export
+
+    if isinstance(network, FuseOnLoad):
+        network = network.__dict__["_template"]
+    shape = [int(s) for s in input_shape]
+    if len(shape) != 4:
+        raise ValueError(f"input_shape must be (B, C, H, W), got {input_shape!r}.")
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(*shape, generator=generator)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
+    fuse: Any = (lambda m: fuse_norms(m, strict=fuse_strict)) if has_bn else False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = export_fused(
+            os.fspath(checkpoint), network=network, out_dir=out, sample_input=sample, name=name,
+            formats=("onnx",), fuse=fuse, atol=1e-3, rtol=1e-2,
+        )
+    onnx_path = out / f"{name}.onnx"
+    os.replace(result.onnx_path, onnx_path)
+    eager = load_weights(copy.deepcopy(network), os.fspath(checkpoint))
+    eager = fuse_norms(eager, inplace=True, strict=fuse_strict) if has_bn else eager.eval()
+    with torch.no_grad():
+        scale = max(float(eager(sample).abs().max()), 1e-12)
+    errors = verify_export(
+        eager, sample, torchscript_path=torchscript_file, onnx_path=onnx_path, atol=rtol * scale, rtol=0.0
+    )
+    errors["fusion"] = result.max_abs_error.get("fusion", float("nan"))
+    relative = {k: v / scale for k, v in errors.items()}
+    bad = {k: v for k, v in relative.items() if k != "fusion" and v > rtol}
+    if bad:
+        raise ExportMismatchError(f"exported outputs differ from the eager fused network beyond rtol={rtol}: {bad}.")
+    doc = {
+        "onnx": str(onnx_path),
+        "torchscript": None if torchscript_file is None else os.fspath(torchscript_file),
+        "checkpoint": os.fspath(checkpoint),
+        "input_shape": shape,
+        "max_abs_output": scale,
+        "max_abs_error": errors,
+        "relative_error": relative,
+        "rtol": rtol,
+    }
+    report = Path(report_file) if report_file is not None else out / f"{name}_export.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(doc, indent=1) + "\n")
+    logger.info("export: %s; relative errors %s", onnx_path, relative)
+    return doc
