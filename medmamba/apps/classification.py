@@ -1,0 +1,991 @@
+"""Support code of the ``mobilemamba_classification`` bundle (2.5D lesion classification).
+
+The bundle (``bundles/mobilemamba_classification``) classifies axial slices of a brain MR volume as
+"lesion present" or not with a 2D MobileMamba fed ``2k + 1`` neighbouring slices as channels, and
+classifies the volume by aggregating the per-slice scores. Its configs build everything from MONAI
+and medmamba components; this module holds the pieces without a ready-made counterpart:
+
+- labels from a lesion mask: :class:`SliceLesionLabelsd` (a volume's per-slice labels, for
+  validation and evaluation) and :class:`SampleLesionLabeld` (the label of one 2.5D training sample);
+  a slice is positive with at least ``min_voxels`` lesion voxels (5, the rule of the default data
+  set's ``datalist_classification_slice.json``), negative with none, and *ambiguous* in between
+  (left out of the slice metrics);
+- :func:`lesion_log_odds` / :func:`volume_log_odds`: the per-slice lesion score (log-odds of the two
+  logits) and its aggregation into one score per volume
+  (:func:`medmamba.inferers.aggregate_slice_logits`, top-k mean by default);
+- :class:`LesionMetric`: AUC, accuracy or F1 at slice or volume level, as an ignite metric for
+  MONAI evaluators; :class:`ClassificationReport`: the flat ``metrics.json`` and per-case CSV of an
+  evaluation run;
+- :class:`FuseOnLoad` / :class:`FusedMobileMamba`: a network whose BatchNorms are folded as soon as its
+  unfused weights are loaded, so ``python -m monai.bundle ckpt_export network_def`` writes the
+  fused network; :func:`load_network` (checkpoint or TorchScript); :func:`export_onnx` (ONNX of the
+  fused network, and both exported files checked against the eager fused network);
+- :class:`VolumeClassifier` and :func:`find_scans` / :func:`classify`: NIfTI files or DICOM series in,
+  ``probabilities.csv`` out (per-case lesion probability and label; per-slice probabilities in a
+  JSON per case), one failing case never stopping the batch;
+- :func:`rank_zero_handlers`: the training handlers a DDP process keeps (only rank 0 saves and logs).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from torch import nn
+
+from medmamba.data.loading import is_nifti_path
+from medmamba.inferers.volume_classification import AGGREGATIONS, aggregate_slice_logits
+from medmamba.training.checkpoint import extract_state_dict, load_weights
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = [
+    "AMBIGUOUS",
+    "CLASS_NAMES",
+    "ClassificationReport",
+    "FuseOnLoad",
+    "FusedMobileMamba",
+    "LesionMetric",
+    "SampleLesionLabeld",
+    "SliceLesionLabelsd",
+    "VolumeClassifier",
+    "classify",
+    "export_onnx",
+    "find_scans",
+    "lesion_log_odds",
+    "load_network",
+    "rank_zero_handlers",
+    "slice_lesion_labels",
+    "volume_log_odds",
+]
+
+logger = logging.getLogger(__name__)
+
+#: When this module was imported: a bundle imports it while parsing its config, so the time since
+#: then is the run's wall time up to the moment it is read (model loading included).
+_IMPORTED_AT = time.perf_counter()
+
+#: Slice label of slices with some lesion voxels but fewer than ``min_voxels`` (left out of metrics).
+AMBIGUOUS = -1
+#: Class index -> name.
+CLASS_NAMES: tuple[str, str] = ("no lesion", "lesion present")
+
+_METRICS = ("auc", "accuracy", "f1")
+_LEVELS = ("slice", "volume")
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def _check_axis(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not -3 <= value <= 2:
+        raise ValueError(f"spatial_axis must be an int in [-3, 2] (one of the 3 spatial axes), got {value!r}.")
+    return int(value) % 3
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def slice_lesion_labels(mask: Any, spatial_axis: int = 2, min_voxels: int = 5) -> torch.Tensor:
+    """Per-slice lesion labels of a channel-first mask ``(C, H, W, D)``.
+
+    Args:
+        mask: lesion mask (any channel count; a voxel is lesion where any channel is > 0).
+        spatial_axis: the slice axis (0, 1 or 2; 2 = axial for RAS volumes).
+        min_voxels: lesion voxels that make a slice positive.
+
+    Returns:
+        ``int64`` tensor ``(S,)``: 1 with at least ``min_voxels`` lesion voxels, 0 with none,
+        :data:`AMBIGUOUS` (-1) in between.
+
+    Raises:
+        ValueError: if ``mask`` is not 4D or the arguments are invalid.
+    """
+    axis = _check_axis(spatial_axis)
+    min_voxels = _check_positive_int("min_voxels", min_voxels)
+    m = torch.as_tensor(mask)
+    if m.ndim != 4:
+        raise ValueError(f"mask must be a channel-first volume (C, H, W, D), got shape {tuple(m.shape)}.")
+    fg = (m > 0).any(dim=0)
+    counts = fg.movedim(axis, 0).reshape(fg.shape[axis], -1).sum(dim=1)
+    labels = torch.zeros_like(counts, dtype=torch.int64)
+    labels[counts >= min_voxels] = 1
+    labels[(counts > 0) & (counts < min_voxels)] = AMBIGUOUS
+    return labels
+
+
+class SliceLesionLabelsd(MapTransform):
+    """Replace a volume's lesion mask by its per-slice labels (for validation and evaluation).
+
+    ``data[label_key]`` becomes the ``(S,)`` labels of :func:`slice_lesion_labels` (1 / 0 /
+    :data:`AMBIGUOUS`); the volume label ("lesion present": any lesion voxel) is ``(labels != 0).any()``,
+    which :class:`LesionMetric` derives itself.
+
+    Args:
+        keys: the mask key (one).
+        label_key: where to write the labels (default ``"label"``, what MONAI's evaluators read).
+        spatial_axis: the slice axis (2: axial).
+        min_voxels: lesion voxels that make a slice positive.
+        delete_mask: drop the mask from the dictionary afterwards (when it is not ``label_key``).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        spatial_axis: int = 2,
+        min_voxels: int = 5,
+        delete_mask: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"keys must name one mask, got {list(self.keys)}.")
+        self.label_key = label_key
+        self.spatial_axis = _check_axis(spatial_axis)
+        self.min_voxels = _check_positive_int("min_voxels", min_voxels)
+        self.delete_mask = bool(delete_mask)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.label_key] = slice_lesion_labels(d[key], self.spatial_axis, self.min_voxels)
+            if self.delete_mask and key != self.label_key:
+                del d[key]
+        return d
+
+
+class SampleLesionLabeld(MapTransform):
+    """Replace the centre-slice mask of a 2.5D sample by its label (for training).
+
+    Runs after :class:`medmamba.transforms.SliceStackd`, which leaves the centre slice ``(C, H, W)``
+    of the lesion mask under its key. The label is 1 with at least ``min_voxels`` lesion voxels,
+    else 0 (ambiguous slices count as negatives, or as ``ambiguous_value`` when given).
+
+    Args:
+        keys: the (sliced) mask key (one).
+        label_key: where to write the label (``int64`` scalar).
+        min_voxels: lesion voxels that make the slice positive.
+        ambiguous_value: label of slices with 1 .. ``min_voxels - 1`` lesion voxels.
+        delete_mask: drop the mask afterwards (when it is not ``label_key``).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        min_voxels: int = 5,
+        ambiguous_value: int = 0,
+        delete_mask: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"keys must name one mask, got {list(self.keys)}.")
+        self.label_key = label_key
+        self.min_voxels = _check_positive_int("min_voxels", min_voxels)
+        self.ambiguous_value = int(ambiguous_value)
+        self.delete_mask = bool(delete_mask)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            m = torch.as_tensor(d[key])
+            if m.ndim != 3:
+                raise ValueError(f"data[{key!r}] must be a 2D slice mask (C, H, W), got shape {tuple(m.shape)}.")
+            n = int((m > 0).any(dim=0).sum())
+            value = 1 if n >= self.min_voxels else (0 if n == 0 else self.ambiguous_value)
+            d[self.label_key] = torch.tensor(value, dtype=torch.int64)
+            if self.delete_mask and key != self.label_key:
+                del d[key]
+        return d
+
+
+# ------------------------------------------------------------------------------------------------ scores
+def lesion_log_odds(logits: torch.Tensor, class_dim: int = 1) -> torch.Tensor:
+    """The lesion log-odds ``logit[1] - logit[0]`` (or the single logit of a one-output network).
+
+    Args:
+        logits: e.g. ``(N, 2)`` slice logits or ``(B, 2, S)`` per-slice logits of volumes.
+        class_dim: the class axis.
+
+    Returns:
+        ``logits`` with ``class_dim`` removed, float32.
+    """
+    x = torch.as_tensor(logits).float()
+    k = x.shape[class_dim]
+    if k == 2:
+        return x.select(class_dim, 1) - x.select(class_dim, 0)
+    if k == 1:
+        return x.select(class_dim, 0)
+    raise ValueError(f"logits must have 1 or 2 classes along dim {class_dim}, got shape {tuple(x.shape)}.")
+
+
+def volume_log_odds(
+    slice_log_odds: torch.Tensor, aggregation: str = "topk", top_k: int | float = 2, dim: int = -1
+) -> torch.Tensor:
+    """Aggregate per-slice lesion log-odds into one per volume.
+
+    Args:
+        slice_log_odds: per-slice log-odds with the slices along ``dim``, e.g. ``(B, S)``.
+        aggregation: one of :data:`medmamba.inferers.AGGREGATIONS` (``"topk"``: mean of the
+            ``top_k`` highest slices; ``"max"``; ``"mean"``; ``"logsumexp"``).
+        top_k: slices (int) or fraction of slices (float) for ``"topk"``.
+        dim: the slice axis.
+
+    Returns:
+        The volume log-odds (``dim`` removed); ``sigmoid`` of it is the lesion probability.
+    """
+    return aggregate_slice_logits(slice_log_odds, aggregation, top_k, dim=dim)
+
+
+def _binary_metric(metric: str, scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    if labels.size == 0:
+        return float("nan")
+    if metric == "auc":
+        if np.unique(labels).size < 2:
+            warnings.warn("AUC is undefined with a single class among the labels; returning nan.", stacklevel=3)
+            return float("nan")
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(labels, scores))
+    predicted = (scores >= threshold).astype(np.int64)
+    if metric == "accuracy":
+        return float((predicted == labels).mean())
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, predicted, zero_division=0))
+
+
+def _output_pairs(output: Any) -> tuple[Any, Any]:
+    """``(pred, label)`` of an engine output: a dict, or a decollated list of dicts."""
+    if isinstance(output, Mapping):
+        return output["pred"], output["label"]
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], Mapping):
+        return [o["pred"] for o in output], [o["label"] for o in output]
+    if isinstance(output, (list, tuple)) and len(output) == 2:
+        return output[0], output[1]
+    raise TypeError(f"engine output must be a dict with 'pred' and 'label' or a list of them, got {type(output).__name__}.")
+
+
+def _as_cases(pred: Any, label: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-volume ``(slice_log_odds (S,), slice_labels (S,))`` pairs of a batch."""
+    if isinstance(pred, (list, tuple)):
+        cases = []
+        for p, y in zip(pred, label):
+            cases.extend(_as_cases(torch.as_tensor(p)[None], torch.as_tensor(y)[None]))
+        return cases
+    p = torch.as_tensor(pred).detach().float().cpu()
+    y = torch.as_tensor(label).detach().cpu()
+    if p.ndim == 2:  # (K, S): one volume
+        p, y = p[None], y.reshape(1, -1)
+    if p.ndim != 3:
+        raise ValueError(f"pred must hold per-slice logits (B, K, S), got shape {tuple(p.shape)}.")
+    z = lesion_log_odds(p, class_dim=1)
+    y = y.reshape(z.shape[0], -1).long()
+    if y.shape != z.shape:
+        raise ValueError(f"label must hold one label per slice, shape {tuple(z.shape)}, got {tuple(y.shape)}.")
+    return [(z[b], y[b]) for b in range(z.shape[0])]
+
+
+class _CaseStore:
+    """Per-volume slice scores and labels, and the slice / volume arrays the metrics need."""
+
+    def __init__(self, aggregation: str, top_k: int | float) -> None:
+        self.aggregation = aggregation
+        self.top_k = top_k
+        self.cases: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, pred: Any, label: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        new = _as_cases(pred, label)
+        self.cases.extend(new)
+        return new
+
+    def slice_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.cases:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        z = torch.cat([c[0] for c in self.cases])
+        y = torch.cat([c[1] for c in self.cases])
+        keep = y >= 0
+        return torch.sigmoid(z[keep]).numpy(), y[keep].numpy()
+
+    def volume_score(self, z: torch.Tensor) -> float:
+        return float(torch.sigmoid(volume_log_odds(z, self.aggregation, self.top_k)))
+
+    def volume_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.array([self.volume_score(z) for z, _ in self.cases], dtype=np.float64)
+        labels = np.array([int(bool((y != 0).any())) for _, y in self.cases], dtype=np.int64)
+        return scores, labels
+
+
+def _check_aggregation(aggregation: str, top_k: Any) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}.")
+    aggregate_slice_logits(torch.zeros(1, 1), aggregation, top_k)  # validates top_k
+
+
+class LesionMetric(Metric):
+    """AUC, accuracy or F1 of lesion classification at slice or volume level (an ignite metric).
+
+    Reads ``pred`` (per-slice logits ``(B, K, S)``, as :class:`medmamba.inferers.SliceStackInferer`
+    returns for a slice classifier) and ``label`` (per-slice labels ``(B, S)`` from
+    :class:`SliceLesionLabelsd`) from the engine output (a dict, or decollated dicts).
+
+    * ``level="slice"``: every slice whose label is not :data:`AMBIGUOUS`; score ``sigmoid(log-odds)``.
+    * ``level="volume"``: one score per volume, ``sigmoid`` of :func:`volume_log_odds`; label 1 when
+      any slice holds lesion voxels.
+
+    Accuracy and F1 (of the lesion class) threshold the probability at ``threshold``; AUC is the
+    ROC AUC (scikit-learn), ``nan`` with a warning when only one class is present.
+
+    Each process computes on what it saw (no all-gather): run validation un-split (every DDP rank
+    sees every validation volume), as the bundle's ``multi_gpu_train.json`` does.
+
+    Args:
+        metric: ``"auc"``, ``"accuracy"`` or ``"f1"``.
+        level: ``"slice"`` or ``"volume"``.
+        aggregation: volume aggregation of the slice log-odds (see :func:`volume_log_odds`).
+        top_k: for ``"topk"``.
+        threshold: probability threshold for accuracy and F1.
+        output_transform: maps the engine output to ``(pred, label)``; default reads the keys.
+        device: ignite's metric device (unused: the values are kept on the CPU).
+    """
+
+    def __init__(
+        self,
+        metric: str = "auc",
+        level: str = "volume",
+        aggregation: str = "topk",
+        top_k: int | float = 2,
+        threshold: float = 0.5,
+        output_transform: Callable[[Any], Any] = _output_pairs,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}.")
+        if level not in _LEVELS:
+            raise ValueError(f"level must be one of {_LEVELS}, got {level!r}.")
+        _check_aggregation(aggregation, top_k)
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}.")
+        self.metric = metric
+        self.level = level
+        self.threshold = float(threshold)
+        self._store = _CaseStore(aggregation, top_k)
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._store = _CaseStore(self._store.aggregation, self._store.top_k)
+
+    @reinit__is_reduced
+    def update(self, output: Any) -> None:
+        pred, label = output
+        self._store.add(pred, label)
+
+    def compute(self) -> float:
+        store = self._store
+        scores, labels = store.slice_arrays() if self.level == "slice" else store.volume_arrays()
+        return _binary_metric(self.metric, scores, labels, self.threshold)
+
+
+def _case_ids(batch: Any, n: int) -> list[str]:
+    """Case ids of a batch: its ``id`` entry, else the image file names."""
+    if isinstance(batch, Mapping):
+        ids = batch.get("id")
+        if ids is not None:
+            ids = [ids] if isinstance(ids, str) else list(ids)
+            if len(ids) == n:
+                return [str(i) for i in ids]
+        meta = getattr(batch.get("image"), "meta", None) or {}
+        names = meta.get("filename_or_obj")
+        if names is not None:
+            names = [names] if isinstance(names, str) else list(names)
+            if len(names) == n:
+                return [_strip_suffix(Path(str(p)).name) for p in names]
+    if isinstance(batch, (list, tuple)) and len(batch) == n and all(isinstance(b, Mapping) for b in batch):
+        return [_case_ids(b, 1)[0] for b in batch]
+    return [f"case-{i:04d}" for i in range(n)]
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in (".nii.gz", ".nii", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class ClassificationReport:
+    """Ignite handler writing an evaluation's flat ``metrics.json`` and per-case ``predictions.csv``.
+
+    Attach it to the evaluator (a MONAI ``val_handlers`` entry). It records every volume's slice
+    scores; on completion it writes
+
+    * ``<output_dir>/<metrics_file>``: a flat JSON of ``engine.state.metrics`` (floats), the volume
+      and slice counts, the aggregation, ``checkpoint``, ``wall_time_s`` (from the import of this
+      module, i.e. the bundle's config parsing, to the end of the evaluation: model loading and data
+      preprocessing included) and ``evaluation_time_s`` (the evaluator's run);
+    * ``<output_dir>/predictions.csv``: per case ``id``, ``label`` (lesion present), ``lesion_probability``,
+      ``predicted``, ``n_slices``, ``n_positive_slices``, and the slice-level AUC inside the case
+      (through :func:`medmamba.io.write_results_csv`: no identifying DICOM values).
+
+    Args:
+        output_dir: output folder.
+        checkpoint: the evaluated checkpoint (recorded as given).
+        aggregation, top_k: the volume aggregation (as in :class:`LesionMetric`).
+        threshold: probability threshold of ``predicted``.
+        metrics_file: the JSON's file name.
+        extra: more entries for the JSON (simple values).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str] | None = None,
+        aggregation: str = "topk",
+        top_k: int | float = 2,
+        threshold: float = 0.5,
+        metrics_file: str = "metrics.json",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        _check_aggregation(aggregation, top_k)
+        self.output_dir = Path(output_dir)
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.threshold = float(threshold)
+        self.metrics_file = metrics_file
+        self.extra = dict(extra or {})
+        self._store = _CaseStore(aggregation, top_k)
+        self._ids: list[str] = []
+        self._started = time.perf_counter()
+        self.metrics: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._on_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
+        engine.add_event_handler(Events.COMPLETED, self._on_completed)
+
+    def _on_started(self, engine: Engine) -> None:
+        self._store = _CaseStore(self._store.aggregation, self._store.top_k)
+        self._ids = []
+        self._started = time.perf_counter()
+
+    def _on_iteration(self, engine: Engine) -> None:
+        pred, label = _output_pairs(engine.state.output)
+        new = self._store.add(pred, label)
+        self._ids.extend(_case_ids(engine.state.batch, len(new)))
+
+    def _on_completed(self, engine: Engine) -> None:
+        now = time.perf_counter()
+        rows = []
+        for case_id, (z, y) in zip(self._ids, self._store.cases):
+            prob = self._store.volume_score(z)
+            keep = y >= 0
+            inner = _binary_metric("auc", torch.sigmoid(z[keep]).numpy(), y[keep].numpy(), 0.5) if (
+                keep.any() and y[keep].unique().numel() == 2) else None
+            rows.append({
+                "id": case_id,
+                "label": int(bool((y != 0).any())),
+                "lesion_probability": round(prob, 6),
+                "predicted": int(prob >= self.threshold),
+                "n_slices": int(y.numel()),
+                "n_positive_slices": int((y == 1).sum()),
+                "slice_auc_in_case": None if inner is None else round(inner, 6),
+            })
+        slice_scores, _ = self._store.slice_arrays()
+        metrics = {k: _plain(v) for k, v in engine.state.metrics.items()}
+        doc = {
+            **metrics,
+            "n_volumes": len(self._store.cases),
+            "n_volumes_positive": int(sum(r["label"] for r in rows)),
+            "n_slices": int(slice_scores.size),
+            "aggregation": self._store.aggregation,
+            "top_k": self._store.top_k,
+            "threshold": self.threshold,
+            "checkpoint": self.checkpoint,
+            "evaluation_time_s": round(now - self._started, 2),
+            "wall_time_s": round(now - _IMPORTED_AT, 2),
+            **{k: _plain(v) for k, v in self.extra.items()},
+        }
+        from medmamba.io.atomic import atomic_write_text
+        from medmamba.io.results import write_results_csv
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_dir / self.metrics_file, json.dumps(doc, indent=1) + "\n")
+        write_results_csv(self.output_dir / "predictions.csv", rows)
+        self.metrics = doc
+        logger.info("evaluation: %s -> %s", {k: doc[k] for k in metrics}, self.output_dir / self.metrics_file)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- networks
+class FuseOnLoad(nn.Module):
+    """A network that folds its BatchNorms when its unfused weights are loaded.
+
+    ``load_state_dict`` takes the *unfused* network's state dict (flat, a ``CheckpointSaver`` dict
+    with ``"model"``, an EMA or DDP one; see :func:`medmamba.training.extract_state_dict`), loads it
+    into a fresh copy of the unfused network and replaces :attr:`network` by its fused version
+    (:func:`medmamba.networks.fuse_norms`). Before any load, :attr:`network` is the unfused network
+    in eval mode. ``python -m monai.bundle ckpt_export network_def`` loads the checkpoint into
+    ``network_def`` and scripts it: with a ``FuseOnLoad`` that is TorchScript of the fused network.
+
+    Args:
+        network: the unfused network (kept as the template of every load).
+        strict: ``strict`` of ``fuse_norms`` (``False`` for networks with BatchNorms outside
+            fusable units, e.g. MONAI's DenseNet121); networks without BatchNorm are used as they are.
+
+    Attributes:
+        in_channels: the wrapped network's ``in_channels`` (``-1`` if unknown), read by
+            :class:`medmamba.inferers.SliceStackInferer`'s channel check.
+        is_fused: whether weights were loaded and fused.
+    """
+
+    def __init__(self, network: nn.Module, strict: bool = True) -> None:
+        super().__init__()
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
+        # the template is not a registered sub-module: it stays out of state_dict() and TorchScript
+        self.__dict__["_template"] = copy.deepcopy(network).cpu()
+        self.network = network.eval()
+        self.fuse_strict = bool(strict)
+        self.is_fused = False
+        channels = getattr(network, "in_channels", None)
+        self.in_channels = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
+
+    @property
+    def template(self) -> nn.Module:
+        """The unfused architecture (untrained copy)."""
+        return self.__dict__["_template"]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load unfused weights into a copy of the template and fuse it (see the class doc)."""
+        from medmamba.networks import fuse_norms
+
+        state = extract_state_dict(state_dict)
+        device = next(iter(self.network.parameters()), torch.empty(0)).device
+        unfused = copy.deepcopy(self.template)
+        result = unfused.load_state_dict(state, strict=strict)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in unfused.modules())
+        fused = fuse_norms(unfused, inplace=True, strict=self.fuse_strict) if has_bn else unfused.eval()
+        self.network = fused.to(device)
+        self.is_fused = has_bn
+        return result
+
+    def train(self, mode: bool = True) -> FuseOnLoad:
+        """Stay in eval mode: a fused network has no BatchNorm statistics to update."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+class FusedMobileMamba(FuseOnLoad):
+    """:class:`FuseOnLoad` around ``MobileMamba(variant, **kwargs)``.
+
+    Takes ``MobileMamba``'s own arguments, so ``--network_def#variant s6`` works in
+    ``inference.json`` / ``evaluate.json`` as in ``train.json``.
+    """
+
+    def __init__(self, variant: str = "t2", strict: bool = True, **kwargs: Any) -> None:
+        from medmamba.networks import MobileMamba
+
+        super().__init__(MobileMamba(variant, **kwargs), strict=strict)
+
+
+def load_network(
+    network: nn.Module | None,
+    model_file: str | os.PathLike[str],
+    use_torchscript: bool = False,
+    key: str | None = None,
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+) -> nn.Module:
+    """The inference network: a checkpoint loaded into ``network``, or an exported TorchScript file.
+
+    Args:
+        network: the architecture (the bundle's ``network_def``; a :class:`FuseOnLoad` is fused on
+            load). Ignored for TorchScript.
+        model_file: a checkpoint (``.pt``, as the bundle's ``CheckpointSaver`` writes) or, with
+            ``use_torchscript`` or a ``.ts`` suffix, a TorchScript file (``ckpt_export`` output).
+        use_torchscript: load ``model_file`` with ``torch.jit.load``.
+        key: entry of a multi-object checkpoint (``"model"``, ``"ema"``...); default flat or ``"model"``.
+        device: where to put the network.
+        channels_last: convert an eager network to the channels-last memory format (faster
+            convolutions on CPUs with oneDNN; outputs unchanged).
+
+    Returns:
+        The network in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: ``model_file`` does not exist.
+        ValueError: no ``network`` for a checkpoint.
+    """
+    path = os.fspath(model_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model_file={path!r} does not exist; train the bundle (or export it) first.")
+    if use_torchscript or path.endswith(".ts"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(path, map_location=device)
+        logger.info("loaded TorchScript model %s", path)
+        return net.eval()
+    if network is None:
+        raise ValueError("network (the architecture) is required to load a checkpoint.")
+    if isinstance(network, FuseOnLoad):
+        network.load_state_dict(extract_state_dict(path, key=key))
+    else:
+        load_weights(network, path, key=key)
+    logger.info("loaded checkpoint %s into %s", path, type(network).__name__)
+    network = network.to(device).eval()
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    return network
+
+
+def rank_zero_handlers(handlers: Sequence[Any]) -> list[Any]:
+    """The handlers a process keeps under DDP: all on rank 0; no saving or logging on other ranks.
+
+    Drops ``CheckpointSaver``, ``StatsHandler``, ``TensorBoardStatsHandler``, ignite's ``ProgressBar``
+    and :class:`ClassificationReport` on ranks other than 0 (or everything is kept without an
+    initialised process group).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        return list(handlers)
+    from ignite.handlers import ProgressBar
+    from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
+
+    drop = (CheckpointSaver, StatsHandler, TensorBoardStatsHandler, ProgressBar, ClassificationReport)
+    return [h for h in handlers if not isinstance(h, drop)]
+
+
+# --------------------------------------------------------------------------------------------- inference
+class VolumeClassifier:
+    """Volume in, per-slice logits and volume lesion probability out.
+
+    Args:
+        network: a 2D slice classifier taking ``2k + 1``-slice stacks (eager or TorchScript).
+        inferer: e.g. :class:`medmamba.inferers.SliceStackInferer` (returns ``(B, K, S)``).
+        aggregation, top_k: volume aggregation of the slice log-odds (:func:`volume_log_odds`).
+        device: where the network runs.
+    """
+
+    def __init__(
+        self,
+        network: Callable[..., Any],
+        inferer: Callable[..., Any],
+        aggregation: str = "topk",
+        top_k: int | float = 2,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not callable(network):
+            raise TypeError(f"network must be callable, got {type(network).__name__}.")
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        _check_aggregation(aggregation, top_k)
+        self.network = network
+        self.inferer = inferer
+        self.aggregation = aggregation
+        self.top_k = top_k
+        self.device = torch.device(device)
+
+    def slice_logits(self, volume: torch.Tensor) -> torch.Tensor:
+        """Per-slice logits ``(B, K, S)`` of volumes ``(B, C, H, W, D)``."""
+        if isinstance(self.network, nn.Module):
+            self.network.eval()
+        with torch.no_grad():
+            out = self.inferer(torch.as_tensor(volume).to(self.device), self.network)
+        out = torch.as_tensor(out).float()
+        if out.ndim != 3:
+            raise ValueError(f"the inferer must return per-slice logits (B, K, S), got shape {tuple(out.shape)}.")
+        return out
+
+    def __call__(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"slice_probabilities": (B, S), "lesion_probability": (B,)}`` of volumes ``(B, C, H, W, D)``."""
+        z = lesion_log_odds(self.slice_logits(volume), class_dim=1)
+        return {
+            "slice_probabilities": torch.sigmoid(z),
+            "lesion_probability": torch.sigmoid(volume_log_odds(z, self.aggregation, self.top_k)),
+        }
+
+
+def _has_dicom(folder: Path) -> bool:
+    for entry in folder.iterdir():
+        if entry.is_file() and not is_nifti_path(entry) and not entry.name.startswith("."):
+            if entry.suffix.lower() in (".dcm", ".ima") or _is_dicom_file(entry):
+                return True
+    return False
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def find_scans(input_path: str | os.PathLike[str]) -> list[str]:
+    """The cases under ``input_path``: a NIfTI file, a DICOM file or series folder, or a folder of them.
+
+    A folder that directly holds DICOM files (and no NIfTI file) is one series, one case. Otherwise
+    each NIfTI file and DICOM file in it, and each sub-folder holding DICOM files (searched
+    recursively), is a case, in sorted order.
+
+    Args:
+        input_path: the input.
+
+    Returns:
+        Case paths (strings).
+
+    Raises:
+        FileNotFoundError: ``input_path`` does not exist.
+        ValueError: no scan found under it.
+    """
+    root = Path(input_path)
+    if not root.exists():
+        raise FileNotFoundError(
+            f"input_path={str(root)!r} does not exist; expected a NIfTI file, a DICOM series folder or a folder of them."
+        )
+    if root.is_file():
+        return [str(root)]
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if _has_dicom(root) and not any(is_nifti_path(p) for p in entries):
+        return [str(root)]
+    cases: list[str] = []
+    for entry in sorted(entries):
+        if entry.is_file() and (is_nifti_path(entry) or _is_dicom_file(entry)):
+            cases.append(str(entry))
+        elif entry.is_dir():
+            if _has_dicom(entry) and not any(is_nifti_path(p) for p in entry.iterdir()):
+                cases.append(str(entry))
+            else:
+                try:
+                    cases.extend(find_scans(entry))
+                except ValueError:
+                    continue
+    if not cases:
+        raise ValueError(f"input_path={str(root)!r} holds no NIfTI file and no DICOM series.")
+    return cases
+
+
+def _slice_positions_mm(img: Any, n_slices: int, axis: int = 2) -> list[float] | None:
+    """World (RAS) coordinate along the slice normal of each slice centre of a preprocessed volume."""
+    affine = getattr(img, "affine", None)
+    if affine is None:
+        return None
+    a = torch.as_tensor(affine, dtype=torch.float64)
+    if a.shape != (4, 4):
+        return None
+    column = a[:3, axis]
+    normal = column / column.norm().clamp_min(1e-12)
+    origin = a[:3, 3]
+    return [round(float(torch.dot(origin + column * s, normal)), 3) for s in range(n_slices)]
+
+
+def classify(
+    input_path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    predictor: VolumeClassifier,
+    preprocessing: Callable[[Any], Any],
+    threshold: float = 0.5,
+    write_slice_probabilities: bool = True,
+    report_name: str = "probabilities",
+) -> dict[str, Any]:
+    """Classify every scan under ``input_path``; write ``<output_dir>/probabilities.csv``.
+
+    Per case the report row holds ``lesion_probability`` (volume level), ``label`` (1 = lesion
+    present, at ``threshold``), ``class_name``, ``n_slices`` and ``top_slice`` (index, in the
+    preprocessed RAS grid, of the most suspicious slice); failed cases are recorded with their
+    reason and the batch goes on (:func:`medmamba.data.run_batch`, which also keeps identifying DICOM
+    values out of the report). With ``write_slice_probabilities`` each case also gets
+    ``<output_dir>/<case>/slice_probabilities.json``: per axial slice of the preprocessed volume its
+    index, position along the slice normal in mm (RAS world coordinates) and lesion probability.
+
+    Args:
+        input_path: see :func:`find_scans`.
+        output_dir: output folder.
+        predictor: a :class:`VolumeClassifier`.
+        preprocessing: the preprocessing, starting by loading ``"image"`` (a path: NIfTI or DICOM).
+        threshold: probability threshold of the label.
+        write_slice_probabilities: write the per-case slice JSON.
+        report_name: base name of the report (``probabilities.csv`` / ``.json``).
+
+    Returns:
+        ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
+    """
+    from monai.data import MetaTensor
+
+    from medmamba.data.batch import BatchCase, run_batch
+    from medmamba.io.results import write_results_json
+
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}.")
+    start = time.perf_counter()
+    cases = find_scans(input_path)
+    logger.info("classifying %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
+
+    def process(case: BatchCase) -> dict[str, Any]:
+        data = preprocessing({"image": os.fspath(case.input)})
+        if not isinstance(data, Mapping) or "image" not in data:
+            raise TypeError("preprocessing must return a dict holding 'image'")
+        img = data["image"]
+        volume = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+        out = predictor(volume[None])
+        prob = float(out["lesion_probability"][0])
+        slices = out["slice_probabilities"][0].cpu()
+        label = int(prob >= threshold)
+        result: dict[str, Any] = {
+            "lesion_probability": round(prob, 6),
+            "label": label,
+            "class_name": CLASS_NAMES[label],
+            "n_slices": int(slices.numel()),
+            "top_slice": int(torch.argmax(slices)),
+        }
+        if write_slice_probabilities:
+            positions = _slice_positions_mm(img, int(slices.numel()), axis=2)
+            rows = [
+                {"slice_index": i, "position_mm": None if positions is None else positions[i],
+                 "lesion_probability": round(float(p), 6)}
+                for i, p in enumerate(slices.tolist())
+            ]
+            write_results_json(case.out_dir / "slice_probabilities.json", rows, extra={
+                "case_id": case.case_id, "lesion_probability": round(prob, 6), "label": label,
+                "slice_axis": "axial (last axis of the RAS-oriented, foreground-cropped volume)",
+            }, redact=case.redact)
+            result["slice_file"] = f"{case.case_id}/slice_probabilities.json"
+        return result
+
+    report = run_batch(cases, process, output_dir, input_key="image", report_name=report_name)
+    summary = {
+        "n_ok": report.n_ok,
+        "n_failed": report.n_failed,
+        "report": str(report.csv_path),
+        "failed": report.failed,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    logger.info("classification: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed,
+                summary["seconds"], report.csv_path)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export_onnx(
+    network: nn.Module,
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    input_shape: Sequence[int] = (2, 3, 128, 128),
+    torchscript_file: str | os.PathLike[str] | None = None,
+    name: str = "model",
+    rtol: float = 1e-4,
+    report_file: str | os.PathLike[str] | None = None,
+    fuse_strict: bool = True,
+) -> dict[str, Any]:
+    """Export the fused network to ONNX and check it, and an exported TorchScript file, against it.
+
+    ONNX goes through :func:`medmamba.training.export_fused` (norm fusion, opset 17, dynamic batch,
+    reload with onnxruntime) and is renamed to ``<out_dir>/<name>.onnx``. That file and
+    ``torchscript_file`` (e.g. ``models/model.ts`` from ``ckpt_export``) are compared with the eager
+    fused network on a seeded random batch of ``input_shape`` and on one of another batch size: the
+    largest absolute difference divided by the largest absolute eager output must stay within
+    ``rtol``. The ONNX graph is valid for the spatial size of ``input_shape`` (the scan's loop is
+    fixed at tracing), with a dynamic batch size.
+
+    Args:
+        network: the unfused architecture (a :class:`FuseOnLoad` is unwrapped to its template).
+        checkpoint: the trained weights (flat or ``CheckpointSaver`` state dict).
+        out_dir: output folder.
+        input_shape: ``(B, C, H, W)`` of the check batch and of the ONNX graph.
+        torchscript_file: an exported TorchScript file to check as well, or ``None``.
+        name: file stem of the ONNX file.
+        rtol: largest allowed relative error (max |exported - eager| / max |eager|).
+        report_file: where to write the result as JSON (default ``<out_dir>/<name>_export.json``).
+        fuse_strict: ``strict`` of ``fuse_norms``.
+
+    Returns:
+        ``{"onnx", "torchscript", "checkpoint", "input_shape", "max_abs_output", "max_abs_error",
+        "relative_error", "rtol"}``.
+
+    Raises:
+        medmamba.training.ExportMismatchError: an export differs from the eager fused network.
+        ValueError: a bad ``input_shape``.
+    """
+    from medmamba.networks import fuse_norms
+    from medmamba.training import ExportMismatchError, export_fused, verify_export
+
+    if isinstance(network, FuseOnLoad):
+        fuse_strict = network.fuse_strict
+        network = network.template
+    shape = [int(s) for s in input_shape]
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (B, C, H, W) with positive sizes, got {input_shape!r}.")
+    sample = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
+    fuse: Any = (lambda m: fuse_norms(m, strict=fuse_strict)) if has_bn else False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = export_fused(
+            os.fspath(checkpoint), network=network, out_dir=out, sample_input=sample, name=name,
+            formats=("onnx",), fuse=fuse, atol=1e-3, rtol=1e-2,
+        )
+    onnx_path = out / f"{name}.onnx"
+    os.replace(result.onnx_path, onnx_path)
+    eager = load_weights(copy.deepcopy(network), os.fspath(checkpoint))
+    eager = fuse_norms(eager, inplace=True, strict=fuse_strict) if has_bn else eager.eval()
+    with torch.no_grad():
+        scale = max(float(eager(sample).abs().max()), 1e-12)
+    errors = verify_export(
+        eager, sample, torchscript_path=torchscript_file, onnx_path=onnx_path, atol=rtol * scale, rtol=0.0
+    )
+    errors["fusion"] = result.max_abs_error.get("fusion", float("nan"))
+    relative = {k: v / scale for k, v in errors.items()}
+    bad = {k: v for k, v in relative.items() if k != "fusion" and v > rtol}
+    if bad:
+        raise ExportMismatchError(f"exported outputs differ from the eager fused network beyond rtol={rtol}: {bad}.")
+    doc = {
+        "onnx": str(onnx_path),
+        "torchscript": None if torchscript_file is None else os.fspath(torchscript_file),
+        "checkpoint": os.fspath(checkpoint),
+        "input_shape": shape,
+        "max_abs_output": scale,
+        "max_abs_error": errors,
+        "relative_error": relative,
+        "rtol": rtol,
+    }
+    report = Path(report_file) if report_file is not None else out / f"{name}_export.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(doc, indent=1) + "\n")
+    logger.info("export: %s; relative errors %s", onnx_path, relative)
+    return doc
