@@ -35,7 +35,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
@@ -167,8 +168,10 @@ def bench_shape(name: str, batch: int, kd: int, length: int, repeats: int, ref_r
 
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| shape | batch | KD | L | ref fwd (ms) | parallel fwd (ms) | fwd speed-up "
-        "| ref fwd+bwd (ms) | parallel fwd+bwd (ms) | fwd+bwd speed-up |",
+        (
+            "| shape | batch | KD | L | ref fwd (ms) | parallel fwd (ms) | fwd speed-up "
+            "| ref fwd+bwd (ms) | parallel fwd+bwd (ms) | fwd+bwd speed-up |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -192,7 +195,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="write machine info and all timings to this JSON file")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats of the parallel scan (median)")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -31,7 +29,7 @@ def make_inputs(
     delta_scale: float = 0.5,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-) -> list[Optional[Tensor]]:
+) -> list[Tensor | None]:
     """Random scan inputs (leaf tensors requiring grad) in the VMamba layout."""
     gen = torch.Generator().manual_seed(seed)
     kd = groups * dm
@@ -49,7 +47,7 @@ def make_inputs(
     return [None if t is None else t.to(dtype).requires_grad_() for t in (u, delta, A, B, C, D, bias)]
 
 
-def grads(y: Tensor, inputs: list[Optional[Tensor]], dy: Tensor) -> list[Optional[Tensor]]:
+def grads(y: Tensor, inputs: list[Tensor | None], dy: Tensor) -> list[Tensor | None]:
     leaves = [t for t in inputs if t is not None]
     g = iter(torch.autograd.grad(y, leaves, dy))
     return [None if t is None else next(g) for t in inputs]
@@ -161,7 +159,7 @@ def test_fast_softplus_is_accurate() -> None:
 def test_gradcheck_float64() -> None:
     inputs = make_inputs(1, 2, 2, 2, 5, dtype=torch.float64)
     for softplus in (True, False):
-        assert torch.autograd.gradcheck(lambda *a: SelectiveScanFn.apply(*a, softplus), tuple(inputs))
+        assert torch.autograd.gradcheck(lambda *a, sp=softplus: SelectiveScanFn.apply(*a, sp), tuple(inputs))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

@@ -26,7 +26,8 @@ Three implementations are provided:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +35,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 __all__ = [
+    "SCAN_BACKENDS",
     "SelectiveScanFn",
+    "is_cuda_scan_available",
     "selective_scan",
     "selective_scan_ref",
     "selective_scan_scriptable",
-    "is_cuda_scan_available",
-    "SCAN_BACKENDS",
 ]
 
 #: Accepted values of the ``backend`` argument of :func:`selective_scan`.
@@ -70,7 +71,9 @@ _USE_FAST_SOFTPLUS = False
 # --------------------------------------------------------------------------------------------
 def _check_tensor(name: str, value: Any, ndim: int, expected: str) -> None:
     if not isinstance(value, Tensor):
-        raise TypeError(f"selective_scan: `{name}` must be a torch.Tensor of shape {expected}, got {type(value).__name__}.")
+        raise TypeError(
+            f"selective_scan: `{name}` must be a torch.Tensor of shape {expected}, got {type(value).__name__}."
+        )
     if not value.is_floating_point():
         raise TypeError(f"selective_scan: `{name}` must be a floating-point tensor, got dtype {value.dtype}.")
     if value.dim() != ndim:
@@ -85,8 +88,8 @@ def _validate(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor],
-    delta_bias: Optional[Tensor],
+    D: Tensor | None,
+    delta_bias: Tensor | None,
 ) -> tuple[int, int, int, int, int]:
     """Check the shapes of the scan's arguments.
 
@@ -138,8 +141,8 @@ def selective_scan_ref(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = True,
 ) -> Tensor:
     """Plain sequential selective scan: a Python loop over ``L`` (autograd gives its gradient).
@@ -260,7 +263,7 @@ def _empty(shape: tuple[int, ...], like: Tensor, time_major: bool) -> Tensor:
     """An empty ``(batch, ..., L)`` tensor, stored time-major (``(batch, L, ...)`` in memory) or not.
 
     Time-major, every step of the scan works on contiguous blocks of channels (vectorised);
-    ``L``-last, on single elements ``2^k`` apart (about 2.5x slower). The scan works in the layout
+    ``L``-last, on single elements ``2^k`` apart (about 2.3x slower). The scan works in the layout
     of its input ``u`` because transposing costs as much as it would save.
     """
     if not time_major:
@@ -298,8 +301,8 @@ class SelectiveScanFn(torch.autograd.Function):
         A: Tensor,
         B: Tensor,
         C: Tensor,
-        D: Optional[Tensor],
-        delta_bias: Optional[Tensor],
+        D: Tensor | None,
+        delta_bias: Tensor | None,
         delta_softplus: bool,
     ) -> Tensor:
         batch, kd, length = u.shape
@@ -337,7 +340,7 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dy: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         u, z, dt, w, A, B, C, D, a, h = ctx.saved_tensors
         batch, kd, length = u.shape
         groups, n_state = B.shape[1], A.shape[1]
@@ -462,15 +465,15 @@ def _dense(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
-def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     """float64 if any input is float64, else float32 (half precision is upcast)."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _cuda_scan_fn() -> Optional[Callable[..., Tensor]]:
+def _cuda_scan_fn() -> Callable[..., Tensor] | None:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # type: ignore[import-not-found]
-    except Exception:  # ImportError, or a broken CUDA extension build
+    except Exception:  # noqa: BLE001 - ImportError, or a broken CUDA extension build
         return None
     return selective_scan_fn
 
@@ -490,8 +493,8 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = True,
     backend: str = "auto",
 ) -> Tensor:
@@ -557,4 +560,3 @@ def selective_scan(
         args = [_dense(t.to(dtype)) for t in (u, delta)] + [t.to(dtype).contiguous() for t in (A, B, C)]
         extra = [None if t is None else t.to(dtype).contiguous() for t in (D, delta_bias)]
         return SelectiveScanFn.apply(*args, extra[0], extra[1], bool(delta_softplus))
-
