@@ -95,14 +95,20 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+_CPU_TIMES: dict[int, list[float]] = {}
+
+
 def _time(fn: Callable[[], None], repeats: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls; their process CPU seconds go to ``_CPU_TIMES``."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    _CPU_TIMES[id(times)] = cpu
     return times
 
 
@@ -159,6 +165,8 @@ def bench_shape(name: str, batch: int, kd: int, length: int, repeats: int, ref_r
     result["par_tm_fwd_bwd_s"] = _time(fwd_bwd("parallel", True), repeats, warmup=2)
     for key in ("ref_fwd", "par_fwd", "ref_fwd_bwd", "par_fwd_bwd", "par_tm_fwd", "par_tm_fwd_bwd"):
         result[key + "_median_ms"] = 1e3 * statistics.median(result[key + "_s"])
+        result[key + "_cpu_s"] = _CPU_TIMES.pop(id(result[key + "_s"]))
+        result[key + "_cpu_median_ms"] = 1e3 * statistics.median(result[key + "_cpu_s"])
     result["speedup_fwd"] = result["ref_fwd_median_ms"] / result["par_fwd_median_ms"]
     result["speedup_fwd_bwd"] = result["ref_fwd_bwd_median_ms"] / result["par_fwd_bwd_median_ms"]
     result["speedup_tm_fwd"] = result["ref_fwd_median_ms"] / result["par_tm_fwd_median_ms"]
@@ -191,6 +199,25 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['name']} | {r['par_tm_fwd_median_ms']:.1f} | {r['speedup_tm_fwd']:.1f}x "
             f"| {r['par_tm_fwd_bwd_median_ms']:.1f} | {r['speedup_tm_fwd_bwd']:.1f}x |"
+        )
+    lines += [
+        "",
+        "Process CPU time, medians (all threads summed, spin-waits included; with `--threads 1` it does not",
+        "grow when other processes compete for the CPU, unlike the wall-clock times above):",
+        "",
+        (
+            "| shape | ref fwd (ms) | parallel fwd (ms) | fwd ratio | ref fwd+bwd (ms) | parallel fwd+bwd (ms) "
+            "| fwd+bwd ratio | time-major fwd / fwd+bwd (ms) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['ref_fwd_cpu_median_ms']:.1f} | {r['par_fwd_cpu_median_ms']:.1f} "
+            f"| {r['ref_fwd_cpu_median_ms'] / r['par_fwd_cpu_median_ms']:.1f}x "
+            f"| {r['ref_fwd_bwd_cpu_median_ms']:.1f} | {r['par_fwd_bwd_cpu_median_ms']:.1f} "
+            f"| {r['ref_fwd_bwd_cpu_median_ms'] / r['par_fwd_bwd_cpu_median_ms']:.1f}x "
+            f"| {r['par_tm_fwd_cpu_median_ms']:.1f} / {r['par_tm_fwd_bwd_cpu_median_ms']:.1f} |"
         )
     return "\n".join(lines)
 
