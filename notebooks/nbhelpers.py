@@ -18,7 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "Bundle", "Notebook", "brain_slices", "load_bundle", "pick_test_case"]
+__all__ = [
+    "ROOT",
+    "Bundle",
+    "Notebook",
+    "brain_slices",
+    "bundle_part",
+    "bundle_preprocessing",
+    "load_bundle",
+    "load_case",
+    "pick_test_case",
+    "strip_outputs",
+    "train_fallback",
+    "try_load_bundle",
+]
 
 
 def _find_root() -> Path:
@@ -284,6 +297,16 @@ def train_fallback(
         sched.step()
         losses.append(float(loss.detach()))
     return net.eval(), {"train_loss": (np.arange(1, steps + 1), np.asarray(losses))}
+
+
+def try_load_bundle(nb: Notebook, name: str) -> Bundle | None:
+    """:func:`load_bundle`, but a bundle whose weights cannot be loaded (e.g. trained with other
+    network settings, or being written right now) is reported and treated as missing."""
+    try:
+        return load_bundle(nb, name)
+    except Exception as err:  # noqa: BLE001 - any failure means: no usable trained model
+        print(f"{name}: the trained weights could not be loaded ({type(err).__name__}: {str(err)[:300]})")
+        return None
 
 
 def bundle_part(bundle: Bundle, *ids: str) -> Any:
