@@ -129,7 +129,9 @@ def brain_slices(
             sl = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol[:, :, idx], -1, 0))).float()
             h, w = sl.shape[1:]
             m = max(h, w)
-            sl = F.pad(sl, ((m - w) // 2, m - w - (m - w) // 2, (m - h) // 2, m - h - (m - h) // 2), value=float(sl.min()))
+            sl = F.pad(
+                sl, ((m - w) // 2, m - w - (m - w) // 2, (m - h) // 2, m - h - (m - h) // 2), value=float(sl.min())
+            )
             out.append(F.interpolate(sl[None], size=(size, size), mode="bilinear", align_corners=False)[0])
             if len(out) == n:
                 return torch.stack(out)
@@ -269,10 +271,14 @@ def train_fallback(
     elif task == "classification":
         net = MobileMamba(None, in_channels=2 * k + 1, num_classes=2, **TINY_ENCODER)
         ce = torch.nn.CrossEntropyLoss()
-        loss_fn = lambda logits, y: ce(logits, y)  # noqa: E731
+        loss_fn = lambda logits, y: ce(logits, y)
         pos = [(c, z) for c in cases for z in np.nonzero((c["lesion"] > 0).sum(axis=(0, 1)) >= 5)[0]]
-        neg = [(c, z) for c in cases for z in np.nonzero((c["lesion"] > 0).sum(axis=(0, 1)) == 0)[0]
-               if (c["tissue"][:, :, z] > 0).mean() > 0.05]
+        neg = [
+            (c, z)
+            for c in cases
+            for z in np.nonzero((c["lesion"] > 0).sum(axis=(0, 1)) == 0)[0]
+            if (c["tissue"][:, :, z] > 0).mean() > 0.05
+        ]
     else:
         raise ValueError(f"task must be 'segmentation' or 'classification', got {task!r}")
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
@@ -328,7 +334,9 @@ def bundle_preprocessing(bundle: Bundle) -> Any:
         return Compose(bundle.config.get_parsed_content("preprocessing_transforms", instantiate=True))
     part = bundle_part(bundle, "validate#preprocessing", "preprocessing")
     if part is None:
-        raise KeyError(f"{bundle.root}: no preprocessing_transforms, validate#preprocessing or preprocessing in the configs")
+        raise KeyError(
+            f"{bundle.root}: no preprocessing_transforms, validate#preprocessing or preprocessing in the configs"
+        )
     return part
 
 

@@ -10,16 +10,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from matplotlib.container import BarContainer
+from torch import nn
 
-from medmamba.networks import MobileMamba  # noqa: E402
-from medmamba.networks.blocks import MRFFI  # noqa: E402
-from medmamba.visualize import fill_zero_norm_weights  # noqa: E402
-from medmamba.visualize.branches import (  # noqa: E402
+from medmamba.networks import MobileMamba
+from medmamba.networks.blocks import MRFFI
+from medmamba.visualize import fill_zero_norm_weights
+from medmamba.visualize.branches import (
     BRANCHES,
     mrffi_blocks,
     mrffi_branch_ablation,
@@ -87,7 +87,9 @@ def test_blocks_and_stage_groups(tiny: nn.Module) -> None:
         mrffi_blocks(nn.Conv2d(1, 1, 1))
 
 
-@pytest.mark.parametrize(("g", "l", "branch"), [(0.0, 1.0, "MK-DeConv"), (0.0, 0.0, "identity"), (1.0, 0.0, "WTE-Mamba")])
+@pytest.mark.parametrize(
+    ("g", "l", "branch"), [(0.0, 1.0, "MK-DeConv"), (0.0, 0.0, "identity"), (1.0, 0.0, "WTE-Mamba")]
+)
 def test_a_single_branch_carries_the_whole_block_output(g: float, l: float, branch: str) -> None:
     m = _mrffi(g, l)
     x = torch.randn(3, 32, 9, 11)
@@ -168,9 +170,8 @@ def test_ablation(tiny: nn.Module) -> None:
     assert list(per_stage) == ["WTE-Mamba"] and list(per_stage["WTE-Mamba"]) == ["stage 1", "stage 2", "stage 3"]
     with pytest.raises(ValueError, match="branch"):
         mrffi_branch_ablation(tiny, x, branches=["global"])
-    with pytest.raises(ValueError, match="not MRFFI blocks"):
-        with zero_mrffi_branch(tiny, "identity", ["stage 9 block 1"]):
-            pass
+    with pytest.raises(ValueError, match="not MRFFI blocks"), zero_mrffi_branch(tiny, "identity", ["stage 9 block 1"]):
+        pass
 
 
 def test_plots(tiny: nn.Module) -> None:

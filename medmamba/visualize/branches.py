@@ -343,7 +343,10 @@ def mrffi_branch_ablation(
 
     def outputs() -> torch.Tensor:
         return torch.cat(
-            [_as_tensor(run(b.to(device=device, dtype=dtype))).double().cpu() for b in _batches(inputs, int(batch_size))]
+            [
+                _as_tensor(run(b.to(device=device, dtype=dtype))).double().cpu()
+                for b in _batches(inputs, int(batch_size))
+            ]
         )
 
     result: dict[str, dict[str, float]] = {}
@@ -373,7 +376,9 @@ def _grouped_bars(
     ax.grid(axis="y", alpha=0.3)
 
 
-def plot_branch_contributions(stats: Sequence[BranchStats], *, title: str | None = None, fig: Figure | None = None) -> Figure:
+def plot_branch_contributions(
+    stats: Sequence[BranchStats], *, title: str | None = None, fig: Figure | None = None
+) -> Figure:
     """Branch outputs and contributions per MRFFI block as grouped bars (one colour per branch).
 
     Left: RMS of each branch's activated output (what the projection receives). Right: RMS of each
