@@ -110,7 +110,11 @@ class FuseOnLoad(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        """The wrapped network's logits (the first output, for networks returning several)."""
+        out = self.network(x)
+        if isinstance(out, torch.Tensor):
+            return out
+        return out[0]
 
 
 class FusedMobileMambaSeg(FuseOnLoad):
@@ -214,44 +218,67 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def find_scans(input_path: str | os.PathLike[str]) -> list[str]:
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_scans(input_path: str | os.PathLike[str] | None) -> list[dict[str, str]]:
     """The cases under ``input_path``: a NIfTI file, a DICOM file or series folder, or a folder of them.
 
-    A folder that directly holds DICOM files is one series (one case). Otherwise each NIfTI file
-    and each DICOM file in it, and each sub-folder holding DICOM files (searched recursively), is a
-    case, in sorted order.
+    A folder that directly holds DICOM files (and no NIfTI file) is one series, one case. Otherwise
+    every NIfTI file and DICOM file in it, and every sub-folder holding DICOM files, is a case, and
+    other sub-folders are searched recursively; cases come in sorted order.
+
+    Case ids: for a single case ``<parent folder>_<name>`` (``sub-018_dicom``,
+    ``sub-018_image`` for ``sub-018/image.nii.gz``); for a folder of cases the path relative to
+    it, ``_``-joined, without the NIfTI/DICOM suffix.
 
     Args:
         input_path: the input.
 
     Returns:
-        Case paths (strings).
+        ``[{"image": path, "id": case id}, ...]``.
 
     Raises:
         FileNotFoundError: ``input_path`` does not exist.
-        ValueError: no scan found under it.
+        ValueError: no ``input_path``, or no scan under it.
     """
+    if input_path is None:
+        raise ValueError("input_path is required: a NIfTI file, a DICOM series folder or a folder of them.")
     root = Path(input_path)
     if not root.exists():
-        raise FileNotFoundError(f"input_path={str(root)!r} does not exist; expected a NIfTI file, a DICOM series folder or a folder of them.")
-    if root.is_file():
-        return [str(root)]
-    if _has_dicom(root) and not any(is_nifti_path(p) for p in root.iterdir()):
-        return [str(root)]
-    cases: list[str] = []
-    for entry in sorted(root.iterdir()):
+        raise FileNotFoundError(
+            f"input_path={str(root)!r} does not exist; expected a NIfTI file, a DICOM series folder or a folder of them."
+        )
+    if root.is_file() or (_has_dicom(root) and not any(is_nifti_path(p) for p in root.iterdir())):
+        parent = root.absolute().parent.name
+        return [{"image": str(root), "id": f"{parent}_{_stem(root)}" if parent else _stem(root)}]
+    found: list[Path] = []
+    _collect(root, found)
+    if not found:
+        raise ValueError(f"input_path={str(root)!r} holds no NIfTI file and no DICOM series.")
+    cases = []
+    for path in found:
+        rel = path.relative_to(root).parts
+        cases.append({"image": str(path), "id": "_".join([*rel[:-1], _stem(path)])})
+    return cases
+
+
+def _collect(folder: Path, found: list[Path]) -> None:
+    for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_file() and (is_nifti_path(entry) or _is_dicom_file(entry)):
-            cases.append(str(entry))
+            found.append(entry)
         elif entry.is_dir():
-            if _has_dicom(entry):
-                cases.append(str(entry))
+            if _has_dicom(entry) and not any(is_nifti_path(p) for p in entry.iterdir()):
+                found.append(entry)
             else:
-                cases.extend(find_scans(entry) if any(entry.iterdir()) else [])
-    if not cases and root == Path(input_path):
-        raise ValueError(f"input_path={str(root)!r} holds no NIfTI file and no DICOM series.")
-    return cases
+                _collect(entry, found)
 
 
 def segment(
@@ -288,6 +315,8 @@ def segment(
     """
     from medmamba.io.pipeline import segment_scans
 
+    if input_path is None:
+        raise ValueError("input_path is required: a NIfTI file, a DICOM series folder or a folder of them (--input_path ...).")
     start = time.perf_counter()
     cases = find_scans(input_path)
     logger.info("segmenting %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
@@ -516,7 +545,8 @@ def export_onnx(
         checkpoint: the trained weights (flat or ``CheckpointSaver`` state dict).
         out_dir: output folder.
         input_shape: ``(B, C, H, W)`` of the check batch (and of the ONNX graph's spatial size).
-        torchscript_file: an exported TorchScript file to check as well, or ``None``.
+        torchscript_file: an exported TorchScript file to check as well, or ``None`` (a path that
+            does not exist is skipped with a warning).
         name: file stem of the ONNX file.
         rtol: largest allowed relative error (max |exported - eager| / max |eager|).
         report_file: where to write the result as JSON (default ``<out_dir>/<name>_export.json``).
@@ -533,6 +563,9 @@ def export_onnx(
 
     if isinstance(network, FuseOnLoad):
         network = network.__dict__["_template"]
+    if torchscript_file is not None and not os.path.isfile(os.fspath(torchscript_file)):
+        logger.warning("export_onnx: %s does not exist (run ckpt_export first); only ONNX is checked.", os.fspath(torchscript_file))
+        torchscript_file = None
     shape = [int(s) for s in input_shape]
     if len(shape) != 4:
         raise ValueError(f"input_shape must be (B, C, H, W), got {input_shape!r}.")

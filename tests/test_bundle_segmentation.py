@@ -1,0 +1,368 @@
+"""The ``mobilemamba_segmentation`` MONAI bundle end to end on a tiny data set.
+
+A tiny default data set (6 mm voxels, 2 training / 2 validation / 1 test subject) is built in a
+temporary folder; the bundle then runs through ``monai.bundle.ConfigWorkflow`` with a tiny
+MobileMambaSeg and a tiny UNet teacher for one epoch: teacher, distilled student, evaluation,
+``ckpt_export`` (TorchScript of the fused network), ONNX export, inference on a NIfTI file and on a
+DICOM series (NIfTI + DICOM SEG) with the checkpoint and with the TorchScript model, and DDP on two
+CPU processes (gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medmamba.apps.segmentation import (
+    TISSUE_CLASSES,
+    FusedMobileMambaSeg,
+    FuseOnLoad,
+    SegmentationMetrics,
+    find_scans,
+    load_network,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "mobilemamba_segmentation"
+CONFIGS = BUNDLE / "configs"
+META = CONFIGS / "metadata.json"
+SCHEMA = REPO / "bundles" / "schema" / "meta_schema_20240725.json"
+
+TINY_NET = {"network_def#embed_dim": [32, 48, 64], "network_def#depth": [1, 1, 1]}
+TINY_TEACHER = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 0}
+
+
+def _overrides(bundle_root: Path, dataset_dir: Path, **extra: object) -> dict:
+    out = {
+        "bundle_root": str(bundle_root),
+        "dataset_dir": str(dataset_dir),
+        "num_threads": 1,
+        **TINY_NET,
+    }
+    out.update(extra)
+    return out
+
+
+def _workflow(config: str, workflow_type: str | None, overrides: dict, run_id: str = "run"):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / config), meta_file=str(META), logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type, run_id=run_id, **overrides,
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medmamba.data.default_dataset import DefaultDatasetConfig, make_default_dataset
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    make_default_dataset(out, DefaultDatasetConfig(seed=3, n_train=2, n_val=2, n_test=1, downsample=3), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Teacher, then distilled student, one epoch each, through ConfigWorkflow (train type)."""
+    root = tmp_path_factory.mktemp("bundle")
+    common = {"train#trainer#max_epochs": 1, "val_interval": 1, "slices_per_volume": 2}
+    teacher_over = _overrides(root, dataset, **common)
+    for k in list(TINY_NET):
+        teacher_over.pop(k)
+    teacher_over.update({f"network_def#{k}": v for k, v in TINY_TEACHER.items()})
+    wf = _workflow("train_teacher.json", "train", teacher_over)
+    teacher_missing = wf.check_properties()
+    wf.run()
+    wf.finalize()
+
+    student_over = _overrides(root, dataset, **common)
+    student_over.update({f"teacher_def#{k}": v for k, v in TINY_TEACHER.items()})
+    wf = _workflow("train.json", "train", student_over)
+    student_missing = wf.check_properties()
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    state = {
+        "epoch": trainer.state.epoch,
+        "loss_kd": float(trainer.state.output[0]["loss_kd"]),
+        "val_metrics": dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics),
+    }
+    wf.finalize()
+    return {"root": root, "teacher_missing": teacher_missing, "student_missing": student_missing, **state}
+
+
+def test_metadata_verifies_offline_against_the_shipped_schema() -> None:
+    from monai.bundle import verify_metadata
+
+    assert SCHEMA.is_file()
+    verify_metadata(meta_file=str(META), filepath=str(SCHEMA))
+    meta = json.loads(META.read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 4
+
+
+def test_configs_share_one_preprocessing() -> None:
+    train = json.loads((CONFIGS / "train.json").read_text())
+    teacher = json.loads((CONFIGS / "train_teacher.json").read_text())
+    evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
+    infer = json.loads((CONFIGS / "inference.json").read_text())
+    targets = [t["_target_"] for t in train["preprocessing_transforms"]]
+    assert [t["_target_"] for t in teacher["preprocessing_transforms"]] == targets
+    assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"]] == targets
+    assert [t["_target_"] for t in infer["preprocessing"]["transforms"]] == targets
+    # the student's teacher is the architecture train_teacher.json trains
+    assert teacher["network_def"] == train["teacher_def"]
+    for cfg in (train, evaluate, infer):
+        assert cfg["network_def"]["variant"] == "t2" and cfg["context"] == 1
+
+
+def test_verify_net_in_out() -> None:
+    from monai.bundle import verify_net_in_out
+
+    for config in ("train.json", "inference.json"):
+        verify_net_in_out(
+            net_id="network_def", meta_file=str(META), config_file=str(CONFIGS / config), device="cpu",
+            n=1, any=2, **{f"{k}": v for k, v in TINY_NET.items()},
+        )
+
+
+def test_fuse_on_load_folds_batchnorm_and_keeps_outputs() -> None:
+    from medmamba.networks import MobileMambaSeg
+
+    torch.manual_seed(0)
+    net = MobileMambaSeg("t2", in_channels=3, out_channels=4, embed_dim=(32, 48, 64), depth=(1, 1, 1))
+    net.train()
+    net(torch.randn(4, 3, 64, 64))  # move the BatchNorm statistics away from their defaults
+    net.eval()
+    wrapper = FusedMobileMambaSeg("t2", in_channels=3, out_channels=4, embed_dim=(32, 48, 64), depth=(1, 1, 1))
+    assert wrapper.in_channels == 3 and not wrapper.is_fused
+    wrapper.load_state_dict({"model": net.state_dict()})  # CheckpointSaver layout
+    assert wrapper.is_fused
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in wrapper.modules())
+    assert not wrapper.train().training
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = net(x), wrapper(x)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    # loading again starts from the unfused template (not the already fused network)
+    wrapper.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(wrapper(x), out)
+    with pytest.raises(TypeError, match="nn.Module"):
+        FuseOnLoad("net")  # type: ignore[arg-type]
+
+
+def test_segmentation_metrics_dice_and_hd95_in_mm() -> None:
+    from monai.data import MetaTensor
+
+    label = torch.zeros(1, 20, 20, 20)
+    label[0, 2:8, 2:8, 2:8] = 1
+    label[0, 10:18, 10:18, 10:18] = 2
+    label[0, 10:18, 2:8, 2:8] = 3
+    pred = label.clone()
+    pred[0, 10:18, 10:18, 17] = 0  # one face of class 2 missed: 8*8 of 512 voxels
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    metrics = SegmentationMetrics(class_names=TISSUE_CLASSES, hd95=True)
+    row = metrics.case_metrics(MetaTensor(pred, affine=affine), MetaTensor(label, affine=affine))
+    assert row["dice_csf"] == pytest.approx(1.0) and row["dice_wm"] == pytest.approx(1.0)
+    assert row["dice_gm"] == pytest.approx(2 * 448 / (448 + 512))
+    assert row["hd95_csf"] == pytest.approx(0.0)
+    assert row["hd95_gm"] == pytest.approx(2.0)  # one voxel = 2 mm
+    summary = metrics.summarize([row, {**row, "dice_csf": float("nan")}])
+    assert summary["dice_csf"] == pytest.approx(1.0)  # undefined cases are skipped
+    assert summary["mean_dice"] == pytest.approx((1.0 + row["dice_gm"] + 1.0) / 3)
+
+
+def test_find_scans(dataset: Path, tmp_path: Path) -> None:
+    sub = dataset / "subjects" / "sub-004"
+    assert find_scans(sub / "dicom") == [{"image": str(sub / "dicom"), "id": "sub-004_dicom"}]
+    assert find_scans(sub / "image.nii.gz")[0]["id"] == "sub-004_image"
+    ids = [c["id"] for c in find_scans(sub)]
+    assert ids == ["dicom", "image", "lesion", "tissue"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_scans(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="no NIfTI"):
+        find_scans(tmp_path)
+    with pytest.raises(ValueError, match="input_path is required"):
+        find_scans(None)
+
+
+def test_train_teacher_and_distilled_student(trained: dict) -> None:
+    models = trained["root"] / "models"
+    assert trained["teacher_missing"] == [] and trained["student_missing"] == []
+    for name in ("teacher.pt", "model.pt", "model_ema.pt"):
+        state = torch.load(models / name, map_location="cpu", weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert trained["epoch"] == 1
+    assert trained["loss_kd"] > 0  # the teacher's pixel-wise KD term was used
+    metrics = trained["val_metrics"]
+    for name in ("val_mean_dice", "val_dice_csf", "val_dice_gm", "val_dice_wm"):
+        assert 0.0 <= metrics[name] <= 1.0
+    assert list((trained["root"] / "logs").glob("events.out.tfevents.*"))
+    assert list((trained["root"] / "logs" / "teacher").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_writes_flat_metrics(trained: dict, dataset: Path) -> None:
+    root = trained["root"]
+    wf = _workflow("evaluate.json", "infer", _overrides(root, dataset))
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    doc = json.loads((root / "eval" / "metrics.json").read_text())
+    for name in ("csf", "gm", "wm"):
+        assert doc[f"dice_{name}"] is None or 0.0 <= doc[f"dice_{name}"] <= 1.0
+        assert f"hd95_{name}" in doc
+    assert "mean_dice" in doc and "mean_hd95" in doc
+    assert doc["num_cases"] == 1 and doc["split"] == "test"
+    assert doc["checkpoint"].endswith("model.pt") and doc["wall_time_s"] > 0
+    assert all(not isinstance(v, (dict, list)) for v in doc.values())  # flat
+    assert (root / "eval" / "metrics_per_case.csv").read_text().startswith("id,")
+
+
+@pytest.fixture(scope="module")
+def exported(trained: dict, dataset: Path) -> dict:
+    from monai.bundle import ckpt_export
+
+    root = trained["root"]
+    ckpt_export(
+        net_id="network_def", filepath=str(root / "models" / "model.ts"), ckpt_file=str(root / "models" / "model.pt"),
+        meta_file=str(META), config_file=str(CONFIGS / "inference.json"), bundle_root=str(root), **TINY_NET,
+    )
+    wf = _workflow("inference.json", None, _overrides(root, dataset), run_id="export_onnx")
+    (report,) = wf.run()
+    return {"root": root, "report": report}
+
+
+def test_ckpt_export_torchscript_is_the_fused_network(exported: dict) -> None:
+    root = exported["root"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = torch.jit.load(str(root / "models" / "model.ts"))
+    assert "batch_norm" not in str(ts.inlined_graph)
+    eager = load_network(
+        FusedMobileMambaSeg("t2", in_channels=3, out_channels=4, embed_dim=(32, 48, 64), depth=(1, 1, 1)),
+        root / "models" / "model.pt",
+    )
+    unfused = load_network(
+        __import__("medmamba.networks", fromlist=["MobileMambaSeg"]).MobileMambaSeg(
+            "t2", in_channels=3, out_channels=4, embed_dim=(32, 48, 64), depth=(1, 1, 1)
+        ),
+        root / "models" / "model.pt",
+    )
+    x = torch.randn(3, 3, 64, 128)
+    with torch.no_grad():
+        ref, got, raw = eager(x), ts(x), unfused(x)
+    scale = ref.abs().max()
+    assert (got - ref).abs().max() <= 1e-4 * scale
+    assert (raw - ref).abs().max() <= 1e-4 * scale
+
+
+def test_onnx_export_matches_the_eager_fused_network(exported: dict) -> None:
+    import onnxruntime as ort
+
+    root, report = exported["root"], exported["report"]
+    assert Path(report["onnx"]) == root / "models" / "model.onnx"
+    assert all(v <= 1e-4 for k, v in report["relative_error"].items() if k != "fusion")
+    assert {"torchscript", "onnx", "onnx@batch=2"} <= set(report["relative_error"])
+    eager = load_network(
+        FusedMobileMambaSeg("t2", in_channels=3, out_channels=4, embed_dim=(32, 48, 64), depth=(1, 1, 1)),
+        root / "models" / "model.pt",
+    )
+    x = torch.randn(2, 3, 128, 128)
+    session = ort.InferenceSession(str(root / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        ref = eager(x)
+    assert np.abs(got - ref.numpy()).max() <= 1e-4 * float(ref.abs().max())
+    assert json.loads((root / "models" / "model_export.json").read_text())["rtol"] == 1e-4
+
+
+def _infer(root: Path, dataset: Path, input_path: Path, out: Path, **extra: object) -> dict:
+    wf = _workflow("inference.json", None, _overrides(root, dataset, input_path=str(input_path), output_dir=str(out), **extra))
+    (summary,) = wf.run()
+    wf.finalize()
+    return summary
+
+
+def test_inference_nifti_and_dicom_in_the_input_geometry(exported: dict, dataset: Path, tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from medmamba.data import load_scan
+
+    root = exported["root"]
+    sub = dataset / "subjects" / "sub-004"
+    summary = _infer(root, dataset, sub / "image.nii.gz", tmp_path / "nii")
+    assert summary["n_ok"] == 1 and summary["n_failed"] == 0
+    src = nib.load(sub / "image.nii.gz")
+    mask = nib.load(tmp_path / "nii" / "sub-004_image" / "sub-004_image_seg.nii.gz")
+    assert mask.shape == src.shape
+    np.testing.assert_allclose(mask.affine, src.affine, atol=1e-4)
+    labels = np.asarray(mask.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+
+    summary = _infer(root, dataset, sub / "dicom", tmp_path / "dcm")
+    assert summary["n_ok"] == 1
+    case = tmp_path / "dcm" / "sub-004_dicom"
+    dicom_img = load_scan(sub / "dicom")
+    dmask = nib.load(case / "sub-004_dicom_seg.nii.gz")
+    assert dmask.shape == tuple(dicom_img.shape[1:])
+    np.testing.assert_allclose(dmask.affine, dicom_img.affine.numpy(), atol=1e-3)
+    # same scan, same predictions: the DICOM route and the NIfTI route agree voxel for voxel
+    np.testing.assert_array_equal(np.asarray(dmask.dataobj), labels)
+    seg = hd.seg.segread(case / "sub-004_dicom_seg.dcm")
+    assert seg.Modality == "SEG"
+    assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2, 3]
+    source_uid = str(dicom_img.meta.get("series_instance_uid", ""))
+    referenced = {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence}
+    assert source_uid and referenced == {source_uid}
+    assert "MMBFAKE" not in (case / "sub-004_dicom_seg.nii.gz").read_bytes().decode("latin-1")
+
+
+def test_inference_with_the_torchscript_model_and_failed_cases(exported: dict, dataset: Path, tmp_path: Path) -> None:
+    root = exported["root"]
+    sub = dataset / "subjects" / "sub-004"
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.nii.gz").write_bytes((sub / "image.nii.gz").read_bytes())
+    (inputs / "broken.nii.gz").write_bytes(b"not a nifti file")
+    summary = _infer(root, dataset, inputs, tmp_path / "ts", use_torchscript=True)
+    assert summary["n_ok"] == 1 and summary["n_failed"] == 1 and "broken" in summary["failed"]
+    ckpt = _infer(root, dataset, inputs / "a.nii.gz", tmp_path / "ckpt")
+    assert ckpt["n_ok"] == 1
+    a = np.asarray(nib.load(tmp_path / "ts" / "a" / "a_seg.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "ckpt" / "inputs_a" / "inputs_a_seg.nii.gz").dataobj)
+    assert (a == b).mean() > 0.999
+
+
+def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(dataset: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ddp"
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29617",
+        "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", str(META),
+        "--logging_file", str(CONFIGS / "logging.conf"), "--bundle_root", str(root), "--dataset_dir", str(dataset),
+        "--train#trainer#max_epochs", "1", "--val_interval", "1", "--slices_per_volume", "2",
+        "--volumes_per_batch", "1", "--teacher", "$None", "--num_threads", "1",
+        "--network_def#embed_dim", "[32,48,64]", "--network_def#depth", "[1,1,1]",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    # each rank trained on its own half of the 2 training volumes: 1 iteration per epoch
+    assert "Epoch: 1/1, Iter: 1/1" in log
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "model_ema.pt").is_file()
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
