@@ -21,9 +21,14 @@ again on every call. Those thresholds can only be set before the process starts,
 (32 MiB, the largest value glibc accepts), ``MALLOC_TRIM_THRESHOLD_`` (64 GiB) and
 ``MALLOC_TOP_PAD_`` (1 GiB) set, unless they are already in the environment.
 
+``--omp-passive`` adds ``OMP_WAIT_POLICY=PASSIVE`` to that environment: with PyTorch's default
+(spinning) OpenMP threads, a CPU shared with other busy processes stalls every multi-threaded op for
+a scheduler time slice, which makes the parallel scan several times slower than with one thread.
+
 Usage::
 
     python benchmarks/bench_scan.py [--json results.json] [--repeats 7] [--ref-repeats 3]
+        [--threads N] [--omp-passive] [--shapes B4@512 ...]
 """
 
 from __future__ import annotations
@@ -57,11 +62,14 @@ N_STATE = 1
 
 
 def _maybe_reexec(args: argparse.Namespace) -> None:
-    """Re-run this script once with the glibc malloc thresholds set (they are read at start-up)."""
-    if args.no_malloc_tuning or os.environ.get(_REEXEC_FLAG) or all(k in os.environ for k in MALLOC_ENV):
+    """Re-run this script once with the environment set that is only read at start-up."""
+    wanted = {} if args.no_malloc_tuning else dict(MALLOC_ENV)
+    if args.omp_passive:
+        wanted["OMP_WAIT_POLICY"] = "PASSIVE"
+    if os.environ.get(_REEXEC_FLAG) or all(k in os.environ for k in wanted):
         return
     env = dict(os.environ)
-    for key, value in MALLOC_ENV.items():
+    for key, value in wanted.items():
         env.setdefault(key, value)
     env[_REEXEC_FLAG] = "1"
     sys.stdout.flush()
@@ -91,6 +99,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_start": os.getloadavg(),
     }
 
@@ -230,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", nargs="*", default=None, help="subset of shape names, e.g. B4@512")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-malloc-tuning", action="store_true", help="do not re-exec with glibc malloc settings")
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="re-exec with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning at barriers; "
+        "on a CPU shared with other processes the default spinning stalls every parallel op)",
+    )
     args = parser.parse_args(argv)
     _maybe_reexec(args)
 
@@ -243,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['cpu_capability']}), "
         f"torch {info['torch']} with {info['torch_threads']} threads, Python {info['python']}"
     )
-    print(f"malloc tuning: {info['malloc_env']}")
+    print(f"malloc tuning: {info['malloc_env']}, OMP_WAIT_POLICY={info['OMP_WAIT_POLICY']}")
     print(f"load average at start: {info['loadavg_start']}")
     results = []
     for name, batch, kd, length in shapes:
