@@ -195,3 +195,17 @@ def test_plots(tiny: nn.Module) -> None:
         plot_branch_contributions([])
     with pytest.raises(ValueError, match="empty"):
         plot_branch_ablation({})
+
+
+def test_ablation_of_a_branch_without_channels_is_nan() -> None:
+    m = _mrffi(0.5, 0.5)  # 16 / 16 / 0 channels
+    x = torch.randn(2, 32, 6, 6)
+    with _fast_cpu():
+        res = mrffi_branch_ablation(m, x)
+        with zero_mrffi_branch(m, "identity") as n:
+            assert n == 0
+    assert np.isnan(res["identity"]["all blocks"])
+    assert res["WTE-Mamba"]["all blocks"] > 0 and res["MK-DeConv"]["all blocks"] > 0
+    fig = plot_branch_ablation(res)
+    labels = [t.get_text() for t in fig.axes[0].texts]  # the bar labels
+    assert len(labels) == 3 and labels[2] == "" and "nan" not in " ".join(labels)

@@ -326,7 +326,7 @@ def mrffi_branch_ablation(
         batch_size: Images per forward pass.
 
     Returns:
-        ``{branch: {group: relative change}}``.
+        ``{branch: {group: relative change}}``; NaN where the branch has no channels in the group.
 
     Raises:
         ValueError: For an unknown branch or block label, or a bad ``batch_size``.
@@ -358,7 +358,7 @@ def mrffi_branch_ablation(
             result[b] = {}
             for g, labels in groups.items():
                 with zero_mrffi_branch(model, b, list(labels)) as n:
-                    result[b][g] = float((outputs() - ref).norm()) / denom if n else 0.0
+                    result[b][g] = float((outputs() - ref).norm()) / denom if n else float("nan")
     return result
 
 
@@ -407,7 +407,7 @@ def plot_branch_contributions(
     _grouped_bars(ax1, cats, {b: [s.feature_rms[b] for s in stats] for b in BRANCHES})
     ax1.set_ylabel("RMS of the branch output")
     ax1.set_title("branch outputs (after ReLU, before the projection)", fontsize=10)
-    _grouped_bars(ax2, cats, {b: [s.relative_output()[b] for s in stats] for b in BRANCHES}, fmt=".2f")
+    _grouped_bars(ax2, cats, {b: [s.relative_output()[b] for s in stats] for b in BRANCHES}, fmt=".2g")
     ax2.set_ylabel("RMS of the projected term / RMS of the block input")
     ax2.set_title("contribution to the block output (relative to its input)", fontsize=10)
     ax2.legend(fontsize="small", title="branch (channels Cg/Cl/Ci)", title_fontsize="small")
@@ -445,7 +445,7 @@ def plot_branch_ablation(
             if g not in groups:
                 groups.append(g)
     fig, ax = axes_or_new(ax, figsize=(max(5.5, 2.2 * len(groups)), 4))
-    _grouped_bars(ax, groups, {b: [per.get(g, float("nan")) for g in groups] for b, per in result.items()}, fmt=".2f")
+    _grouped_bars(ax, groups, {b: [per.get(g, float("nan")) for g in groups] for b, per in result.items()}, fmt=".2g")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small", title="branch switched off", title_fontsize="small")
     ax.set_title(title if title is not None else "output change when one MRFFI branch is switched off", fontsize=10)
