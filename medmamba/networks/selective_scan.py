@@ -16,7 +16,7 @@ Three implementations are provided:
   same form. It only ever multiplies decays ``≤ 1`` (for ``A ≤ 0``), so it is as stable as the
   loop. It works in the memory layout of ``u``: for time-major inputs (``u.transpose(1, 2)``
   contiguous, e.g. from a ``(batch, L, channels)`` tensor) every scan step touches contiguous
-  blocks of channels and the whole pass is about 1.4x faster than for contiguous
+  blocks of channels and the whole pass is 1.2-1.4x faster than for contiguous
   ``(batch, channels, L)`` inputs, where the steps are strided (see ``docs/benchmarks-scan.md``);
 * ``"cuda"``: ``mamba_ssm``'s fused kernel (optional dependency, CUDA tensors only).
 
@@ -282,7 +282,7 @@ class SelectiveScanFn(torch.autograd.Function):
     """Exact parallel selective scan with an analytic backward pass (one reverse scan).
 
     Inputs must already be in the compute dtype: ``u, delta (batch, K*Dm, L)``, contiguous or
-    time-major (``x.transpose(1, 2)`` contiguous: about 1.4x faster, since the scan then steps
+    time-major (``x.transpose(1, 2)`` contiguous: 1.2-1.4x faster, since the scan then steps
     over contiguous blocks of channels), ``A (K*Dm, N)``, ``B, C (batch, K, N, L)``,
     ``D, delta_bias (K*Dm,)`` or ``None``. All intermediate tensors, the output and the
     gradients of ``u`` and ``delta`` follow the memory layout of ``u``. Use :func:`selective_scan`
