@@ -36,19 +36,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-MALLOC_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
-    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024**3),
-    "MALLOC_TOP_PAD_": str(1024**3),
-}
-_REEXEC_FLAG = "MEDMAMBA_BENCH_SCAN_REEXEC"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info, reexec_with_malloc_tuning  # noqa: E402
+
 
 # name, batch, KD (= K * d_inner), L
 SHAPES: list[tuple[str, int, int, int]] = [
@@ -63,45 +59,8 @@ N_STATE = 1
 
 def _maybe_reexec(args: argparse.Namespace) -> None:
     """Re-run this script once with the environment set that is only read at start-up."""
-    wanted = {} if args.no_malloc_tuning else dict(MALLOC_ENV)
-    if args.omp_passive:
-        wanted["OMP_WAIT_POLICY"] = "PASSIVE"
-    if os.environ.get(_REEXEC_FLAG) or all(k in os.environ for k in wanted):
-        return
-    env = dict(os.environ)
-    for key, value in wanted.items():
-        env.setdefault(key, value)
-    env[_REEXEC_FLAG] = "1"
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    return {
-        "cpu": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "loadavg_start": os.getloadavg(),
-    }
+    extra = {"OMP_WAIT_POLICY": "PASSIVE"} if args.omp_passive else None
+    reexec_with_malloc_tuning(__file__, disabled=args.no_malloc_tuning, extra=extra)
 
 
 _CPU_TIMES: dict[int, list[float]] = {}
@@ -255,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes]
     info = machine_info()
     print(
-        f"machine: {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['cpu_capability']}), "
+        f"machine: {info['cpu']} ({info['cores']} logical CPUs, {info['cpu_capability']}), "
         f"torch {info['torch']} with {info['torch_threads']} threads, Python {info['python']}"
     )
     print(f"malloc tuning: {info['malloc_env']}, OMP_WAIT_POLICY={info['OMP_WAIT_POLICY']}")

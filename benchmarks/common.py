@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MALLOC_ENV", "machine_info", "machine_line", "reexec_with_malloc_tuning", "time_call"]
+__all__ = ["MALLOC_ENV", "machine_info", "machine_line", "reexec_with_env", "reexec_with_malloc_tuning", "time_call"]
 
 #: glibc returns freed blocks ≥ 32 MiB to the OS, so large temporaries are page-faulted again on
 #: every call; these thresholds (read at process start) keep them (docs: shared fast-scan notes).
@@ -24,16 +24,26 @@ MALLOC_ENV = {
 _REEXEC_FLAG = "MEDMAMBA_BENCH_REEXEC"
 
 
-def reexec_with_malloc_tuning(script: str, disabled: bool = False) -> None:
-    """Re-run ``script`` once with :data:`MALLOC_ENV` set, unless disabled or already set."""
-    if disabled or os.environ.get(_REEXEC_FLAG) or all(k in os.environ for k in MALLOC_ENV):
+def reexec_with_env(script: str, wanted: dict[str, str]) -> None:
+    """Re-run ``script`` once with the variables ``wanted`` set (they are read at process start only).
+
+    Nothing happens when ``wanted`` is empty, already set, or this process is the re-run.
+    """
+    if not wanted or os.environ.get(_REEXEC_FLAG) or all(k in os.environ for k in wanted):
         return
     env = dict(os.environ)
-    for key, value in MALLOC_ENV.items():
+    for key, value in wanted.items():
         env.setdefault(key, value)
     env[_REEXEC_FLAG] = "1"
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, os.path.abspath(script), *sys.argv[1:]], env)
+
+
+def reexec_with_malloc_tuning(script: str, disabled: bool = False, extra: dict[str, str] | None = None) -> None:
+    """Re-run ``script`` once with :data:`MALLOC_ENV` (unless ``disabled``) and ``extra`` set."""
+    wanted = {} if disabled else dict(MALLOC_ENV)
+    wanted.update(extra or {})
+    reexec_with_env(script, wanted)
 
 
 def _cpu_model() -> str:
@@ -54,8 +64,13 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
+        "platform": platform.platform(),
         "malloc_tuning": all(k in os.environ for k in MALLOC_ENV),
+        "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "loadavg_start": os.getloadavg(),
     }
 
 
