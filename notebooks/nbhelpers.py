@@ -270,8 +270,7 @@ def train_fallback(
         pool = [p for ps in pools for p in ps]
     elif task == "classification":
         net = MobileMamba(None, in_channels=2 * k + 1, num_classes=2, **TINY_ENCODER)
-        ce = torch.nn.CrossEntropyLoss()
-        loss_fn = lambda logits, y: ce(logits, y)
+        loss_fn = torch.nn.CrossEntropyLoss()
         pos = [(c, z) for c in cases for z in np.nonzero((c["lesion"] > 0).sum(axis=(0, 1)) >= 5)[0]]
         neg = [
             (c, z)
@@ -281,6 +280,21 @@ def train_fallback(
         ]
     else:
         raise ValueError(f"task must be 'segmentation' or 'classification', got {task!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network gains nothing from more threads, and a busy CPU makes them wait
+    try:
+        return _train(net, loss_fn, task, steps, batch, lr, rng, pool if task == "segmentation" else (pos, neg))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(net: Any, loss_fn: Any, task: str, steps: int, batch: int, lr: float, rng: Any, pool: Any) -> Any:
+    import numpy as np
+    import torch
+
+    k = FALLBACK_CONTEXT
+    if task == "classification":
+        pos, neg = pool
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     losses = []
