@@ -45,6 +45,7 @@ __all__ = [
     "FusedMobileMambaSeg",
     "SegmentationMetrics",
     "VolumeSegmenter",
+    "collate_slices",
     "export_onnx",
     "find_scans",
     "load_network",
@@ -198,6 +199,26 @@ class VolumeSegmenter:
             self.network.eval()
         with torch.no_grad():
             return self.inferer(volume.to(self.device), self.network)
+
+
+def collate_slices(batch: Sequence[Any]) -> Any:
+    """Collate 2.5D training samples of volumes whose padded in-plane sizes may differ.
+
+    ``SliceStackd`` turns each volume into a list of slice samples; this flattens those lists (as
+    ``monai.data.list_data_collate`` does) and then pads every sample to the largest in-plane size of
+    the batch (``monai.data.pad_list_data_collate``), so volumes padded to different multiples of 64
+    can share a batch.
+
+    Args:
+        batch: the items of one batch (dicts, or lists of dicts from multi-sample transforms).
+
+    Returns:
+        The collated batch.
+    """
+    from monai.data import pad_list_data_collate
+
+    flat = [s for item in batch for s in (item if isinstance(item, list) else [item])]
+    return pad_list_data_collate(flat)
 
 
 # ---------------------------------------------------------------------------------------------- inference
