@@ -91,6 +91,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def _case_main(case: dict[str, Any]) -> None:
+    if case.get("threads"):
+        torch.set_num_threads(case["threads"])
     if case["kind"] == "infer":
         res = measure_inference(case["name"], case["fused"], case["scan"], case["repeats"])
     else:
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--no-malloc-tuning", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in every case (default: torch's)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -121,19 +124,23 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     names = [v.lower() for v in args.variants] + list(args.baselines)
+    def run_case_t(case: dict[str, Any]) -> dict[str, Any]:
+        return run_case({**case, "threads": args.threads})
+
     for name in tqdm(names, desc="networks", file=sys.stderr):
         size = build(name)[1]
         row: dict[str, Any] = {"name": name, "input": size, "params": params_of(name)}
         is_mamba = name in MOBILEMAMBA_VARIANTS
-        row["unfused"] = run_case({"kind": "infer", "name": name, "fused": False, "scan": "parallel", "repeats": args.repeats})
-        row["fused"] = run_case({"kind": "infer", "name": name, "fused": is_mamba, "scan": "parallel", "repeats": args.repeats})
+        row["unfused"] = run_case_t({"kind": "infer", "name": name, "fused": False, "scan": "parallel", "repeats": args.repeats})
+        row["fused"] = run_case_t({"kind": "infer", "name": name, "fused": is_mamba, "scan": "parallel", "repeats": args.repeats})
         if name == "b1":
-            row["reference_way"] = run_case({"kind": "infer", "name": name, "fused": False, "scan": "reference", "repeats": 1})
-            row["train_fast"] = run_case({"kind": "train", "name": name, "scan": "parallel", "repeats": args.repeats})
-            row["train_reference_way"] = run_case({"kind": "train", "name": name, "scan": "reference", "repeats": 1})
+            row["reference_way"] = run_case_t({"kind": "infer", "name": name, "fused": False, "scan": "reference", "repeats": 1})
+            row["train_fast"] = run_case_t({"kind": "train", "name": name, "scan": "parallel", "repeats": args.repeats})
+            row["train_reference_way"] = run_case_t({"kind": "train", "name": name, "scan": "reference", "repeats": 1})
         rows.append(row)
 
-    print(f"\nMachine: {machine_line()}\n")
+    threads = f", {args.threads} torch thread(s) per case" if args.threads else ""
+    print(f"\nMachine: {machine_line()}{threads}; load average {os.getloadavg()}\n")
     head = "| network | input | params | img/s b8 unfused | img/s b8 fused | fused/unfused | latency b1 unfused (ms) | latency b1 fused (ms) | peak mem b8 fused (MiB) |"
     print(head)
     print("|---" * 9 + "|")
