@@ -34,7 +34,8 @@ EXPECTED_PNGS: dict[str, list[str]] = {
         "segmentation_overview",
         "segmentation_errors_per_class",
         "slice_probability_strip",
-        "training_curves",
+        "training_curves_segmentation",
+        "training_curves_classification",
     ],
     "03_inside_the_model.ipynb": ["erf_maps", "branch_contributions", "branch_ablation", "cpu_speed"],
 }
