@@ -185,6 +185,38 @@ def test_segmentation_metrics_dice_and_hd95_in_mm() -> None:
     assert summary["mean_dice"] == pytest.approx((1.0 + row["dice_gm"] + 1.0) / 3)
 
 
+def test_collate_slices_pads_volumes_of_different_padded_sizes() -> None:
+    from medmamba.apps.segmentation import collate_slices
+
+    a = [{"image": torch.ones(3, 128, 128), "label": torch.ones(1, 128, 128)} for _ in range(2)]
+    b = [{"image": torch.ones(3, 192, 128), "label": torch.ones(1, 192, 128)} for _ in range(2)]
+    batch = collate_slices([a, b])
+    assert batch["image"].shape == (4, 3, 192, 128) and batch["label"].shape == (4, 1, 192, 128)
+    label = batch["label"][0, 0]
+    assert float(label[:32].sum()) == 0.0 and float(label[160:].sum()) == 0.0  # symmetric background padding
+    assert bool((label[32:160] == 1).all())
+
+
+def test_flip_tta_inferer_averages_mirrored_probabilities() -> None:
+    from medmamba.apps.segmentation import FlipTTAInferer
+    from medmamba.inferers import SliceStackInferer
+
+    torch.manual_seed(0)
+    base = SliceStackInferer(spatial_dim=2, context=1, sw_batch_size=4)
+    x = torch.randn(1, 1, 8, 6, 5)
+    pointwise = torch.nn.Conv2d(3, 4, 1)  # commutes with in-plane flips
+    with torch.no_grad():
+        plain = base(x, pointwise)
+        assert torch.equal(FlipTTAInferer(base, spatial_axes=[])(x, pointwise), plain)
+        tta = FlipTTAInferer(base, spatial_axes=[0, 1])(x, pointwise)
+        torch.testing.assert_close(tta, torch.log_softmax(plain, dim=1), atol=1e-5, rtol=1e-5)
+        conv = torch.nn.Conv2d(3, 4, 3, padding=1)  # does not commute: the average differs from the plain output
+        mixed = torch.softmax(base(x, conv), 1) + torch.softmax(base(x.flip(2), conv), 1).flip(2)
+        torch.testing.assert_close(FlipTTAInferer(base, [0])(x, conv).exp(), mixed / 2, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="spatial_axes"):
+        FlipTTAInferer(base, [3])(x, pointwise)
+
+
 def test_find_scans(dataset: Path, tmp_path: Path) -> None:
     sub = dataset / "subjects" / "sub-004"
     assert find_scans(sub / "dicom") == [{"image": str(sub / "dicom"), "id": "sub-004_dicom"}]

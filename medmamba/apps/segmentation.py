@@ -39,8 +39,10 @@ if TYPE_CHECKING:
     from ignite.engine import Engine
 
 __all__ = [
+    "Autocast",
     "TISSUE_CLASSES",
     "TISSUE_LABELS",
+    "FlipTTAInferer",
     "FuseOnLoad",
     "FusedMobileMambaSeg",
     "SegmentationMetrics",
@@ -131,6 +133,49 @@ class FusedMobileMambaSeg(FuseOnLoad):
         super().__init__(MobileMambaSeg(variant, **kwargs), strict=strict)
 
 
+class Autocast(nn.Module):
+    """Run a network under ``torch.autocast`` and return float32, e.g. a frozen distillation teacher.
+
+    On CPUs with bfloat16 matrix units (AMX/AVX512-BF16) a teacher's forward pass runs about twice as
+    fast in bfloat16; its logits only serve as soft targets. ``load_state_dict``/``state_dict`` are
+    the wrapped network's own (no prefix), so checkpoints load as into the bare network.
+
+    Args:
+        network: the network to wrap.
+        dtype: ``"bf16"`` / ``"bfloat16"`` or ``"fp16"`` / ``"float16"``.
+        enabled: ``False`` runs the network as it is.
+    """
+
+    _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+    def __init__(self, network: nn.Module, dtype: str = "bf16", enabled: bool = True) -> None:
+        super().__init__()
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
+        if dtype not in self._DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(self._DTYPES)}, got {dtype!r}.")
+        self.network = network
+        self.dtype = self._DTYPES[dtype]
+        self.enabled = bool(enabled)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped network's state dict."""
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load into the wrapped network."""
+        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype, enabled=self.enabled):
+            out = self.network(x, *args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        if isinstance(out, (list, tuple)):
+            return type(out)(o.float() if isinstance(o, torch.Tensor) else o for o in out)
+        return out
+
+
 def load_network(
     network: nn.Module | None,
     model_file: str | os.PathLike[str],
@@ -173,6 +218,45 @@ def load_network(
         load_weights(network, path, key=key)
     logger.info("loaded checkpoint %s into %s", path, type(network).__name__)
     return network.to(device).eval()
+
+
+class FlipTTAInferer:
+    """Test-time augmentation: average the class probabilities of the volume and its mirror images.
+
+    Runs ``inferer`` on the input and on the input flipped along each of ``spatial_axes`` (flipped
+    back afterwards), averages the softmax probabilities and returns their logarithm, so that a
+    softmax (or an argmax) downstream gives the averaged probabilities (or their arg-max). Usable
+    wherever an inferer is (``SupervisedEvaluator``, :class:`VolumeSegmenter`).
+
+    Args:
+        inferer: the inferer to wrap, e.g. :class:`medmamba.inferers.SliceStackInferer`.
+        spatial_axes: spatial axes to mirror (0 is the first spatial axis; for RAS volumes 0 is
+            left-right). Empty: no augmentation, the wrapped inferer's logits are returned as they are.
+    """
+
+    def __init__(self, inferer: Callable[..., Any], spatial_axes: Sequence[int] = (0,)) -> None:
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        axes = [int(a) for a in spatial_axes]
+        if any(a < 0 for a in axes) or len(set(axes)) != len(axes):
+            raise ValueError(f"spatial_axes must be distinct non-negative spatial axes, got {spatial_axes!r}.")
+        self.inferer = inferer
+        self.spatial_axes = axes
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        n_spatial = inputs.ndim - 2
+        if any(a >= n_spatial for a in self.spatial_axes):
+            raise ValueError(f"spatial_axes {self.spatial_axes} do not fit the {n_spatial} spatial dims of the input.")
+        out = self.inferer(inputs, network, *args, **kwargs)
+        if not self.spatial_axes:
+            return out
+        probs = torch.softmax(out.float(), dim=1)
+        for axis in self.spatial_axes:
+            dim = 2 + axis
+            flipped = self.inferer(inputs.flip(dim), network, *args, **kwargs)
+            probs = probs + torch.softmax(flipped.float(), dim=1).flip(dim)
+        probs = probs / (1 + len(self.spatial_axes))
+        return torch.log(probs.clamp_min(1e-12))
 
 
 class VolumeSegmenter:
