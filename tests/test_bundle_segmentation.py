@@ -394,7 +394,8 @@ def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(dataset: Path, tmp_path: 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     # each rank trained on its own half of the 2 training volumes: 1 iteration per epoch
-    assert "Epoch: 1/1, Iter: 1/1" in log
+    assert "Epoch[1] Complete" in log
+    assert "[1/1]" in log and "[1/2]" not in log  # without the DistributedSampler it would be 2 iterations
     assert (root / "models" / "model.pt").is_file() and (root / "models" / "model_ema.pt").is_file()
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
