@@ -1,0 +1,411 @@
+"""The ``mobilemamba_classification`` bundle end to end on a tiny data set, and its support module.
+
+A tiny default data set (2 training, 2 test subjects at 4 mm, the test ones also as DICOM series) is
+made in a temporary folder; the bundle's teacher and student are trained for one epoch with tiny
+networks through ``monai.bundle.ConfigWorkflow`` (initialize, check_properties, run, finalize), then
+evaluated, exported (TorchScript through ``ckpt_export``, ONNX) and run for inference on a NIfTI
+file and a DICOM series, with the checkpoint and with the TorchScript file. DDP on 2 CPU processes
+(``torchrun``, gloo) is checked too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medmamba.apps.classification import (
+    AMBIGUOUS,
+    FusedMobileMamba,
+    FuseOnLoad,
+    LesionMetric,
+    SampleLesionLabeld,
+    SliceLesionLabelsd,
+    VolumeClassifier,
+    find_scans,
+    lesion_log_odds,
+    volume_log_odds,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "mobilemamba_classification"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = REPO / "bundles" / "schema" / "meta_schema_20240725.json"
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+
+#: A tiny MobileMamba (T2 layout, narrower and one block per stage) for fast runs.
+TINY_NET = {"embed_dim": [16, 24, 32], "depth": [1, 1, 1]}
+
+
+def _tiny_overrides(name: str = "network_def") -> dict:
+    return {f"{name}#{k}": v for k, v in TINY_NET.items()}
+
+
+# ------------------------------------------------------------------------------------- unit checks
+def test_slice_labels_follow_the_slice_datalist_rule():
+    mask = torch.zeros(1, 6, 6, 4)
+    mask[0, :2, :3, 1] = 1  # 6 voxels: positive
+    mask[0, 0, :2, 2] = 1  # 2 voxels: ambiguous
+    out = SliceLesionLabelsd("lesion", min_voxels=5)({"lesion": mask, "image": mask})
+    assert out["label"].tolist() == [0, 1, AMBIGUOUS, 0]
+    assert "lesion" not in out and "image" in out
+    sample = SampleLesionLabeld("lesion", min_voxels=5)({"lesion": mask[..., 1]})
+    assert sample["label"].item() == 1 and sample["label"].dtype == torch.int64
+    assert SampleLesionLabeld("lesion")({"lesion": mask[..., 2]})["label"].item() == 0
+    assert SampleLesionLabeld("lesion", ambiguous_value=1)({"lesion": mask[..., 2]})["label"].item() == 1
+    with pytest.raises(ValueError, match="min_voxels"):
+        SliceLesionLabelsd("lesion", min_voxels=0)
+    with pytest.raises(ValueError, match="channel-first volume"):
+        SliceLesionLabelsd("lesion")({"lesion": torch.zeros(6, 6, 4)})
+
+
+def test_lesion_metric_slice_and_volume_values():
+    # two volumes of 4 slices: logits (B, 2, S) with log-odds = logit1 - logit0
+    z = torch.tensor([[-3.0, 2.0, 1.0, -1.0], [-2.0, -1.5, -0.5, -4.0]])
+    pred = torch.stack([torch.zeros_like(z), z], dim=1)
+    label = torch.tensor([[0, 1, AMBIGUOUS, 0], [0, 0, 0, 0]])
+    assert torch.allclose(lesion_log_odds(pred), z)
+    # top-2 mean per volume: (2 + 1) / 2 = 1.5 and (-0.5 - 1.5) / 2 = -1
+    assert torch.allclose(volume_log_odds(z, "topk", 2), torch.tensor([1.5, -1.0]))
+    values = {}
+    for level in ("slice", "volume"):
+        for metric in ("auc", "accuracy", "f1"):
+            m = LesionMetric(metric=metric, level=level, aggregation="topk", top_k=2)
+            m.reset()
+            m.update((pred[:1], label[:1]))
+            m.update(([pred[1]], [label[1]]))  # a decollated batch works too
+            values[f"{level}_{metric}"] = m.compute()
+    # slice level: 7 non-ambiguous slices, the one positive (log-odds 2) ranks above every negative
+    assert values["slice_auc"] == pytest.approx(1.0)
+    assert values["slice_accuracy"] == pytest.approx(7 / 7)
+    assert values["slice_f1"] == pytest.approx(1.0)
+    assert values["volume_auc"] == pytest.approx(1.0)
+    assert values["volume_accuracy"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        LesionMetric(metric="dice")
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        LesionMetric(aggregation="median")
+
+
+def test_metadata_is_valid_offline(tmp_path):
+    from monai.bundle import verify_metadata
+
+    # the schema ships with the repository: nothing is downloaded
+    verify_metadata(meta_file=META, filepath=str(SCHEMA))
+    meta = json.loads(Path(META).read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    bad = dict(meta)
+    del bad["task"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="task"):
+        verify_metadata(meta_file=str(path), filepath=str(SCHEMA))
+
+
+def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
+    student = json.loads((CONFIGS / "train.json").read_text())
+    teacher = json.loads((CONFIGS / "train_teacher.json").read_text())
+    differ = {k for k in student.keys() | teacher.keys() if student.get(k) != teacher.get(k)}
+    assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher", "distillation"}
+    assert teacher["model_name"] == "teacher" and teacher["distillation"]["teacher"] is None
+    assert {k: v for k, v in teacher["distillation"].items() if k != "teacher"} == {
+        k: v for k, v in student["distillation"].items() if k != "teacher"
+    }
+    assert student["teacher_def"] == teacher["network_def"]
+
+
+def test_fuse_on_load_gives_the_fused_network_with_equal_outputs():
+    torch.manual_seed(0)
+    net = FusedMobileMamba("t2", in_channels=3, num_classes=2, distillation=True, **TINY_NET)
+    trained = net.template.__class__("t2", in_channels=3, num_classes=2, distillation=True, **TINY_NET)
+    for m in trained.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = trained.eval()(x)
+        net.load_state_dict(trained.state_dict())
+        got = net(x)
+    assert net.is_fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.network.modules())
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_find_scans_and_volume_classifier(tmp_path):
+    from medmamba.inferers import SliceStackInferer
+
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    (tmp_path / "notes.txt").write_text("x")
+    assert find_scans(tmp_path) == [str(tmp_path / "a.nii.gz"), str(series)]
+    assert find_scans(series) == [str(series)]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_scans(tmp_path / "missing")
+
+    class SliceMean(torch.nn.Module):  # log-odds = mean intensity of the centre slice
+        def forward(self, x):
+            m = x[:, 1].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(m), m], dim=1)
+
+    vol = torch.zeros(1, 1, 8, 8, 5)
+    vol[..., 3] = 2.0
+    out = VolumeClassifier(SliceMean(), SliceStackInferer(2, context=1), "max")(vol)
+    assert out["slice_probabilities"].shape == (1, 5)
+    assert float(out["lesion_probability"][0]) == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))))
+
+
+# ------------------------------------------------------------------------------- the bundle, tiny
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A tiny default data set (4 mm) and a datalist whose validation subject has lesion slices."""
+    from medmamba.data.default_dataset import DefaultDatasetConfig, make_default_dataset
+
+    root = tmp_path_factory.mktemp("cls_data")
+    data = root / "data"
+    make_default_dataset(data, DefaultDatasetConfig(seed=3, n_train=2, n_val=0, n_test=2, downsample=2), progress=False)
+    seg = json.loads((data / "datalist_segmentation.json").read_text())
+    has_lesion = {s["id"]: s["has_lesion"] for s in json.loads((data / "manifest.json").read_text())["subjects"]}
+    lesion_test = [e for e in seg["test"] if has_lesion[e["id"]]]
+    assert len(lesion_test) == 1 and sum(has_lesion[e["id"]] for e in seg["training"]) == 1
+    datalist = {"training": seg["training"], "validation": lesion_test, "test": seg["test"]}
+    (root / "datalist.json").write_text(json.dumps(datalist))
+    return {"data": data, "datalist": root / "datalist.json", "test": seg["test"]}
+
+
+def _workflow(config, bundle_root, data, workflow_type="train", **override):
+    from monai.bundle import ConfigWorkflow
+
+    config_files = [str(CONFIGS / c) for c in config] if isinstance(config, (list, tuple)) else str(CONFIGS / config)
+    return ConfigWorkflow(
+        config_file=config_files,
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        dataset_dir=str(data["data"]),
+        datalist=str(data["datalist"]),
+        **override,
+    )
+
+
+def _train_overrides(**extra):
+    return {
+        "train#trainer#max_epochs": 1,
+        "val_interval": 1,
+        "slices_per_volume": 2,
+        "train#dataset#num_workers": 0,
+        "validate#dataset#num_workers": 0,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """Teacher then distilled student, each one epoch with tiny networks; returns the bundle root."""
+    root = tmp_path_factory.mktemp("cls_bundle")
+    teacher = _workflow("train_teacher.json", root, tiny_data, **_train_overrides(**_tiny_overrides()))
+    teacher.initialize()
+    assert teacher.check_properties() == []
+    teacher.run()
+    teacher.finalize()
+    assert (root / "models" / "teacher.pt").is_file()
+
+    student = _workflow(
+        "train.json", root, tiny_data, **_train_overrides(**_tiny_overrides(), **_tiny_overrides("teacher_def"))
+    )
+    student.initialize()
+    assert student.check_properties() == []
+    assert student.max_epochs == 1  # a property read through the workflow
+    student.run()
+    trainer = student.trainer
+    student.finalize()
+    return {"root": root, "trainer": trainer}
+
+
+def test_training_writes_checkpoints_logs_and_distils(trained):
+    root = trained["root"]
+    trainer = trained["trainer"]
+    models = root / "models"
+    assert {p.name for p in models.iterdir()} >= {"teacher.pt", "teacher_ema.pt", "model.pt", "model_ema.pt"}
+    state = torch.load(models / "model.pt", weights_only=True)
+    assert any(k.startswith("head_dist") for k in state)  # the student has its distillation head
+    ema = torch.load(models / "model_ema.pt", weights_only=True)
+    assert ema.keys() == state.keys()
+    assert list((root / "logs").glob("events.out.tfevents.*"))
+    out = trainer.state.output
+    assert torch.isfinite(out["loss"]) and float(out["loss_kd"]) > 0.0  # the teacher's KD term is active
+    metrics = trainer.state.metrics if trainer.state.metrics else {}
+    assert isinstance(metrics, dict)
+
+
+def test_evaluate_writes_flat_metrics(trained, tiny_data):
+    root = trained["root"]
+    wf = _workflow("evaluate.json", root, tiny_data, workflow_type="infer", **_tiny_overrides(),
+                   **{"dataloader#num_workers": 0})
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    doc = json.loads((root / "eval" / "metrics.json").read_text())
+    for key in ("volume_auc", "volume_accuracy", "volume_f1", "slice_auc", "slice_accuracy", "slice_f1"):
+        assert doc[key] is None or 0.0 <= doc[key] <= 1.0
+    assert doc["n_volumes"] == len(tiny_data["test"]) == 2 and doc["n_volumes_positive"] == 1
+    assert doc["checkpoint"].endswith("model.pt") and doc["fused"] is True and doc["wall_time_s"] > 0
+    rows = list(csv.DictReader((root / "eval" / "predictions.csv").open()))
+    assert [r["id"] for r in rows] == [e["id"] for e in tiny_data["test"]]
+    assert all(0.0 <= float(r["lesion_probability"]) <= 1.0 for r in rows)
+
+
+def test_verify_net_in_out(trained):
+    from monai.bundle import verify_net_in_out
+
+    for config in ("train.json", "inference.json"):
+        verify_net_in_out(net_id="network_def", meta_file=META, config_file=str(CONFIGS / config), device="cpu",
+                          n=1, **_tiny_overrides())
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_net_in_out(net_id="network_def", meta_file=META, config_file=str(CONFIGS / "inference.json"),
+                          device="cpu", n=1, num_classes=3, **_tiny_overrides())
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    from monai.bundle import ckpt_export
+
+    root = trained["root"]
+    models = root / "models"
+    ckpt_export(net_id="network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model.pt"),
+                meta_file=META, config_file=str(CONFIGS / "inference.json"), bundle_root=str(root),
+                **_tiny_overrides())
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, logging_file=LOGGING,
+                        workflow_type=None, run_id="export_onnx", bundle_root=str(root),
+                        export_input_shape=[2, 3, 64, 64], **_tiny_overrides())
+    wf.initialize()
+    wf.run()
+    return root
+
+
+def test_exported_models_equal_the_eager_fused_network(exported):
+    import onnxruntime as ort
+
+    from medmamba.networks import MobileMamba, fuse_norms
+    from medmamba.training import load_weights
+
+    models = exported / "models"
+    eager = load_weights(MobileMamba("t2", in_channels=3, num_classes=2, distillation=True, **TINY_NET),
+                         str(models / "model.pt"))
+    fused = fuse_norms(eager)
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = fused(x)
+        unfused = eager.eval()(x)
+    scale = float(ref.abs().max())
+    assert float((unfused - ref).abs().max()) <= 1e-4 * scale
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = torch.jit.load(str(models / "model.ts"))
+    assert not any("BatchNorm" in m.original_name for m in ts.modules())  # TorchScript of the fused network
+    extra = {"metadata.json": "", "inference.json": ""}
+    torch.jit.load(str(models / "model.ts"), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == "0.1.0"
+    with torch.no_grad():
+        assert float((ts(x) - ref).abs().max()) <= 1e-4 * scale
+    session = ort.InferenceSession(str(models / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert float(np.abs(got - ref.numpy()).max()) <= 1e-4 * scale
+    report = json.loads((models / "model_export.json").read_text())
+    assert report["torchscript"].endswith("model.ts")
+    assert max(v for k, v in report["relative_error"].items() if k != "fusion") <= 1e-4
+
+
+def _read_report(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_inference_nifti_and_dicom_with_checkpoint_and_torchscript(exported, tiny_data, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    subjects = tiny_data["data"] / "subjects"
+    lesion_case = next(e for e in tiny_data["test"] if "dicom" in e)
+    nifti = str(tiny_data["data"] / lesion_case["image"])
+    dicom = str(tiny_data["data"] / lesion_case["dicom"])
+    results = {}
+    for name, path, torchscript in (("nifti", nifti, False), ("dicom", dicom, False), ("dicom_ts", dicom, True)):
+        out = tmp_path / name
+        wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, logging_file=LOGGING,
+                            workflow_type=None, bundle_root=str(exported), input_path=path, output_dir=str(out),
+                            use_torchscript=torchscript, **_tiny_overrides())
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        rows = _read_report(out / "probabilities.csv")
+        assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+        prob = float(rows[0]["lesion_probability"])
+        assert 0.0 <= prob <= 1.0 and int(rows[0]["label"]) == int(prob >= 0.5)
+        slices = json.loads((out / rows[0]["slice_file"]).read_text())
+        assert len(slices["slices"]) == int(rows[0]["n_slices"]) > 10
+        text = "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
+        assert "MMBFAKE" not in text  # the planted fake patient identity never reaches the outputs
+        results[name] = prob
+    # the same volume read from NIfTI and from DICOM, and the eager and TorchScript networks agree
+    assert results["nifti"] == pytest.approx(results["dicom"], abs=1e-3)
+    assert results["dicom_ts"] == pytest.approx(results["dicom"], abs=1e-4)
+
+    # a folder of cases with one unreadable case: recorded as failed, the others go on
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.nii.gz").symlink_to(nifti)
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti")
+    out = tmp_path / "mixed_out"
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, logging_file=LOGGING,
+                        workflow_type=None, bundle_root=str(exported), input_path=str(folder),
+                        output_dir=str(out), **_tiny_overrides())
+    wf.initialize()
+    wf.run()
+    rows = {r["case_id"]: r for r in _read_report(out / "probabilities.csv")}
+    assert rows["a"]["status"] == "ok" and rows["broken"]["status"] == "failed" and rows["broken"]["reason"]
+    assert float(rows["a"]["lesion_probability"]) == pytest.approx(results["nifti"], abs=1e-6)
+    del subjects
+
+
+def test_ddp_two_cpu_processes(tiny_data, tmp_path):
+    root = tmp_path / "ddp"
+    # one training volume per process and batch; no teacher (the student's own recipe under DDP)
+    overrides = _train_overrides(**_tiny_overrides(), volumes_per_batch=1, **{"distillation#teacher": "$None"})
+    args = []
+    for key, value in {**overrides, "bundle_root": str(root), "dataset_dir": str(tiny_data["data"]),
+                       "datalist": str(tiny_data["datalist"])}.items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "monai.bundle", "run",
+        "--config_file", str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]),
+        "--meta_file", META, "--logging_file", LOGGING, *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    models = root / "models"
+    assert {p.name for p in models.iterdir()} == {"model.pt", "model_ema.pt"}
+    state = torch.load(models / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # rank 0 saved the unwrapped network
+    # both ranks trained: each saw half of the 2 training volumes per epoch
+    log = proc.stdout + proc.stderr
+    assert log.count("Epoch: 1/1, Iter: 1/1") == 1  # only rank 0 logs
