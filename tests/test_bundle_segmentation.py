@@ -65,6 +65,19 @@ def _workflow(config: str, workflow_type: str | None, overrides: dict, run_id: s
     return wf
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread, as the bundle's configs set (``num_threads``), restored afterwards.
+
+    On a small machine shared with other processes two OpenMP threads spin-wait on every small
+    kernel and make tiny networks ~100x slower; the configs' ``initialize`` also sets it globally.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medmamba.data.default_dataset import DefaultDatasetConfig, make_default_dataset
