@@ -117,3 +117,22 @@ def test_schedule_absolute_floor_and_argument_checks():
         WarmupCosineLR(opt, warmup_steps=20, total_steps=20)
     with pytest.raises(ValueError, match="total_steps"):
         WarmupCosineLR(opt, warmup_steps=0, total_steps=0)
+
+
+def test_create_optimizer_fused_matches_the_loop_and_checks_its_argument():
+    torch.manual_seed(0)
+    a, b = _Tiny(), _Tiny()
+    b.load_state_dict(a.state_dict())
+    opt_fused = create_optimizer(a, lr=1e-2)
+    opt_loop = create_optimizer(b, lr=1e-2, fused=False)
+    assert opt_fused.defaults["fused"] is True and opt_loop.defaults["fused"] is False
+    for model, opt in ((a, opt_fused), (b, opt_loop)):
+        for step in range(3):
+            opt.zero_grad()
+            loss = sum((p - 0.1 * step).square().sum() for p in model.parameters() if p.requires_grad)
+            loss.backward()
+            opt.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-5, atol=1e-6), name
+    with pytest.raises(TypeError, match="fused"):
+        create_optimizer(a, fused="yes")
