@@ -1,16 +1,20 @@
-"""medmamba's main job.
+"""medmamba's main job: both MONAI bundles end to end on the embedded default data.
 
-By default: every MobileMamba variant built, fused, checked (fusion changes no output) and timed
-on a sample input; a table is printed.
+Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output in
+``runs/main_job/<bundle>_<stage>.log``):
 
-``--bundles`` (work in progress, issue 6: the bundles are not finished) runs the whole pipeline of
-both MONAI bundles on the embedded default data. Stages (each a subprocess, timed):
+1. make the semi-synthetic default data set (``python -m medmamba.data make-default``; reused when
+   it is already there and complete);
+2. for each bundle (classification, segmentation), the two side by side, one compute thread each
+   (this machine has two cores): train the teacher, train the student with knowledge distillation,
+   evaluate on the held-out test subjects, fuse and export (TorchScript through
+   ``monai.bundle ckpt_export``, ONNX through the bundle's ``export_onnx``, both checked against the
+   eager fused network), run inference on a DICOM series (checkpoint) and on a NIfTI volume
+   (the exported TorchScript model);
+3. print a final table: test-split metrics, time per stage, output paths.
 
-1. make the semi-synthetic default data set (``python -m medmamba.data make-default``);
-2. for each bundle (classification, segmentation): train the teacher, train the student with
-   knowledge distillation, evaluate on the held-out test subjects, fuse and export (TorchScript
-   via ``monai.bundle ckpt_export``, ONNX), run inference on a DICOM series and on a NIfTI volume;
-3. print a final table: metrics, time per stage, output paths.
+``--networks`` instead builds every MobileMamba variant, fuses it, checks that fusion changes no
+output, and prints a latency table. ``--sequential`` runs the bundles one after the other.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,8 @@ class Stage:
     outputs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     ok: bool = False
+    returncode: int | None = None
+    log: Path | None = None
 
 
 def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
@@ -87,7 +94,7 @@ def bundle_export_torchscript(bundle: Path) -> list[str]:
 
 
 def test_cases() -> tuple[Path, Path]:
-    """A test subject's DICOM series and another test subject's NIfTI volume."""
+    """A test subject's DICOM series and another test subject's NIfTI volume (never trained on)."""
     datalist = json.loads((DATA / "datalist_segmentation.json").read_text())
     test = datalist["test"]
     with_dicom = [c for c in test if c.get("dicom")]
@@ -96,58 +103,58 @@ def test_cases() -> tuple[Path, Path]:
     return dicom, DATA / nifti_case["image"]
 
 
-def pipeline(skip_teacher: bool) -> list[Stage]:
-    stages = [Stage("data", "make default data", [sys.executable, "-m", "medmamba.data", "make-default"], [DATA])]
-    for name, bundle in BUNDLES.items():
-        models, out = bundle / "models", bundle / "eval"
-        if not skip_teacher:
-            stages.append(Stage(name, "train teacher", bundle_run(bundle, "train_teacher.json"), [models / "teacher.pt"]))
-        stages.append(
-            Stage(name, "train student (KD)", bundle_run(bundle, "train.json"), [models / "model.pt", models / "model_ema.pt"])
-        )
-        stages.append(Stage(name, "evaluate (test)", bundle_run(bundle, "evaluate.json"), [out / "metrics.json"]))
-        stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle), [models / "model.ts"]))
-        stages.append(
-            Stage(name, "export ONNX + check", bundle_run(bundle, "inference.json", "--run_id", "export_onnx"), [models / "model.onnx"])
-        )
-    return stages
-
-
-def inference_stages() -> list[Stage]:
+def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
+    """The stages of one bundle, in order."""
+    models, out = bundle / "models", bundle / "eval"
+    stages: list[Stage] = []
+    if not skip_teacher:
+        stages.append(Stage(name, "train teacher", bundle_run(bundle, "train_teacher.json"), [models / "teacher.pt"]))
+    stages.append(
+        Stage(name, "train student (KD)", bundle_run(bundle, "train.json"), [models / "model.pt", models / "model_ema.pt"])
+    )
+    stages.append(Stage(name, "evaluate (test)", bundle_run(bundle, "evaluate.json"), [out / "metrics.json"]))
+    stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle), [models / "model.ts"]))
+    stages.append(
+        Stage(name, "export ONNX + check", bundle_run(bundle, "inference.json", "export_onnx"), [models / "model.onnx"])
+    )
     dicom, nifti = test_cases()
-    stages = []
-    for name, bundle in BUNDLES.items():
-        for kind, path in (("DICOM series", dicom), ("NIfTI volume", nifti)):
-            out = bundle / "eval" / f"inference_{kind.split()[0].lower()}"
-            stages.append(
-                Stage(
-                    name,
-                    f"inference, {kind}",
-                    bundle_run(bundle, "inference.json", "--input_path", str(path), "--output_dir", str(out)),
-                    [out],
-                )
-            )
+    for kind, path, extra in (("DICOM series", dicom, ()), ("NIfTI volume, TorchScript", nifti, ("--use_torchscript", "true"))):
+        out = bundle / "eval" / f"inference_{kind.split()[0].lower()}"
+        argv = bundle_run(bundle, "inference.json", "--input_path", str(path), "--output_dir", str(out), *extra)
+        stages.append(Stage(name, f"inference, {kind}", argv, [out]))
     return stages
 
 
-def run_stage(stage: Stage, log_dir: Path) -> None:
-    log = log_dir / f"{stage.bundle}_{stage.name.split()[0]}_{int(time.time())}.log"
-    print(f"\n=== [{stage.bundle}] {stage.name} (log: {log.relative_to(ROOT)})", flush=True)
+def run_stage(stage: Stage, log_dir: Path, echo: bool) -> None:
+    """Run one stage; its output goes to its log (and to the terminal when ``echo``)."""
+    slug = "_".join(stage.name.replace(",", "").replace("+", "").split()[:2]).lower()
+    log = log_dir / f"{stage.bundle}_{slug}.log"
+    stage.log = log
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen(stage.argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(stage.argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
-        for line in proc.stdout:  # progress bars and logs stay visible
-            sys.stdout.write(line)
+        for line in proc.stdout:
+            if echo:
+                sys.stdout.write(line)
             f.write(line)
         proc.wait()
     stage.seconds = time.perf_counter() - t0
+    stage.returncode = proc.returncode
     stage.ok = proc.returncode == 0 and all(p.exists() for p in stage.outputs)
-    if not stage.ok:
-        raise SystemExit(
-            f"stage '{stage.name}' of {stage.bundle} failed (exit code {proc.returncode}; "
-            f"missing outputs: {[str(p) for p in stage.outputs if not p.exists()]}); see {log}"
-        )
+
+
+def run_chain(stages: list[Stage], log_dir: Path, bar: "tqdm | None", echo: bool) -> None:  # noqa: F821
+    """Run the stages of one bundle in order, stopping at the first failure."""
+    for stage in stages:
+        if bar is not None:
+            bar.set_postfix_str(stage.name)
+        run_stage(stage, log_dir, echo)
+        if bar is not None:
+            bar.update(1)
+        if not stage.ok:
+            return
 
 
 def metrics_rows() -> list[tuple[str, str, float]]:
@@ -162,10 +169,11 @@ def metrics_rows() -> list[tuple[str, str, float]]:
 
 
 def print_summary(stages: list[Stage], total: float) -> None:
-    print("\n## Stages\n\n| bundle | stage | time (s) | outputs |\n|---|---|---|---|")
+    print("\n## Stages\n\n| bundle | stage | status | time (s) | outputs |\n|---|---|---|---|---|")
     for s in stages:
         outs = ", ".join(str(p.relative_to(ROOT)) for p in s.outputs)
-        print(f"| {s.bundle} | {s.name} | {s.seconds:.0f} | {outs} |")
+        status = "ok" if s.ok else ("not run" if s.returncode is None else f"FAILED (exit {s.returncode}; log {s.log})")
+        print(f"| {s.bundle} | {s.name} | {status} | {s.seconds:.0f} | {outs} |")
     print(f"\nTotal: {total / 60:.1f} min")
     print("\n## Test-subject metrics (held out from training)\n\n| bundle | metric | value |\n|---|---|---|")
     for bundle, key, value in metrics_rows():
@@ -203,22 +211,57 @@ def networks_table() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundles", action="store_true", help="run the bundle pipeline (work in progress)")
-    parser.add_argument("--skip-teacher", action="store_true", help="with --bundles: reuse models/teacher.pt")
+    parser.add_argument("--networks", action="store_true", help="only the variants' fusion check and latency table")
+    parser.add_argument("--bundles", action="store_true", help="the bundle pipeline (the default; kept for old scripts)")
+    parser.add_argument("--skip-teacher", action="store_true", help="reuse each bundle's models/teacher.pt")
+    parser.add_argument("--sequential", action="store_true", help="run the two bundles one after the other")
+    parser.add_argument("--only", choices=sorted(BUNDLES), default=None, help="run one bundle only")
     args = parser.parse_args(argv)
-    if not args.bundles:
+    if args.networks:
         return networks_table()
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    from tqdm import tqdm
+
     log_dir = ROOT / "runs" / "main_job"
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    stages = pipeline(args.skip_teacher)
-    run_stage(stages[0], log_dir)  # the data must exist before the inference inputs can be chosen
-    stages += inference_stages()
-    for stage in stages[1:]:
-        run_stage(stage, log_dir)
+    data = Stage("data", "make default data", [sys.executable, "-m", "medmamba.data", "make-default"], [DATA])
+    print(f"[data] making the default data set (log: {log_dir.relative_to(ROOT)}/data_make_default.log)", flush=True)
+    run_stage(data, log_dir, echo=False)
+    if not data.ok:
+        print_summary([data], time.perf_counter() - t0)
+        return 1
+    names = [args.only] if args.only else list(BUNDLES)
+    chains = {name: bundle_stages(name, BUNDLES[name], args.skip_teacher) for name in names}
+    print(
+        f"[bundles] {', '.join(names)}: {sum(map(len, chains.values()))} stages, "
+        f"{'one after the other' if args.sequential else 'side by side, one thread each'}; "
+        f"per-stage logs (with the engines' progress bars) in {log_dir.relative_to(ROOT)}/",
+        flush=True,
+    )
+    bars = {
+        name: tqdm(total=len(chain), desc=f"{name:>14}", position=i, unit="stage", leave=True, file=sys.stdout)
+        for i, (name, chain) in enumerate(chains.items())
+    }
+    if args.sequential:
+        for name, chain in chains.items():
+            run_chain(chain, log_dir, bars[name], echo=False)
+    else:
+        threads = [
+            threading.Thread(target=run_chain, args=(chain, log_dir, bars[name], False), daemon=True)
+            for name, chain in chains.items()
+        ]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=5.0)
+            for bar in bars.values():
+                bar.refresh()
+    for bar in bars.values():
+        bar.close()
+    stages = [data] + [s for chain in chains.values() for s in chain]
     print_summary(stages, time.perf_counter() - t0)
-    return 0
+    return 0 if all(s.ok for s in stages) else 1
 
 
 if __name__ == "__main__":
