@@ -27,6 +27,7 @@ from medmamba.apps.classification import (
     FusedMobileMamba,
     FuseOnLoad,
     LesionMetric,
+    RandStackLesionInsertd,
     SampleLesionLabeld,
     SliceLesionLabelsd,
     VolumeClassifier,
@@ -66,6 +67,38 @@ def test_slice_labels_follow_the_slice_datalist_rule():
         SliceLesionLabelsd("lesion", min_voxels=0)
     with pytest.raises(ValueError, match="channel-first volume"):
         SliceLesionLabelsd("lesion")({"lesion": torch.zeros(6, 6, 4)})
+
+
+def test_stack_lesion_insertion_marks_the_middle_slice_and_changes_only_the_lesion():
+    rng = torch.Generator().manual_seed(0)
+    image = 1.0 + 0.1 * torch.randn(3, 32, 32, generator=rng)
+    tissue = torch.zeros(1, 32, 32)
+    tissue[0, 4:28, 4:28] = 2  # grey matter
+    tissue[0, 10:22, 10:22] = 3  # white matter: the only place a lesion may be centred
+    lesion = torch.zeros(1, 32, 32)
+    data = {"image": image, "lesion": lesion, "tissue": tissue}
+    insert = RandStackLesionInsertd("image", mask_key="lesion", tissue_key="tissue", prob=1.0, radius=(3.0, 3.0))
+    insert.set_random_state(3)
+    out = insert(data)
+    assert out["image"].shape == (3, 32, 32) and out["lesion"].shape == (1, 32, 32)
+    marked = out["lesion"][0] > 0
+    assert marked.sum() >= 5  # a lesion on the middle slice, big enough to make the slice positive
+    assert (marked & (tissue[0] == 0)).sum() == 0  # inside the brain
+    changed = (out["image"] - image).abs().amax(dim=0) > 1e-6
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    m_rows, m_cols = torch.nonzero(marked, as_tuple=True)
+    # every changed pixel lies within a few pixels (soft edge, neighbouring slices) of the lesion's box
+    assert rows.min() >= m_rows.min() - 4 and rows.max() <= m_rows.max() + 4
+    assert cols.min() >= m_cols.min() - 4 and cols.max() <= m_cols.max() + 4
+    assert torch.equal(image, data["image"]) and lesion.sum() == 0  # inputs untouched
+    none = RandStackLesionInsertd("image", mask_key="lesion", tissue_key="tissue", prob=0.0)(data)
+    assert torch.equal(none["image"], image) and none["lesion"].sum() == 0
+    with pytest.raises(ValueError, match="slice stack"):
+        insert({"image": torch.zeros(1, 3, 32, 32), "lesion": lesion, "tissue": tissue})
+    with pytest.raises(ValueError, match="middle slice"):
+        insert({"image": image, "lesion": torch.zeros(3, 32, 32), "tissue": tissue})
+    with pytest.raises(KeyError, match="tissue"):
+        insert({"image": image, "lesion": lesion})
 
 
 def test_lesion_metric_slice_and_volume_values():
@@ -409,3 +442,14 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     # both ranks trained: each saw half of the 2 training volumes per epoch
     log = proc.stdout + proc.stderr
     assert log.count("Epoch: 1/1, Iter: 1/1") == 1  # only rank 0 logs
+
+
+def test_stack_lesion_insertion_with_isolated_white_matter_stays_finite():
+    # white matter without two neighbouring voxels: no noise estimate, the lesion must still be finite
+    image = torch.ones(3, 16, 16)
+    tissue = torch.full((1, 16, 16), 2.0)
+    tissue[0, 8, 8] = 3
+    insert = RandStackLesionInsertd("image", mask_key="lesion", tissue_key="tissue", prob=1.0, radius=(2.0, 2.0))
+    insert.set_random_state(0)
+    out = insert({"image": image, "lesion": torch.zeros(1, 16, 16), "tissue": tissue})
+    assert torch.isfinite(out["image"]).all() and out["lesion"][0, 8, 8] == 1

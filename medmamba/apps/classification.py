@@ -62,6 +62,7 @@ __all__ = [
     "FusedMobileMamba",
     "LesionMetric",
     "RandLesionInsertd",
+    "RandStackLesionInsertd",
     "SampleLesionLabeld",
     "SliceLesionLabelsd",
     "VolumeClassifier",
@@ -335,7 +336,8 @@ class RandLesionInsertd(Randomizable, MapTransform):
             out = x.copy()
             ref = float(np.percentile(x[0], 0.1))
             wm_level = float(np.median(x[0][wm]))
-            sigma = float(np.std(np.diff(x[0], axis=0)[wm[1:] & wm[:-1]]) / np.sqrt(2.0))
+            pairs = np.diff(x[0], axis=0)[wm[1:] & wm[:-1]]  # noise level from neighbouring white-matter voxels
+            sigma = float(np.std(pairs) / np.sqrt(2.0)) if pairs.size > 1 else 0.0
             mask = torch.as_tensor(d[self.mask_key]).detach().cpu().numpy().copy()
             for _ in range(n):
                 found = self._blob(wm, brain)
@@ -356,6 +358,68 @@ class RandLesionInsertd(Randomizable, MapTransform):
                 mask[(slice(None), *box)] = np.maximum(mask[(slice(None), *box)], blob[None].astype(mask.dtype))
             d[key] = _like(img, out)
             d[self.mask_key] = _like(d[self.mask_key], mask)
+        return d
+
+
+class RandStackLesionInsertd(RandLesionInsertd):
+    """Insert a random synthetic lesion into a 2.5D slice stack, centred on its middle slice.
+
+    The stack-level form of :class:`RandLesionInsertd`, applied after
+    :class:`medmamba.transforms.SliceStackd`: the image is a stack ``(2k+1, H, W)`` of neighbouring
+    slices, the lesion mask and the tissue labels are the middle slice ``(1, H, W)``. With
+    probability ``prob`` one lesion (up to ``max_lesions``) is placed on a white-matter voxel of the
+    middle slice, extends into the neighbouring slices as a 3D blob would (clipped to the middle
+    slice's brain), and the middle slice's lesion mask is updated.
+
+    Why at the stack level: a volume-level insertion makes the mid-brain slices (where white matter
+    is) positive far more often than the others, and a network can reach a low loss by learning
+    *where* a slice is instead of *what* a lesion looks like. Inserting into a sampled stack with
+    probability 0.5 gives every white-matter slice the same chance to be positive, so only the lesion
+    itself separates the classes.
+
+    Args:
+        keys: the image key (one).
+        mask_key: the lesion mask key (middle slice, ``(1, H, W)``; updated).
+        tissue_key: the tissue label key (middle slice, ``(1, H, W)``; read).
+        kwargs: the other arguments of :class:`RandLesionInsertd` (``prob``, ``max_lesions`` (default
+            1 here), ``radius``, ``dark_factor``, ``bright_factor``, ``dark_prob``, ``wm_label``...).
+    """
+
+    def __init__(self, keys: KeysCollection, mask_key: str = "lesion", tissue_key: str | None = "tissue", **kwargs: Any) -> None:
+        kwargs.setdefault("max_lesions", 1)
+        super().__init__(keys, mask_key=mask_key, tissue_key=tissue_key, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.tissue_key is None:
+            return d
+        key = self.keys[0]
+        if key not in d or self.mask_key not in d or self.tissue_key not in d:
+            if self.allow_missing_keys:
+                return d
+            raise KeyError(f"RandStackLesionInsertd needs {key!r}, {self.mask_key!r} and {self.tissue_key!r} in the data.")
+        img, mask, tissue = (torch.as_tensor(d[k]).detach().cpu() for k in (key, self.mask_key, self.tissue_key))
+        if img.ndim != 3:
+            raise ValueError(f"data[{key!r}] must be a slice stack (2k+1, H, W), got shape {tuple(img.shape)}.")
+        depth = img.shape[0]
+        if depth % 2 != 1:
+            raise ValueError(f"data[{key!r}] must hold an odd number of slices (2k+1), got {depth}.")
+        for name, t in ((self.mask_key, mask), (self.tissue_key, tissue)):
+            if tuple(t.shape) != (1, *img.shape[1:]):
+                raise ValueError(f"data[{name!r}] must be the middle slice (1, H, W) = {(1, *img.shape[1:])}, got {tuple(t.shape)}.")
+        mid = depth // 2
+        # as a (1, H, W, 2k+1) volume; white matter only on the middle slice (lesion centres), brain on all
+        tissue_vol = tissue[..., None].repeat(1, 1, 1, depth).clone()
+        others = [i for i in range(depth) if i != mid]
+        side = tissue_vol[..., others]
+        side[side == self.wm_label] = self.wm_label + 1 if self.wm_label != 1 else 2
+        tissue_vol[..., others] = side
+        mask_vol = torch.zeros(1, *img.shape[1:], depth, dtype=mask.dtype)
+        mask_vol[..., mid] = mask
+        vol = {key: img.permute(1, 2, 0)[None], self.mask_key: mask_vol, self.tissue_key: tissue_vol}
+        out = super().__call__(vol)
+        d[key] = _like(d[key], torch.as_tensor(out[key])[0].permute(2, 0, 1).numpy())
+        d[self.mask_key] = _like(d[self.mask_key], torch.as_tensor(out[self.mask_key])[..., mid].numpy())
         return d
 
 
