@@ -163,7 +163,8 @@ def metrics_rows() -> list[tuple[str, str, float]]:
         path = bundle / "eval" / "metrics.json"
         if path.exists():
             for key, value in json.loads(path.read_text()).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                counts = key.startswith(("n_", "num_")) or key.endswith("_time_s") or key in ("top_k", "threshold")
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not counts:
                     rows.append((name, key, float(value)))
     return rows
 
