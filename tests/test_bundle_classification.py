@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -147,6 +148,9 @@ def test_metadata_is_valid_offline(tmp_path):
 def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
     student = json.loads((CONFIGS / "train.json").read_text())
     teacher = json.loads((CONFIGS / "train_teacher.json").read_text())
+    # the epoch budgets may differ (40 teacher / 50 student epochs by default); nothing else in "train"
+    epochs = {name: cfg["train"]["trainer"].pop("max_epochs") for name, cfg in (("student", student), ("teacher", teacher))}
+    assert all(isinstance(v, int) and v > 0 for v in epochs.values()), epochs
     differ = {k for k in student.keys() | teacher.keys() if student.get(k) != teacher.get(k)}
     assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher", "distillation"}
     assert teacher["model_name"] == "teacher" and teacher["distillation"]["teacher"] is None
@@ -185,8 +189,13 @@ def test_find_scans_and_volume_classifier(tmp_path):
     series.mkdir()
     (series / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM")
     (tmp_path / "notes.txt").write_text("x")
-    assert find_scans(tmp_path) == [str(tmp_path / "a.nii.gz"), str(series)]
-    assert find_scans(series) == [str(series)]
+    assert find_scans(tmp_path) == [
+        {"image": str(tmp_path / "a.nii.gz"), "id": "a"},
+        {"image": str(series), "id": "series"},
+    ]
+    # a single case: <parent folder>_<name>, not the whole path
+    assert find_scans(series) == [{"image": str(series), "id": f"{tmp_path.name}_series"}]
+    assert find_scans(tmp_path / "a.nii.gz") == [{"image": str(tmp_path / "a.nii.gz"), "id": f"{tmp_path.name}_a"}]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_scans(tmp_path / "missing")
 
@@ -390,6 +399,8 @@ def test_inference_nifti_and_dicom_with_checkpoint_and_torchscript(exported, tin
         wf.finalize()
         rows = _read_report(out / "probabilities.csv")
         assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+        stem = "image" if name == "nifti" else "dicom"
+        assert rows[0]["case_id"] == f"{Path(path).parent.name}_{stem}"  # e.g. sub-004_dicom
         prob = float(rows[0]["lesion_probability"])
         assert 0.0 <= prob <= 1.0 and int(rows[0]["label"]) == int(prob >= 0.5)
         slices = json.loads((out / rows[0]["slice_file"]).read_text())
@@ -416,6 +427,32 @@ def test_inference_nifti_and_dicom_with_checkpoint_and_torchscript(exported, tin
     assert rows["a"]["status"] == "ok" and rows["broken"]["status"] == "failed" and rows["broken"]["reason"]
     assert float(rows["a"]["lesion_probability"]) == pytest.approx(results["nifti"], abs=1e-6)
     del subjects
+
+
+def test_classify_names_a_single_dicom_series_after_its_subject(tiny_data, tmp_path):
+    from monai.transforms import Compose, EnsureTyped
+
+    from medmamba.apps.classification import classify
+    from medmamba.inferers import SliceStackInferer
+    from medmamba.transforms import LoadScand
+
+    class SliceMean(torch.nn.Module):  # log-odds = mean intensity of the centre slice
+        def forward(self, x):
+            m = x[:, 1].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(m), m], dim=1)
+
+    source = next(tiny_data["data"] / e["dicom"] for e in tiny_data["test"] if "dicom" in e)
+    series = tmp_path / "subjects" / "sub-004" / "dicom"  # the default data set's layout
+    shutil.copytree(source, series)
+    predictor = VolumeClassifier(SliceMean(), SliceStackInferer(2, context=1), "max")
+    preprocessing = Compose([LoadScand("image"), EnsureTyped("image", dtype=torch.float32)])
+    summary = classify(series, tmp_path / "out", predictor, preprocessing)
+    assert summary["n_ok"] == 1 and summary["n_failed"] == 0, summary
+    (row,) = _read_report(tmp_path / "out" / "probabilities.csv")
+    assert row["case_id"] == "sub-004_dicom" and row["status"] == "ok"
+    assert row["slice_file"] == "sub-004_dicom/slice_probabilities.json"
+    doc = json.loads((tmp_path / "out" / "sub-004_dicom" / "slice_probabilities.json").read_text())
+    assert doc["case_id"] == "sub-004_dicom"
 
 
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):

@@ -16,19 +16,19 @@ and medmamba components; this module holds the pieces without a ready-made count
 - :class:`LesionMetric`: AUC, accuracy or F1 at slice or volume level, as an ignite metric for
   MONAI evaluators; :class:`ClassificationReport`: the flat ``metrics.json`` and per-case CSV of an
   evaluation run;
-- :class:`FuseOnLoad` / :class:`FusedMobileMamba`: a network whose BatchNorms are folded as soon as its
-  unfused weights are loaded, so ``python -m monai.bundle ckpt_export network_def`` writes the
-  fused network; :func:`load_network` (checkpoint or TorchScript); :func:`export_onnx` (ONNX of the
-  fused network, and both exported files checked against the eager fused network);
-- :class:`VolumeClassifier` and :func:`find_scans` / :func:`classify`: NIfTI files or DICOM series in,
-  ``probabilities.csv`` out (per-case lesion probability and label; per-slice probabilities in a
-  JSON per case), one failing case never stopping the batch;
+- :class:`FusedMobileMamba`: a :class:`medmamba.apps.deploy.FuseOnLoad` around ``MobileMamba``
+  (BatchNorms folded as soon as its unfused weights are loaded, so ``python -m monai.bundle
+  ckpt_export network_def`` writes the fused network); :func:`load_network` (checkpoint or
+  TorchScript) and :func:`export_onnx` (ONNX of the fused network, and both exported files checked
+  against the eager fused network) come from :mod:`medmamba.apps.deploy`;
+- :class:`VolumeClassifier` and :func:`classify`: NIfTI files or DICOM series in (found by
+  :func:`medmamba.data.find_scans`), ``probabilities.csv`` out (per-case lesion probability and
+  label; per-slice probabilities in a JSON per case), one failing case never stopping the batch;
 - :func:`rank_zero_handlers`: the training handlers a DDP process keeps (only rank 0 saves and logs).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -47,9 +47,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from torch import nn
 
-from medmamba.data.loading import is_nifti_path
+from medmamba.apps.deploy import FuseOnLoad, export_onnx, load_network
+from medmamba.data.discovery import find_scans, scan_stem
 from medmamba.inferers.volume_classification import AGGREGATIONS, aggregate_slice_logits
-from medmamba.training.checkpoint import extract_state_dict, load_weights
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -631,17 +631,10 @@ def _case_ids(batch: Any, n: int) -> list[str]:
         if names is not None:
             names = [names] if isinstance(names, str) else list(names)
             if len(names) == n:
-                return [_strip_suffix(Path(str(p)).name) for p in names]
+                return [scan_stem(str(p)) for p in names]
     if isinstance(batch, (list, tuple)) and len(batch) == n and all(isinstance(b, Mapping) for b in batch):
         return [_case_ids(b, 1)[0] for b in batch]
     return [f"case-{i:04d}" for i in range(n)]
-
-
-def _strip_suffix(name: str) -> str:
-    for suffix in (".nii.gz", ".nii", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 class ClassificationReport:
@@ -758,68 +751,6 @@ def _plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- networks
-class FuseOnLoad(nn.Module):
-    """A network that folds its BatchNorms when its unfused weights are loaded.
-
-    ``load_state_dict`` takes the *unfused* network's state dict (flat, a ``CheckpointSaver`` dict
-    with ``"model"``, an EMA or DDP one; see :func:`medmamba.training.extract_state_dict`), loads it
-    into a fresh copy of the unfused network and replaces :attr:`network` by its fused version
-    (:func:`medmamba.networks.fuse_norms`). Before any load, :attr:`network` is the unfused network
-    in eval mode. ``python -m monai.bundle ckpt_export network_def`` loads the checkpoint into
-    ``network_def`` and scripts it: with a ``FuseOnLoad`` that is TorchScript of the fused network.
-
-    Args:
-        network: the unfused network (kept as the template of every load).
-        strict: ``strict`` of ``fuse_norms`` (``False`` for networks with BatchNorms outside
-            fusable units, e.g. MONAI's DenseNet121); networks without BatchNorm are used as they are.
-
-    Attributes:
-        in_channels: the wrapped network's ``in_channels`` (``-1`` if unknown), read by
-            :class:`medmamba.inferers.SliceStackInferer`'s channel check.
-        is_fused: whether weights were loaded and fused.
-    """
-
-    __jit_unused_properties__ = ["template"]
-
-    def __init__(self, network: nn.Module, strict: bool = True) -> None:
-        super().__init__()
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
-        # the template is not a registered sub-module: it stays out of state_dict() and TorchScript
-        self.__dict__["_template"] = copy.deepcopy(network).cpu()
-        self.network = network.eval()
-        self.fuse_strict = bool(strict)
-        self.is_fused = False
-        channels = getattr(network, "in_channels", None)
-        self.in_channels = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
-
-    @property
-    def template(self) -> nn.Module:
-        """The unfused architecture (untrained copy)."""
-        return self.__dict__["_template"]
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load unfused weights into a copy of the template and fuse it (see the class doc)."""
-        from medmamba.networks import fuse_norms
-
-        state = extract_state_dict(state_dict)
-        device = next(iter(self.network.parameters()), torch.empty(0)).device
-        unfused = copy.deepcopy(self.template)
-        result = unfused.load_state_dict(state, strict=strict)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in unfused.modules())
-        fused = fuse_norms(unfused, inplace=True, strict=self.fuse_strict) if has_bn else unfused.eval()
-        self.network = fused.to(device)
-        self.is_fused = has_bn
-        return result
-
-    def train(self, mode: bool = True) -> FuseOnLoad:
-        """Stay in eval mode: a fused network has no BatchNorm statistics to update."""
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor):  # noqa: ANN201 - TorchScript infers the wrapped network's output type
-        return self.network(x)
-
-
 class FusedMobileMamba(FuseOnLoad):
     """:class:`FuseOnLoad` around ``MobileMamba(variant, **kwargs)``.
 
@@ -831,56 +762,6 @@ class FusedMobileMamba(FuseOnLoad):
         from medmamba.networks import MobileMamba
 
         super().__init__(MobileMamba(variant, **kwargs), strict=strict)
-
-
-def load_network(
-    network: nn.Module | None,
-    model_file: str | os.PathLike[str],
-    use_torchscript: bool = False,
-    key: str | None = None,
-    device: str | torch.device = "cpu",
-    channels_last: bool = False,
-) -> nn.Module:
-    """The inference network: a checkpoint loaded into ``network``, or an exported TorchScript file.
-
-    Args:
-        network: the architecture (the bundle's ``network_def``; a :class:`FuseOnLoad` is fused on
-            load). Ignored for TorchScript.
-        model_file: a checkpoint (``.pt``, as the bundle's ``CheckpointSaver`` writes) or, with
-            ``use_torchscript`` or a ``.ts`` suffix, a TorchScript file (``ckpt_export`` output).
-        use_torchscript: load ``model_file`` with ``torch.jit.load``.
-        key: entry of a multi-object checkpoint (``"model"``, ``"ema"``...); default flat or ``"model"``.
-        device: where to put the network.
-        channels_last: convert an eager network to the channels-last memory format (faster
-            convolutions on CPUs with oneDNN; outputs unchanged).
-
-    Returns:
-        The network in eval mode on ``device``.
-
-    Raises:
-        FileNotFoundError: ``model_file`` does not exist.
-        ValueError: no ``network`` for a checkpoint.
-    """
-    path = os.fspath(model_file)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model_file={path!r} does not exist; train the bundle (or export it) first.")
-    if use_torchscript or path.endswith(".ts"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            net = torch.jit.load(path, map_location=device)
-        logger.info("loaded TorchScript model %s", path)
-        return net.eval()
-    if network is None:
-        raise ValueError("network (the architecture) is required to load a checkpoint.")
-    if isinstance(network, FuseOnLoad):
-        network.load_state_dict(extract_state_dict(path, key=key))
-    else:
-        load_weights(network, path, key=key)
-    logger.info("loaded checkpoint %s into %s", path, type(network).__name__)
-    network = network.to(device).eval()
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last)
-    return network
 
 
 def rank_zero_handlers(handlers: Sequence[Any]) -> list[Any]:
@@ -951,67 +832,6 @@ class VolumeClassifier:
         }
 
 
-def _has_dicom(folder: Path) -> bool:
-    for entry in folder.iterdir():
-        if entry.is_file() and not is_nifti_path(entry) and not entry.name.startswith("."):
-            if entry.suffix.lower() in (".dcm", ".ima") or _is_dicom_file(entry):
-                return True
-    return False
-
-
-def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def find_scans(input_path: str | os.PathLike[str]) -> list[str]:
-    """The cases under ``input_path``: a NIfTI file, a DICOM file or series folder, or a folder of them.
-
-    A folder that directly holds DICOM files (and no NIfTI file) is one series, one case. Otherwise
-    each NIfTI file and DICOM file in it, and each sub-folder holding DICOM files (searched
-    recursively), is a case, in sorted order.
-
-    Args:
-        input_path: the input.
-
-    Returns:
-        Case paths (strings).
-
-    Raises:
-        FileNotFoundError: ``input_path`` does not exist.
-        ValueError: no scan found under it.
-    """
-    root = Path(input_path)
-    if not root.exists():
-        raise FileNotFoundError(
-            f"input_path={str(root)!r} does not exist; expected a NIfTI file, a DICOM series folder or a folder of them."
-        )
-    if root.is_file():
-        return [str(root)]
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-    if _has_dicom(root) and not any(is_nifti_path(p) for p in entries):
-        return [str(root)]
-    cases: list[str] = []
-    for entry in sorted(entries):
-        if entry.is_file() and (is_nifti_path(entry) or _is_dicom_file(entry)):
-            cases.append(str(entry))
-        elif entry.is_dir():
-            if _has_dicom(entry) and not any(is_nifti_path(p) for p in entry.iterdir()):
-                cases.append(str(entry))
-            else:
-                try:
-                    cases.extend(find_scans(entry))
-                except ValueError:
-                    continue
-    if not cases:
-        raise ValueError(f"input_path={str(root)!r} holds no NIfTI file and no DICOM series.")
-    return cases
-
-
 def _slice_positions_mm(img: Any, n_slices: int, axis: int = 2) -> list[float] | None:
     """World (RAS) coordinate along the slice normal of each slice centre of a preprocessed volume."""
     affine = getattr(img, "affine", None)
@@ -1041,7 +861,8 @@ def classify(
     present, at ``threshold``), ``class_name``, ``n_slices`` and ``top_slice`` (index, in the
     preprocessed RAS grid, of the most suspicious slice); failed cases are recorded with their
     reason and the batch goes on (:func:`medmamba.data.run_batch`, which also keeps identifying DICOM
-    values out of the report). With ``write_slice_probabilities`` each case also gets
+    values out of the report). Case ids are those of :func:`find_scans` (``sub-018_dicom`` for the
+    single series folder ``sub-018/dicom``). With ``write_slice_probabilities`` each case also gets
     ``<output_dir>/<case>/slice_probabilities.json``: per axial slice of the preprocessed volume its
     index, position along the slice normal in mm (RAS world coordinates) and lesion probability.
 
@@ -1106,7 +927,7 @@ def classify(
             result["slice_file"] = f"{case.case_id}/slice_probabilities.json"
         return result
 
-    report = run_batch(cases, process, output_dir, input_key="image", report_name=report_name)
+    report = run_batch(cases, process, output_dir, input_key="image", id_key="id", report_name=report_name)
     summary = {
         "n_ok": report.n_ok,
         "n_failed": report.n_failed,
@@ -1117,95 +938,3 @@ def classify(
     logger.info("classification: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed,
                 summary["seconds"], report.csv_path)
     return summary
-
-
-# ------------------------------------------------------------------------------------------------ export
-def export_onnx(
-    network: nn.Module,
-    checkpoint: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    input_shape: Sequence[int] = (2, 3, 128, 128),
-    torchscript_file: str | os.PathLike[str] | None = None,
-    name: str = "model",
-    rtol: float = 1e-4,
-    report_file: str | os.PathLike[str] | None = None,
-    fuse_strict: bool = True,
-) -> dict[str, Any]:
-    """Export the fused network to ONNX and check it, and an exported TorchScript file, against it.
-
-    ONNX goes through :func:`medmamba.training.export_fused` (norm fusion, opset 17, dynamic batch,
-    reload with onnxruntime) and is renamed to ``<out_dir>/<name>.onnx``. That file and
-    ``torchscript_file`` (e.g. ``models/model.ts`` from ``ckpt_export``) are compared with the eager
-    fused network on a seeded random batch of ``input_shape`` and on one of another batch size: the
-    largest absolute difference divided by the largest absolute eager output must stay within
-    ``rtol``. The ONNX graph is valid for the spatial size of ``input_shape`` (the scan's loop is
-    fixed at tracing), with a dynamic batch size.
-
-    Args:
-        network: the unfused architecture (a :class:`FuseOnLoad` is unwrapped to its template).
-        checkpoint: the trained weights (flat or ``CheckpointSaver`` state dict).
-        out_dir: output folder.
-        input_shape: ``(B, C, H, W)`` of the check batch and of the ONNX graph.
-        torchscript_file: an exported TorchScript file to check as well, or ``None``.
-        name: file stem of the ONNX file.
-        rtol: largest allowed relative error (max |exported - eager| / max |eager|).
-        report_file: where to write the result as JSON (default ``<out_dir>/<name>_export.json``).
-        fuse_strict: ``strict`` of ``fuse_norms``.
-
-    Returns:
-        ``{"onnx", "torchscript", "checkpoint", "input_shape", "max_abs_output", "max_abs_error",
-        "relative_error", "rtol"}``.
-
-    Raises:
-        medmamba.training.ExportMismatchError: an export differs from the eager fused network.
-        ValueError: a bad ``input_shape``.
-    """
-    from medmamba.networks import fuse_norms
-    from medmamba.training import ExportMismatchError, export_fused, verify_export
-
-    if isinstance(network, FuseOnLoad):
-        fuse_strict = network.fuse_strict
-        network = network.template
-    shape = [int(s) for s in input_shape]
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"input_shape must be (B, C, H, W) with positive sizes, got {input_shape!r}.")
-    sample = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
-    fuse: Any = (lambda m: fuse_norms(m, strict=fuse_strict)) if has_bn else False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = export_fused(
-            os.fspath(checkpoint), network=network, out_dir=out, sample_input=sample, name=name,
-            formats=("onnx",), fuse=fuse, atol=1e-3, rtol=1e-2,
-        )
-    onnx_path = out / f"{name}.onnx"
-    os.replace(result.onnx_path, onnx_path)
-    eager = load_weights(copy.deepcopy(network), os.fspath(checkpoint))
-    eager = fuse_norms(eager, inplace=True, strict=fuse_strict) if has_bn else eager.eval()
-    with torch.no_grad():
-        scale = max(float(eager(sample).abs().max()), 1e-12)
-    errors = verify_export(
-        eager, sample, torchscript_path=torchscript_file, onnx_path=onnx_path, atol=rtol * scale, rtol=0.0
-    )
-    errors["fusion"] = result.max_abs_error.get("fusion", float("nan"))
-    relative = {k: v / scale for k, v in errors.items()}
-    bad = {k: v for k, v in relative.items() if k != "fusion" and v > rtol}
-    if bad:
-        raise ExportMismatchError(f"exported outputs differ from the eager fused network beyond rtol={rtol}: {bad}.")
-    doc = {
-        "onnx": str(onnx_path),
-        "torchscript": None if torchscript_file is None else os.fspath(torchscript_file),
-        "checkpoint": os.fspath(checkpoint),
-        "input_shape": shape,
-        "max_abs_output": scale,
-        "max_abs_error": errors,
-        "relative_error": relative,
-        "rtol": rtol,
-    }
-    report = Path(report_file) if report_file is not None else out / f"{name}_export.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(doc, indent=1) + "\n")
-    logger.info("export: %s; relative errors %s", onnx_path, relative)
-    return doc

@@ -3,21 +3,21 @@
 The bundle's configs (``bundles/mobilemamba_segmentation/configs``) build everything from MONAI and
 medmamba components; this module holds the few pieces that have no ready-made counterpart:
 
-- :class:`FuseOnLoad` / :class:`FusedMobileMambaSeg`: a network whose BatchNorms are folded as
-  soon as its (unfused) weights are loaded, so that ``python -m monai.bundle ckpt_export`` (which
-  loads the checkpoint into ``network_def`` and scripts it) writes the *fused* network;
-- :func:`load_network`: the network for inference, from a checkpoint or an exported TorchScript file;
-- :class:`VolumeSegmenter` and :func:`find_scans` / :func:`segment`: volumes in, masks out, in the
-  input's geometry (NIfTI, and DICOM SEG for DICOM input), one failing case never stops the batch;
+- :class:`FusedMobileMambaSeg`: a :class:`medmamba.apps.deploy.FuseOnLoad` around
+  ``MobileMambaSeg`` (BatchNorms folded as soon as its unfused weights are loaded, so that
+  ``python -m monai.bundle ckpt_export`` writes the *fused* network); :func:`load_network` (the
+  network for inference, from a checkpoint or an exported TorchScript file) and :func:`export_onnx`
+  (the fused network to ONNX, both exported files checked against the eager fused network) come
+  from :mod:`medmamba.apps.deploy`;
+- :class:`VolumeSegmenter` and :func:`segment`: volumes in (found by :func:`medmamba.data.find_scans`),
+  masks out, in the input's geometry (NIfTI, and DICOM SEG for DICOM input), one failing case
+  never stops the batch;
 - :class:`SegmentationMetrics`: per-class Dice and HD95 (mm) per case, flattened into
-  ``engine.state.metrics`` and written as a flat JSON (plus a per-case CSV);
-- :func:`export_onnx`: the fused network to ONNX, and both exported files (TorchScript from
-  ``ckpt_export``, ONNX) checked against the eager fused network.
+  ``engine.state.metrics`` and written as a flat JSON (plus a per-case CSV).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmamba.data.loading import is_nifti_path
-from medmamba.training.checkpoint import extract_state_dict, load_weights
+from medmamba.apps.deploy import FuseOnLoad, export_onnx, load_network
+from medmamba.data.discovery import find_scans
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -63,63 +63,6 @@ TISSUE_LABELS: dict[int, str] = {1: "CSF and other brain tissue", 2: "Grey matte
 
 
 # --------------------------------------------------------------------------------------------- networks
-class FuseOnLoad(nn.Module):
-    """A network that folds its BatchNorms when its unfused weights are loaded.
-
-    ``load_state_dict`` takes the *unfused* network's state dict (a flat one, a ``CheckpointSaver``
-    dict with ``"model"``, an EMA or DDP one; see :func:`medmamba.training.extract_state_dict`),
-    loads it into a fresh copy of the unfused network and replaces :attr:`network` by its fused
-    version (:func:`medmamba.networks.fuse_norms`). Before any load, :attr:`network` is the unfused
-    network in eval mode. Scripting the wrapper after loading gives TorchScript of the fused network;
-    that is what ``ckpt_export network_def`` does when ``network_def`` is a ``FuseOnLoad``.
-
-    Args:
-        network: the unfused network (kept as the template for every load).
-        strict: passed as ``strict`` to ``fuse_norms`` (``False`` for networks with BatchNorms
-            outside fusable units); networks without any BatchNorm are used as they are.
-
-    Attributes:
-        in_channels: the wrapped network's ``in_channels`` (``-1`` if it has none), read by
-            :class:`medmamba.inferers.SliceStackInferer`'s channel check.
-    """
-
-    def __init__(self, network: nn.Module, strict: bool = True) -> None:
-        super().__init__()
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
-        # the template is not a registered sub-module: it stays out of state_dict() and TorchScript
-        self.__dict__["_template"] = copy.deepcopy(network).cpu()
-        self.network = network.eval()
-        self.fuse_strict = bool(strict)
-        self.is_fused = False
-        channels = getattr(network, "in_channels", None)
-        self.in_channels = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load unfused weights into a copy of the template and fuse it (see the class doc)."""
-        from medmamba.networks import fuse_norms
-
-        state = extract_state_dict(state_dict)
-        device = next(iter(self.network.parameters()), torch.empty(0)).device
-        unfused = copy.deepcopy(self.__dict__["_template"])
-        result = unfused.load_state_dict(state, strict=strict)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in unfused.modules())
-        self.network = (fuse_norms(unfused, inplace=True, strict=self.fuse_strict) if has_bn else unfused.eval()).to(device)
-        self.is_fused = has_bn
-        return result
-
-    def train(self, mode: bool = True) -> FuseOnLoad:
-        """Stay in eval mode: a fused network has no BatchNorm statistics to update."""
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The wrapped network's logits (the first output, for networks returning several)."""
-        out = self.network(x)
-        if isinstance(out, torch.Tensor):
-            return out
-        return out[0]
-
-
 class FusedMobileMambaSeg(FuseOnLoad):
     """:class:`FuseOnLoad` around ``MobileMambaSeg(variant, **kwargs)``.
 
@@ -174,54 +117,6 @@ class Autocast(nn.Module):
         if isinstance(out, (list, tuple)):
             return type(out)(o.float() if isinstance(o, torch.Tensor) else o for o in out)
         return out
-
-
-def load_network(
-    network: nn.Module | None,
-    model_file: str | os.PathLike[str],
-    use_torchscript: bool = False,
-    key: str | None = None,
-    device: str | torch.device = "cpu",
-    channels_last: bool = False,
-) -> nn.Module:
-    """The inference network: a checkpoint loaded into ``network``, or an exported TorchScript file.
-
-    Args:
-        network: the architecture (e.g. the bundle's ``network_def``; a :class:`FuseOnLoad` gets
-            fused on load). Ignored for TorchScript.
-        model_file: a checkpoint (``.pt``, as written by the bundle's ``CheckpointSaver``) or, with
-            ``use_torchscript`` or a ``.ts`` suffix, a TorchScript file (``ckpt_export`` output).
-        use_torchscript: load ``model_file`` with ``torch.jit.load``.
-        key: entry of a multi-object checkpoint (``"model"``, ``"ema"``...); default: flat or ``"model"``.
-        device: where to put the network.
-        channels_last: convert the weights to the channels-last memory format (faster convolutions
-            on CPUs with oneDNN; the outputs are the same up to float rounding).
-
-    Returns:
-        The network in eval mode on ``device``.
-
-    Raises:
-        FileNotFoundError: ``model_file`` does not exist.
-        ValueError: no ``network`` for a checkpoint.
-    """
-    path = os.fspath(model_file)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model_file={path!r} does not exist; train the bundle or export it first.")
-    if use_torchscript or path.endswith(".ts"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            net = torch.jit.load(path, map_location=device)
-        logger.info("loaded TorchScript model %s", path)
-        return (net.to(memory_format=torch.channels_last) if channels_last else net).eval()
-    if network is None:
-        raise ValueError("network (the architecture) is required to load a checkpoint.")
-    if isinstance(network, FuseOnLoad):
-        network.load_state_dict(extract_state_dict(path, key=key))
-    else:
-        load_weights(network, path, key=key)
-    logger.info("loaded checkpoint %s into %s", path, type(network).__name__)
-    network = network.to(device, memory_format=torch.channels_last) if channels_last else network.to(device)
-    return network.eval()
 
 
 class FlipTTAInferer:
@@ -310,86 +205,6 @@ def collate_slices(batch: Sequence[Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- inference
-def _has_dicom(folder: Path) -> bool:
-    for entry in folder.iterdir():
-        if entry.is_file() and not is_nifti_path(entry) and not entry.name.startswith("."):
-            if entry.suffix.lower() in (".dcm", ".ima", "") or _is_dicom_file(entry):
-                return True
-    return False
-
-
-def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def find_scans(input_path: str | os.PathLike[str] | None) -> list[dict[str, str]]:
-    """The cases under ``input_path``: a NIfTI file, a DICOM file or series folder, or a folder of them.
-
-    A folder that directly holds DICOM files (and no NIfTI file) is one series, one case. Otherwise
-    every NIfTI file and DICOM file in it, and every sub-folder holding DICOM files, is a case, and
-    other sub-folders are searched recursively; cases come in sorted order.
-
-    Case ids: for a single case ``<parent folder>_<name>`` (``sub-018_dicom``,
-    ``sub-018_image`` for ``sub-018/image.nii.gz``); for a folder of cases the path relative to
-    it, ``_``-joined, without the NIfTI/DICOM suffix.
-
-    Args:
-        input_path: the input.
-
-    Returns:
-        ``[{"image": path, "id": case id}, ...]``.
-
-    Raises:
-        FileNotFoundError: ``input_path`` does not exist.
-        ValueError: no ``input_path``, or no scan under it.
-    """
-    if input_path is None:
-        raise ValueError("input_path is required: a NIfTI file, a DICOM series folder or a folder of them.")
-    root = Path(input_path)
-    if not root.exists():
-        raise FileNotFoundError(
-            f"input_path={str(root)!r} does not exist; expected a NIfTI file, a DICOM series folder or a folder of them."
-        )
-    if root.is_file() or (_has_dicom(root) and not any(is_nifti_path(p) for p in root.iterdir())):
-        parent = root.absolute().parent.name
-        return [{"image": str(root), "id": f"{parent}_{_stem(root)}" if parent else _stem(root)}]
-    found: list[Path] = []
-    _collect(root, found)
-    if not found:
-        raise ValueError(f"input_path={str(root)!r} holds no NIfTI file and no DICOM series.")
-    cases = []
-    for path in found:
-        rel = path.relative_to(root).parts
-        cases.append({"image": str(path), "id": "_".join([*rel[:-1], _stem(path)])})
-    return cases
-
-
-def _collect(folder: Path, found: list[Path]) -> None:
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and (is_nifti_path(entry) or _is_dicom_file(entry)):
-            found.append(entry)
-        elif entry.is_dir():
-            if _has_dicom(entry) and not any(is_nifti_path(p) for p in entry.iterdir()):
-                found.append(entry)
-            else:
-                _collect(entry, found)
-
-
 def segment(
     input_path: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -627,95 +442,3 @@ class SegmentationMetrics:
             write_results_csv(self.output_dir / self.per_case_filename, [dict(r) for r in rows])
         logger.info("metrics: %s -> %s", {k: doc[k] for k in self.metrics}, path)
         return path
-
-
-# ------------------------------------------------------------------------------------------------- export
-def export_onnx(
-    network: nn.Module,
-    checkpoint: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    input_shape: Sequence[int] = (1, 3, 128, 128),
-    torchscript_file: str | os.PathLike[str] | None = None,
-    name: str = "model",
-    rtol: float = 1e-4,
-    report_file: str | os.PathLike[str] | None = None,
-    fuse_strict: bool = True,
-) -> dict[str, Any]:
-    """Export the fused network to ONNX and check it, and an exported TorchScript file, against it.
-
-    ONNX goes through :func:`medmamba.training.export_fused` (norm fusion, opset 17, dynamic batch,
-    reload with onnxruntime) and is then renamed to ``<out_dir>/<name>.onnx``. Both that file and
-    ``torchscript_file`` (e.g. ``models/model.ts`` from ``ckpt_export``) are compared with the eager
-    fused network on a seeded random batch of ``input_shape`` and one of another batch size; the
-    largest absolute difference divided by the largest absolute eager output must stay within ``rtol``.
-
-    Args:
-        network: the unfused architecture (a :class:`FuseOnLoad` is unwrapped to its template).
-        checkpoint: the trained weights (flat or ``CheckpointSaver`` state dict).
-        out_dir: output folder.
-        input_shape: ``(B, C, H, W)`` of the check batch (and of the ONNX graph's spatial size).
-        torchscript_file: an exported TorchScript file to check as well, or ``None`` (a path that
-            does not exist is skipped with a warning).
-        name: file stem of the ONNX file.
-        rtol: largest allowed relative error (max |exported - eager| / max |eager|).
-        report_file: where to write the result as JSON (default ``<out_dir>/<name>_export.json``).
-        fuse_strict: ``strict`` of ``fuse_norms``.
-
-    Returns:
-        ``{"onnx": path, "torchscript": path or None, "max_abs_error": {...}, "relative_error": {...}}``.
-
-    Raises:
-        medmamba.training.ExportMismatchError: an export differs from the eager fused network.
-    """
-    from medmamba.networks import fuse_norms
-    from medmamba.training import ExportMismatchError, export_fused, verify_export
-
-    if isinstance(network, FuseOnLoad):
-        network = network.__dict__["_template"]
-    if torchscript_file is not None and not os.path.isfile(os.fspath(torchscript_file)):
-        logger.warning("export_onnx: %s does not exist (run ckpt_export first); only ONNX is checked.", os.fspath(torchscript_file))
-        torchscript_file = None
-    shape = [int(s) for s in input_shape]
-    if len(shape) != 4:
-        raise ValueError(f"input_shape must be (B, C, H, W), got {input_shape!r}.")
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(*shape, generator=generator)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
-    fuse: Any = (lambda m: fuse_norms(m, strict=fuse_strict)) if has_bn else False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = export_fused(
-            os.fspath(checkpoint), network=network, out_dir=out, sample_input=sample, name=name,
-            formats=("onnx",), fuse=fuse, atol=1e-3, rtol=1e-2,
-        )
-    onnx_path = out / f"{name}.onnx"
-    os.replace(result.onnx_path, onnx_path)
-    eager = load_weights(copy.deepcopy(network), os.fspath(checkpoint))
-    eager = fuse_norms(eager, inplace=True, strict=fuse_strict) if has_bn else eager.eval()
-    with torch.no_grad():
-        scale = max(float(eager(sample).abs().max()), 1e-12)
-    errors = verify_export(
-        eager, sample, torchscript_path=torchscript_file, onnx_path=onnx_path, atol=rtol * scale, rtol=0.0
-    )
-    errors["fusion"] = result.max_abs_error.get("fusion", float("nan"))
-    relative = {k: v / scale for k, v in errors.items()}
-    bad = {k: v for k, v in relative.items() if k != "fusion" and v > rtol}
-    if bad:
-        raise ExportMismatchError(f"exported outputs differ from the eager fused network beyond rtol={rtol}: {bad}.")
-    doc = {
-        "onnx": str(onnx_path),
-        "torchscript": None if torchscript_file is None else os.fspath(torchscript_file),
-        "checkpoint": os.fspath(checkpoint),
-        "input_shape": shape,
-        "max_abs_output": scale,
-        "max_abs_error": errors,
-        "relative_error": relative,
-        "rtol": rtol,
-    }
-    report = Path(report_file) if report_file is not None else out / f"{name}_export.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(doc, indent=1) + "\n")
-    logger.info("export: %s; relative errors %s", onnx_path, relative)
-    return doc

@@ -4,6 +4,7 @@ Main entry points:
 
 * :func:`load_scan` - a path to a channel-first ``monai.data.MetaTensor`` with a RAS affine.
 * :func:`read_dicom`, :func:`scan_dicom_folder` - the DICOM reading underneath.
+* :func:`find_scans` - the cases (NIfTI files, DICOM series) under an input path, with case ids.
 * :func:`run_batch` - robust per-case processing (failures recorded, inputs untouched).
 * :func:`scrub_meta`, :class:`Redactor` - keeping patient-identifying DICOM values out of outputs.
 * ``python -m medmamba.data make-default`` - build the embedded semi-synthetic data set.
@@ -21,6 +22,7 @@ from medmamba.data.dicom_reader import (
     read_dicom,
 )
 from medmamba.data.dicom_scan import DicomSkipWarning, FolderScan, scan_dicom_folder, select_series
+from medmamba.data.discovery import find_scans
 from medmamba.data.errors import ScanLoadError
 from medmamba.data.loading import check_scan, is_nifti_path, load_scan
 from medmamba.data.privacy import IDENTIFYING_KEYWORDS, Redactor, identifying_values, is_identifying_key, scrub_meta
@@ -45,6 +47,7 @@ __all__ = [
     "FolderScan",
     "ScanLoadError",
     "check_scan",
+    "find_scans",
     "is_nifti_path",
     "load_scan",
     "read_dicom",
