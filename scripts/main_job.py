@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     bars = {
-        name: tqdm(total=len(chain), desc=f"{name:>14}", position=i, unit="stage", leave=True, file=sys.stdout)
+        name: tqdm(
+            total=len(chain), desc=f"{name:>14}", position=i, unit="stage", leave=True, file=sys.stdout,
+            bar_format="{desc}: {bar:20} {n_fmt}/{total_fmt} stages [{elapsed}]{postfix}",
+        )
         for i, (name, chain) in enumerate(chains.items())
     }
     if args.sequential:
