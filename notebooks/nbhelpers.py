@@ -340,12 +340,14 @@ def bundle_part(bundle: Bundle, *ids: str) -> Any:
 
 def bundle_preprocessing(bundle: Bundle) -> Any:
     """The bundle's deterministic preprocessing (loading, orientation, crop, normalisation, padding)
-    as one callable on a dict of file paths: its ``preprocessing_transforms`` list, else its
-    validation or inference ``preprocessing``."""
+    as one callable on a dict of file paths: its ``preprocessing_transforms`` or
+    ``validate#volume_transforms`` list (the volume steps alone, which keep the label maps as
+    volumes), else its validation or inference ``preprocessing``."""
     from monai.transforms import Compose
 
-    if "preprocessing_transforms" in bundle.config:
-        return Compose(bundle.config.get_parsed_content("preprocessing_transforms", instantiate=True))
+    for key in ("preprocessing_transforms", "validate#volume_transforms"):
+        if key in bundle.config:
+            return Compose(bundle.config.get_parsed_content(key, instantiate=True))
     part = bundle_part(bundle, "validate#preprocessing", "preprocessing")
     if part is None:
         raise KeyError(
