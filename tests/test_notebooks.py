@@ -217,3 +217,36 @@ def test_strip_outputs_clears_outputs_counts_and_timing(tmp_path: Path) -> None:
     assert strip_outputs([str(path)]) == []  # already clean: untouched
     (code,) = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     assert code.outputs == [] and code.execution_count is None and "execution" not in code.metadata
+
+
+@pytest.mark.parametrize(
+    ("bundle", "label_key"), [("mobilemamba_classification", "lesion"), ("mobilemamba_segmentation", "label")]
+)
+def test_notebook_helpers_load_a_trained_bundle_and_keep_its_label_volume(
+    bundle: str, label_key: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What notebook 02 does after the main job: load ``models/model.pt`` into the bundle's network
+    and preprocess a test case with its label map still a volume on the image's grid."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    monkeypatch.syspath_prepend(str(NOTEBOOKS))
+    nbhelpers = pytest.importorskip("nbhelpers")
+    root = tmp_path / "bundles" / bundle
+    shutil.copytree(ROOT / "bundles" / bundle / "configs", root / "configs")
+    parser = ConfigParser()  # the network as training saves it
+    parser.read_config(str(root / "configs" / "train.json"))
+    parser["bundle_root"] = str(root)
+    torch.manual_seed(0)
+    (root / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), root / "models" / "model.pt")
+    monkeypatch.setenv("MEDMAMBA_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MEDMAMBA_BUNDLES_DIR", str(tmp_path / "bundles"))
+    monkeypatch.setenv("MEDMAMBA_NOTEBOOK_OUT", str(tmp_path / "out"))
+    nb = nbhelpers.Notebook("02")
+    loaded = nbhelpers.load_bundle(nb, bundle)
+    assert loaded is not None and not loaded.network.training
+    case = nbhelpers.pick_test_case(nb)
+    data = nbhelpers.bundle_preprocessing(loaded)({"image": case["image"], label_key: case[label_key]})
+    assert data["image"].ndim == 4 and data[label_key].shape[1:] == data["image"].shape[1:]
+    assert float(data[label_key].max()) >= 1  # the label map survived preprocessing
