@@ -272,3 +272,29 @@ def test_with_mobilemamba_two_head_student(tmp_path):
     assert out["pred"].shape == (4, 3)  # mean of the two heads
     result = export_fused(ema, out_dir=tmp_path, sample_input=torch.randn(2, 1, 64, 64), formats=("onnx",))
     assert result.max_abs_error["onnx@batch=3"] < 1e-4
+
+
+def test_non_finite_input_is_an_error_before_batchnorm_statistics_change():
+    torch.manual_seed(0)
+    data = _data()
+    data[5]["image"][0, 3, 3] = float("nan")  # second batch
+    student = TwoHead()
+    bn = student.body[1]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=_loader(data),
+        network=student,
+        optimizer=torch.optim.SGD(student.parameters(), lr=0.1),
+        loss_function=nn.CrossEntropyLoss(),
+        decollate=False,
+        iteration_update=DistillationIteration(loss=DistillationLoss(weight=0.0)),
+    )
+    stats = {}
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: stats.update(mean=bn.running_mean.clone()))
+    with pytest.raises(ValueError, match=r"inputs of iteration 2 hold 1 non-finite value"):
+        trainer.run()
+    assert torch.isfinite(bn.running_mean).all() and torch.equal(bn.running_mean, stats["mean"])
+    assert all(torch.isfinite(p).all() for p in student.parameters())

@@ -90,7 +90,12 @@ class DistillationIteration:
             is not run. Not valid with ``mixup`` (the cached logits are of un-mixed images).
         id_key: batch key of the sample ids looked up in ``teacher_cache``.
         mask_key: batch key of a distillation region mask for segmentation (not with ``mixup``).
-        skip_nonfinite: skip the optimiser step (with a warning) when the loss is not finite.
+        skip_nonfinite: skip the optimiser step (with a warning) when the loss is not finite (a
+            half-precision overflow); non-finite *inputs* are an error, see ``check_inputs``.
+        check_inputs: raise a ``ValueError`` when a floating-point input batch holds NaN or inf
+            values. A bad input cannot be skipped like a bad loss: the forward pass has already
+            folded it into the BatchNorm running statistics, which would poison every later
+            evaluation.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class DistillationIteration:
         id_key: str = "id",
         mask_key: str | None = None,
         skip_nonfinite: bool = True,
+        check_inputs: bool = True,
     ) -> None:
         if task not in _TASKS:
             raise ValueError(f"task must be one of {_TASKS}, got {task!r}.")
@@ -138,6 +144,7 @@ class DistillationIteration:
         self.id_key = id_key
         self.mask_key = mask_key
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.check_inputs = bool(check_inputs)
         self._scaler: torch.amp.GradScaler | None = None
         self._dtypes: dict[str, torch.dtype] = {}
         if loss is None:
@@ -195,6 +202,13 @@ class DistillationIteration:
             kwargs: dict = {}
         else:
             inputs, targets, args, kwargs = batch
+        if self.check_inputs and torch.is_tensor(inputs) and inputs.is_floating_point():
+            bad = int((~torch.isfinite(inputs)).sum())
+            if bad:
+                raise ValueError(
+                    f"inputs of iteration {engine.state.iteration} hold {bad} non-finite value(s) (NaN/inf) out of "
+                    f"{inputs.numel()}; expected finite images (check the preprocessing), or pass check_inputs=False."
+                )
         mask = None
         if self.mask_key is not None:
             mask = torch.as_tensor(batchdata[self.mask_key]).to(device)
