@@ -45,9 +45,8 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
-from torch import nn
 
-from medmamba.apps.deploy import FuseOnLoad, export_onnx, load_network
+from medmamba.apps.deploy import FuseOnLoad, VolumePredictor, export_onnx, load_network
 from medmamba.data.discovery import find_scans, scan_stem
 from medmamba.inferers.volume_classification import AGGREGATIONS, aggregate_slice_logits
 
@@ -132,7 +131,42 @@ def slice_lesion_labels(mask: Any, spatial_axis: int = 2, min_voxels: int = 5) -
     return labels
 
 
-class SliceLesionLabelsd(MapTransform):
+class _MaskToLabeld(MapTransform):
+    """Replace one lesion mask by the labels derived from it (the shared part of the label transforms).
+
+    Subclasses implement :meth:`labels`; ``label_key``, ``min_voxels`` and ``delete_mask`` are
+    handled here.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        min_voxels: int = 5,
+        delete_mask: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"keys must name one mask, got {list(self.keys)}.")
+        self.label_key = label_key
+        self.min_voxels = _check_positive_int("min_voxels", min_voxels)
+        self.delete_mask = bool(delete_mask)
+
+    def labels(self, key: Hashable, mask: Any) -> torch.Tensor:
+        """The labels of ``mask`` (found under ``key``)."""
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.label_key] = self.labels(key, d[key])
+            if self.delete_mask and key != self.label_key:
+                del d[key]
+        return d
+
+
+class SliceLesionLabelsd(_MaskToLabeld):
     """Replace a volume's lesion mask by its per-slice labels (for validation and evaluation).
 
     ``data[label_key]`` becomes the ``(S,)`` labels of :func:`slice_lesion_labels` (1 / 0 /
@@ -157,24 +191,15 @@ class SliceLesionLabelsd(MapTransform):
         delete_mask: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if len(self.keys) != 1:
-            raise ValueError(f"keys must name one mask, got {list(self.keys)}.")
-        self.label_key = label_key
+        super().__init__(keys, label_key, min_voxels, delete_mask, allow_missing_keys)
         self.spatial_axis = _check_axis(spatial_axis)
-        self.min_voxels = _check_positive_int("min_voxels", min_voxels)
-        self.delete_mask = bool(delete_mask)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.label_key] = slice_lesion_labels(d[key], self.spatial_axis, self.min_voxels)
-            if self.delete_mask and key != self.label_key:
-                del d[key]
-        return d
+    def labels(self, key: Hashable, mask: Any) -> torch.Tensor:
+        """Per-slice labels of the volume ``mask``."""
+        return slice_lesion_labels(mask, self.spatial_axis, self.min_voxels)
 
 
-class SampleLesionLabeld(MapTransform):
+class SampleLesionLabeld(_MaskToLabeld):
     """Replace the centre-slice mask of a 2.5D sample by its label (for training).
 
     Runs after :class:`medmamba.transforms.SliceStackd`, which leaves the centre slice ``(C, H, W)``
@@ -199,26 +224,17 @@ class SampleLesionLabeld(MapTransform):
         delete_mask: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if len(self.keys) != 1:
-            raise ValueError(f"keys must name one mask, got {list(self.keys)}.")
-        self.label_key = label_key
-        self.min_voxels = _check_positive_int("min_voxels", min_voxels)
+        super().__init__(keys, label_key, min_voxels, delete_mask, allow_missing_keys)
         self.ambiguous_value = int(ambiguous_value)
-        self.delete_mask = bool(delete_mask)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            m = torch.as_tensor(d[key])
-            if m.ndim != 3:
-                raise ValueError(f"data[{key!r}] must be a 2D slice mask (C, H, W), got shape {tuple(m.shape)}.")
-            n = int((m > 0).any(dim=0).sum())
-            value = 1 if n >= self.min_voxels else (0 if n == 0 else self.ambiguous_value)
-            d[self.label_key] = torch.tensor(value, dtype=torch.int64)
-            if self.delete_mask and key != self.label_key:
-                del d[key]
-        return d
+    def labels(self, key: Hashable, mask: Any) -> torch.Tensor:
+        """The ``int64`` scalar label of the slice mask ``mask``."""
+        m = torch.as_tensor(mask)
+        if m.ndim != 3:
+            raise ValueError(f"data[{key!r}] must be a 2D slice mask (C, H, W), got shape {tuple(m.shape)}.")
+        n = int((m > 0).any(dim=0).sum())
+        value = 1 if n >= self.min_voxels else (0 if n == 0 else self.ambiguous_value)
+        return torch.tensor(value, dtype=torch.int64)
 
 
 class RandLesionInsertd(Randomizable, MapTransform):
@@ -783,7 +799,7 @@ def rank_zero_handlers(handlers: Sequence[Any]) -> list[Any]:
 
 
 # --------------------------------------------------------------------------------------------- inference
-class VolumeClassifier:
+class VolumeClassifier(VolumePredictor):
     """Volume in, per-slice logits and volume lesion probability out.
 
     Args:
@@ -801,24 +817,14 @@ class VolumeClassifier:
         top_k: int | float = 2,
         device: str | torch.device = "cpu",
     ) -> None:
-        if not callable(network):
-            raise TypeError(f"network must be callable, got {type(network).__name__}.")
-        if not callable(inferer):
-            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        super().__init__(network, inferer, device)
         _check_aggregation(aggregation, top_k)
-        self.network = network
-        self.inferer = inferer
         self.aggregation = aggregation
         self.top_k = top_k
-        self.device = torch.device(device)
 
     def slice_logits(self, volume: torch.Tensor) -> torch.Tensor:
         """Per-slice logits ``(B, K, S)`` of volumes ``(B, C, H, W, D)``."""
-        if isinstance(self.network, nn.Module):
-            self.network.eval()
-        with torch.no_grad():
-            out = self.inferer(torch.as_tensor(volume).to(self.device), self.network)
-        out = torch.as_tensor(out).float()
+        out = torch.as_tensor(self.predict(volume)).float()
         if out.ndim != 3:
             raise ValueError(f"the inferer must return per-slice logits (B, K, S), got shape {tuple(out.shape)}.")
         return out
@@ -928,13 +934,7 @@ def classify(
         return result
 
     report = run_batch(cases, process, output_dir, input_key="image", id_key="id", report_name=report_name)
-    summary = {
-        "n_ok": report.n_ok,
-        "n_failed": report.n_failed,
-        "report": str(report.csv_path),
-        "failed": report.failed,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    summary = report.summary(time.perf_counter() - start)
     logger.info("classification: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed,
                 summary["seconds"], report.csv_path)
     return summary

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +31,7 @@ from torch import nn
 
 from medmamba.training.checkpoint import extract_state_dict, load_weights
 
-__all__ = ["FuseOnLoad", "export_onnx", "load_network"]
+__all__ = ["FuseOnLoad", "VolumePredictor", "export_onnx", "load_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,3 +256,35 @@ def export_onnx(
     report.write_text(json.dumps(doc, indent=1) + "\n")
     logger.info("export: %s; relative errors %s", onnx_path, relative)
     return doc
+
+
+class VolumePredictor:
+    """A 2D network applied to whole volumes through an inferer, in eval mode without gradients.
+
+    The shared part of the bundles' predictors (:class:`medmamba.apps.segmentation.VolumeSegmenter`,
+    :class:`medmamba.apps.classification.VolumeClassifier`).
+
+    Args:
+        network: a 2D network taking ``2k + 1``-slice stacks (eager or TorchScript).
+        inferer: e.g. :class:`medmamba.inferers.SliceStackInferer`; any ``inferer(x, network)``.
+        device: where the network runs (the volume is moved there).
+
+    Raises:
+        TypeError: ``network`` or ``inferer`` is not callable.
+    """
+
+    def __init__(self, network: Callable[..., Any], inferer: Callable[..., Any], device: str | torch.device = "cpu") -> None:
+        if not callable(network):
+            raise TypeError(f"network must be callable, got {type(network).__name__}.")
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        self.network = network
+        self.inferer = inferer
+        self.device = torch.device(device)
+
+    def predict(self, volume: torch.Tensor) -> Any:
+        """The inferer's output for a batch of volumes ``(B, C, H, W, D)``."""
+        if isinstance(self.network, nn.Module):
+            self.network.eval()
+        with torch.no_grad():
+            return self.inferer(torch.as_tensor(volume).to(self.device), self.network)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmamba.apps.deploy import FuseOnLoad, export_onnx, load_network
+from medmamba.apps.deploy import FuseOnLoad, VolumePredictor, export_onnx, load_network
 from medmamba.data.discovery import find_scans
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class FlipTTAInferer:
         return torch.log(probs.clamp_min(1e-12))
 
 
-class VolumeSegmenter:
+class VolumeSegmenter(VolumePredictor):
     """A predictor for :func:`medmamba.io.pipeline.segment_scans`: volume in, logit volume out.
 
     Args:
@@ -167,21 +167,9 @@ class VolumeSegmenter:
         device: where the network runs (the volume is moved there).
     """
 
-    def __init__(self, network: Callable[..., Any], inferer: Callable[..., Any], device: str | torch.device = "cpu") -> None:
-        if not callable(network):
-            raise TypeError(f"network must be callable, got {type(network).__name__}.")
-        if not callable(inferer):
-            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
-        self.network = network
-        self.inferer = inferer
-        self.device = torch.device(device)
-
     def __call__(self, volume: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W, D)`` of a batch of volumes ``(B, C, H, W, D)``."""
-        if isinstance(self.network, nn.Module):
-            self.network.eval()
-        with torch.no_grad():
-            return self.inferer(volume.to(self.device), self.network)
+        return self.predict(volume)
 
 
 def collate_slices(batch: Sequence[Any]) -> Any:
@@ -255,13 +243,7 @@ def segment(
         anonymous_seg=anonymous_seg,
         device=device,
     )
-    summary = {
-        "n_ok": report.n_ok,
-        "n_failed": report.n_failed,
-        "report": str(report.csv_path),
-        "failed": report.failed,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    summary = report.summary(time.perf_counter() - start)
     logger.info("segmentation: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed, summary["seconds"], report.csv_path)
     return summary
 

@@ -92,6 +92,16 @@ class BatchReport:
         """Failed case IDs and their reasons."""
         return {o.case_id: o.reason for o in self.outcomes if o.status == "failed"}
 
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """``{"n_ok", "n_failed", "report", "failed", "seconds"}``: what a bundle's ``run`` returns."""
+        return {
+            "n_ok": self.n_ok,
+            "n_failed": self.n_failed,
+            "report": str(self.csv_path),
+            "failed": self.failed,
+            "seconds": round(float(seconds), 2),
+        }
+
 
 def case_redactor(path: str | os.PathLike[str]) -> Redactor:
     """A :class:`Redactor` for the identifying values in the DICOM headers under ``path``.

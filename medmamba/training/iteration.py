@@ -202,13 +202,13 @@ class DistillationIteration:
             kwargs: dict = {}
         else:
             inputs, targets, args, kwargs = batch
-        if self.check_inputs and torch.is_tensor(inputs) and inputs.is_floating_point():
+        check = self.check_inputs and torch.is_tensor(inputs) and inputs.is_floating_point()
+        if check and not bool(torch.isfinite(inputs).all()):  # one reduction per batch; count only on failure
             bad = int((~torch.isfinite(inputs)).sum())
-            if bad:
-                raise ValueError(
-                    f"inputs of iteration {engine.state.iteration} hold {bad} non-finite value(s) (NaN/inf) out of "
-                    f"{inputs.numel()}; expected finite images (check the preprocessing), or pass check_inputs=False."
-                )
+            raise ValueError(
+                f"inputs of iteration {engine.state.iteration} hold {bad} non-finite value(s) (NaN/inf) out of "
+                f"{inputs.numel()}; expected finite images (check the preprocessing), or pass check_inputs=False."
+            )
         mask = None
         if self.mask_key is not None:
             mask = torch.as_tensor(batchdata[self.mask_key]).to(device)
