@@ -28,6 +28,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "default"
@@ -125,34 +129,26 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
     return stages
 
 
-def run_stage(stage: Stage, log_dir: Path, echo: bool) -> None:
-    """Run one stage; its output goes to its log (and to the terminal when ``echo``)."""
+def run_stage(stage: Stage, log_dir: Path) -> None:
+    """Run one stage; its output (with the engines' progress bars) goes to its log."""
     slug = "_".join(stage.name.replace(",", "").replace("+", "").split()[:2]).lower()
     log = log_dir / f"{stage.bundle}_{slug}.log"
     stage.log = log
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen(stage.argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if echo:
-                sys.stdout.write(line)
-            f.write(line)
-        proc.wait()
+        proc = subprocess.run(stage.argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     stage.seconds = time.perf_counter() - t0
     stage.returncode = proc.returncode
     stage.ok = proc.returncode == 0 and all(p.exists() for p in stage.outputs)
 
 
-def run_chain(stages: list[Stage], log_dir: Path, bar: "tqdm | None", echo: bool) -> None:  # noqa: F821
+def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm) -> None:
     """Run the stages of one bundle in order, stopping at the first failure."""
     for stage in stages:
-        if bar is not None:
-            bar.set_postfix_str(stage.name)
-        run_stage(stage, log_dir, echo)
-        if bar is not None:
-            bar.update(1)
+        bar.set_postfix_str(stage.name)
+        run_stage(stage, log_dir)
+        bar.update(1)
         if not stage.ok:
             return
 
@@ -227,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = Stage("data", "make default data", [sys.executable, "-m", "medmamba.data", "make-default"], [DATA])
     print(f"[data] making the default data set (log: {log_dir.relative_to(ROOT)}/data_make_default.log)", flush=True)
-    run_stage(data, log_dir, echo=False)
+    run_stage(data, log_dir)
     if not data.ok:
         print_summary([data], time.perf_counter() - t0)
         return 1
@@ -248,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.sequential:
         for name, chain in chains.items():
-            run_chain(chain, log_dir, bars[name], echo=False)
+            run_chain(chain, log_dir, bars[name])
     else:
         threads = [
-            threading.Thread(target=run_chain, args=(chain, log_dir, bars[name], False), daemon=True)
+            threading.Thread(target=run_chain, args=(chain, log_dir, bars[name]), daemon=True)
             for name, chain in chains.items()
         ]
         for t in threads:
