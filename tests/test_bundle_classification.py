@@ -102,6 +102,28 @@ def test_stack_lesion_insertion_marks_the_middle_slice_and_changes_only_the_lesi
         insert({"image": image, "lesion": lesion})
 
 
+def test_lesion_insertion_stays_within_the_input_value_range():
+    # a normalised stack whose top values are the clip level: a bright lesion must not go past it
+    rng = torch.Generator().manual_seed(1)
+    image = (1.0 + 0.1 * torch.randn(3, 32, 32, generator=rng)).clamp(max=1.1)
+    image[:, :2] = -2.0  # "air": the lowest value
+    tissue = torch.zeros(1, 32, 32)
+    tissue[0, 4:28, 4:28] = 3
+    data = {"image": image, "lesion": torch.zeros(1, 32, 32), "tissue": tissue}
+    kwargs = dict(prob=1.0, radius=(3.0, 3.0), dark_prob=0.0, bright_factor=(1.6, 1.6))
+    clipped = RandStackLesionInsertd("image", mask_key="lesion", tissue_key="tissue", **kwargs)
+    clipped.set_random_state(0)
+    raw = RandStackLesionInsertd("image", mask_key="lesion", tissue_key="tissue", clip=False, **kwargs)
+    raw.set_random_state(0)
+    a, b = clipped(data), raw(data)
+    assert torch.equal(a["lesion"], b["lesion"]) and a["lesion"].sum() >= 5  # the same lesion
+    assert float(b["image"].max()) > 1.5  # unclipped: far above anything in the scan (ref + 1.6 (wm - ref))
+    assert float(a["image"].max()) == pytest.approx(float(image.max()))
+    assert float(a["image"].min()) >= float(image.min())
+    inside = a["lesion"][0] > 0
+    assert float(a["image"][1][inside].mean()) > float(image[1][inside].mean())  # still hyperintense
+
+
 def test_lesion_metric_slice_and_volume_values():
     # two volumes of 4 slices: logits (B, 2, S) with log-odds = logit1 - logit0
     z = torch.tensor([[-3.0, 2.0, 1.0, -1.0], [-2.0, -1.5, -0.5, -4.0]])
