@@ -182,6 +182,32 @@ def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
     assert student["teacher_def"] == teacher["network_def"]
 
 
+def test_every_config_normalises_intensities_the_same_way():
+    from monai.bundle import ConfigParser
+
+    uppers = {}
+    for name in ("train", "train_teacher", "evaluate", "inference"):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / f"{name}.json"))
+        found = []
+
+        def walk(node, path):
+            if isinstance(node, dict):
+                if node.get("_target_") == "medmamba.transforms.MRNormalized":
+                    found.append(path)
+                for k, v in node.items():
+                    walk(v, f"{path}#{k}")
+            elif isinstance(node, list):
+                for i, v in enumerate(node):
+                    walk(v, f"{path}#{i}")
+
+        walk(parser.get(), "")
+        assert found, name
+        uppers[name] = {parser.get_parsed_content(p[1:] + "#upper", instantiate=False) for p in found}
+    # one clip level everywhere, and high enough to keep hyperintense lesions above white matter
+    assert all(u == {99.9} for u in uppers.values()), uppers
+
+
 def test_fuse_on_load_gives_the_fused_network_with_equal_outputs():
     torch.manual_seed(0)
     net = FusedMobileMamba("t2", in_channels=3, num_classes=2, distillation=True, **TINY_NET)
