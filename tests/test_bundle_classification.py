@@ -538,3 +538,13 @@ def test_stack_lesion_insertion_with_isolated_white_matter_stays_finite():
     insert.set_random_state(0)
     out = insert({"image": image, "lesion": torch.zeros(1, 16, 16), "tissue": tissue})
     assert torch.isfinite(out["image"]).all() and out["lesion"][0, 8, 8] == 1
+
+
+def test_lesion_probe_refuses_the_test_split():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lesion_probe", REPO / "benchmarks" / "lesion_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match="split='test'"):
+        module.probe("unused.pt", split="test")
