@@ -13,8 +13,8 @@ probe asks the question directly, on anatomy the network was not trained on:
 3. it reports, per lesion kind, the ROC AUC of "with lesion" against "without" over all stacks and
    the *paired win rate* (how often the same stack scores higher with the lesion than without);
    a classifier that sees lesions has both near 1, one that sees anatomy has an AUC near 0.5;
-4. and, for reference, the real subjects' volume scores (mean of the two highest slice log-odds,
-   the bundle's default aggregation) and their volume AUC.
+4. and, for reference, the real subjects' volume scores (the bundle's ``aggregation`` of the slice
+   log-odds, by default the mean of the two highest) and their volume AUC.
 
 Usage::
 
@@ -39,9 +39,12 @@ BUNDLE = REPO / "bundles" / "mobilemamba_classification"
 
 
 def _log_odds(net: torch.nn.Module, stacks: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """Lesion log-odds of ``(N, 2k + 1, H, W)`` stacks, ``batch`` at a time."""
+    from medmamba.apps.classification import lesion_log_odds
+
     with torch.no_grad():
         out = torch.cat([net(stacks[i : i + batch]) for i in range(0, len(stacks), batch)])
-    return (out[:, 1] - out[:, 0]).float()
+    return lesion_log_odds(out)
 
 
 def _auc(labels: list[int], scores: list[float]) -> float | None:
@@ -74,7 +77,8 @@ def probe(
     import monai
     from monai.bundle import ConfigParser
 
-    from medmamba.apps.classification import RandStackLesionInsertd
+    from medmamba.apps.classification import RandStackLesionInsertd, volume_log_odds
+    from medmamba.transforms import stack_slices
 
     if split == "test":
         raise ValueError("split='test': the probe is a diagnostic for model development; run it on training or validation.")
@@ -83,6 +87,7 @@ def probe(
     parser["bundle_root"] = str(bundle)
     parser.parse()
     context = int(parser.get_parsed_content("context"))
+    aggregation, top_k = parser.get_parsed_content("aggregation"), parser.get_parsed_content("top_k")
     # the training volume steps (they keep the tissue labels) + the normalisation, without the random bias field
     steps = list(parser.get_parsed_content("train#volume_transforms"))
     steps += [t for t in parser.get_parsed_content("train#random_transforms") if type(t).__name__ == "MRNormalized"]
@@ -99,11 +104,10 @@ def probe(
         lesion = torch.as_tensor(d[mask_key])[0] > 0
         tissue = torch.as_tensor(d[tissue_key])[0]
         depth = x.shape[-1]
-        offsets = range(-context, context + 1)
-        idx = torch.arange(depth)
-        stacks = torch.stack([x[..., (idx + o).clamp(0, depth - 1)] for o in offsets], 0).permute(3, 0, 1, 2)
-        z = _log_odds(net, stacks.contiguous())
-        real.append({"id": item.get("id", ""), "label": int(lesion.any()), "volume_log_odds": float(z.topk(2).values.mean())})
+        stacks = stack_slices(x[None, None], range(depth), spatial_axis=2, context=context)[0]  # (S, 2k+1, H, W)
+        z = _log_odds(net, stacks)
+        score = float(volume_log_odds(z, aggregation, top_k))
+        real.append({"id": item.get("id", ""), "label": int(lesion.any()), "volume_log_odds": score})
         wm = (tissue == 3).sum((0, 1))
         near = torch.nn.functional.max_pool1d(lesion.sum((0, 1)).float()[None, None], 2 * context + 1, 1, context)[0, 0]
         candidates = [s for s in range(context, depth - context) if wm[s] >= 300 and near[s] == 0]
