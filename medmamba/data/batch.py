@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medmamba.data.dicom_scan import read_dicom_file, scan_dicom_folder
+from medmamba.data.discovery import scan_stem
 from medmamba.data.loading import is_nifti_path
 from medmamba.data.privacy import Redactor, identifying_values
 from medmamba.io.results import write_results_csv, write_results_json
@@ -152,13 +153,6 @@ def _case_input(item: Any, input_key: str) -> tuple[Path, Mapping[str, Any]]:
     raise TypeError(f"each case must be a path or a mapping with key {input_key!r}, got {item!r:.80}")
 
 
-def _strip_suffix(name: str) -> str:
-    for suffix in (".nii.gz", ".nii", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _base_id(item: Mapping[str, Any], path: Path, id_key: str, index: int, common: Path | None) -> str:
     raw = item.get(id_key)
     if raw is None:
@@ -168,7 +162,7 @@ def _base_id(item: Mapping[str, Any], path: Path, id_key: str, index: int, commo
                 rel = path.absolute().relative_to(common).parts
             except ValueError:
                 rel = path.parts
-        raw = "_".join([*rel[:-1], _strip_suffix(rel[-1])]) if rel else _strip_suffix(path.name)
+        raw = "_".join([*rel[:-1], scan_stem(rel[-1])]) if rel else scan_stem(path.name)
     safe = _SAFE_ID.sub("_", str(raw)).strip("._")
     return safe or f"case-{index:04d}"
 
