@@ -107,14 +107,23 @@ def test_cases() -> tuple[Path, Path]:
     return dicom, DATA / nifti_case["image"]
 
 
+#: Compute threads of each bundle's student training. The classification student is the longest
+#: stage of the job; it starts while the segmentation chain still runs (the two then share the two
+#: cores) and has both cores to itself once that chain is done.
+STUDENT_THREADS = {"classification": 2, "segmentation": 1}
+
+
 def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
     """The stages of one bundle, in order."""
     models, out = bundle / "models", bundle / "eval"
     stages: list[Stage] = []
     if not skip_teacher:
         stages.append(Stage(name, "train teacher", bundle_run(bundle, "train_teacher.json"), [models / "teacher.pt"]))
+    threads = ("--num_threads", str(STUDENT_THREADS.get(name, 1)))
     stages.append(
-        Stage(name, "train student (KD)", bundle_run(bundle, "train.json"), [models / "model.pt", models / "model_ema.pt"])
+        Stage(
+            name, "train student (KD)", bundle_run(bundle, "train.json", *threads), [models / "model.pt", models / "model_ema.pt"]
+        )
     )
     stages.append(Stage(name, "evaluate (test)", bundle_run(bundle, "evaluate.json"), [out / "metrics.json"]))
     stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle), [models / "model.ts"]))
@@ -135,6 +144,7 @@ def run_stage(stage: Stage, log_dir: Path) -> None:
     log = log_dir / f"{stage.bundle}_{slug}.log"
     stage.log = log
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning on a shared core
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
         proc = subprocess.run(stage.argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)

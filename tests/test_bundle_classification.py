@@ -186,7 +186,7 @@ def test_every_config_normalises_intensities_the_same_way():
     from monai.bundle import ConfigParser
 
     uppers = {}
-    for name in ("train", "train_teacher", "evaluate", "inference"):
+    for name in ("train", "train_teacher", "train_slice_labels", "evaluate", "inference"):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / f"{name}.json"))
         found = []
@@ -308,16 +308,14 @@ def _train_overrides(**extra):
 def trained(tiny_data, tmp_path_factory):
     """Teacher then distilled student, each one epoch with tiny networks; returns the bundle root."""
     root = tmp_path_factory.mktemp("cls_bundle")
-    teacher = _workflow("train_teacher.json", root, tiny_data, **_train_overrides(**_tiny_overrides()))
+    teacher = _workflow("train_teacher.json", root, tiny_data, **_train_overrides())
     teacher.initialize()
     assert teacher.check_properties() == []
     teacher.run()
     teacher.finalize()
     assert (root / "models" / "teacher.pt").is_file()
 
-    student = _workflow(
-        "train.json", root, tiny_data, **_train_overrides(**_tiny_overrides(), **_tiny_overrides("teacher_def"))
-    )
+    student = _workflow("train.json", root, tiny_data, **_train_overrides(**_tiny_overrides("network_def#network")))
     student.initialize()
     assert student.check_properties() == []
     assert student.max_epochs == 1  # a property read through the workflow
@@ -333,7 +331,10 @@ def test_training_writes_checkpoints_logs_and_distils(trained):
     models = root / "models"
     assert {p.name for p in models.iterdir()} >= {"teacher.pt", "teacher_ema.pt", "model.pt", "model_ema.pt"}
     state = torch.load(models / "model.pt", weights_only=True)
-    assert any(k.startswith("head_dist") for k in state)  # the student has its distillation head
+    # the lesion-map classifier around a MobileMambaSeg with 5 dense classes (background, 3 tissues, lesion)
+    assert state["network.head.weight"].shape[0] == 5 and any(k.startswith("network.encoder.") for k in state)
+    teacher = torch.load(models / "teacher.pt", weights_only=True)
+    assert not any(k.startswith("network.encoder.") for k in teacher)  # the teacher is MONAI's UNet
     ema = torch.load(models / "model_ema.pt", weights_only=True)
     assert ema.keys() == state.keys()
     assert list((root / "logs").glob("events.out.tfevents.*"))
@@ -364,12 +365,12 @@ def test_evaluate_writes_flat_metrics(trained, tiny_data):
 def test_verify_net_in_out(trained):
     from monai.bundle import verify_net_in_out
 
-    for config in ("train.json", "inference.json"):
+    for config, name in (("train.json", "network_def#network"), ("inference.json", "network_def")):
         verify_net_in_out(net_id="network_def", meta_file=META, config_file=str(CONFIGS / config), device="cpu",
-                          n=1, **_tiny_overrides())
-    with pytest.raises(ValueError, match="output channel number"):
+                          n=1, **_tiny_overrides(name))
+    with pytest.raises(ValueError, match="in_channels=1"):
         verify_net_in_out(net_id="network_def", meta_file=META, config_file=str(CONFIGS / "inference.json"),
-                          device="cpu", n=1, num_classes=3, **_tiny_overrides())
+                          device="cpu", n=1, in_channels=1, **_tiny_overrides())
 
 
 @pytest.fixture(scope="module")
@@ -394,11 +395,11 @@ def exported(trained):
 def test_exported_models_equal_the_eager_fused_network(exported):
     import onnxruntime as ort
 
-    from medmamba.networks import MobileMamba, fuse_norms
+    from medmamba.networks import LesionMapClassifier, MobileMambaSeg, fuse_norms
     from medmamba.training import load_weights
 
     models = exported / "models"
-    eager = load_weights(MobileMamba("t2", in_channels=3, num_classes=2, distillation=True, **TINY_NET),
+    eager = load_weights(LesionMapClassifier(MobileMambaSeg("t2", in_channels=3, out_channels=5, **TINY_NET)),
                          str(models / "model.pt"))
     fused = fuse_norms(eager)
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -507,7 +508,8 @@ def test_classify_names_a_single_dicom_series_after_its_subject(tiny_data, tmp_p
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     root = tmp_path / "ddp"
     # one training volume per process and batch; no teacher (the student's own recipe under DDP)
-    overrides = _train_overrides(**_tiny_overrides(), volumes_per_batch=1, **{"distillation#teacher": "$None"})
+    overrides = _train_overrides(**_tiny_overrides("network_def#network"), volumes_per_batch=1,
+                                 **{"distillation#teacher": "$None"})
     args = []
     for key, value in {**overrides, "bundle_root": str(root), "dataset_dir": str(tiny_data["data"]),
                        "datalist": str(tiny_data["datalist"])}.items():

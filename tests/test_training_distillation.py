@@ -169,3 +169,22 @@ def test_segmentation_distillation_with_deep_supervision_list():
     plain = SegmentationDistillationLoss(weight=2.0)  # DiceCE: only the full-resolution output
     base = DiceCELoss(to_onehot_y=True, softmax=True)(full, y)
     assert plain.compute([full, aux], y, t)["loss_base"].item() == pytest.approx(base.item(), rel=1e-6)
+
+
+def test_segmentation_kd_skips_ignored_classes():
+    from medmamba.training import SegmentationDistillationLoss
+    from medmamba.training.distillation import pixelwise_distillation
+
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 5, 4, 4, generator=g)
+    teacher = torch.randn(2, 5, 4, 4, generator=g)
+    target = torch.randint(0, 4, (2, 1, 4, 4), generator=g)
+    target[0, 0, :2, :2] = 4  # lesion pixels: learnt from the labels only
+    loss = SegmentationDistillationLoss(weight=1.0, ignore_classes=[4])
+    kd = loss.compute(student, target, teacher)["loss_kd"]
+    expected = pixelwise_distillation(student, teacher, 1.0, target[:, 0] != 4)
+    assert torch.allclose(kd, expected)
+    everywhere = SegmentationDistillationLoss(weight=1.0).compute(student, target, teacher)["loss_kd"]
+    assert not torch.allclose(kd, everywhere)
+    with pytest.raises(ValueError, match="ignore_classes must be a sequence of non-negative class indices"):
+        SegmentationDistillationLoss(ignore_classes=[-1])

@@ -58,8 +58,10 @@ __all__ = [
     "CLASS_NAMES",
     "ClassificationReport",
     "FuseOnLoad",
+    "FusedLesionMapClassifier",
     "FusedMobileMamba",
     "LesionMetric",
+    "LesionTissueLabeld",
     "RandLesionInsertd",
     "RandStackLesionInsertd",
     "SampleLesionLabeld",
@@ -235,6 +237,51 @@ class SampleLesionLabeld(_MaskToLabeld):
         n = int((m > 0).any(dim=0).sum())
         value = 1 if n >= self.min_voxels else (0 if n == 0 else self.ambiguous_value)
         return torch.tensor(value, dtype=torch.int64)
+
+
+class LesionTissueLabeld(MapTransform):
+    """Write the lesion mask into a tissue label map as one more class (the dense training target).
+
+    The lesion-map classifier (:class:`medmamba.networks.LesionMapClassifier` on a
+    :class:`~medmamba.networks.MobileMambaSeg`) is trained as a segmentation network on tissue *and*
+    lesion classes: background, the tissues of the label map, and lesion on top. The tissue classes
+    cost nothing (the default data set ships them) and teach the network the anatomy a lesion has
+    to stand out from. The result replaces ``keys`` (the tissue map); voxels of the mask become
+    ``lesion_value``.
+
+    Args:
+        keys: the tissue label map key (one; updated).
+        lesion_key: the lesion mask key (read; non-zero voxels are lesion).
+        lesion_value: the lesion class index (default 4: after background, CSF, GM, WM).
+        allow_missing_keys: leave data without ``keys`` unchanged.
+
+    Raises:
+        ValueError: more than one key, ``lesion_value < 1``, or a mask whose shape differs from the
+            label map's.
+    """
+
+    def __init__(self, keys: KeysCollection, lesion_key: str = "lesion", lesion_value: int = 4, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"keys must name one label map, got {list(self.keys)}.")
+        self.lesion_key = lesion_key
+        self.lesion_value = _check_positive_int("lesion_value", lesion_value)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.lesion_key not in d:
+                raise KeyError(f"LesionTissueLabeld needs the lesion mask {self.lesion_key!r} in the data.")
+            tissue = torch.as_tensor(d[key])
+            lesion = torch.as_tensor(d[self.lesion_key])
+            if tuple(tissue.shape) != tuple(lesion.shape):
+                raise ValueError(
+                    f"data[{self.lesion_key!r}] has shape {tuple(lesion.shape)}, expected the label map's {tuple(tissue.shape)}."
+                )
+            merged = tissue.clone()
+            merged[lesion > 0] = self.lesion_value
+            d[key] = _like(d[key], merged.cpu().numpy())
+        return d
 
 
 class RandLesionInsertd(Randomizable, MapTransform):
@@ -795,6 +842,38 @@ class FusedMobileMamba(FuseOnLoad):
         from medmamba.networks import MobileMamba
 
         super().__init__(MobileMamba(variant, **kwargs), strict=strict)
+
+
+class FusedLesionMapClassifier(FuseOnLoad):
+    """:class:`FuseOnLoad` around ``LesionMapClassifier(MobileMambaSeg(variant, **kwargs))``.
+
+    The deployable form of the bundle's lesion-map classifier: it takes ``MobileMambaSeg``'s own
+    arguments (so ``--network_def#variant t4`` works in ``inference.json`` / ``evaluate.json`` as in
+    ``train.json``) plus the pooling of :class:`medmamba.networks.LesionMapClassifier`, loads the
+    unfused checkpoint the training saves (the classifier's state dict) and folds every BatchNorm.
+
+    Args:
+        variant: MobileMamba variant of the encoder.
+        lesion_channel: index of the lesion class in the segmentation output.
+        pooling: ``"max"``, ``"topk"`` or ``"mean"`` (see ``LesionMapClassifier``).
+        top_k: pixels averaged by ``"topk"``.
+        strict: ``strict`` of ``fuse_norms``.
+        kwargs: the other ``MobileMambaSeg`` arguments (``in_channels``, ``out_channels``, ...).
+    """
+
+    def __init__(
+        self,
+        variant: str = "t2",
+        lesion_channel: int = -1,
+        pooling: str = "max",
+        top_k: int = 16,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        from medmamba.networks import LesionMapClassifier, MobileMambaSeg
+
+        network = LesionMapClassifier(MobileMambaSeg(variant, **kwargs), lesion_channel, pooling, top_k)
+        super().__init__(network, strict=strict)
 
 
 def rank_zero_handlers(handlers: Sequence[Any]) -> list[Any]:

@@ -10,11 +10,13 @@ from .convert import (
 )
 from .fusion import fuse_norms
 from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
+from .nets.lesion_map import LesionMapClassifier
 from .nets.segmentation import MobileMambaSeg
 from .selective_scan import selective_scan
 
 __all__ = [
     "MOBILEMAMBA_VARIANTS",
+    "LesionMapClassifier",
     "MobileMamba",
     "MobileMambaBlock",
     "MobileMambaSeg",

@@ -277,6 +277,8 @@ class SegmentationDistillationLoss(nn.Module):
         region: ``None`` (every pixel) or ``"foreground"`` (pixels whose label is non-zero; the
             labels must be indices ``(B, 1, *spatial)`` or one-hot ``(B, C, *spatial)`` with channel
             0 the background). An explicit ``mask`` passed to :meth:`forward` takes precedence.
+        ignore_classes: label values whose pixels are not distilled (learnt from the labels only),
+            e.g. a lesion class the teacher is weaker at than the labels; combined with ``region``.
 
         base_takes_list: whether ``base_loss`` receives a deep-supervision list of outputs whole;
             ``None`` (default): when it is a MONAI ``DeepSupervisionLoss``.
@@ -296,10 +298,16 @@ class SegmentationDistillationLoss(nn.Module):
         weight: float = 1.0,
         region: str | None = None,
         base_takes_list: bool | None = None,
+        ignore_classes: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if region not in self._REGIONS:
             raise ValueError(f"region must be one of {self._REGIONS}, got {region!r}.")
+        if isinstance(ignore_classes, (str, bytes)) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ignore_classes
+        ):
+            raise ValueError(f"ignore_classes must be a sequence of non-negative class indices, got {ignore_classes!r}.")
+        self.ignore_classes = tuple(int(c) for c in ignore_classes)
         if float(weight) < 0:
             raise ValueError(f"weight must be >= 0, got {weight}.")
         if base_loss is None:
@@ -317,12 +325,16 @@ class SegmentationDistillationLoss(nn.Module):
         self.region = region
 
     def region_mask(self, target: torch.Tensor) -> torch.Tensor | None:
-        """The distillation region implied by ``region`` and the labels (``None``: everywhere)."""
-        if self.region is None:
-            return None
-        if target.shape[1] == 1:
-            return target[:, 0] != 0
-        return target[:, 1:].sum(dim=1) > 0
+        """The distillation region implied by ``region``, ``ignore_classes`` and the labels (``None``: everywhere)."""
+        mask: torch.Tensor | None = None
+        if self.region is not None:
+            mask = target[:, 0] != 0 if target.shape[1] == 1 else target[:, 1:].sum(dim=1) > 0
+        if self.ignore_classes:
+            labels = target[:, 0].round().long() if target.shape[1] == 1 else target.argmax(dim=1)
+            ignored = torch.tensor(self.ignore_classes, device=labels.device)
+            keep = ~torch.isin(labels, ignored)
+            mask = keep if mask is None else mask & keep
+        return mask
 
     def compute(
         self,

@@ -1,0 +1,96 @@
+"""LesionMapClassifier: slice classification pooled from a dense lesion map (multiple-instance pooling).
+
+A small lesion covers a few dozen of the ~16 000 pixels of a slice. A classifier trained on
+slice-level labels alone has to discover those pixels from a one-bit signal per slice, and on small
+data sets it learns which slices tend to hold lesions (anatomy) instead of what a lesion looks
+like. When lesion masks are available for training (or synthetic lesions are inserted, see
+:class:`medmamba.apps.classification.RandStackLesionInsertd`), the network can be trained densely, as
+a segmentation network, and the slice decision read off its lesion map: the slice is as lesioned as
+its most lesioned pixels. This is multiple-instance pooling (a slice is a bag of pixel instances,
+positive when any instance is), the max-pooling form used for weakly supervised lesion detection.
+
+The wrapper keeps the classification interface of the rest of the toolkit: ``(B, 2)`` logits, so
+:func:`medmamba.apps.classification.lesion_log_odds`, the volume aggregation, the metrics, fusion
+and TorchScript / ONNX export work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["LesionMapClassifier"]
+
+_POOLINGS = ("max", "topk", "mean")
+
+
+class LesionMapClassifier(nn.Module):
+    """Slice classifier on top of a segmentation network: pooled lesion log-odds as ``(B, 2)`` logits.
+
+    The segmentation network returns logits ``(B, C, H, W)`` (``C >= 2``), channel
+    ``lesion_channel`` being the lesion class and the others "not lesion" (background, or tissue
+    classes). Per pixel the lesion log-odds are ``z_lesion - logsumexp(z_others)``; the slice score
+    ``s`` pools them over the image (``"max"``; ``"topk"``: the mean of the ``top_k`` highest;
+    ``"mean"``) and the classifier returns ``[0, s]``, whose softmax is ``[1 - sigmoid(s),
+    sigmoid(s)]``.
+
+    Args:
+        network: the segmentation network (e.g. :class:`~medmamba.networks.MobileMambaSeg`). It
+            must return one logits tensor in eval mode; in training mode a list (deep supervision)
+            is accepted and its first element used.
+        lesion_channel: index of the lesion class in the network's output (negative counts from
+            the end).
+        pooling: ``"max"``, ``"topk"`` or ``"mean"``.
+        top_k: pixels averaged by ``"topk"``.
+
+    Raises:
+        TypeError: ``network`` is not an ``nn.Module``.
+        ValueError: unknown ``pooling``, ``top_k < 1``, or an output with fewer than two channels
+            (at call time).
+
+    Example::
+
+        seg = MobileMambaSeg("t2", in_channels=3, out_channels=5)   # background, 3 tissues, lesion
+        clf = LesionMapClassifier(seg, lesion_channel=-1)
+        logits = clf(torch.randn(4, 3, 128, 128))                  # (4, 2)
+    """
+
+    def __init__(self, network: nn.Module, lesion_channel: int = -1, pooling: str = "max", top_k: int = 16) -> None:
+        super().__init__()
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
+        if pooling not in _POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is not valid; expected one of {_POOLINGS}.")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k={top_k!r} is not valid; expected a positive integer.")
+        self.network = network
+        channels = getattr(network, "in_channels", None)
+        #: the wrapped network's ``in_channels`` (``-1`` if it has none), read by ``SliceStackInferer``.
+        self.in_channels: int = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
+        self.lesion_channel = int(lesion_channel)
+        self.pooling = pooling
+        self.top_k = top_k
+
+    def lesion_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel lesion log-odds ``(B, H, W)`` of an input ``(B, C_in, H, W)``."""
+        out = self.network(x)
+        if isinstance(out, list):
+            out = out[0]
+        channels = out.shape[1]
+        if channels < 2:
+            raise ValueError(f"the segmentation network returned {channels} channel(s); expected at least 2 (lesion and not lesion).")
+        lesion = self.lesion_channel % channels
+        others = torch.cat([out[:, :lesion], out[:, lesion + 1 :]], dim=1)
+        return out[:, lesion] - torch.logsumexp(others, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Slice logits ``(B, 2)``: ``[0, pooled lesion log-odds]``."""
+        z = self.lesion_map(x).flatten(1)
+        if self.pooling == "max":
+            score = z.max(dim=1).values
+        elif self.pooling == "topk":
+            k = min(self.top_k, z.shape[1])
+            score = z.topk(k, dim=1).values.mean(dim=1)
+        else:
+            score = z.mean(dim=1)
+        return torch.stack([torch.zeros_like(score), score], dim=1)
