@@ -54,11 +54,18 @@ def _auc(labels: list[int], scores: list[float]) -> float | None:
 
 
 def load_classifier(ckpt: str, variant: str, in_channels: int) -> torch.nn.Module:
-    """A MobileMamba classifier from a bundle checkpoint (with or without the distillation head)."""
-    from medmamba.networks import MobileMamba
+    """The classifier of a bundle checkpoint: the lesion-map classifier (``LesionMapClassifier`` around
+    ``MobileMambaSeg``, ``train.json``) or a slice-label MobileMamba (``train_slice_labels.json``, with
+    or without the distillation head)."""
+    from medmamba.networks import LesionMapClassifier, MobileMamba, MobileMambaSeg
 
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     state = state.get("model", state)
+    if "network.head.weight" in state:
+        seg = MobileMambaSeg(variant, in_channels=in_channels, out_channels=int(state["network.head.weight"].shape[0]))
+        net = LesionMapClassifier(seg)
+        net.load_state_dict(state)
+        return net.eval()
     distillation = any(k.startswith("head_dist.") for k in state)
     net = MobileMamba(variant, spatial_dims=2, in_channels=in_channels, num_classes=2, distillation=distillation)
     net.load_state_dict(state)
@@ -83,7 +90,7 @@ def probe(
     if split == "test":
         raise ValueError("split='test': the probe is a diagnostic for model development; run it on training or validation.")
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train_teacher.json"))
+    parser.read_config(str(bundle / "configs" / "train.json"))
     parser["bundle_root"] = str(bundle)
     parser.parse()
     context = int(parser.get_parsed_content("context"))

@@ -28,6 +28,7 @@ from medmamba.apps.classification import (
     FusedMobileMamba,
     FuseOnLoad,
     LesionMetric,
+    LesionTissueLabeld,
     RandStackLesionInsertd,
     SampleLesionLabeld,
     SliceLesionLabelsd,
@@ -122,6 +123,21 @@ def test_lesion_insertion_stays_within_the_input_value_range():
     assert float(a["image"].min()) >= float(image.min())
     inside = a["lesion"][0] > 0
     assert float(a["image"][1][inside].mean()) > float(image[1][inside].mean())  # still hyperintense
+
+
+def test_lesion_tissue_labels_put_the_lesion_on_top_of_the_tissues():
+    tissue = torch.tensor([[[0.0, 1.0, 2.0], [3.0, 3.0, 2.0]]])  # (1, 2, 3)
+    lesion = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
+    out = LesionTissueLabeld("label", lesion_key="lesion", lesion_value=4)({"label": tissue, "lesion": lesion})
+    assert out["label"].tolist() == [[[0.0, 1.0, 4.0], [4.0, 3.0, 2.0]]]
+    assert tissue[0, 0, 2] == 2.0  # the input is not modified
+    assert torch.equal(out["lesion"], lesion)
+    with pytest.raises(ValueError, match="expected the label map's"):
+        LesionTissueLabeld("label")({"label": tissue, "lesion": torch.zeros(1, 3, 3)})
+    with pytest.raises(KeyError, match="lesion mask 'lesion'"):
+        LesionTissueLabeld("label")({"label": tissue})
+    with pytest.raises(ValueError, match="lesion_value"):
+        LesionTissueLabeld("label", lesion_value=0)
 
 
 def test_lesion_metric_slice_and_volume_values():
