@@ -182,9 +182,14 @@ def test_segmentation_kd_skips_ignored_classes():
     target[0, 0, :2, :2] = 4  # lesion pixels: learnt from the labels only
     loss = SegmentationDistillationLoss(weight=1.0, ignore_classes=[4])
     kd = loss.compute(student, target, teacher)["loss_kd"]
-    expected = pixelwise_distillation(student, teacher, 1.0, target[:, 0] != 4)
+    # the lesion pixels are not distilled, and the lesion channel is left out of the KL
+    expected = pixelwise_distillation(student[:, :4], teacher[:, :4], 1.0, target[:, 0] != 4)
     assert torch.allclose(kd, expected)
     everywhere = SegmentationDistillationLoss(weight=1.0).compute(student, target, teacher)["loss_kd"]
     assert not torch.allclose(kd, everywhere)
+    # a teacher that differs from the student only in the ignored channel distils nothing
+    same = student.clone()
+    same[:, 4] = teacher[:, 4]
+    assert float(loss.compute(student, target, same)["loss_kd"]) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="ignore_classes must be a sequence of non-negative class indices"):
         SegmentationDistillationLoss(ignore_classes=[-1])
