@@ -280,9 +280,9 @@ class SegmentationDistillationLoss(nn.Module):
         ignore_classes: classes the teacher is not consulted about (learnt from the labels only),
             e.g. a lesion class the teacher is weaker at than the labels: their pixels are not
             distilled (combined with ``region``) and their channels are left out of the pixel-wise
-            KL, which compares the distributions over the other classes. Without the second part a
-            teacher with a flat lesion channel pulls the student's lesion channel flat everywhere
-            else (measured: the student's lesion map stayed at p 0.13-0.18 on every pixel).
+            KL, which compares the distributions over the other classes (so a teacher that is
+            unsure about the lesion class everywhere does not pull the student's lesion channel
+            towards its own values on the other pixels).
 
         base_takes_list: whether ``base_loss`` receives a deep-supervision list of outputs whole;
             ``None`` (default): when it is a MONAI ``DeepSupervisionLoss``.
