@@ -150,7 +150,11 @@ class Bundle:
 
 
 def load_bundle(nb: Notebook, name: str) -> Bundle | None:
-    """The trained network of ``bundles/<name>``, or ``None`` when ``models/model.pt`` is missing.
+    """The trained network of ``bundles/<name>``, or ``None`` when its weights are missing.
+
+    The weights are the ones the bundle deploys: the ``ckpt_file`` (or ``ckpt_path``) of its
+    inference config (the classification bundle's ``models/model_ema.pt``, the segmentation bundle's
+    ``models/model.pt``).
 
     The configuration is the bundle's ``train`` config with its ``inference`` config on top (as
     ``monai.bundle run --config_file "['train.json', 'inference.json']"`` merges them), so that both
@@ -163,18 +167,22 @@ def load_bundle(nb: Notebook, name: str) -> Bundle | None:
     from medmamba.training.checkpoint import extract_state_dict
 
     root = nb.bundles / name
-    weights = root / "models" / "model.pt"
-    if not weights.is_file():
-        return None
     files = []
     for stem in ("train", "inference"):
         found = [root / "configs" / f"{stem}.{ext}" for ext in ("json", "yaml", "yml")]
         files += [str(f) for f in found if f.is_file()][:1]
     if not files:
-        raise FileNotFoundError(f"{root} has weights but no configs/train|inference.json")
+        if (root / "models" / "model.pt").is_file():
+            raise FileNotFoundError(f"{root} has weights but no configs/train|inference.json")
+        return None
     parser = ConfigParser()
     parser.read_config(files)
     parser["bundle_root"] = str(root)
+    # the weights the bundle deploys: its inference config's checkpoint (ckpt_file / ckpt_path)
+    key = next((k for k in ("ckpt_file", "ckpt_path") if k in parser), None)
+    weights = Path(parser.get_parsed_content(key)) if key else root / "models" / "model.pt"
+    if not weights.is_file():
+        return None
     if "device" in parser:
         parser["device"] = "$torch.device('cpu')"
     network = parser.get_parsed_content("network_def", instantiate=True)

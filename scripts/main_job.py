@@ -75,8 +75,8 @@ def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
     ]
 
 
-def bundle_export_torchscript(bundle: Path) -> list[str]:
-    """TorchScript of the fused network with MONAI's ``ckpt_export``."""
+def bundle_export_torchscript(bundle: Path, checkpoint: str) -> list[str]:
+    """TorchScript of the fused network with MONAI's ``ckpt_export`` (weights ``models/<checkpoint>``)."""
     configs = bundle / "configs"
     return [
         sys.executable,
@@ -87,7 +87,7 @@ def bundle_export_torchscript(bundle: Path) -> list[str]:
         "--filepath",
         str(bundle / "models" / "model.ts"),
         "--ckpt_file",
-        str(bundle / "models" / "model.pt"),
+        str(bundle / "models" / checkpoint),
         "--meta_file",
         str(configs / "metadata.json"),
         "--config_file",
@@ -112,6 +112,11 @@ def test_cases() -> tuple[Path, Path]:
 #: cores) and has both cores to itself once that chain is done.
 STUDENT_THREADS = {"classification": 2, "segmentation": 1}
 
+#: The weights each bundle deploys (the ``ckpt_file`` default of its evaluate/inference configs):
+#: the classification bundle's final EMA weights (its best-validation checkpoint is evaluated as
+#: well, in ``eval/best_checkpoint``), the segmentation bundle's best-validation checkpoint.
+DEPLOY_CHECKPOINT = {"classification": "model_ema.pt", "segmentation": "model.pt"}
+
 
 def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
     """The stages of one bundle, in order."""
@@ -126,7 +131,12 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
         )
     )
     stages.append(Stage(name, "evaluate (test)", bundle_run(bundle, "evaluate.json"), [out / "metrics.json"]))
-    stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle), [models / "model.ts"]))
+    deployed = DEPLOY_CHECKPOINT.get(name, "model.pt")
+    if deployed != "model.pt":
+        best = out / "best_checkpoint"
+        argv = bundle_run(bundle, "evaluate.json", "--ckpt_file", str(models / "model.pt"), "--output_dir", str(best))
+        stages.append(Stage(name, "evaluate (test), best-val checkpoint", argv, [best / "metrics.json"]))
+    stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"]))
     stages.append(
         Stage(name, "export ONNX + check", bundle_run(bundle, "inference.json", "export_onnx"), [models / "model.onnx"])
     )
@@ -166,12 +176,17 @@ def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm) -> None:
 def metrics_rows() -> list[tuple[str, str, float]]:
     rows = []
     for name, bundle in BUNDLES.items():
-        path = bundle / "eval" / "metrics.json"
-        if path.exists():
+        deployed = DEPLOY_CHECKPOINT.get(name, "model.pt")
+        reports = [(f"{name} ({deployed})", bundle / "eval" / "metrics.json")]
+        if deployed != "model.pt":
+            reports.append((f"{name} (model.pt, best validation)", bundle / "eval" / "best_checkpoint" / "metrics.json"))
+        for label, path in reports:
+            if not path.exists():
+                continue
             for key, value in json.loads(path.read_text()).items():
                 counts = key.startswith(("n_", "num_")) or key.endswith("_time_s") or key in ("top_k", "threshold")
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not counts:
-                    rows.append((name, key, float(value)))
+                    rows.append((label, key, float(value)))
     return rows
 
 

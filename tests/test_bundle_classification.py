@@ -198,10 +198,10 @@ def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
     assert student["teacher_def"] == teacher["network_def"]
 
 
-def test_every_config_normalises_intensities_the_same_way():
+def test_configs_normalise_intensities_like_their_training_and_insert_lesions_to_match():
     from monai.bundle import ConfigParser
 
-    uppers = {}
+    uppers, clips = {}, {}
     for name in ("train", "train_teacher", "train_slice_labels", "evaluate", "inference"):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / f"{name}.json"))
@@ -220,8 +220,29 @@ def test_every_config_normalises_intensities_the_same_way():
         walk(parser.get(), "")
         assert found, name
         uppers[name] = {parser.get_parsed_content(p[1:] + "#upper", instantiate=False) for p in found}
-    # one clip level everywhere, and high enough to keep hyperintense lesions above white matter
-    assert all(u == {99.9} for u in uppers.values()), uppers
+        if "lesion_insertion" in parser:
+            clips[name] = parser.get_parsed_content("lesion_insertion", instantiate=True).clip
+    # the lesion-map recipe (train, its teacher, evaluate, inference): no upper clip, so a hyperintense
+    # lesion keeps its contrast to bright white matter; the slice-label recipe of 0.2 keeps its 99.9th percentile
+    assert uppers == {"train": {None}, "train_teacher": {None}, "train_slice_labels": {99.9},
+                      "evaluate": {None}, "inference": {None}}, uppers
+    # synthetic lesions are clipped to the scan's range exactly when the scans are clipped
+    assert clips == {"train": False, "train_teacher": False, "train_slice_labels": True}, clips
+
+
+@pytest.mark.parametrize("config", ["train.json", "train_teacher.json"])
+def test_dense_loss_weights_the_lesion_class(config):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser["device"] = "$torch.device('cpu')"
+    loss = parser.get_parsed_content("loss")
+    # cross entropy over the 5 dense classes, Dice over the 4 without the background
+    assert loss.cross_entropy.weight.tolist() == [1.0, 1.0, 1.0, 1.0, 10.0]
+    assert loss.dice.class_weight.tolist() == [1.0, 1.0, 1.0, 10.0]
+    parser["lesion_class_weight"] = 3.0
+    assert parser.get_parsed_content("loss", lazy=False).cross_entropy.weight.tolist() == [1.0, 1.0, 1.0, 1.0, 3.0]
 
 
 def test_fuse_on_load_gives_the_fused_network_with_equal_outputs():
@@ -372,7 +393,7 @@ def test_evaluate_writes_flat_metrics(trained, tiny_data):
     for key in ("volume_auc", "volume_accuracy", "volume_f1", "slice_auc", "slice_accuracy", "slice_f1"):
         assert doc[key] is None or 0.0 <= doc[key] <= 1.0
     assert doc["n_volumes"] == len(tiny_data["test"]) == 2 and doc["n_volumes_positive"] == 1
-    assert doc["checkpoint"].endswith("model.pt") and doc["fused"] is True and doc["wall_time_s"] > 0
+    assert doc["checkpoint"].endswith("model_ema.pt") and doc["fused"] is True and doc["wall_time_s"] > 0
     rows = list(csv.DictReader((root / "eval" / "predictions.csv").open()))
     assert [r["id"] for r in rows] == [e["id"] for e in tiny_data["test"]]
     assert all(0.0 <= float(r["lesion_probability"]) <= 1.0 for r in rows)
@@ -395,7 +416,7 @@ def exported(trained):
 
     root = trained["root"]
     models = root / "models"
-    ckpt_export(net_id="network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model.pt"),
+    ckpt_export(net_id="network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model_ema.pt"),
                 meta_file=META, config_file=str(CONFIGS / "inference.json"), bundle_root=str(root),
                 **_tiny_overrides())
     from monai.bundle import ConfigWorkflow
@@ -416,7 +437,7 @@ def test_exported_models_equal_the_eager_fused_network(exported):
 
     models = exported / "models"
     eager = load_weights(LesionMapClassifier(MobileMambaSeg("t2", in_channels=3, out_channels=5, **TINY_NET)),
-                         str(models / "model.pt"))
+                         str(models / "model_ema.pt"))  # the deployed weights (inference.json's ckpt_file)
     fused = fuse_norms(eager)
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

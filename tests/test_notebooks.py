@@ -225,7 +225,7 @@ def test_strip_outputs_clears_outputs_counts_and_timing(tmp_path: Path) -> None:
 def test_notebook_helpers_load_a_trained_bundle_and_keep_its_label_volume(
     bundle: str, label_key: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What notebook 02 does after the main job: load ``models/model.pt`` into the bundle's network
+    """What notebook 02 does after the main job: load the deployed weights into the bundle's network
     and preprocess a test case with its label map still a volume on the image's grid."""
     import torch
     from monai.bundle import ConfigParser
@@ -239,13 +239,14 @@ def test_notebook_helpers_load_a_trained_bundle_and_keep_its_label_volume(
     parser["bundle_root"] = str(root)
     torch.manual_seed(0)
     (root / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), root / "models" / "model.pt")
+    deployed = "model_ema.pt" if bundle == "mobilemamba_classification" else "model.pt"  # inference.json's checkpoint
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), root / "models" / deployed)
     monkeypatch.setenv("MEDMAMBA_DATA_DIR", str(data_dir))
     monkeypatch.setenv("MEDMAMBA_BUNDLES_DIR", str(tmp_path / "bundles"))
     monkeypatch.setenv("MEDMAMBA_NOTEBOOK_OUT", str(tmp_path / "out"))
     nb = nbhelpers.Notebook("02")
     loaded = nbhelpers.load_bundle(nb, bundle)
-    assert loaded is not None and not loaded.network.training
+    assert loaded is not None and not loaded.network.training and loaded.weights.name == deployed
     case = nbhelpers.pick_test_case(nb)
     data = nbhelpers.bundle_preprocessing(loaded)({"image": case["image"], label_key: case[label_key]})
     assert data["image"].ndim == 4 and data[label_key].shape[1:] == data["image"].shape[1:]

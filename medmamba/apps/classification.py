@@ -298,13 +298,16 @@ class RandLesionInsertd(Randomizable, MapTransform):
     range (``clip=True``). The lesion mask is updated, so the slice labels (and
     :class:`medmamba.transforms.SliceStackd`'s foreground sampling) follow.
 
-    Why the clip: the insertion runs after intensity normalisation, which clips every scan at
-    percentiles (:class:`medmamba.transforms.MRNormalize`), so a real hyperintense lesion is never
-    brighter than the scan's clip value. Unclipped synthetic lesions reach values no real voxel has,
-    and a network learns that shortcut ("the brightest voxels are lesions") instead of lesions: in a
-    measured run a lesion-segmentation network put confident outputs on clip-level voxels of
-    lesion-free scans and gave the real validation lesions a probability of at most 0.1 (see the
-    classification bundle's README).
+    When to clip: the insertion runs after intensity normalisation, so a synthetic lesion should look
+    like a real one after that normalisation. If the scans are clipped at an upper percentile
+    (:class:`medmamba.transforms.MRNormalize` with ``upper`` set, the slice-label recipe), a real
+    hyperintense lesion is never brighter than the scan's clip value, and unclipped synthetic lesions
+    would reach values no real voxel has: a network then learns that shortcut ("the brightest voxels
+    are lesions"); in a measured run it put confident outputs on clip-level voxels of lesion-free
+    scans (see the classification bundle's README). Keep ``clip=True`` there. If the scans are not
+    clipped at the top (``upper=None``, the lesion-map recipe), a real hyperintense lesion keeps its
+    1.3-1.6x white-matter intensity; use ``clip=False`` so the synthetic ones do too (clipping them
+    to the stack's maximum would flatten them to the brightest white matter).
 
     Seventeen lesions in 14 training subjects are too few to learn "abnormal blob in white matter"
     rather than those lesions; inserting new ones every epoch is the copy-paste / synthetic-lesion
