@@ -18,7 +18,7 @@ probe asks the question directly, on anatomy the network was not trained on:
 
 Usage::
 
-    python benchmarks/lesion_probe.py --ckpt bundles/mobilemamba_classification/models/model.pt
+    python benchmarks/lesion_probe.py --ckpt bundles/mobilemamba_classification/models/model_ema.pt
     python benchmarks/lesion_probe.py --ckpt .../teacher.pt --variant s6 --json probe.json
 """
 
@@ -89,8 +89,11 @@ def probe(
 
     if split == "test":
         raise ValueError("split='test': the probe is a diagnostic for model development; run it on training or validation.")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    lesion_map = "network.head.weight" in state.get("model", state)
+    # the recipe the checkpoint was trained with: its preprocessing and its lesion insertion
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.read_config(str(bundle / "configs" / ("train.json" if lesion_map else "train_slice_labels.json")))
     parser["bundle_root"] = str(bundle)
     parser.parse()
     context = int(parser.get_parsed_content("context"))
@@ -103,6 +106,7 @@ def probe(
     items = monai.data.load_decathlon_datalist(parser.get_parsed_content("datalist"), True, split, base_dir=dataset_dir)
     net = load_classifier(ckpt, variant, 2 * context + 1)
     image_key, mask_key, tissue_key = (parser.get_parsed_content(k) for k in ("image_key", "mask_key", "tissue_key"))
+    clip = bool(parser.get_parsed_content("lesion_insertion#clip", default=True))
     pairs: dict[str, tuple[list[float], list[float]]] = {"hypointense": ([], []), "hyperintense": ([], [])}
     real = []
     for item in items:
@@ -124,7 +128,9 @@ def probe(
         base = stacks[chosen]
         plain = _log_odds(net, base)
         for kind, dark_prob in (("hypointense", 1.0), ("hyperintense", 0.0)):
-            insert = RandStackLesionInsertd(image_key, mask_key=mask_key, tissue_key=tissue_key, prob=1.0, dark_prob=dark_prob)
+            insert = RandStackLesionInsertd(
+                image_key, mask_key=mask_key, tissue_key=tissue_key, prob=1.0, dark_prob=dark_prob, clip=clip
+            )
             insert.set_random_state(seed)
             with_lesion = torch.stack(
                 [
