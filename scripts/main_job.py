@@ -7,9 +7,10 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
    it is already there and complete);
 2. for each bundle (classification, segmentation), the two side by side, one compute thread each
    (this machine has two cores): train the teacher, train the student with knowledge distillation,
-   evaluate on the held-out test subjects, fuse and export (TorchScript through
-   ``monai.bundle ckpt_export``, ONNX through the bundle's ``export_onnx``, both checked against the
-   eager fused network), run inference on a DICOM series (checkpoint) and on a NIfTI volume
+   evaluate on the held-out test subjects (the weights each bundle deploys, ``DEPLOY_CHECKPOINT``,
+   and for the classification bundle also its best-validation checkpoint), fuse and export the
+   deployed weights (TorchScript through ``monai.bundle ckpt_export``, ONNX through the bundle's
+   ``export_onnx``, both checked against the eager fused network), run inference on a DICOM series (checkpoint) and on a NIfTI volume
    (the exported TorchScript model);
 3. print a final table: test-split metrics, time per stage, output paths.
 
