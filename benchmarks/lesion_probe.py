@@ -53,15 +53,19 @@ def _auc(labels: list[int], scores: list[float]) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None
 
 
-def load_classifier(ckpt: str, variant: str, in_channels: int) -> torch.nn.Module:
-    """The classifier of a bundle checkpoint: the lesion-map classifier (``LesionMapClassifier`` around
-    ``MobileMambaSeg``, ``train.json``) or a slice-label MobileMamba (``train_slice_labels.json``, with
-    or without the distillation head)."""
+def is_lesion_map(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict is the lesion-map classifier's (``train.json``) rather than a slice-label
+    MobileMamba's (``train_slice_labels.json``)."""
+    return "network.head.weight" in state
+
+
+def load_classifier(state: dict[str, torch.Tensor], variant: str, in_channels: int) -> torch.nn.Module:
+    """The classifier of a bundle checkpoint's state dict (``extract_state_dict``): the lesion-map
+    classifier (``LesionMapClassifier`` around ``MobileMambaSeg``, ``train.json``) or a slice-label
+    MobileMamba (``train_slice_labels.json``, with or without the distillation head)."""
     from medmamba.networks import LesionMapClassifier, MobileMamba, MobileMambaSeg
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    if "network.head.weight" in state:
+    if is_lesion_map(state):
         seg = MobileMambaSeg(variant, in_channels=in_channels, out_channels=int(state["network.head.weight"].shape[0]))
         net = LesionMapClassifier(seg)
         net.load_state_dict(state)
@@ -85,15 +89,15 @@ def probe(
     from monai.bundle import ConfigParser
 
     from medmamba.apps.classification import RandStackLesionInsertd, volume_log_odds
+    from medmamba.training.checkpoint import extract_state_dict
     from medmamba.transforms import stack_slices
 
     if split == "test":
         raise ValueError("split='test': the probe is a diagnostic for model development; run it on training or validation.")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    lesion_map = "network.head.weight" in state.get("model", state)
+    state = extract_state_dict(ckpt)
     # the recipe the checkpoint was trained with: its preprocessing and its lesion insertion
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / ("train.json" if lesion_map else "train_slice_labels.json")))
+    parser.read_config(str(bundle / "configs" / ("train.json" if is_lesion_map(state) else "train_slice_labels.json")))
     parser["bundle_root"] = str(bundle)
     parser.parse()
     context = int(parser.get_parsed_content("context"))
@@ -104,7 +108,7 @@ def probe(
     preprocess = monai.transforms.Compose(steps)
     dataset_dir = parser.get_parsed_content("dataset_dir")
     items = monai.data.load_decathlon_datalist(parser.get_parsed_content("datalist"), True, split, base_dir=dataset_dir)
-    net = load_classifier(ckpt, variant, 2 * context + 1)
+    net = load_classifier(state, variant, 2 * context + 1)
     image_key, mask_key, tissue_key = (parser.get_parsed_content(k) for k in ("image_key", "mask_key", "tissue_key"))
     clip = bool(parser.get_parsed_content("lesion_insertion#clip", default=True))
     pairs: dict[str, tuple[list[float], list[float]]] = {"hypointense": ([], []), "hyperintense": ([], [])}
