@@ -119,6 +119,17 @@ STUDENT_THREADS = {"classification": 2, "segmentation": 1}
 DEPLOY_CHECKPOINT = {"classification": "model_ema.pt", "segmentation": "model.pt"}
 
 
+def evaluations(name: str, bundle: Path) -> list[tuple[str, str, Path]]:
+    """The test evaluations of one bundle, as ``(label, checkpoint file, output folder)``: its deployed
+    weights (the evaluate config's default, into ``eval/``) and, when those are not ``model.pt``, the
+    best-validation checkpoint ``model.pt`` as well (into ``eval/best_checkpoint``)."""
+    deployed = DEPLOY_CHECKPOINT.get(name, "model.pt")
+    runs = [(f"{name} ({deployed})", deployed, bundle / "eval")]
+    if deployed != "model.pt":
+        runs.append((f"{name} (model.pt, best validation)", "model.pt", bundle / "eval" / "best_checkpoint"))
+    return runs
+
+
 def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
     """The stages of one bundle, in order."""
     models, out = bundle / "models", bundle / "eval"
@@ -131,12 +142,11 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
             name, "train student (KD)", bundle_run(bundle, "train.json", *threads), [models / "model.pt", models / "model_ema.pt"]
         )
     )
+    (_, deployed, _), *others = evaluations(name, bundle)
     stages.append(Stage(name, "evaluate (test)", bundle_run(bundle, "evaluate.json"), [out / "metrics.json"]))
-    deployed = DEPLOY_CHECKPOINT.get(name, "model.pt")
-    if deployed != "model.pt":
-        best = out / "best_checkpoint"
-        argv = bundle_run(bundle, "evaluate.json", "--ckpt_file", str(models / "model.pt"), "--output_dir", str(best))
-        stages.append(Stage(name, "evaluate (test), best-val checkpoint", argv, [best / "metrics.json"]))
+    for _, checkpoint, folder in others:
+        argv = bundle_run(bundle, "evaluate.json", "--ckpt_file", str(models / checkpoint), "--output_dir", str(folder))
+        stages.append(Stage(name, "evaluate (test), best-val checkpoint", argv, [folder / "metrics.json"]))
     stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"]))
     stages.append(
         Stage(name, "export ONNX + check", bundle_run(bundle, "inference.json", "export_onnx"), [models / "model.onnx"])
@@ -177,11 +187,8 @@ def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm) -> None:
 def metrics_rows() -> list[tuple[str, str, float]]:
     rows = []
     for name, bundle in BUNDLES.items():
-        deployed = DEPLOY_CHECKPOINT.get(name, "model.pt")
-        reports = [(f"{name} ({deployed})", bundle / "eval" / "metrics.json")]
-        if deployed != "model.pt":
-            reports.append((f"{name} (model.pt, best validation)", bundle / "eval" / "best_checkpoint" / "metrics.json"))
-        for label, path in reports:
+        for label, _, folder in evaluations(name, bundle):
+            path = folder / "metrics.json"
             if not path.exists():
                 continue
             for key, value in json.loads(path.read_text()).items():
