@@ -19,9 +19,55 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LesionMapClassifier"]
+__all__ = ["LesionMapClassifier", "lesion_log_odds_map", "pool_lesion_map"]
 
 _POOLINGS = ("max", "topk", "mean")
+
+
+def lesion_log_odds_map(logits: torch.Tensor, lesion_channel: int = -1) -> torch.Tensor:
+    """Per-pixel lesion log-odds ``z_lesion - logsumexp(z_others)`` of segmentation logits.
+
+    Args:
+        logits: ``(B, C, *spatial)`` logits with ``C >= 2``.
+        lesion_channel: index of the lesion class (negative counts from the end).
+
+    Returns:
+        ``(B, *spatial)`` log-odds of "lesion" against every other class.
+
+    Raises:
+        ValueError: fewer than two channels.
+    """
+    channels = logits.shape[1]
+    if channels < 2:
+        raise ValueError(f"the segmentation network returned {channels} channel(s); expected at least 2 (lesion and not lesion).")
+    lesion = lesion_channel % channels
+    others = torch.cat([logits[:, :lesion], logits[:, lesion + 1 :]], dim=1)
+    return logits[:, lesion] - torch.logsumexp(others, dim=1)
+
+
+def pool_lesion_map(log_odds: torch.Tensor, pooling: str = "max", top_k: int = 16) -> torch.Tensor:
+    """Pool a lesion map ``(B, *spatial)`` into one score per image ``(B,)`` (multiple-instance pooling).
+
+    Args:
+        log_odds: per-pixel lesion log-odds, e.g. from :func:`lesion_log_odds_map`.
+        pooling: ``"max"``, ``"topk"`` (mean of the ``top_k`` highest) or ``"mean"``.
+        top_k: pixels averaged by ``"topk"`` (fewer when the image has fewer).
+
+    Returns:
+        ``(B,)`` pooled scores.
+
+    Raises:
+        ValueError: unknown ``pooling``.
+    """
+    z = log_odds.flatten(1)
+    if pooling == "max":
+        return z.max(dim=1).values
+    if pooling == "topk":
+        return z.topk(min(int(top_k), z.shape[1]), dim=1).values.mean(dim=1)
+    if pooling == "mean":
+        return z.mean(dim=1)
+    raise ValueError("pooling='" + pooling + "' is not valid; expected one of ('max', 'topk', 'mean').")
+
 
 
 class LesionMapClassifier(nn.Module):
@@ -60,7 +106,7 @@ class LesionMapClassifier(nn.Module):
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
         if pooling not in _POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not valid; expected one of {_POOLINGS}.")
+            raise ValueError("pooling='" + pooling + "' is not valid; expected one of ('max', 'topk', 'mean').")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k={top_k!r} is not valid; expected a positive integer.")
         self.network = network
@@ -76,21 +122,9 @@ class LesionMapClassifier(nn.Module):
         out = self.network(x)
         if isinstance(out, list):
             out = out[0]
-        channels = out.shape[1]
-        if channels < 2:
-            raise ValueError(f"the segmentation network returned {channels} channel(s); expected at least 2 (lesion and not lesion).")
-        lesion = self.lesion_channel % channels
-        others = torch.cat([out[:, :lesion], out[:, lesion + 1 :]], dim=1)
-        return out[:, lesion] - torch.logsumexp(others, dim=1)
+        return lesion_log_odds_map(out, self.lesion_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Slice logits ``(B, 2)``: ``[0, pooled lesion log-odds]``."""
-        z = self.lesion_map(x).flatten(1)
-        if self.pooling == "max":
-            score = z.max(dim=1).values
-        elif self.pooling == "topk":
-            k = min(self.top_k, z.shape[1])
-            score = z.topk(k, dim=1).values.mean(dim=1)
-        else:
-            score = z.mean(dim=1)
+        score = pool_lesion_map(self.lesion_map(x), self.pooling, self.top_k)
         return torch.stack([torch.zeros_like(score), score], dim=1)
