@@ -186,11 +186,16 @@ def test_metadata_is_valid_offline(tmp_path):
 def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
     student = json.loads((CONFIGS / "train.json").read_text())
     teacher = json.loads((CONFIGS / "train_teacher.json").read_text())
-    # the epoch budgets may differ (40 teacher / 50 student epochs by default); nothing else in "train"
+    # the epoch budgets may differ (30 teacher / 48 student epochs by default); nothing else in "train"
     epochs = {name: cfg["train"]["trainer"].pop("max_epochs") for name, cfg in (("student", student), ("teacher", teacher))}
     assert all(isinstance(v, int) and v > 0 for v in epochs.values()), epochs
     differ = {k for k in student.keys() | teacher.keys() if student.get(k) != teacher.get(k)}
-    assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher", "distillation"}
+    # the student trains on the lesion-detection datalist (30 more training subjects, validated every
+    # 8 of its epochs), the teacher on the 14 segmentation subjects it was measured with
+    assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher", "distillation",
+                      "datalist", "val_interval"}
+    assert student["datalist"].endswith("datalist_lesion_detection.json'")
+    assert teacher["datalist"].endswith("datalist_segmentation.json'")
     assert teacher["model_name"] == "teacher" and teacher["distillation"]["teacher"] is None
     assert {k: v for k, v in teacher["distillation"].items() if k != "teacher"} == {
         k: v for k, v in student["distillation"].items() if k != "teacher"
@@ -237,12 +242,16 @@ def test_dense_loss_weights_the_lesion_class(config):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / config))
     parser["device"] = "$torch.device('cpu')"
-    loss = parser.get_parsed_content("loss")
+    loss = parser.get_parsed_content("dense_loss")
     # cross entropy over the 5 dense classes, Dice over the 4 without the background
     assert loss.cross_entropy.weight.tolist() == [1.0, 1.0, 1.0, 1.0, 10.0]
     assert loss.dice.class_weight.tolist() == [1.0, 1.0, 1.0, 10.0]
     parser["lesion_class_weight"] = 3.0
-    assert parser.get_parsed_content("loss", lazy=False).cross_entropy.weight.tolist() == [1.0, 1.0, 1.0, 1.0, 3.0]
+    assert parser.get_parsed_content("dense_loss", lazy=False).cross_entropy.weight.tolist() == [1.0, 1.0, 1.0, 1.0, 3.0]
+    # the loss the trainer and the distillation use wraps it, with the multiple-instance term off by default
+    mil = parser.get_parsed_content("loss", lazy=False)
+    assert mil.base_loss.cross_entropy.weight.tolist() == [1.0, 1.0, 1.0, 1.0, 3.0]
+    assert (mil.weight, mil.lesion_class, mil.pooling, mil.min_voxels) == (0.0, 4, "max", 5)
 
 
 def test_fuse_on_load_gives_the_fused_network_with_equal_outputs():
@@ -304,7 +313,7 @@ def tiny_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cls_data")
     data = root / "data"
-    make_default_dataset(data, DefaultDatasetConfig(seed=3, n_train=2, n_val=0, n_test=2, downsample=2), progress=False)
+    make_default_dataset(data, DefaultDatasetConfig(seed=3, n_train=2, n_val=0, n_test=2, n_extra_train=0, downsample=2), progress=False)
     seg = json.loads((data / "datalist_segmentation.json").read_text())
     has_lesion = {s["id"]: s["has_lesion"] for s in json.loads((data / "manifest.json").read_text())["subjects"]}
     lesion_test = [e for e in seg["test"] if has_lesion[e["id"]]]

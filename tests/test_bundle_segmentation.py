@@ -83,7 +83,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medmamba.data.default_dataset import DefaultDatasetConfig, make_default_dataset
 
     out = tmp_path_factory.mktemp("data") / "tiny"
-    make_default_dataset(out, DefaultDatasetConfig(seed=3, n_train=2, n_val=2, n_test=1, downsample=3), progress=False)
+    make_default_dataset(out, DefaultDatasetConfig(seed=3, n_train=2, n_val=2, n_test=1, n_extra_train=0, downsample=3), progress=False)
     return out
 
 

@@ -24,7 +24,7 @@ from medmamba.data.default_dataset import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*nvImageCodec.*")
 
-TINY = DefaultDatasetConfig(seed=3, n_train=3, n_val=1, n_test=2, downsample=3)
+TINY = DefaultDatasetConfig(seed=3, n_train=3, n_val=1, n_test=2, n_extra_train=2, downsample=3)
 SPLITS = ("training", "validation", "test")
 
 
@@ -48,7 +48,7 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(tiny: Path, tmp_path:
     for name in a:
         assert a[name] == b[name], name
     other = make_default_dataset(
-        tmp_path / "other", DefaultDatasetConfig(seed=4, n_train=1, n_val=0, n_test=0, downsample=3), progress=False
+        tmp_path / "other", DefaultDatasetConfig(seed=4, n_train=1, n_val=0, n_test=0, n_extra_train=0, downsample=3), progress=False
     )
     assert (other.out_dir / "subjects/sub-000/image.nii.gz").read_bytes() != a["subjects/sub-000/image.nii.gz"]
 
@@ -93,6 +93,31 @@ def test_datalists_are_consistent_with_the_files(tiny: Path) -> None:
     assert not (seen["validation"] & seen["test"])
     labels = [e["label"] for s in SPLITS for e in load_decathlon_datalist(tiny / DATALIST_FILES["classification_volume"], False, s)]
     assert 0 < sum(labels) < len(labels)  # both classes present
+
+
+def test_extra_training_subjects_change_no_other_subject(tiny: Path, tmp_path: Path) -> None:
+    """The extra training subjects come last, from their own stream, only in the lesion-detection datalist."""
+    import dataclasses
+
+    without = make_default_dataset(tmp_path / "core", dataclasses.replace(TINY, n_extra_train=0), progress=False)
+    core, full = _all_files(without.out_dir), _all_files(tiny)
+    n_core = TINY.n_train + TINY.n_val + TINY.n_test
+    for name, content in core.items():
+        if name not in ("manifest.json", DATALIST_FILES["lesion_detection"]):
+            assert full[name] == content, name  # same bytes, the other datalists included
+    extra_ids = [f"sub-{i:03d}" for i in range(n_core, n_core + TINY.n_extra_train)]
+    assert sorted({name.split("/")[1] for name in full if name.startswith("subjects/")} - {name.split("/")[1] for name in core if name.startswith("subjects/")}) == extra_ids
+    detection = json.loads((tiny / DATALIST_FILES["lesion_detection"]).read_text())
+    segmentation = json.loads((tiny / DATALIST_FILES["segmentation"]).read_text())
+    assert [e["id"] for e in detection["training"]] == [e["id"] for e in segmentation["training"]] + extra_ids
+    assert detection["validation"] == segmentation["validation"] and detection["test"] == segmentation["test"]
+    assert detection["numTraining"] == TINY.n_train + TINY.n_extra_train
+    for split in ("training", "validation", "test"):
+        for name in ("classification_volume", "classification_slice"):
+            ids = {e["id"] for e in json.loads((tiny / DATALIST_FILES[name]).read_text())[split]}
+            assert not ids & set(extra_ids)
+    with pytest.raises(ValueError, match="n_extra_train must be >= 0"):
+        DefaultDatasetConfig(n_extra_train=-1)
 
 
 def test_manifest_hashes_every_file(tiny: Path) -> None:
@@ -156,9 +181,10 @@ def test_full_default_build_fits_time_and_size(tmp_path: Path) -> None:
     seconds = float(summary_line.rsplit(",", 1)[1].strip().split()[0])
     assert seconds < 180, summary_line
     assert size < 300e6, size
-    assert len(manifest["subjects"]) == 24
+    assert len(manifest["subjects"]) == 54
     for split, n in zip(SPLITS, (14, 4, 6)):
         assert len(load_decathlon_datalist(out / DATALIST_FILES["segmentation"], True, split)) == n
+    assert len(load_decathlon_datalist(out / DATALIST_FILES["lesion_detection"], True, "training")) == 14 + 30
 
 
 def test_template_loads_without_network(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,7 +102,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medmamba.data.default_dataset import DefaultDatasetConfig, make_default_dataset
 
     out = tmp_path_factory.mktemp("notebook_data") / "default"
-    make_default_dataset(out, DefaultDatasetConfig(seed=3, n_train=3, n_val=1, n_test=2, downsample=3), progress=False)
+    make_default_dataset(out, DefaultDatasetConfig(seed=3, n_train=3, n_val=1, n_test=2, n_extra_train=0, downsample=3), progress=False)
     return out
 
 

@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--n-train", type=int, default=d.n_train, help="training subjects (default: %(default)s)")
     md.add_argument("--n-val", type=int, default=d.n_val, help="validation subjects (default: %(default)s)")
     md.add_argument("--n-test", type=int, default=d.n_test, help="test subjects (default: %(default)s)")
+    md.add_argument(
+        "--n-extra-train",
+        type=int,
+        default=d.n_extra_train,
+        help="extra training subjects, in datalist_lesion_detection.json only (default: %(default)s)",
+    )
     md.add_argument("--resolution", type=int, choices=(1, 2), default=d.resolution, help="template mm (default: 2)")
     md.add_argument("--downsample", type=int, default=d.downsample, help="extra block-averaging factor (default: 1)")
     md.add_argument(
@@ -51,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_train=args.n_train,
             n_val=args.n_val,
             n_test=args.n_test,
+            n_extra_train=args.n_extra_train,
             resolution=args.resolution,
             downsample=args.downsample,
             lesion_fraction=args.lesion_fraction,

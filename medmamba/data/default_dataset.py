@@ -9,6 +9,7 @@
     datalist_segmentation.json        {"image", "label": tissue, "lesion"[, "dicom"]}
     datalist_classification_volume.json   {"image", "label": 0/1 lesion present}
     datalist_classification_slice.json    {"image", "slice": axial index, "label": 0/1}
+    datalist_lesion_detection.json     as datalist_segmentation.json, training list + the extra subjects
     manifest.json                      configuration, per-subject parameters, sha256 of every file
 
 Each datalist has ``training``, ``validation`` and ``test`` lists (split by subject) and reads with
@@ -53,8 +54,11 @@ DATALIST_FILES: dict[str, str] = {
     "segmentation": "datalist_segmentation.json",
     "classification_volume": "datalist_classification_volume.json",
     "classification_slice": "datalist_classification_slice.json",
+    "lesion_detection": "datalist_lesion_detection.json",
 }
 _SPLITS = ("training", "validation", "test")
+#: Split name of the extra training subjects (training list of ``datalist_lesion_detection.json`` only).
+EXTRA_TRAINING = "extra_training"
 #: Stored image value = real value / IMAGE_SLOPE (int16); the DICOM RescaleSlope is the same.
 IMAGE_SLOPE = 0.5
 FORMAT_VERSION = 1
@@ -69,6 +73,12 @@ class DefaultDatasetConfig:
         n_train: Training subjects.
         n_val: Validation subjects.
         n_test: Test subjects.
+        n_extra_train: Additional training subjects for lesion detection, numbered after the
+            training, validation and test subjects and drawn from their own random stream, so that
+            adding them changes none of the others. They are listed only in the training list of
+            ``datalist_lesion_detection.json`` (whose validation and test lists are those of
+            ``datalist_segmentation.json``): lesion detection needs more anatomy to tell small
+            lesions from partial-volume spots than tissue segmentation needs.
         resolution: nilearn MNI152 resolution in mm (1 or 2).
         downsample: Extra integer block-averaging of the template grid (tiny builds for tests).
         lesion_fraction: Fraction of each split's subjects that get lesions.
@@ -84,6 +94,7 @@ class DefaultDatasetConfig:
     n_train: int = 14
     n_val: int = 4
     n_test: int = 6
+    n_extra_train: int = 30
     resolution: int = 2
     downsample: int = 1
     lesion_fraction: float = 0.5
@@ -93,7 +104,7 @@ class DefaultDatasetConfig:
     min_slice_lesion_voxels: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "n_test"):
+        for name in ("n_train", "n_val", "n_test", "n_extra_train"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.n_train + self.n_val + self.n_test < 1:
@@ -145,15 +156,21 @@ def subject_patient_info(seed: int, index: int) -> PatientInfo:
 
 
 def _split_assignment(cfg: DefaultDatasetConfig) -> list[tuple[str, bool, int]]:
-    """Per subject: (split, has_lesion, n_lesions); lesions spread evenly over the splits."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1_000_003]))
+    """Per subject: (split, has_lesion, n_lesions); lesions spread evenly over the splits.
+
+    The extra training subjects (split ``EXTRA_TRAINING``) come last and draw their lesion flags
+    from a stream of their own, so the other subjects are the same with or without them.
+    """
     out: list[tuple[str, bool, int]] = []
-    for split, n in zip(_SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)):
-        n_les = int(round(n * cfg.lesion_fraction))
-        flags = np.zeros(n, dtype=bool)
-        flags[rng.permutation(n)[:n_les]] = True
-        for f in flags:
-            out.append((split, bool(f), int(rng.integers(1, cfg.max_lesions + 1)) if f else 0))
+    groups = ((1_000_003, zip(_SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test))), (1_000_004, [(EXTRA_TRAINING, cfg.n_extra_train)]))
+    for stream, sizes in groups:
+        rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), stream]))
+        for split, n in sizes:
+            n_les = int(round(n * cfg.lesion_fraction))
+            flags = np.zeros(n, dtype=bool)
+            flags[rng.permutation(n)[:n_les]] = True
+            for f in flags:
+                out.append((split, bool(f), int(rng.integers(1, cfg.max_lesions + 1)) if f else 0))
     return out
 
 
@@ -246,11 +263,17 @@ def _datalists(subjects: list[dict[str, Any]], cfg: DefaultDatasetConfig) -> dic
         sl[split] = [
             {"image": s["image"], "slice": k, "label": lab, "id": s["id"]} for s in members for k, lab in s["slices"]
         ]
-    for d in (seg, vol, sl):
+    extra = [
+        {"image": s["image"], "label": s["tissue"], "lesion": s["lesion"], "id": s["id"]}
+        for s in subjects
+        if s["split"] == EXTRA_TRAINING
+    ]
+    det: dict[str, Any] = {**seg, "training": seg["training"] + extra}
+    for d in (seg, vol, sl, det):
         d["numTraining"] = len(d["training"])
         d["numValidation"] = len(d["validation"])
         d["numTest"] = len(d["test"])
-    return {"segmentation": seg, "classification_volume": vol, "classification_slice": sl}
+    return {"segmentation": seg, "classification_volume": vol, "classification_slice": sl, "lesion_detection": det}
 
 
 def _sha256(path: Path) -> str:
