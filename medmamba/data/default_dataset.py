@@ -41,6 +41,7 @@ from medmamba.io.nifti import write_nifti
 
 __all__ = [
     "DATALIST_FILES",
+    "EXTRA_TRAINING",
     "DefaultDatasetConfig",
     "DefaultDatasetSummary",
     "make_default_dataset",
@@ -162,8 +163,8 @@ def _split_assignment(cfg: DefaultDatasetConfig) -> list[tuple[str, bool, int]]:
     from a stream of their own, so the other subjects are the same with or without them.
     """
     out: list[tuple[str, bool, int]] = []
-    groups = ((1_000_003, zip(_SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test))), (1_000_004, [(EXTRA_TRAINING, cfg.n_extra_train)]))
-    for stream, sizes in groups:
+    core = list(zip(_SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)))
+    for stream, sizes in ((1_000_003, core), (1_000_004, [(EXTRA_TRAINING, cfg.n_extra_train)])):
         rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), stream]))
         for split, n in sizes:
             n_les = int(round(n * cfg.lesion_fraction))
