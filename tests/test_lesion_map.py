@@ -67,6 +67,7 @@ def test_mobilemamba_seg_wrapper_scripts_and_fuses_with_equal_outputs() -> None:
     [
         ({"network": "seg"}, TypeError, "network must be an nn.Module, got str"),
         ({"pooling": "avg"}, ValueError, "pooling='avg' is not valid"),
+        ({"pooling": None}, ValueError, "pooling=None is not valid"),
         ({"top_k": 0}, ValueError, "top_k=0 is not valid"),
     ],
 )

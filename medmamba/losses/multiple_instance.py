@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmamba.networks.nets.lesion_map import lesion_log_odds_map, pool_lesion_map
+from medmamba.networks.nets.lesion_map import check_pooling, lesion_log_odds_map, pool_lesion_map
 
 __all__ = ["LesionMILLoss"]
-
-_POOLINGS = ("max", "topk", "mean")
 
 
 class LesionMILLoss(nn.Module):
@@ -64,11 +62,9 @@ class LesionMILLoss(nn.Module):
         super().__init__()
         if float(weight) < 0:
             raise ValueError(f"weight must be >= 0, got {weight}.")
-        if pooling not in _POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not valid; expected one of {_POOLINGS}.")
-        for name, value in (("top_k", top_k), ("min_voxels", min_voxels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is not valid; expected a positive integer.")
+        check_pooling(pooling, top_k)
+        if isinstance(min_voxels, bool) or not isinstance(min_voxels, int) or min_voxels < 1:
+            raise ValueError(f"min_voxels={min_voxels!r} is not valid; expected a positive integer.")
         if base_loss is None:
             from monai.losses import DiceCELoss
 

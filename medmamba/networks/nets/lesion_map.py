@@ -19,9 +19,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LesionMapClassifier", "lesion_log_odds_map", "pool_lesion_map"]
+__all__ = ["LesionMapClassifier", "check_pooling", "lesion_log_odds_map", "pool_lesion_map"]
 
 _POOLINGS = ("max", "topk", "mean")
+
+
+def check_pooling(pooling: str, top_k: int) -> None:
+    """Validate a lesion-map pooling (see :func:`pool_lesion_map`).
+
+    Raises:
+        ValueError: ``pooling`` is not ``"max"``, ``"topk"`` or ``"mean"``, or ``top_k`` is not a
+            positive integer.
+    """
+    if pooling not in _POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not valid; expected one of {_POOLINGS}.")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k={top_k!r} is not valid; expected a positive integer.")
 
 
 def lesion_log_odds_map(logits: torch.Tensor, lesion_channel: int = -1) -> torch.Tensor:
@@ -66,8 +79,8 @@ def pool_lesion_map(log_odds: torch.Tensor, pooling: str = "max", top_k: int = 1
         return z.topk(min(int(top_k), z.shape[1]), dim=1).values.mean(dim=1)
     if pooling == "mean":
         return z.mean(dim=1)
+    # (no f-string of the module tuple: this function is compiled by torch.jit.script)
     raise ValueError("pooling='" + pooling + "' is not valid; expected one of ('max', 'topk', 'mean').")
-
 
 
 class LesionMapClassifier(nn.Module):
@@ -105,10 +118,7 @@ class LesionMapClassifier(nn.Module):
         super().__init__()
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
-        if pooling not in _POOLINGS:
-            raise ValueError("pooling='" + pooling + "' is not valid; expected one of ('max', 'topk', 'mean').")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k={top_k!r} is not valid; expected a positive integer.")
+        check_pooling(pooling, top_k)
         self.network = network
         channels = getattr(network, "in_channels", None)
         #: the wrapped network's ``in_channels`` (``-1`` if it has none), read by ``SliceStackInferer``.
