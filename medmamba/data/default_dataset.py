@@ -236,6 +236,14 @@ def _write_subject(
     return entry
 
 
+def _segmentation_item(subject: dict[str, Any]) -> dict[str, Any]:
+    """A subject's entry in the segmentation and lesion-detection datalists."""
+    item = {"image": subject["image"], "label": subject["tissue"], "lesion": subject["lesion"], "id": subject["id"]}
+    if "dicom" in subject:
+        item["dicom"] = subject["dicom"]
+    return item
+
+
 def _datalists(subjects: list[dict[str, Any]], cfg: DefaultDatasetConfig) -> dict[str, dict[str, Any]]:
     common = {
         "name": "medmamba-default",
@@ -254,21 +262,12 @@ def _datalists(subjects: list[dict[str, Any]], cfg: DefaultDatasetConfig) -> dic
     sl: dict[str, Any] = {**common, "tensorImageSize": "2D", "labels": {"0": "no lesion", "1": "lesion present"}}
     for split in _SPLITS:
         members = [s for s in subjects if s["split"] == split]
-        seg[split] = []
-        for s in members:
-            item = {"image": s["image"], "label": s["tissue"], "lesion": s["lesion"], "id": s["id"]}
-            if "dicom" in s:
-                item["dicom"] = s["dicom"]
-            seg[split].append(item)
+        seg[split] = [_segmentation_item(s) for s in members]
         vol[split] = [{"image": s["image"], "label": int(s["has_lesion"]), "id": s["id"]} for s in members]
         sl[split] = [
             {"image": s["image"], "slice": k, "label": lab, "id": s["id"]} for s in members for k, lab in s["slices"]
         ]
-    extra = [
-        {"image": s["image"], "label": s["tissue"], "lesion": s["lesion"], "id": s["id"]}
-        for s in subjects
-        if s["split"] == EXTRA_TRAINING
-    ]
+    extra = [_segmentation_item(s) for s in subjects if s["split"] == EXTRA_TRAINING]
     det: dict[str, Any] = {**seg, "training": seg["training"] + extra}
     for d in (seg, vol, sl, det):
         d["numTraining"] = len(d["training"])
