@@ -23,6 +23,7 @@ from medmamba.transforms import (
     MRNormalized,
     PadToMultiple,
     PadToMultipled,
+    quantiles,
     scan_preprocessing,
 )
 
@@ -77,6 +78,27 @@ def test_mr_normalisation_gives_zero_mean_unit_std_on_foreground() -> None:
     assert float(out.max()) < 5  # the outlier was clipped before the z-score
     d = MRNormalized("image", lower=None, upper=None, background_value=0.0)({"image": img})
     assert float(d["image"][0][~fg].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 54321])
+def test_quantiles_by_selection_equal_torch_quantile(n: int) -> None:
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 100
+    q = [0.0, 0.005, 0.25, 0.5, 0.99, 0.995, 1.0]
+    expected = torch.quantile(values, torch.tensor(q)).tolist()
+    np.testing.assert_allclose(quantiles(values, q), expected, rtol=1e-6, atol=1e-4)
+
+
+def test_quantiles_subsample_above_two_million_values_as_before() -> None:
+    values = torch.arange(3_000_000, dtype=torch.float32)
+    sub = values[:: 3_000_000 // 1_000_000 + 1]  # the regular subsample MRNormalize always took
+    assert quantiles(values, [0.5]) == pytest.approx([float(torch.quantile(sub, 0.5))])
+
+
+def test_quantiles_argument_errors() -> None:
+    with pytest.raises(ValueError, match="values must not be empty"):
+        quantiles(torch.zeros(0), [0.5])
+    with pytest.raises(ValueError, match=r"q must be in \[0, 1\], got \[1.5\]"):
+        quantiles(torch.ones(3), [1.5])
 
 
 def test_mr_normalise_argument_errors() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.loading import LoadScan, LoadScand
-from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask
+from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask, foreground_threshold, quantiles
 from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMultipled
 from medmamba.transforms.presets import ForegroundSelector, scan_preprocessing
 from medmamba.transforms.slice_stack import SliceStackd, neighbour_slice_indices, stack_slices
@@ -26,6 +26,8 @@ __all__ = [
     "PadToMultiple",
     "PadToMultipled",
     "foreground_mask",
+    "foreground_threshold",
+    "quantiles",
     "resolve_window",
     "scan_preprocessing",
     "SliceStackd",

@@ -8,16 +8,58 @@ standard deviation over the foreground. The foreground is the set of voxels abov
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_tensor
 
-__all__ = ["MRNormalize", "MRNormalized", "foreground_mask"]
+__all__ = ["MRNormalize", "MRNormalized", "foreground_mask", "foreground_threshold", "quantiles"]
+
+
+#: Above this many values, quantiles are taken over a regular subsample of about 1e6 of them.
+_MAX_QUANTILE_VALUES = 2_000_000
+
+
+def quantiles(values: torch.Tensor, q: Sequence[float]) -> list[float]:
+    """Quantiles of ``values`` with linear interpolation, as ``torch.quantile`` defines them.
+
+    On the CPU the order statistics are found by selection (``numpy.percentile``, introselect:
+    linear time) instead of ``torch.quantile``'s full sort, several times faster on a brain volume
+    (``benchmarks/bench_normalisation.py``, ``docs/benchmarks.md``); other devices use
+    ``torch.quantile``. Above two million values
+    a regular subsample of about one million is used (``torch.quantile`` has a size limit).
+
+    Args:
+        values: The values (any shape, flattened; float).
+        q: Quantiles in [0, 1].
+
+    Returns:
+        One float per entry of ``q``.
+
+    Raises:
+        ValueError: ``values`` is empty or a ``q`` is outside [0, 1].
+    """
+    if values.numel() == 0:
+        raise ValueError("values must not be empty to take quantiles.")
+    if any(not 0.0 <= float(v) <= 1.0 for v in q):
+        raise ValueError(f"q must be in [0, 1], got {list(q)!r}.")
+    flat = values.detach().flatten()
+    if flat.numel() > _MAX_QUANTILE_VALUES:
+        flat = flat[:: flat.numel() // (_MAX_QUANTILE_VALUES // 2) + 1]
+    if flat.device.type == "cpu":
+        out = np.percentile(flat.float().numpy(), [100.0 * float(v) for v in q])
+        return [float(v) for v in np.atleast_1d(out)]
+    return [float(v) for v in torch.quantile(flat.float(), torch.tensor(list(q), device=flat.device))]
+
+
+def foreground_threshold(channel: torch.Tensor, foreground_fraction: float = 0.1) -> float:
+    """``foreground_fraction`` times the 99th percentile of ``channel``: the MR foreground threshold."""
+    return quantiles(channel, [0.99])[0] * foreground_fraction
 
 
 def foreground_mask(channel: torch.Tensor, foreground_fraction: float = 0.1, threshold: float | None = None) -> torch.Tensor:
@@ -33,10 +75,7 @@ def foreground_mask(channel: torch.Tensor, foreground_fraction: float = 0.1, thr
     """
     x = channel.float()
     if threshold is None:
-        flat = x.flatten()
-        if flat.numel() > 2_000_000:
-            flat = flat[:: flat.numel() // 1_000_000 + 1]
-        threshold = float(torch.quantile(flat, 0.99)) * foreground_fraction
+        threshold = foreground_threshold(x, foreground_fraction)
     mask = x > threshold
     return mask if bool(mask.any()) else torch.ones_like(mask)
 
@@ -83,13 +122,11 @@ class MRNormalize(Transform):
         for c in range(t.shape[0]):
             x = t[c].as_tensor() if hasattr(t[c], "as_tensor") else t[c]
             fg = foreground_mask(x, self.foreground_fraction, self.threshold)
-            vals = x[fg]
-            if vals.numel() > 2_000_000:
-                vals = vals[:: vals.numel() // 1_000_000 + 1]
             y = x.clone()
             if self.lower is not None or self.upper is not None:
-                lo = float(torch.quantile(vals, self.lower / 100.0)) if self.lower is not None else None
-                hi = float(torch.quantile(vals, self.upper / 100.0)) if self.upper is not None else None
+                found = iter(quantiles(x[fg], [p / 100.0 for p in (self.lower, self.upper) if p is not None]))
+                lo = next(found) if self.lower is not None else None
+                hi = next(found) if self.upper is not None else None
                 y = torch.clamp(y, min=lo, max=hi)
             if self.zscore:
                 v = y[fg]

@@ -16,7 +16,7 @@ from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd
 
 from medmamba.transforms.ct_window import CTWindowd, WindowSpec
 from medmamba.transforms.loading import LoadScand
-from medmamba.transforms.mr_normalize import MRNormalized
+from medmamba.transforms.mr_normalize import MRNormalized, foreground_threshold
 from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultipled
 
 __all__ = ["ForegroundSelector", "scan_preprocessing"]
@@ -40,10 +40,7 @@ class ForegroundSelector:
         x = torch.as_tensor(img).float()
         thr = self.threshold
         if thr is None:
-            flat = x.flatten()
-            if flat.numel() > 2_000_000:
-                flat = flat[:: flat.numel() // 1_000_000 + 1]
-            thr = float(torch.quantile(flat, 0.99)) * self.fraction
+            thr = foreground_threshold(x, self.fraction)
         return x > thr
 
 
