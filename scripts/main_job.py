@@ -6,9 +6,11 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
 1. make the semi-synthetic default data set (``python -m medmamba.data make-default``; reused when
    it is already there and complete);
 2. for each bundle (classification, segmentation), the two side by side, one compute thread each
-   (this machine has two cores): train the teacher, train the student with knowledge distillation,
-   evaluate on the held-out test subjects (the weights each bundle deploys, ``DEPLOY_CHECKPOINT``,
-   and for the classification bundle also its best-validation checkpoint), fuse and export the
+   (this machine has two cores): train the teacher, train the student with knowledge distillation
+   (the classification bundle: two students from seeds 0 and 1 at the same time, stacked into the
+   seed ensemble it deploys), evaluate on the held-out test subjects (the weights each bundle
+   deploys, ``DEPLOY_CHECKPOINT``, and for the classification bundle also its best-validation
+   weights, ``BEST_CHECKPOINT``), fuse and export the
    deployed weights (TorchScript through ``monai.bundle ckpt_export``, ONNX through the bundle's
    ``export_onnx``, both checked against the eager fused network), run inference on a DICOM series (checkpoint) and on a NIfTI volume
    (the exported TorchScript model);
@@ -54,6 +56,8 @@ class Stage:
     ok: bool = False
     returncode: int | None = None
     log: Path | None = None
+    #: Consecutive stages of a chain with the same group run at the same time.
+    group: str | None = None
 
 
 def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
@@ -108,26 +112,55 @@ def test_cases() -> tuple[Path, Path]:
     return dicom, DATA / nifti_case["image"]
 
 
-#: Compute threads of each bundle's student training. The classification student is the longest
-#: stage of the job; it starts while the segmentation chain still runs (the two then share the two
-#: cores) and has both cores to itself once that chain is done.
-STUDENT_THREADS = {"classification": 2, "segmentation": 1}
+#: Compute threads of the student training of a bundle without a seed ensemble.
+STUDENT_THREADS = {"segmentation": 1}
+
+#: Seeds of the students a bundle trains and deploys as a seed ensemble (``configs/ensemble.json``
+#: stacks their checkpoints into one); the members train at the same time, one thread each. Member 0
+#: writes the single-student file names (``model.pt``, ``model_ema.pt``), member ``i``
+#: ``model_seed<i>.pt`` / ``model_seed<i>_ema.pt``.
+ENSEMBLE_SEEDS = {"classification": (0, 1)}
 
 #: The weights each bundle deploys (the ``ckpt_file`` default of its evaluate/inference configs):
-#: the classification bundle's final EMA weights (its best-validation checkpoint is evaluated as
-#: well, in ``eval/best_checkpoint``), the segmentation bundle's best-validation checkpoint.
-DEPLOY_CHECKPOINT = {"classification": "model_ema.pt", "segmentation": "model.pt"}
+#: the classification bundle's ensemble of the members' final EMA weights, the segmentation bundle's
+#: best-validation checkpoint.
+DEPLOY_CHECKPOINT = {"classification": "model_ensemble_ema.pt", "segmentation": "model.pt"}
+
+#: The best-validation weights of each bundle (evaluated beside the deployed ones when they differ).
+BEST_CHECKPOINT = {"classification": "model_ensemble.pt", "segmentation": "model.pt"}
 
 
 def evaluations(name: str, bundle: Path) -> list[tuple[str, str, Path]]:
     """The test evaluations of one bundle, as ``(label, checkpoint file, output folder)``: its deployed
-    weights (the evaluate config's default, into ``eval/``) and, when those are not ``model.pt``, the
-    best-validation checkpoint ``model.pt`` as well (into ``eval/best_checkpoint``)."""
-    deployed = DEPLOY_CHECKPOINT.get(name, "model.pt")
+    weights (the evaluate config's default, into ``eval/``) and, when those are not its best-validation
+    weights (``BEST_CHECKPOINT``), those as well (into ``eval/best_checkpoint``)."""
+    deployed, best = DEPLOY_CHECKPOINT.get(name, "model.pt"), BEST_CHECKPOINT.get(name, "model.pt")
     runs = [(f"{name} ({deployed})", deployed, bundle / "eval")]
-    if deployed != "model.pt":
-        runs.append((f"{name} (model.pt, best validation)", "model.pt", bundle / "eval" / "best_checkpoint"))
+    if deployed != best:
+        runs.append((f"{name} ({best}, best validation)", best, bundle / "eval" / "best_checkpoint"))
     return runs
+
+
+def student_stages(name: str, bundle: Path) -> list[Stage]:
+    """Training of the student, or of the seed-ensemble members side by side and their stacking."""
+    models = bundle / "models"
+    seeds = ENSEMBLE_SEEDS.get(name, ())
+    if not seeds:
+        threads = ("--num_threads", str(STUDENT_THREADS.get(name, 1)))
+        argv = bundle_run(bundle, "train.json", *threads)
+        return [Stage(name, "train student (KD)", argv, [models / "model.pt", models / "model_ema.pt"])]
+    stages, members = [], []
+    for i, seed in enumerate(seeds):
+        member = "model" if i == 0 else f"model_seed{seed}"
+        members.append(member)
+        extra = () if i == 0 else ("--model_name", member, "--log_dir", str(bundle / "logs" / member))
+        argv = bundle_run(bundle, "train.json", "--num_threads", "1", "--seed", str(seed), *extra)
+        outputs = [models / f"{member}.pt", models / f"{member}_ema.pt"]
+        stages.append(Stage(name, f"train student (KD), seed {seed}", argv, outputs, group="students"))
+    argv = bundle_run(bundle, "ensemble.json", "--members", json.dumps(members))
+    outputs = [models / DEPLOY_CHECKPOINT[name], models / BEST_CHECKPOINT[name]]
+    stages.append(Stage(name, f"stack the {len(seeds)} students into an ensemble", argv, outputs))
+    return stages
 
 
 def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
@@ -136,12 +169,7 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
     stages: list[Stage] = []
     if not skip_teacher:
         stages.append(Stage(name, "train teacher", bundle_run(bundle, "train_teacher.json"), [models / "teacher.pt"]))
-    threads = ("--num_threads", str(STUDENT_THREADS.get(name, 1)))
-    stages.append(
-        Stage(
-            name, "train student (KD)", bundle_run(bundle, "train.json", *threads), [models / "model.pt", models / "model_ema.pt"]
-        )
-    )
+    stages += student_stages(name, bundle)
     (_, deployed, _), *others = evaluations(name, bundle)
     stages.append(Stage(name, "evaluate (test)", bundle_run(bundle, "evaluate.json"), [out / "metrics.json"]))
     for _, checkpoint, folder in others:
@@ -161,8 +189,8 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
 
 def run_stage(stage: Stage, log_dir: Path) -> None:
     """Run one stage; its output (with the engines' progress bars) goes to its log."""
-    slug = "_".join(stage.name.replace(",", "").replace("+", "").split()[:2]).lower()
-    log = log_dir / f"{stage.bundle}_{slug}.log"
+    slug = "".join(c if c.isalnum() else "_" for c in stage.name.lower()).strip("_")
+    log = log_dir / f"{stage.bundle}_{'_'.join(filter(None, slug.split('_')))}.log"
     stage.log = log
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning on a shared core
@@ -174,13 +202,31 @@ def run_stage(stage: Stage, log_dir: Path) -> None:
     stage.ok = proc.returncode == 0 and all(p.exists() for p in stage.outputs)
 
 
-def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm) -> None:
-    """Run the stages of one bundle in order, stopping at the first failure."""
+def stage_groups(stages: list[Stage]) -> list[list[Stage]]:
+    """The stages of a chain in run order, consecutive stages of one ``group`` together."""
+    groups: list[list[Stage]] = []
     for stage in stages:
-        bar.set_postfix_str(stage.name)
-        run_stage(stage, log_dir)
-        bar.update(1)
-        if not stage.ok:
+        if groups and stage.group is not None and groups[-1][-1].group == stage.group:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm) -> None:
+    """Run the stages of one bundle in order (a group's stages at once), stopping at the first failure."""
+    for group in stage_groups(stages):
+        bar.set_postfix_str(" | ".join(s.name for s in group))
+        if len(group) == 1:
+            run_stage(group[0], log_dir)
+        else:
+            workers = [threading.Thread(target=run_stage, args=(s, log_dir), daemon=True) for s in group]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        bar.update(len(group))
+        if not all(s.ok for s in group):
             return
 
 

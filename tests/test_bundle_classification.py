@@ -174,7 +174,13 @@ def test_metadata_is_valid_offline(tmp_path):
     # the schema ships with the repository: nothing is downloaded
     verify_metadata(meta_file=META, filepath=str(SCHEMA))
     meta = json.loads(Path(META).read_text())
-    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    image = meta["network_data_format"]["inputs"]["image"]
+    from monai.bundle import ConfigParser
+
+    for config in ("train.json", "train_teacher.json", "evaluate.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        assert parser.get_parsed_content("in_channels") == image["num_channels"] == len(image["channel_def"]) == 5
     bad = dict(meta)
     del bad["task"]
     path = tmp_path / "bad.json"
@@ -368,6 +374,16 @@ def trained(tiny_data, tmp_path_factory):
     student.run()
     trainer = student.trainer
     student.finalize()
+
+    # the second member of the deployed seed ensemble, then the ensemble checkpoints
+    member = _workflow("train.json", root, tiny_data, seed=1, model_name="model_seed1", log_dir=str(root / "logs" / "seed1"),
+                       **_train_overrides(**_tiny_overrides("network_def#network")))
+    member.initialize()
+    member.run()
+    member.finalize()
+    stack = _workflow("ensemble.json", root, tiny_data, workflow_type=None)
+    stack.initialize()
+    stack.run()
     return {"root": root, "trainer": trainer}
 
 
@@ -375,7 +391,8 @@ def test_training_writes_checkpoints_logs_and_distils(trained):
     root = trained["root"]
     trainer = trained["trainer"]
     models = root / "models"
-    assert {p.name for p in models.iterdir()} >= {"teacher.pt", "teacher_ema.pt", "model.pt", "model_ema.pt"}
+    assert {p.name for p in models.iterdir()} >= {"teacher.pt", "teacher_ema.pt", "model.pt", "model_ema.pt",
+                                                  "model_seed1.pt", "model_seed1_ema.pt"}
     state = torch.load(models / "model.pt", weights_only=True)
     # the lesion-map classifier around a MobileMambaSeg with 5 dense classes (background, 3 tissues, lesion)
     assert state["network.head.weight"].shape[0] == 5 and any(k.startswith("network.encoder.") for k in state)
@@ -384,6 +401,12 @@ def test_training_writes_checkpoints_logs_and_distils(trained):
     ema = torch.load(models / "model_ema.pt", weights_only=True)
     assert ema.keys() == state.keys()
     assert list((root / "logs").glob("events.out.tfevents.*"))
+    ensemble = torch.load(models / "model_ensemble_ema.pt", weights_only=True)["model"]
+    assert set(ensemble) == {f"networks.{i}.{k}" for i in (0, 1) for k in ema}
+    seed1 = torch.load(models / "model_seed1_ema.pt", weights_only=True)
+    key = "network.head.weight"
+    assert torch.equal(ensemble[f"networks.1.{key}"], seed1[key]) and torch.equal(ensemble[f"networks.0.{key}"], ema[key])
+    assert not torch.equal(seed1[key], ema[key])  # another seed, other weights
     out = trainer.state.output
     assert torch.isfinite(out["loss"]) and float(out["loss_kd"]) > 0.0  # the teacher's KD term is active
     metrics = trainer.state.metrics if trainer.state.metrics else {}
@@ -402,7 +425,7 @@ def test_evaluate_writes_flat_metrics(trained, tiny_data):
     for key in ("volume_auc", "volume_accuracy", "volume_f1", "slice_auc", "slice_accuracy", "slice_f1"):
         assert doc[key] is None or 0.0 <= doc[key] <= 1.0
     assert doc["n_volumes"] == len(tiny_data["test"]) == 2 and doc["n_volumes_positive"] == 1
-    assert doc["checkpoint"].endswith("model_ema.pt") and doc["fused"] is True and doc["wall_time_s"] > 0
+    assert doc["checkpoint"].endswith("model_ensemble_ema.pt") and doc["fused"] is True and doc["wall_time_s"] > 0
     rows = list(csv.DictReader((root / "eval" / "predictions.csv").open()))
     assert [r["id"] for r in rows] == [e["id"] for e in tiny_data["test"]]
     assert all(0.0 <= float(r["lesion_probability"]) <= 1.0 for r in rows)
@@ -425,14 +448,14 @@ def exported(trained):
 
     root = trained["root"]
     models = root / "models"
-    ckpt_export(net_id="network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model_ema.pt"),
+    ckpt_export(net_id="network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model_ensemble_ema.pt"),
                 meta_file=META, config_file=str(CONFIGS / "inference.json"), bundle_root=str(root),
                 **_tiny_overrides())
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, logging_file=LOGGING,
                         workflow_type=None, run_id="export_onnx", bundle_root=str(root),
-                        export_input_shape=[2, 3, 64, 64], **_tiny_overrides())
+                        export_input_shape=[2, 5, 64, 64], **_tiny_overrides())
     wf.initialize()
     wf.run()
     return root
@@ -441,17 +464,22 @@ def exported(trained):
 def test_exported_models_equal_the_eager_fused_network(exported):
     import onnxruntime as ort
 
-    from medmamba.networks import LesionMapClassifier, MobileMambaSeg, fuse_norms
+    from medmamba.networks import LesionMapClassifier, MeanEnsemble, MobileMambaSeg, fuse_norms
     from medmamba.training import load_weights
 
     models = exported / "models"
-    eager = load_weights(LesionMapClassifier(MobileMambaSeg("t2", in_channels=3, out_channels=5, **TINY_NET)),
-                         str(models / "model_ema.pt"))  # the deployed weights (inference.json's ckpt_file)
+    # the deployed weights (inference.json's ckpt_file): the two seeds' EMA weights, outputs averaged
+    members = [
+        load_weights(LesionMapClassifier(MobileMambaSeg("t2", in_channels=5, out_channels=5, **TINY_NET)), str(models / f))
+        for f in ("model_ema.pt", "model_seed1_ema.pt")
+    ]
+    eager = MeanEnsemble(members)
     fused = fuse_norms(eager)
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(4, 5, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = fused(x)
         unfused = eager.eval()(x)
+        assert torch.allclose(unfused, (members[0](x) + members[1](x)) / 2, atol=1e-5)
     scale = float(ref.abs().max())
     assert float((unfused - ref).abs().max()) <= 1e-4 * scale
     with warnings.catch_warnings():

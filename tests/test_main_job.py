@@ -36,7 +36,7 @@ def test_deployed_checkpoint_is_the_default_of_the_bundle_configs(bundle: str, c
     assert Path(parser.get_parsed_content(key)).name == job.DEPLOY_CHECKPOINT[bundle]
 
 
-def test_classification_stages_export_the_deployed_weights_and_evaluate_the_best_checkpoint_too(
+def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensemble(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = _main_job()
@@ -44,21 +44,64 @@ def test_classification_stages_export_the_deployed_weights_and_evaluate_the_best
     (tmp_path / "datalist_segmentation.json").write_text(json.dumps({"test": test}))
     monkeypatch.setattr(job, "DATA", tmp_path)
     bundle = job.BUNDLES["classification"]
+    models = bundle / "models"
     stages = job.bundle_stages("classification", bundle, skip_teacher=False)
-    names = [s.name for s in stages]
-    assert names[:4] == ["train teacher", "train student (KD)", "evaluate (test)", "evaluate (test), best-val checkpoint"]
+    groups = [[s.name for s in g] for g in job.stage_groups(stages)]
+    assert groups[:5] == [
+        ["train teacher"],
+        ["train student (KD), seed 0", "train student (KD), seed 1"],  # side by side
+        ["stack the 2 students into an ensemble"],
+        ["evaluate (test)"],
+        ["evaluate (test), best-val checkpoint"],
+    ]
 
     def arg(stage, flag: str) -> str:  # noqa: ANN001
         return stage.argv[stage.argv.index(flag) + 1]
 
-    best = stages[3]
-    assert arg(best, "--ckpt_file") == str(bundle / "models" / "model.pt")
+    seed0, seed1, stack = stages[1], stages[2], stages[3]
+    assert arg(seed0, "--seed") == "0" and "--model_name" not in seed0.argv  # train.json's own file names
+    assert arg(seed1, "--seed") == "1" and arg(seed1, "--model_name") == "model_seed1"
+    assert arg(seed0, "--num_threads") == arg(seed1, "--num_threads") == "1"
+    assert arg(stack, "--config_file").endswith("ensemble.json")
+    assert json.loads(arg(stack, "--members")) == ["model", "model_seed1"]
+    assert stack.outputs == [models / "model_ensemble_ema.pt", models / "model_ensemble.pt"]
+    best = stages[5]
+    assert arg(best, "--ckpt_file") == str(models / "model_ensemble.pt")
     assert arg(best, "--output_dir") == str(bundle / "eval" / "best_checkpoint")
-    assert "--ckpt_file" not in stages[2].argv  # the deployed weights: the config's default (model_ema.pt)
+    assert "--ckpt_file" not in stages[4].argv  # the deployed weights: the config's default
     export = next(s for s in stages if s.name == "export TorchScript")
-    assert arg(export, "--ckpt_file") == str(bundle / "models" / "model_ema.pt")
+    assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
     seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True)
     assert [s.name for s in seg][:2] == ["train student (KD)", "evaluate (test)"]
+    assert all(len(g) == 1 for g in job.stage_groups(seg))
     seg_export = next(s for s in seg if s.name == "export TorchScript")
     assert arg(seg_export, "--ckpt_file").endswith("model.pt")
     assert str(tmp_path / "a" / "dicom") in next(s for s in stages if s.name == "inference, DICOM series").argv
+
+
+def test_ensemble_config_stacks_the_members_the_main_job_names(tmp_path: Path) -> None:
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    job = _main_job()
+    bundle = job.BUNDLES["classification"]
+    models = tmp_path / "models"
+    models.mkdir()
+    members = ["model", "model_seed1"]
+    for i, member in enumerate(members):
+        for suffix in ("", "_ema"):
+            torch.save({"model": {"w": torch.full((2,), float(i)), "b": torch.zeros(1)}}, models / f"{member}{suffix}.pt")
+    wf = ConfigWorkflow(config_file=str(bundle / "configs" / "ensemble.json"), workflow_type=None,
+                        meta_file=str(bundle / "configs" / "metadata.json"), bundle_root=str(tmp_path), members=members)
+    wf.initialize()
+    wf.run()
+    for name in (job.DEPLOY_CHECKPOINT["classification"], job.BEST_CHECKPOINT["classification"]):
+        state = torch.load(models / name, weights_only=True)["model"]
+        assert sorted(state) == ["networks.0.b", "networks.0.w", "networks.1.b", "networks.1.w"]
+        assert state["networks.1.w"].tolist() == [1.0, 1.0]
+
+
+def test_stage_groups_keep_order_and_only_join_neighbours_of_one_group() -> None:
+    job = _main_job()
+    stages = [job.Stage("b", n, [], group=g) for n, g in (("a", None), ("b", "x"), ("c", "x"), ("d", None), ("e", "x"))]
+    assert [[s.name for s in g] for g in job.stage_groups(stages)] == [["a"], ["b", "c"], ["d"], ["e"]]

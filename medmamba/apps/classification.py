@@ -854,6 +854,9 @@ class FusedLesionMapClassifier(FuseOnLoad):
     arguments (so ``--network_def#variant t4`` works in ``inference.json`` / ``evaluate.json`` as in
     ``train.json``) plus the pooling of :class:`medmamba.networks.LesionMapClassifier`, loads the
     unfused checkpoint the training saves (the classifier's state dict) and folds every BatchNorm.
+    With ``ensemble_size`` > 1 it is a :class:`medmamba.networks.MeanEnsemble` of that many such
+    classifiers (a seed ensemble: the mean of their pooled lesion log-odds), loaded from the
+    checkpoint :func:`medmamba.training.save_ensemble_checkpoint` writes.
 
     Args:
         variant: MobileMamba variant of the encoder.
@@ -861,7 +864,11 @@ class FusedLesionMapClassifier(FuseOnLoad):
         pooling: ``"max"``, ``"topk"`` or ``"mean"`` (see ``LesionMapClassifier``).
         top_k: pixels averaged by ``"topk"``.
         strict: ``strict`` of ``fuse_norms``.
+        ensemble_size: number of ensemble members (1: a single classifier).
         kwargs: the other ``MobileMambaSeg`` arguments (``in_channels``, ``out_channels``, ...).
+
+    Raises:
+        ValueError: ``ensemble_size`` is not a positive integer.
     """
 
     def __init__(
@@ -871,12 +878,18 @@ class FusedLesionMapClassifier(FuseOnLoad):
         pooling: str = "max",
         top_k: int = 16,
         strict: bool = True,
+        ensemble_size: int = 1,
         **kwargs: Any,
     ) -> None:
-        from medmamba.networks import LesionMapClassifier, MobileMambaSeg
+        from medmamba.networks import LesionMapClassifier, MeanEnsemble, MobileMambaSeg
 
-        network = LesionMapClassifier(MobileMambaSeg(variant, **kwargs), lesion_channel, pooling, top_k)
-        super().__init__(network, strict=strict)
+        if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be a positive integer, got {ensemble_size!r}.")
+        members = [
+            LesionMapClassifier(MobileMambaSeg(variant, **kwargs), lesion_channel, pooling, top_k)
+            for _ in range(ensemble_size)
+        ]
+        super().__init__(members[0] if ensemble_size == 1 else MeanEnsemble(members), strict=strict)
 
 
 def rank_zero_handlers(handlers: Sequence[Any]) -> list[Any]:

@@ -10,6 +10,7 @@ from .convert import (
 )
 from .fusion import fuse_norms
 from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
+from .nets.ensemble import MeanEnsemble
 from .nets.lesion_map import LesionMapClassifier
 from .nets.segmentation import MobileMambaSeg
 from .selective_scan import selective_scan
@@ -17,6 +18,7 @@ from .selective_scan import selective_scan
 __all__ = [
     "MOBILEMAMBA_VARIANTS",
     "LesionMapClassifier",
+    "MeanEnsemble",
     "MobileMamba",
     "MobileMambaBlock",
     "MobileMambaSeg",

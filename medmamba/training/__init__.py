@@ -13,7 +13,8 @@ One concept per module:
 - :mod:`~medmamba.training.schedule`: per-iteration warm-up + cosine-to-floor schedule;
 - :mod:`~medmamba.training.amp`: autocast dtype per device, grad scaler;
 - :mod:`~medmamba.training.export`: norm fusion, TorchScript / ONNX export and verification;
-- :mod:`~medmamba.training.checkpoint`: loading weights from the checkpoints all of these write.
+- :mod:`~medmamba.training.checkpoint`: loading weights from the checkpoints all of these write, and
+  stacking several seeds' checkpoints into one ensemble checkpoint.
 
 Every class takes plain constructor arguments, so a MONAI bundle config can build it with
 ``"_target_": "medmamba.training.<Name>"``.
@@ -22,7 +23,7 @@ Every class takes plain constructor arguments, so a MONAI bundle config can buil
 from __future__ import annotations
 
 from .amp import autocast, create_grad_scaler, resolve_amp_dtype
-from .checkpoint import extract_state_dict, load_weights
+from .checkpoint import ensemble_state_dict, extract_state_dict, load_weights, save_ensemble_checkpoint
 from .distillation import (
     DistillationLoss,
     SegmentationDistillationLoss,
@@ -61,6 +62,7 @@ __all__ = [
     "create_grad_scaler",
     "create_optimizer",
     "ema_decay",
+    "ensemble_state_dict",
     "export_fused",
     "extract_state_dict",
     "hard_distillation",
@@ -69,6 +71,7 @@ __all__ = [
     "pixelwise_distillation",
     "rand_box",
     "resolve_amp_dtype",
+    "save_ensemble_checkpoint",
     "scale_lr",
     "smooth_one_hot",
     "soft_distillation",

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["extract_state_dict", "load_weights"]
+__all__ = ["ensemble_state_dict", "extract_state_dict", "load_weights", "save_ensemble_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +93,65 @@ def load_weights(
             "load_weights: %d missing and %d unexpected keys", len(result.missing_keys), len(result.unexpected_keys)
         )
     return network
+
+
+def ensemble_state_dict(
+    members: Sequence[Mapping[str, torch.Tensor] | str | os.PathLike[str]], key: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The state dict of a :class:`~medmamba.networks.MeanEnsemble` from its members' checkpoints.
+
+    Args:
+        members: each member's checkpoint: a path or a loaded state dict, in any form
+            :func:`extract_state_dict` reads (flat, ``CheckpointSaver``'s
+            ``{"model": ...}``, EMA, DDP).
+        key: entry of multi-object checkpoints (``"model"``...), as in ``extract_state_dict``.
+
+    Returns:
+        ``{"networks.<i>.<name>": tensor}`` for member ``i``.
+
+    Raises:
+        ValueError: ``members`` is empty, or the members' state dicts have different keys or shapes
+            (they must share one architecture).
+    """
+    if len(members) == 0:
+        raise ValueError("members must hold at least one checkpoint, got an empty sequence.")
+    states = [extract_state_dict(m, key=key) for m in members]
+    first = {k: tuple(v.shape) for k, v in states[0].items()}
+    for i, state in enumerate(states[1:], start=1):
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        if shapes != first:
+            differ = sorted(set(first).symmetric_difference(shapes)) or sorted(k for k in first if first[k] != shapes[k])
+            raise ValueError(
+                f"members[{i}] does not match members[0] (one architecture expected); differing entries: {differ[:5]}."
+            )
+    return {f"networks.{i}.{k}": v for i, state in enumerate(states) for k, v in state.items()}
+
+
+def save_ensemble_checkpoint(
+    members: Sequence[str | os.PathLike[str]], filepath: str | os.PathLike[str], key: str | None = None
+) -> str:
+    """Write the members' checkpoints as one :class:`~medmamba.networks.MeanEnsemble` checkpoint.
+
+    The file holds ``{"model": ensemble_state_dict(members)}`` (the layout of MONAI's
+    ``CheckpointSaver``), so evaluation, inference and ``ckpt_export`` load it like any checkpoint.
+
+    Args:
+        members: the members' checkpoint files.
+        filepath: where to write (folders are created; an existing file is replaced).
+        key: see :func:`ensemble_state_dict`.
+
+    Returns:
+        ``filepath`` as a string.
+
+    Raises:
+        FileNotFoundError: a member's file does not exist.
+    """
+    for i, path in enumerate(members):
+        if not os.path.isfile(os.fspath(path)):
+            raise FileNotFoundError(f"members[{i}]={os.fspath(path)!r} does not exist; train that member first.")
+    state = ensemble_state_dict(list(members), key=key)
+    out = os.fspath(filepath)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    torch.save({"model": state}, out)
+    logger.info("wrote the %d-member ensemble checkpoint %s", len(members), out)
+    return out
