@@ -239,8 +239,15 @@ def test_notebook_helpers_load_a_trained_bundle_and_keep_its_label_volume(
     parser["bundle_root"] = str(root)
     torch.manual_seed(0)
     (root / "models").mkdir()
-    deployed = "model_ema.pt" if bundle == "mobilemamba_classification" else "model.pt"  # inference.json's checkpoint
-    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), root / "models" / deployed)
+    if bundle == "mobilemamba_classification":  # inference.json's checkpoint: a two-seed ensemble
+        from medmamba.training import ensemble_state_dict
+
+        deployed = "model_ensemble_ema.pt"
+        members = [parser.get_parsed_content("network_def", instantiate=True).state_dict() for _ in range(2)]
+        torch.save({"model": ensemble_state_dict(members)}, root / "models" / deployed)
+    else:
+        deployed = "model.pt"
+        torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), root / "models" / deployed)
     monkeypatch.setenv("MEDMAMBA_DATA_DIR", str(data_dir))
     monkeypatch.setenv("MEDMAMBA_BUNDLES_DIR", str(tmp_path / "bundles"))
     monkeypatch.setenv("MEDMAMBA_NOTEBOOK_OUT", str(tmp_path / "out"))
