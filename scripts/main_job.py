@@ -115,6 +115,10 @@ def test_cases() -> tuple[Path, Path]:
 #: Compute threads of the student training of a bundle without a seed ensemble.
 STUDENT_THREADS = {"segmentation": 1}
 
+#: Compute threads of the evaluation, ONNX export and inference stages, where they differ from the
+#: configs' default (1): the classification chain ends last, with both cores to itself.
+POST_TRAINING_THREADS = {"classification": 2}
+
 #: Seeds of the students a bundle trains and deploys as a seed ensemble (``configs/ensemble.json``
 #: stacks their checkpoints into one); the members train at the same time, one thread each. Member 0
 #: writes the single-student file names (``model.pt``, ``model_ema.pt``), member ``i``
@@ -171,18 +175,19 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
         stages.append(Stage(name, "train teacher", bundle_run(bundle, "train_teacher.json"), [models / "teacher.pt"]))
     stages += student_stages(name, bundle)
     (_, deployed, _), *others = evaluations(name, bundle)
-    stages.append(Stage(name, "evaluate (test)", bundle_run(bundle, "evaluate.json"), [out / "metrics.json"]))
+    threads = ("--num_threads", str(POST_TRAINING_THREADS[name])) if name in POST_TRAINING_THREADS else ()
+    argv = bundle_run(bundle, "evaluate.json", *threads)
+    stages.append(Stage(name, "evaluate (test)", argv, [out / "metrics.json"]))
     for _, checkpoint, folder in others:
-        argv = bundle_run(bundle, "evaluate.json", "--ckpt_file", str(models / checkpoint), "--output_dir", str(folder))
+        argv = bundle_run(bundle, "evaluate.json", "--ckpt_file", str(models / checkpoint), "--output_dir", str(folder), *threads)
         stages.append(Stage(name, "evaluate (test), best-val checkpoint", argv, [folder / "metrics.json"]))
     stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"]))
-    stages.append(
-        Stage(name, "export ONNX + check", bundle_run(bundle, "inference.json", "export_onnx"), [models / "model.onnx"])
-    )
+    argv = bundle_run(bundle, "inference.json", "export_onnx", *threads)
+    stages.append(Stage(name, "export ONNX + check", argv, [models / "model.onnx"]))
     dicom, nifti = test_cases()
     for kind, path, extra in (("DICOM series", dicom, ()), ("NIfTI volume, TorchScript", nifti, ("--use_torchscript", "true"))):
         out = bundle / "eval" / f"inference_{kind.split()[0].lower()}"
-        argv = bundle_run(bundle, "inference.json", "--input_path", str(path), "--output_dir", str(out), *extra)
+        argv = bundle_run(bundle, "inference.json", "--input_path", str(path), "--output_dir", str(out), *extra, *threads)
         stages.append(Stage(name, f"inference, {kind}", argv, [out]))
     return stages
 

@@ -40,7 +40,8 @@ def _all_files(root: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_same_bytes_and_other_seed_differs(tiny: Path, tmp_path: Path) -> None:
-    again = make_default_dataset(tmp_path / "again", TINY, progress=False)
+    # the fixture wrote subjects from two processes, this build from one: the same bytes
+    again = make_default_dataset(tmp_path / "again", TINY, progress=False, workers=1)
     assert again.rebuilt
     a, b = _all_files(tiny), _all_files(tmp_path / "again")
     assert sorted(a) == sorted(b)
@@ -151,6 +152,13 @@ def test_dicom_copy_matches_nifti_and_carries_planted_fake_identity(tiny: Path) 
     assert ds.ImageOrientationPatient == [1, 0, 0, 0, 1, 0]
     assert float(ds.RescaleSlope) == 0.5
     assert ds.SeriesInstanceUID == pydicom.dcmread(files[-1]).SeriesInstanceUID
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, True])
+def test_workers_must_be_a_positive_integer(workers: object, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"workers must be a positive integer or None, got {workers!r}"):
+        make_default_dataset(tmp_path / "x", TINY, progress=False, workers=workers)  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()
 
 
 def test_config_validation() -> None:

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         help="split also written as DICOM series, '' for none (default: %(default)s)",
     )
     md.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
+    md.add_argument(
+        "--workers", type=int, default=None, help="processes writing subjects (default: 2, 1 on a one-core machine)"
+    )
     md.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -63,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             lesion_fraction=args.lesion_fraction,
             dicom_split=args.dicom_split,
         )
-        summary = make_default_dataset(args.out, cfg, force=args.force, progress=not args.no_progress)
+        summary = make_default_dataset(
+            args.out, cfg, force=args.force, progress=not args.no_progress, workers=args.workers
+        )
         state = "built" if summary.rebuilt else "already up to date"
         sys.stdout.write(
             f"default data set {state} in {summary.out_dir}: {summary.n_subjects} subjects, {summary.n_files} files, "

@@ -23,11 +23,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,18 @@ def _dicom_orientation(stored: np.ndarray, affine: np.ndarray) -> tuple[np.ndarr
     return np.ascontiguousarray(arr), aff
 
 
+def _resolve_workers(workers: int | None, n_subjects: int) -> int:
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+    return max(1, min(workers, n_subjects))
+
+
+def _write_subject_args(args: tuple[Any, ...]) -> dict[str, Any]:
+    return _write_subject(*args)
+
+
 def _write_subject(
     root: Path, cfg: DefaultDatasetConfig, template: MniTemplate, index: int, split: str, n_lesions: int
 ) -> dict[str, Any]:
@@ -325,6 +339,7 @@ def make_default_dataset(
     force: bool = False,
     progress: bool = True,
     on_subject: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> DefaultDatasetSummary:
     """Build the default data set (or keep an up-to-date one).
 
@@ -334,14 +349,18 @@ def make_default_dataset(
         force: Rebuild even when ``out_dir`` already holds the same configuration.
         progress: Show a tqdm progress bar.
         on_subject: Called with ``(done, total)`` after each subject.
+        workers: Processes writing subjects at once (``None``: two, or one on a one-core machine).
+            The output does not depend on it: every subject has its own random stream.
 
     Returns:
         A summary (size, time, datalist paths).
 
     Raises:
         TypeError: If ``config`` is not a :class:`DefaultDatasetConfig`.
-        ValueError: If ``out_dir`` exists and is neither empty nor a previous build.
+        ValueError: If ``out_dir`` exists and is neither empty nor a previous build, or ``workers`` is
+            not a positive integer.
     """
+    _resolve_workers(workers, 1)
     cfg = config if config is not None else DefaultDatasetConfig()
     if not isinstance(cfg, DefaultDatasetConfig):
         raise TypeError(f"config must be a DefaultDatasetConfig, got {type(cfg).__name__}")
@@ -364,16 +383,24 @@ def make_default_dataset(
         plan = _split_assignment(cfg)
         from tqdm.auto import tqdm
 
-        subjects = []
+        n_workers = _resolve_workers(workers, len(plan))
+        args = [(tmp, cfg, template, i, split, n_les) for i, (split, _has, n_les) in enumerate(plan)]
+        # every subject draws from its own random stream: the files do not depend on the workers
+        context = multiprocessing.get_context("spawn")
+        pool = None if n_workers == 1 else ProcessPoolExecutor(max_workers=n_workers, mp_context=context)
         bar = tqdm(total=len(plan), desc="default data set", unit="subject", disable=not progress)
         try:
-            for i, (split, _has, n_les) in enumerate(plan):
-                subjects.append(_write_subject(tmp, cfg, template, i, split, n_les))
+            results = map(_write_subject_args, args) if pool is None else pool.map(_write_subject_args, args)
+            subjects = []
+            for i, entry in enumerate(results):
+                subjects.append(entry)
                 bar.update(1)
                 if on_subject is not None:
                     on_subject(i + 1, len(plan))
         finally:
             bar.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         for task, content in _datalists(subjects, cfg).items():
             atomic_write_text(tmp / DATALIST_FILES[task], json.dumps(content, indent=1, sort_keys=True) + "\n")
         files = {
