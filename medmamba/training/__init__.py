@@ -13,6 +13,7 @@ One concept per module:
 - :mod:`~medmamba.training.schedule`: per-iteration warm-up + cosine-to-floor schedule;
 - :mod:`~medmamba.training.amp`: autocast dtype per device, grad scaler;
 - :mod:`~medmamba.training.export`: norm fusion, TorchScript / ONNX export and verification;
+- :mod:`~medmamba.training.distributed`: the end of a multi-process (DDP) run;
 - :mod:`~medmamba.training.checkpoint`: loading weights from the checkpoints all of these write, and
   stacking several seeds' checkpoints into one ensemble checkpoint.
 
@@ -33,6 +34,7 @@ from .distillation import (
     soft_distillation,
     split_student_output,
 )
+from .distributed import end_distributed_run
 from .ema import EMAHandler, ModelEMA, ema_decay
 from .export import ExportMismatchError, ExportResult, FusedExportHandler, export_fused, verify_export
 from .iteration import DistillationIteration
@@ -62,6 +64,7 @@ __all__ = [
     "create_grad_scaler",
     "create_optimizer",
     "ema_decay",
+    "end_distributed_run",
     "ensemble_state_dict",
     "export_fused",
     "extract_state_dict",
