@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from medmamba.networks.nets.lesion_map import declared_in_channels
 from medmamba.training.checkpoint import extract_state_dict, load_weights
 
 __all__ = ["FuseOnLoad", "VolumePredictor", "export_onnx", "load_network"]
@@ -77,8 +78,7 @@ class FuseOnLoad(nn.Module):
         self.network = network.eval()
         self.fuse_strict = bool(strict)
         self.is_fused = False
-        channels = getattr(network, "in_channels", None)
-        self.in_channels = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
+        self.in_channels = declared_in_channels(network)
 
     @property
     def template(self) -> nn.Module:

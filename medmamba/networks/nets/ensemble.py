@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .lesion_map import declared_in_channels
+
 __all__ = ["MeanEnsemble"]
 
 
@@ -48,8 +50,7 @@ class MeanEnsemble(nn.Module):
             if not isinstance(net, nn.Module):
                 raise TypeError(f"networks[{i}] must be an nn.Module, got {type(net).__name__}.")
         self.networks = nn.ModuleList(members)
-        channels = getattr(members[0], "in_channels", None)
-        self.in_channels = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
+        self.in_channels = declared_in_channels(members[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The mean over the members of ``member(x)``."""

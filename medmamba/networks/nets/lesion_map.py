@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LesionMapClassifier", "check_pooling", "lesion_log_odds_map", "pool_lesion_map"]
+__all__ = ["LesionMapClassifier", "check_pooling", "declared_in_channels", "lesion_log_odds_map", "pool_lesion_map"]
 
 _POOLINGS = ("max", "topk", "mean")
 
@@ -35,6 +35,12 @@ def check_pooling(pooling: str, top_k: int) -> None:
         raise ValueError(f"pooling={pooling!r} is not valid; expected one of {_POOLINGS}.")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k={top_k!r} is not valid; expected a positive integer.")
+
+
+def declared_in_channels(network: nn.Module) -> int:
+    """``network.in_channels`` as an int, or ``-1`` when it has none: what wrappers re-declare."""
+    channels = getattr(network, "in_channels", None)
+    return int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
 
 
 def lesion_log_odds_map(logits: torch.Tensor, lesion_channel: int = -1) -> torch.Tensor:
@@ -120,9 +126,8 @@ class LesionMapClassifier(nn.Module):
             raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
         check_pooling(pooling, top_k)
         self.network = network
-        channels = getattr(network, "in_channels", None)
         #: the wrapped network's ``in_channels`` (``-1`` if it has none), read by ``SliceStackInferer``.
-        self.in_channels: int = int(channels) if isinstance(channels, int) and not isinstance(channels, bool) else -1
+        self.in_channels: int = declared_in_channels(network)
         self.lesion_channel = int(lesion_channel)
         self.pooling = pooling
         self.top_k = top_k
