@@ -64,7 +64,7 @@ _SPLITS = ("training", "validation", "test")
 EXTRA_TRAINING = "extra_training"
 #: Stored image value = real value / IMAGE_SLOPE (int16); the DICOM RescaleSlope is the same.
 IMAGE_SLOPE = 0.5
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class DefaultDatasetConfig:
         lesion_fraction: Fraction of each split's subjects that get lesions.
         max_lesions: Lesions per lesion subject are drawn from 1..max_lesions.
         dicom_split: Split whose subjects are also written as DICOM series ("" for none).
+        n_dicom: How many subjects of ``dicom_split`` (its first ones) get a DICOM series.
         min_slice_brain_fraction: Axial slices whose brain area is below this fraction of the
             largest are left out of the per-slice datalist.
         min_slice_lesion_voxels: A slice is "lesion present" with at least this many lesion voxels;
@@ -96,18 +97,19 @@ class DefaultDatasetConfig:
     seed: int = 0
     n_train: int = 14
     n_val: int = 4
-    n_test: int = 6
+    n_test: int = 40
     n_extra_train: int = 30
     resolution: int = 2
     downsample: int = 1
     lesion_fraction: float = 0.5
     max_lesions: int = 3
     dicom_split: str = "test"
+    n_dicom: int = 3
     min_slice_brain_fraction: float = 0.1
     min_slice_lesion_voxels: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "n_test", "n_extra_train"):
+        for name in ("n_train", "n_val", "n_test", "n_extra_train", "n_dicom"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.n_train + self.n_val + self.n_test < 1:
@@ -212,17 +214,21 @@ def _write_subject(
     write_nifti(sdir / "image.nii.gz", real, aff, dtype=np.int16, scl_slope=IMAGE_SLOPE, scl_inter=0.0, xform_code=4)
     write_nifti(sdir / "tissue.nii.gz", subj.tissue, aff, dtype=np.uint8, xform_code=4)
     write_nifti(sdir / "lesion.nii.gz", subj.lesion, aff, dtype=np.uint8, xform_code=4)
+    if subj.generation is not None:
+        write_nifti(sdir / "generation.nii.gz", subj.generation, aff, dtype=np.uint8, xform_code=4)
     entry: dict[str, Any] = {
         "id": sid,
         "split": split,
         "image": f"subjects/{sid}/image.nii.gz",
         "tissue": f"subjects/{sid}/tissue.nii.gz",
         "lesion": f"subjects/{sid}/lesion.nii.gz",
+        "generation": f"subjects/{sid}/generation.nii.gz" if subj.generation is not None else None,
         "has_lesion": bool(subj.lesion.any()),
         "lesion_voxels": int(subj.lesion.sum()),
         "params": subj.params,
     }
-    if cfg.dicom_split and split == cfg.dicom_split:
+    first = {"training": 0, "validation": cfg.n_train, "test": cfg.n_train + cfg.n_val}.get(split, index)
+    if cfg.dicom_split and split == cfg.dicom_split and index - first < cfg.n_dicom:
         d_arr, d_aff = _dicom_orientation(stored, aff)
         write_dicom_series(
             sdir / "dicom",
@@ -253,6 +259,8 @@ def _write_subject(
 def _segmentation_item(subject: dict[str, Any]) -> dict[str, Any]:
     """A subject's entry in the segmentation and lesion-detection datalists."""
     item = {"image": subject["image"], "label": subject["tissue"], "lesion": subject["lesion"], "id": subject["id"]}
+    if subject.get("generation"):
+        item["generation"] = subject["generation"]
     if "dicom" in subject:
         item["dicom"] = subject["dicom"]
     return item

@@ -279,24 +279,39 @@ class Subject:
         tissue: uint8 tissue labels (see :data:`TISSUE_LABELS`).
         lesion: uint8 lesion mask (all zero for lesion-free subjects).
         params: The random parameters drawn (for the manifest).
+        generation: uint8 generation label map (brain, lesion and head tissue kinds, see
+            :data:`medmamba.data.head_model.GENERATION_LABELS`) that random-contrast training images
+            are synthesised from; ``None`` for a skull-stripped subject made without a head.
     """
 
     image: np.ndarray
     tissue: np.ndarray
     lesion: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    generation: np.ndarray | None = None
 
 
 def make_subject(
-    template: MniTemplate, rng: np.random.Generator, *, n_lesions: int = 0, intensity_scale: float = 1000.0
+    template: MniTemplate,
+    rng: np.random.Generator,
+    *,
+    n_lesions: int = 0,
+    intensity_scale: float = 1000.0,
+    head: bool = True,
+    fold: bool = True,
 ) -> Subject:
-    """Make one subject: deform the template, add lesions, contrast change, bias field and noise.
+    """Make one subject: deform the template, fold the cortex, add a head, lesions, bias and noise.
 
     Args:
         template: The MNI template.
         rng: The subject's own random generator.
         n_lesions: Number of lesions (0 for a lesion-free subject).
-        intensity_scale: Nominal intensity of the brightest tissue.
+        intensity_scale: Nominal intensity of white matter.
+        head: Surround the brain with scalp, skull, fat, eyes and a skull base
+            (:func:`medmamba.data.head_model.add_head`), as a scanner's whole-head image has them.
+            ``False`` gives a skull-stripped subject (the template's own look).
+        fold: Carve sulcal CSF clefts and an irregular grey/white boundary into the cortex
+            (:func:`medmamba.data.head_model.fold_cortex`).
 
     Returns:
         The subject.
@@ -304,6 +319,8 @@ def make_subject(
     Raises:
         ValueError: If ``n_lesions`` is negative.
     """
+    from medmamba.data.head_model import LESION_LABEL, add_head, fold_cortex, render_t1
+
     if n_lesions < 0:
         raise ValueError(f"n_lesions must be >= 0, got {n_lesions!r}")
     voxel_mm = float(np.sqrt((template.affine[:3, 0] ** 2).sum()))
@@ -315,9 +332,31 @@ def make_subject(
     tissue = tissue_labels(gm, wm, mask)
     gamma = float(rng.uniform(0.8, 1.25))
     gm_shift = float(rng.uniform(-0.06, 0.06))
-    image = np.clip(t1, 0, None) ** gamma * (1.0 + gm_shift * gm)
+    wm_level = float(np.median(t1[tissue == 3])) if np.any(tissue == 3) else float(t1.max())
+    brain_t1 = (np.clip(t1, 0, None) / max(wm_level, 1e-6)) ** gamma * (1.0 + gm_shift * gm)
+    if fold:
+        before = tissue
+        tissue, _clefts = fold_cortex(tissue, rng, voxel_mm, gm=gm, wm=wm)
+        # voxels that changed tissue take that tissue's typical intensity, so image and labels agree
+        changed = (tissue != before) & (tissue > 0)
+        for k in (1, 2, 3):
+            sel = changed & (tissue == k)
+            if sel.any() and np.any(before == k):
+                brain_t1[sel] = float(np.median(brain_t1[before == k]))
+    generation = None
+    if head:
+        generation, head_params = add_head(tissue, rng, voxel_mm, template.affine)
+        params["head"] = head_params
+        image = render_t1(generation, brain_t1, rng, voxel_mm)
+    else:
+        image = brain_t1 * (mask >= 0.5)
+        if fold:
+            csf = tissue == 1
+            image[csf] = np.minimum(image[csf], 0.3)
     image *= float(rng.uniform(0.85, 1.15)) * intensity_scale
     image, lesion, lesion_info = insert_lesions(image, tissue, rng, voxel_mm, n_lesions=n_lesions)
+    if generation is not None:
+        generation[lesion > 0] = LESION_LABEL
     bias_strength = float(rng.uniform(0.05, 0.2))
     image = image * bias_field(template.shape, rng, bias_strength)
     sigma = float(rng.uniform(0.01, 0.03)) * intensity_scale
@@ -329,4 +368,4 @@ def make_subject(
         noise_sigma=round(sigma, 3),
         lesions=lesion_info,
     )
-    return Subject(image=image, tissue=tissue, lesion=lesion, params=params)
+    return Subject(image=image, tissue=tissue, lesion=lesion, params=params, generation=generation)

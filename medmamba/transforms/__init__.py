@@ -6,18 +6,25 @@ Spatial work (orientation, spacing, foreground crop) re-uses MONAI's ``Orientati
 
 from __future__ import annotations
 
+from medmamba.transforms.brain_mask import BrainMask, BrainMaskd
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.loading import LoadScan, LoadScand
 from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask, foreground_threshold, quantiles
 from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMultipled
 from medmamba.transforms.presets import ForegroundSelector, scan_preprocessing
+from medmamba.transforms.scan_checks import CheckScan, CheckScand, scan_plausibility, voxel_spacing
 from medmamba.transforms.slice_stack import SliceStackd, neighbour_slice_indices, stack_slices
+from medmamba.transforms.synthesis import RandDomainSynthesisd
 
 __all__ = [
     "CT_WINDOWS",
     "NETWORK_STRIDE",
+    "BrainMask",
+    "BrainMaskd",
     "CTWindow",
     "CTWindowd",
+    "CheckScan",
+    "CheckScand",
     "ForegroundSelector",
     "LoadScan",
     "LoadScand",
@@ -25,12 +32,15 @@ __all__ = [
     "MRNormalized",
     "PadToMultiple",
     "PadToMultipled",
+    "RandDomainSynthesisd",
     "foreground_mask",
     "foreground_threshold",
     "quantiles",
     "resolve_window",
+    "scan_plausibility",
     "scan_preprocessing",
     "SliceStackd",
     "neighbour_slice_indices",
     "stack_slices",
+    "voxel_spacing",
 ]

@@ -1,0 +1,230 @@
+"""Evaluation sets outside the training distribution: other contrasts, resolutions, heads, bias, noise.
+
+A metric on the generator's own test subjects says little about scanner output: the bundles are
+trained on images made by one generator (:mod:`medmamba.data.synthetic`), so a good number there
+may measure the generator. This module makes evaluation sets whose *settings* are held out, not
+only their subjects: each :class:`ShiftSetting` changes what a scanner would change (contrast,
+resolution and slice thickness, skull stripping, bias field and noise), with subjects drawn from a
+random stream that the default data set never uses. ``benchmarks/shift_suite.py`` runs both bundles
+on every set and reports the metrics with bootstrap intervals.
+
+Each set is written as ``<out>/<setting>/subjects/<id>/{image,tissue,lesion}.nii.gz`` plus a MONAI
+datalist ``datalist.json`` (``test`` list of ``{"image", "label": tissue, "lesion", "has_lesion", "id"}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from medmamba.data.head_model import GENERATION_LABELS, LESION_LABEL
+from medmamba.data.synthetic import MniTemplate, bias_field, load_mni_template, make_subject, rician_noise
+
+__all__ = [
+    "SHIFT_SETTINGS",
+    "T2_MEANS",
+    "ShiftSetting",
+    "make_shift_set",
+    "render_contrast",
+    "thick_slices",
+]
+
+#: Nominal T2-weighted intensities by generation label (CSF brightest, white matter darker than grey).
+T2_MEANS: dict[int, float] = {0: 0.0, 1: 1.0, 2: 0.55, 3: 0.38, 4: 0.85, 5: 0.95, 6: 0.05, 7: 0.45, 8: 0.3, 9: 0.6, 10: 1.0}
+
+
+@dataclass(frozen=True)
+class ShiftSetting:
+    """One evaluation setting.
+
+    Attributes:
+        name: Folder and table name.
+        description: What it changes, in words.
+        resolution_mm: Template resolution the subjects are made at (1 or 2).
+        slice_mm: Axial slice thickness of the written image (``None``: the template's).
+        head: Whole head (``True``) or skull-stripped brain.
+        contrast: ``"t1"`` (the default data's rendering) or ``"t2"`` (:data:`T2_MEANS`, inverted).
+        bias_strength: Log standard deviation of an extra bias field (0: none).
+        noise: Extra Rician noise, relative to white matter (0: none).
+    """
+
+    name: str
+    description: str
+    resolution_mm: int = 2
+    slice_mm: float | None = None
+    head: bool = True
+    contrast: str = "t1"
+    bias_strength: float = 0.0
+    noise: float = 0.0
+
+
+#: The settings of the shift suite. Training covers 2 mm whole-head and skull-stripped T1 renderings
+#: plus random-contrast synthesis; none of these exact settings is in the default data set.
+SHIFT_SETTINGS: dict[str, ShiftSetting] = {
+    s.name: s
+    for s in (
+        ShiftSetting("t1_head_2mm", "T1 whole head, 2 mm (new subjects of the training generator)"),
+        ShiftSetting("t1_stripped_2mm", "T1 skull-stripped brain, 2 mm", head=False),
+        ShiftSetting("t1_head_1mm", "T1 whole head, 1 mm isotropic", resolution_mm=1),
+        ShiftSetting("t1_head_5mm_axial", "T1 whole head, 2 x 2 x 5 mm (thick axial slices)", slice_mm=5.0),
+        ShiftSetting("t2_head_2mm", "T2-like inverted contrast (CSF bright, WM dark), whole head, 2 mm", contrast="t2"),
+        ShiftSetting(
+            "t1_head_strong_bias_noise", "T1 whole head, 2 mm, strong bias field (0.6) and 8 % noise",
+            bias_strength=0.6, noise=0.08,
+        ),
+    )
+}
+
+
+def render_contrast(
+    generation: np.ndarray, means: dict[int, float], rng: np.random.Generator, voxel_mm: float, texture: float = 0.06
+) -> np.ndarray:
+    """An image of a generation label map with given per-label intensities, texture and partial volume.
+
+    Args:
+        generation: Generation label map (:data:`medmamba.data.head_model.GENERATION_LABELS`).
+        means: Intensity per label.
+        rng: Random generator.
+        voxel_mm: Voxel size in mm.
+        texture: Relative amplitude of a smooth within-label texture.
+
+    Returns:
+        float32 image.
+
+    Raises:
+        ValueError: If ``means`` lacks a label present in ``generation``.
+    """
+    missing = sorted(set(np.unique(generation).tolist()) - set(means))
+    if missing:
+        raise ValueError(f"means has no intensity for generation labels {missing}; expected keys of {GENERATION_LABELS}")
+    lut = np.zeros(max(max(means), int(generation.max())) + 1, dtype=np.float32)
+    for k, v in means.items():
+        lut[k] = v
+    image = lut[np.asarray(generation, dtype=np.intp)]
+    field = ndimage.gaussian_filter(rng.standard_normal(generation.shape).astype(np.float32), 1.2 / voxel_mm)
+    image *= 1.0 + texture * field / (field.std() + 1e-6)
+    return ndimage.gaussian_filter(image, 0.45 * 2.0 / voxel_mm).clip(0, None).astype(np.float32)
+
+
+def thick_slices(volume: np.ndarray, affine: np.ndarray, slice_mm: float, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a volume to thick slices along its last axis (slice profile: Gaussian of FWHM ``slice_mm``).
+
+    Args:
+        volume: ``(X, Y, Z)`` array on an isotropic grid.
+        affine: Its voxel-to-RAS affine.
+        slice_mm: New slice spacing and thickness in mm.
+        order: Interpolation order (0 for labels: no slice-profile blur either).
+
+    Returns:
+        ``(volume, affine)`` on the new grid (same first voxel centre, same in-plane grid).
+
+    Raises:
+        ValueError: If ``slice_mm`` is not larger than the current slice spacing.
+    """
+    dz = float(np.linalg.norm(affine[:3, 2]))
+    if slice_mm <= dz:
+        raise ValueError(f"slice_mm={slice_mm!r} must exceed the current slice spacing {dz:.3g} mm")
+    factor = slice_mm / dz
+    src = np.asarray(volume, dtype=np.float32)
+    if order > 0:
+        src = ndimage.gaussian_filter1d(src, sigma=factor / 2.355, axis=2, mode="nearest")
+    n_new = int(np.floor((volume.shape[2] - 1) / factor)) + 1
+    coords = np.meshgrid(np.arange(volume.shape[0]), np.arange(volume.shape[1]), np.arange(n_new) * factor, indexing="ij")
+    out = ndimage.map_coordinates(src, coords, order=order, mode="nearest")
+    new_affine = np.asarray(affine, dtype=float).copy()
+    new_affine[:3, 2] = new_affine[:3, 2] * factor
+    return out.astype(volume.dtype if order == 0 else np.float32), new_affine
+
+
+def _subject_image(subject: Any, setting: ShiftSetting, rng: np.random.Generator, voxel_mm: float, scale: float) -> np.ndarray:
+    image = subject.image
+    if setting.contrast == "t2":
+        if subject.generation is None:
+            gen = subject.tissue.astype(np.uint8).copy()
+            gen[subject.lesion > 0] = LESION_LABEL
+        else:
+            gen = subject.generation
+        image = render_contrast(gen, T2_MEANS, rng, voxel_mm) * scale
+        image = rician_noise(image * bias_field(gen.shape, rng, 0.1), 0.02 * scale, rng)
+    elif setting.contrast != "t1":
+        raise ValueError(f"contrast must be 't1' or 't2', got {setting.contrast!r}")
+    if setting.bias_strength > 0:
+        image = image * bias_field(image.shape, rng, setting.bias_strength)
+    if setting.noise > 0:
+        image = rician_noise(image, setting.noise * scale, rng)
+    return image
+
+
+def make_shift_set(
+    out_dir: str | os.PathLike[str],
+    setting: ShiftSetting | str,
+    n_subjects: int = 20,
+    *,
+    seed: int = 0,
+    lesion_fraction: float = 0.5,
+    template: MniTemplate | None = None,
+) -> Path:
+    """Write one evaluation set of the shift suite.
+
+    Args:
+        out_dir: Parent folder; the set goes to ``out_dir/<setting.name>``.
+        setting: A :class:`ShiftSetting` or the name of one in :data:`SHIFT_SETTINGS`.
+        n_subjects: Number of subjects (half with 1-3 lesions by default).
+        seed: Seed of the set (subjects draw from a stream the default data set never uses).
+        lesion_fraction: Fraction of subjects with lesions.
+        template: The MNI template at ``setting.resolution_mm`` (loaded when ``None``).
+
+    Returns:
+        Path of the set's ``datalist.json``.
+
+    Raises:
+        ValueError: For an unknown setting name, ``n_subjects < 1`` or a template of another resolution.
+    """
+    if isinstance(setting, str):
+        if setting not in SHIFT_SETTINGS:
+            raise ValueError(f"setting={setting!r} is not a shift setting; expected one of {sorted(SHIFT_SETTINGS)}")
+        setting = SHIFT_SETTINGS[setting]
+    if int(n_subjects) < 1:
+        raise ValueError(f"n_subjects must be >= 1, got {n_subjects!r}")
+    from medmamba.io.nifti import write_nifti
+
+    tpl = template if template is not None else load_mni_template(setting.resolution_mm)
+    voxel_mm = float(np.linalg.norm(tpl.affine[:3, 0]))
+    if abs(voxel_mm - setting.resolution_mm) > 1e-3:
+        raise ValueError(f"template has {voxel_mm:g} mm voxels, setting {setting.name!r} needs {setting.resolution_mm} mm")
+    root = Path(out_dir) / setting.name
+    n_les = int(round(n_subjects * lesion_fraction))
+    items = []
+    for i in range(int(n_subjects)):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_000_001, i]))
+        n_lesions = int(rng.integers(1, 4)) if i < n_les else 0
+        subject = make_subject(tpl, rng, n_lesions=n_lesions, head=setting.head)
+        image = _subject_image(subject, setting, rng, voxel_mm, 1000.0)
+        tissue, lesion, affine = subject.tissue, subject.lesion, tpl.affine
+        if setting.slice_mm is not None:
+            image, new_affine = thick_slices(image, affine, setting.slice_mm)
+            tissue, _ = thick_slices(tissue, affine, setting.slice_mm, order=0)
+            lesion, _ = thick_slices(lesion, affine, setting.slice_mm, order=0)
+            affine = new_affine
+        sid = f"{setting.name}-{i:03d}"
+        sdir = root / "subjects" / sid
+        write_nifti(sdir / "image.nii.gz", image.astype(np.float32), affine, dtype=np.float32, xform_code=1)
+        write_nifti(sdir / "tissue.nii.gz", tissue.astype(np.uint8), affine, dtype=np.uint8, xform_code=1)
+        write_nifti(sdir / "lesion.nii.gz", lesion.astype(np.uint8), affine, dtype=np.uint8, xform_code=1)
+        items.append({
+            "id": sid,
+            "image": f"subjects/{sid}/image.nii.gz",
+            "label": f"subjects/{sid}/tissue.nii.gz",
+            "lesion": f"subjects/{sid}/lesion.nii.gz",
+            "has_lesion": int(lesion.any()),
+        })
+    datalist = {"name": f"medmamba shift suite: {setting.name}", "setting": asdict(setting), "seed": seed, "test": items}
+    path = root / "datalist.json"
+    path.write_text(json.dumps(datalist, indent=1) + "\n")
+    return path

@@ -1,0 +1,84 @@
+"""The synthetic head and cortical folding around the MNI brain (medmamba.data.head_model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medmamba.data.head_model import (
+    GENERATION_LABELS,
+    LESION_LABEL,
+    add_head,
+    fold_cortex,
+    generation_to_tissue,
+    render_t1,
+)
+from medmamba.data.synthetic import load_mni_template, make_subject, tissue_labels
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_mni_template(2, downsample=2)  # 4 mm grid, 49 x 58 x 47: fast
+
+
+def test_fold_cortex_adds_csf_only_near_the_surface_and_keeps_the_brain(template) -> None:
+    tissue = tissue_labels(template.gm, template.wm, template.mask)
+    folded, clefts = fold_cortex(tissue, np.random.default_rng(0), 4.0, depth_mm=(8.0, 8.0), gm=template.gm, wm=template.wm)
+    assert folded.shape == tissue.shape and folded.dtype == np.uint8
+    np.testing.assert_array_equal(folded > 0, tissue > 0)  # the brain outline is unchanged
+    assert clefts.any() and np.all(folded[clefts] == 1)
+    assert (folded == 1).sum() > (tissue == 1).sum()  # more CSF than the smooth average has
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(tissue > 0) * 4.0
+    assert depth[clefts].max() <= 8.0 + 1e-6
+
+
+def test_add_head_surrounds_the_brain_with_non_brain_labels_in_order(template) -> None:
+    tissue = tissue_labels(template.gm, template.wm, template.mask)
+    lesion = np.zeros_like(tissue)
+    lesion[tuple(np.argwhere(tissue == 3)[0])] = 1
+    gen, params = add_head(tissue, np.random.default_rng(1), 4.0, template.affine, lesion=lesion)
+    brain = tissue > 0
+    np.testing.assert_array_equal(generation_to_tissue(gen), tissue)  # the brain's labels are untouched
+    assert gen[lesion > 0].tolist() == [LESION_LABEL]
+    assert set(np.unique(gen[~brain])) <= set(GENERATION_LABELS) - {1, 2, 3, LESION_LABEL}
+    # every kind of head tissue is there: rim CSF, bone, marrow, muscle/skin, fat, eyes
+    assert {5, 6, 7, 8, 9, 10} <= set(np.unique(gen).tolist())
+    # the head is larger than the brain and contains it: no air right next to the brain
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(brain) & ~brain
+    assert np.mean(gen[shell] == 0) < 0.05
+    assert (gen > 0).sum() > 1.5 * brain.sum()
+    assert len(params["layers_mm"]) == 7 and len(params["eyes_mm"]) == 2
+
+
+def test_add_head_rejects_an_empty_brain() -> None:
+    with pytest.raises(ValueError, match="no brain voxel"):
+        add_head(np.zeros((8, 8, 8), np.uint8), np.random.default_rng(0), 2.0, np.eye(4))
+
+
+def test_render_t1_has_t1_contrast(template) -> None:
+    tissue = tissue_labels(template.gm, template.wm, template.mask)
+    gen, _ = add_head(tissue, np.random.default_rng(2), 4.0, template.affine)
+    t1 = template.t1 / np.median(template.t1[tissue == 3])
+    img = render_t1(gen, t1, np.random.default_rng(3), 4.0)
+    med = {k: float(np.median(img[gen == k])) for k in (0, 1, 3, 6, 9)}
+    assert med[9] > med[3] > med[1] > med[6]  # fat > WM > CSF > bone on T1
+    assert med[0] < 0.05
+
+
+def test_make_subject_with_head_is_deterministic_and_consistent(template) -> None:
+    a = make_subject(template, np.random.default_rng(5), n_lesions=1)
+    b = make_subject(template, np.random.default_rng(5), n_lesions=1)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.generation, b.generation)
+    assert a.generation is not None and a.generation.shape == a.tissue.shape
+    np.testing.assert_array_equal(generation_to_tissue(a.generation) > 0, a.tissue > 0)
+    np.testing.assert_array_equal(a.generation == LESION_LABEL, a.lesion > 0)
+    stripped = make_subject(template, np.random.default_rng(5), head=False)
+    assert stripped.generation is None
+    # a stripped subject has (almost) nothing outside the brain; a head has tissue there
+    outside = a.tissue == 0
+    assert np.mean(a.image[outside] > 200) > 0.2 and np.mean(stripped.image[stripped.tissue == 0] > 200) < 0.02
