@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,8 @@ def run_batch(
     id_key: str = "id",
     report_name: str = "results",
     logger: logging.Logger | None = None,
+    case_ids: Sequence[str] | None = None,
+    positions: Sequence[int] | None = None,
 ) -> BatchReport:
     """Run ``process`` on every case, recording failures and going on.
 
@@ -216,19 +218,25 @@ def run_batch(
         id_key: Key of the case ID in mapping cases.
         report_name: Base name of the CSV/JSON report.
         logger: Logger for progress lines (default: this module's).
+        case_ids: Case IDs to use as given, one per case, distinct plain names (default: derived as
+            described in the module doc); for a shard of a larger batch whose IDs were assigned over
+            the whole batch (:func:`medmamba.data.distributed_batch.run_batch_distributed`).
+        positions: ``BatchCase.index`` of each case (default: its position in ``cases``).
 
     Returns:
         The report.
 
     Raises:
         TypeError: If a case is neither a path nor a mapping with ``input_key``.
-        ValueError: If ``out_dir`` lies inside an input folder or ``report_name`` is not a plain name.
+        ValueError: If ``out_dir`` lies inside an input folder, ``report_name`` is not a plain name,
+            or ``case_ids`` / ``positions`` do not give one distinct plain ID / index per case.
     """
     log = logger or logging.getLogger(__name__)
     out = Path(out_dir)
     if not report_name or _SAFE_ID.sub("_", report_name) != report_name:
         raise ValueError(f"report_name={report_name!r} must be a plain file name (letters, digits, . _ -)")
     items = [_case_input(c, input_key) for c in cases]
+    _check_assigned(case_ids, positions, len(items))
     for path, _ in items:
         if path.is_dir() and _inside(out, path):
             raise ValueError(f"out_dir={str(out)!r} lies inside input folder {str(path)!r}; inputs must stay untouched")
@@ -240,13 +248,14 @@ def run_batch(
     for index, (path, item) in enumerate(items):
         start = time.perf_counter()
         redact = case_redactor(path)
-        case_id = _base_id(item, path, id_key, index, common)
-        if redact(case_id) != case_id:
+        case_id = _base_id(item, path, id_key, index, common) if case_ids is None else case_ids[index]
+        if case_ids is None and redact(case_id) != case_id:
             case_id = f"case-{index:04d}"
         while case_id in used:
             case_id = f"{case_id}-{index:04d}"
         used.add(case_id)
-        case = BatchCase(index=index, case_id=case_id, input=path, out_dir=out / case_id, item=item, redact=redact)
+        position = index if positions is None else int(positions[index])
+        case = BatchCase(index=position, case_id=case_id, input=path, out_dir=out / case_id, item=item, redact=redact)
         try:
             case.out_dir.mkdir(parents=True, exist_ok=True)
             result = process(case) or {}
@@ -274,6 +283,18 @@ def run_batch(
     report = BatchReport(outcomes, csv_path, json_path)
     log.info("batch: %d ok, %d failed; report %s", report.n_ok, report.n_failed, csv_path)
     return report
+
+
+def _check_assigned(case_ids: Sequence[str] | None, positions: Sequence[int] | None, n: int) -> None:
+    if case_ids is not None:
+        ids = list(case_ids)
+        if len(ids) != n or len(set(ids)) != n:
+            raise ValueError(f"case_ids must hold {n} distinct IDs (one per case), got {len(ids)} with {len(set(ids))} distinct")
+        bad = [i for i in ids if not isinstance(i, str) or not i.strip(".") or _SAFE_ID.sub("_", i) != i.strip(".")]
+        if bad:
+            raise ValueError(f"case_ids must be plain file names (letters, digits, . _ -, no leading or trailing dot), got {bad[0]!r}")
+    if positions is not None and len(positions) != n:
+        raise ValueError(f"positions must hold {n} indices (one per case), got {len(positions)}")
 
 
 def _remove_if_empty(folder: Path) -> None:
