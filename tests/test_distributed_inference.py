@@ -293,3 +293,25 @@ def test_segmentation_inference_on_two_processes_matches_one(scans: dict[str, Pa
     assert "ScanLoadError" in rows[2]["reason"]
     voxels = rows[0]["voxels"]
     assert sum(v > 0 for v in voxels.values()) >= 2  # the untrained network does predict several classes
+
+
+@pytest.mark.parametrize("bundle", ["mobilemamba_segmentation", "mobilemamba_classification"])
+def test_overlays_fit_their_base_configs(bundle: str) -> None:
+    from monai.bundle import ConfigParser
+
+    configs = REPO / "bundles" / bundle / "configs"
+    for base, overlay in (("inference.json", "multi_gpu_inference.json"), ("evaluate.json", "multi_gpu_evaluate.json")):
+        parser = ConfigParser()
+        parser.read_config([str(configs / base), str(configs / overlay)])
+        assert parser["initialize"][-1] == "$medmamba.data.distributed_batch.init_distributed()"
+        assert parser["finalize"][-1] == "$medmamba.training.end_distributed_run()"
+        assert "rank_device" in parser["device"] and "rank_threads" in parser["num_threads"]
+        if base == "evaluate.json":
+            assert parser["dataloader"]["sampler"] == "@sampler" and parser["sampler"]["shuffle"] is False
+            assert parser["sampler"]["even_divisible"] is False
+    if bundle == "mobilemamba_classification":  # every metric and the report gather over the ranks
+        gathered = [parser["key_metric"][k] for k in parser["key_metric"]]
+        gathered += [parser["additional_metrics"][k] for k in parser["additional_metrics"]]
+        gathered += [h for h in parser["handlers"] if h.get("gather")]
+        assert all(item.get("gather") is True for item in gathered)
+        assert [h["_target_"] for h in parser["handlers"] if h.get("gather")] == ["medmamba.apps.classification.ClassificationReport"]
