@@ -175,6 +175,8 @@ def _spawned(rank: int, world: int, store: str, root: str) -> None:
     report = run_batch_distributed(_cases(out / "in"), _stub_process, out / "dist", report_name="r")
     run_batch_distributed(_cases(out / "in"), _stub_process, out / "kept", report_name="r", keep_partial_reports=True)
     assert rank_info().rank == rank and rank_info().distributed
+    with pytest.raises(RuntimeError, match="different case lists"):  # raised on every rank, no hang
+        run_batch_distributed(_cases(out / "in")[: 7 - rank], _stub_process, out / "mismatch")
     assert [o.status for o in report.outcomes].count("failed") == 2  # every rank returns the merged report
     # per-case values in input order, gathered from a strided split (as the evaluators' samplers split)
     assert all_gather_in_order([i for i in shard_indices(7, rank, world)]) == list(range(7))

@@ -28,6 +28,7 @@ outputs there; the merged report is written by rank 0).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -328,6 +329,20 @@ def _unique_ids(base_ids: Sequence[str]) -> list[str]:
     return ids
 
 
+def _fingerprint(items: Sequence[tuple[Path, Mapping[str, Any]]]) -> str:
+    """The number and order of the cases, by their paths relative to their common folder (the same on
+    nodes that mount a shared file system at different places)."""
+    common = _common_parent([p for p, _ in items])
+    digest = hashlib.sha256(str(len(items)).encode())
+    for path, _ in items:
+        try:
+            rel = path.absolute().relative_to(common) if common is not None else Path(path.name)
+        except ValueError:
+            rel = path
+        digest.update(b"\0" + str(rel).encode())
+    return digest.hexdigest()
+
+
 def _remove_files(*paths: Path) -> None:
     for path in paths:
         try:
@@ -368,7 +383,8 @@ def run_batch_distributed(
 
     Raises:
         RuntimeError: If ``torchrun`` started several processes but no process group is initialised
-            (each process would run every case; start the group with :func:`init_distributed`).
+            (each process would run every case; start the group with :func:`init_distributed`), or
+            if the ranks were given different case lists.
         TypeError: If a case is neither a path nor a mapping with ``input_key``.
         ValueError: As :func:`~medmamba.data.run_batch`.
     """
@@ -391,12 +407,14 @@ def run_batch_distributed(
     mine = shard_indices(len(items), rank, world)
 
     # case IDs over the whole batch: each rank derives its own cases' base IDs, then all resolve duplicates
-    local_ids = assign_case_ids(items, mine, id_key)
     gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, local_ids)
-    base_ids = {i: cid for part in gathered for i, cid in part.items()}
-    if sorted(base_ids) != list(range(len(items))):
-        raise RuntimeError(f"ranks disagree on the batch: {len(base_ids)} case IDs for {len(items)} cases (same cases on every rank?)")
+    dist.all_gather_object(gathered, (_fingerprint(items), len(items), assign_case_ids(items, mine, id_key)))
+    if len({fp for fp, _, _ in gathered}) != 1:  # every rank sees every rank's list: all fail alike
+        raise RuntimeError(
+            f"the ranks were given different case lists (cases per rank: {[n for _, n, _ in gathered]}); every rank "
+            "must list the same cases in the same order (same input folder or datalist)"
+        )
+    base_ids = {i: cid for _, _, part in gathered for i, cid in part.items()}
     ids = _unique_ids([base_ids[i] for i in range(len(items))])
     log.info("rank %d of %d: %d of %d case(s)", rank, world, len(mine), len(items))
 
