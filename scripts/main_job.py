@@ -5,8 +5,10 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
 
 1. make the semi-synthetic default data set (``python -m medmamba.data make-default``; reused when
    it is already there and complete);
-2. for each bundle (classification, segmentation), the two side by side, one compute thread each
-   (this machine has two cores): train the teacher, train the student with knowledge distillation
+2. for each bundle (classification, segmentation), the two side by side, with the compute threads
+   :func:`plan_threads` gives each stage from the cores this process may use (on two cores one
+   thread per training process, as the job was sized; one core: everything one after the other):
+   train the teacher, train the student with knowledge distillation
    (the classification bundle: two students from seeds 0 and 1 at the same time, stacked into the
    seed ensemble it deploys), evaluate on the held-out test subjects (the weights each bundle
    deploys, ``DEPLOY_CHECKPOINT``, and for the classification bundle also its best-validation
@@ -29,9 +31,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from medmamba.resources import thread_env, usable_cores
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -58,6 +63,9 @@ class Stage:
     log: Path | None = None
     #: Consecutive stages of a chain with the same group run at the same time.
     group: str | None = None
+    #: Compute threads of the stage's process (``--num_threads`` and the OpenMP/MKL environment);
+    #: ``None`` leaves both as they are.
+    threads: int | None = None
 
 
 def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
@@ -112,15 +120,8 @@ def test_cases() -> tuple[Path, Path]:
     return dicom, DATA / nifti_case["image"]
 
 
-#: Compute threads of the student training of a bundle without a seed ensemble.
-STUDENT_THREADS = {"segmentation": 1}
-
-#: Compute threads of the evaluation, ONNX export and inference stages, where they differ from the
-#: configs' default (1): the classification chain ends last, with both cores to itself.
-POST_TRAINING_THREADS = {"classification": 2}
-
 #: Seeds of the students a bundle trains and deploys as a seed ensemble (``configs/ensemble.json``
-#: stacks their checkpoints into one); the members train at the same time, one thread each. Member 0
+#: stacks their checkpoints into one); the members train at the same time (:func:`plan_threads`). Member 0
 #: writes the single-student file names (``model.pt``, ``model_ema.pt``), member ``i``
 #: ``model_seed<i>.pt`` / ``model_seed<i>_ema.pt``.
 ENSEMBLE_SEEDS = {"classification": (0, 1)}
@@ -134,6 +135,101 @@ DEPLOY_CHECKPOINT = {"classification": "model_ensemble_ema.pt", "segmentation": 
 BEST_CHECKPOINT = {"classification": "model_ensemble.pt", "segmentation": "model.pt"}
 
 
+#: The chain that ends last (measured on two cores: the classification chain, by minutes): its
+#: evaluation, export and inference stages get all the cores, the other chain being done by then.
+LAST_CHAIN = "classification"
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How the main job shares the usable cores among the stages it runs side by side.
+
+    Attributes:
+        cores: the usable cores the plan is for.
+        chains_side_by_side: whether the bundles' chains run at the same time.
+        teacher: compute threads of each bundle's teacher training.
+        student: compute threads of each student training process (each seed-ensemble member).
+        members: student training processes of each bundle (its seed-ensemble members, else 1).
+        members_side_by_side: whether a bundle's seed-ensemble members train at the same time.
+        post_training: compute threads of each bundle's ensemble stacking, evaluation, export and
+            inference stages.
+    """
+
+    cores: int
+    chains_side_by_side: bool
+    teacher: Mapping[str, int]
+    student: Mapping[str, int]
+    members: Mapping[str, int]
+    members_side_by_side: Mapping[str, bool]
+    post_training: Mapping[str, int]
+
+    def describe(self) -> str:
+        """One line for the job's log."""
+        how = "side by side" if self.chains_side_by_side else "one after the other"
+        parts = []
+        for name in self.teacher:
+            members = self.members[name]
+            student = f"{self.student[name]}"
+            if members > 1:
+                student = f"{members} x {student} ({'at once' if self.members_side_by_side[name] else 'in turn'})"
+            parts.append(
+                f"{name}: teacher {self.teacher[name]}, student {student}, after training {self.post_training[name]}"
+            )
+        return f"{self.cores} usable core(s), bundles {how}; threads per process: " + "; ".join(parts)
+
+
+def plan_threads(
+    cores: int,
+    bundles: Sequence[str] = tuple(BUNDLES),
+    ensemble_seeds: Mapping[str, Sequence[int]] | None = None,
+    sequential: bool = False,
+    last_chain: str = LAST_CHAIN,
+) -> ThreadPlan:
+    """The compute threads of each stage of the main job for ``cores`` usable cores (a pure function).
+
+    - 1 core (or ``sequential``): the chains run one after the other, seed-ensemble members too
+      when there is a single core, each process with all the cores.
+    - 2+ cores: the chains run side by side, each on its share of the cores (an odd core goes to
+      ``last_chain``, the longer one); a teacher or single student uses its chain's share; the
+      members of a seed ensemble train at the same time on that share, each ``share // members``
+      threads (at least 1); after training, ``last_chain`` has all the cores (the other chain has
+      ended), the others keep their share. On 2 cores this is the plan the job was sized with: one
+      thread per training process (the classification members 1 + 1 beside the segmentation
+      student), then 2 threads for the classification evaluation, export and inference.
+
+    Args:
+        cores: usable cores (:func:`medmamba.resources.usable_cores`), ``>= 1``.
+        bundles: the bundles run, in order.
+        ensemble_seeds: seeds of each bundle's seed ensemble (default :data:`ENSEMBLE_SEEDS`).
+        sequential: run the chains one after the other even with several cores.
+        last_chain: the chain that ends last.
+
+    Raises:
+        ValueError: ``cores < 1`` or no bundles.
+    """
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ValueError(f"cores must be an int >= 1, got {cores!r}.")
+    names = list(bundles)
+    if not names:
+        raise ValueError("bundles must name at least one bundle, got none.")
+    seeds = ENSEMBLE_SEEDS if ensemble_seeds is None else ensemble_seeds
+    side_by_side = cores >= 2 and len(names) > 1 and not sequential
+    if side_by_side:
+        base, extra = divmod(cores, len(names))
+        order = sorted(names, key=lambda n: n != last_chain)  # the odd cores go to the last chain first
+        share = {n: base + (1 if order.index(n) < extra else 0) for n in names}
+        share = {n: max(1, v) for n, v in share.items()}
+    else:
+        share = {n: cores for n in names}
+    student, members, members_at_once, post = {}, {}, {}, {}
+    for name in names:
+        members[name] = max(1, len(seeds.get(name, ())))
+        members_at_once[name] = members[name] > 1 and cores >= 2
+        student[name] = max(1, share[name] // members[name]) if members_at_once[name] else share[name]
+        post[name] = cores if (side_by_side and name == last_chain) else share[name]
+    return ThreadPlan(cores, side_by_side, dict(share), student, members, members_at_once, post)
+
+
 def evaluations(name: str, bundle: Path) -> list[tuple[str, str, Path]]:
     """The test evaluations of one bundle, as ``(label, checkpoint file, output folder)``: its deployed
     weights (the evaluate config's default, into ``eval/``) and, when those are not its best-validation
@@ -145,50 +241,61 @@ def evaluations(name: str, bundle: Path) -> list[tuple[str, str, Path]]:
     return runs
 
 
-def student_stages(name: str, bundle: Path) -> list[Stage]:
-    """Training of the student, or of the seed-ensemble members side by side and their stacking."""
+def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> list[Stage]:
+    """Training of the student, or of the seed-ensemble members (side by side where ``plan`` says so)
+    and their stacking. ``plan`` defaults to :func:`plan_threads` for the usable cores."""
+    plan = plan_threads(usable_cores()) if plan is None else plan
     models = bundle / "models"
     seeds = ENSEMBLE_SEEDS.get(name, ())
+    threads = plan.student[name]
     if not seeds:
-        threads = ("--num_threads", str(STUDENT_THREADS.get(name, 1)))
-        argv = bundle_run(bundle, "train.json", *threads)
-        return [Stage(name, "train student (KD)", argv, [models / "model.pt", models / "model_ema.pt"])]
+        argv = bundle_run(bundle, "train.json", "--num_threads", str(threads))
+        stage = Stage(name, "train student (KD)", argv, [models / "model.pt", models / "model_ema.pt"], threads=threads)
+        return [stage]
     stages, members = [], []
+    group = "students" if plan.members_side_by_side[name] else None
     for i, seed in enumerate(seeds):
         member = "model" if i == 0 else f"model_seed{seed}"
         members.append(member)
         extra = () if i == 0 else ("--model_name", member, "--log_dir", str(bundle / "logs" / member))
-        argv = bundle_run(bundle, "train.json", "--num_threads", "1", "--seed", str(seed), *extra)
+        argv = bundle_run(bundle, "train.json", "--num_threads", str(threads), "--seed", str(seed), *extra)
         outputs = [models / f"{member}.pt", models / f"{member}_ema.pt"]
-        stages.append(Stage(name, f"train student (KD), seed {seed}", argv, outputs, group="students"))
+        stages.append(Stage(name, f"train student (KD), seed {seed}", argv, outputs, group=group, threads=threads))
+    post = plan.post_training[name]
     argv = bundle_run(bundle, "ensemble.json", "--members", json.dumps(members))
     outputs = [models / DEPLOY_CHECKPOINT[name], models / BEST_CHECKPOINT[name]]
-    stages.append(Stage(name, f"stack the {len(seeds)} students into an ensemble", argv, outputs))
+    stages.append(Stage(name, f"stack the {len(seeds)} students into an ensemble", argv, outputs, threads=post))
     return stages
 
 
-def bundle_stages(name: str, bundle: Path, skip_teacher: bool) -> list[Stage]:
-    """The stages of one bundle, in order."""
+def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan | None = None) -> list[Stage]:
+    """The stages of one bundle, in order, with the compute threads of ``plan`` (default:
+    :func:`plan_threads` for the usable cores)."""
+    plan = plan_threads(usable_cores()) if plan is None else plan
     models, out = bundle / "models", bundle / "eval"
     stages: list[Stage] = []
     if not skip_teacher:
-        stages.append(Stage(name, "train teacher", bundle_run(bundle, "train_teacher.json"), [models / "teacher.pt"]))
-    stages += student_stages(name, bundle)
+        n = plan.teacher[name]
+        argv = bundle_run(bundle, "train_teacher.json", "--num_threads", str(n))
+        stages.append(Stage(name, "train teacher", argv, [models / "teacher.pt"], threads=n))
+    stages += student_stages(name, bundle, plan)
     (_, deployed, _), *others = evaluations(name, bundle)
-    threads = ("--num_threads", str(POST_TRAINING_THREADS[name])) if name in POST_TRAINING_THREADS else ()
+    post = plan.post_training[name]
+    threads = ("--num_threads", str(post))
     argv = bundle_run(bundle, "evaluate.json", *threads)
-    stages.append(Stage(name, "evaluate (test)", argv, [out / "metrics.json"]))
+    stages.append(Stage(name, "evaluate (test)", argv, [out / "metrics.json"], threads=post))
     for _, checkpoint, folder in others:
         argv = bundle_run(bundle, "evaluate.json", "--ckpt_file", str(models / checkpoint), "--output_dir", str(folder), *threads)
-        stages.append(Stage(name, "evaluate (test), best-val checkpoint", argv, [folder / "metrics.json"]))
-    stages.append(Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"]))
+        stages.append(Stage(name, "evaluate (test), best-val checkpoint", argv, [folder / "metrics.json"], threads=post))
+    export = Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"], threads=post)
+    stages.append(export)
     argv = bundle_run(bundle, "inference.json", "export_onnx", *threads)
-    stages.append(Stage(name, "export ONNX + check", argv, [models / "model.onnx"]))
+    stages.append(Stage(name, "export ONNX + check", argv, [models / "model.onnx"], threads=post))
     dicom, nifti = test_cases()
     for kind, path, extra in (("DICOM series", dicom, ()), ("NIfTI volume, TorchScript", nifti, ("--use_torchscript", "true"))):
         out = bundle / "eval" / f"inference_{kind.split()[0].lower()}"
         argv = bundle_run(bundle, "inference.json", "--input_path", str(path), "--output_dir", str(out), *extra, *threads)
-        stages.append(Stage(name, f"inference, {kind}", argv, [out]))
+        stages.append(Stage(name, f"inference, {kind}", argv, [out], threads=post))
     return stages
 
 
@@ -198,6 +305,8 @@ def run_stage(stage: Stage, log_dir: Path) -> None:
     log = log_dir / f"{stage.bundle}_{'_'.join(filter(None, slug.split('_')))}.log"
     stage.log = log
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if stage.threads is not None:  # the OpenMP/MKL pools start with the stage's share (read at import torch)
+        env.update(thread_env(stage.threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning on a shared core
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
@@ -297,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-teacher", action="store_true", help="reuse each bundle's models/teacher.pt")
     parser.add_argument("--sequential", action="store_true", help="run the two bundles one after the other")
     parser.add_argument("--only", choices=sorted(BUNDLES), default=None, help="run one bundle only")
+    parser.add_argument("--cores", type=int, default=None, help="plan for this many cores (default: the usable ones)")
     args = parser.parse_args(argv)
+    if args.cores is not None and args.cores < 1:
+        parser.error(f"--cores must be >= 1, got {args.cores}")
     if args.networks:
         return networks_table()
     from tqdm import tqdm
@@ -312,10 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         print_summary([data], time.perf_counter() - t0)
         return 1
     names = [args.only] if args.only else list(BUNDLES)
-    chains = {name: bundle_stages(name, BUNDLES[name], args.skip_teacher) for name in names}
+    plan = plan_threads(args.cores or usable_cores(), names, sequential=args.sequential)
+    chains = {name: bundle_stages(name, BUNDLES[name], args.skip_teacher, plan) for name in names}
+    print(f"[plan] {plan.describe()}", flush=True)
     print(
         f"[bundles] {', '.join(names)}: {sum(map(len, chains.values()))} stages, "
-        f"{'one after the other' if args.sequential else 'side by side, one thread each'}; "
+        f"{'side by side' if plan.chains_side_by_side else 'one after the other'}; "
         f"per-stage logs (with the engines' progress bars) in {log_dir.relative_to(ROOT)}/",
         flush=True,
     )
@@ -326,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for i, (name, chain) in enumerate(chains.items())
     }
-    if args.sequential:
+    if not plan.chains_side_by_side:
         for name, chain in chains.items():
             run_chain(chain, log_dir, bars[name])
     else:

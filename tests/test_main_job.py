@@ -45,7 +45,7 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     monkeypatch.setattr(job, "DATA", tmp_path)
     bundle = job.BUNDLES["classification"]
     models = bundle / "models"
-    stages = job.bundle_stages("classification", bundle, skip_teacher=False)
+    stages = job.bundle_stages("classification", bundle, skip_teacher=False, plan=job.plan_threads(2))
     groups = [[s.name for s in g] for g in job.stage_groups(stages)]
     assert groups[:5] == [
         ["train teacher"],
@@ -71,7 +71,7 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     assert "--ckpt_file" not in stages[4].argv  # the deployed weights: the config's default
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
-    seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True)
+    seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True, plan=job.plan_threads(2))
     assert [s.name for s in seg][:2] == ["train student (KD)", "evaluate (test)"]
     assert all(len(g) == 1 for g in job.stage_groups(seg))
     seg_export = next(s for s in seg if s.name == "export TorchScript")
@@ -105,3 +105,77 @@ def test_stage_groups_keep_order_and_only_join_neighbours_of_one_group() -> None
     job = _main_job()
     stages = [job.Stage("b", n, [], group=g) for n, g in (("a", None), ("b", "x"), ("c", "x"), ("d", None), ("e", "x"))]
     assert [[s.name for s in g] for g in job.stage_groups(stages)] == [["a"], ["b", "c"], ["d"], ["e"]]
+
+
+def _plan_row(plan, name: str) -> tuple:
+    return plan.teacher[name], plan.student[name], plan.members_side_by_side[name], plan.post_training[name]
+
+
+@pytest.mark.parametrize(
+    ("cores", "side_by_side", "classification", "segmentation"),
+    [
+        # (teacher, student per process, members at once, after training) threads
+        (1, False, (1, 1, False, 1), (1, 1, False, 1)),  # everything one after the other
+        (2, True, (1, 1, True, 2), (1, 1, False, 1)),  # the plan the job was sized with
+        (4, True, (2, 1, True, 4), (2, 2, False, 2)),
+        (16, True, (8, 4, True, 16), (8, 8, False, 8)),
+    ],
+)
+def test_plan_threads_for_the_usable_cores(cores: int, side_by_side: bool, classification: tuple, segmentation: tuple) -> None:
+    job = _main_job()
+    plan = job.plan_threads(cores)
+    assert plan.cores == cores and plan.chains_side_by_side is side_by_side
+    assert _plan_row(plan, "classification") == classification
+    assert _plan_row(plan, "segmentation") == segmentation
+    if side_by_side:  # while training, never more busy threads than cores, beyond the 2-core plan's members
+        training = plan.student["classification"] * plan.members["classification"] + plan.student["segmentation"]
+        assert training <= max(cores, 3)
+        assert plan.teacher["classification"] + plan.teacher["segmentation"] <= cores
+
+
+def test_plan_threads_odd_cores_sequential_and_errors() -> None:
+    job = _main_job()
+    three = job.plan_threads(3)
+    assert (three.teacher["classification"], three.teacher["segmentation"]) == (2, 1)  # the odd core: the longer chain
+    sequential = job.plan_threads(4, sequential=True)
+    assert not sequential.chains_side_by_side and sequential.teacher == {"classification": 4, "segmentation": 4}
+    assert sequential.student["classification"] == 2 and sequential.members_side_by_side["classification"]
+    only = job.plan_threads(4, ["segmentation"])
+    assert not only.chains_side_by_side and only.student == {"segmentation": 4}
+    assert "4 usable core(s)" in only.describe()
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="cores"):
+            job.plan_threads(bad)
+    with pytest.raises(ValueError, match="bundles"):
+        job.plan_threads(2, [])
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 16])
+def test_stages_carry_the_plan_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int) -> None:
+    job = _main_job()
+    test = [{"id": "sub-a", "image": "a/image.nii.gz", "dicom": "a/dicom"}, {"id": "sub-b", "image": "b/image.nii.gz"}]
+    (tmp_path / "datalist_segmentation.json").write_text(json.dumps({"test": test}))
+    monkeypatch.setattr(job, "DATA", tmp_path)
+    plan = job.plan_threads(cores)
+    for name in ("classification", "segmentation"):
+        stages = job.bundle_stages(name, job.BUNDLES[name], skip_teacher=False, plan=plan)
+        teacher, *rest = stages
+        assert teacher.threads == plan.teacher[name]
+        assert teacher.argv[teacher.argv.index("--num_threads") + 1] == str(plan.teacher[name])
+        students = [s for s in rest if s.name.startswith("train student")]
+        assert students and all(s.threads == plan.student[name] for s in students)
+        assert all((s.group is not None) == plan.members_side_by_side[name] for s in students)
+        after = [s for s in rest if s not in students]
+        assert after and all(s.threads == plan.post_training[name] for s in after)
+        for s in stages:
+            if "--num_threads" in s.argv:
+                assert s.argv[s.argv.index("--num_threads") + 1] == str(s.threads)
+
+
+def test_run_stage_gives_the_child_its_thread_environment(tmp_path: Path) -> None:
+    job = _main_job()
+    code = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], os.environ['OMP_WAIT_POLICY'])"
+    stage = job.Stage("b", "env", [sys.executable, "-c", code], threads=3)
+    job.run_stage(stage, tmp_path)
+    assert stage.ok and stage.log is not None
+    assert stage.log.read_text().split() == ["3", "3", "PASSIVE"]

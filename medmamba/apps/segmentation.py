@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from medmamba.apps.deploy import FuseOnLoad, VolumePredictor, export_onnx, load_network
 from medmamba.data.discovery import find_scans
+from medmamba.training.amp import Autocast  # re-exported: older configs name it here
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -74,49 +74,6 @@ class FusedMobileMambaSeg(FuseOnLoad):
         from medmamba.networks import MobileMambaSeg
 
         super().__init__(MobileMambaSeg(variant, **kwargs), strict=strict)
-
-
-class Autocast(nn.Module):
-    """Run a network under ``torch.autocast`` and return float32, e.g. a frozen distillation teacher.
-
-    On CPUs with bfloat16 matrix units (AMX/AVX512-BF16) a teacher's forward pass runs about twice as
-    fast in bfloat16; its logits only serve as soft targets. ``load_state_dict``/``state_dict`` are
-    the wrapped network's own (no prefix), so checkpoints load as into the bare network.
-
-    Args:
-        network: the network to wrap.
-        dtype: ``"bf16"`` / ``"bfloat16"`` or ``"fp16"`` / ``"float16"``.
-        enabled: ``False`` runs the network as it is.
-    """
-
-    _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-    def __init__(self, network: nn.Module, dtype: str = "bf16", enabled: bool = True) -> None:
-        super().__init__()
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
-        if dtype not in self._DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(self._DTYPES)}, got {dtype!r}.")
-        self.network = network
-        self.dtype = self._DTYPES[dtype]
-        self.enabled = bool(enabled)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped network's state dict."""
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load into the wrapped network."""
-        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type=x.device.type, dtype=self.dtype, enabled=self.enabled):
-            out = self.network(x, *args, **kwargs)
-        if isinstance(out, torch.Tensor):
-            return out.float()
-        if isinstance(out, (list, tuple)):
-            return type(out)(o.float() if isinstance(o, torch.Tensor) else o for o in out)
-        return out
 
 
 class FlipTTAInferer:

@@ -11,7 +11,8 @@ One concept per module:
 - :mod:`~medmamba.training.mixup`: Mixup / CutMix with label smoothing, segmentation CutMix;
 - :mod:`~medmamba.training.optim`: AdamW with the recipe's weight-decay exemptions;
 - :mod:`~medmamba.training.schedule`: per-iteration warm-up + cosine-to-floor schedule;
-- :mod:`~medmamba.training.amp`: autocast dtype per device, grad scaler;
+- :mod:`~medmamba.training.amp`: the precision by hardware (``amp: "auto"``), autocast, the
+  :class:`Autocast` wrapper of a teacher, grad scaler;
 - :mod:`~medmamba.training.export`: norm fusion, TorchScript / ONNX export and verification;
 - :mod:`~medmamba.training.distributed`: the end of a multi-process (DDP) run;
 - :mod:`~medmamba.training.checkpoint`: loading weights from the checkpoints all of these write, and
@@ -23,7 +24,16 @@ Every class takes plain constructor arguments, so a MONAI bundle config can buil
 
 from __future__ import annotations
 
-from .amp import autocast, create_grad_scaler, resolve_amp_dtype
+from .amp import (
+    AMP_CHOICES,
+    Autocast,
+    Precision,
+    autocast,
+    check_amp,
+    create_grad_scaler,
+    resolve_amp_dtype,
+    resolve_precision,
+)
 from .checkpoint import ensemble_state_dict, extract_state_dict, load_weights, save_ensemble_checkpoint
 from .distillation import (
     DistillationLoss,
@@ -44,6 +54,8 @@ from .schedule import WarmupCosineLR, warmup_cosine_factor
 from .teacher import Teacher, TeacherLogitCache, batch_ids
 
 __all__ = [
+    "AMP_CHOICES",
+    "Autocast",
     "DistillationIteration",
     "DistillationLoss",
     "EMAHandler",
@@ -53,6 +65,7 @@ __all__ = [
     "MixupCutmix",
     "ModelEMA",
     "NO_DECAY_NAMES",
+    "Precision",
     "SegmentationCutMix",
     "SegmentationDistillationLoss",
     "SoftTargetCrossEntropy",
@@ -61,6 +74,7 @@ __all__ = [
     "WarmupCosineLR",
     "autocast",
     "batch_ids",
+    "check_amp",
     "create_grad_scaler",
     "create_optimizer",
     "ema_decay",
@@ -74,6 +88,7 @@ __all__ = [
     "pixelwise_distillation",
     "rand_box",
     "resolve_amp_dtype",
+    "resolve_precision",
     "save_ensemble_checkpoint",
     "scale_lr",
     "smooth_one_hot",

@@ -7,7 +7,9 @@
    batch-level ``mixup`` (:class:`~medmamba.training.mixup.MixupCutmix` or
    :class:`~medmamba.training.mixup.SegmentationCutMix`);
 2. runs the frozen teacher on the *same* (augmented) batch, or reads its cached logits;
-3. runs the student through ``engine.inferer`` under autocast (bf16 on CPU, fp16/bf16 on CUDA);
+3. runs the student through ``engine.inferer`` under autocast in the precision
+   :func:`~medmamba.training.amp.resolve_precision` picks for ``amp`` on the trainer's device
+   (``"auto"``: bf16 on CUDA where supported, else fp16; bf16 on CPUs with native bf16, else fp32);
 4. computes the loss in float32: base loss + λ·KD (:class:`~medmamba.training.distillation.
    DistillationLoss` or :class:`~medmamba.training.distillation.SegmentationDistillationLoss`);
 5. back-propagates (with a ``GradScaler`` for fp16), clips the gradient norm, steps the optimiser,
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .amp import autocast, create_grad_scaler, resolve_amp_dtype
+from .amp import Precision, check_amp, create_grad_scaler, resolve_precision
 from .distillation import DistillationLoss, SegmentationDistillationLoss
 from .teacher import TeacherLogitCache, batch_ids
 
@@ -83,9 +85,12 @@ class DistillationIteration:
         mixup: batch-level callable ``(images, labels) -> (images, labels)``, e.g.
             :class:`~medmamba.training.mixup.MixupCutmix`.
         grad_clip_norm: max gradient norm (paper: 5); ``None`` or 0 disables clipping.
-        amp: autocast on/off; ``None`` follows the trainer's ``amp`` flag.
-        amp_dtype: ``"bf16"``, ``"fp16"`` or ``None`` (fp16 on CUDA, bf16 on CPU); fp16 uses a
-            ``GradScaler`` (the trainer's if it has one).
+        amp: the precision, any :func:`~medmamba.training.amp.resolve_precision` setting
+            (``"auto"``, ``True``, ``False``, ``"bf16"``, ``"fp16"``, ``"fp32"``) or a resolved
+            :class:`~medmamba.training.amp.Precision`; ``None`` follows the trainer's ``amp`` flag
+            (on: ``amp_dtype``, or ``True``'s choice). Resolved once per device type, at the first
+            iteration. fp16 uses a ``GradScaler`` (the trainer's if it has one).
+        amp_dtype: with ``amp`` ``True`` or ``None``: force ``"bf16"`` or ``"fp16"``.
         teacher_cache: precomputed teacher logits (:class:`TeacherLogitCache`); then the teacher
             is not run. Not valid with ``mixup`` (the cached logits are of un-mixed images).
         id_key: batch key of the sample ids looked up in ``teacher_cache``.
@@ -108,7 +113,7 @@ class DistillationIteration:
         weight: float = 5.0,
         mixup: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         grad_clip_norm: float | None = None,
-        amp: bool | None = None,
+        amp: bool | str | torch.dtype | Precision | None = None,
         amp_dtype: str | torch.dtype | None = None,
         teacher_cache: TeacherLogitCache | None = None,
         id_key: str = "id",
@@ -130,6 +135,10 @@ class DistillationIteration:
             raise ValueError(f"grad_clip_norm must be >= 0 or None, got {grad_clip_norm}.")
         if mixup is not None and not callable(mixup):
             raise TypeError(f"mixup must be callable, got {type(mixup).__name__}.")
+        if amp is not None:
+            check_amp(amp)
+        if amp_dtype is not None:
+            check_amp(amp_dtype, "amp_dtype")
         self.teacher = teacher
         self.loss = loss
         self.task = task
@@ -146,7 +155,7 @@ class DistillationIteration:
         self.skip_nonfinite = bool(skip_nonfinite)
         self.check_inputs = bool(check_inputs)
         self._scaler: torch.amp.GradScaler | None = None
-        self._dtypes: dict[str, torch.dtype] = {}
+        self._precisions: dict[tuple[str, bool], Precision] = {}
         if loss is None:
             # validate kind/tau/weight now rather than at the first iteration
             self._build_loss(None)
@@ -156,11 +165,24 @@ class DistillationIteration:
             return DistillationLoss(base_loss=base_loss, kind=self.kind, tau=self.tau, weight=self.weight)
         return SegmentationDistillationLoss(base_loss=base_loss, tau=self.tau, weight=self.weight)
 
-    def _amp_dtype(self, device: torch.device) -> torch.dtype:
-        # resolved once per device type (resolve_amp_dtype may warn about fp16 on the CPU)
-        if device.type not in self._dtypes:
-            self._dtypes[device.type] = resolve_amp_dtype(device, self.amp_dtype)
-        return self._dtypes[device.type]
+    def precision(self, device: torch.device | str, engine: Any = None) -> Precision:
+        """The student's precision on ``device`` (resolved once per device type, and logged then).
+
+        Args:
+            device: the training device.
+            engine: the trainer, whose ``amp`` flag is followed when ``amp`` is ``None``.
+        """
+        device = torch.device(device)
+        if self.amp is None:
+            setting: Any = (self.amp_dtype or True) if bool(getattr(engine, "amp", False)) else False
+        elif self.amp is True and self.amp_dtype is not None:
+            setting = self.amp_dtype
+        else:
+            setting = self.amp
+        key = (device.type, self.amp is None and setting is not False)
+        if key not in self._precisions:
+            self._precisions[key] = resolve_precision(setting, device)
+        return self._precisions[key]
 
     def loss_for(self, engine: Any) -> nn.Module:
         """The combined loss, built around ``engine.loss_function`` on first use."""
@@ -169,9 +191,11 @@ class DistillationIteration:
         return self.loss
 
     def teacher_logits(
-        self, inputs: torch.Tensor, batchdata: Any, device: torch.device, amp_enabled: bool, dtype: torch.dtype
+        self, inputs: torch.Tensor, batchdata: Any, device: torch.device, precision: Precision
     ) -> torch.Tensor | None:
-        """The teacher's logits for this batch (from the cache, or by running the teacher)."""
+        """The teacher's logits for this batch (from the cache, or by running the teacher under the
+        student's ``precision``; a teacher wrapped in :class:`~medmamba.training.amp.Autocast` runs
+        in its own)."""
         if self.teacher_cache is not None:
             if not isinstance(batchdata, Mapping):
                 raise TypeError("teacher_cache needs dict batches carrying the sample ids under id_key.")
@@ -182,7 +206,7 @@ class DistillationIteration:
         if param is not None and param.device != device:
             self.teacher.to(device)
         self.teacher.eval()
-        with torch.no_grad(), autocast(device, amp_enabled, dtype):
+        with torch.no_grad(), precision.autocast():
             out = self.teacher(inputs)
         if isinstance(out, (tuple, list)):
             out = out[0]
@@ -215,13 +239,12 @@ class DistillationIteration:
         if self.mixup is not None:
             inputs, targets = self.mixup(inputs, targets)
 
-        amp_enabled = bool(getattr(engine, "amp", False)) if self.amp is None else bool(self.amp)
-        dtype = self._amp_dtype(device) if amp_enabled else torch.float32
+        precision = self.precision(device, engine)
         scaler = None
-        if amp_enabled and dtype == torch.float16:
+        if precision.grad_scaler:
             scaler = getattr(engine, "scaler", None) or self._scaler
             if scaler is None:
-                scaler = self._scaler = create_grad_scaler(device, dtype)
+                scaler = self._scaler = create_grad_scaler(device, precision.dtype)
 
         acc = int(getattr(engine, "accumulation_steps", 1) or 1)
         if acc > 1:
@@ -242,8 +265,8 @@ class DistillationIteration:
         if should_zero_grad:
             optimizer.zero_grad(set_to_none=getattr(engine, "optim_set_to_none", True))
 
-        teacher_out = self.teacher_logits(inputs, batchdata, device, amp_enabled, dtype)
-        with autocast(device, amp_enabled, dtype):
+        teacher_out = self.teacher_logits(inputs, batchdata, device, precision)
+        with precision.autocast():
             pred = engine.inferer(inputs, network, *args, **kwargs)
         engine.state.output[Keys.PRED] = self._primary_output(pred)
         _fire(engine, "FORWARD_COMPLETED")
