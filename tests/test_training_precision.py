@@ -94,6 +94,18 @@ def test_cuda_precision_for_each_setting(cuda_bf16, supported: bool, amp, expect
     assert precision.monai_amp_kwargs == ({"dtype": expected} if expected != torch.float32 else {})
 
 
+@pytest.mark.parametrize(("native", "amp", "expected"), [(True, "auto", torch.float32), (False, "auto", torch.float32),
+                                                         (True, "bf16", torch.bfloat16), (True, True, torch.bfloat16)])
+def test_cpu_bf16_false_keeps_auto_at_fp32_on_the_cpu_only(native_bf16, cuda_bf16, native: bool, amp, expected) -> None:
+    native_bf16(native)
+    precision = resolve_precision(amp, "cpu", cpu_bf16=False)
+    assert precision.dtype == expected
+    if native and amp == "auto":
+        assert "bf16 does not speed this network up there (cpu_bf16=False)" in precision.reason
+    cuda_bf16(True)
+    assert resolve_precision("auto", "cuda", cpu_bf16=False).dtype == torch.bfloat16
+
+
 def test_auto_on_other_devices_and_restricted_device_types_is_fp32(native_bf16) -> None:
     native_bf16(True)
     assert resolve_precision("auto", "meta").dtype == torch.float32
@@ -378,6 +390,13 @@ def test_training_configs_resolve_precision_and_threads_through_medmamba() -> No
             if name != "inference.json":
                 parser["device"] = "$torch.device('cpu')"
                 assert isinstance(parser.get_parsed_content("precision"), Precision)
+            # the MobileMamba students keep fp32 on CPUs (bf16 measured no faster there), the UNet
+            # teachers use native bf16; evaluation autocasts on CUDA only (MONAI's evaluator)
+            expected = {"train.json": "cpu_bf16=False", "evaluate.json": "device_types=['cuda']"}.get(name)
+            if expected is not None:
+                assert expected in parser["precision"]
+            elif name == "train_teacher.json":
+                assert parser["precision"] == "$medmamba.training.resolve_precision(@amp, @device)"
             if name == "train.json":
                 assert parser["distillation"]["amp"] == "@precision"
                 assert isinstance(parser.get_parsed_content("teacher_precision"), Precision)
