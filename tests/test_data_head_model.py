@@ -82,3 +82,25 @@ def test_make_subject_with_head_is_deterministic_and_consistent(template) -> Non
     # a stripped subject has (almost) nothing outside the brain; a head has tissue there
     outside = a.tissue == 0
     assert np.mean(a.image[outside] > 200) > 0.2 and np.mean(stripped.image[stripped.tissue == 0] > 200) < 0.02
+
+
+def test_extend_inferior_adds_empty_slices_below_and_keeps_world_positions(template) -> None:
+    from medmamba.data.synthetic import extend_inferior, subject_affine
+
+    ext = extend_inferior(template, 40.0)
+    assert ext.shape == (*template.shape[:2], template.shape[2] + 10)  # 40 mm of 4 mm slices
+    assert not ext.mask[..., :10].any()
+    np.testing.assert_array_equal(ext.t1[..., 10:], template.t1)
+    # voxel k of the old grid and voxel k + 10 of the new one are the same point in space
+    np.testing.assert_allclose(ext.affine @ [0, 0, 10, 1], template.affine @ [0, 0, 0, 1])
+    np.testing.assert_allclose(subject_affine(template, head=False), template.affine)
+    with pytest.raises(ValueError, match="mm must be >= 0"):
+        extend_inferior(template, -1.0)
+
+
+def test_subject_with_head_has_neck_slices_without_brain(template) -> None:
+    s = make_subject(template, np.random.default_rng(9), neck_mm=40.0)
+    assert s.image.shape[2] == template.shape[2] + 10
+    lowest = s.tissue[..., :5]
+    assert not lowest.any()  # no brain in the neck slices ...
+    assert (s.generation[..., :5] > 0).mean() > 0.1  # ... but tissue of the head

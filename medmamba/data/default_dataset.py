@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from medmamba.data.synthetic import TISSUE_LABELS, MniTemplate, load_mni_template, make_subject
+from medmamba.data.synthetic import TISSUE_LABELS, MniTemplate, extend_inferior, load_mni_template, make_subject, subject_affine
 from medmamba.io.atomic import atomic_write_text
 from medmamba.io.dicom_series import PatientInfo, write_dicom_series
 from medmamba.io.nifti import write_nifti
@@ -64,6 +64,8 @@ _SPLITS = ("training", "validation", "test")
 EXTRA_TRAINING = "extra_training"
 #: Stored image value = real value / IMAGE_SLOPE (int16); the DICOM RescaleSlope is the same.
 IMAGE_SLOPE = 0.5
+#: Grid extension below the MNI template (skull base and neck; see ``make_subject``'s ``neck_mm``).
+NECK_MM = 40.0
 FORMAT_VERSION = 2
 
 
@@ -209,7 +211,7 @@ def _write_subject(
     sid = f"sub-{index:03d}"
     sdir = root / "subjects" / sid
     stored = np.clip(np.round(subj.image / IMAGE_SLOPE), 0, np.iinfo(np.int16).max).astype(np.int16)
-    aff = template.affine
+    aff = subject_affine(template)
     real = stored.astype(np.float32) * np.float32(IMAGE_SLOPE)  # exactly representable: stored * slope
     write_nifti(sdir / "image.nii.gz", real, aff, dtype=np.int16, scl_slope=IMAGE_SLOPE, scl_inter=0.0, xform_code=4)
     write_nifti(sdir / "tissue.nii.gz", subj.tissue, aff, dtype=np.uint8, xform_code=4)
@@ -419,7 +421,7 @@ def make_default_dataset(
             "semi_synthetic": True,
             "source": "MNI152 2009 template, GM/WM maps and brain mask shipped with nilearn",
             "config": cfg.to_dict(),
-            "grid": {"shape": list(template.shape), "affine": np.round(template.affine, 6).tolist()},
+            "grid": {"shape": list(extend_inferior(template, NECK_MM).shape), "affine": np.round(subject_affine(template), 6).tolist()},
             "image_scaling": {"slope": IMAGE_SLOPE, "intercept": 0.0, "stored_dtype": "int16"},
             "tissue_labels": {str(k): v for k, v in TISSUE_LABELS.items()},
             "subjects": [{k: v for k, v in s.items() if k != "slices"} for s in subjects],

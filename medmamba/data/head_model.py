@@ -166,11 +166,12 @@ def fold_cortex(
 
 def _layer_thickness(shape: tuple[int, ...], rng: np.random.Generator, voxel_mm: float, lo: float, hi: float) -> np.ndarray:
     """A smoothly varying thickness map (mm) with values in about ``[lo, hi]``."""
+    from medmamba.data.synthetic import _smooth_field
+
     mean = rng.uniform(lo, hi)
-    spread = 0.35 * (hi - lo)
-    coarse = _noise_field(tuple(max(2, s // 6) for s in shape), rng, 1.0)
-    field = ndimage.zoom(coarse, [s / c for s, c in zip(shape, coarse.shape)], order=1)[tuple(slice(0, s) for s in shape)]
-    return np.clip(mean + spread * field, 0.3 * lo, None).astype(np.float32)
+    field = _smooth_field(shape, rng, 6, 1.0)
+    field /= field.std() + 1e-6
+    return np.clip(mean + 0.35 * (hi - lo) * field, 0.3 * lo, None).astype(np.float32)
 
 
 def add_head(
@@ -189,7 +190,8 @@ def add_head(
     (1-2.5 mm), muscle/galea (0.5-3 mm), subcutaneous fat (2-7 mm), skin (1-2.5 mm). Below the level
     of the frontal lobe's base, the head's cross-section at that level continues downwards as a block
     of mixed tissue (muscle, fat, bone, marrow, air cavities) around the lower brain: the skull base
-    and face. Two eyes (vitreous in orbital fat) sit in front of it, at MNI coordinates near
+    and face, narrowing into a neck below the brain where the grid reaches (see ``neck_mm`` of
+    :func:`medmamba.data.synthetic.make_subject`). Two eyes (vitreous in orbital fat) sit in front of it, at MNI coordinates near
     ``eye_centres_mm`` (jittered).
 
     Args:
@@ -246,13 +248,19 @@ def add_head(
     if z_base > 0:
         section = ndimage.binary_fill_holes(head[..., z_base])
         block = np.repeat(section[..., None], z_base, axis=2)
+        # below the brain (the neck, where the grid reaches that far) the section narrows
+        taper = float(rng.uniform(0.25, 0.45))
+        for z in range(min(int(zs[0]), z_base)):
+            shrink = int(round(taper * (zs[0] - z)))
+            if shrink > 0:
+                block[..., z] = ndimage.binary_erosion(section, iterations=min(shrink, 12))
         block &= ~brain[..., :z_base] & (outside_mm[..., :z_base] > rim_outer[..., :z_base])
-        mix = _noise_field((*shape[:2], z_base), rng, 2.5 / voxel_mm)
+        mix = _noise_field((*shape[:2], z_base), rng, 4.0 / voxel_mm)
         kind = np.full(mix.shape, 8, dtype=np.uint8)  # muscle
-        kind[mix > 0.6] = 9  # fat
-        kind[mix < -0.7] = 6  # bone
-        kind[(mix < -0.45) & (mix >= -0.7)] = 7  # marrow
-        cavity = _noise_field(mix.shape, rng, 3.0 / voxel_mm) > 1.6
+        kind[mix > 0.7] = 9  # fat
+        kind[mix < -1.1] = 6  # bone
+        kind[(mix < -0.8) & (mix >= -1.1)] = 7  # marrow
+        cavity = _noise_field(mix.shape, rng, 4.0 / voxel_mm) > 1.8
         kind[cavity] = 0  # sinus / airway
         sub = gen[..., :z_base]
         sub[block] = kind[block]

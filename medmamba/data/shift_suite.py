@@ -8,7 +8,8 @@ resolution and slice thickness, skull stripping, bias field and noise), with sub
 random stream that the default data set never uses. ``benchmarks/shift_suite.py`` runs both bundles
 on every set and reports the metrics with bootstrap intervals.
 
-Each set is written as ``<out>/<setting>/subjects/<id>/{image,tissue,lesion}.nii.gz`` plus a MONAI
+Each set is written as ``<out>/<setting>/images/<id>.nii.gz`` (only the images, so the folder is a
+bundle's ``--input_path``), ``<out>/<setting>/labels/<id>_{tissue,lesion}.nii.gz`` and a MONAI
 datalist ``datalist.json`` (``test`` list of ``{"image", "label": tissue, "lesion", "has_lesion", "id"}``).
 """
 
@@ -24,10 +25,12 @@ import numpy as np
 from scipy import ndimage
 
 from medmamba.data.head_model import GENERATION_LABELS, LESION_LABEL
-from medmamba.data.synthetic import MniTemplate, bias_field, load_mni_template, make_subject, rician_noise
+from medmamba.data.synthetic import MniTemplate, bias_field, load_mni_template, make_subject, rician_noise, subject_affine
 
 __all__ = [
     "SHIFT_SETTINGS",
+    "make_template_checks",
+    "plant_ellipsoid_lesions",
     "T2_MEANS",
     "ShiftSetting",
     "make_shift_set",
@@ -206,25 +209,120 @@ def make_shift_set(
         n_lesions = int(rng.integers(1, 4)) if i < n_les else 0
         subject = make_subject(tpl, rng, n_lesions=n_lesions, head=setting.head)
         image = _subject_image(subject, setting, rng, voxel_mm, 1000.0)
-        tissue, lesion, affine = subject.tissue, subject.lesion, tpl.affine
+        tissue, lesion, affine = subject.tissue, subject.lesion, subject_affine(tpl, head=setting.head)
         if setting.slice_mm is not None:
             image, new_affine = thick_slices(image, affine, setting.slice_mm)
             tissue, _ = thick_slices(tissue, affine, setting.slice_mm, order=0)
             lesion, _ = thick_slices(lesion, affine, setting.slice_mm, order=0)
             affine = new_affine
         sid = f"{setting.name}-{i:03d}"
-        sdir = root / "subjects" / sid
-        write_nifti(sdir / "image.nii.gz", image.astype(np.float32), affine, dtype=np.float32, xform_code=1)
-        write_nifti(sdir / "tissue.nii.gz", tissue.astype(np.uint8), affine, dtype=np.uint8, xform_code=1)
-        write_nifti(sdir / "lesion.nii.gz", lesion.astype(np.uint8), affine, dtype=np.uint8, xform_code=1)
+        write_nifti(root / "images" / f"{sid}.nii.gz", image.astype(np.float32), affine, dtype=np.float32, xform_code=1)
+        write_nifti(root / "labels" / f"{sid}_tissue.nii.gz", tissue.astype(np.uint8), affine, dtype=np.uint8, xform_code=1)
+        write_nifti(root / "labels" / f"{sid}_lesion.nii.gz", lesion.astype(np.uint8), affine, dtype=np.uint8, xform_code=1)
         items.append({
             "id": sid,
-            "image": f"subjects/{sid}/image.nii.gz",
-            "label": f"subjects/{sid}/tissue.nii.gz",
-            "lesion": f"subjects/{sid}/lesion.nii.gz",
+            "image": f"images/{sid}.nii.gz",
+            "label": f"labels/{sid}_tissue.nii.gz",
+            "lesion": f"labels/{sid}_lesion.nii.gz",
             "has_lesion": int(lesion.any()),
         })
     datalist = {"name": f"medmamba shift suite: {setting.name}", "setting": asdict(setting), "seed": seed, "test": items}
+    path = root / "datalist.json"
+    path.write_text(json.dumps(datalist, indent=1) + "\n")
+    return path
+
+
+def plant_ellipsoid_lesions(
+    image: np.ndarray,
+    tissue: np.ndarray,
+    rng: np.random.Generator,
+    voxel_mm: float,
+    *,
+    n_lesions: int = 2,
+    radius_mm: tuple[float, float] = (4.5, 7.0),
+    factor: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plant smooth ellipsoidal lesions in white matter by a procedure unlike the training generator's.
+
+    The training lesions (:func:`medmamba.data.synthetic.insert_lesions` and the bundles' on-the-fly
+    insertion) are noise-distorted blobs with a 5 % texture; these are plain ellipsoids with a
+    Gaussian edge (sigma 1 mm) and one flat intensity ``factor`` times the white-matter median, with
+    their centres at least one radius deep in white matter. A detector that learnt the training
+    blobs' texture rather than "abnormal signal in white matter" misses them.
+
+    Args:
+        image: Image (white matter brighter than 0).
+        tissue: Tissue labels of the image (3: white matter).
+        rng: Random generator.
+        voxel_mm: Isotropic voxel size in mm.
+        n_lesions: Number of lesions.
+        radius_mm: Range of the semi-axes in mm.
+        factor: Lesion intensity relative to the white-matter median (< 1 hypo-, > 1 hyperintense).
+
+    Returns:
+        ``(image, mask)``: the new float32 image and the uint8 lesion mask.
+
+    Raises:
+        ValueError: If there is no white matter deep enough for a lesion.
+    """
+    wm = np.asarray(tissue) == 3
+    depth = ndimage.distance_transform_edt(wm) * voxel_mm
+    candidates = np.argwhere(depth >= radius_mm[0])
+    if len(candidates) == 0:
+        raise ValueError(f"no white matter at least {radius_mm[0]} mm deep to plant a lesion in")
+    out = np.asarray(image, dtype=np.float32).copy()
+    mask = np.zeros(wm.shape, dtype=bool)
+    level = float(np.median(out[wm])) * float(factor)
+    idx = np.indices(wm.shape, dtype=np.float32)
+    for _ in range(int(n_lesions)):
+        c = candidates[rng.integers(len(candidates))]
+        axes = rng.uniform(*radius_mm, 3) / voxel_mm
+        dist = np.sqrt(sum(((idx[d] - c[d]) / axes[d]) ** 2 for d in range(3)))
+        blob = dist <= 1.0
+        soft = ndimage.gaussian_filter(blob.astype(np.float32), 1.0 / voxel_mm)
+        out = out * (1.0 - soft) + level * soft
+        mask |= blob
+    return out, mask.astype(np.uint8)
+
+
+def make_template_checks(out_dir: str | os.PathLike[str], resolution_mm: int = 2, n_planted: int = 4, seed: int = 0) -> Path:
+    """The real-scan check that ships with nilearn: the unmodified MNI152 template, with and without lesions.
+
+    The template itself (skull-stripped, lesion-free, never deformed or re-rendered) must be called
+    lesion-free; copies with white-matter lesions planted by :func:`plant_ellipsoid_lesions`
+    (half hypointense, factor 0.45, half hyperintense, factor 1.45) must be called lesion cases.
+
+    Args:
+        out_dir: Parent folder; written to ``out_dir/mni_template_<r>mm``.
+        resolution_mm: Template resolution (1 or 2).
+        n_planted: Number of copies with planted lesions.
+        seed: Seed of the lesion placement.
+
+    Returns:
+        Path of the set's ``datalist.json`` (same layout as :func:`make_shift_set`).
+    """
+    from medmamba.data.synthetic import tissue_labels
+    from medmamba.io.nifti import write_nifti
+
+    tpl = load_mni_template(resolution_mm)
+    voxel_mm = float(np.linalg.norm(tpl.affine[:3, 0]))
+    tissue = tissue_labels(tpl.gm, tpl.wm, tpl.mask)
+    root = Path(out_dir) / f"mni_template_{resolution_mm}mm"
+    base = (tpl.t1 * 1000.0).astype(np.float32)
+    cases = [("template", base, np.zeros(tissue.shape, np.uint8))]
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_000_002, int(resolution_mm)]))
+    for k in range(int(n_planted)):
+        factor = 0.45 if k % 2 == 0 else 1.45
+        img, mask = plant_ellipsoid_lesions(base, tissue, rng, voxel_mm, n_lesions=1 + k % 2, factor=factor)
+        cases.append((f"template_planted{k}_{'hypo' if factor < 1 else 'hyper'}", img, mask))
+    items = []
+    for name, img, mask in cases:
+        write_nifti(root / "images" / f"{name}.nii.gz", img, tpl.affine, dtype=np.float32, xform_code=1)
+        write_nifti(root / "labels" / f"{name}_tissue.nii.gz", tissue, tpl.affine, dtype=np.uint8, xform_code=1)
+        write_nifti(root / "labels" / f"{name}_lesion.nii.gz", mask, tpl.affine, dtype=np.uint8, xform_code=1)
+        items.append({"id": name, "image": f"images/{name}.nii.gz", "label": f"labels/{name}_tissue.nii.gz",
+                      "lesion": f"labels/{name}_lesion.nii.gz", "has_lesion": int(mask.any())})
+    datalist = {"name": f"MNI152 template checks, {resolution_mm} mm", "seed": seed, "test": items}
     path = root / "datalist.json"
     path.write_text(json.dumps(datalist, indent=1) + "\n")
     return path

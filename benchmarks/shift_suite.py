@@ -1,0 +1,167 @@
+"""The shift suite: both bundles on evaluation sets outside their training distribution.
+
+Makes the evaluation sets of :mod:`medmamba.data.shift_suite` (other contrasts, 1 mm and 5 mm
+slices, skull-stripped and whole heads, strong bias and noise, and the unmodified MNI152 template
+with and without planted lesions), runs each bundle's ``inference.json`` on every set exactly as a
+user would (``python -m monai.bundle run ... --input_path <set>/images``), and scores the written
+outputs against the sets' truth:
+
+- segmentation: mean Dice over CSF, grey and white matter per case, and the predicted brain volume
+  (labels > 0) against the true one, on the input's own grid;
+- classification: the volume AUC (stratified bootstrap), the fraction of lesion-free cases at or
+  above the threshold (false positives) and of lesion cases below it (misses).
+
+Every figure comes with a bootstrap 95 % interval over cases. The CPU is printed in the header.
+
+    python benchmarks/shift_suite.py --out runs/shift_suite --n 20
+    python benchmarks/shift_suite.py --settings t1_head_1mm --n 6 --bundles segmentation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import machine_line  # noqa: E402
+
+from medmamba.data.shift_suite import SHIFT_SETTINGS, make_shift_set, make_template_checks  # noqa: E402
+from medmamba.metrics import bootstrap_interval, dice_per_class, roc_auc  # noqa: E402
+
+BUNDLES = {
+    "segmentation": ROOT / "bundles" / "mobilemamba_segmentation",
+    "classification": ROOT / "bundles" / "mobilemamba_classification",
+}
+
+
+def run_inference(bundle: Path, images: Path, out: Path, threads: int) -> float:
+    """One bundle's inference.json over a folder of images; returns the wall time in seconds."""
+    configs = bundle / "configs"
+    argv = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(configs / "inference.json"),
+        "--bundle_root", str(bundle),
+        "--meta_file", str(configs / "metadata.json"),
+        "--logging_file", str(configs / "logging.conf"),
+        "--input_path", str(images),
+        "--output_dir", str(out),
+        "--num_threads", str(threads),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(out / "inference.log", "w", encoding="utf-8") as log:
+        proc = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"inference of {bundle.name} on {images} failed (exit {proc.returncode}); see {out / 'inference.log'}")
+    return time.perf_counter() - t0
+
+
+def score_segmentation(datalist: dict, root: Path, out: Path) -> dict:
+    """Per-case mean Dice (CSF/GM/WM) and brain-volume ratio of the written segmentations."""
+    import nibabel as nib
+
+    dices, ratios, ids = [], [], []
+    for item in datalist["test"]:
+        seg_path = out / item["id"] / f"{item['id']}_seg.nii.gz"
+        if not seg_path.is_file():
+            continue
+        pred = np.asarray(nib.load(seg_path).dataobj)
+        truth_img = nib.load(root / item["label"])
+        truth = np.asarray(truth_img.dataobj)
+        if pred.shape != truth.shape:
+            raise ValueError(f"{seg_path} has shape {pred.shape}, the input {truth.shape}: not written on the input grid")
+        d = dice_per_class(pred, truth, [1, 2, 3])
+        dices.append(float(np.nanmean(list(d.values()))))
+        ratios.append(float((pred > 0).sum() / max(1, (truth > 0).sum())))
+        ids.append(item["id"])
+    if not dices:
+        return {"n_cases": 0}
+    d_arr, r_arr = np.asarray(dices), np.asarray(ratios)
+    return {
+        "n_cases": len(dices),
+        "mean_dice": bootstrap_interval(np.mean, d_arr),
+        "brain_volume_ratio": bootstrap_interval(np.median, r_arr),
+        "within_10pct": float(np.mean(np.abs(r_arr - 1.0) <= 0.10)),
+        "per_case": dict(zip(ids, [round(x, 4) for x in dices])),
+    }
+
+
+def score_classification(datalist: dict, out: Path, threshold: float = 0.5) -> dict:
+    """Volume AUC, false-positive and miss rates of the written lesion probabilities."""
+    report = json.loads((out / "probabilities.json").read_text())
+    rows = report if isinstance(report, list) else report.get("cases", report.get("rows", []))
+    prob = {r["case_id"] if "case_id" in r else r.get("id"): r.get("lesion_probability") for r in rows}
+    scores, labels, ids = [], [], []
+    for item in datalist["test"]:
+        p = prob.get(item["id"])
+        if p is None:
+            continue
+        scores.append(float(p))
+        labels.append(int(item["has_lesion"]))
+        ids.append(item["id"])
+    s, y = np.asarray(scores), np.asarray(labels)
+    res: dict = {"n_cases": len(s), "per_case": dict(zip(ids, [round(x, 4) for x in scores]))}
+    if (y == 0).any():
+        res["false_positive_rate"] = bootstrap_interval(lambda a: float(np.mean(a >= threshold)), s[y == 0])
+    if (y == 1).any():
+        res["miss_rate"] = bootstrap_interval(lambda a: float(np.mean(a < threshold)), s[y == 1])
+    if (y == 0).any() and (y == 1).any():
+        res["auc"] = bootstrap_interval(roc_auc, s, y, strata=y)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "shift_suite")
+    parser.add_argument("--n", type=int, default=20, help="subjects per setting (half with lesions)")
+    parser.add_argument("--n-1mm", type=int, default=8, help="subjects of the 1 mm setting (8x the voxels)")
+    parser.add_argument("--settings", nargs="*", default=[*SHIFT_SETTINGS, "mni_template_2mm", "mni_template_1mm"])
+    parser.add_argument("--bundles", nargs="*", default=list(BUNDLES), choices=list(BUNDLES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from tqdm import tqdm
+
+    print(f"# shift suite\n\nCPU: {machine_line()}\n")
+    results: dict = {}
+    for name in tqdm(args.settings, desc="settings", file=sys.stderr):
+        set_dir = args.out / "data" / name
+        datalist_path = set_dir / "datalist.json"
+        if not datalist_path.is_file():
+            if name.startswith("mni_template_"):
+                make_template_checks(args.out / "data", int(name.split("_")[-1].rstrip("m")), seed=args.seed)
+            else:
+                n = args.n_1mm if SHIFT_SETTINGS[name].resolution_mm == 1 else args.n
+                make_shift_set(args.out / "data", name, n, seed=args.seed)
+        datalist = json.loads(datalist_path.read_text())
+        results[name] = {}
+        for bundle in args.bundles:
+            out = args.out / "predictions" / name / bundle
+            seconds = run_inference(BUNDLES[bundle], set_dir / "images", out, args.threads)
+            score = score_segmentation(datalist, set_dir, out) if bundle == "segmentation" else score_classification(datalist, out)
+            score["seconds"] = round(seconds, 1)
+            results[name][bundle] = score
+    print("| setting | cases | seg mean Dice [95% CI] | brain vol. ratio [95% CI] | within 10 % | cls AUC [95% CI] | FP rate (lesion-free ≥ 0.5) | miss rate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, res in results.items():
+        seg, cls = res.get("segmentation", {}), res.get("classification", {})
+        cells = [name, str(max(seg.get("n_cases", 0), cls.get("n_cases", 0)))]
+        cells += [str(seg.get("mean_dice", "–")), str(seg.get("brain_volume_ratio", "–")), f"{seg['within_10pct']:.2f}" if "within_10pct" in seg else "–"]
+        cells += [str(cls.get("auc", "–")), str(cls.get("false_positive_rate", "–")), str(cls.get("miss_rate", "–"))]
+        print("| " + " | ".join(cells) + " |")
+    serial = json.loads(json.dumps(results, default=lambda o: {"value": o.value, "low": o.low, "high": o.high, "n": o.n_cases}))
+    (args.out / "results.json").write_text(json.dumps({"cpu": machine_line(), "results": serial}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
