@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundles", nargs="*", default=list(BUNDLES), choices=list(BUNDLES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--make-only", action="store_true", help="only write the evaluation sets")
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 n = args.n_1mm if SHIFT_SETTINGS[name].resolution_mm == 1 else args.n
                 make_shift_set(args.out / "data", name, n, seed=args.seed)
+        if args.make_only:
+            continue
         datalist = json.loads(datalist_path.read_text())
         results[name] = {}
         for bundle in args.bundles:
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             score = score_segmentation(datalist, set_dir, out) if bundle == "segmentation" else score_classification(datalist, out)
             score["seconds"] = round(seconds, 1)
             results[name][bundle] = score
+    if args.make_only:
+        return 0
     print("| setting | cases | seg mean Dice [95% CI] | brain vol. ratio [95% CI] | within 10 % | cls AUC [95% CI] | FP rate (lesion-free ≥ 0.5) | miss rate |")
     print("|---|---|---|---|---|---|---|---|")
     for name, res in results.items():

@@ -50,7 +50,9 @@ TINY_NET = {"embed_dim": [16, 24, 32], "depth": [1, 1, 1]}
 
 
 def _tiny_overrides(name: str = "network_def") -> dict:
-    return {f"{name}#{k}": v for k, v in TINY_NET.items()}
+    # pixdim: the tiny data set's voxel size (the 2 mm template block-averaged by 2), which inference
+    # and evaluation resample to
+    return {f"{name}#{k}": v for k, v in TINY_NET.items()} | {"pixdim": [4.0, 4.0, 4.0]}
 
 
 # ------------------------------------------------------------------------------------- unit checks
@@ -199,7 +201,7 @@ def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
     # the student trains on the lesion-detection datalist (30 more training subjects, validated every
     # 8 of its epochs), the teacher on the 14 segmentation subjects it was measured with
     assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher", "distillation",
-                      "datalist", "val_interval"}
+                      "datalist", "val_interval", "teacher_amp", "teacher_precision", "precision"}
     assert student["datalist"].endswith("datalist_lesion_detection.json'")
     assert teacher["datalist"].endswith("datalist_segmentation.json'")
     assert teacher["model_name"] == "teacher" and teacher["distillation"]["teacher"] is None
@@ -327,6 +329,21 @@ def tiny_data(tmp_path_factory):
     datalist = {"training": seg["training"], "validation": lesion_test, "test": seg["test"]}
     (root / "datalist.json").write_text(json.dumps(datalist))
     return {"data": data, "datalist": root / "datalist.json", "test": seg["test"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for the tiny networks here, restored afterwards: the configs' default
+    ``num_threads: "auto"`` takes every usable core, and on a small machine shared with other
+    processes OpenMP threads waiting on each tiny kernel make these runs far slower."""
+    import medmamba.resources
+
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(medmamba.resources, "usable_cores", lambda *args, **kwargs: 1)
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(before)
 
 
 def _workflow(config, bundle_root, data, workflow_type="train", **override):

@@ -40,6 +40,9 @@ META = CONFIGS / "metadata.json"
 SCHEMA = REPO / "bundles" / "schema" / "meta_schema_20240725.json"
 
 TINY_NET = {"network_def#embed_dim": [32, 48, 64], "network_def#depth": [1, 1, 1]}
+#: The tiny data set's voxel size (the 2 mm template block-averaged by 3): inference and evaluation
+#: resample to ``pixdim``, the spacing the bundle was trained at.
+TINY_PIXDIM = [6.0, 6.0, 6.0]
 TINY_TEACHER = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 0}
 
 
@@ -48,6 +51,7 @@ def _overrides(bundle_root: Path, dataset_dir: Path, **extra: object) -> dict:
         "bundle_root": str(bundle_root),
         "dataset_dir": str(dataset_dir),
         "num_threads": 1,
+        "pixdim": TINY_PIXDIM,
         **TINY_NET,
     }
     out.update(extra)
@@ -133,8 +137,15 @@ def test_configs_share_one_preprocessing() -> None:
     infer = json.loads((CONFIGS / "inference.json").read_text())
     targets = [t["_target_"] for t in train["preprocessing_transforms"]]
     assert [t["_target_"] for t in teacher["preprocessing_transforms"]] == targets
-    assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"]] == targets
-    assert [t["_target_"] for t in infer["preprocessing"]["transforms"]] == targets
+    # inference and evaluation add the input checks and the resampling to the training spacing
+    # (the training data are at that spacing already)
+    deployed = {"medmamba.transforms.CheckScand", "Spacingd"}
+    assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"] if t["_target_"] not in deployed] == targets
+    assert [t["_target_"] for t in infer["preprocessing"]["transforms"] if t["_target_"] not in deployed] == targets
+    for cfg in (evaluate, infer):
+        targets_here = [t["_target_"] for t in cfg["preprocessing"]["transforms"]]
+        assert targets_here.index("Spacingd") == targets_here.index("Orientationd") + 1
+        assert cfg["pixdim"] == [2.0, 2.0, 2.0]
     # the student's teacher is the architecture train_teacher.json trains
     assert teacher["network_def"] == train["teacher_def"]
     for cfg in (train, evaluate, infer):
@@ -235,7 +246,7 @@ def test_find_scans(dataset: Path, tmp_path: Path) -> None:
     assert find_scans(sub / "dicom") == [{"image": str(sub / "dicom"), "id": "sub-004_dicom"}]
     assert find_scans(sub / "image.nii.gz")[0]["id"] == "sub-004_image"
     ids = [c["id"] for c in find_scans(sub)]
-    assert ids == ["dicom", "image", "lesion", "tissue"]
+    assert ids == ["dicom", "generation", "image", "lesion", "tissue"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_scans(tmp_path / "nothing")
     with pytest.raises(ValueError, match="no NIfTI"):

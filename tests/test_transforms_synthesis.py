@@ -28,7 +28,8 @@ def _class_means(img: torch.Tensor, gen: torch.Tensor) -> dict[int, float]:
 
 def test_random_contrasts_vary_and_keep_labels_separable() -> None:
     image, gen = _phantom()
-    t = RandDomainSynthesisd("image", prob=1.0, strip_prob=0.0, lowres_prob=0.0, max_blur=0.0, max_noise=0.0, bias_std=(0, 0))
+    t = RandDomainSynthesisd("image", prob=1.0, random_contrast_prob=1.0, strip_prob=0.0, lowres_prob=0.0, max_blur=0.0,
+                             max_noise=0.0, bias_std=(0, 0))
     t.set_random_state(0)
     orders = set()
     for _ in range(12):
@@ -40,6 +41,16 @@ def test_random_contrasts_vary_and_keep_labels_separable() -> None:
         assert abs(means[2] - means[3]) >= 0.02  # GM/WM contrast kept (min_contrast 0.08 before gamma)
         orders.add(means[2] > means[3])
     assert orders == {True, False}  # both T1-like (WM brighter) and inverted (GM brighter) contrasts occur
+
+
+def test_reference_contrast_keeps_the_t1_order_within_its_jitter() -> None:
+    image, gen = _phantom()
+    t = RandDomainSynthesisd("image", prob=1.0, random_contrast_prob=0.0, contrast_jitter=0.05, strip_prob=0.0,
+                             lowres_prob=0.0, max_blur=0.0, max_noise=0.0, max_std=0.0, bias_std=(0, 0), gamma_std=0.0)
+    t.set_random_state(4)
+    for _ in range(5):
+        m = _class_means(t({"image": image, "generation": gen})["image"][0], gen[0])
+        assert m[9] > m[3] > m[2] > m[1] > m[6]  # T1: fat > WM > GM > CSF > bone
 
 
 def test_lesion_differs_from_white_matter() -> None:
@@ -85,6 +96,7 @@ def test_without_labels_only_corrupts_the_stored_image() -> None:
         ({"prob": 1.5}, "prob must be a probability"),
         ({"thickness": (0.5, 2.0)}, "thickness must be a"),
         ({"max_noise": -0.1}, "max_noise must be >= 0"),
+        ({"contrast_jitter": 1.0}, "contrast_jitter must be in"),
         ({"keys": ["a", "b"]}, "keys must name one image"),
     ],
 )

@@ -49,6 +49,7 @@ from monai.transforms import MapTransform, Randomizable
 from medmamba.apps.deploy import FuseOnLoad, VolumePredictor, export_onnx, load_network
 from medmamba.data.discovery import find_scans, scan_stem
 from medmamba.inferers.volume_classification import AGGREGATIONS, aggregate_slice_logits
+from medmamba.io.geometry import slices_to_source, source_geometry
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -650,8 +651,10 @@ class LesionMetric(Metric):
     Accuracy and F1 (of the lesion class) threshold the probability at ``threshold``; AUC is the
     ROC AUC (scikit-learn), ``nan`` with a warning when only one class is present.
 
-    Each process computes on what it saw (no all-gather): run validation un-split (every DDP rank
-    sees every validation volume), as the bundle's ``multi_gpu_train.json`` does.
+    By default each process computes on what it saw (no all-gather): run validation un-split (every
+    DDP rank sees every validation volume), as the bundle's ``multi_gpu_train.json`` does. With
+    ``gather=True`` (evaluation split over the ranks, ``multi_gpu_evaluate.json``) the volumes of
+    all ranks are gathered first (:func:`medmamba.data.distributed_batch.all_gather_in_order`).
 
     Args:
         metric: ``"auc"``, ``"accuracy"`` or ``"f1"``.
@@ -661,6 +664,7 @@ class LesionMetric(Metric):
         threshold: probability threshold for accuracy and F1.
         output_transform: maps the engine output to ``(pred, label)``; default reads the keys.
         device: ignite's metric device (unused: the values are kept on the CPU).
+        gather: compute on the volumes of all ranks of an initialised process group.
     """
 
     def __init__(
@@ -672,6 +676,7 @@ class LesionMetric(Metric):
         threshold: float = 0.5,
         output_transform: Callable[[Any], Any] = _output_pairs,
         device: str | torch.device = "cpu",
+        gather: bool = False,
     ) -> None:
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}.")
@@ -683,6 +688,7 @@ class LesionMetric(Metric):
         self.metric = metric
         self.level = level
         self.threshold = float(threshold)
+        self.gather = bool(gather)
         self._store = _CaseStore(aggregation, top_k)
         super().__init__(output_transform=output_transform, device=device)
 
@@ -697,6 +703,11 @@ class LesionMetric(Metric):
 
     def compute(self) -> float:
         store = self._store
+        if self.gather:
+            from medmamba.data.distributed_batch import all_gather_in_order
+
+            store = _CaseStore(store.aggregation, store.top_k)
+            store.cases = all_gather_in_order(self._store.cases)
         scores, labels = store.slice_arrays() if self.level == "slice" else store.volume_arrays()
         return _binary_metric(self.metric, scores, labels, self.threshold)
 
@@ -741,6 +752,8 @@ class ClassificationReport:
         threshold: probability threshold of ``predicted``.
         metrics_file: the JSON's file name.
         extra: more entries for the JSON (simple values).
+        gather: under an initialised process group, gather the volumes of all ranks (in input
+            order; evaluation split over the ranks) and write on rank 0 only.
     """
 
     def __init__(
@@ -752,8 +765,10 @@ class ClassificationReport:
         threshold: float = 0.5,
         metrics_file: str = "metrics.json",
         extra: Mapping[str, Any] | None = None,
+        gather: bool = False,
     ) -> None:
         _check_aggregation(aggregation, top_k)
+        self.gather = bool(gather)
         self.output_dir = Path(output_dir)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.threshold = float(threshold)
@@ -783,6 +798,11 @@ class ClassificationReport:
 
     def _on_completed(self, engine: Engine) -> None:
         now = time.perf_counter()
+        if self.gather:
+            from medmamba.data.distributed_batch import all_gather_in_order
+
+            pairs = all_gather_in_order(list(zip(self._ids, self._store.cases)))
+            self._ids, self._store.cases = [i for i, _ in pairs], [c for _, c in pairs]
         rows = []
         for case_id, (z, y) in zip(self._ids, self._store.cases):
             prob = self._store.volume_score(z)
@@ -813,6 +833,10 @@ class ClassificationReport:
             "wall_time_s": round(now - _IMPORTED_AT, 2),
             **{k: _plain(v) for k, v in self.extra.items()},
         }
+        if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized() and (
+                torch.distributed.get_rank() != 0):
+            self.metrics = doc  # rank 0 writes the gathered report
+            return
         from medmamba.io.atomic import atomic_write_text
         from medmamba.io.results import write_results_csv
 
@@ -972,17 +996,27 @@ def classify(
     threshold: float = 0.5,
     write_slice_probabilities: bool = True,
     report_name: str = "probabilities",
+    warnings_key: str = "scan_warnings",
 ) -> dict[str, Any]:
     """Classify every scan under ``input_path``; write ``<output_dir>/probabilities.csv``.
 
     Per case the report row holds ``lesion_probability`` (volume level), ``label`` (1 = lesion
-    present, at ``threshold``), ``class_name``, ``n_slices`` and ``top_slice`` (index, in the
-    preprocessed RAS grid, of the most suspicious slice); failed cases are recorded with their
-    reason and the batch goes on (:func:`medmamba.data.run_batch`, which also keeps identifying DICOM
-    values out of the report). Case ids are those of :func:`find_scans` (``sub-018_dicom`` for the
-    single series folder ``sub-018/dicom``). With ``write_slice_probabilities`` each case also gets
-    ``<output_dir>/<case>/slice_probabilities.json``: per axial slice of the preprocessed volume its
-    index, position along the slice normal in mm (RAS world coordinates) and lesion probability.
+    present, at ``threshold``), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
+    (index of the input's most suspicious slice), ``slice_axis`` (the input's array axis those
+    slices are taken along) and ``warnings`` (scan plausibility flags left by the preprocessing
+    under ``warnings_key``, joined by "; "); failed cases are recorded with their reason and the
+    batch goes on (:func:`medmamba.data.run_batch`, which also keeps identifying DICOM values out of
+    the report). Case ids are those of :func:`find_scans` (``sub-018_dicom`` for the single series
+    folder ``sub-018/dicom``).
+
+    The network classifies the axial slices of the preprocessed volume (RAS, resampled to the
+    training spacing, foreground-cropped); the per-slice results refer to the *input's* slices along
+    its array axis closest to the network's slice normal (:func:`medmamba.io.geometry.slices_to_source`):
+    each input slice gets the largest probability of the network slices overlapping it, ``None``
+    where it was cropped away as background. With ``write_slice_probabilities`` each case also gets
+    ``<output_dir>/<case>/slice_probabilities.json``: per input slice its index, position along the
+    network's slice normal in mm (RAS world coordinates) and lesion probability, and the network's
+    own slices (``network_slices``) likewise.
 
     Args:
         input_path: see :func:`find_scans`.
@@ -992,13 +1026,16 @@ def classify(
         threshold: probability threshold of the label.
         write_slice_probabilities: write the per-case slice JSON.
         report_name: base name of the report (``probabilities.csv`` / ``.json``).
+        warnings_key: key of the list of scan warnings in the preprocessed data
+            (:class:`medmamba.transforms.CheckScand`).
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
     """
     from monai.data import MetaTensor
 
-    from medmamba.data.batch import BatchCase, run_batch
+    from medmamba.data.batch import BatchCase
+    from medmamba.data.distributed_batch import run_batch_distributed
     from medmamba.io.atomic import atomic_write_text
 
     if input_path is None:
@@ -1015,22 +1052,39 @@ def classify(
         if not isinstance(data, Mapping) or "image" not in data:
             raise TypeError("preprocessing must return a dict holding 'image'")
         img = data["image"]
+        warnings = [str(w) for w in (data.get(warnings_key) or [])]
         volume = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         out = predictor(volume[None])
         prob = float(out["lesion_probability"][0])
         slices = out["slice_probabilities"][0].cpu()
         label = int(prob >= threshold)
+        if isinstance(img, MetaTensor) and img.ndim == 4:
+            source_affine, source_shape = source_geometry(img)
+            mapped = slices_to_source(slices, img.affine, img.shape[1:], source_affine, source_shape, axis=2)
+        else:  # no geometry: the network's slices are the input's
+            positions = _slice_positions_mm(img, int(slices.numel()), axis=2)
+            mapped = {"axis": 2, "positions_mm": positions or [None] * int(slices.numel()),
+                      "values": [float(p) for p in slices.tolist()], "network_positions_mm": positions}
+        scored = [(p, -i) for i, p in enumerate(mapped["values"]) if p is not None]  # ties: the first slice
+        for w in warnings:
+            logger.warning("case %s: %s", case.case_id, case.redact(w))
         result: dict[str, Any] = {
             "lesion_probability": round(prob, 6),
             "label": label,
             "class_name": CLASS_NAMES[label],
-            "n_slices": int(slices.numel()),
-            "top_slice": int(torch.argmax(slices)),
+            "n_slices": len(mapped["values"]),
+            "top_slice": -max(scored)[1] if scored else None,
+            "slice_axis": int(mapped["axis"]),
+            "warnings": "; ".join(warnings),
         }
         if write_slice_probabilities:
-            positions = _slice_positions_mm(img, int(slices.numel()), axis=2)
+            net_positions = mapped["network_positions_mm"]
             rows = [
-                {"slice_index": i, "position_mm": None if positions is None else positions[i],
+                {"slice_index": i, "position_mm": pos, "lesion_probability": None if p is None else round(float(p), 6)}
+                for i, (pos, p) in enumerate(zip(mapped["positions_mm"], mapped["values"]))
+            ]
+            network_rows = [
+                {"slice_index": i, "position_mm": None if net_positions is None else net_positions[i],
                  "lesion_probability": round(float(p), 6)}
                 for i, p in enumerate(slices.tolist())
             ]
@@ -1038,14 +1092,21 @@ def classify(
                 "case_id": case.case_id,
                 "lesion_probability": round(prob, 6),
                 "label": label,
-                "slice_axis": "axial: last axis of the RAS-oriented, foreground-cropped volume",
+                "slice_axis": int(mapped["axis"]),
+                "slice_axis_note": ("slices: the input's slices along its array axis slice_axis (as loaded; for DICOM "
+                                    "the instance order), each with the largest probability of the network slices "
+                                    "overlapping it (null: cropped away as background); network_slices: the "
+                                    "network's axial slices of the RAS-oriented, resampled, foreground-cropped "
+                                    "volume; position_mm: slice centre along the network's slice normal (RAS mm)"),
                 "slices": rows,
+                "network_slices": network_rows,
+                "warnings": warnings,
             }
             atomic_write_text(case.out_dir / "slice_probabilities.json", json.dumps(doc, indent=1) + "\n")
             result["slice_file"] = f"{case.case_id}/slice_probabilities.json"
         return result
 
-    report = run_batch(cases, process, output_dir, input_key="image", id_key="id", report_name=report_name)
+    report = run_batch_distributed(cases, process, output_dir, input_key="image", id_key="id", report_name=report_name)
     summary = report.summary(time.perf_counter() - start)
     logger.info("classification: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed,
                 summary["seconds"], report.csv_path)

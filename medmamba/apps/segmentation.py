@@ -160,13 +160,18 @@ def segment(
     write_probabilities: bool = False,
     write_seg: bool = True,
     anonymous_seg: bool = False,
+    write_brain_mask: bool = True,
+    brain_volume_range_ml: Sequence[float] | None = (700.0, 2200.0),
 ) -> dict[str, Any]:
     """Segment every scan under ``input_path`` and write the masks in each input's geometry.
 
     Per case ``<output_dir>/<case>/<case>_seg.nii.gz`` (the mask on the input's voxel grid, with its
-    affine), for DICOM input also ``<case>_seg.dcm`` (a DICOM SEG referencing the source series),
-    optionally ``<case>_prob.nii.gz``; and ``segmentation.csv``/``.json`` reports (failed cases
-    are recorded there with their reason, the others go on).
+    affine, whatever the voxel size the network ran at), ``<case>_brain_mask.nii.gz`` (0/1: the
+    tissue labels, their largest connected component, holes filled; for skull stripping), for DICOM
+    input also ``<case>_seg.dcm`` (a DICOM SEG referencing the source series), optionally
+    ``<case>_prob.nii.gz``; and ``segmentation.csv``/``.json`` reports (failed cases are recorded
+    there with their reason, the others go on; ``brain_volume_ml`` and ``warnings``: scan
+    plausibility flags from the preprocessing and a brain volume outside ``brain_volume_range_ml``).
 
     Args:
         input_path: see :func:`find_scans`.
@@ -178,6 +183,9 @@ def segment(
         write_probabilities: also write class probabilities.
         write_seg: write DICOM SEG for DICOM inputs.
         anonymous_seg: empty the Type 2 patient/study identifiers of the SEG.
+        write_brain_mask: write the brain mask and report the brain volume.
+        brain_volume_range_ml: plausible ``(low, high)`` brain volume in ml (``None``: not checked);
+            outside it the case is flagged in its ``warnings``, not failed.
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
@@ -199,6 +207,8 @@ def segment(
         write_seg=write_seg,
         anonymous_seg=anonymous_seg,
         device=device,
+        brain_labels=sorted(int(k) for k in (labels or TISSUE_LABELS)) if write_brain_mask else None,
+        brain_volume_range_ml=brain_volume_range_ml if write_brain_mask else None,
     )
     summary = report.summary(time.perf_counter() - start)
     logger.info("segmentation: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed, summary["seconds"], report.csv_path)
@@ -242,7 +252,9 @@ class SegmentationMetrics:
     the prediction's affine), and at the end of the epoch puts scalars into
     ``engine.state.metrics``: ``<prefix>dice_<class>``, ``<prefix>mean_dice`` (mean over classes of
     the per-class means over cases), ``<prefix>hd95_<class>``, ``<prefix>mean_hd95``. Under
-    ``torch.distributed`` the per-case rows of all ranks are gathered first.
+    ``torch.distributed`` the per-case rows of all ranks are gathered first, back in input order
+    (the ranks' shares as MONAI's ``DistributedSampler(shuffle=False, even_divisible=False)`` splits
+    them; :func:`medmamba.data.distributed_batch.all_gather_in_order`).
 
     Attach it before the stats / TensorBoard / checkpoint handlers so that they see its metrics.
 
@@ -333,11 +345,9 @@ class SegmentationMetrics:
             self.rows.append(row)
 
     def _gather(self) -> list[dict[str, Any]]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self.rows)
-            return [r for rows in gathered for r in rows]
-        return list(self.rows)
+        from medmamba.data.distributed_batch import all_gather_in_order
+
+        return all_gather_in_order(self.rows)
 
     def summarize(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """The flat metrics of per-case rows (means over cases, ignoring undefined values)."""

@@ -1,17 +1,21 @@
 """Scans in, predictions out: batch segmentation and classification over DICOM/NIfTI inputs.
 
 Both functions run on :func:`medmamba.data.batch.run_batch` (a failing case is recorded and the
-batch goes on) and take any ``predictor``: a callable from a batched, preprocessed image
+batch goes on; under ``torchrun`` with an initialised process group the cases are split over the
+ranks and rank 0 merges the reports, :func:`medmamba.data.distributed_batch.run_batch_distributed`)
+and take any ``predictor``: a callable from a batched, preprocessed image
 ``(1, C, *spatial)`` to logits or probabilities (``(1, K, *spatial)`` for segmentation, ``(1, K)``
 for classification), e.g. a MobileMamba network in eval mode or a MONAI sliding-window inferer.
 
 Per case, segmentation writes ``<case>/<case>_seg.nii.gz`` (labels on the input's grid), optionally
-``<case>_prob.nii.gz`` (probabilities) and, for DICOM inputs, ``<case>_seg.dcm`` (a DICOM SEG that
-references the source series); classification adds ``label``/``probabilities`` to the report.
+``<case>_prob.nii.gz`` (probabilities), ``<case>_brain_mask.nii.gz`` (a 0/1 brain mask) and, for
+DICOM inputs, ``<case>_seg.dcm`` (a DICOM SEG that references the source series); classification
+adds ``label``/``probabilities`` to the report.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -20,14 +24,19 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from medmamba.data.batch import BatchCase, BatchReport, run_batch
+from medmamba.data.batch import BatchCase, BatchReport
+from medmamba.data.distributed_batch import run_batch_distributed
 from medmamba.data.loading import is_nifti_path
 from medmamba.io.dicom_seg import write_dicom_seg
+from medmamba.io.geometry import voxel_volume_ml
 from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_probabilities_nifti
+from medmamba.transforms.brain_mask import BrainMask
 
 __all__ = ["Predictor", "classify_scans", "segment_scans"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+logger = logging.getLogger(__name__)
 
 
 def _probabilities(out: torch.Tensor, outputs_logits: bool) -> torch.Tensor:
@@ -60,8 +69,15 @@ def segment_scans(
     anonymous_seg: bool = False,
     device: str | torch.device = "cpu",
     report_name: str = "segmentation",
+    brain_labels: Sequence[int] | None = None,
+    brain_volume_range_ml: Sequence[float] | None = None,
+    warnings_key: str = "scan_warnings",
 ) -> BatchReport:
     """Segment every case and write the results in each input's own geometry.
+
+    The class probabilities are mapped back to the input's grid (``Invertd``: crop, padding,
+    resampling and orientation undone, probabilities interpolated linearly) before the arg-max, so
+    the label map has the input's exact shape and affine whatever its voxel size.
 
     Args:
         cases: Input paths or datalist items with ``image_key``.
@@ -77,26 +93,54 @@ def segment_scans(
         anonymous_seg: Empty the Type 2 patient/study identifiers of the SEG.
         device: Device for the predictor's input.
         report_name: Base name of the report files.
+        brain_labels: Labels that make up the brain: when given, also write
+            ``<case>_brain_mask.nii.gz`` (0/1 on the input's grid: these labels, their largest
+            connected component, holes filled; :class:`medmamba.transforms.BrainMask`) and report
+            ``brain_volume_ml``.
+        brain_volume_range_ml: Plausible ``(low, high)`` brain volume in ml; a case outside it is
+            flagged in its ``warnings`` (still written, not failed). Needs ``brain_labels``.
+        warnings_key: Key under which the preprocessing leaves a list of warnings about the scan
+            (:class:`medmamba.transforms.CheckScand`); they go into the case's ``warnings``.
 
     Returns:
-        The batch report (per case: output files and voxel counts per label).
+        The batch report (per case: output files, voxel counts per label, ``warnings`` (sentences
+        joined by "; ", empty when none) and with ``brain_labels`` the brain volume).
     """
+    if brain_volume_range_ml is not None:
+        if brain_labels is None:
+            raise ValueError("brain_volume_range_ml needs brain_labels (the labels whose volume is checked).")
+        if len(brain_volume_range_ml) != 2 or not float(brain_volume_range_ml[0]) < float(brain_volume_range_ml[1]):
+            raise ValueError(f"brain_volume_range_ml must be a (low, high) range in ml, got {brain_volume_range_ml!r}.")
+    brain_masker = None if brain_labels is None else BrainMask(labels=list(brain_labels))
 
     def process(case: BatchCase) -> dict[str, Any]:
         data = _prepare(case, preprocessing, image_key)
         img = data[image_key]
+        warnings = [str(w) for w in (data.get(warnings_key) or [])]
         with torch.no_grad():
             out = predictor(img.as_tensor()[None].to(device) if isinstance(img, MetaTensor) else img[None].to(device))
         probs = _probabilities(out, outputs_logits)[0].cpu()
         if tuple(probs.shape[1:]) != tuple(img.shape[1:]):
             raise ValueError(f"predictor output spatial shape {tuple(probs.shape[1:])} != input {tuple(img.shape[1:])}")
-        data["pred"] = torch.argmax(probs, dim=0, keepdim=True).to(torch.float32)
-        mask = invert_prediction(data, preprocessing, "pred", image_key, nearest=True)
+        data["prob"] = probs
+        inv = invert_prediction(data, preprocessing, "prob", image_key, nearest=False)
+        mask = MetaTensor(torch.argmax(inv.as_tensor(), dim=0, keepdim=True).to(torch.float32), affine=inv.affine,
+                          meta=dict(inv.meta))
         outputs = {"seg_nifti": write_mask_nifti(case.out_dir / f"{case.case_id}_seg.nii.gz", mask).name}
         if write_probabilities:
-            data["prob"] = probs
-            inv = invert_prediction(data, preprocessing, "prob", image_key, nearest=False)
             outputs["prob_nifti"] = write_probabilities_nifti(case.out_dir / f"{case.case_id}_prob.nii.gz", inv).name
+        del inv, data["prob"]
+        extra: dict[str, Any] = {}
+        if brain_masker is not None:
+            brain = brain_masker(mask)
+            brain_path = case.out_dir / f"{case.case_id}_brain_mask.nii.gz"
+            outputs["brain_mask_nifti"] = write_mask_nifti(brain_path, brain).name
+            extra["brain_volume_ml"] = round(float(brain.sum()) * voxel_volume_ml(mask.affine), 1)
+            if brain_volume_range_ml is not None:
+                low, high = (float(v) for v in brain_volume_range_ml)
+                if not low <= extra["brain_volume_ml"] <= high:
+                    warnings.append(f"predicted brain volume {extra['brain_volume_ml']:.0f} ml is outside the "
+                                    f"plausible {low:.0f}-{high:.0f} ml: not a whole brain, or not a brain MR")
         if write_seg and not is_nifti_path(case.input):
             uid = str(mask.meta.get("series_instance_uid", "") or "") or None
             outputs["seg_dicom"] = write_dicom_seg(
@@ -108,9 +152,12 @@ def segment_scans(
                 anonymous=anonymous_seg,
             ).name
         counts = torch.bincount(mask.as_tensor().flatten().round().long(), minlength=max(labels, default=0) + 1)
-        return {"outputs": outputs, "voxels": {str(i): int(c) for i, c in enumerate(counts.tolist())}}
+        for w in warnings:
+            logger.warning("case %s: %s", case.case_id, case.redact(w))
+        return {"outputs": outputs, "voxels": {str(i): int(c) for i, c in enumerate(counts.tolist())}, **extra,
+                "warnings": "; ".join(warnings)}
 
-    return run_batch(cases, process, out_dir, input_key=image_key, report_name=report_name)
+    return run_batch_distributed(cases, process, out_dir, input_key=image_key, report_name=report_name)
 
 
 def classify_scans(
@@ -153,4 +200,4 @@ def classify_scans(
         label = int(torch.argmax(probs))
         return {"label": label, "class_name": class_names[label], "probabilities": [round(float(p), 6) for p in probs]}
 
-    return run_batch(cases, process, out_dir, input_key=image_key, report_name=report_name)
+    return run_batch_distributed(cases, process, out_dir, input_key=image_key, report_name=report_name)

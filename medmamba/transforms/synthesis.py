@@ -57,10 +57,14 @@ class RandDomainSynthesisd(Randomizable, MapTransform):
 
     1. skull stripping with probability ``strip_prob`` (every non-brain label becomes air), so that
        skull-stripped and whole-head inputs are both normal;
-    2. with probability ``prob``: every label an intensity ``N(mean_l, std_l)`` with ``mean_l`` uniform in
-       ``[0, 1]`` and ``std_l`` uniform in ``[0, max_std]`` (air stays dark with probability
-       ``dark_air_prob``), grey and white matter at least ``min_contrast`` apart, a lesion brighter or
-       darker than white matter by ``lesion_contrast``; otherwise the stored image is kept;
+    2. with probability ``prob``: every label an intensity ``N(mean_l, std_l)`` with ``std_l`` uniform
+       in ``[0, max_std]``; ``mean_l`` is, with probability ``random_contrast_prob``, uniform in
+       ``[0, 1]`` (any contrast, inverted ones included; grey and white matter at least
+       ``min_contrast`` apart), else a reference contrast (``reference_means``, T1 by default) with
+       each label's mean scaled by a factor in ``1 ± contrast_jitter`` (the spread of T1 contrasts
+       between scanners and sequences); air stays dark with probability ``dark_air_prob``; a lesion
+       is brighter or darker than white matter by ``lesion_contrast``. Otherwise the stored image is
+       kept;
     3. a random partial-volume blur (``max_blur`` voxels per axis);
     4. with probability ``lowres_prob``, thick slices: along one axis (the last, axial, with
        probability 0.6) a blur matched to a slice thickness of ``thickness`` times the voxel size,
@@ -75,7 +79,11 @@ class RandDomainSynthesisd(Randomizable, MapTransform):
     Args:
         keys: The image key (one); replaced by the synthesised image (same meta data).
         label_key: Key of the generation label map (``(1, H, W, D)``, integer labels).
-        prob: Probability of a random-contrast image (else the stored image is corrupted).
+        prob: Probability of an image synthesised from the labels (else the stored image is corrupted).
+        random_contrast_prob: Of the synthesised images, the fraction with fully random contrast.
+        reference_means: Intensity per generation label of the reference contrast (default: T1,
+            :data:`medmamba.data.head_model.T1_MEANS` scaled to a maximum of 1).
+        contrast_jitter: Relative spread of the reference means.
         strip_prob: Probability of skull stripping.
         max_std: Largest within-label standard deviation.
         dark_air_prob: Probability that air (label 0) stays in ``[0, 0.08]``.
@@ -97,7 +105,10 @@ class RandDomainSynthesisd(Randomizable, MapTransform):
         self,
         keys: KeysCollection,
         label_key: str = "generation",
-        prob: float = 0.8,
+        prob: float = 0.6,
+        random_contrast_prob: float = 0.25,
+        reference_means: Mapping[int, float] | None = None,
+        contrast_jitter: float = 0.3,
         strip_prob: float = 0.25,
         max_std: float = 0.1,
         dark_air_prob: float = 0.85,
@@ -114,14 +125,26 @@ class RandDomainSynthesisd(Randomizable, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"keys must name one image, got {list(self.keys)}.")
-        for name, value in (("prob", prob), ("strip_prob", strip_prob), ("dark_air_prob", dark_air_prob), ("lowres_prob", lowres_prob)):
+        for name, value in (("prob", prob), ("random_contrast_prob", random_contrast_prob), ("strip_prob", strip_prob), ("dark_air_prob", dark_air_prob), ("lowres_prob", lowres_prob)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
         for name, value in (("max_std", max_std), ("min_contrast", min_contrast), ("max_blur", max_blur), ("gamma_std", gamma_std), ("max_noise", max_noise)):
             if float(value) < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}.")
+        if not 0.0 <= float(contrast_jitter) < 1.0:
+            raise ValueError(f"contrast_jitter must be in [0, 1), got {contrast_jitter!r}.")
+        if reference_means is None:
+            from medmamba.data.head_model import T1_MEANS
+
+            top = max(T1_MEANS.values())
+            reference_means = {k: v / top for k, v in T1_MEANS.items()}
+        self.reference = np.zeros(max(int(k) for k in reference_means) + 1, dtype=np.float64)
+        for k, v in reference_means.items():
+            self.reference[int(k)] = float(v)
         self.label_key = label_key
         self.prob = float(prob)
+        self.random_contrast_prob = float(random_contrast_prob)
+        self.contrast_jitter = float(contrast_jitter)
         self.strip_prob = float(strip_prob)
         self.max_std = float(max_std)
         self.dark_air_prob = float(dark_air_prob)
@@ -138,10 +161,15 @@ class RandDomainSynthesisd(Randomizable, MapTransform):
         pass
 
     def _means(self, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-        for _ in range(20):
-            means = self.R.uniform(0.0, 1.0, n_labels)
-            if abs(means[_GM] - means[_WM]) >= self.min_contrast:
-                break
+        if self.R.rand() < self.random_contrast_prob:
+            for _ in range(20):
+                means = self.R.uniform(0.0, 1.0, n_labels)
+                if abs(means[_GM] - means[_WM]) >= self.min_contrast:
+                    break
+        else:
+            ref = np.zeros(n_labels)
+            ref[: min(n_labels, self.reference.size)] = self.reference[:n_labels]
+            means = ref * self.R.uniform(1.0 - self.contrast_jitter, 1.0 + self.contrast_jitter, n_labels)
         if self.R.rand() < self.dark_air_prob:
             means[0] = self.R.uniform(0.0, 0.08)
         if n_labels > _LESION:
