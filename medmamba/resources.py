@@ -286,8 +286,8 @@ def dataloader_workers(device: torch.device | str, num_threads: int | str = "aut
 
     On the CPU: 0. The random transforms then run in the training process between steps, while its
     compute threads wait, and no extra busy process competes with them for the cores. On a GPU: the
-    cores this process's share leaves besides the one feeding the GPU, at most 4 (cached data sets
-    need few workers).
+    cores this process was given (``num_threads``; ``"auto"``: its share of the usable cores) less
+    the one feeding the GPU, at most 4 (cached data sets need few workers).
 
     Args:
         device: the training device.
@@ -296,9 +296,8 @@ def dataloader_workers(device: torch.device | str, num_threads: int | str = "aut
     """
     if torch.device(device).type == "cpu":
         return 0
-    cores = usable_cores() if cores is None else int(cores)
-    share = max(1, cores // local_world_size())
-    return max(0, min(4, share - 1))
+    given = resolve_threads(num_threads, cores=cores)
+    return max(0, min(4, given - 1))
 
 
 # -------------------------------------------------------------------------------------------------- CPU

@@ -184,6 +184,7 @@ def test_dataloader_workers() -> None:
     assert dataloader_workers(torch.device("cuda", 0), "auto", cores=16) == 4
     assert dataloader_workers("cuda", "auto", cores=3) == 2
     assert dataloader_workers("cuda", "auto", cores=1) == 0
+    assert dataloader_workers("cuda", 2, cores=16) == 1  # the cores this process was given, less one
 
 
 def test_dataloader_workers_share_the_node_among_torchrun_processes(monkeypatch: pytest.MonkeyPatch) -> None:
