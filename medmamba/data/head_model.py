@@ -255,12 +255,14 @@ def add_head(
             if shrink > 0:
                 block[..., z] = ndimage.binary_erosion(section, iterations=min(shrink, 12))
         block &= ~brain[..., :z_base] & (outside_mm[..., :z_base] > rim_outer[..., :z_base])
-        mix = _noise_field((*shape[:2], z_base), rng, 4.0 / voxel_mm)
+        # large, smooth compartments (muscle with fat planes, some bone and marrow, air cavities),
+        # not small blobs that would look like lesions
+        mix = _noise_field((*shape[:2], z_base), rng, 7.0 / voxel_mm)
         kind = np.full(mix.shape, 8, dtype=np.uint8)  # muscle
-        kind[mix > 0.7] = 9  # fat
-        kind[mix < -1.1] = 6  # bone
-        kind[(mix < -0.8) & (mix >= -1.1)] = 7  # marrow
-        cavity = _noise_field(mix.shape, rng, 4.0 / voxel_mm) > 1.8
+        kind[mix > 0.8] = 9  # fat
+        kind[mix < -1.2] = 6  # bone
+        kind[(mix < -0.9) & (mix >= -1.2)] = 7  # marrow
+        cavity = _noise_field(mix.shape, rng, 7.0 / voxel_mm) > 1.7
         kind[cavity] = 0  # sinus / airway
         sub = gen[..., :z_base]
         sub[block] = kind[block]
