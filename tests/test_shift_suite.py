@@ -1,0 +1,98 @@
+"""The shift suite's evaluation sets and scoring (a fast slice of benchmarks/shift_suite.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medmamba.data.shift_suite import SHIFT_SETTINGS, make_shift_set, plant_ellipsoid_lesions, thick_slices
+from medmamba.data.synthetic import load_mni_template, tissue_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_mni_template(2, downsample=2)  # 4 mm: fast
+
+
+def _set(tmp: Path, name: str, template, **changes) -> tuple[dict, Path]:
+    setting = replace(SHIFT_SETTINGS[name], resolution_mm=4, **changes)
+    path = make_shift_set(tmp, setting, 2, seed=1, template=template)
+    return json.loads(path.read_text()), path.parent
+
+
+def test_every_setting_is_described_and_the_template_resolution_is_checked(template, tmp_path: Path) -> None:
+    assert {"t1_head_1mm", "t1_head_5mm_axial", "t2_head_2mm", "t1_stripped_2mm"} <= set(SHIFT_SETTINGS)
+    assert all(s.description for s in SHIFT_SETTINGS.values())
+    with pytest.raises(ValueError, match="needs 2 mm"):
+        make_shift_set(tmp_path, "t1_head_2mm", 1, template=template)
+    with pytest.raises(ValueError, match="not a shift setting"):
+        make_shift_set(tmp_path, "nope", 1, template=template)
+
+
+def test_thick_slice_set_has_the_slice_spacing_and_matching_truth(template, tmp_path: Path) -> None:
+    data, root = _set(tmp_path, "t1_head_5mm_axial", template, slice_mm=10.0)
+    item = data["test"][0]
+    img, lab = nib.load(root / item["image"]), nib.load(root / item["label"])
+    assert img.header.get_zooms()[:3] == pytest.approx((4.0, 4.0, 10.0))
+    assert img.shape == lab.shape
+    np.testing.assert_allclose(img.affine, lab.affine)
+    assert set(np.unique(np.asarray(lab.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_t2_set_inverts_the_contrast_and_stripped_set_has_no_head(template, tmp_path: Path) -> None:
+    data, root = _set(tmp_path, "t2_head_2mm", template)
+    item = data["test"][0]
+    img, lab = np.asarray(nib.load(root / item["image"]).dataobj), np.asarray(nib.load(root / item["label"]).dataobj)
+    assert np.median(img[lab == 1]) > np.median(img[lab == 2]) > np.median(img[lab == 3])  # CSF > GM > WM
+    data, root = _set(tmp_path, "t1_stripped_2mm", template)
+    item = data["test"][0]
+    img, lab = np.asarray(nib.load(root / item["image"]).dataobj), np.asarray(nib.load(root / item["label"]).dataobj)
+    assert np.median(img[lab == 3]) > np.median(img[lab == 1])  # T1
+    assert np.mean(img[lab == 0] > 0.2 * np.median(img[lab == 3])) < 0.05  # no head around the brain
+    assert [i["has_lesion"] for i in data["test"]] == [1, 0]
+
+
+def test_thick_slices_rejects_thinner_slices() -> None:
+    with pytest.raises(ValueError, match="must exceed the current slice spacing"):
+        thick_slices(np.zeros((4, 4, 4)), np.diag([2.0, 2.0, 2.0, 1.0]), 1.0)
+
+
+def test_planted_lesions_are_ellipsoids_in_white_matter(template) -> None:
+    tissue = tissue_labels(template.gm, template.wm, template.mask)
+    image = template.t1 * 1000.0
+    out, mask = plant_ellipsoid_lesions(image, tissue, np.random.default_rng(0), 4.0, n_lesions=1, radius_mm=(6.0, 6.0), factor=0.5)
+    assert mask.sum() > 0 and np.all(tissue[mask > 0] > 0)
+    wm_level = np.median(image[tissue == 3])
+    assert abs(np.median(out[mask > 0]) - 0.5 * wm_level) < 0.15 * wm_level
+    np.testing.assert_array_equal(out[mask == 0][np.abs(out[mask == 0] - image[mask == 0]) > 1e-3].size < 0.05 * out.size, True)
+
+
+def test_scoring_reads_bundle_outputs(tmp_path: Path) -> None:
+    from shift_suite import score_classification, score_segmentation
+
+    truth = np.zeros((6, 6, 6), np.uint8)
+    truth[1:5, 1:5, 1:5] = 3
+    truth[2:4, 2:4, 2:4] = 2
+    affine = np.eye(4)
+    (tmp_path / "labels").mkdir()
+    nib.save(nib.Nifti1Image(truth, affine), tmp_path / "labels" / "a_tissue.nii.gz")
+    (tmp_path / "out" / "a").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(truth, affine), tmp_path / "out" / "a" / "a_seg.nii.gz")
+    datalist = {"test": [{"id": "a", "label": "labels/a_tissue.nii.gz", "has_lesion": 0}]}
+    seg = score_segmentation(datalist, tmp_path, tmp_path / "out")
+    assert seg["n_cases"] == 1 and seg["mean_dice"].value == 1.0 and seg["within_10pct"] == 1.0
+    rows = [{"case_id": "p1", "lesion_probability": 0.9}, {"case_id": "p2", "lesion_probability": 0.2},
+            {"case_id": "n1", "lesion_probability": 0.6}, {"case_id": "n2", "lesion_probability": 0.1}]
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "probabilities.json").write_text(json.dumps(rows))
+    datalist = {"test": [{"id": i, "has_lesion": int(i.startswith("p"))} for i in ("p1", "p2", "n1", "n2")]}
+    cls = score_classification(datalist, tmp_path / "cls")
+    assert cls["auc"].value == 0.75 and cls["false_positive_rate"].value == 0.5 and cls["miss_rate"].value == 0.5
