@@ -96,3 +96,15 @@ def test_scoring_reads_bundle_outputs(tmp_path: Path) -> None:
     datalist = {"test": [{"id": i, "has_lesion": int(i.startswith("p"))} for i in ("p1", "p2", "n1", "n2")]}
     cls = score_classification(datalist, tmp_path / "cls")
     assert cls["auc"].value == 0.75 and cls["false_positive_rate"].value == 0.5 and cls["miss_rate"].value == 0.5
+
+
+def test_scoring_uses_the_bundle_decisions(tmp_path: Path) -> None:
+    """A bundle with a calibrated threshold writes its own labels; the false-positive rate counts those."""
+    from shift_suite import score_classification
+
+    rows = [{"case_id": "p1", "lesion_probability": 0.9, "label": 1}, {"case_id": "n1", "lesion_probability": 0.6, "label": 0},
+            {"case_id": "n2", "lesion_probability": 0.1, "label": 0}]
+    (tmp_path / "probabilities.json").write_text(json.dumps({"cases": rows}))
+    datalist = {"test": [{"id": i, "has_lesion": int(i.startswith("p"))} for i in ("p1", "n1", "n2")]}
+    assert score_classification(datalist, tmp_path)["false_positive_rate"].value == 0.0
+    assert score_classification(datalist, tmp_path, threshold=0.5)["false_positive_rate"].value == 0.5
