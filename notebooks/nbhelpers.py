@@ -153,7 +153,7 @@ def load_bundle(nb: Notebook, name: str) -> Bundle | None:
     """The trained network of ``bundles/<name>``, or ``None`` when its weights are missing.
 
     The weights are the ones the bundle deploys: the ``ckpt_file`` (or ``ckpt_path``) of its
-    inference config (the classification bundle's ``models/model_ensemble_ema.pt``, the segmentation bundle's
+    inference config (the classification bundle's ``models/model_ema.pt``, the segmentation bundle's
     ``models/model.pt``).
 
     The configuration is the bundle's ``train`` config with its ``inference`` config on top (as

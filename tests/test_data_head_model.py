@@ -104,3 +104,21 @@ def test_subject_with_head_has_neck_slices_without_brain(template) -> None:
     lowest = s.tissue[..., :5]
     assert not lowest.any()  # no brain in the neck slices ...
     assert (s.generation[..., :5] > 0).mean() > 0.1  # ... but tissue of the head
+
+
+def test_generated_lesions_stay_in_white_matter_and_its_rim() -> None:
+    """Lesions where they are visible: white matter plus a one-voxel rim (format 5), not deep grey matter or CSF."""
+    from medmamba.data.synthetic import insert_lesions, white_matter_rim
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[4:36, 4:36, 4:36] = 1
+    labels[8:32, 8:32, 8:32] = 2
+    labels[14:26, 14:26, 14:26] = 3
+    image = np.choose(labels, [0.0, 0.3, 0.65, 1.0]).astype(np.float32)
+    rim = white_matter_rim(labels)
+    assert rim.sum() == 12**3 + 6 * 12 * 12  # the cube and one face-connected layer around it
+    assert not rim[labels == 1].any() and not rim[labels == 0].any()
+    _, mask, info = insert_lesions(image, labels, np.random.default_rng(0), 2.0, n_lesions=3, radius_mm=(8.0, 9.0))
+    assert len(info) == 3 and mask.sum() > 0
+    assert np.all(rim[mask > 0])
+    assert mask[labels == 1].sum() == 0

@@ -39,7 +39,11 @@ def test_deployed_checkpoint_is_the_default_of_the_bundle_configs(bundle: str, c
 def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensemble(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The seed-ensemble path (the deployed classification model up to version 0.7)."""
     job = _main_job()
+    monkeypatch.setattr(job, "ENSEMBLE_SEEDS", {"classification": (0, 1)})
+    monkeypatch.setitem(job.DEPLOY_CHECKPOINT, "classification", "model_ensemble_ema.pt")
+    monkeypatch.setitem(job.BEST_CHECKPOINT, "classification", "model_ensemble.pt")
     test = [{"id": "sub-a", "image": "a/image.nii.gz", "dicom": "a/dicom"}, {"id": "sub-b", "image": "b/image.nii.gz"}]
     (tmp_path / "datalist_segmentation.json").write_text(json.dumps({"test": test}))
     monkeypatch.setattr(job, "DATA", tmp_path)
@@ -80,6 +84,7 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
 
 
 def test_ensemble_config_stacks_the_members_the_main_job_names(tmp_path: Path) -> None:
+    """``configs/ensemble.json`` (the main job's ensemble path, see ``ENSEMBLE_SEEDS``) stacks the members."""
     import torch
     from monai.bundle import ConfigWorkflow
 
@@ -95,7 +100,7 @@ def test_ensemble_config_stacks_the_members_the_main_job_names(tmp_path: Path) -
                         meta_file=str(bundle / "configs" / "metadata.json"), bundle_root=str(tmp_path), members=members)
     wf.initialize()
     wf.run()
-    for name in (job.DEPLOY_CHECKPOINT["classification"], job.BEST_CHECKPOINT["classification"]):
+    for name in ("model_ensemble_ema.pt", "model_ensemble.pt"):  # what the ensemble path deploys / evaluates
         state = torch.load(models / name, weights_only=True)["model"]
         assert sorted(state) == ["networks.0.b", "networks.0.w", "networks.1.b", "networks.1.w"]
         assert state["networks.1.w"].tolist() == [1.0, 1.0]
@@ -111,19 +116,28 @@ def _plan_row(plan, name: str) -> tuple:
     return plan.teacher[name], plan.student[name], plan.members_side_by_side[name], plan.post_training[name]
 
 
+ENSEMBLE = {"classification": (0, 1)}
+
+
 @pytest.mark.parametrize(
-    ("cores", "side_by_side", "classification", "segmentation"),
+    ("cores", "seeds", "side_by_side", "classification", "segmentation"),
     [
         # (teacher, student per process, members at once, after training) threads
-        (1, False, (1, 1, False, 1), (1, 1, False, 1)),  # everything one after the other
-        (2, True, (1, 1, True, 2), (1, 1, False, 1)),  # the plan the job was sized with
-        (4, True, (2, 1, True, 4), (2, 2, False, 2)),
-        (16, True, (8, 4, True, 16), (8, 8, False, 8)),
+        (1, None, False, (1, 1, False, 1), (1, 1, False, 1)),  # everything one after the other
+        (2, None, True, (1, 1, False, 2), (1, 1, False, 1)),  # the deployed single student: one core per chain
+        (4, None, True, (2, 2, False, 4), (2, 2, False, 2)),
+        (16, None, True, (8, 8, False, 16), (8, 8, False, 8)),
+        (1, ENSEMBLE, False, (1, 1, False, 1), (1, 1, False, 1)),  # a two-seed ensemble
+        (2, ENSEMBLE, True, (1, 1, True, 2), (1, 1, False, 1)),
+        (4, ENSEMBLE, True, (2, 1, True, 4), (2, 2, False, 2)),
+        (16, ENSEMBLE, True, (8, 4, True, 16), (8, 8, False, 8)),
     ],
 )
-def test_plan_threads_for_the_usable_cores(cores: int, side_by_side: bool, classification: tuple, segmentation: tuple) -> None:
+def test_plan_threads_for_the_usable_cores(
+    cores: int, seeds: dict | None, side_by_side: bool, classification: tuple, segmentation: tuple
+) -> None:
     job = _main_job()
-    plan = job.plan_threads(cores)
+    plan = job.plan_threads(cores, ensemble_seeds=seeds)
     assert plan.cores == cores and plan.chains_side_by_side is side_by_side
     assert _plan_row(plan, "classification") == classification
     assert _plan_row(plan, "segmentation") == segmentation
@@ -137,7 +151,7 @@ def test_plan_threads_odd_cores_sequential_and_errors() -> None:
     job = _main_job()
     three = job.plan_threads(3)
     assert (three.teacher["classification"], three.teacher["segmentation"]) == (2, 1)  # the odd core: the longer chain
-    sequential = job.plan_threads(4, sequential=True)
+    sequential = job.plan_threads(4, sequential=True, ensemble_seeds=ENSEMBLE)
     assert not sequential.chains_side_by_side and sequential.teacher == {"classification": 4, "segmentation": 4}
     assert sequential.student["classification"] == 2 and sequential.members_side_by_side["classification"]
     only = job.plan_threads(4, ["segmentation"])

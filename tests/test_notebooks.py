@@ -239,12 +239,9 @@ def test_notebook_helpers_load_a_trained_bundle_and_keep_its_label_volume(
     parser["bundle_root"] = str(root)
     torch.manual_seed(0)
     (root / "models").mkdir()
-    if bundle == "mobilemamba_classification":  # inference.json's checkpoint: a two-seed ensemble
-        from medmamba.training import ensemble_state_dict
-
-        deployed = "model_ensemble_ema.pt"
-        members = [parser.get_parsed_content("network_def", instantiate=True).state_dict() for _ in range(2)]
-        torch.save({"model": ensemble_state_dict(members)}, root / "models" / deployed)
+    if bundle == "mobilemamba_classification":  # inference.json's checkpoint: the student's EMA weights
+        deployed = "model_ema.pt"
+        torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), root / "models" / deployed)
     else:
         deployed = "model.pt"
         torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), root / "models" / deployed)

@@ -290,8 +290,10 @@ class RandLesionInsertd(Randomizable, MapTransform):
 
     With probability ``prob`` a volume receives 1 .. ``max_lesions`` lesions. Each one is an
     irregular blob (a sphere of radius ``radius`` voxels, stretched per axis and distorted by smooth
-    noise) centred on a white-matter voxel (``tissue == wm_label``) and clipped to the brain
-    (``tissue > 0``); its voxels take ``ref + factor * (wm - ref)``, where ``wm`` is the volume's
+    noise) centred on a white-matter voxel (``tissue == wm_label``) and clipped to the white matter
+    and its one-voxel rim (:func:`medmamba.data.synthetic.white_matter_rim`: a dark blob running into
+    grey matter or CSF is invisible there, and labelling it lesion teaches false positives on normal
+    cortex); its voxels take ``ref + factor * (wm - ref)``, where ``wm`` is the volume's
     white-matter median, ``ref`` the volume's lowest intensity (the air after MR normalisation, so
     ``factor`` acts as an intensity ratio) and ``factor`` is drawn from ``dark_factor``
     (hypointense, probability ``dark_prob``) or ``bright_factor`` (hyperintense), with a soft edge,
@@ -372,6 +374,12 @@ class RandLesionInsertd(Randomizable, MapTransform):
             return 0
         return int(self.R.randint(1, self.max_lesions + 1))
 
+    def _lesion_region(self, tissue: np.ndarray) -> np.ndarray:
+        """Where an inserted lesion may lie: the white matter and its one-voxel rim in the brain."""
+        from medmamba.data.synthetic import white_matter_rim
+
+        return white_matter_rim(tissue, self.wm_label)
+
     def _blob(self, wm: np.ndarray, brain: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
         from scipy import ndimage
 
@@ -412,7 +420,7 @@ class RandLesionInsertd(Randomizable, MapTransform):
             wm = tissue == self.wm_label
             if not wm.any():
                 continue
-            brain = tissue > 0
+            brain = self._lesion_region(tissue)
             out = x.copy()
             ref = float(np.percentile(x[0], 0.1))
             wm_level = float(np.median(x[0][wm]))
@@ -472,6 +480,14 @@ class RandStackLesionInsertd(RandLesionInsertd):
     def __init__(self, keys: KeysCollection, mask_key: str = "lesion", tissue_key: str | None = "tissue", **kwargs: Any) -> None:
         kwargs.setdefault("max_lesions", 1)
         super().__init__(keys, mask_key=mask_key, tissue_key=tissue_key, **kwargs)
+        #: the label the side slices' white matter gets, so that lesion centres lie on the middle slice
+        self._side_label = self.wm_label + 1 if self.wm_label != 1 else 2
+
+    def _lesion_region(self, tissue: np.ndarray) -> np.ndarray:
+        """The white matter (side slices' included) and its one-voxel rim."""
+        from medmamba.data.synthetic import white_matter_rim
+
+        return white_matter_rim(np.where(tissue == self._side_label, self.wm_label, tissue), self.wm_label)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -496,7 +512,7 @@ class RandStackLesionInsertd(RandLesionInsertd):
         tissue_vol = tissue[..., None].repeat(1, 1, 1, depth).clone()
         others = [i for i in range(depth) if i != mid]
         side = tissue_vol[..., others]
-        side[side == self.wm_label] = self.wm_label + 1 if self.wm_label != 1 else 2
+        side[side == self.wm_label] = self._side_label
         tissue_vol[..., others] = side
         mask_vol = torch.zeros(1, *img.shape[1:], depth, dtype=mask.dtype)
         mask_vol[..., mid] = mask

@@ -66,7 +66,7 @@ EXTRA_TRAINING = "extra_training"
 IMAGE_SLOPE = 0.5
 #: Grid extension below the MNI template (skull base and neck; see ``make_subject``'s ``neck_mm``).
 NECK_MM = 40.0
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 
 @dataclass(frozen=True)
