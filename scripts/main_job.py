@@ -125,8 +125,8 @@ def test_cases() -> tuple[Path, Path]:
 #: writes the single-student file names (``model.pt``, ``model_ema.pt``), member ``i``
 #: ``model_seed<i>.pt`` / ``model_seed<i>_ema.pt``. Empty since classification 0.8: on the validation
 #: suite (``benchmarks/shift_suite.py --seed 1``, 28 whole-head and skull-stripped subjects) the
-#: two-seed ensemble of 0.7 ranked volumes no better than its seed-0 member (AUC 0.55 vs 0.59) at
-#: twice the training time. ``{"classification": (0, 1)}`` brings it back (then deploy
+#: two-seed ensemble of 0.7 ranked volumes no better than its seed-0 member (volume AUC 0.54 vs 0.58,
+#: both near chance) at twice the training time. ``{"classification": (0, 1)}`` brings it back (then deploy
 #: ``model_ensemble_ema.pt`` / ``model_ensemble.pt`` and set ``ensemble_size`` 2 in the configs).
 ENSEMBLE_SEEDS: dict[str, tuple[int, ...]] = {}
 
