@@ -202,9 +202,14 @@ def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
     assert all(isinstance(v, int) and v > 0 for v in epochs.values()), epochs
     differ = {k for k in student.keys() | teacher.keys() if student.get(k) != teacher.get(k)}
     # the student trains on the lesion-detection datalist (30 more training subjects, validated every
-    # 8 of its epochs), the teacher on the 14 segmentation subjects it was measured with
+    # 8 of its epochs), the teacher on the 14 segmentation subjects it was measured with; since 0.9 the
+    # student's lesion insertion is balanced (hypo/hyper 0.5, hypointense darker than grey matter),
+    # the teacher keeps the insertion of 0.8 it was measured with
     assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher", "distillation",
-                      "datalist", "val_interval", "teacher_amp", "teacher_precision", "precision"}
+                      "datalist", "val_interval", "teacher_amp", "teacher_precision", "precision", "lesion_insertion"}
+    insertion = {k: v for k, v in student["lesion_insertion"].items() if k not in ("dark_prob", "dark_factor")}
+    assert insertion == {k: v for k, v in teacher["lesion_insertion"].items() if k != "dark_prob"}
+    assert student["lesion_insertion"]["dark_prob"] == 0.5 and student["lesion_insertion"]["dark_factor"] == [0.2, 0.45]
     assert student["datalist"].endswith("datalist_lesion_detection.json'")
     assert teacher["datalist"].endswith("datalist_segmentation.json'")
     assert teacher["model_name"] == "teacher" and teacher["distillation"]["teacher"] is None
