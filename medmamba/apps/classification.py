@@ -485,9 +485,7 @@ class RandStackLesionInsertd(RandLesionInsertd):
 
     def _lesion_region(self, tissue: np.ndarray) -> np.ndarray:
         """The white matter (side slices' included) and its one-voxel rim."""
-        from medmamba.data.synthetic import white_matter_rim
-
-        return white_matter_rim(np.where(tissue == self._side_label, self.wm_label, tissue), self.wm_label)
+        return super()._lesion_region(np.where(tissue == self._side_label, self.wm_label, tissue))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

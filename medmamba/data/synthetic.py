@@ -231,7 +231,7 @@ def white_matter_rim(labels: np.ndarray, wm_label: int = 3) -> np.ndarray:
 
 def _lesion_blob(
     labels: np.ndarray, rng: np.random.Generator, voxel_mm: float, radius_mm: tuple[float, float],
-    allowed: np.ndarray | None = None,
+    allowed: np.ndarray,
 ) -> np.ndarray | None:
     wm = np.argwhere(labels == 3)
     if len(wm) == 0:
@@ -249,7 +249,7 @@ def _lesion_blob(
     noise /= noise.std() + 1e-6
     blob = np.zeros(labels.shape, dtype=bool)
     blob[box] = (dist + 0.3 * noise) < 1.0
-    blob &= (labels > 0) if allowed is None else allowed
+    blob &= allowed
     return blob
 
 
