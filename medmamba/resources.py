@@ -8,8 +8,8 @@ core count:
 - :func:`resolve_threads` / :func:`configure_threads`: intra-op threads (``0`` or ``"auto"``: all
   usable cores, shared among the ``torchrun`` processes of this node) and inter-op threads, set
   together; never more threads than usable cores;
-- :func:`thread_env`: the OpenMP/MKL environment (thread count, ``OMP_WAIT_POLICY=PASSIVE``) that
-  gives a child process the same count from its start; OpenMP reads it when it loads, before any
+- :func:`thread_env`: the OpenMP/MKL environment (thread count; the wait policy left at OpenMP's
+  default unless asked) that gives a child process the same count from its start; OpenMP reads it when it loads, before any
   config can run, so a launcher (the main job) sets it for the processes it starts;
 - :func:`dataloader_workers`: worker processes of a training ``DataLoader``;
 - :func:`cpu_native_bf16`: whether the CPU computes bfloat16 natively (AMX / AVX512-BF16), with the
@@ -228,26 +228,33 @@ def resolve_threads(num_threads: int | str, cores: int | None = None, processes:
     return num_threads
 
 
-def thread_env(num_threads: int, wait_policy: str = "PASSIVE") -> dict[str, str]:
+def thread_env(num_threads: int, wait_policy: str | None = None) -> dict[str, str]:
     """Environment variables giving a child process ``num_threads`` OpenMP/MKL threads from its start.
 
-    ``OMP_WAIT_POLICY=PASSIVE`` makes idle OpenMP threads sleep instead of spinning, so that processes
-    sharing cores do not take them from each other. These variables are read when the OpenMP runtime
-    loads (at ``import torch``); set them for a child process, not in a running one.
+    These variables are read when the OpenMP runtime loads (at ``import torch``); set them for a
+    child process, not in a running one. The wait policy is left at OpenMP's default (an idle
+    thread spins for a while, then sleeps) unless ``wait_policy`` is given: ``OMP_WAIT_POLICY=PASSIVE``
+    (sleep at once) only pays where processes run more busy threads than cores; with several threads
+    in one process it costs a sleep and a wake-up at every parallel region, and a two-thread training
+    step of the classification student was no faster than a one-thread one (1.07x against 1.45x with
+    the default policy; ``benchmarks/bench_wait_policy.py``, ``docs/benchmarks.md``).
 
     Args:
         num_threads: threads per process, ``>= 1``.
-        wait_policy: ``"PASSIVE"`` or ``"ACTIVE"``.
+        wait_policy: ``None`` (OpenMP's default, the variable not set), ``"PASSIVE"`` or ``"ACTIVE"``.
 
     Raises:
         ValueError: ``num_threads < 1`` or an unknown ``wait_policy``.
     """
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}.")
-    if wait_policy.upper() not in ("PASSIVE", "ACTIVE"):
-        raise ValueError(f"wait_policy must be 'PASSIVE' or 'ACTIVE', got {wait_policy!r}.")
+    if wait_policy is not None and (not isinstance(wait_policy, str) or wait_policy.upper() not in ("PASSIVE", "ACTIVE")):
+        raise ValueError(f"wait_policy must be None, 'PASSIVE' or 'ACTIVE', got {wait_policy!r}.")
     n = str(num_threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OMP_WAIT_POLICY": wait_policy.upper()}
+    env = {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    if wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = wait_policy.upper()
+    return env
 
 
 def configure_threads(num_threads: int | str = "auto", interop_threads: int = 1) -> int:

@@ -7,12 +7,13 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
    it is already there and complete);
 2. for each bundle (classification, segmentation), the two side by side, with the compute threads
    :func:`plan_threads` gives each stage from the cores this process may use (on two cores one
-   thread per training process, as the job was sized; one core: everything one after the other):
-   train the teacher, train the student with knowledge distillation
-   (the classification bundle: two students from seeds 0 and 1 at the same time, stacked into the
-   seed ensemble it deploys), evaluate on the held-out test subjects (the weights each bundle
-   deploys, ``DEPLOY_CHECKPOINT``, and for the classification bundle also its best-validation
-   weights, ``BEST_CHECKPOINT``), fuse and export the
+   thread per training process; one core: everything one after the other), and, when one chain
+   ends, its cores handed to the chain still running (:class:`CoreLedger`: a training process in
+   progress gets them through its thread grant file, :class:`medmamba.training.ThreadGrantHandler`;
+   the chain's later stages start with them): train the teacher, train the student with knowledge
+   distillation (with ``ENSEMBLE_SEEDS``, several students side by side, stacked into a seed
+   ensemble), evaluate on the held-out test subjects once, with the weights each bundle deploys
+   (``DEPLOY_CHECKPOINT``, fixed before the test split is read), fuse and export the
    deployed weights (TorchScript through ``monai.bundle ckpt_export``, ONNX through the bundle's
    ``export_onnx``, both checked against the eager fused network), run inference on a DICOM series (checkpoint) and on a NIfTI volume
    (the exported TorchScript model);
@@ -37,12 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medmamba.resources import thread_env, usable_cores
+from medmamba.training.thread_grant import grant_threads
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "default"
+LOG_DIR = ROOT / "runs" / "main_job"
 BUNDLES = {
     "classification": ROOT / "bundles" / "mobilemamba_classification",
     "segmentation": ROOT / "bundles" / "mobilemamba_segmentation",
@@ -66,6 +69,23 @@ class Stage:
     #: Compute threads of the stage's process (``--num_threads`` and the OpenMP/MKL environment);
     #: ``None`` leaves both as they are.
     threads: int | None = None
+    #: Thread grant file of a training stage (``--thread_grant_file``): cores freed while it runs.
+    grant_file: Path | None = None
+    #: ``(seconds after the stage's start, threads)`` of each grant written while it ran.
+    grants: list[tuple[float, int]] = field(default_factory=list)
+    started: float | None = None
+
+    def set_threads(self, threads: int) -> None:
+        """Start the stage with ``threads`` compute threads (its ``--num_threads`` too)."""
+        self.threads = threads
+        if "--num_threads" in self.argv:
+            self.argv[self.argv.index("--num_threads") + 1] = str(threads)
+
+    def threads_text(self) -> str:
+        """The threads of the stage for the summary: ``"1"``, or ``"1, 2 from 1047 s"`` after a grant."""
+        if self.threads is None:
+            return ""
+        return ", ".join([str(self.threads)] + [f"{n} from {t:.0f} s" for t, n in self.grants])
 
 
 def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
@@ -86,6 +106,13 @@ def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
         str(configs / "logging.conf"),
         *overrides,
     ]
+
+
+def training_run(bundle: Path, config: str, stage_slug: str, threads: int, *overrides: str) -> tuple[list[str], Path]:
+    """``python -m monai.bundle run`` of a training config with ``threads`` and a thread grant file."""
+    grant = LOG_DIR / f"{bundle.name}_{stage_slug}.threads"
+    argv = bundle_run(bundle, config, "--num_threads", str(threads), "--thread_grant_file", str(grant), *overrides)
+    return argv, grant
 
 
 def bundle_export_torchscript(bundle: Path, checkpoint: str) -> list[str]:
@@ -134,7 +161,8 @@ ENSEMBLE_SEEDS: dict[str, tuple[int, ...]] = {}
 #: the classification bundle's final EMA weights, the segmentation bundle's best-validation checkpoint.
 DEPLOY_CHECKPOINT = {"classification": "model_ema.pt", "segmentation": "model.pt"}
 
-#: The best-validation weights of each bundle (evaluated beside the deployed ones when they differ).
+#: The best-validation weights of each bundle (written beside the deployed ones; on the ensemble path
+#: stacked too). Not evaluated on the test split: the deployed weights are chosen before it is read.
 BEST_CHECKPOINT = {"classification": "model.pt", "segmentation": "model.pt"}
 
 
@@ -234,14 +262,12 @@ def plan_threads(
 
 
 def evaluations(name: str, bundle: Path) -> list[tuple[str, str, Path]]:
-    """The test evaluations of one bundle, as ``(label, checkpoint file, output folder)``: its deployed
-    weights (the evaluate config's default, into ``eval/``) and, when those are not its best-validation
-    weights (``BEST_CHECKPOINT``), those as well (into ``eval/best_checkpoint``)."""
-    deployed, best = DEPLOY_CHECKPOINT.get(name, "model.pt"), BEST_CHECKPOINT.get(name, "model.pt")
-    runs = [(f"{name} ({deployed})", deployed, bundle / "eval")]
-    if deployed != best:
-        runs.append((f"{name} ({best}, best validation)", best, bundle / "eval" / "best_checkpoint"))
-    return runs
+    """The test evaluation of one bundle, as ``[(label, checkpoint file, output folder)]``: its deployed
+    weights (``DEPLOY_CHECKPOINT``, the evaluate config's default, into ``eval/``). The test split is
+    read once per release, with weights chosen before it (on the validation data), so the
+    best-validation weights are not evaluated on it beside them."""
+    deployed = DEPLOY_CHECKPOINT.get(name, "model.pt")
+    return [(f"{name} ({deployed})", deployed, bundle / "eval")]
 
 
 def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> list[Stage]:
@@ -252,18 +278,20 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
     seeds = ENSEMBLE_SEEDS.get(name, ())
     threads = plan.student[name]
     if not seeds:
-        argv = bundle_run(bundle, "train.json", "--num_threads", str(threads))
-        stage = Stage(name, "train student (KD)", argv, [models / "model.pt", models / "model_ema.pt"], threads=threads)
-        return [stage]
+        argv, grant = training_run(bundle, "train.json", "student", threads)
+        outputs = [models / "model.pt", models / "model_ema.pt"]
+        return [Stage(name, "train student (KD)", argv, outputs, threads=threads, grant_file=grant)]
     stages, members = [], []
     group = "students" if plan.members_side_by_side[name] else None
     for i, seed in enumerate(seeds):
         member = "model" if i == 0 else f"model_seed{seed}"
         members.append(member)
         extra = () if i == 0 else ("--model_name", member, "--log_dir", str(bundle / "logs" / member))
-        argv = bundle_run(bundle, "train.json", "--num_threads", str(threads), "--seed", str(seed), *extra)
+        argv, grant = training_run(bundle, "train.json", f"student_seed{seed}", threads, "--seed", str(seed), *extra)
         outputs = [models / f"{member}.pt", models / f"{member}_ema.pt"]
-        stages.append(Stage(name, f"train student (KD), seed {seed}", argv, outputs, group=group, threads=threads))
+        stages.append(
+            Stage(name, f"train student (KD), seed {seed}", argv, outputs, group=group, threads=threads, grant_file=grant)
+        )
     post = plan.post_training[name]
     argv = bundle_run(bundle, "ensemble.json", "--members", json.dumps(members))
     outputs = [models / DEPLOY_CHECKPOINT[name], models / BEST_CHECKPOINT[name]]
@@ -279,17 +307,14 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan 
     stages: list[Stage] = []
     if not skip_teacher:
         n = plan.teacher[name]
-        argv = bundle_run(bundle, "train_teacher.json", "--num_threads", str(n))
-        stages.append(Stage(name, "train teacher", argv, [models / "teacher.pt"], threads=n))
+        argv, grant = training_run(bundle, "train_teacher.json", "teacher", n)
+        stages.append(Stage(name, "train teacher", argv, [models / "teacher.pt"], threads=n, grant_file=grant))
     stages += student_stages(name, bundle, plan)
-    (_, deployed, _), *others = evaluations(name, bundle)
+    ((_, deployed, _),) = evaluations(name, bundle)
     post = plan.post_training[name]
     threads = ("--num_threads", str(post))
     argv = bundle_run(bundle, "evaluate.json", *threads)
     stages.append(Stage(name, "evaluate (test)", argv, [out / "metrics.json"], threads=post))
-    for _, checkpoint, folder in others:
-        argv = bundle_run(bundle, "evaluate.json", "--ckpt_file", str(models / checkpoint), "--output_dir", str(folder), *threads)
-        stages.append(Stage(name, "evaluate (test), best-val checkpoint", argv, [folder / "metrics.json"], threads=post))
     export = Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"], threads=post)
     stages.append(export)
     argv = bundle_run(bundle, "inference.json", "export_onnx", *threads)
@@ -302,6 +327,66 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan 
     return stages
 
 
+class CoreLedger:
+    """Which chains are still running, and the cores each may use now (thread-safe).
+
+    The chains share the usable cores evenly (an odd core to ``last_chain``). When a chain ends, the
+    chains still running get its cores: their training stage in progress through its thread grant
+    file (:func:`medmamba.training.grant_threads`, read between iterations by the bundle's
+    :class:`medmamba.training.ThreadGrantHandler`), their later stages at their start.
+
+    Args:
+        cores: the usable cores.
+        chains: the names of the chains run side by side.
+        last_chain: the chain that gets an odd core.
+    """
+
+    def __init__(self, cores: int, chains: Sequence[str], last_chain: str = LAST_CHAIN) -> None:
+        self.cores = int(cores)
+        self.order = sorted(chains, key=lambda n: n != last_chain)
+        self.running = list(self.order)
+        self.current: dict[str, Stage] = {}
+        self.lock = threading.Lock()
+
+    def share(self, name: str) -> int:
+        """The threads chain ``name`` may use while the chains in :attr:`running` run."""
+        running = [n for n in self.order if n in self.running]
+        if name not in running:
+            return max(1, self.cores)
+        base, extra = divmod(self.cores, len(running))
+        return max(1, base + (1 if running.index(name) < extra else 0))
+
+    def start(self, name: str, stage: Stage | None) -> None:
+        """Record ``stage`` as chain ``name``'s stage in progress, with the threads of its share now
+        (never more than it was planned with while other chains run: those plan their cores too).
+        ``None``: stages side by side within the chain (seed-ensemble members), left as planned."""
+        with self.lock:
+            if stage is None:
+                self.current.pop(name, None)
+                return
+            self.current[name] = stage
+            if stage.threads is not None:
+                stage.set_threads(self.share(name) if len(self.running) == 1 else min(stage.threads, self.share(name)))
+            if stage.grant_file is not None:
+                stage.grant_file.unlink(missing_ok=True)  # a grant of an earlier run is not for this one
+
+    def finish(self, name: str) -> None:
+        """Chain ``name`` has ended: hand its cores to the training stages of the chains still running."""
+        with self.lock:
+            if name in self.running:
+                self.running.remove(name)
+            self.current.pop(name, None)
+            for other in self.running:
+                stage = self.current.get(other)
+                running = stage is not None and stage.started is not None and stage.returncode is None
+                if not running or stage.grant_file is None or stage.threads is None:
+                    continue
+                threads = self.share(other)
+                if threads > max([stage.threads] + [n for _, n in stage.grants]):
+                    grant_threads(stage.grant_file, threads)
+                    stage.grants.append((time.perf_counter() - stage.started, threads))
+
+
 def run_stage(stage: Stage, log_dir: Path) -> None:
     """Run one stage; its output (with the engines' progress bars) goes to its log."""
     slug = "".join(c if c.isalnum() else "_" for c in stage.name.lower()).strip("_")
@@ -310,8 +395,9 @@ def run_stage(stage: Stage, log_dir: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if stage.threads is not None:  # the OpenMP/MKL pools start with the stage's share (read at import torch)
         env.update(thread_env(stage.threads))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning on a shared core
-    t0 = time.perf_counter()
+    # OMP_WAIT_POLICY stays as the user set it, else OpenMP's default: never more busy threads than
+    # cores here, and PASSIVE makes a multi-threaded stage (or one granted cores) no faster than one thread
+    t0 = stage.started = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
         proc = subprocess.run(stage.argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     stage.seconds = time.perf_counter() - t0
@@ -330,21 +416,30 @@ def stage_groups(stages: list[Stage]) -> list[list[Stage]]:
     return groups
 
 
-def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm) -> None:
-    """Run the stages of one bundle in order (a group's stages at once), stopping at the first failure."""
-    for group in stage_groups(stages):
-        bar.set_postfix_str(" | ".join(s.name for s in group))
-        if len(group) == 1:
-            run_stage(group[0], log_dir)
-        else:
-            workers = [threading.Thread(target=run_stage, args=(s, log_dir), daemon=True) for s in group]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-        bar.update(len(group))
-        if not all(s.ok for s in group):
-            return
+def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm, ledger: CoreLedger | None = None) -> None:
+    """Run the stages of one bundle in order (a group's stages at once), stopping at the first
+    failure; with a ``ledger``, each stage starts with the chain's cores at that moment, and the
+    chain's cores go to the others when it ends."""
+    name = stages[0].bundle if stages else ""
+    try:
+        for group in stage_groups(stages):
+            bar.set_postfix_str(" | ".join(s.name for s in group))
+            if ledger is not None:
+                ledger.start(name, group[0] if len(group) == 1 else None)
+            if len(group) == 1:
+                run_stage(group[0], log_dir)
+            else:
+                workers = [threading.Thread(target=run_stage, args=(s, log_dir), daemon=True) for s in group]
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+            bar.update(len(group))
+            if not all(s.ok for s in group):
+                return
+    finally:
+        if ledger is not None:
+            ledger.finish(name)
 
 
 def metrics_rows() -> list[tuple[str, str, float]]:
@@ -362,11 +457,11 @@ def metrics_rows() -> list[tuple[str, str, float]]:
 
 
 def print_summary(stages: list[Stage], total: float) -> None:
-    print("\n## Stages\n\n| bundle | stage | status | time (s) | outputs |\n|---|---|---|---|---|")
+    print("\n## Stages\n\n| bundle | stage | status | time (s) | threads | outputs |\n|---|---|---|---|---|---|")
     for s in stages:
         outs = ", ".join(str(p.relative_to(ROOT)) for p in s.outputs)
         status = "ok" if s.ok else ("not run" if s.returncode is None else f"FAILED (exit {s.returncode}; log {s.log})")
-        print(f"| {s.bundle} | {s.name} | {status} | {s.seconds:.0f} | {outs} |")
+        print(f"| {s.bundle} | {s.name} | {status} | {s.seconds:.0f} | {s.threads_text()} | {outs} |")
     print(f"\nTotal: {total / 60:.1f} min")
     print("\n## Test-subject metrics (held out from training)\n\n| bundle | metric | value |\n|---|---|---|")
     for bundle, key, value in metrics_rows():
@@ -417,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         return networks_table()
     from tqdm import tqdm
 
-    log_dir = ROOT / "runs" / "main_job"
+    log_dir = LOG_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = Stage("data", "make default data", [sys.executable, "-m", "medmamba.data", "make-default"], [DATA])
@@ -447,8 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, chain in chains.items():
             run_chain(chain, log_dir, bars[name])
     else:
+        ledger = CoreLedger(plan.cores, list(chains))
         threads = [
-            threading.Thread(target=run_chain, args=(chain, log_dir, bars[name]), daemon=True)
+            threading.Thread(target=run_chain, args=(chain, log_dir, bars[name], ledger), daemon=True)
             for name, chain in chains.items()
         ]
         for t in threads:

@@ -55,8 +55,8 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
         ["train teacher"],
         ["train student (KD), seed 0", "train student (KD), seed 1"],  # side by side
         ["stack the 2 students into an ensemble"],
-        ["evaluate (test)"],
-        ["evaluate (test), best-val checkpoint"],
+        ["evaluate (test)"],  # once, the deployed weights: the test split is read once per release
+        ["export TorchScript"],
     ]
 
     def arg(stage, flag: str) -> str:  # noqa: ANN001
@@ -69,10 +69,8 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     assert arg(stack, "--config_file").endswith("ensemble.json")
     assert json.loads(arg(stack, "--members")) == ["model", "model_seed1"]
     assert stack.outputs == [models / "model_ensemble_ema.pt", models / "model_ensemble.pt"]
-    best = stages[5]
-    assert arg(best, "--ckpt_file") == str(models / "model_ensemble.pt")
-    assert arg(best, "--output_dir") == str(bundle / "eval" / "best_checkpoint")
     assert "--ckpt_file" not in stages[4].argv  # the deployed weights: the config's default
+    assert sum(s.name.startswith("evaluate") for s in stages) == 1
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
     seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True, plan=job.plan_threads(2))
@@ -186,10 +184,71 @@ def test_stages_carry_the_plan_threads(tmp_path: Path, monkeypatch: pytest.Monke
                 assert s.argv[s.argv.index("--num_threads") + 1] == str(s.threads)
 
 
-def test_run_stage_gives_the_child_its_thread_environment(tmp_path: Path) -> None:
+def test_run_stage_gives_the_child_its_thread_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = _main_job()
-    code = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], os.environ['OMP_WAIT_POLICY'])"
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    code = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], os.environ.get('OMP_WAIT_POLICY', 'default'))"
     stage = job.Stage("b", "env", [sys.executable, "-c", code], threads=3)
     job.run_stage(stage, tmp_path)
     assert stage.ok and stage.log is not None
+    assert stage.log.read_text().split() == ["3", "3", "default"]  # OpenMP's own wait policy
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # a user's choice is passed on
+    job.run_stage(stage, tmp_path)
     assert stage.log.read_text().split() == ["3", "3", "PASSIVE"]
+
+
+def test_training_stages_get_a_thread_grant_file_and_other_stages_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _main_job()
+    test = [{"id": "sub-a", "image": "a/image.nii.gz", "dicom": "a/dicom"}, {"id": "sub-b", "image": "b/image.nii.gz"}]
+    (tmp_path / "datalist_segmentation.json").write_text(json.dumps({"test": test}))
+    monkeypatch.setattr(job, "DATA", tmp_path)
+    stages = job.bundle_stages("classification", job.BUNDLES["classification"], skip_teacher=False, plan=job.plan_threads(2))
+    training = [s for s in stages if s.name.startswith("train")]
+    assert [s.grant_file.name for s in training] == ["mobilemamba_classification_teacher.threads", "mobilemamba_classification_student.threads"]
+    for s in training:
+        assert s.argv[s.argv.index("--thread_grant_file") + 1] == str(s.grant_file)
+        assert s.grant_file.parent == job.LOG_DIR
+    assert all(s.grant_file is None and "--thread_grant_file" not in s.argv for s in stages if s not in training)
+
+
+def _stage(job, bundle: str, name: str, threads: int, tmp_path: Path):  # noqa: ANN001, ANN202
+    argv = ["python", "-m", "monai.bundle", "run", "--num_threads", str(threads)]
+    return job.Stage(bundle, name, argv, threads=threads, grant_file=tmp_path / f"{bundle}_{name}.threads")
+
+
+def test_core_ledger_hands_a_finished_chains_cores_to_the_running_training(tmp_path: Path) -> None:
+    from medmamba.training import read_thread_grant
+
+    job = _main_job()
+    ledger = job.CoreLedger(2, ["classification", "segmentation"])
+    assert ledger.share("classification") == ledger.share("segmentation") == 1
+    cls, seg = _stage(job, "classification", "student", 1, tmp_path), _stage(job, "segmentation", "student", 1, tmp_path)
+    cls.grant_file.write_text("7\n")  # left over from an earlier run: removed at the start
+    ledger.start("classification", cls)
+    ledger.start("segmentation", seg)
+    assert not cls.grant_file.exists()
+    cls.started = seg.started = 0.0  # both running (no return code yet)
+    ledger.finish("segmentation")
+    assert read_thread_grant(cls.grant_file) == 2 and [n for _, n in cls.grants] == [2]
+    assert not seg.grant_file.exists() and seg.grants == []
+    ledger.finish("segmentation")  # a second call grants nothing new
+    assert len(cls.grants) == 1
+    # a later stage of the remaining chain starts with all the cores, its --num_threads too
+    post = _stage(job, "classification", "evaluate", 1, tmp_path)
+    ledger.start("classification", post)
+    assert post.threads == 2 and post.argv[post.argv.index("--num_threads") + 1] == "2"
+    assert post.threads_text() == "2" and cls.threads_text().startswith("1, 2 from ")
+
+
+def test_core_ledger_never_starts_a_stage_with_more_than_its_share_while_others_run(tmp_path: Path) -> None:
+    job = _main_job()
+    ledger = job.CoreLedger(3, ["classification", "segmentation"])
+    assert (ledger.share("classification"), ledger.share("segmentation")) == (2, 1)  # the odd core: the last chain
+    post = _stage(job, "classification", "evaluate", 3, tmp_path)  # planned for all cores
+    ledger.start("classification", post)
+    assert post.threads == 2
+    done = _stage(job, "segmentation", "student", 1, tmp_path)
+    ledger.start("segmentation", done)
+    done.started, done.returncode = 0.0, 0  # ended: no grant is written for it
+    ledger.finish("classification")
+    assert not done.grant_file.exists()

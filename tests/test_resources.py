@@ -154,8 +154,11 @@ def test_bad_thread_counts_name_the_argument(bad) -> None:
 
 
 def test_thread_env() -> None:
-    assert thread_env(3) == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert thread_env(3) == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}  # OpenMP's default wait policy
     assert thread_env(1, "active")["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert thread_env(2, "passive")["OMP_WAIT_POLICY"] == "PASSIVE"
+    with pytest.raises(ValueError, match="wait_policy must be None, 'PASSIVE' or 'ACTIVE', got 'lazy'"):
+        thread_env(2, "lazy")
     with pytest.raises(ValueError, match="num_threads"):
         thread_env(0)
     with pytest.raises(ValueError, match="wait_policy"):

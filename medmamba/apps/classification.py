@@ -401,10 +401,13 @@ class RandLesionInsertd(Randomizable, MapTransform):
         return (box, blob) if blob.any() else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Insert lesions into the volumes under ``keys`` (see the class description)."""
+        return self._insert(dict(data), self.randomize())
+
+    def _insert(self, d: dict[Hashable, Any], n: int) -> dict[Hashable, Any]:
+        """Insert ``n`` lesions (drawn by :meth:`randomize`) into ``d`` in place of its volumes."""
         from scipy import ndimage
 
-        d = dict(data)
-        n = self.randomize()
         if n == 0 or self.tissue_key is None:
             return d
         for key in self.key_iterator(d):
@@ -505,6 +508,9 @@ class RandStackLesionInsertd(RandLesionInsertd):
         for name, t in ((self.mask_key, mask), (self.tissue_key, tissue)):
             if tuple(t.shape) != (1, *img.shape[1:]):
                 raise ValueError(f"data[{name!r}] must be the middle slice (1, H, W) = {(1, *img.shape[1:])}, got {tuple(t.shape)}.")
+        n = self.randomize()  # the same first draw as the volume form's
+        if n == 0:
+            return d
         mid = depth // 2
         # as a (1, H, W, 2k+1) volume; white matter only on the middle slice (lesion centres), brain on all
         tissue_vol = tissue[..., None].repeat(1, 1, 1, depth).clone()
@@ -515,7 +521,7 @@ class RandStackLesionInsertd(RandLesionInsertd):
         mask_vol = torch.zeros(1, *img.shape[1:], depth, dtype=mask.dtype)
         mask_vol[..., mid] = mask
         vol = {key: img.permute(1, 2, 0)[None], self.mask_key: mask_vol, self.tissue_key: tissue_vol}
-        out = super().__call__(vol)
+        out = self._insert(vol, n)
         d[key] = _like(d[key], torch.as_tensor(out[key])[0].permute(2, 0, 1).numpy())
         d[self.mask_key] = _like(d[self.mask_key], torch.as_tensor(out[self.mask_key])[..., mid].numpy())
         return d

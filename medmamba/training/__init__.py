@@ -15,6 +15,8 @@ One concept per module:
   :class:`Autocast` wrapper of a teacher, grad scaler;
 - :mod:`~medmamba.training.export`: norm fusion, TorchScript / ONNX export and verification;
 - :mod:`~medmamba.training.distributed`: the end of a multi-process (DDP) run;
+- :mod:`~medmamba.training.thread_grant`: cores a launcher grants a running training process
+  (:class:`ThreadGrantHandler`);
 - :mod:`~medmamba.training.checkpoint`: loading weights from the checkpoints all of these write, and
   stacking several seeds' checkpoints into one ensemble checkpoint.
 
@@ -52,6 +54,7 @@ from .mixup import MixupCutmix, SegmentationCutMix, rand_box, smooth_one_hot
 from .optim import NO_DECAY_NAMES, create_optimizer, param_groups, scale_lr
 from .schedule import WarmupCosineLR, warmup_cosine_factor
 from .teacher import Teacher, TeacherLogitCache, batch_ids
+from .thread_grant import ThreadGrantHandler, grant_threads, read_thread_grant
 
 __all__ = [
     "AMP_CHOICES",
@@ -71,6 +74,7 @@ __all__ = [
     "SoftTargetCrossEntropy",
     "Teacher",
     "TeacherLogitCache",
+    "ThreadGrantHandler",
     "WarmupCosineLR",
     "autocast",
     "batch_ids",
@@ -82,11 +86,13 @@ __all__ = [
     "ensemble_state_dict",
     "export_fused",
     "extract_state_dict",
+    "grant_threads",
     "hard_distillation",
     "load_weights",
     "param_groups",
     "pixelwise_distillation",
     "rand_box",
+    "read_thread_grant",
     "resolve_amp_dtype",
     "resolve_precision",
     "save_ensemble_checkpoint",

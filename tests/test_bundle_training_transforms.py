@@ -1,0 +1,68 @@
+"""The bundles' random training transforms leave the cached volumes they start from untouched.
+
+Both training data sets are ``CacheDataset`` s with ``copy_cache: false``: the cached (loaded,
+oriented, cropped) volumes are handed to the random transforms without a deep copy, which is only
+right while no random transform writes into its input.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Compose
+from monai.utils import set_determinism
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _volume() -> dict[str, MetaTensor]:
+    """A 64 x 64 x 24 'head' of generation labels, its tissue labels, a lesion and a T1-like image."""
+    idx = torch.stack(torch.meshgrid(torch.arange(64.0), torch.arange(64.0), torch.arange(24.0), indexing="ij"))
+    r = (((idx - torch.tensor([31.5, 31.5, 11.5])[:, None, None, None]) * torch.tensor([1.0, 1.0, 2.5])[:, None, None, None]) ** 2).sum(0).sqrt()
+    gen = torch.zeros(64, 64, 24, dtype=torch.long)
+    for radius, label in ((30, 9), (27, 6), (25, 5), (22, 1), (19, 2), (15, 3)):
+        gen[r <= radius] = label
+    lesion = ((idx[0] - 31.5) ** 2 + (idx[1] - 36.5) ** 2 <= 9) & (idx[2] >= 10) & (idx[2] <= 13)
+    gen[lesion] = 4
+    tissue = torch.where((gen >= 1) & (gen <= 3), gen, torch.zeros_like(gen))
+    tissue[lesion] = 3
+    t1 = torch.tensor([0.0, 0.3, 0.65, 1.0, 0.5, 0.25, 0.05, 0.8, 0.5, 1.1, 0.2])[gen] * 1000.0
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    return {
+        "image": MetaTensor(t1[None].float(), affine=affine),
+        "label": MetaTensor(tissue[None].float(), affine=affine),
+        "lesion": MetaTensor(lesion[None].float(), affine=affine),
+        "generation": MetaTensor(gen[None].float(), affine=affine),
+        "id": "phantom",
+    }
+
+
+@pytest.mark.parametrize("bundle", ["classification", "segmentation"])
+@pytest.mark.parametrize("config", ["train.json", "train_teacher.json"])
+def test_random_training_transforms_do_not_write_into_the_cached_volume(bundle: str, config: str) -> None:
+    root = ROOT / "bundles" / f"mobilemamba_{bundle}"
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / config))
+    parser["bundle_root"] = str(root)
+    assert parser["train#dataset#copy_cache"] is False
+    transforms = Compose(parser.get_parsed_content("train#random_transforms"))
+    cached = _volume()
+    if bundle == "segmentation":
+        cached = {k: v for k, v in cached.items() if k != "lesion"}
+    before = copy.deepcopy(cached)
+    set_determinism(seed=0)
+    try:
+        outputs = [transforms(cached) for _ in range(6)]  # synthesis, bias field, slice stacks, lesions, flips
+    finally:
+        set_determinism(seed=None)
+    assert all(isinstance(o, list) and len(o) == parser.get_parsed_content("slices_per_volume") for o in outputs)
+    assert set(cached) == set(before)
+    for key, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(cached[key].as_tensor(), value.as_tensor()), key
+            assert torch.equal(cached[key].affine, value.affine), key
