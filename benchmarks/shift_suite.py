@@ -124,7 +124,8 @@ def score_classification(datalist: dict, out: Path, threshold: float | None = No
         if row is None or row.get("lesion_probability") is None:
             continue
         p = float(row["lesion_probability"])
-        scores.append(p)
+        # rank by the log-odds where the report has them: rounded probabilities tie at 1.0
+        scores.append(float(row["lesion_log_odds"]) if row.get("lesion_log_odds") is not None else p)
         labels.append(int(item["has_lesion"]))
         if threshold is None and "label" in row:
             decisions.append(int(row["label"]))
@@ -132,7 +133,7 @@ def score_classification(datalist: dict, out: Path, threshold: float | None = No
             decisions.append(int(p >= (0.5 if threshold is None else threshold)))
         ids.append(item["id"])
     s, y, d = np.asarray(scores), np.asarray(labels), np.asarray(decisions, dtype=float)
-    res: dict = {"n_cases": len(s), "per_case": dict(zip(ids, [round(x, 4) for x in scores]))}
+    res: dict = {"n_cases": len(s), "per_case": dict(zip(ids, [round(x, 4) for x in scores]))}  # log-odds where written
     if (y == 0).any():
         res["false_positive_rate"] = bootstrap_interval(np.mean, d[y == 0])
     if (y == 1).any():

@@ -50,13 +50,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| segmentation | {k} | {bootstrap_interval(np.mean, np.array([float(r[k]) for r in rows]))} | {len(rows)} |")
     if cls_csv.is_file():
         rows = _rows(cls_csv)
-        score = np.array([float(_first(r, ("volume_probability", "lesion_probability", "probability", "score"))) for r in rows])
+        # rank by the log-odds where the CSV has them: rounded probabilities tie at 1.0
+        names = ("lesion_log_odds", "volume_probability", "lesion_probability", "probability", "score")
+        score = np.array([float(_first(r, names)) for r in rows])
         label = np.array([int(float(_first(r, ("volume_label", "label", "target")))) for r in rows])
         print(f"| classification | volume AUC | {bootstrap_interval(roc_auc, score, label, strata=label)} | {len(score)} |")
-        fp = score[label == 0] >= 0.5
-        miss = score[label == 1] < 0.5
-        print(f"| classification | lesion-free at p >= 0.5 | {bootstrap_interval(np.mean, fp.astype(float))} | {fp.size} |")
-        print(f"| classification | lesion cases at p < 0.5 | {bootstrap_interval(np.mean, miss.astype(float))} | {miss.size} |")
+        if all(r.get("predicted") not in (None, "") for r in rows):  # the bundle's own decisions (its threshold)
+            decided, rule = np.array([int(float(r["predicted"])) for r in rows]), "the bundle's threshold"
+        else:
+            prob = np.array([float(_first(r, names[1:])) for r in rows])
+            decided, rule = (prob >= 0.5).astype(int), "p >= 0.5"
+        fp = decided[label == 0] == 1
+        miss = decided[label == 1] == 0
+        print(f"| classification | lesion-free called lesion ({rule}) | {bootstrap_interval(np.mean, fp.astype(float))} | {fp.size} |")
+        print(f"| classification | lesion cases missed ({rule}) | {bootstrap_interval(np.mean, miss.astype(float))} | {miss.size} |")
     return 0
 
 

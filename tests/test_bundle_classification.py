@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -319,6 +320,10 @@ def test_find_scans_and_volume_classifier(tmp_path):
     out = VolumeClassifier(SliceMean(), SliceStackInferer(2, context=1), "max")(vol)
     assert out["slice_probabilities"].shape == (1, 5)
     assert float(out["lesion_probability"][0]) == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))))
+    assert float(out["lesion_log_odds"][0]) == pytest.approx(2.0) and out["lesion_probability"].dtype == torch.float64
+    vol[..., 3] = 30.0  # a float32 sigmoid would be exactly 1.0 here
+    out = VolumeClassifier(SliceMean(), SliceStackInferer(2, context=1), "max")(vol)
+    assert 0.0 < 1.0 - float(out["lesion_probability"][0]) < 1e-12 and float(out["lesion_log_odds"][0]) == pytest.approx(30.0)
 
 
 # ------------------------------------------------------------------------------- the bundle, tiny
@@ -454,6 +459,8 @@ def test_evaluate_writes_flat_metrics(trained, tiny_data):
     rows = list(csv.DictReader((root / "eval" / "predictions.csv").open()))
     assert [r["id"] for r in rows] == [e["id"] for e in tiny_data["test"]]
     assert all(0.0 <= float(r["lesion_probability"]) <= 1.0 for r in rows)
+    for r in rows:  # the log-odds are the same score before the sigmoid (they still rank where p rounds to 1.0)
+        assert float(r["lesion_probability"]) == pytest.approx(1.0 / (1.0 + math.exp(-float(r["lesion_log_odds"]))), abs=2e-5)
 
 
 def test_verify_net_in_out(trained):

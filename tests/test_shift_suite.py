@@ -108,3 +108,17 @@ def test_scoring_uses_the_bundle_decisions(tmp_path: Path) -> None:
     datalist = {"test": [{"id": i, "has_lesion": int(i.startswith("p"))} for i in ("p1", "n1", "n2")]}
     assert score_classification(datalist, tmp_path)["false_positive_rate"].value == 0.0
     assert score_classification(datalist, tmp_path, threshold=0.5)["false_positive_rate"].value == 0.5
+
+
+def test_scoring_ranks_by_log_odds_where_probabilities_tie_at_one(tmp_path: Path) -> None:
+    from shift_suite import score_classification
+
+    rows = [{"case_id": "p1", "lesion_probability": 1.0, "lesion_log_odds": 25.0, "label": 1},
+            {"case_id": "n1", "lesion_probability": 1.0, "lesion_log_odds": 18.0, "label": 1},
+            {"case_id": "n2", "lesion_probability": 0.5, "lesion_log_odds": 0.0, "label": 0}]
+    (tmp_path / "probabilities.json").write_text(json.dumps({"cases": rows}))
+    datalist = {"test": [{"id": i, "has_lesion": int(i.startswith("p"))} for i in ("p1", "n1", "n2")]}
+    res = score_classification(datalist, tmp_path)
+    assert res["auc"].value == 1.0  # by the probabilities p1 and n1 would tie (AUC 0.75)
+    assert res["per_case"] == {"p1": 25.0, "n1": 18.0, "n2": 0.0}
+    assert res["false_positive_rate"].value == 0.5  # the bundle's own labels

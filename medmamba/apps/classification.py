@@ -640,10 +640,15 @@ class _CaseStore:
         z = torch.cat([c[0] for c in self.cases])
         y = torch.cat([c[1] for c in self.cases])
         keep = y >= 0
-        return torch.sigmoid(z[keep]).numpy(), y[keep].numpy()
+        return torch.sigmoid(z[keep].double()).numpy(), y[keep].numpy()
+
+    def volume_log_odds(self, z: torch.Tensor) -> float:
+        """The case's volume log-odds (its ranking score: a float32 probability is 1.0 from about 17)."""
+        return float(volume_log_odds(z, self.aggregation, self.top_k))
 
     def volume_score(self, z: torch.Tensor) -> float:
-        return float(torch.sigmoid(volume_log_odds(z, self.aggregation, self.top_k)))
+        """The case's volume probability, in float64 (distinct up to about 36 log-odds)."""
+        return float(torch.sigmoid(torch.tensor(self.volume_log_odds(z), dtype=torch.float64)))
 
     def volume_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array([self.volume_score(z) for z, _ in self.cases], dtype=np.float64)
@@ -762,7 +767,8 @@ class ClassificationReport:
       module, i.e. the bundle's config parsing, to the end of the evaluation: model loading and data
       preprocessing included) and ``evaluation_time_s`` (the evaluator's run);
     * ``<output_dir>/predictions.csv``: per case ``id``, ``label`` (lesion present), ``lesion_probability``,
-      ``predicted``, ``n_slices``, ``n_positive_slices``, and the slice-level AUC inside the case
+      ``lesion_log_odds`` (the same score before the sigmoid: it still ranks cases whose rounded
+      probabilities are all 1.0), ``predicted``, ``n_slices``, ``n_positive_slices``, and the slice-level AUC inside the case
       (through :func:`medmamba.io.write_results_csv`: no identifying DICOM values).
 
     Args:
@@ -827,12 +833,13 @@ class ClassificationReport:
         for case_id, (z, y) in zip(self._ids, self._store.cases):
             prob = self._store.volume_score(z)
             keep = y >= 0
-            inner = _binary_metric("auc", torch.sigmoid(z[keep]).numpy(), y[keep].numpy(), 0.5) if (
+            inner = _binary_metric("auc", z[keep].double().numpy(), y[keep].numpy(), 0.0) if (
                 keep.any() and y[keep].unique().numel() == 2) else None
             rows.append({
                 "id": case_id,
                 "label": int(bool((y != 0).any())),
                 "lesion_probability": round(prob, 6),
+                "lesion_log_odds": round(self._store.volume_log_odds(z), 4),
                 "predicted": int(prob >= self.threshold),
                 "n_slices": int(y.numel()),
                 "n_positive_slices": int((y == 1).sum()),
@@ -986,11 +993,15 @@ class VolumeClassifier(VolumePredictor):
         return out
 
     def __call__(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"slice_probabilities": (B, S), "lesion_probability": (B,)}`` of volumes ``(B, C, H, W, D)``."""
+        """``{"slice_probabilities": (B, S), "lesion_probability": (B,), "lesion_log_odds": (B,)}`` of
+        volumes ``(B, C, H, W, D)``; the volume probability in float64 (a float32 sigmoid is 1.0 from
+        about 17 log-odds, and the log-odds still rank such cases)."""
         z = lesion_log_odds(self.slice_logits(volume), class_dim=1)
+        volume_z = volume_log_odds(z, self.aggregation, self.top_k)
         return {
             "slice_probabilities": torch.sigmoid(z),
-            "lesion_probability": torch.sigmoid(volume_log_odds(z, self.aggregation, self.top_k)),
+            "lesion_probability": torch.sigmoid(volume_z.double()),
+            "lesion_log_odds": volume_z,
         }
 
 
@@ -1076,6 +1087,7 @@ def classify(
         volume = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         out = predictor(volume[None])
         prob = float(out["lesion_probability"][0])
+        log_odds = float(out["lesion_log_odds"][0]) if "lesion_log_odds" in out else None
         slices = out["slice_probabilities"][0].cpu()
         label = int(prob >= threshold)
         if isinstance(img, MetaTensor) and img.ndim == 4:
@@ -1090,6 +1102,7 @@ def classify(
             logger.warning("case %s: %s", case.case_id, case.redact(w))
         result: dict[str, Any] = {
             "lesion_probability": round(prob, 6),
+            "lesion_log_odds": None if log_odds is None else round(log_odds, 4),
             "label": label,
             "class_name": CLASS_NAMES[label],
             "n_slices": len(mapped["values"]),
