@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -110,14 +111,45 @@ def _plane_name(hdr: Dataset) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
-def _iter_files(root: Path, recursive: bool) -> list[Path]:
+def _special_file(path: Path) -> str | None:
+    """Why ``path`` is not read: not a regular file (a FIFO would block, a device never ends), or
+    ``None`` for a regular file (or a link to one)."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to /dev/urandom is a device
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__}: a broken link or no permission)"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "FIFO" if stat.S_ISFIFO(mode) else "device" if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else (
+        "socket" if stat.S_ISSOCK(mode) else "special file")
+    return f"not a regular file ({kind})"
+
+
+def _iter_files(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The regular files under ``root`` (hidden ones excluded), and the other entries with the reason
+    they are skipped. Folder links are followed, each real folder visited once (no loops)."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     if recursive:
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a link back to a folder already read (a loop, or two links to one folder)
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-        return files
-    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+            candidates = [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+            for path in candidates:
+                reason = _special_file(path)
+                (files.append(path) if reason is None else skipped.append((path, reason)))
+        return files, skipped
+    for path in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        if path.is_dir():
+            continue
+        reason = _special_file(path)
+        (files.append(path) if reason is None else skipped.append((path, reason)))
+    return files, skipped
 
 
 def _skip_reason(hdr: Dataset) -> str | None:
@@ -181,8 +213,8 @@ def scan_dicom_folder(path: str | os.PathLike[str], recursive: bool = True) -> F
     if not root.is_dir():
         raise ScanLoadError(f"path={str(root)!r} is not a folder; expected a folder of DICOM files")
     groups: dict[str, list[DicomInstance]] = {}
-    skipped: list[tuple[Path, str]] = []
-    for file in _iter_files(root, recursive):
+    files, skipped = _iter_files(root, recursive)
+    for file in files:
         try:
             # large values (pixel data) are deferred: present in the header, read only if accessed
             hdr = read_dicom_file(file, defer=True)

@@ -62,8 +62,14 @@ def _is_series_folder(folder: Path) -> bool:
     return _has_dicom(folder) and not any(is_nifti_path(p) for p in folder.iterdir())
 
 
-def _collect(folder: Path, found: list[Path]) -> None:
-    """Append the cases under ``folder`` to ``found``, in sorted order, skipping hidden entries."""
+def _collect(folder: Path, found: list[Path], seen: set[str] | None = None) -> None:
+    """Append the cases under ``folder`` to ``found``, in sorted order, skipping hidden entries and
+    entering each real folder once (a folder link back up the tree is not a loop of cases)."""
+    seen = set() if seen is None else seen
+    real = os.path.realpath(folder)
+    if real in seen:
+        return
+    seen.add(real)
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
@@ -73,7 +79,7 @@ def _collect(folder: Path, found: list[Path]) -> None:
             if _is_series_folder(entry):
                 found.append(entry)
             else:
-                _collect(entry, found)
+                _collect(entry, found, seen)
 
 
 def find_scans(input_path: str | os.PathLike[str] | None) -> list[dict[str, str]]:
