@@ -187,22 +187,16 @@ class SliceStackInferer(Inferer):
         jobs = [(b, s) for b in range(batch) for s in starts]
         outputs: Any = None
         kind = ""
+        if batch == 0:  # an empty batch: the network's output structure on zero stacks, zero volumes
+            plane = [size for axis, size in enumerate(inputs.shape[2:]) if axis != self.spatial_dim]
+            empty = inputs.new_zeros((0, inputs.shape[1] * (2 * self.context + 1), *plane))
+            parts, kind = _output_parts(network(empty.to(sw_device), *args, **kwargs))
+            outputs = {k: self._allocate(v, 0, num_slices, out_device) for k, v in parts.items()}
         for b, start in tqdm(jobs, disable=not self.progress, desc="slices", unit="batch"):
             stop = min(start + self.sw_batch_size, num_slices)
             indices = torch.arange(start, stop, device=inputs.device)
             stacks = stack_slices(inputs[b : b + 1], indices, self.spatial_dim, self.context)[0]
-            res = network(stacks.to(sw_device), *args, **kwargs)
-            if isinstance(res, torch.Tensor):
-                parts, kind = {0: res}, "tensor"
-            elif isinstance(res, Mapping):
-                parts, kind = dict(res), "mapping"
-            elif isinstance(res, Sequence) and all(isinstance(r, torch.Tensor) for r in res):
-                parts, kind = dict(enumerate(res)), "sequence"
-            else:
-                raise TypeError(
-                    f"network must return a tensor, a sequence of tensors or a mapping of tensors, "
-                    f"got {type(res).__name__}."
-                )
+            parts, kind = _output_parts(network(stacks.to(sw_device), *args, **kwargs))
             for key, value in parts.items():
                 if value.ndim < 2 or value.shape[0] != stop - start:
                     raise ValueError(
@@ -220,3 +214,14 @@ class SliceStackInferer(Inferer):
         if kind == "sequence":
             return tuple(outputs[i] for i in range(len(outputs)))
         return outputs
+
+
+def _output_parts(res: Any) -> tuple[dict[Any, torch.Tensor], str]:
+    """A network output as ``({key: tensor}, kind)``, kind ``"tensor"``, ``"mapping"`` or ``"sequence"``."""
+    if isinstance(res, torch.Tensor):
+        return {0: res}, "tensor"
+    if isinstance(res, Mapping):
+        return dict(res), "mapping"
+    if isinstance(res, Sequence) and all(isinstance(r, torch.Tensor) for r in res):
+        return dict(enumerate(res)), "sequence"
+    raise TypeError(f"network must return a tensor, a sequence of tensors or a mapping of tensors, got {type(res).__name__}.")

@@ -98,8 +98,9 @@ class SelectiveScan2D(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_proj_weight)
 
-        u = xs.reshape(b, -1, length)
-        delta = dts.reshape(b, -1, length)
+        channels = self.directions * self.d_inner  # explicit, not -1: an empty batch has no size to infer
+        u = xs.reshape(b, channels, length)
+        delta = dts.reshape(b, channels, length)
         A = -torch.exp(self.A_log.float())
         if torch.jit.is_scripting():
             y = selective_scan_scriptable(
