@@ -80,3 +80,141 @@ def test_folder_link_loops_are_entered_once(tmp_path: Path) -> None:
         os.mkfifo(root / "c" / "series" / "pipe")
         scan = _within(20, lambda: scan_dicom_folder(root / "c", recursive=True))
     assert [len(s.instances) for s in scan.series] == [3]  # the looped folder's files are not read twice
+
+
+def _edit(folder: Path, index: int, change: Callable[[Any], None]) -> str:
+    import pydicom
+
+    path = sorted(folder.glob("*.dcm"))[index]
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path)
+    return path.name
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda ds: setattr(ds, "PixelSpacing", [0.9, 0.9]), r"PixelSpacing differs within the series: .* in {name}"),
+        (lambda ds: delattr(ds, "PixelSpacing"), r"PixelSpacing is missing or invalid in 1 of 4 files \(e.g. {name}\)"),
+        (lambda ds: setattr(ds, "ImagePositionPatient", ["nan", 0.0, 0.0]), r"ImagePositionPatient is not three finite numbers in {name}"),
+        (lambda ds: delattr(ds, "ImagePositionPatient"), r"missing in 1 of 4 files \(e.g. {name}\) while the others have them"),
+    ],
+)
+def test_per_slice_geometry_that_disagrees_is_refused_naming_the_file(tmp_path: Path, change: Any, match: str) -> None:
+    import re
+
+    from medmamba.data import ScanLoadError
+
+    write_shuffled_ct_series(tmp_path / "s", n=4)
+    name = _edit(tmp_path / "s", 2, change)
+    with pytest.raises(ScanLoadError, match=match.format(name=re.escape(name))):
+        load_scan(tmp_path / "s")
+
+
+def test_a_few_kilobytes_declaring_billions_of_voxels_are_refused_before_decoding(tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medmamba.data import ScanLoadError
+
+    frames = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    frames.NumberOfFrames = 2**31 - 1  # a 39 KB file claiming 2**31 - 1 frames
+    frames.save_as(tmp_path / "frames.dcm")
+    with pytest.raises(ScanLoadError, match=r"declares 2147483647 frame\(s\) of 128 x 128 x 1 = \d+ voxels, more than the limit"):
+        _within(20, lambda: load_scan(tmp_path / "frames.dcm"))
+    truncated = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    truncated.NumberOfFrames = 40  # 40 frames declared, one stored
+    truncated.save_as(tmp_path / "short.dcm")
+    with pytest.raises(ScanLoadError, match=r"declares 40 frame\(s\) .* but the file holds \d+ bytes"):
+        load_scan(tmp_path / "short.dcm")
+    rle = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    rle.Rows = rle.Columns = 65535  # a compressed file asking for 65535 x 65535 pixels
+    rle.save_as(tmp_path / "rle.dcm")
+    with pytest.raises(ScanLoadError, match=r"65535 x 65535 x 1 = 4294836225 voxels, more than the limit"):
+        _within(20, lambda: load_scan(tmp_path / "rle.dcm"))
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_dicom_series_write_that_fails_part_way_leaves_no_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool) -> None:
+    import medmamba.io.dicom_series as series_module
+    from medmamba.io.dicom_series import write_dicom_series
+
+    out = tmp_path / "series"
+    if exists:
+        out.mkdir()
+        (out / "keep.txt").write_text("a user's file")
+    real = series_module.dataset_to_bytes
+    calls = {"n": 0}
+
+    def disk_full_at_the_third(ds):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(ds)
+
+    monkeypatch.setattr(series_module, "dataset_to_bytes", disk_full_at_the_third)
+    stored = np.arange(8 * 8 * 5, dtype=np.int16).reshape(8, 8, 5)
+    with pytest.raises(OSError, match="No space left"):
+        write_dicom_series(out, stored, np.eye(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["series"] if exists else [])  # no hidden staging left
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] if exists else not out.exists()
+    monkeypatch.setattr(series_module, "dataset_to_bytes", real)
+    paths = write_dicom_series(out, stored, np.eye(4))
+    assert len(paths) == 5 and all(p.parent == out and p.is_file() for p in paths)
+    assert load_scan(out).shape == (1, 8, 8, 5)
+
+
+def test_a_failed_case_leaves_none_of_its_outputs_and_keeps_an_earlier_runs(tmp_path: Path) -> None:
+    import time
+
+    from medmamba.data import run_batch
+
+    def process(case):  # noqa: ANN001, ANN202
+        (case.out_dir / "seg.nii.gz").write_bytes(b"written before the failure")
+        if case.case_id != "good":
+            raise RuntimeError("failed after its first output")
+        return {}
+
+    out = tmp_path / "out"
+    (out / "rerun").mkdir(parents=True)
+    (out / "rerun" / "earlier.json").write_text("{}")  # a file of an earlier run of that case
+    old = time.time_ns() - 10**10
+    os.utime(out / "rerun" / "earlier.json", ns=(old, old))
+    report = run_batch([{"image": "a", "id": "good"}, {"image": "b", "id": "new"}, {"image": "c", "id": "rerun"}], process, out)
+    assert report.n_ok == 1 and sorted(report.failed) == ["new", "rerun"]
+    assert (out / "good" / "seg.nii.gz").is_file()
+    assert not (out / "new").exists()  # created by the failed case: removed whole
+    assert sorted(p.name for p in (out / "rerun").iterdir()) == ["earlier.json"]  # its partial output removed
+
+
+def test_a_nifti_with_a_singular_affine_is_refused_with_the_reason(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from medmamba.data import ScanLoadError
+
+    header = nib.Nifti1Header()  # a zero third voxel size in the sform (no qform), written as is
+    header.set_data_shape((4, 4, 3))
+    header.set_data_dtype(np.float32)
+    header["srow_x"], header["srow_y"], header["srow_z"] = [2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0]
+    header["sform_code"], header["qform_code"] = 1, 0
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3), np.float32), None, header=header), tmp_path / "flat.nii.gz")
+    with pytest.raises(ScanLoadError, match=r"the affine is singular \(voxel sizes \[2\.0, 2\.0, 0\.0\]"):
+        load_scan(tmp_path / "flat.nii.gz")
+    good = nib.Nifti1Image(np.ones((4, 4, 3), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    nib.save(good, tmp_path / "good.nii.gz")
+    assert load_scan(tmp_path / "good.nii.gz").shape == (1, 4, 4, 3)
+
+
+def test_a_single_corrupt_file_is_named_once(tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medmamba.data import ScanLoadError
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelData = ds.PixelData[:100]  # truncated pixel data
+    ds.save_as(tmp_path / "one.dcm")
+    with pytest.raises(ScanLoadError) as info:
+        load_scan(tmp_path / "one.dcm")
+    assert "one.dcm" in str(info.value) and "one.dcm/one.dcm" not in str(info.value)

@@ -266,7 +266,7 @@ def test_checkpoint_loading_refuses_arbitrary_objects(tmp_path) -> None:
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"net": _Payload()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match=r"evil\.pth' was refused"):
         MobileMamba.from_official_checkpoint(path, "t2")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -256,6 +257,8 @@ def run_batch(
         used.add(case_id)
         position = index if positions is None else int(positions[index])
         case = BatchCase(index=position, case_id=case_id, input=path, out_dir=out / case_id, item=item, redact=redact)
+        existed = case.out_dir.exists()
+        started_ns = time.time_ns()
         try:
             case.out_dir.mkdir(parents=True, exist_ok=True)
             result = process(case) or {}
@@ -268,7 +271,7 @@ def run_batch(
             message = " ".join(str(root).split()) or "no message"
             reason = redact(f"{type(root).__name__}: {message}")
             outcome = CaseOutcome(case_id, "failed", reason, time.perf_counter() - start)
-            _remove_if_empty(case.out_dir)
+            _remove_partial_outputs(case.out_dir, existed, started_ns)
             log.warning("case %s: failed: %s", case_id, reason)
             log.debug("case %s: failure type %s", case_id, type(exc).__name__)
         outcome.result = _redacted(outcome.result, redact)
@@ -297,11 +300,20 @@ def _check_assigned(case_ids: Sequence[str] | None, positions: Sequence[int] | N
         raise ValueError(f"positions must hold {n} indices (one per case), got {len(positions)}")
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()  # only succeeds when empty
-    except OSError:
-        pass
+def _remove_partial_outputs(folder: Path, existed: bool, since_ns: int) -> None:
+    """Remove what a failed case wrote: its whole folder if this run created it, else the entries
+    written since ``since_ns`` (a failed re-run leaves the earlier run's files, never half of its own)."""
+    if not folder.is_dir():
+        return
+    if not existed:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in folder.iterdir():
+        try:
+            if entry.lstat().st_mtime_ns >= since_ns:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError:
+            pass
 
 
 def _redacted(value: Any, redact: Redactor) -> Any:

@@ -19,8 +19,10 @@ from medmamba.data.errors import ScanLoadError
 
 __all__ = [
     "DECODER_HINT",
+    "MAX_DECODED_VOXELS",
     "apply_rescale",
     "check_decodable",
+    "check_pixel_budget",
     "decode_frames",
     "frame_rescale",
     "to_monochrome2",
@@ -63,6 +65,54 @@ def check_decodable(ds: Dataset, where: str) -> None:
             f"{where}: cannot decode compressed transfer syntax {uid.name} ({uid}): no decoder plugin "
             f"is installed; {DECODER_HINT}"
         )
+
+
+#: Most voxels (frames x rows x columns x samples) a DICOM file may declare before it is decoded:
+#: 2**30, 2 GiB of 16-bit values. A few-kilobyte file declaring 2**31 frames or 65535 x 65535 pixels
+#: would otherwise ask for gigabytes before any error; raise it with ``max_voxels`` for larger data.
+MAX_DECODED_VOXELS = 2**30
+
+
+def check_pixel_budget(ds: Dataset, where: str, file_size: int | None = None, max_voxels: int = MAX_DECODED_VOXELS) -> int:
+    """Check the pixel matrix a DICOM header declares before anything is allocated for it.
+
+    Args:
+        ds: the dataset (its pixel data need not be read).
+        where: the file named in error messages.
+        file_size: the file's size in bytes; for an uncompressed transfer syntax the declared pixels
+            must fit in it.
+        max_voxels: the largest ``frames x rows x columns x samples`` accepted.
+
+    Returns:
+        The number of declared voxels.
+
+    Raises:
+        ScanLoadError: a count is not a positive integer, the matrix exceeds ``max_voxels``, or an
+            uncompressed file is too small for what it declares.
+    """
+    counts = {}
+    for name, default in (("NumberOfFrames", 1), ("Rows", None), ("Columns", None), ("SamplesPerPixel", 1)):
+        raw = ds.get(name, default)
+        raw = default if raw in (None, "") else raw
+        try:
+            value = int(raw) if raw is not None else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value < 1:
+            raise ScanLoadError(f"{where}: {name} is {raw!r}; expected a positive integer")
+        counts[name] = value
+    voxels = counts["NumberOfFrames"] * counts["Rows"] * counts["Columns"] * counts["SamplesPerPixel"]
+    matrix = f"{counts['NumberOfFrames']} frame(s) of {counts['Rows']} x {counts['Columns']} x {counts['SamplesPerPixel']}"
+    if voxels > max_voxels:
+        raise ScanLoadError(f"{where}: declares {matrix} = {voxels} voxels, more than the limit of {max_voxels}; "
+                            "the header is corrupt or the object is too large to load")
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if file_size is not None and not _transfer_syntax(ds).is_compressed and "PixelData" in ds:
+        needed = voxels * bits // 8
+        if needed > file_size:
+            raise ScanLoadError(f"{where}: declares {matrix} at {bits} bits ({needed} bytes of pixel data) but the "
+                                f"file holds {file_size} bytes; the file is truncated or its header is corrupt")
+    return voxels
 
 
 def frame_rescale(ds: Dataset, frame_group: Dataset | None = None) -> tuple[float, float]:
@@ -112,6 +162,7 @@ def decode_frames(ds: Dataset, where: str) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ScanLoadError(f"{where}: the DICOM object has no pixel data")
     check_decodable(ds, where)
+    check_pixel_budget(ds, where)  # before the decoder allocates what the header declares
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for truncated/corrupt data

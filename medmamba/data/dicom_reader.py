@@ -37,6 +37,7 @@ from medmamba.data.dicom_geometry import (
 from medmamba.data.dicom_pixels import (
     apply_rescale,
     check_decodable,
+    check_pixel_budget,
     decode_frames,
     frame_rescale,
     to_monochrome2,
@@ -109,13 +110,76 @@ def _get(ds: Dataset, name: str, default: Any = None) -> Any:
     return default if value in (None, "") else value
 
 
-def _pixel_spacing(hdrs: Sequence[Dataset], where: str) -> tuple[float, float]:
+def _spacing_of(hdr: Dataset) -> tuple[str, tuple[float, float]] | None:
+    """``(attribute, (row, column) spacing)`` of one image, or ``None`` without a valid one."""
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        val = _get(hdrs[0], key)
-        if val is not None and len(val) == 2 and all(float(v) > 0 for v in val):
-            return float(val[0]), float(val[1])
-    _warn(f"{where}: no valid PixelSpacing/ImagerPixelSpacing; assuming 1 mm pixels")
-    return 1.0, 1.0
+        val = _get(hdr, key)
+        try:
+            pair = (float(val[0]), float(val[1])) if val is not None and len(val) == 2 else None
+        except (TypeError, ValueError):
+            pair = None
+        if pair is not None and all(np.isfinite(v) and v > 0 for v in pair):
+            return key, pair
+    return None
+
+
+def _at(where: str, path: Path) -> str:
+    """``where`` (a folder or the file itself) with the file named once: ``folder/file.dcm``, ``file.dcm``."""
+    return where if Path(where).name == path.name else f"{where}/{path.name}"
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _position(hdr: Dataset, where: str, name: str) -> np.ndarray:
+    """``ImagePositionPatient`` of one image as three finite floats.
+
+    Raises:
+        ScanLoadError: it is not three finite numbers (a NaN position would give a NaN affine).
+    """
+    try:
+        pos = np.asarray([float(v) for v in hdr.ImagePositionPatient], dtype=np.float64)
+    except (TypeError, ValueError):
+        pos = np.full(0, np.nan)
+    if pos.shape != (3,) or not np.all(np.isfinite(pos)):
+        raise ScanLoadError(
+            f"{where}: ImagePositionPatient is not three finite numbers in {name} "
+            f"(got {str(hdr.get('ImagePositionPatient'))[:60]!r}); expected the position of every slice"
+        )
+    return pos
+
+
+def _pixel_spacing(hdrs: Sequence[Dataset], where: str, names: Sequence[str] | None = None,
+                   rel_tol: float = 1e-3) -> tuple[float, float]:
+    """The pixel spacing every image of a series shares.
+
+    Raises:
+        ScanLoadError: the images disagree (beyond ``rel_tol``), or some have a spacing and others not:
+            one spacing for all slices would give a silently wrong affine.
+    """
+    found = [_spacing_of(h) for h in hdrs]
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(hdrs))]
+    if all(f is None for f in found):
+        _warn(f"{where}: no valid PixelSpacing/ImagerPixelSpacing; assuming 1 mm pixels")
+        return 1.0, 1.0
+    missing = [n for n, f in zip(names, found) if f is None]
+    if missing:
+        raise ScanLoadError(
+            f"{where}: PixelSpacing is missing or invalid in {len(missing)} of {len(hdrs)} files (e.g. {missing[0]}); "
+            "expected one pixel spacing for every slice of a series"
+        )
+    key, first = found[0]
+    for name, (_, pair) in zip(names, found):
+        if any(abs(a - b) > rel_tol * max(abs(a), abs(b)) for a, b in zip(pair, first)):
+            raise ScanLoadError(
+                f"{where}: {key} differs within the series: {list(first)} in {names[0]}, {list(pair)} in {name}; "
+                "expected one pixel spacing for every slice of a series"
+            )
+    return first
 
 
 def _warn(msg: str) -> None:
@@ -202,9 +266,18 @@ def _read_series(series: DicomSeries, where: str, on_gap: OnGap, tolerance: floa
             "(rows, columns, samples); expected one stack of equal-sized slices"
         )
     for inst in insts:
-        check_decodable(inst.header, f"{where}/{inst.path.name}")
-    spacing = _pixel_spacing(hdrs, where)
-    has_geom = all(_get(h, "ImagePositionPatient") is not None and _get(h, "ImageOrientationPatient") is not None for h in hdrs)
+        check_decodable(inst.header, _at(where, inst.path))
+        check_pixel_budget(inst.header, _at(where, inst.path), file_size=_file_size(inst.path))
+    names = [i.path.name for i in insts]
+    spacing = _pixel_spacing(hdrs, where, names)
+    with_geom = [_get(h, "ImagePositionPatient") is not None and _get(h, "ImageOrientationPatient") is not None for h in hdrs]
+    has_geom = all(with_geom)
+    if any(with_geom) and not has_geom:  # no silent fall-back to identity geometry for the whole series
+        lacking = [n for n, g in zip(names, with_geom) if not g]
+        raise ScanLoadError(
+            f"{where}: ImagePositionPatient/ImageOrientationPatient missing in {len(lacking)} of {len(hdrs)} files "
+            f"(e.g. {lacking[0]}) while the others have them; expected the geometry of every slice"
+        )
     meta = _common_meta(hdrs[0])
     if has_geom:
         planes = [PlaneGeometry.from_values(h.ImageOrientationPatient, spacing, where) for h in hdrs]
@@ -218,7 +291,7 @@ def _read_series(series: DicomSeries, where: str, on_gap: OnGap, tolerance: floa
                 "(e.g. a localizer or several planes); expected one stack"
             )
         plane = planes[0]
-        positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in hdrs])
+        positions = np.asarray([_position(h, where, n) for h, n in zip(hdrs, names)])
         order, dist = sort_by_position(positions, plane.normal)
         report = check_slice_spacing(dist, where, tolerance)
         _handle_gap(report.uneven, report.message, on_gap)
@@ -244,7 +317,7 @@ def _read_series(series: DicomSeries, where: str, on_gap: OnGap, tolerance: floa
     for idx in order:
         path = insts[int(idx)].path
         ds = _dcmread(path, where)
-        fr = decode_frames(ds, f"{where}/{path.name}")
+        fr = decode_frames(ds, _at(where, path))
         frames_list.append(fr[0])
         rescales.append(frame_rescale(ds))
         files.append(path)
@@ -268,7 +341,7 @@ def _dcmread(path: Path, where: str) -> Dataset:
     try:
         return read_dicom_file(path)
     except Exception as exc:
-        raise ScanLoadError(f"{where}/{path.name}: cannot read DICOM file ({type(exc).__name__}: {exc})") from None
+        raise ScanLoadError(f"{_at(where, path)}: cannot read DICOM file ({type(exc).__name__}: {exc})") from None
 
 
 def _frame_value(group: Dataset | None, shared: Dataset | None, seq: str, attr: str) -> Any:
@@ -282,6 +355,7 @@ def _read_multiframe(
     path: Path, where: str, on_gap: OnGap, tolerance: float, header: Dataset | None = None
 ) -> DicomVolume:
     ds = _dcmread(path, where)
+    check_pixel_budget(ds, _at(where, path), file_size=_file_size(path))  # before per-frame lists
     n = int(_get(ds, "NumberOfFrames", 1))
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []) or [])
     shared_seq = ds.get("SharedFunctionalGroupsSequence")

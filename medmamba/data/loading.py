@@ -24,7 +24,7 @@ from monai.utils import ImageMetaKey
 from medmamba.data.dicom_reader import DicomSeriesReader, OnGap
 from medmamba.data.errors import ScanLoadError
 
-__all__ = ["NIFTI_SUFFIXES", "check_scan", "is_nifti_path", "load_scan", "read_to_metatensor"]
+__all__ = ["NIFTI_SUFFIXES", "check_affine", "check_scan", "is_nifti_path", "load_scan", "read_to_metatensor"]
 
 #: File-name endings read as NIfTI.
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".hdr", ".img", ".img.gz")
@@ -126,6 +126,14 @@ def load_scan(
         if series_uid is not None:
             raise ScanLoadError(f"series_uid={series_uid!r} given for NIfTI file {where!r}; it applies to DICOM only")
         try:
+            import nibabel as nib
+
+            header_affine = nib.load(where).affine  # lazy: the header only
+        except Exception as exc:
+            raise ScanLoadError(f"path={where!r}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
+        # checked on the file's own affine: MONAI's reader replaces one whose zooms disagree with pixdim
+        check_affine(header_affine, where)
+        try:
             img = read_to_metatensor(NibabelReader(), where)
         except Exception as exc:
             raise ScanLoadError(f"path={where!r}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
@@ -135,4 +143,29 @@ def load_scan(
         img = read_to_metatensor(DicomSeriesReader(series_uid=series_uid, on_gap=on_gap), where)
         modality = str(img.meta.get("modality", ""))
     check_scan(img, where, modality, expected_modalities, allow_nonfinite)
+    check_affine(getattr(img, "affine", None), where)
     return img
+
+
+def check_affine(affine: torch.Tensor | np.ndarray | None, where: str) -> None:
+    """Refuse a voxel-to-world affine that is not finite or maps the voxel grid onto fewer than
+    three dimensions (a zero or degenerate column: the orientation cannot be found).
+
+    Raises:
+        ScanLoadError: naming the path, the affine and what is wrong with it.
+    """
+    if affine is None:
+        return
+    a = np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] not in (3, 4) or not np.all(np.isfinite(a)):
+        raise ScanLoadError(
+            f"path={where!r}: the affine is not a finite 3x3 or 4x4 matrix ({a.tolist()}); expected the voxel-to-world geometry"
+        )
+    linear = a[:-1, :-1]
+    sizes = np.linalg.norm(linear, axis=0)
+    if np.any(sizes <= 1e-6) or abs(np.linalg.det(linear)) <= 1e-9 * max(float(np.prod(sizes)), 1e-30):
+        raise ScanLoadError(
+            f"path={where!r}: the affine is singular (voxel sizes {np.round(sizes, 6).tolist()}, determinant "
+            f"{np.linalg.det(linear):.3g}); its orientation cannot be determined. Fix the header (e.g. the sform "
+            "or qform of a NIfTI file)"
+        )

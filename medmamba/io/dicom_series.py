@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,6 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from medmamba.io.atomic import atomic_write_bytes
 
 __all__ = ["PatientInfo", "SeriesUIDs", "dataset_to_bytes", "series_uids", "write_dicom_series"]
 
@@ -154,45 +155,56 @@ def write_dicom_series(
     patient = patient or PatientInfo()
     normal = np.cross(row_dir, col_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.int16 if signed else np.uint16
-    paths = []
-    for k in range(nz):
-        pos = aff_lps[:3, 3] + col2 * k
-        sop_uid = generate_uid(entropy_srcs=None if uid_entropy is None else [uid_entropy, "/sop/", str(k)])
-        ds = _slice_dataset(
-            modality=modality,
-            sop_uid=sop_uid,
-            uids=uids,
-            patient=patient,
-            series_number=series_number,
-            series_description=series_description,
-            instance_number=int(numbers[k]),
-            content_date=content_date,
-        )
-        ds.ImageOrientationPatient = [_ds_number(v) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [_ds_number(v) for v in pos]
-        ds.SliceLocation = _ds_number(float(np.dot(pos, normal)))
-        ds.PixelSpacing = [_ds_number(sy), _ds_number(sx)]
-        ds.SliceThickness = _ds_number(sz)
-        ds.SpacingBetweenSlices = _ds_number(sz)
-        ds.RescaleSlope = _ds_number(rescale_slope)
-        ds.RescaleIntercept = _ds_number(rescale_intercept)
-        if modality == "CT":
-            ds.RescaleType = "HU"
-        pixels = np.ascontiguousarray(arr[:, :, k].T.astype(dtype))
-        ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.PixelData = pixels.tobytes()
-        for key, value in (extra_attributes or {}).items():
-            setattr(ds, key, value)
-        paths.append(atomic_write_bytes(out / names[k], dataset_to_bytes(ds)))
-    return paths
+    # the whole series is written into a hidden folder beside out_dir, then moved into place: a full
+    # disk or an error part-way leaves no partial series (which would read back as a shorter volume)
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+    staging.mkdir()  # the umask's permissions, as a plain mkdir of out_dir would have
+    try:
+        for k in range(nz):
+            pos = aff_lps[:3, 3] + col2 * k
+            sop_uid = generate_uid(entropy_srcs=None if uid_entropy is None else [uid_entropy, "/sop/", str(k)])
+            ds = _slice_dataset(
+                modality=modality,
+                sop_uid=sop_uid,
+                uids=uids,
+                patient=patient,
+                series_number=series_number,
+                series_description=series_description,
+                instance_number=int(numbers[k]),
+                content_date=content_date,
+            )
+            ds.ImageOrientationPatient = [_ds_number(v) for v in (*row_dir, *col_dir)]
+            ds.ImagePositionPatient = [_ds_number(v) for v in pos]
+            ds.SliceLocation = _ds_number(float(np.dot(pos, normal)))
+            ds.PixelSpacing = [_ds_number(sy), _ds_number(sx)]
+            ds.SliceThickness = _ds_number(sz)
+            ds.SpacingBetweenSlices = _ds_number(sz)
+            ds.RescaleSlope = _ds_number(rescale_slope)
+            ds.RescaleIntercept = _ds_number(rescale_intercept)
+            if modality == "CT":
+                ds.RescaleType = "HU"
+            pixels = np.ascontiguousarray(arr[:, :, k].T.astype(dtype))
+            ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.BitsAllocated = 16
+            ds.BitsStored = 16
+            ds.HighBit = 15
+            ds.PixelRepresentation = 1 if signed else 0
+            ds.PixelData = pixels.tobytes()
+            for key, value in (extra_attributes or {}).items():
+                setattr(ds, key, value)
+            (staging / names[k]).write_bytes(dataset_to_bytes(ds))
+        if not out.exists():
+            os.replace(staging, out)  # one rename: the series appears whole
+        else:
+            for name in names:
+                os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in names]
 
 
 def _slice_dataset(

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .checkpoint_file import read_checkpoint
+
 __all__ = [
     "convert_official_state_dict",
     "load_official_checkpoint",
@@ -192,7 +194,7 @@ def load_official_checkpoint(
     """
     from .nets.mobilemamba import MobileMamba
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_checkpoint(path)
     sd = convert_official_state_dict(_extract_state_dict(obj, ema, str(path)))
     has_dist = any(k.startswith("head_dist.") for k in sd)
     if distillation is None:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from medmamba.networks.checkpoint_file import read_checkpoint
+
 __all__ = ["ensemble_state_dict", "extract_state_dict", "load_weights", "save_ensemble_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def extract_state_dict(checkpoint: Mapping | str | os.PathLike, key: str | None 
         TypeError: when ``checkpoint`` is neither a path nor a mapping.
     """
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(checkpoint)
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"checkpoint must be a path or a mapping, got {type(checkpoint).__name__}.")
     if key is not None:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmamba.networks.checkpoint_file import read_checkpoint
+
 from .checkpoint import load_weights
 
 __all__ = ["Teacher", "TeacherLogitCache", "batch_ids"]
@@ -272,7 +274,7 @@ class TeacherLogitCache:
     @classmethod
     def load(cls, path: str | os.PathLike) -> TeacherLogitCache:
         """Read a cache written by :meth:`save` (``torch.load(weights_only=True)``)."""
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        obj = read_checkpoint(path)
         if not isinstance(obj, Mapping) or obj.get("format") != "medmamba.teacher_logits":
             raise ValueError(f"{os.fspath(path)!r} is not a teacher logit cache written by TeacherLogitCache.save.")
         logits = obj["logits"]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blocks import ConvBN
+from ..checkpoint_file import read_checkpoint
 from ..convert import adapt_input_channels, convert_official_state_dict
 from .mobilemamba import MobileMamba
 
@@ -350,7 +351,7 @@ class MobileMambaSeg(nn.Module):
         Raises:
             ValueError: the file holds no state dict or it does not fit the variant.
         """
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = read_checkpoint(path)
         state_dict = None
         if isinstance(obj, Mapping):
             for key in ("net_E", "net", "state_dict", "model") if ema else ("net", "net_E", "state_dict", "model"):
