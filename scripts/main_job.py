@@ -299,13 +299,20 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
     return stages
 
 
+def uses_teacher(bundle: Path) -> bool:
+    """Whether the bundle's student distils from a teacher: its ``train.json`` ``teacher`` is not
+    null (a bundle without one has no teacher stage; ``--teacher %teacher_kd`` turns it on by hand)."""
+    config = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+    return config.get("teacher") is not None
+
+
 def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan | None = None) -> list[Stage]:
     """The stages of one bundle, in order, with the compute threads of ``plan`` (default:
     :func:`plan_threads` for the usable cores)."""
     plan = plan_threads(usable_cores()) if plan is None else plan
     models, out = bundle / "models", bundle / "eval"
     stages: list[Stage] = []
-    if not skip_teacher:
+    if not skip_teacher and uses_teacher(bundle):
         n = plan.teacher[name]
         argv, grant = training_run(bundle, "train_teacher.json", "teacher", n)
         stages.append(Stage(name, "train teacher", argv, [models / "teacher.pt"], threads=n, grant_file=grant))

@@ -107,6 +107,7 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     student_over = _overrides(root, dataset, **common)
     student_over.update({f"teacher_def#{k}": v for k, v in TINY_TEACHER.items()})
+    student_over["teacher"] = "%teacher_kd"  # distillation is off by default since 0.4; the documented switch
     wf = _workflow("train.json", "train", student_over)
     student_missing = wf.check_properties()
     wf.run()
@@ -262,7 +263,8 @@ def test_train_teacher_and_distilled_student(trained: dict) -> None:
         state = torch.load(models / name, map_location="cpu", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert trained["epoch"] == 1
-    assert trained["loss_kd"] > 0  # the teacher's pixel-wise KD term was used
+    assert trained["loss_kd"] > 0  # the teacher's pixel-wise KD term was used (teacher: %teacher_kd)
+    assert json.loads((CONFIGS / "train.json").read_text())["teacher"] is None  # the default: no distillation
     metrics = trained["val_metrics"]
     for name in ("val_mean_dice", "val_dice_csf", "val_dice_gm", "val_dice_wm"):
         assert 0.0 <= metrics[name] <= 1.0

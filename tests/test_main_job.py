@@ -171,9 +171,13 @@ def test_stages_carry_the_plan_threads(tmp_path: Path, monkeypatch: pytest.Monke
     plan = job.plan_threads(cores)
     for name in ("classification", "segmentation"):
         stages = job.bundle_stages(name, job.BUNDLES[name], skip_teacher=False, plan=plan)
-        teacher, *rest = stages
-        assert teacher.threads == plan.teacher[name]
-        assert teacher.argv[teacher.argv.index("--num_threads") + 1] == str(plan.teacher[name])
+        if job.uses_teacher(job.BUNDLES[name]):
+            teacher, *rest = stages
+            assert teacher.name == "train teacher" and teacher.threads == plan.teacher[name]
+            assert teacher.argv[teacher.argv.index("--num_threads") + 1] == str(plan.teacher[name])
+        else:
+            rest = stages
+            assert all(s.name != "train teacher" for s in stages)
         students = [s for s in rest if s.name.startswith("train student")]
         assert students and all(s.threads == plan.student[name] for s in students)
         assert all((s.group is not None) == plan.members_side_by_side[name] for s in students)
@@ -252,3 +256,15 @@ def test_core_ledger_never_starts_a_stage_with_more_than_its_share_while_others_
     done.started, done.returncode = 0.0, 0  # ended: no grant is written for it
     ledger.finish("classification")
     assert not done.grant_file.exists()
+
+
+def test_only_bundles_whose_student_distils_get_a_teacher_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _main_job()
+    assert job.uses_teacher(job.BUNDLES["classification"]) is True
+    assert job.uses_teacher(job.BUNDLES["segmentation"]) is False  # 0.4: trained without distillation
+    bundle = tmp_path / "b"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train.json").write_text(json.dumps({"teacher": None, "teacher_kd": {"_target_": "x"}}))
+    assert job.uses_teacher(bundle) is False
+    (bundle / "configs" / "train.json").write_text(json.dumps({"teacher": "%teacher_kd"}))
+    assert job.uses_teacher(bundle) is True
