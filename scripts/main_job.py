@@ -280,7 +280,8 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
     if not seeds:
         argv, grant = training_run(bundle, "train.json", "student", threads)
         outputs = [models / "model.pt", models / "model_ema.pt"]
-        return [Stage(name, "train student (KD)", argv, outputs, threads=threads, grant_file=grant)]
+        label = "train student (KD)" if uses_teacher(bundle) else "train student"
+        return [Stage(name, label, argv, outputs, threads=threads, grant_file=grant)]
     stages, members = [], []
     group = "students" if plan.members_side_by_side[name] else None
     for i, seed in enumerate(seeds):

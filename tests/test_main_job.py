@@ -74,7 +74,7 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
     seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True, plan=job.plan_threads(2))
-    assert [s.name for s in seg][:2] == ["train student (KD)", "evaluate (test)"]
+    assert [s.name for s in seg][:2] == ["train student", "evaluate (test)"]  # no teacher: no distillation
     assert all(len(g) == 1 for g in job.stage_groups(seg))
     seg_export = next(s for s in seg if s.name == "export TorchScript")
     assert arg(seg_export, "--ckpt_file").endswith("model.pt")
