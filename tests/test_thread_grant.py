@@ -18,6 +18,15 @@ def restore_threads():  # noqa: ANN201
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def two_cores_one_thread(restore_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two usable cores, whatever the machine has; this process at one compute thread."""
+    import medmamba.resources
+
+    monkeypatch.setattr(medmamba.resources, "usable_cores", lambda *a, **k: 2)
+    torch.set_num_threads(1)
+
+
 def test_grant_file_round_trip_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "job.threads"
     assert read_thread_grant(path) is None
@@ -35,13 +44,7 @@ def test_grant_file_round_trip_and_errors(tmp_path: Path) -> None:
         read_thread_grant(path)
 
 
-def test_handler_applies_each_new_grant_once_capped_at_the_usable_cores(
-    tmp_path: Path, restore_threads: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import medmamba.resources
-
-    monkeypatch.setattr(medmamba.resources, "usable_cores", lambda *a, **k: 2)
-    torch.set_num_threads(1)
+def test_handler_applies_each_new_grant_once_capped_at_the_usable_cores(tmp_path: Path, two_cores_one_thread: None) -> None:
     path = tmp_path / "job.threads"
     handler = ThreadGrantHandler(path)
     assert handler.poll() is None and torch.get_num_threads() == 1  # no grant yet
@@ -63,14 +66,9 @@ def test_handler_without_file_does_nothing_and_checks_its_period(restore_threads
         ThreadGrantHandler(None, every_n_iters=0)
 
 
-def test_handler_attached_to_an_engine_resizes_between_iterations(
-    tmp_path: Path, restore_threads: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import medmamba.resources
+def test_handler_attached_to_an_engine_resizes_between_iterations(tmp_path: Path, two_cores_one_thread: None) -> None:
     from ignite.engine import Engine
 
-    monkeypatch.setattr(medmamba.resources, "usable_cores", lambda *a, **k: 2)
-    torch.set_num_threads(1)
     path = tmp_path / "job.threads"
     seen: list[int] = []
 

@@ -527,6 +527,11 @@ class RandStackLesionInsertd(RandLesionInsertd):
         return d
 
 
+def _probability(log_odds: float) -> float:
+    """The sigmoid of ``log_odds`` in float64 (a float32 sigmoid is exactly 1.0 from about 17)."""
+    return float(torch.sigmoid(torch.tensor(log_odds, dtype=torch.float64)))
+
+
 def _like(template: Any, array: np.ndarray) -> Any:
     """``array`` as the type (and meta data) of ``template``."""
     from monai.utils import convert_to_dst_type
@@ -648,7 +653,7 @@ class _CaseStore:
 
     def volume_score(self, z: torch.Tensor) -> float:
         """The case's volume probability, in float64 (distinct up to about 36 log-odds)."""
-        return float(torch.sigmoid(torch.tensor(self.volume_log_odds(z), dtype=torch.float64)))
+        return _probability(self.volume_log_odds(z))
 
     def volume_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array([self.volume_score(z) for z, _ in self.cases], dtype=np.float64)
@@ -831,7 +836,8 @@ class ClassificationReport:
             self._ids, self._store.cases = [i for i, _ in pairs], [c for _, c in pairs]
         rows = []
         for case_id, (z, y) in zip(self._ids, self._store.cases):
-            prob = self._store.volume_score(z)
+            log_odds = self._store.volume_log_odds(z)
+            prob = _probability(log_odds)
             keep = y >= 0
             inner = _binary_metric("auc", z[keep].double().numpy(), y[keep].numpy(), 0.0) if (
                 keep.any() and y[keep].unique().numel() == 2) else None
@@ -839,7 +845,7 @@ class ClassificationReport:
                 "id": case_id,
                 "label": int(bool((y != 0).any())),
                 "lesion_probability": round(prob, 6),
-                "lesion_log_odds": round(self._store.volume_log_odds(z), 4),
+                "lesion_log_odds": round(log_odds, 4),
                 "predicted": int(prob >= self.threshold),
                 "n_slices": int(y.numel()),
                 "n_positive_slices": int((y == 1).sum()),

@@ -310,8 +310,12 @@ def _remove_partial_outputs(folder: Path, existed: bool, since_ns: int) -> None:
         return
     for entry in folder.iterdir():
         try:
-            if entry.lstat().st_mtime_ns >= since_ns:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.lstat().st_mtime_ns < since_ns:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
         except OSError:
             pass
 

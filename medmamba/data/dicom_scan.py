@@ -128,8 +128,7 @@ def _special_file(path: Path) -> str | None:
 def _iter_files(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The regular files under ``root`` (hidden ones excluded), and the other entries with the reason
     they are skipped. Folder links are followed, each real folder visited once (no loops)."""
-    files: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
+    candidates: list[Path] = []
     if recursive:
         seen: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -139,16 +138,17 @@ def _iter_files(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[Pat
                 continue
             seen.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            candidates = [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-            for path in candidates:
-                reason = _special_file(path)
-                (files.append(path) if reason is None else skipped.append((path, reason)))
-        return files, skipped
-    for path in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
-        if path.is_dir():
-            continue
+            candidates.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    else:
+        candidates = sorted(p for p in root.iterdir() if not p.name.startswith(".") and not p.is_dir())
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in candidates:
         reason = _special_file(path)
-        (files.append(path) if reason is None else skipped.append((path, reason)))
+        if reason is None:
+            files.append(path)
+        else:
+            skipped.append((path, reason))
     return files, skipped
 
 

@@ -23,7 +23,6 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-
 __all__ = ["PatientInfo", "SeriesUIDs", "dataset_to_bytes", "series_uids", "write_dicom_series"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
