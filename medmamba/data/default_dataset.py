@@ -67,6 +67,9 @@ IMAGE_SLOPE = 0.5
 #: Grid extension below the MNI template (skull base and neck; see ``make_subject``'s ``neck_mm``).
 NECK_MM = 40.0
 FORMAT_VERSION = 5
+#: Gzip level of the written NIfTI files: level 1 writes the int16 image 3x faster than level 6 for
+#: 1 % more bytes (the uint8 label maps grow more, but stay under 0.2 MB a file).
+NIFTI_GZIP_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ class DefaultDatasetConfig:
 
     seed: int = 0
     n_train: int = 14
-    n_val: int = 4
-    n_test: int = 40
+    n_val: int = 12
+    n_test: int = 70
     n_extra_train: int = 30
     resolution: int = 2
     downsample: int = 1
@@ -213,11 +216,11 @@ def _write_subject(
     stored = np.clip(np.round(subj.image / IMAGE_SLOPE), 0, np.iinfo(np.int16).max).astype(np.int16)
     aff = subject_affine(template)
     real = stored.astype(np.float32) * np.float32(IMAGE_SLOPE)  # exactly representable: stored * slope
-    write_nifti(sdir / "image.nii.gz", real, aff, dtype=np.int16, scl_slope=IMAGE_SLOPE, scl_inter=0.0, xform_code=4)
-    write_nifti(sdir / "tissue.nii.gz", subj.tissue, aff, dtype=np.uint8, xform_code=4)
-    write_nifti(sdir / "lesion.nii.gz", subj.lesion, aff, dtype=np.uint8, xform_code=4)
+    write_nifti(sdir / "image.nii.gz", real, aff, dtype=np.int16, scl_slope=IMAGE_SLOPE, scl_inter=0.0, xform_code=4, compresslevel=NIFTI_GZIP_LEVEL)
+    write_nifti(sdir / "tissue.nii.gz", subj.tissue, aff, dtype=np.uint8, xform_code=4, compresslevel=NIFTI_GZIP_LEVEL)
+    write_nifti(sdir / "lesion.nii.gz", subj.lesion, aff, dtype=np.uint8, xform_code=4, compresslevel=NIFTI_GZIP_LEVEL)
     if subj.generation is not None:
-        write_nifti(sdir / "generation.nii.gz", subj.generation, aff, dtype=np.uint8, xform_code=4)
+        write_nifti(sdir / "generation.nii.gz", subj.generation, aff, dtype=np.uint8, xform_code=4, compresslevel=NIFTI_GZIP_LEVEL)
     entry: dict[str, Any] = {
         "id": sid,
         "split": split,
