@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,7 +151,7 @@ def test_dicom_copy_matches_nifti_and_carries_planted_fake_identity(tiny: Path) 
     assert str(ds.PatientName) == fake.name and "MMBFAKE" in fake.name
     assert ds.PatientID == fake.patient_id
     assert ds.ImageOrientationPatient == [1, 0, 0, 0, 1, 0]
-    assert float(ds.RescaleSlope) == 0.5
+    assert "RescaleSlope" not in ds  # MR: no Modality LUT; the stored values are the NIfTI's values
     assert ds.SeriesInstanceUID == pydicom.dcmread(files[-1]).SeriesInstanceUID
 
 
@@ -217,3 +218,12 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a default data set"):
         make_default_dataset(tmp_path / "mine", TINY, progress=False)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) is not installed")
+def test_default_dicom_series_passes_dciodvfy(tiny: Path) -> None:
+    test = load_decathlon_datalist(tiny / DATALIST_FILES["segmentation"], True, "test")
+    first = sorted(Path(test[0]["dicom"]).glob("*.dcm"))[0]
+    out = subprocess.run(["dciodvfy", str(first)], capture_output=True, text=True, timeout=60)
+    lines = (out.stdout + out.stderr).splitlines()
+    assert lines == ["MRImage"], lines  # the IOD name only: no error, no warning

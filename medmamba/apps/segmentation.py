@@ -33,6 +33,7 @@ import torch
 
 from medmamba.apps.deploy import FuseOnLoad, VolumePredictor, export_onnx, load_network
 from medmamba.data.discovery import find_scans
+from medmamba.io.segment_codes import CEREBROSPINAL_FLUID, GREY_MATTER, WHITE_MATTER, SegmentCode
 from medmamba.training.amp import Autocast  # re-exported: older configs name it here
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "Autocast",
     "TISSUE_CLASSES",
     "TISSUE_LABELS",
+    "TISSUE_SEGMENT_CODES",
     "FlipTTAInferer",
     "FuseOnLoad",
     "FusedMobileMambaSeg",
@@ -60,6 +62,10 @@ logger = logging.getLogger(__name__)
 TISSUE_CLASSES: dict[int, str] = {1: "csf", 2: "gm", 3: "wm"}
 #: Segment labels written into DICOM SEG objects.
 TISSUE_LABELS: dict[int, str] = {1: "CSF and other brain tissue", 2: "Grey matter", 3: "White matter"}
+#: SNOMED CT codes of the segments in DICOM SEG objects (recorded in the bundle's metadata.json,
+#: ``dicom_segment_codes``). Label 1 holds the CSF and the little non-grey/non-white tissue inside the
+#: brain mask; it is coded as cerebrospinal fluid, its main content.
+TISSUE_SEGMENT_CODES: dict[int, SegmentCode] = {1: CEREBROSPINAL_FLUID, 2: GREY_MATTER, 3: WHITE_MATTER}
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -159,6 +165,7 @@ def segment(
     device: str | torch.device = "cpu",
     write_probabilities: bool = False,
     write_seg: bool = True,
+    segment_codes: Mapping[int, SegmentCode] | None = None,
     anonymous_seg: bool = False,
     write_brain_mask: bool = True,
     brain_volume_range_ml: Sequence[float] | None = (700.0, 2200.0),
@@ -182,6 +189,9 @@ def segment(
         device: device of the predictor's input.
         write_probabilities: also write class probabilities.
         write_seg: write DICOM SEG for DICOM inputs.
+        segment_codes: segment number -> SNOMED CT code in the DICOM SEG (default: those of
+            :data:`TISSUE_SEGMENT_CODES` whose label in ``labels`` is the default one; a segment
+            without a code is coded as generic "Tissue", with a warning).
         anonymous_seg: empty the Type 2 patient/study identifiers of the SEG.
         write_brain_mask: write the brain mask and report the brain volume.
         brain_volume_range_ml: plausible ``(low, high)`` brain volume in ml (``None``: not checked);
@@ -203,6 +213,7 @@ def segment(
         output_dir,
         preprocessing,
         dict(labels or TISSUE_LABELS),
+        segment_codes=_segment_codes(labels, segment_codes),
         write_probabilities=write_probabilities,
         write_seg=write_seg,
         anonymous_seg=anonymous_seg,
@@ -213,6 +224,16 @@ def segment(
     summary = report.summary(time.perf_counter() - start)
     logger.info("segmentation: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed, summary["seconds"], report.csv_path)
     return summary
+
+
+def _segment_codes(
+    labels: Mapping[int, str] | None, segment_codes: Mapping[int, SegmentCode] | None
+) -> dict[int, SegmentCode]:
+    """The given codes, or the default tissue codes of the labels that keep their default names."""
+    if segment_codes is not None:
+        return {int(k): v for k, v in segment_codes.items()}
+    names = TISSUE_LABELS if labels is None else {int(k): v for k, v in labels.items()}
+    return {k: code for k, code in TISSUE_SEGMENT_CODES.items() if names.get(k) == TISSUE_LABELS[k]}
 
 
 # ------------------------------------------------------------------------------------------------ metrics

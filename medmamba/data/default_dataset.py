@@ -62,11 +62,13 @@ DATALIST_FILES: dict[str, str] = {
 _SPLITS = ("training", "validation", "test")
 #: Split name of the extra training subjects (training list of ``datalist_lesion_detection.json`` only).
 EXTRA_TRAINING = "extra_training"
-#: Stored image value = real value / IMAGE_SLOPE (int16); the DICOM RescaleSlope is the same.
-IMAGE_SLOPE = 0.5
+#: Stored image value = real value / IMAGE_SLOPE (int16). 1 since format 6: the DICOM copy of an MR
+#: image may carry no rescale (the MR Image IOD has no Modality LUT), so its stored values are the
+#: real values, and the NIfTI holds the same numbers (rounding to whole units: 0.1 % of white matter).
+IMAGE_SLOPE = 1.0
 #: Grid extension below the MNI template (skull base and neck; see ``make_subject``'s ``neck_mm``).
 NECK_MM = 40.0
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 #: Gzip level of the written NIfTI files: level 1 writes the int16 image 3x faster than level 6 for
 #: 1 % more bytes (the uint8 label maps grow more, but stay under 0.2 MB a file).
 NIFTI_GZIP_LEVEL = 1
@@ -239,8 +241,6 @@ def _write_subject(
             sdir / "dicom",
             d_arr,
             d_aff,
-            rescale_slope=IMAGE_SLOPE,
-            rescale_intercept=0.0,
             modality="MR",
             uid_entropy=f"medmamba-default/seed={cfg.seed}/{sid}",
             patient=subject_patient_info(cfg.seed, index),

@@ -7,11 +7,13 @@ from medmamba.io.dicom_series import PatientInfo, SeriesUIDs, series_uids, write
 from medmamba.io.dicom_seg import REQUIRED_PATIENT_STUDY_KEYWORDS, ordered_source_datasets, write_dicom_seg
 from medmamba.io.nifti import nifti_bytes, write_nifti
 from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_probabilities_nifti
+from medmamba.io.segment_codes import SegmentCode
 from medmamba.io.results import clean_rows, write_results_csv, write_results_json
 
 __all__ = [
     "REQUIRED_PATIENT_STUDY_KEYWORDS",
     "PatientInfo",
+    "SegmentCode",
     "SeriesUIDs",
     "atomic_path",
     "atomic_write_bytes",

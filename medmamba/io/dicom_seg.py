@@ -10,12 +10,20 @@ removes every identifying attribute that the SEG IOD does not require (Type 3, e
 IDs, comments, weight, physicians of record), keeping only the Type 1/2 attributes that tie the SEG
 to its patient and study (:data:`REQUIRED_PATIENT_STUDY_KEYWORDS`), and every identifying attribute
 inside sequences (highdicom records the source's institution in the contributing equipment);
-``anonymous=True`` empties the Type 2 values as well.
+``anonymous=True`` empties the Type 2 values as well. The writer's own equipment attributes
+(``Manufacturer``, ``DeviceSerialNumber``, ...; Type 1 in the Enhanced General Equipment module) are
+kept: they describe this software, not the source's scanner.
+
+Segment codes: every segment is coded with its own SNOMED CT concept
+(:mod:`medmamba.io.segment_codes`: grey matter, white matter, CSF, lesion, brain) when the caller
+passes ``segment_codes``; a segment without one gets the generic "Tissue" code and a warning.
+The written object passes the standard's validator (``dciodvfy`` of dicom3tools) without errors.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from medmamba.data.dicom_scan import read_dicom_file, scan_dicom_folder, select_
 from medmamba.data.privacy import IDENTIFYING_KEYWORDS
 from medmamba.io.atomic import atomic_write_bytes
 from medmamba.io.dicom_series import dataset_to_bytes
+from medmamba.io.segment_codes import GENERIC_TISSUE, SegmentCode
 
 __all__ = ["REQUIRED_PATIENT_STUDY_KEYWORDS", "ordered_source_datasets", "write_dicom_seg"]
 
@@ -40,6 +49,8 @@ REQUIRED_PATIENT_STUDY_KEYWORDS: frozenset[str] = frozenset(
     }
 )
 _TYPE2_IDENTIFYING = REQUIRED_PATIENT_STUDY_KEYWORDS - {"StudyInstanceUID", "StudyDate", "StudyTime"}
+#: Set by the writer itself (this software as the equipment), never copied from the source: kept.
+_WRITER_EQUIPMENT_KEYWORDS = frozenset({"Manufacturer", "ManufacturerModelName", "SoftwareVersions", "DeviceSerialNumber"})
 
 
 def ordered_source_datasets(source: str | os.PathLike[str], series_uid: str | None = None) -> list[Dataset]:
@@ -72,20 +83,24 @@ def ordered_source_datasets(source: str | os.PathLike[str], series_uid: str | No
     return [read_dicom_file(series.instances[int(i)].path) for i in order]
 
 
-def _segment_descriptions(labels: Mapping[int, str], algorithm_name: str, algorithm_version: str) -> list:
+def _segment_descriptions(
+    labels: Mapping[int, str], codes_by_label: Mapping[int, SegmentCode], algorithm_name: str, algorithm_version: str
+) -> list:
     algo = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, version=algorithm_version, family=codes.cid7162.ArtificialIntelligence
     )
     out = []
     for number in sorted(labels):
+        code = codes_by_label.get(number, GENERIC_TISSUE)
         out.append(
             hd.seg.SegmentDescription(
                 segment_number=int(number),
                 segment_label=str(labels[number])[:64],
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Tissue,
+                segmented_property_category=code.category,
+                segmented_property_type=code.property_type,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algo,
+                display_color=hd.color.CIELabColor.from_rgb(*code.rgb),
             )
         )
     return out
@@ -102,7 +117,7 @@ def _strip_nested(ds: Dataset) -> None:
 
 
 def _strip_optional_identifiers(seg: Dataset, anonymous: bool) -> None:
-    for keyword in IDENTIFYING_KEYWORDS - REQUIRED_PATIENT_STUDY_KEYWORDS:
+    for keyword in IDENTIFYING_KEYWORDS - REQUIRED_PATIENT_STUDY_KEYWORDS - _WRITER_EQUIPMENT_KEYWORDS:
         if keyword in seg:
             delattr(seg, keyword)
     # e.g. the source's InstitutionName in ContributingEquipmentSequence
@@ -118,6 +133,7 @@ def write_dicom_seg(
     source: str | os.PathLike[str],
     labels: Mapping[int, str],
     *,
+    segment_codes: Mapping[int, SegmentCode] | None = None,
     series_uid: str | None = None,
     seg_series_uid: str | None = None,
     seg_sop_uid: str | None = None,
@@ -134,6 +150,9 @@ def write_dicom_seg(
             the geometry of ``load_scan(source)``; 0 is background, other values are segment numbers.
         source: The DICOM folder (or file) the prediction was made on.
         labels: Segment number -> label, for every non-zero value that may occur.
+        segment_codes: Segment number -> :class:`~medmamba.io.segment_codes.SegmentCode` (SNOMED CT
+            category and type, display colour). A segment without one is coded as generic "Tissue"
+            (SCT 85756007), with a warning: viewers then cannot tell it from other segments by code.
         series_uid: The source ``SeriesInstanceUID`` (needed when the folder holds several series).
         seg_series_uid: UID of the new SEG series (random by default).
         seg_sop_uid: SOP Instance UID of the SEG (random by default).
@@ -146,7 +165,9 @@ def write_dicom_seg(
         The destination path.
 
     Raises:
-        ValueError: If the mask shape does not match the source, or it holds values missing from ``labels``.
+        ValueError: If the mask shape does not match the source, it holds values missing from
+            ``labels``, or ``segment_codes`` has numbers that are not in ``labels``.
+        TypeError: If a value of ``segment_codes`` is not a ``SegmentCode``.
     """
     arr = np.asarray(mask)
     if arr.ndim == 4 and arr.shape[0] == 1:
@@ -161,6 +182,20 @@ def write_dicom_seg(
     values = {int(v) for v in np.unique(arr)} - {0}
     if not values <= set(labels):
         raise ValueError(f"mask holds segment numbers {sorted(values - set(labels))} missing from labels={dict(labels)!r}")
+    codes_by_label = dict(segment_codes or {})
+    extra_codes = sorted(set(codes_by_label) - set(labels))
+    if extra_codes:
+        raise ValueError(f"segment_codes has segment numbers {extra_codes} that are not in labels={dict(labels)!r}")
+    for number, code in codes_by_label.items():
+        if not isinstance(code, SegmentCode):
+            raise TypeError(f"segment_codes[{number}] must be a SegmentCode, got {type(code).__name__}")
+    uncoded = sorted(set(labels) - set(codes_by_label))
+    if uncoded:
+        warnings.warn(
+            f"segments {uncoded} ({', '.join(repr(labels[n]) for n in uncoded)}) have no segment_codes entry and are "
+            "coded as the generic SNOMED CT 'Tissue' (85756007); pass medmamba.io.segment_codes values",
+            stacklevel=2,
+        )
     sources = ordered_source_datasets(source, series_uid)
     if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
         raise ValueError("multi-frame source images are not supported by write_dicom_seg yet; use a series of slices")
@@ -175,7 +210,7 @@ def write_dicom_seg(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(labels, algorithm_name, algorithm_version),
+        segment_descriptions=_segment_descriptions(labels, codes_by_label, algorithm_name, algorithm_version),
         series_instance_uid=seg_series_uid or hd.UID(),
         series_number=int(series_number),
         sop_instance_uid=seg_sop_uid or hd.UID(),
@@ -183,7 +218,7 @@ def write_dicom_seg(
         manufacturer="medmamba",
         manufacturer_model_name=algorithm_name,
         software_versions=algorithm_version,
-        device_serial_number="0",
+        device_serial_number=f"{algorithm_name}-{algorithm_version}"[:64],
         omit_empty_frames=False,
     )
     _strip_optional_identifiers(seg, anonymous)

@@ -1,10 +1,21 @@
 """Writing a volume as a classic DICOM series: one single-frame file per slice.
 
 Each file gets ``ImagePositionPatient``, ``ImageOrientationPatient``, ``PixelSpacing``,
-``SliceThickness``, ``RescaleSlope``/``RescaleIntercept`` and UIDs consistent with the RAS affine of
-the volume (converted to DICOM's LPS). UIDs are derived from ``uid_entropy`` when given, so the same
-input writes the same bytes; otherwise they are random. Used by the default data set generator and
-by tests that need series with known geometry.
+``SliceThickness`` and UIDs consistent with the RAS affine of the volume (converted to DICOM's LPS),
+and, for CT, ``RescaleSlope``/``RescaleIntercept``. UIDs are derived from ``uid_entropy`` when given,
+so the same input writes the same bytes; otherwise they are random. Used by the default data set
+generator and by tests that need series with known geometry.
+
+The files pass the standard's validator (``dciodvfy`` of dicom3tools) without errors:
+
+- MR images carry no Modality LUT: the MR Image IOD does not include ``RescaleSlope``/
+  ``RescaleIntercept`` (dciodvfy: "not expected to be present in standard MR IOD - may cause
+  windowing problems"), so the stored values of an MR series are its real values, and a non-identity
+  rescale for MR is refused.
+- ``ImageLaterality`` is written (``U``, unpaired, by default): ``Laterality`` of the General Series
+  module is required (Type 2C) for paired body parts unless an image laterality is present.
+- ``ImageType`` value 3 is ``AXIAL`` for CT (a defined term of the CT Image module) and ``OTHER`` for
+  MR (``AXIAL`` is not one of the MR defined terms).
 """
 
 from __future__ import annotations
@@ -30,6 +41,9 @@ _SOP_CLASSES = {
     "MR": pydicom.uid.MRImageStorage,
     "CT": pydicom.uid.CTImageStorage,
 }
+#: ``ImageType`` value 3 per modality: a defined term of the modality's image module.
+_IMAGE_TYPE_3 = {"MR": "OTHER", "CT": "AXIAL"}
+_LATERALITIES = ("R", "L", "U", "B")
 
 
 @dataclass(frozen=True)
@@ -95,19 +109,21 @@ def write_dicom_series(
     instance_numbers: Sequence[int] | None = None,
     content_date: str = "20000101",
     extra_attributes: Mapping[str, Any] | None = None,
+    image_laterality: str = "U",
 ) -> list[Path]:
     """Write ``stored`` (integer values, ``(X, Y, Z)``) as one DICOM file per ``Z`` slice.
 
     Voxel ``(i, j, k)`` of ``stored`` is pixel (row ``j``, column ``i``) of slice ``k``, and the affine
     maps it to RAS mm, as in :func:`medmamba.data.read_dicom`; reading the folder back gives the
-    same array and affine. Real-world values are ``stored * rescale_slope + rescale_intercept``.
+    same array and affine. Real-world values are ``stored * rescale_slope + rescale_intercept`` (CT);
+an MR series has no rescale (its stored values are its values).
 
     Args:
         out_dir: Folder for the files (created if missing).
         stored: Integer array ``(X, Y, Z)`` that fits in 16 bits (signed if it has negatives).
         affine: 4x4 RAS affine with orthogonal first two columns.
-        rescale_slope: ``RescaleSlope`` written in each file.
-        rescale_intercept: ``RescaleIntercept`` written in each file.
+        rescale_slope: ``RescaleSlope`` written in each file (CT; must be 1 for MR).
+        rescale_intercept: ``RescaleIntercept`` written in each file (CT; must be 0 for MR).
         modality: ``"MR"`` or ``"CT"`` (chooses the SOP class).
         uids: Study/series/frame-of-reference UIDs; default from ``uid_entropy``.
         uid_entropy: Seed string for all UIDs (``None``: random UIDs).
@@ -118,6 +134,8 @@ def write_dicom_series(
         instance_numbers: One ``InstanceNumber`` per slice (default 1..Z).
         content_date: Study/series/content date (fixed, so files are reproducible).
         extra_attributes: Additional top-level attributes (keyword -> value) for every file.
+        image_laterality: ``ImageLaterality``: ``"U"`` (unpaired, e.g. a head), ``"R"``, ``"L"`` or
+            ``"B"`` (both).
 
     Returns:
         The paths written, in slice order.
@@ -125,7 +143,8 @@ def write_dicom_series(
     Raises:
         TypeError: If ``stored`` is not an integer array.
         ValueError: For a wrong shape, values outside 16 bits, an unknown modality, a non-orthogonal
-            affine or wrongly sized ``file_names``/``instance_numbers``.
+            affine, wrongly sized ``file_names``/``instance_numbers``, an MR rescale other than
+            the identity, or an unknown ``image_laterality``.
     """
     arr = np.asarray(stored)
     if not np.issubdtype(arr.dtype, np.integer):
@@ -135,6 +154,14 @@ def write_dicom_series(
     modality = modality.upper()
     if modality not in _SOP_CLASSES:
         raise ValueError(f"modality must be one of {sorted(_SOP_CLASSES)}, got {modality!r}")
+    if modality == "MR" and (float(rescale_slope) != 1.0 or float(rescale_intercept) != 0.0):
+        raise ValueError(
+            f"rescale_slope={rescale_slope!r}, rescale_intercept={rescale_intercept!r} for modality 'MR': the MR Image "
+            "IOD has no Modality LUT (RescaleSlope/RescaleIntercept); pass stored values that are the real values "
+            "(slope 1, intercept 0)"
+        )
+    if image_laterality not in _LATERALITIES:
+        raise ValueError(f"image_laterality must be one of {_LATERALITIES}, got {image_laterality!r}")
     signed = bool(arr.min() < 0)
     lo, hi = (-(2**15), 2**15 - 1) if signed else (0, 2**16 - 1)
     if arr.min() < lo or arr.max() > hi:
@@ -180,10 +207,11 @@ def write_dicom_series(
             ds.PixelSpacing = [_ds_number(sy), _ds_number(sx)]
             ds.SliceThickness = _ds_number(sz)
             ds.SpacingBetweenSlices = _ds_number(sz)
-            ds.RescaleSlope = _ds_number(rescale_slope)
-            ds.RescaleIntercept = _ds_number(rescale_intercept)
             if modality == "CT":
+                ds.RescaleSlope = _ds_number(rescale_slope)
+                ds.RescaleIntercept = _ds_number(rescale_intercept)
                 ds.RescaleType = "HU"
+            ds.ImageLaterality = image_laterality
             pixels = np.ascontiguousarray(arr[:, :, k].T.astype(dtype))
             ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
             ds.SamplesPerPixel = 1
@@ -225,7 +253,7 @@ def _slice_dataset(
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.ImageType = ["DERIVED", "SECONDARY", _IMAGE_TYPE_3[modality]]
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = content_date
@@ -258,4 +286,5 @@ def _slice_dataset(
         ds.MagneticFieldStrength = "3"
     else:
         ds.KVP = "120"
+        ds.AcquisitionNumber = 1  # Type 2 in the CT Image module
     return ds

@@ -28,6 +28,7 @@ from medmamba.data.batch import BatchCase, BatchReport
 from medmamba.data.distributed_batch import run_batch_distributed
 from medmamba.data.loading import is_nifti_path
 from medmamba.io.dicom_seg import write_dicom_seg
+from medmamba.io.segment_codes import SegmentCode
 from medmamba.io.geometry import voxel_volume_ml
 from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_probabilities_nifti
 from medmamba.transforms.brain_mask import BrainMask
@@ -62,6 +63,7 @@ def segment_scans(
     preprocessing: Compose,
     labels: Mapping[int, str],
     *,
+    segment_codes: Mapping[int, SegmentCode] | None = None,
     image_key: str = "image",
     outputs_logits: bool = True,
     write_probabilities: bool = False,
@@ -86,6 +88,8 @@ def segment_scans(
         preprocessing: Invertible MONAI pipeline that starts by loading ``image_key`` (e.g.
             :func:`medmamba.transforms.scan_preprocessing`).
         labels: Label value -> name for the non-background classes (used by DICOM SEG and the report).
+        segment_codes: Label value -> SNOMED CT code of the segment in the DICOM SEG
+            (:mod:`medmamba.io.segment_codes`); a label without one is coded as generic "Tissue".
         image_key: Key of the image.
         outputs_logits: Apply softmax (sigmoid for one channel) to the predictor's output.
         write_probabilities: Also write the probabilities (float32 NIfTI).
@@ -148,6 +152,7 @@ def segment_scans(
                 mask.numpy().round().astype("int64"),
                 case.input,
                 {int(k): v for k, v in labels.items()},
+                segment_codes=None if segment_codes is None else {int(k): v for k, v in segment_codes.items()},
                 series_uid=uid,
                 anonymous=anonymous_seg,
             ).name
