@@ -218,3 +218,38 @@ def test_a_single_corrupt_file_is_named_once(tmp_path: Path) -> None:
     with pytest.raises(ScanLoadError) as info:
         load_scan(tmp_path / "one.dcm")
     assert "one.dcm" in str(info.value) and "one.dcm/one.dcm" not in str(info.value)
+
+
+def _gz_image(path: Path) -> bytes:
+    data = np.random.default_rng(0).random((20, 16, 12)).astype(np.float32)
+    return write_nifti(path, data, np.diag([2.0, 2.0, 2.0, 1.0])).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda b: b[:-8], "ends before its end-of-stream marker and trailer"),  # trailer cut: voxels complete
+        (lambda b: b[:-6] + bytes([b[-6] ^ 1]) + b[-5:], "incorrect data check"),  # CRC-32 damaged
+        (lambda b: b[:-2] + bytes([b[-2] ^ 1]) + b[-1:], "incorrect length check"),  # ISIZE damaged
+        (lambda b: b + b"junk", "bytes after the gzip stream that are not a gzip member"),
+        (lambda b: b"", "the file is empty"),
+    ],
+)
+def test_a_damaged_gzip_nifti_is_refused_even_when_its_voxels_are_complete(tmp_path: Path, damage: Any, match: str) -> None:
+    from medmamba.data import ScanLoadError
+
+    raw = _gz_image(tmp_path / "good.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(damage(raw))
+    with pytest.raises(ScanLoadError, match=match) as info:
+        load_scan(tmp_path / "bad.nii.gz")
+    assert "bad.nii.gz" in str(info.value)
+    assert load_scan(tmp_path / "good.nii.gz").shape == (1, 20, 16, 12)
+
+
+def test_gzip_check_accepts_several_members_and_zero_padding(tmp_path: Path) -> None:
+    import gzip
+
+    from medmamba.data.gzip_integrity import check_gzip_integrity
+
+    (tmp_path / "two.gz").write_bytes(gzip.compress(b"a" * 3_000_000) + gzip.compress(b"bc") + b"\0" * 64)
+    assert check_gzip_integrity(tmp_path / "two.gz") == 3_000_002

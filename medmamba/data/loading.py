@@ -4,7 +4,9 @@ DICOM goes through :class:`~medmamba.data.dicom_reader.DicomSeriesReader`, NIfTI
 ``NibabelReader``; both via ``monai.transforms.LoadImage``, so the result is what a MONAI pipeline
 expects: channel-first, float32, with a RAS ``affine`` and ``meta`` (``filename_or_obj``,
 ``spatial_shape``, ``original_affine``, ``space``, plus safe DICOM keys). Non-finite voxels and
-unexpected modalities are refused with a :class:`~medmamba.data.errors.ScanLoadError`.
+unexpected modalities are refused with a :class:`~medmamba.data.errors.ScanLoadError`, and so is a
+gzip-compressed NIfTI whose stream is truncated or fails its CRC (:mod:`medmamba.data.gzip_integrity`;
+nibabel alone reads such a file without error when the voxel data are complete).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from monai.utils import ImageMetaKey
 
 from medmamba.data.dicom_reader import DicomSeriesReader, OnGap
 from medmamba.data.errors import ScanLoadError
+from medmamba.data.gzip_integrity import check_gzip_integrity
 
 __all__ = ["NIFTI_SUFFIXES", "check_affine", "check_scan", "is_nifti_path", "load_scan", "read_to_metatensor"]
 
@@ -125,6 +128,8 @@ def load_scan(
     if is_nifti_path(p):
         if series_uid is not None:
             raise ScanLoadError(f"series_uid={series_uid!r} given for NIfTI file {where!r}; it applies to DICOM only")
+        for part in _gzip_parts(p):
+            check_gzip_integrity(part, where if part == p else os.fspath(part))
         try:
             import nibabel as nib
 
@@ -145,6 +150,18 @@ def load_scan(
     check_scan(img, where, modality, expected_modalities, allow_nonfinite)
     check_affine(getattr(img, "affine", None), where)
     return img
+
+
+def _gzip_parts(path: Path) -> list[Path]:
+    """The gzip files a NIfTI path reads: itself (``.nii.gz``, ``.img.gz``) or, for an Analyze-style
+    ``.hdr``, its ``.img.gz`` data file."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return [path]
+    if name.endswith(".hdr"):
+        data = path.with_name(path.name[:-4] + ".img.gz")
+        return [data] if data.is_file() else []
+    return []
 
 
 def check_affine(affine: torch.Tensor | np.ndarray | None, where: str) -> None:
