@@ -106,7 +106,7 @@ def test_batch_records_failures_goes_on_and_leaks_nothing(cohort: Path, tmp_path
     assert "modality 'CT'" in reasons[3]
     assert "no DICOM image series" in reasons[4] and "no DICOM image series" in reasons[5]
     assert "NaN" in reasons[7]
-    assert "cannot read NIfTI" in reasons[8]
+    assert "cannot read NIfTI" in reasons[8] or "the gzip stream is corrupt" in reasons[8]
     # the case named after the patient got a neutral id
     assert report.outcomes[2].case_id == "case-0002"
     # outputs of good cases exist, in the input geometry
@@ -196,3 +196,28 @@ def test_redactor_hides_values_and_name_parts(tmp_path: Path) -> None:
     redact = Redactor(values)
     text = redact(f"failed for zqsecretfamily at {SECRETS['InstitutionName']} id {SECRETS['PatientID']} sex M")
     assert text == "failed for [REDACTED] at [REDACTED] id [REDACTED] sex M"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["case pid-12345 failed", "PID_12345", "file PID 12345.dcm", "born 1970-01-31", "born 31.01.1970", "born 01/31/1970",
+     "born 31/1/1970", "Doe John", "JOHN, DOE"],
+)
+def test_redactor_finds_identifiers_in_other_formatting(text: str) -> None:
+    redact = Redactor(["PID12345", "19700131", "DOE^JOHN", "DOE", "JOHN"])
+    out = redact(text)
+    assert "12345" not in out and "1970" not in out and "doe" not in out.lower() and "john" not in out.lower()
+    assert "[REDACTED]" in out
+
+
+def test_redactor_leaves_unrelated_numbers_alone() -> None:
+    redact = Redactor(["PID12345", "19700131"])
+    assert redact("120 slices, 1970 mm, 2 mm spacing, 31 cases") == "120 slices, 1970 mm, 2 mm spacing, 31 cases"
+
+
+def test_numbers_in_reports_are_redacted_when_they_are_identifiers() -> None:
+    from medmamba.data.batch import _redacted
+
+    redact = Redactor(["12345678"])
+    assert _redacted({"id": 12345678, "n": 40, "ok": True, "w": [12345678.0, "x"]}, redact) == {
+        "id": "[REDACTED]", "n": 40, "ok": True, "w": ["[REDACTED]", "x"]}

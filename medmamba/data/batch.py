@@ -26,7 +26,7 @@ from typing import Any
 from medmamba.data.dicom_scan import read_dicom_file, scan_dicom_folder
 from medmamba.data.discovery import scan_stem
 from medmamba.data.loading import is_nifti_path
-from medmamba.data.privacy import Redactor, identifying_values
+from medmamba.data.privacy import REDACTED, Redactor, identifying_values
 from medmamba.io.results import write_results_csv, write_results_json
 
 __all__ = ["BatchCase", "BatchReport", "CaseOutcome", "case_redactor", "run_batch"]
@@ -323,6 +323,9 @@ def _remove_partial_outputs(folder: Path, existed: bool, since_ns: int) -> None:
 def _redacted(value: Any, redact: Redactor) -> Any:
     if isinstance(value, str):
         return redact(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # a number can be an identifier too (a patient ID 12345 read as an int): hidden whole
+        return REDACTED if redact(str(value)) != str(value) else value
     if isinstance(value, Mapping):
         return {k: _redacted(v, redact) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

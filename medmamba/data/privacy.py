@@ -113,6 +113,27 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+_SEPARATORS = r"[\W_]*"
+_DATE_SEPARATORS = r"[-./ ]?"
+
+
+def _value_patterns(value: str) -> list[str]:
+    """Regular expressions for one identifying value: its letter/digit runs with any separators
+    between them, and for an 8-digit date the usual date layouts."""
+    runs = re.findall(r"[^\W\d_]+|\d+", value)
+    if not runs:
+        return [re.escape(value)]
+    out = [_SEPARATORS.join(re.escape(r) for r in runs)]
+    digits = value.strip()
+    if re.fullmatch(r"\d{8}", digits):
+        year, month, day = digits[:4], digits[4:6], digits[6:]
+        if 1 <= int(month) <= 12 and 1 <= int(day) <= 31:
+            m, d = f"0?{int(month)}", f"0?{int(day)}"
+            sep = _DATE_SEPARATORS
+            out += [f"{year}{sep}{m}{sep}{d}(?!\\d)", f"(?<!\\d){d}{sep}{m}{sep}{year}", f"(?<!\\d){m}{sep}{d}{sep}{year}"]
+    return out
+
+
 def identifying_values(datasets: Iterable[Dataset]) -> set[str]:
     """Collect the identifying values found in DICOM datasets (top level and nested sequences).
 
@@ -155,7 +176,13 @@ def identifying_values(datasets: Iterable[Dataset]) -> set[str]:
 
 
 class Redactor:
-    """Replace known identifying values in text (case-insensitive).
+    """Replace known identifying values in text (case-insensitive), in any common formatting.
+
+    A value matches however its letter and digit runs are separated: a patient ID ``PID12345`` is
+    also found as ``pid-12345`` or ``PID_12345``, a name ``DOE^JOHN`` as ``Doe John``; a date of
+    birth ``19700131`` (DICOM DA) also as ``1970-01-31``, ``31.01.1970``, ``01/31/1970`` and
+    ``31/1/1970``. Matching ignores word boundaries: a value inside a longer token is hidden too
+    (hiding too much is the safe side).
 
     Args:
         values: The values to hide (e.g. from :func:`identifying_values`); values shorter than
@@ -165,7 +192,8 @@ class Redactor:
     def __init__(self, values: Iterable[str] = ()) -> None:
         vals = sorted({v for v in values if isinstance(v, str) and len(v.strip()) >= _MIN_TOKEN}, key=len, reverse=True)
         self.values: tuple[str, ...] = tuple(vals)
-        self._pattern = re.compile("|".join(re.escape(v) for v in vals), re.IGNORECASE) if vals else None
+        patterns = [p for v in vals for p in _value_patterns(v)]
+        self._pattern = re.compile("|".join(patterns), re.IGNORECASE) if patterns else None
 
     def __call__(self, text: str) -> str:
         """``text`` with every known value replaced by :data:`REDACTED`."""
