@@ -221,3 +221,26 @@ def test_numbers_in_reports_are_redacted_when_they_are_identifiers() -> None:
     redact = Redactor(["12345678"])
     assert _redacted({"id": 12345678, "n": 40, "ok": True, "w": [12345678.0, "x"]}, redact) == {
         "id": "[REDACTED]", "n": 40, "ok": True, "w": ["[REDACTED]", "x"]}
+
+
+def test_input_paths_appear_nowhere_in_reasons_warnings_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import warnings
+
+    folder = tmp_path / "DOE_JOHN_MRN4711" / "head"
+    folder.mkdir(parents=True)
+    (folder / "scan.nii.gz").write_bytes(b"not a gzip file")
+    good = folder / "good.nii.gz"
+    write_nifti(good, np.ones((4, 4, 4), np.float32), np.eye(4))
+
+    def process(case):  # noqa: ANN001, ANN202
+        warnings.warn(f"skipped {case.input.parent / 'junk.dcm'} (not DICOM)", UserWarning, stacklevel=1)
+        load_scan(case.input)
+        return {"source": str(case.input)}
+
+    caplog.set_level(logging.INFO)
+    report = run_batch([folder / "scan.nii.gz", good], process, tmp_path / "out")
+    text = caplog.text + report.csv_path.read_text() + report.json_path.read_text()
+    assert "DOE_JOHN" not in text and "MRN4711" not in text, text
+    assert report.failed["scan"].startswith("ScanLoadError: path='<input:scan>': the file is not gzip data")
+    assert "case good: UserWarning: skipped <inputs>/junk.dcm (not DICOM)" in caplog.text
+    assert report.outcomes[1].result["source"] == "<input:good>"

@@ -7,8 +7,11 @@ atomically after every case, so a crash leaves a valid report of the cases done 
 
 Inputs are only read. The output folder may not lie inside an input folder. Identifying values
 found in a case's DICOM headers (names, IDs, dates of birth, institutions, ...) are redacted from
-its failure reason, its log lines and its report row; case IDs come from the datalist ``id`` or the
-input's name, and are replaced by ``case-NNNN`` if they contain such a value.
+its failure reason, its log lines and its report row, and so is the case's input path (written as
+``<input:CASE_ID>``, so the folders above a case, often named after the patient, appear nowhere);
+warnings raised while a case is processed (e.g. a loader skipping a file) are logged the same way.
+Case IDs come from the datalist ``id`` or the input's path relative to the inputs' common folder,
+and are replaced by ``case-NNNN`` if they contain an identifying value.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +250,8 @@ def run_batch(
     outcomes: list[CaseOutcome] = []
     used: set[str] = set()
     common = _common_parent([p for p, _ in items])
+    # the folder the inputs share (one input: the folder holding it), written as <inputs> in messages
+    inputs_root = common if common is not None else (items[0][0].absolute().parent if items else None)
     for index, (path, item) in enumerate(items):
         start = time.perf_counter()
         redact = case_redactor(path)
@@ -256,12 +262,20 @@ def run_batch(
             case_id = f"{case_id}-{index:04d}"
         used.add(case_id)
         position = index if positions is None else int(positions[index])
+        redact = redact.with_paths(_input_path_forms(path, case_id, inputs_root))
         case = BatchCase(index=position, case_id=case_id, input=path, out_dir=out / case_id, item=item, redact=redact)
         existed = case.out_dir.exists()
         started_ns = time.time_ns()
         try:
             case.out_dir.mkdir(parents=True, exist_ok=True)
-            result = process(case) or {}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    result = process(case) or {}
+                finally:
+                    # a loader's warning names the input's path: logged with it hidden, not printed as is
+                    for w in caught:
+                        log.warning("case %s: %s: %s", case_id, w.category.__name__, redact(str(w.message)))
             if not isinstance(result, Mapping):
                 raise TypeError(f"process must return a mapping or None, got {type(result).__name__}")
             outcome = CaseOutcome(case_id, "ok", "", time.perf_counter() - start, dict(result))
@@ -286,6 +300,23 @@ def run_batch(
     report = BatchReport(outcomes, csv_path, json_path)
     log.info("batch: %d ok, %d failed; report %s", report.n_ok, report.n_failed, csv_path)
     return report
+
+
+def _input_path_forms(path: Path, case_id: str, root: Path | None) -> dict[str, str]:
+    """The spellings of a case's input path (-> ``<input:case_id>``) and of the inputs' common folder
+    (-> ``<inputs>``) that may appear in messages: the folders above a case, often named after the
+    patient, never reach a log line or a report; what lies below the common folder stays readable."""
+    out: dict[str, str] = {}
+    for where, label in ((root, "<inputs>"), (path, f"<input:{case_id}>")):
+        if where is None or str(where) in ("", ".", os.sep):
+            continue
+        forms = {str(where), os.fspath(where.absolute())}
+        try:
+            forms.add(os.fspath(where.resolve()))
+        except OSError:
+            pass
+        out.update({f: label for f in forms if f not in ("", ".", os.sep)})
+    return out
 
 
 def _check_assigned(case_ids: Sequence[str] | None, positions: Sequence[int] | None, n: int) -> None:

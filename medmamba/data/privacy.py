@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -187,20 +188,34 @@ class Redactor:
     Args:
         values: The values to hide (e.g. from :func:`identifying_values`); values shorter than
             3 characters are ignored (they would hide ordinary text).
+        paths: Path text -> what to write instead (e.g. a case's input folder -> ``<input:case-1>``),
+            replaced first, exactly: folder names above a case often carry the patient's name or ID.
     """
 
-    def __init__(self, values: Iterable[str] = ()) -> None:
+    def __init__(self, values: Iterable[str] = (), paths: Mapping[str, str] | None = None) -> None:
         vals = sorted({v for v in values if isinstance(v, str) and len(v.strip()) >= _MIN_TOKEN}, key=len, reverse=True)
         self.values: tuple[str, ...] = tuple(vals)
+        self.paths: dict[str, str] = {str(k): str(v) for k, v in (paths or {}).items() if str(k) not in ("", ".", os.sep)}
         patterns = [p for v in vals for p in _value_patterns(v)]
         self._pattern = re.compile("|".join(patterns), re.IGNORECASE) if patterns else None
+        ordered = sorted(self.paths, key=len, reverse=True)
+        # whole paths only: not inside a longer name (a relative "y" must not hit "KeyError")
+        alternatives = "|".join(re.escape(p) for p in ordered)
+        self._path_pattern = re.compile(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])") if ordered else None
 
     def __call__(self, text: str) -> str:
-        """``text`` with every known value replaced by :data:`REDACTED`."""
+        """``text`` with the known paths replaced and every known value replaced by :data:`REDACTED`."""
+        out = str(text)
+        if self._path_pattern is not None:
+            out = self._path_pattern.sub(lambda m: self.paths[m.group(0)], out)
         if self._pattern is None:
-            return str(text)
-        return self._pattern.sub(REDACTED, str(text))
+            return out
+        return self._pattern.sub(REDACTED, out)
+
+    def with_paths(self, paths: Mapping[str, str]) -> Redactor:
+        """This redactor, also replacing ``paths`` (added to its own)."""
+        return Redactor(self.values, {**self.paths, **paths})
 
     def merged(self, other: Redactor) -> Redactor:
-        """A redactor hiding the values of both."""
-        return Redactor((*self.values, *other.values))
+        """A redactor hiding the values and paths of both."""
+        return Redactor((*self.values, *other.values), {**self.paths, **other.paths})
