@@ -48,9 +48,15 @@ def check_decodable(ds: Dataset, where: str) -> None:
         where: The file or series named in the error message.
 
     Raises:
-        ScanLoadError: If the transfer syntax has no decoder, or its decoders' plugins are missing.
+        ScanLoadError: If the transfer syntax is not one, has no decoder, or its decoders' plugins
+            are missing.
     """
     uid = _transfer_syntax(ds)
+    if not uid.is_transfer_syntax:
+        raise ScanLoadError(
+            f"{where}: TransferSyntaxUID={str(uid)!r} is not a DICOM transfer syntax; expected e.g. "
+            f"{pydicom.uid.ExplicitVRLittleEndian} (Explicit VR Little Endian); the file meta header is damaged"
+        )
     if not uid.is_compressed:
         return
     try:
