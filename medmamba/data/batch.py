@@ -32,6 +32,7 @@ from medmamba.data.discovery import scan_stem
 from medmamba.data.loading import is_nifti_path
 from medmamba.data.privacy import REDACTED, Redactor, identifying_values
 from medmamba.io.results import write_results_csv, write_results_json
+from medmamba.io.temporaries import remove_stale_temporaries
 
 __all__ = ["BatchCase", "BatchReport", "CaseOutcome", "case_redactor", "run_batch"]
 
@@ -246,6 +247,9 @@ def run_batch(
         if path.is_dir() and _inside(out, path):
             raise ValueError(f"out_dir={str(out)!r} lies inside input folder {str(path)!r}; inputs must stay untouched")
     out.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(out, recursive=True)  # left by a killed earlier run
+    if removed:
+        log.info("removed %d temporaries left by a killed earlier run in the output folder", len(removed))
     csv_path, json_path = out / f"{report_name}.csv", out / f"{report_name}.json"
     outcomes: list[CaseOutcome] = []
     used: set[str] = set()

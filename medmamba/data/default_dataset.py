@@ -40,6 +40,7 @@ from medmamba.data.synthetic import TISSUE_LABELS, MniTemplate, extend_inferior,
 from medmamba.io.atomic import atomic_write_text
 from medmamba.io.dicom_series import PatientInfo, write_dicom_series
 from medmamba.io.nifti import write_nifti
+from medmamba.io.temporaries import TEMPORARY_SUFFIX, remove_stale_temporaries, temporary_prefix
 
 __all__ = [
     "DATALIST_FILES",
@@ -390,7 +391,10 @@ def make_default_dataset(
             "refusing to replace it - choose an empty or new folder"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    removed = remove_stale_temporaries(out.parent)  # a killed build's half-written folder
+    if removed:
+        logger.info("removed %d temporaries left by a killed build in %s", len(removed), out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(out.name), suffix=TEMPORARY_SUFFIX, dir=out.parent))
     try:
         template = load_mni_template(cfg.resolution, cfg.downsample)
         plan = _split_assignment(cfg)
@@ -433,7 +437,7 @@ def make_default_dataset(
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         old = None
         if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            old = out.parent / f"{temporary_prefix(out.name)}old{TEMPORARY_SUFFIX}"
             os.replace(out, old)
         os.replace(tmp, out)
         if old is not None:

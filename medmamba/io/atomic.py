@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from medmamba.io.temporaries import TEMPORARY_SUFFIX, temporary_prefix
+
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "gzip_bytes"]
 
 
@@ -36,7 +38,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    # owner in the name: a killed writer's leftover is removed by the next batch in this folder
+    fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(target.name), suffix=f"{TEMPORARY_SUFFIX}{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

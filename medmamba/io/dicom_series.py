@@ -34,6 +34,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from medmamba.io.temporaries import TEMPORARY_SUFFIX, temporary_prefix
+
 __all__ = ["PatientInfo", "SeriesUIDs", "dataset_to_bytes", "series_uids", "write_dicom_series"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -185,7 +187,7 @@ an MR series has no rescale (its stored values are its values).
     dtype = np.int16 if signed else np.uint16
     # the whole series is written into a hidden folder beside out_dir, then moved into place: a full
     # disk or an error part-way leaves no partial series (which would read back as a shorter volume)
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+    staging = out.parent / f"{temporary_prefix(out.name)}{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}"
     staging.mkdir()  # the umask's permissions, as a plain mkdir of out_dir would have
     try:
         for k in range(nz):
