@@ -34,11 +34,11 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from medmamba.data.dicom_geometry import LPS_TO_RAS
 from medmamba.io.temporaries import TEMPORARY_SUFFIX, temporary_prefix
 
 __all__ = ["PatientInfo", "SeriesUIDs", "dataset_to_bytes", "series_uids", "write_dicom_series"]
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SOP_CLASSES = {
     "MR": pydicom.uid.MRImageStorage,
     "CT": pydicom.uid.CTImageStorage,
@@ -168,7 +168,7 @@ an MR series has no rescale (its stored values are its values).
     lo, hi = (-(2**15), 2**15 - 1) if signed else (0, 2**16 - 1)
     if arr.min() < lo or arr.max() > hi:
         raise ValueError(f"stored values span [{arr.min()}, {arr.max()}], outside 16-bit range [{lo}, {hi}]")
-    aff_lps = _LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    aff_lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)  # its own inverse: RAS -> LPS
     col0, col1, col2 = aff_lps[:3, 0], aff_lps[:3, 1], aff_lps[:3, 2]
     sx, sy, sz = (float(np.linalg.norm(c)) for c in (col0, col1, col2))
     if min(sx, sy, sz) <= 0 or abs(float(np.dot(col0, col1))) > 1e-6 * sx * sy:
