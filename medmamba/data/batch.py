@@ -278,8 +278,12 @@ def run_batch(
                     result = process(case) or {}
                 finally:
                     # a loader's warning names the input's path: logged with it hidden, not printed as is
+                    seen: dict[str, int] = {}
                     for w in caught:
-                        log.warning("case %s: %s: %s", case_id, w.category.__name__, redact(str(w.message)))
+                        line = f"{w.category.__name__}: {redact(str(w.message))}"
+                        seen[line] = seen.get(line, 0) + 1
+                    for line, count in seen.items():
+                        log.warning("case %s: %s%s", case_id, line, f" ({count} times)" if count > 1 else "")
             if not isinstance(result, Mapping):
                 raise TypeError(f"process must return a mapping or None, got {type(result).__name__}")
             outcome = CaseOutcome(case_id, "ok", "", time.perf_counter() - start, dict(result))
