@@ -241,6 +241,6 @@ def test_input_paths_appear_nowhere_in_reasons_warnings_or_logs(tmp_path: Path, 
     report = run_batch([folder / "scan.nii.gz", good], process, tmp_path / "out")
     text = caplog.text + report.csv_path.read_text() + report.json_path.read_text()
     assert "DOE_JOHN" not in text and "MRN4711" not in text, text
-    assert report.failed["scan"].startswith("ScanLoadError: path='<input:scan>': the file is not gzip data")
+    assert report.failed["scan"].startswith("ScanLoadError: path='<inputs>/scan.nii.gz': the file is not gzip data")
     assert "case good: UserWarning: skipped <inputs>/junk.dcm (not DICOM)" in caplog.text
-    assert report.outcomes[1].result["source"] == "<input:good>"
+    assert report.outcomes[1].result["source"] == "<inputs>/good.nii.gz"

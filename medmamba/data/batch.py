@@ -7,8 +7,9 @@ atomically after every case, so a crash leaves a valid report of the cases done 
 
 Inputs are only read. The output folder may not lie inside an input folder. Identifying values
 found in a case's DICOM headers (names, IDs, dates of birth, institutions, ...) are redacted from
-its failure reason, its log lines and its report row, and so is the case's input path (written as
-``<input:CASE_ID>``, so the folders above a case, often named after the patient, appear nowhere);
+its failure reason, its log lines and its report row, and so is the inputs' common folder (written
+``<inputs>``, so the folders above the cases, often named after a patient, appear nowhere; a case's
+file keeps its path relative to that folder);
 warnings raised while a case is processed (e.g. a loader skipping a file) are logged the same way.
 Case IDs come from the datalist ``id`` or the input's path relative to the inputs' common folder,
 and are replaced by ``case-NNNN`` if they contain an identifying value.
@@ -266,7 +267,7 @@ def run_batch(
             case_id = f"{case_id}-{index:04d}"
         used.add(case_id)
         position = index if positions is None else int(positions[index])
-        redact = redact.with_paths(_input_path_forms(path, case_id, inputs_root))
+        redact = redact.with_paths(_input_path_forms(inputs_root))
         case = BatchCase(index=position, case_id=case_id, input=path, out_dir=out / case_id, item=item, redact=redact)
         existed = case.out_dir.exists()
         started_ns = time.time_ns()
@@ -310,21 +311,18 @@ def run_batch(
     return report
 
 
-def _input_path_forms(path: Path, case_id: str, root: Path | None) -> dict[str, str]:
-    """The spellings of a case's input path (-> ``<input:case_id>``) and of the inputs' common folder
-    (-> ``<inputs>``) that may appear in messages: the folders above a case, often named after the
-    patient, never reach a log line or a report; what lies below the common folder stays readable."""
-    out: dict[str, str] = {}
-    for where, label in ((root, "<inputs>"), (path, f"<input:{case_id}>")):
-        if where is None or str(where) in ("", ".", os.sep):
-            continue
-        forms = {str(where), os.fspath(where.absolute())}
-        try:
-            forms.add(os.fspath(where.resolve()))
-        except OSError:
-            pass
-        out.update({f: label for f in forms if f not in ("", ".", os.sep)})
-    return out
+def _input_path_forms(root: Path | None) -> dict[str, str]:
+    """The spellings of the inputs' common folder that may appear in messages -> ``<inputs>``: the
+    folders above the cases, often named after a patient, never reach a log line or a report, and a
+    case's file stays recognisable by its path relative to that folder (``<inputs>/head/scan.nii.gz``)."""
+    if root is None or str(root) in ("", ".", os.sep):
+        return {}
+    forms = {str(root), os.fspath(root.absolute())}
+    try:
+        forms.add(os.fspath(root.resolve()))
+    except OSError:
+        pass
+    return {f: "<inputs>" for f in forms if f not in ("", ".", os.sep)}
 
 
 def _check_assigned(case_ids: Sequence[str] | None, positions: Sequence[int] | None, n: int) -> None:

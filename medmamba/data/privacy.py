@@ -188,7 +188,7 @@ class Redactor:
     Args:
         values: The values to hide (e.g. from :func:`identifying_values`); values shorter than
             3 characters are ignored (they would hide ordinary text).
-        paths: Path text -> what to write instead (e.g. a case's input folder -> ``<input:case-1>``),
+        paths: Path text -> what to write instead (e.g. the inputs' common folder -> ``<inputs>``),
             replaced first, exactly: folder names above a case often carry the patient's name or ID.
     """
 
