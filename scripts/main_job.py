@@ -291,7 +291,8 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
         argv, grant = training_run(bundle, "train.json", f"student_seed{seed}", threads, "--seed", str(seed), *extra)
         outputs = [models / f"{member}.pt", models / f"{member}_ema.pt"]
         stages.append(
-            Stage(name, f"train student (KD), seed {seed}", argv, outputs, group=group, threads=threads, grant_file=grant)
+            Stage(name, f"train student{' (KD)' if uses_teacher(bundle) else ''}, seed {seed}", argv, outputs, group=group,
+                  threads=threads, grant_file=grant)
         )
     post = plan.post_training[name]
     argv = bundle_run(bundle, "ensemble.json", "--members", json.dumps(members))

@@ -206,10 +206,16 @@ def test_teacher_config_is_the_student_config_but_for_the_network_and_teacher():
     # 8 of its epochs), the teacher on the 14 segmentation subjects it was measured with; since 0.9 the
     # student's lesion insertion is balanced (hypo/hyper 0.5, hypointense darker than grey matter),
     # the teacher keeps the insertion of 0.8 it was measured with
-    assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher", "distillation",
-                      "datalist", "val_interval", "teacher_amp", "teacher_precision", "precision", "lesion_insertion"}
-    insertion = {k: v for k, v in student["lesion_insertion"].items() if k not in ("dark_prob", "dark_factor")}
-    assert insertion == {k: v for k, v in teacher["lesion_insertion"].items() if k != "dark_prob"}
+    # since 0.11 the student trains without distillation (teacher null; teacher_kd is the switch) and
+    # inserts lesions into 80 % of the stacks, up to 2 each (the teacher: half the stacks, one lesion)
+    assert differ == {"model_name", "log_dir", "network_def", "teacher_def", "teacher_file", "teacher_kd",
+                      "distillation", "datalist", "val_interval", "teacher_amp", "teacher_precision", "precision",
+                      "lesion_insertion"}
+    assert student["teacher"] is None and student["teacher_kd"].startswith("$medmamba.training.Autocast(")
+    varied = ("dark_prob", "dark_factor", "prob", "max_lesions")
+    insertion = {k: v for k, v in student["lesion_insertion"].items() if k not in varied}
+    assert insertion == {k: v for k, v in teacher["lesion_insertion"].items() if k not in varied}
+    assert student["lesion_insertion"]["prob"] == 0.8 and student["lesion_insertion"]["max_lesions"] == 2
     assert student["lesion_insertion"]["dark_prob"] == 0.5 and student["lesion_insertion"]["dark_factor"] == [0.2, 0.45]
     assert student["datalist"].endswith("datalist_lesion_detection.json'")
     assert teacher["datalist"].endswith("datalist_segmentation.json'")
@@ -388,7 +394,7 @@ def _train_overrides(**extra):
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    """Teacher then distilled student, each one epoch with tiny networks; returns the bundle root."""
+    """Teacher then distilled student (``--teacher %teacher_kd``), each one epoch with tiny networks; returns the bundle root."""
     root = tmp_path_factory.mktemp("cls_bundle")
     teacher = _workflow("train_teacher.json", root, tiny_data, **_train_overrides())
     teacher.initialize()
@@ -397,7 +403,9 @@ def trained(tiny_data, tmp_path_factory):
     teacher.finalize()
     assert (root / "models" / "teacher.pt").is_file()
 
-    student = _workflow("train.json", root, tiny_data, **_train_overrides(**_tiny_overrides("network_def#network")))
+    # distillation is off by default since 0.11; teacher %teacher_kd is the documented switch, tested here
+    student = _workflow("train.json", root, tiny_data, teacher="%teacher_kd",
+                        **_train_overrides(**_tiny_overrides("network_def#network")))
     student.initialize()
     assert student.check_properties() == []
     assert student.max_epochs == 1  # a property read through the workflow

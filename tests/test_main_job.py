@@ -51,9 +51,8 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     models = bundle / "models"
     stages = job.bundle_stages("classification", bundle, skip_teacher=False, plan=job.plan_threads(2))
     groups = [[s.name for s in g] for g in job.stage_groups(stages)]
-    assert groups[:5] == [
-        ["train teacher"],
-        ["train student (KD), seed 0", "train student (KD), seed 1"],  # side by side
+    assert groups[:4] == [  # no teacher stage: the student trains without distillation since 0.11
+        ["train student, seed 0", "train student, seed 1"],  # side by side
         ["stack the 2 students into an ensemble"],
         ["evaluate (test)"],  # once, the deployed weights: the test split is read once per release
         ["export TorchScript"],
@@ -62,14 +61,14 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     def arg(stage, flag: str) -> str:  # noqa: ANN001
         return stage.argv[stage.argv.index(flag) + 1]
 
-    seed0, seed1, stack = stages[1], stages[2], stages[3]
+    seed0, seed1, stack = stages[0], stages[1], stages[2]
     assert arg(seed0, "--seed") == "0" and "--model_name" not in seed0.argv  # train.json's own file names
     assert arg(seed1, "--seed") == "1" and arg(seed1, "--model_name") == "model_seed1"
     assert arg(seed0, "--num_threads") == arg(seed1, "--num_threads") == "1"
     assert arg(stack, "--config_file").endswith("ensemble.json")
     assert json.loads(arg(stack, "--members")) == ["model", "model_seed1"]
     assert stack.outputs == [models / "model_ensemble_ema.pt", models / "model_ensemble.pt"]
-    assert "--ckpt_file" not in stages[4].argv  # the deployed weights: the config's default
+    assert "--ckpt_file" not in stages[3].argv  # evaluate (test): the deployed weights, the config's default
     assert sum(s.name.startswith("evaluate") for s in stages) == 1
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
@@ -208,7 +207,7 @@ def test_training_stages_get_a_thread_grant_file_and_other_stages_none(tmp_path:
     monkeypatch.setattr(job, "DATA", tmp_path)
     stages = job.bundle_stages("classification", job.BUNDLES["classification"], skip_teacher=False, plan=job.plan_threads(2))
     training = [s for s in stages if s.name.startswith("train")]
-    assert [s.grant_file.name for s in training] == ["mobilemamba_classification_teacher.threads", "mobilemamba_classification_student.threads"]
+    assert [s.grant_file.name for s in training] == ["mobilemamba_classification_student.threads"]  # no teacher since 0.11
     for s in training:
         assert s.argv[s.argv.index("--thread_grant_file") + 1] == str(s.grant_file)
         assert s.grant_file.parent == job.LOG_DIR
@@ -260,7 +259,7 @@ def test_core_ledger_never_starts_a_stage_with_more_than_its_share_while_others_
 
 def test_only_bundles_whose_student_distils_get_a_teacher_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = _main_job()
-    assert job.uses_teacher(job.BUNDLES["classification"]) is True
+    assert job.uses_teacher(job.BUNDLES["classification"]) is False  # 0.11: trained without distillation
     assert job.uses_teacher(job.BUNDLES["segmentation"]) is False  # 0.4: trained without distillation
     bundle = tmp_path / "b"
     (bundle / "configs").mkdir(parents=True)
