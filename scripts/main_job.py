@@ -277,10 +277,10 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
     models = bundle / "models"
     seeds = ENSEMBLE_SEEDS.get(name, ())
     threads = plan.student[name]
+    label = "train student (KD)" if uses_teacher(bundle) else "train student"
     if not seeds:
         argv, grant = training_run(bundle, "train.json", "student", threads)
         outputs = [models / "model.pt", models / "model_ema.pt"]
-        label = "train student (KD)" if uses_teacher(bundle) else "train student"
         return [Stage(name, label, argv, outputs, threads=threads, grant_file=grant)]
     stages, members = [], []
     group = "students" if plan.members_side_by_side[name] else None
@@ -291,8 +291,7 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
         argv, grant = training_run(bundle, "train.json", f"student_seed{seed}", threads, "--seed", str(seed), *extra)
         outputs = [models / f"{member}.pt", models / f"{member}_ema.pt"]
         stages.append(
-            Stage(name, f"train student{' (KD)' if uses_teacher(bundle) else ''}, seed {seed}", argv, outputs, group=group,
-                  threads=threads, grant_file=grant)
+            Stage(name, f"{label}, seed {seed}", argv, outputs, group=group, threads=threads, grant_file=grant)
         )
     post = plan.post_training[name]
     argv = bundle_run(bundle, "ensemble.json", "--members", json.dumps(members))

@@ -111,13 +111,14 @@ class BatchReport:
         }
 
 
-def case_redactor(path: str | os.PathLike[str]) -> Redactor:
+def case_redactor(path: str | os.PathLike[str], paths: Mapping[str, str] | None = None) -> Redactor:
     """A :class:`Redactor` for the identifying values in the DICOM headers under ``path``.
 
-    NIfTI inputs and unreadable paths give an empty redactor (nothing is raised).
+    NIfTI inputs and unreadable paths give a redactor without values (nothing is raised).
 
     Args:
         path: The case input.
+        paths: Path text -> replacement, also hidden (see :class:`Redactor`).
 
     Returns:
         The redactor.
@@ -125,8 +126,6 @@ def case_redactor(path: str | os.PathLike[str]) -> Redactor:
     p = Path(path)
     try:
         if p.is_dir():
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 scan = scan_dicom_folder(p)
@@ -135,10 +134,10 @@ def case_redactor(path: str | os.PathLike[str]) -> Redactor:
         elif p.is_file() and not is_nifti_path(p):
             headers = [read_dicom_file(p, defer=True)]
         else:
-            return Redactor()
+            return Redactor(paths=paths)
     except Exception:  # an unreadable case fails later in process(); redaction is best effort here
-        return Redactor()
-    return Redactor(identifying_values(headers))
+        return Redactor(paths=paths)
+    return Redactor(identifying_values(headers), paths)
 
 
 def _skipped_headers(skipped: Iterable[tuple[Path, str]]) -> list:
@@ -256,10 +255,10 @@ def run_batch(
     used: set[str] = set()
     common = _common_parent([p for p, _ in items])
     # the folder the inputs share (one input: the folder holding it), written as <inputs> in messages
-    inputs_root = common if common is not None else (items[0][0].absolute().parent if items else None)
+    root_forms = _input_path_forms(common if common is not None else (items[0][0].absolute().parent if items else None))
     for index, (path, item) in enumerate(items):
         start = time.perf_counter()
-        redact = case_redactor(path)
+        redact = case_redactor(path, root_forms)
         case_id = _base_id(item, path, id_key, index, common) if case_ids is None else case_ids[index]
         if case_ids is None and redact(case_id) != case_id:
             case_id = f"case-{index:04d}"
@@ -267,7 +266,6 @@ def run_batch(
             case_id = f"{case_id}-{index:04d}"
         used.add(case_id)
         position = index if positions is None else int(positions[index])
-        redact = redact.with_paths(_input_path_forms(inputs_root))
         case = BatchCase(index=position, case_id=case_id, input=path, out_dir=out / case_id, item=item, redact=redact)
         existed = case.out_dir.exists()
         started_ns = time.time_ns()
@@ -315,14 +313,14 @@ def _input_path_forms(root: Path | None) -> dict[str, str]:
     """The spellings of the inputs' common folder that may appear in messages -> ``<inputs>``: the
     folders above the cases, often named after a patient, never reach a log line or a report, and a
     case's file stays recognisable by its path relative to that folder (``<inputs>/head/scan.nii.gz``)."""
-    if root is None or str(root) in ("", ".", os.sep):
+    if root is None:
         return {}
     forms = {str(root), os.fspath(root.absolute())}
     try:
         forms.add(os.fspath(root.resolve()))
     except OSError:
         pass
-    return {f: "<inputs>" for f in forms if f not in ("", ".", os.sep)}
+    return dict.fromkeys(forms, "<inputs>")  # the Redactor drops "", "." and the file-system root
 
 
 def _check_assigned(case_ids: Sequence[str] | None, positions: Sequence[int] | None, n: int) -> None:

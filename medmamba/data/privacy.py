@@ -212,10 +212,6 @@ class Redactor:
             return out
         return self._pattern.sub(REDACTED, out)
 
-    def with_paths(self, paths: Mapping[str, str]) -> Redactor:
-        """This redactor, also replacing ``paths`` (added to its own)."""
-        return Redactor(self.values, {**self.paths, **paths})
-
     def merged(self, other: Redactor) -> Redactor:
         """A redactor hiding the values and paths of both."""
         return Redactor((*self.values, *other.values), {**self.paths, **other.paths})

@@ -118,7 +118,7 @@ def write_dicom_series(
     Voxel ``(i, j, k)`` of ``stored`` is pixel (row ``j``, column ``i``) of slice ``k``, and the affine
     maps it to RAS mm, as in :func:`medmamba.data.read_dicom`; reading the folder back gives the
     same array and affine. Real-world values are ``stored * rescale_slope + rescale_intercept`` (CT);
-an MR series has no rescale (its stored values are its values).
+    an MR series has no rescale (its stored values are its values).
 
     Args:
         out_dir: Folder for the files (created if missing).

@@ -80,5 +80,6 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], recursive: bool = F
                 except FileNotFoundError:
                     pass
             removed.append(path)
-        dirnames[:] = [d for d in dirnames if recursive and not _NAME.match(d) and not (here / d).is_symlink()]
+        # os.walk does not enter folder links (followlinks=False); removed temporaries are not entered
+        dirnames[:] = [d for d in dirnames if recursive and not _NAME.match(d)]
     return removed
