@@ -509,7 +509,7 @@ def test_exported_models_equal_the_eager_fused_network(exported):
 
     models = exported / "models"
     # the deployed weights (inference.json's ckpt_file): the student's EMA weights
-    eager = load_weights(LesionMapClassifier(MobileMambaSeg("t2", in_channels=5, out_channels=5, **TINY_NET)), str(models / "model_ema.pt"))
+    eager = load_weights(LesionMapClassifier(MobileMambaSeg("t2", in_channels=5, out_channels=5, output_stride=2, **TINY_NET)), str(models / "model_ema.pt"))
     fused = fuse_norms(copy.deepcopy(eager))
     x = torch.randn(4, 5, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

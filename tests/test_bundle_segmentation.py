@@ -151,6 +151,21 @@ def test_configs_share_one_preprocessing() -> None:
     assert teacher["network_def"] == train["teacher_def"]
     for cfg in (train, evaluate, infer):
         assert cfg["network_def"]["variant"] == "t2" and cfg["context"] == 1
+        assert cfg["network_def"]["output_stride"] == 1  # logits at full resolution (0.6)
+
+
+def test_evaluation_and_inference_keep_the_largest_brain_component() -> None:
+    from monai.bundle import ConfigParser
+
+    for keep in (True, False):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "evaluate.json"))
+        parser["keep_largest_component"] = keep
+        names = [type(t).__name__ for t in parser.get_parsed_content("postprocessing").transforms]
+        assert names[-1] == ("KeepBrainComponentd" if keep else "AsDiscreted")
+    infer = json.loads((CONFIGS / "inference.json").read_text())
+    assert infer["keep_largest_component"] is True
+    assert "keep_largest_component=@keep_largest_component" in infer["run"][0]
 
 
 def test_verify_net_in_out() -> None:
@@ -377,8 +392,12 @@ def test_inference_nifti_and_dicom_in_the_input_geometry(exported: dict, dataset
     dmask = nib.load(case / "sub-004_dicom_seg.nii.gz")
     assert dmask.shape == tuple(dicom_img.shape[1:])
     np.testing.assert_allclose(dmask.affine, dicom_img.affine.numpy(), atol=1e-3)
-    # same scan, same predictions: the DICOM route and the NIfTI route agree voxel for voxel
-    np.testing.assert_array_equal(np.asarray(dmask.dataobj), labels)
+    # same scan, same predictions: the DICOM route (written in the series' LPS voxel order) and the
+    # NIfTI route (RAS) agree voxel for voxel once both are in the same (canonical) voxel order
+    dicom_ras, nifti_ras = nib.as_closest_canonical(dmask), nib.as_closest_canonical(mask)
+    np.testing.assert_allclose(dicom_ras.affine, nifti_ras.affine, atol=1e-3)
+    assert len(np.unique(labels)) > 1  # a spatially varying prediction, so that the voxel order matters
+    np.testing.assert_array_equal(np.asarray(dicom_ras.dataobj), np.asarray(nifti_ras.dataobj))
     seg = hd.seg.segread(case / "sub-004_dicom_seg.dcm")
     assert seg.Modality == "SEG"
     assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2, 3]

@@ -25,7 +25,7 @@ import torch
 
 from medmamba.data import ScanLoadError, load_scan
 from medmamba.io.geometry import slices_to_source, source_geometry, voxel_volume_ml
-from medmamba.transforms import BrainMask, CheckScan, CheckScand, scan_plausibility
+from medmamba.transforms import BrainMask, CheckScan, CheckScand, KeepBrainComponent, KeepBrainComponentd, scan_plausibility
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
@@ -196,8 +196,9 @@ def test_segmentation_comes_back_on_the_input_grid(phantoms: dict, name: str, tm
     truth = ph["truth"]
     assert _dice(labels == 3, truth["sphere"]) > 0.9
     assert _dice(mask > 0, truth["brain"]) > 0.9
-    # the blob outside the head is labelled tissue but is not brain; the dark hole inside is filled
-    assert (labels[truth["eye"]] == 2).mean() > 0.5 and mask[truth["eye"]].sum() == 0
+    # the blob outside the head (thresholded as tissue) is not brain: cleared from the label map
+    # (keep_largest_component) and outside the brain mask; the dark hole inside is filled in the mask
+    assert labels[truth["eye"]].max() == 0 and mask[truth["eye"]].sum() == 0
     assert (labels[truth["ventricle"]] == 0).mean() > 0.5 and mask[truth["ventricle"]].mean() == 1.0
     row = _rows(tmp_path / "segmentation.csv")[case.name]
     volume = float(truth["brain"].sum()) * voxel_volume_ml(ph["affine"])
@@ -205,9 +206,19 @@ def test_segmentation_comes_back_on_the_input_grid(phantoms: dict, name: str, tm
     assert row["warnings"] == ""
 
 
+def test_segmentation_keeps_islands_when_asked(phantoms: dict, tmp_path: Path) -> None:
+    ph = phantoms[next(iter(INPUTS))]
+    assert _segment(ph["path"], tmp_path, keep_largest_component=False)["n_ok"] == 1
+    (case,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    labels = np.asarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj)
+    mask = np.asarray(nib.load(case / f"{case.name}_brain_mask.nii.gz").dataobj)
+    assert (labels[ph["truth"]["eye"]] == 2).mean() > 0.5 and mask[ph["truth"]["eye"]].sum() == 0
+
+
 def test_segmentation_probabilities_on_the_input_grid(phantoms: dict, tmp_path: Path) -> None:
     ph = phantoms["aniso_oblique"]
-    _segment(ph["path"], tmp_path, write_probabilities=True)
+    # the label map is the arg-max of these probabilities (islands outside the brain kept, so that it is exactly)
+    _segment(ph["path"], tmp_path, write_probabilities=True, keep_largest_component=False)
     (case,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     prob = nib.load(case / f"{case.name}_prob.nii.gz")
     assert prob.shape == (*ph["shape"], 4)
@@ -407,6 +418,34 @@ def test_brain_mask_keeps_the_largest_component_and_fills_holes() -> None:
         BrainMask(connectivity=4)
     with pytest.raises(ValueError, match="one channel|channel-first label map"):
         BrainMask()(np.zeros((2, 4, 4, 4)))
+
+
+def test_keep_brain_component_clears_islands_and_keeps_labels_and_holes() -> None:
+    from monai.data import MetaTensor
+
+    labels = np.zeros((1, 20, 20, 20), dtype=np.float32)
+    labels[0, 2:12, 2:12, 2:12] = 3
+    labels[0, 2:12, 2:12, 2:4] = 2  # grey matter touching white matter: one component
+    labels[0, 5:8, 5:8, 5:8] = 0  # a hole stays a hole
+    labels[0, 15:18, 15:18, 15:18] = 1  # an island of "CSF" in the scalp
+    labels[0, 13, 13, 13] = 2  # touches the brain at a corner only (connectivity 1: separate)
+    meta = MetaTensor(torch.as_tensor(labels), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    out = KeepBrainComponent()(meta)
+    assert isinstance(out, MetaTensor) and out.shape == labels.shape
+    torch.testing.assert_close(out.affine, meta.affine)
+    expected = labels.copy()
+    expected[0, 15:18, 15:18, 15:18] = 0
+    expected[0, 13, 13, 13] = 0
+    np.testing.assert_array_equal(out.numpy(), expected)
+    assert set(np.unique(out.numpy())) == {0.0, 2.0, 3.0}
+    # with the white matter alone as the brain, the other labels are left as they are
+    only_wm = KeepBrainComponent(labels=[3])(labels)
+    assert only_wm[0, 15, 15, 15] == 1 and only_wm[0, 3, 3, 3] == 2  # labels not in `labels` are left alone
+    d = KeepBrainComponentd(keys="pred")({"pred": meta, "image": 1})
+    np.testing.assert_array_equal(d["pred"].numpy(), expected)
+    assert d["image"] == 1
+    with pytest.raises(ValueError, match="channel-first label map"):
+        KeepBrainComponent()(np.zeros((4, 4, 4, 4)))
 
 
 def test_slices_to_source_mapping() -> None:

@@ -231,3 +231,29 @@ def test_encoder_is_a_mobilemamba_with_the_same_names() -> None:
     classifier = MobileMamba("t2", in_channels=3, num_classes=1000)
     heads = {k for k in classifier.state_dict() if k.startswith("head")}
     assert set(model.encoder.state_dict()) == set(classifier.state_dict()) - heads
+
+
+def test_output_stride_one_predicts_at_full_resolution() -> None:
+    """Default: a seventh decoder level on the image itself, logits computed at the input's size (no
+    upsampling); ``output_stride=2`` is the six-level decoder with logits upsampled from stride 2."""
+    seen: dict[int, tuple[int, ...]] = {}
+    for stride in (1, 2):
+        model = _tiny_model(in_channels=3, out_channels=4, output_stride=stride).eval()
+        model.head.register_forward_hook(lambda m, i, o, s=stride: seen.__setitem__(s, tuple(o.shape)))
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, 64, 128))
+        assert out.shape == (2, 4, 64, 128)
+        assert len(model.decoder.levels) == {1: 7, 2: 6}[stride]
+    assert seen == {1: (2, 4, 64, 128), 2: (2, 4, 32, 64)}
+    full = _tiny_model(in_channels=3, out_channels=4)
+    assert full.output_stride == 1 and full.decoder_channels == (16, 16, 32, 64, 96, 128, 128)
+    assert full.decoder.levels[-1].lateral.conv.kernel_size == (3, 3)  # the raw image, a 3x3 lateral
+    assert full.decoder.levels[-1].lateral.conv.in_channels == 3
+    assert _tiny_model(output_stride=2).decoder_channels == (16, 32, 64, 96, 128, 128)
+
+
+def test_output_stride_invalid() -> None:
+    with pytest.raises(ValueError, match="output_stride=4"):
+        MobileMambaSeg("t2", output_stride=4)
+    with pytest.raises(ValueError, match=r"decoder_channels=\(16, 32, 64, 96, 128, 128\).*7 positive ints"):
+        MobileMambaSeg("t2", decoder_channels=(16, 32, 64, 96, 128, 128))

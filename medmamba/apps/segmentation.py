@@ -169,6 +169,7 @@ def segment(
     anonymous_seg: bool = False,
     write_brain_mask: bool = True,
     brain_volume_range_ml: Sequence[float] | None = (700.0, 2200.0),
+    keep_largest_component: bool = True,
 ) -> dict[str, Any]:
     """Segment every scan under ``input_path`` and write the masks in each input's geometry.
 
@@ -196,6 +197,9 @@ def segment(
         write_brain_mask: write the brain mask and report the brain volume.
         brain_volume_range_ml: plausible ``(low, high)`` brain volume in ml (``None``: not checked);
             outside it the case is flagged in its ``warnings``, not failed.
+        keep_largest_component: set tissue labels outside the largest connected component of the
+            brain (the union of ``labels``) to background before writing
+            (:class:`medmamba.transforms.KeepBrainComponent`; islands in the scalp, eyes or neck).
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
@@ -220,6 +224,7 @@ def segment(
         device=device,
         brain_labels=sorted(int(k) for k in (labels or TISSUE_LABELS)) if write_brain_mask else None,
         brain_volume_range_ml=brain_volume_range_ml if write_brain_mask else None,
+        keep_components=sorted(int(k) for k in (labels or TISSUE_LABELS)) if keep_largest_component else None,
     )
     summary = report.summary(time.perf_counter() - start)
     logger.info("segmentation: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed, summary["seconds"], report.csv_path)

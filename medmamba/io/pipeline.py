@@ -31,7 +31,7 @@ from medmamba.io.dicom_seg import write_dicom_seg
 from medmamba.io.segment_codes import SegmentCode
 from medmamba.io.geometry import voxel_volume_ml
 from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_probabilities_nifti
-from medmamba.transforms.brain_mask import BrainMask
+from medmamba.transforms.brain_mask import BrainMask, KeepBrainComponent
 
 __all__ = ["Predictor", "classify_scans", "segment_scans"]
 
@@ -73,6 +73,7 @@ def segment_scans(
     report_name: str = "segmentation",
     brain_labels: Sequence[int] | None = None,
     brain_volume_range_ml: Sequence[float] | None = None,
+    keep_components: Sequence[int] | None = None,
     warnings_key: str = "scan_warnings",
 ) -> BatchReport:
     """Segment every case and write the results in each input's own geometry.
@@ -103,6 +104,9 @@ def segment_scans(
             ``brain_volume_ml``.
         brain_volume_range_ml: Plausible ``(low, high)`` brain volume in ml; a case outside it is
             flagged in its ``warnings`` (still written, not failed). Needs ``brain_labels``.
+        keep_components: Labels whose union's largest connected component is kept: labelled voxels
+            outside it become background before anything is written
+            (:class:`medmamba.transforms.KeepBrainComponent`); ``None`` keeps the arg-max as it is.
         warnings_key: Key under which the preprocessing leaves a list of warnings about the scan
             (:class:`medmamba.transforms.CheckScand`); they go into the case's ``warnings``.
 
@@ -116,6 +120,7 @@ def segment_scans(
         if len(brain_volume_range_ml) != 2 or not float(brain_volume_range_ml[0]) < float(brain_volume_range_ml[1]):
             raise ValueError(f"brain_volume_range_ml must be a (low, high) range in ml, got {brain_volume_range_ml!r}.")
     brain_masker = None if brain_labels is None else BrainMask(labels=list(brain_labels))
+    cleaner = None if keep_components is None else KeepBrainComponent(labels=list(keep_components))
 
     def process(case: BatchCase) -> dict[str, Any]:
         data = _prepare(case, preprocessing, image_key)
@@ -130,6 +135,8 @@ def segment_scans(
         inv = invert_prediction(data, preprocessing, "prob", image_key, nearest=False)
         mask = MetaTensor(torch.argmax(inv.as_tensor(), dim=0, keepdim=True).to(torch.float32), affine=inv.affine,
                           meta=dict(inv.meta))
+        if cleaner is not None:
+            mask = cleaner(mask)
         outputs = {"seg_nifti": write_mask_nifti(case.out_dir / f"{case.case_id}_seg.nii.gz", mask).name}
         if write_probabilities:
             outputs["prob_nifti"] = write_probabilities_nifti(case.out_dir / f"{case.case_id}_prob.nii.gz", inv).name

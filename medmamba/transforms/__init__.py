@@ -6,7 +6,7 @@ Spatial work (orientation, spacing, foreground crop) re-uses MONAI's ``Orientati
 
 from __future__ import annotations
 
-from medmamba.transforms.brain_mask import BrainMask, BrainMaskd
+from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.loading import LoadScan, LoadScand
 from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask, foreground_threshold, quantiles
@@ -21,6 +21,8 @@ __all__ = [
     "NETWORK_STRIDE",
     "BrainMask",
     "BrainMaskd",
+    "KeepBrainComponent",
+    "KeepBrainComponentd",
     "CTWindow",
     "CTWindowd",
     "CheckScan",

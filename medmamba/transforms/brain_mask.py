@@ -5,7 +5,8 @@ everything else (air, scalp, skull, eyes, neck) 0. :class:`BrainMask` turns that
 0/1 mask usable for skull stripping: voxels with a brain label, reduced to the largest connected
 component (stray voxels labelled as tissue outside the brain go) with enclosed holes filled
 (``scipy.ndimage``; MONAI's ``KeepLargestConnectedComponent`` needs scikit-image, which the project
-does not require).
+does not require). :class:`KeepBrainComponent` cleans the label map itself the same way: tissue
+labels outside the largest connected brain component become background.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
-__all__ = ["BrainMask", "BrainMaskd"]
+__all__ = ["BrainMask", "BrainMaskd", "KeepBrainComponent", "KeepBrainComponentd"]
 
 
 class BrainMask(Transform):
@@ -113,4 +114,64 @@ class BrainMaskd(MapTransform):
         for key in self.key_iterator(d):
             out_key = key if self.output_key_postfix is None else f"{key}_{self.output_key_postfix}"
             d[out_key] = self.masker(d[key])
+        return d
+
+
+class KeepBrainComponent(Transform):
+    """Label map ``(1, *spatial)``: every brain label outside the largest connected brain component set to 0.
+
+    A network that predicts at full resolution also labels small islands outside the brain (in the
+    scalp, the eyes, the neck) as tissue; they add little to the Dice but inflate the brain volume
+    and the Hausdorff distance. The brain is the union of ``labels`` (all labels > 0 by default) and
+    its largest component is found as in :class:`BrainMask` (no hole filling: holes keep their labels).
+
+    Args:
+        labels: the labels that make up the brain (``None``: every label > 0).
+        connectivity: neighbourhood of the components (1: faces, the default; up to the number of
+            spatial dimensions).
+
+    Raises:
+        ValueError: for invalid arguments.
+    """
+
+    def __init__(self, labels: Sequence[int] | None = None, connectivity: int = 1) -> None:
+        self.masker = BrainMask(labels=labels, largest_component=True, fill_holes=False, connectivity=connectivity)
+
+    def __call__(self, img: Any) -> Any:
+        """The label map with the voxels outside the largest brain component set to 0 (same type and metadata).
+
+        Raises:
+            ValueError: if ``img`` does not have exactly one channel.
+        """
+        if len(img.shape) < 2 or int(img.shape[0]) != 1:
+            raise ValueError(f"img must be a channel-first label map (1, *spatial), got shape {tuple(img.shape)}.")
+        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        lab = np.rint(arr).astype(np.int64)
+        brain = lab > 0 if self.masker.labels is None else np.isin(lab, self.masker.labels)
+        clear = brain & ~self.masker.mask(arr[0])[None]
+        if isinstance(img, torch.Tensor):  # a MetaTensor keeps its metadata and applied operations
+            out = img.clone()
+            out[torch.as_tensor(clear, device=img.device)] = 0
+            return out
+        return np.where(clear, np.zeros((), dtype=arr.dtype), arr)
+
+
+class KeepBrainComponentd(MapTransform):
+    """Dictionary version of :class:`KeepBrainComponent` (the label maps under ``keys`` replaced).
+
+    Args:
+        keys: keys of the label maps.
+        allow_missing_keys: skip absent keys.
+        **kwargs: arguments of :class:`KeepBrainComponent`.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.cleaner = KeepBrainComponent(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Clean each label map under ``keys``."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.cleaner(d[key])
         return d

@@ -4,9 +4,13 @@ The encoder is :class:`~medmamba.networks.MobileMamba` itself (held as ``self.en
 its classifier head), so released ImageNet checkpoints load into it through
 :func:`~medmamba.networks.convert_official_state_dict`. Its stages run at strides 16/32/64, too
 coarse alone for thin structures, so the decoder also takes the stem's stride-2/4/8 activations as
-skips: six levels in all, merged top-down as in a feature pyramid network (the paper pairs
-MobileMamba with Semantic FPN), each merge smoothed by a depthwise-separable convolution. The
-logits are predicted at stride 2 and upsampled to the input size.
+skips, merged top-down as in a feature pyramid network (the paper pairs MobileMamba with Semantic
+FPN), each merge smoothed by a depthwise-separable convolution. By default (``output_stride=1``) a
+seventh, full-resolution level takes the input image itself through a 3×3 conv-BN, so the logits
+are predicted at the input's own resolution: structures one or two pixels wide (sulcal CSF in a
+2 mm brain MR) survive, which logits at stride 2 upsampled cannot represent (the ground truth
+itself, pooled to stride 2 and upsampled, loses 40 % of the Dice of the CSF of the default data).
+``output_stride=2`` gives the six-level decoder with logits upsampled from stride 2.
 
 Any input size works: the input is padded (bottom/right) to a multiple of 64 inside and the logits
 are cropped back, so odd and rectangular images give logits of their own size.
@@ -32,6 +36,9 @@ __all__ = ["DepthwiseSeparableConv", "FPNDecoder", "FPNLevel", "MobileMambaSeg"]
 ENCODER_STRIDE = 64
 _PAD_MODES = ("constant", "replicate", "reflect")
 _UPSAMPLE_MODES = ("bilinear", "nearest")
+_OUTPUT_STRIDES = (1, 2)
+#: Decoder widths at strides 1, 2, 4, 8, 16, 32, 64 (the last six for ``output_stride=2``).
+_DEFAULT_DECODER_CHANNELS = (16, 16, 32, 64, 96, 128, 128)
 
 
 class DepthwiseSeparableConv(nn.Sequential):
@@ -47,9 +54,9 @@ class DepthwiseSeparableConv(nn.Sequential):
         out_channels = in_channels if out_channels is None else out_channels
         super().__init__(
             ConvBN(in_channels, out_channels=in_channels, kernel_size=kernel_size, groups=in_channels),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             ConvBN(in_channels, out_channels=out_channels, kernel_size=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -62,13 +69,20 @@ class FPNLevel(nn.Module):
         channels: decoder width at this level.
         coarser_channels: decoder width of the next coarser level, ``None`` for the coarsest.
         upsample_mode: ``"bilinear"`` or ``"nearest"`` upsampling of the coarser output.
+        lateral_kernel_size: kernel of the lateral conv-BN (1; 3 for the full-resolution level,
+            whose "feature" is the raw image).
     """
 
     def __init__(
-        self, in_channels: int, channels: int, coarser_channels: int | None, upsample_mode: str = "bilinear"
+        self,
+        in_channels: int,
+        channels: int,
+        coarser_channels: int | None,
+        upsample_mode: str = "bilinear",
+        lateral_kernel_size: int = 1,
     ) -> None:
         super().__init__()
-        self.lateral = ConvBN(in_channels, out_channels=channels, kernel_size=1)
+        self.lateral = ConvBN(in_channels, out_channels=channels, kernel_size=lateral_kernel_size)
         if coarser_channels is None or coarser_channels == channels:
             self.project: nn.Module = nn.Identity()
         else:
@@ -97,18 +111,30 @@ class FPNDecoder(nn.Module):
         in_channels: widths of the encoder features, finest first.
         channels: decoder widths, one per level, finest first.
         upsample_mode: ``"bilinear"`` or ``"nearest"``.
+        lateral_kernel_sizes: kernel of each level's lateral conv-BN, finest first (default all 1).
     """
 
-    def __init__(self, in_channels: Sequence[int], channels: Sequence[int], upsample_mode: str = "bilinear") -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: Sequence[int],
+        upsample_mode: str = "bilinear",
+        lateral_kernel_sizes: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if len(in_channels) != len(channels):
             raise ValueError(
                 f"channels={tuple(channels)} must give one width per encoder level ({len(in_channels)} levels)."
             )
         n = len(in_channels)
+        kernels = (1,) * n if lateral_kernel_sizes is None else tuple(lateral_kernel_sizes)
+        if len(kernels) != n:
+            raise ValueError(
+                f"lateral_kernel_sizes={kernels} must give one kernel size per encoder level ({n} levels)."
+            )
         # stored coarse to fine, the order in which they run
         self.levels = nn.ModuleList(
-            FPNLevel(in_channels[i], channels[i], channels[i + 1] if i + 1 < n else None, upsample_mode)
+            FPNLevel(in_channels[i], channels[i], channels[i + 1] if i + 1 < n else None, upsample_mode, kernels[i])
             for i in reversed(range(n))
         )
 
@@ -141,16 +167,18 @@ def _widths(name: str, value: Any, count: int) -> tuple[int, ...]:
 class MobileMambaSeg(nn.Module):
     """MobileMamba encoder with a lightweight FPN decoder for 2D semantic segmentation.
 
-    Encoder levels (for input ``H×W``, padded to a multiple of 64): the stem's ReLU activations at
+    Encoder levels (for input ``H×W``, padded to a multiple of 64): with ``output_stride=1`` the
+    padded image itself (stride 1, lateral 3×3 conv-BN), then the stem's ReLU activations at
     strides 2, 4, 8 (widths ``E0/8, E0/4, E0/2``) and the three stage outputs at strides 16, 32, 64
-    (widths ``embed_dim``). The decoder merges them coarse to fine (lateral 1×1 conv-BN, upsampled
-    coarser level, depthwise-separable 3×3 smoothing), predicts logits at stride 2 with a 1×1
-    convolution and upsamples them bilinearly to the input size.
+    (widths ``embed_dim``). The decoder merges them coarse to fine (lateral conv-BN, upsampled
+    coarser level, depthwise-separable 3×3 smoothing) and predicts logits at ``output_stride`` with a
+    1×1 convolution; with ``output_stride=2`` they are upsampled bilinearly to the input size.
 
     With ``deep_supervision=True`` and in training mode the network returns a list: the full-size
-    logits first, then auxiliary logits from the stride-4, 8 and 16 decoder levels, each upsampled to
-    the input size (the order and shapes :class:`monai.losses.DeepSupervisionLoss` takes, which
-    weights the first, full-resolution output most). In eval mode it returns the logits tensor only.
+    logits first, then auxiliary logits from the next three coarser decoder levels (strides 2, 4, 8
+    with ``output_stride=1``; 4, 8, 16 with 2), each upsampled to the input size (the order and
+    shapes :class:`monai.losses.DeepSupervisionLoss` takes, which weights the first output most). In
+    eval mode it returns the logits tensor only.
 
     Every conv-BN is a :class:`~medmamba.networks.blocks.ConvBN`, so
     :func:`~medmamba.networks.fuse_norms` folds the decoder's BatchNorms too; the network scripts
@@ -163,9 +191,14 @@ class MobileMambaSeg(nn.Module):
         in_channels: input channels (``modalities × (2k + 1)`` for 2.5D stacks).
         out_channels: number of classes (logit channels).
         deep_supervision: return auxiliary outputs in training (see above).
-        decoder_channels: decoder widths at strides 2, 4, 8, 16, 32, 64 (one int for all). The
-            default keeps the two high-resolution levels narrow: they carry boundary detail, not
-            semantics, and dominate the decoder's memory traffic on the CPU.
+        decoder_channels: decoder widths, finest first: at strides 1, 2, 4, 8, 16, 32, 64 with
+            ``output_stride=1`` (7 widths), at strides 2 … 64 with ``output_stride=2`` (6 widths); one
+            int for all. ``None`` (default) gives ``(16, 16, 32, 64, 96, 128, 128)`` resp.
+            ``(16, 32, 64, 96, 128, 128)``: the high-resolution levels stay narrow, they carry
+            boundary detail, not semantics, and dominate the decoder's memory traffic on the CPU.
+        output_stride: stride of the predicted logits: 1 (default, full resolution) or 2 (the
+            six-level decoder of the segmentation bundle up to version 0.5 and of the
+            classification bundle's lesion-map network; logits upsampled bilinearly).
         pad_mode: how the input is padded to a multiple of 64: ``"replicate"`` (default),
             ``"constant"`` (zeros) or ``"reflect"`` (needs the padding to be smaller than the input).
         upsample_mode: top-down upsampling in the decoder, ``"bilinear"`` or ``"nearest"``.
@@ -191,7 +224,8 @@ class MobileMambaSeg(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         deep_supervision: bool = False,
-        decoder_channels: int | Sequence[int] = (16, 32, 64, 96, 128, 128),
+        decoder_channels: int | Sequence[int] | None = None,
+        output_stride: int = 1,
         pad_mode: str = "replicate",
         upsample_mode: str = "bilinear",
         **encoder_kwargs: Any,
@@ -206,6 +240,8 @@ class MobileMambaSeg(nn.Module):
             raise ValueError(f"out_channels={out_channels!r} is not valid; expected a positive integer.")
         if pad_mode not in _PAD_MODES:
             raise ValueError(f"pad_mode={pad_mode!r} is not valid; expected one of {_PAD_MODES}.")
+        if output_stride not in _OUTPUT_STRIDES or isinstance(output_stride, bool):
+            raise ValueError(f"output_stride={output_stride!r} is not valid; expected one of {_OUTPUT_STRIDES}.")
         if upsample_mode not in _UPSAMPLE_MODES:
             raise ValueError(f"upsample_mode={upsample_mode!r} is not valid; expected one of {_UPSAMPLE_MODES}.")
         for key in ("num_classes", "distillation"):
@@ -215,9 +251,15 @@ class MobileMambaSeg(nn.Module):
             variant, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=0, **encoder_kwargs
         )
         e0, e1, e2 = self.encoder.embed_dim
-        encoder_widths = (e0 // 8, e0 // 4, e0 // 2, e0, e1, e2)
+        encoder_widths: tuple[int, ...] = (e0 // 8, e0 // 4, e0 // 2, e0, e1, e2)
+        kernels: tuple[int, ...] = (1,) * len(encoder_widths)
+        if output_stride == 1:
+            encoder_widths = (in_channels, *encoder_widths)
+            kernels = (3, *kernels)
+        if decoder_channels is None:
+            decoder_channels = _DEFAULT_DECODER_CHANNELS[-len(encoder_widths) :]
         widths = _widths("decoder_channels", decoder_channels, len(encoder_widths))
-        self.decoder = FPNDecoder(encoder_widths, widths, upsample_mode)
+        self.decoder = FPNDecoder(encoder_widths, widths, upsample_mode, kernels)
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
         self.aux_heads = nn.ModuleList(
             nn.Conv2d(widths[i], out_channels, kernel_size=1) for i in (1, 2, 3) if deep_supervision
@@ -228,6 +270,7 @@ class MobileMambaSeg(nn.Module):
         self.out_channels = out_channels
         self.deep_supervision = bool(deep_supervision)
         self.decoder_channels = widths
+        self.output_stride = int(output_stride)
         self.pad_mode = pad_mode
         self.pad_multiple: int = ENCODER_STRIDE
 
@@ -246,7 +289,8 @@ class MobileMambaSeg(nn.Module):
         return features
 
     def _upsample_crop(self, logits: torch.Tensor, size: List[int], height: int, width: int) -> torch.Tensor:
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if logits.shape[-2] != size[0] or logits.shape[-1] != size[1]:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits[:, :, :height, :width]
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
@@ -271,7 +315,10 @@ class MobileMambaSeg(nn.Module):
         if pad_h > 0 or pad_w > 0:
             x = F.pad(x, [0, pad_w, 0, pad_h], mode=self.pad_mode)
         size = [x.shape[-2], x.shape[-1]]
-        levels = self.decoder(self.encode(x))
+        features = self.encode(x)
+        if self.output_stride == 1:
+            features.insert(0, x)  # the full-resolution level: the image itself
+        levels = self.decoder(features)
         logits = self._upsample_crop(self.head(levels[0]), size, height, width)
         if self.training and self.deep_supervision:
             outputs: List[torch.Tensor] = [logits]
