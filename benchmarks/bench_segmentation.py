@@ -64,6 +64,11 @@ def _monai(name: str) -> Callable[[int], nn.Module]:
 #: name -> (label, builder(in_channels) -> module, fusable with medmamba.networks.fuse_norms)
 MODELS: dict[str, tuple[str, Callable[[int], nn.Module], bool]] = {
     "mobilemambaseg-t2": ("MobileMambaSeg-T2", lambda c: MobileMambaSeg("t2", in_channels=c, out_channels=2), True),
+    "mobilemambaseg-t2-os2": (
+        "MobileMambaSeg-T2, output_stride 2",
+        lambda c: MobileMambaSeg("t2", in_channels=c, out_channels=2, output_stride=2),
+        True,
+    ),
     "mobilemambaseg-s6": ("MobileMambaSeg-S6", lambda c: MobileMambaSeg("s6", in_channels=c, out_channels=2), True),
     "unet": ("MONAI UNet (32..512, 4× stride 2)", _monai("unet"), False),
     "segresnet": ("MONAI SegResNet 2D", _monai("segresnet"), False),

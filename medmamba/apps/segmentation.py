@@ -350,11 +350,14 @@ class SegmentationMetrics:
             row[f"dice_{name}"] = float(dice[c])
         if self.hd95:
             spacing = _spacing(label, p.ndim - 2) or _spacing(pred, p.ndim - 2)
+            named = list(self.class_names)  # only the reported classes (the background's is the costliest)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                hd = compute_hausdorff_distance(p, y, include_background=True, percentile=95, spacing=spacing)[0]
-            for c, name in self.class_names.items():
-                row[f"hd95_{name}"] = float(hd[c])
+                hd = compute_hausdorff_distance(
+                    p[:, named], y[:, named], include_background=True, percentile=95, spacing=spacing
+                )[0]
+            for j, name in enumerate(self.class_names.values()):
+                row[f"hd95_{name}"] = float(hd[j])
         return row
 
     def update(self, engine: Engine) -> None:

@@ -19,6 +19,7 @@ from .checkpoint_file import read_checkpoint
 __all__ = [
     "convert_official_state_dict",
     "load_official_checkpoint",
+    "official_state_dict",
     "adapt_input_channels",
     "emulate_reference_cpu_merge",
 ]
@@ -147,13 +148,27 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor
     return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (c / in_channels)
 
 
-def _extract_state_dict(obj: Any, ema: bool, path: str) -> Mapping[str, torch.Tensor]:
+def official_state_dict(obj: Any, ema: bool, path: str) -> Mapping[str, torch.Tensor]:
+    """The network weights inside a released checkpoint (the reference's layout).
+
+    Args:
+        obj: the loaded checkpoint: a bare state dict, or a dict with ``"net"`` / ``"net_E"`` (EMA)
+            or ``"state_dict"`` / ``"model"`` entries.
+        ema: prefer ``"net_E"`` when both are present.
+        path: the file, for the error message.
+
+    Returns:
+        The state dict, reference names unchanged.
+
+    Raises:
+        ValueError: if no state dict is found.
+    """
     if isinstance(obj, Mapping):
         order = ("net_E", "net", "state_dict", "model") if ema else ("net", "net_E", "state_dict", "model")
         for key in order:
             if key in obj and isinstance(obj[key], Mapping):
                 return obj[key]
-        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
     raise ValueError(
         f"checkpoint {path!r} holds no state dict: expected a dict of tensors or a dict with a 'net' or 'net_E' entry."
@@ -195,7 +210,7 @@ def load_official_checkpoint(
     from .nets.mobilemamba import MobileMamba
 
     obj = read_checkpoint(path)
-    sd = convert_official_state_dict(_extract_state_dict(obj, ema, str(path)))
+    sd = convert_official_state_dict(official_state_dict(obj, ema, str(path)))
     has_dist = any(k.startswith("head_dist.") for k in sd)
     if distillation is None:
         distillation = has_dist

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..blocks import ConvBN
 from ..checkpoint_file import read_checkpoint
-from ..convert import adapt_input_channels, convert_official_state_dict
+from ..convert import adapt_input_channels, convert_official_state_dict, official_state_dict
 from .mobilemamba import MobileMamba
 
 __all__ = ["DepthwiseSeparableConv", "FPNDecoder", "FPNLevel", "MobileMambaSeg"]
@@ -398,20 +398,7 @@ class MobileMambaSeg(nn.Module):
         Raises:
             ValueError: the file holds no state dict or it does not fit the variant.
         """
-        obj = read_checkpoint(path)
-        state_dict = None
-        if isinstance(obj, Mapping):
-            for key in ("net_E", "net", "state_dict", "model") if ema else ("net", "net_E", "state_dict", "model"):
-                if isinstance(obj.get(key), Mapping):
-                    state_dict = obj[key]
-                    break
-            if state_dict is None and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-                state_dict = obj
-        if state_dict is None:
-            raise ValueError(
-                f"checkpoint {str(path)!r} holds no state dict: expected a dict of tensors or one with a 'net' or "
-                "'net_E' entry."
-            )
+        state_dict = official_state_dict(read_checkpoint(path), ema, str(path))
         model = cls(variant, **kwargs)
         model.load_encoder_state_dict(state_dict)
         return model
