@@ -210,6 +210,7 @@ def segment(
         raise ValueError("input_path is required: a NIfTI file, a DICOM series folder or a folder of them (--input_path ...).")
     start = time.perf_counter()
     cases = find_scans(input_path)
+    tissue = sorted(int(k) for k in (labels or TISSUE_LABELS))  # the labels that make up the brain
     logger.info("segmenting %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
     report = segment_scans(
         cases,
@@ -222,9 +223,9 @@ def segment(
         write_seg=write_seg,
         anonymous_seg=anonymous_seg,
         device=device,
-        brain_labels=sorted(int(k) for k in (labels or TISSUE_LABELS)) if write_brain_mask else None,
+        brain_labels=tissue if write_brain_mask else None,
         brain_volume_range_ml=brain_volume_range_ml if write_brain_mask else None,
-        keep_components=sorted(int(k) for k in (labels or TISSUE_LABELS)) if keep_largest_component else None,
+        keep_components=tissue if keep_largest_component else None,
     )
     summary = report.summary(time.perf_counter() - start)
     logger.info("segmentation: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed, summary["seconds"], report.csv_path)

@@ -23,6 +23,13 @@ from monai.utils import convert_to_dst_type
 __all__ = ["BrainMask", "BrainMaskd", "KeepBrainComponent", "KeepBrainComponentd"]
 
 
+def _label_array(img: Any) -> np.ndarray:
+    """A channel-first label map ``(1, *spatial)`` as a NumPy array; ``ValueError`` for another shape."""
+    if len(img.shape) < 2 or int(img.shape[0]) != 1:
+        raise ValueError(f"img must be a channel-first label map (1, *spatial), got shape {tuple(img.shape)}.")
+    return img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+
+
 class BrainMask(Transform):
     """Label map ``(1, *spatial)`` to a 0/1 brain mask of the same shape, type and metadata.
 
@@ -54,12 +61,16 @@ class BrainMask(Transform):
         self.fill_holes = bool(fill_holes)
         self.connectivity = int(connectivity)
 
+    def brain_voxels(self, labels: np.ndarray) -> np.ndarray:
+        """The voxels carrying a brain label (``labels``, or every label > 0), any shape."""
+        lab = np.rint(np.asarray(labels)).astype(np.int64)
+        return lab > 0 if self.labels is None else np.isin(lab, self.labels)
+
     def mask(self, labels: np.ndarray) -> np.ndarray:
         """The boolean brain mask of a label array without channel dimension."""
         from scipy import ndimage
 
-        lab = np.rint(np.asarray(labels)).astype(np.int64)
-        brain = lab > 0 if self.labels is None else np.isin(lab, self.labels)
+        brain = self.brain_voxels(labels)
         if not brain.any():
             return brain
         structure = ndimage.generate_binary_structure(brain.ndim, min(self.connectivity, brain.ndim))
@@ -79,9 +90,7 @@ class BrainMask(Transform):
         Raises:
             ValueError: if ``img`` does not have exactly one channel.
         """
-        if len(img.shape) < 2 or int(img.shape[0]) != 1:
-            raise ValueError(f"img must be a channel-first label map (1, *spatial), got shape {tuple(img.shape)}.")
-        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        arr = _label_array(img)
         out = self.mask(arr[0])[None].astype(np.float32)
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
 
@@ -143,12 +152,8 @@ class KeepBrainComponent(Transform):
         Raises:
             ValueError: if ``img`` does not have exactly one channel.
         """
-        if len(img.shape) < 2 or int(img.shape[0]) != 1:
-            raise ValueError(f"img must be a channel-first label map (1, *spatial), got shape {tuple(img.shape)}.")
-        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        lab = np.rint(arr).astype(np.int64)
-        brain = lab > 0 if self.masker.labels is None else np.isin(lab, self.masker.labels)
-        clear = brain & ~self.masker.mask(arr[0])[None]
+        arr = _label_array(img)
+        clear = self.masker.brain_voxels(arr) & ~self.masker.mask(arr[0])[None]
         if isinstance(img, torch.Tensor):  # a MetaTensor keeps its metadata and applied operations
             out = img.clone()
             out[torch.as_tensor(clear, device=img.device)] = 0
