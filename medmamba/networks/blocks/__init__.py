@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .conv_bn import BNLinear, ChannelAffine, ConvBN, Residual, fuse_bn_linear, fuse_conv_bn
+from .depthwise_conv import DepthwiseConv2d, small_map_depthwise_conv2d
 from .feed_forward import FeedForward
 from .mk_deconv import MKDeConv
 from .mrffi import MRFFI, split_channels
@@ -15,6 +16,7 @@ __all__ = [
     "BNLinear",
     "ChannelAffine",
     "ConvBN",
+    "DepthwiseConv2d",
     "FeedForward",
     "MKDeConv",
     "MRFFI",
@@ -27,6 +29,7 @@ __all__ = [
     "fuse_conv_bn",
     "inverse_wavelet_transform",
     "make_divisible",
+    "small_map_depthwise_conv2d",
     "split_channels",
     "wavelet_filters",
     "wavelet_transform",

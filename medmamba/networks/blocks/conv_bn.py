@@ -12,6 +12,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .depthwise_conv import DepthwiseConv2d
+
 __all__ = ["ChannelAffine", "ConvBN", "BNLinear", "Residual", "fuse_conv_bn", "fuse_bn_linear"]
 
 
@@ -114,12 +116,13 @@ class ConvBN(nn.Sequential):
         bn_weight_init: float = 1.0,
     ) -> None:
         padding = kernel_size // 2 if padding is None else padding
-        super().__init__(
-            OrderedDict(
-                conv=nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False),
-                bn=nn.BatchNorm2d(out_channels),
-            )
-        )
+        depthwise = groups == in_channels == out_channels and stride == 1 and kernel_size % 2 == 1 and kernel_size > 1
+        if depthwise and padding == kernel_size // 2:
+            # same parameters as nn.Conv2d; a faster training pass on maps smaller than the kernel
+            conv: nn.Conv2d = DepthwiseConv2d(in_channels, kernel_size, bias=False)
+        else:
+            conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        super().__init__(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels)))
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.constant_(self.bn.bias, 0.0)
         # a 1×1 depthwise convolution is a per-channel scale: computed elementwise (same numbers)

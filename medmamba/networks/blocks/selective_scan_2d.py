@@ -11,6 +11,7 @@ from torch import nn
 
 from ..selective_scan import selective_scan, selective_scan_scriptable
 from .conv_bn import ConvBN
+from .depthwise_conv import DepthwiseConv2d
 
 __all__ = ["SelectiveScan2D"]
 
@@ -64,7 +65,7 @@ class SelectiveScan2D(nn.Module):
 
         self.in_proj = ConvBN(channels, 2 * d_inner, 1)
         self.act = nn.SiLU()
-        self.dw_conv = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=True)
+        self.dw_conv = DepthwiseConv2d(d_inner, 3, bias=True)
         bound = d_inner**-0.5
         self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
         self.dt_proj_weight = nn.Parameter(0.1 * torch.rand(k, d_inner, dt_rank))

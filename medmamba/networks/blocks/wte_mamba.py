@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .depthwise_conv import DepthwiseConv2d
 from .selective_scan_2d import SelectiveScan2D
 from .wavelet import inverse_wavelet_transform, wavelet_filters, wavelet_transform
 
@@ -45,9 +46,7 @@ class WTEMamba(nn.Module):
         self.iwt_filter = nn.Parameter(rec, requires_grad=False)
         self.ssm = SelectiveScan2D(channels, ssm_ratio=ssm_ratio, scan_backend=scan_backend)
         self.ssm_scale = nn.Parameter(torch.ones(1, channels, 1, 1))
-        self.wavelet_conv = nn.Conv2d(
-            4 * channels, 4 * channels, kernel_size, padding="same", groups=4 * channels, bias=False
-        )
+        self.wavelet_conv = DepthwiseConv2d(4 * channels, kernel_size, bias=False)
         self.wavelet_scale = nn.Parameter(torch.full((1, 4 * channels, 1, 1), 0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""Depthwise convolution on small maps: ``nn.Conv2d`` against :class:`DepthwiseConv2d`'s training form.
+
+MobileMamba's last stages and its wavelet branch run depthwise convolutions (kernels 3-7) on maps of
+1×1 to 4×4 pixels when the input is a 128×128 slice. The script times forward + backward of both
+forms on the shapes a T2 training step of the classification bundle meets (batch 32), and one
+MobileMamba-T2 lesion-map training step (forward, backward) with the plain convolution against the
+one the network uses, side by side in one run, and checks the outputs are equal.
+
+Usage::
+
+    python benchmarks/bench_depthwise.py [--threads 1] [--repeats 20]
+
+Run it under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` as well to see an AVX2-only CPU's
+kernels on an AVX-512 machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_line, time_call  # noqa: E402
+
+from medmamba.networks import MobileMambaSeg  # noqa: E402
+from medmamba.networks.blocks import DepthwiseConv2d, small_map_depthwise_conv2d  # noqa: E402
+
+#: (batch, channels, side, kernel) of the depthwise convolutions of MobileMamba-T2 on 128×128 slices
+SHAPES = [(32, 144, 8, 3), (32, 448, 4, 7), (32, 288, 4, 3), (32, 768, 2, 5), (32, 368, 2, 3), (32, 896, 1, 3)]
+
+
+def _plain(module: nn.Module) -> nn.Module:
+    """The network with every DepthwiseConv2d's training form switched off (plain nn.Conv2d path)."""
+    for m in module.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.small_map = -1
+            m.forward = lambda x, m=m: m._conv_forward(x, m.weight, m.bias)  # type: ignore[method-assign]
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"# {machine_line()}")
+    print(f"# cpu capability {torch.backends.cpu.get_cpu_capability()}, threads {args.threads}")
+    print("\n| map (N, C, side, kernel) | conv2d fwd+bwd (ms) | small-map form (ms) | speed-up | max abs diff | used in training |")
+    print("|---|---|---|---|---|---|")
+    for n, c, side, k in SHAPES:
+        x = torch.randn(n, c, side, side).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        w = torch.randn(c, 1, k, k, requires_grad=True)
+        diff = (F.conv2d(x, w, padding=k // 2, groups=c) - small_map_depthwise_conv2d(x, w, None)).abs().max().item()
+
+        def conv() -> None:
+            y = F.conv2d(x, w, padding=k // 2, groups=c)
+            y.backward(torch.ones_like(y))
+
+        def small() -> None:
+            y = small_map_depthwise_conv2d(x, w, None)
+            y.backward(torch.ones_like(y))
+
+        a, b = time_call(conv, repeats=args.repeats), time_call(small, repeats=args.repeats)
+        used = side <= DepthwiseConv2d(1, k).small_map or 2 * side - 1 < k
+        print(f"| {(n, c, side, k)} | {a * 1e3:.2f} | {b * 1e3:.2f} | {a / b:.2f}x | {diff:.1e} | {'yes' if used else 'no'} |")
+
+    torch.manual_seed(0)
+    ours = MobileMambaSeg("t2", spatial_dims=2, in_channels=5, out_channels=5, output_stride=2)
+    plain = _plain(MobileMambaSeg("t2", spatial_dims=2, in_channels=5, out_channels=5, output_stride=2))
+    plain.load_state_dict(ours.state_dict())
+    ours, plain = ours.to(memory_format=torch.channels_last), plain.to(memory_format=torch.channels_last)
+    x = torch.randn(32, 5, 128, 128).contiguous(memory_format=torch.channels_last)
+
+    def step(net: nn.Module) -> None:
+        net.zero_grad(set_to_none=True)
+        net(x).square().mean().backward()
+
+    with torch.no_grad():
+        diff = (ours(x) - plain(x)).abs().max().item()
+    step(plain), step(ours)
+    times: dict[str, list[float]] = {"plain": [], "ours": []}
+    for _ in range(max(3, args.repeats // 4)):  # alternated, so that drift hits both alike
+        for name, net in (("plain", plain), ("ours", ours)):
+            times[name].append(time_call(lambda net=net: step(net), repeats=1, warmup=0))
+    ta, tb = statistics.median(times["plain"]), statistics.median(times["ours"])
+    print("\n| MobileMambaSeg-T2 (stride 2) training step, 32×5×128² | plain conv2d (ms) | DepthwiseConv2d (ms) | speed-up | max abs diff (train mode) |")
+    print("|---|---|---|---|---|")
+    print(f"| forward + backward | {ta * 1e3:.0f} | {tb * 1e3:.0f} | {ta / tb:.2f}x | {diff:.1e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
