@@ -162,7 +162,7 @@ def test_evaluation_and_inference_keep_the_largest_brain_component() -> None:
         parser.read_config(str(CONFIGS / "evaluate.json"))
         parser["keep_largest_component"] = keep
         names = [type(t).__name__ for t in parser.get_parsed_content("postprocessing").transforms]
-        assert names[-1] == ("KeepBrainComponentd" if keep else "AsDiscreted")
+        assert names[-1] == ("KeepBrainComponentd" if keep else "LabelMapd")
     infer = json.loads((CONFIGS / "inference.json").read_text())
     assert infer["keep_largest_component"] is True
     assert "keep_largest_component=@keep_largest_component" in infer["run"][0]

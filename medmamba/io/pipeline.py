@@ -32,6 +32,7 @@ from medmamba.io.segment_codes import SegmentCode
 from medmamba.io.geometry import voxel_volume_ml
 from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_probabilities_nifti
 from medmamba.transforms.brain_mask import BrainMask, KeepBrainComponent
+from medmamba.transforms.label_map import channel_argmax
 
 __all__ = ["Predictor", "classify_scans", "segment_scans"]
 
@@ -133,7 +134,7 @@ def segment_scans(
             raise ValueError(f"predictor output spatial shape {tuple(probs.shape[1:])} != input {tuple(img.shape[1:])}")
         data["prob"] = probs
         inv = invert_prediction(data, preprocessing, "prob", image_key, nearest=False)
-        mask = MetaTensor(torch.argmax(inv.as_tensor(), dim=0, keepdim=True).to(torch.float32), affine=inv.affine,
+        mask = MetaTensor(channel_argmax(inv.as_tensor()).to(torch.float32), affine=inv.affine,
                           meta=dict(inv.meta))
         if cleaner is not None:
             mask = cleaner(mask)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
+from medmamba.transforms.label_map import LabelMap, LabelMapd, channel_argmax
 from medmamba.transforms.loading import LoadScan, LoadScand
 from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask, foreground_threshold, quantiles
 from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMultipled
@@ -28,6 +29,8 @@ __all__ = [
     "CheckScan",
     "CheckScand",
     "ForegroundSelector",
+    "LabelMap",
+    "LabelMapd",
     "LoadScan",
     "LoadScand",
     "MRNormalize",
@@ -35,6 +38,7 @@ __all__ = [
     "PadToMultiple",
     "PadToMultipled",
     "RandDomainSynthesisd",
+    "channel_argmax",
     "foreground_mask",
     "foreground_threshold",
     "quantiles",

@@ -52,9 +52,28 @@ def quantiles(values: torch.Tensor, q: Sequence[float]) -> list[float]:
     if flat.numel() > _MAX_QUANTILE_VALUES:
         flat = flat[:: flat.numel() // (_MAX_QUANTILE_VALUES // 2) + 1]
     if flat.device.type == "cpu":
-        out = np.percentile(flat.float().numpy(), [100.0 * float(v) for v in q])
-        return [float(v) for v in np.atleast_1d(out)]
+        return _select_quantiles(flat.float().numpy(), q)
     return [float(v) for v in torch.quantile(flat.float(), torch.tensor(list(q), device=flat.device))]
+
+
+def _select_quantiles(values: np.ndarray, q: Sequence[float]) -> list[float]:
+    """Linear-interpolation quantiles of a flat float array by one ``numpy.partition`` (introselect).
+
+    The two order statistics around each quantile's position ``q·(n−1)`` are selected in one call and
+    interpolated as ``numpy.percentile`` does (about half its time: no copy to float64, one pass).
+    """
+    n = values.size
+    pos = [float(v) * (n - 1) for v in q]
+    low = [min(int(np.floor(p)), n - 1) for p in pos]
+    kth = sorted({k for lo in low for k in (lo, min(lo + 1, n - 1))})
+    part = np.partition(values, kth)
+    out = []
+    for p, lo in zip(pos, low):
+        a, b = float(part[lo]), float(part[min(lo + 1, n - 1)])
+        t = p - lo
+        # numpy's lerp: exact at both ends, monotone in t
+        out.append(b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t)
+    return out
 
 
 def foreground_threshold(channel: torch.Tensor, foreground_fraction: float = 0.1) -> float:
@@ -122,16 +141,21 @@ class MRNormalize(Transform):
         for c in range(t.shape[0]):
             x = t[c].as_tensor() if hasattr(t[c], "as_tensor") else t[c]
             fg = foreground_mask(x, self.foreground_fraction, self.threshold)
-            y = x.clone()
+            # the foreground values, gathered once (numpy's boolean gather is several times faster on
+            # the CPU than torch's); the z-score statistics are those of the clipped gathered values
+            v = torch.from_numpy(x.numpy()[fg.numpy()]) if x.device.type == "cpu" else x[fg]
+            y = x
             if self.lower is not None or self.upper is not None:
-                found = iter(quantiles(x[fg], [p / 100.0 for p in (self.lower, self.upper) if p is not None]))
+                found = iter(quantiles(v, [p / 100.0 for p in (self.lower, self.upper) if p is not None]))
                 lo = next(found) if self.lower is not None else None
                 hi = next(found) if self.upper is not None else None
                 y = torch.clamp(y, min=lo, max=hi)
+                v = torch.clamp(v, min=lo, max=hi)
             if self.zscore:
-                v = y[fg]
                 mean, std = float(v.mean()), float(v.std()) if v.numel() > 1 else 1.0
                 y = (y - mean) / (std if std > 1e-8 else 1.0)
+            elif y is x:
+                y = x.clone()
             if self.background_value is not None:
                 y[~fg] = self.background_value
             out[c] = y

@@ -1,4 +1,10 @@
-"""Depthwise convolution on small maps: ``nn.Conv2d`` against :class:`DepthwiseConv2d`'s training form.
+"""CPU traps found in the main job's profile, each timed against its fix in one run.
+
+1. Depthwise convolution on small maps: ``nn.Conv2d`` against :class:`DepthwiseConv2d`'s training form.
+2. Label maps: ``torch.argmax(x, dim=0)`` (MONAI's ``AsDiscrete(argmax=True)``) against
+   :func:`medmamba.transforms.channel_argmax` (``torch.max(x, dim=0).indices``).
+3. MR normalisation: the previous ``MRNormalize`` (torch boolean gathers twice, ``numpy.percentile``)
+   against the current one (one numpy gather, one ``numpy.partition`` per quantile set).
 
 MobileMamba's last stages and its wavelet branch run depthwise convolutions (kernels 3-7) on maps of
 1×1 to 4×4 pixels when the input is a 128×128 slice. The script times forward + backward of both
@@ -8,7 +14,7 @@ one the network uses, side by side in one run, and checks the outputs are equal.
 
 Usage::
 
-    python benchmarks/bench_depthwise.py [--threads 1] [--repeats 20]
+    python benchmarks/bench_cpu_traps.py [--threads 1] [--repeats 20]
 
 Run it under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` as well to see an AVX2-only CPU's
 kernels on an AVX-512 machine.
@@ -21,6 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +37,7 @@ from common import machine_line, time_call  # noqa: E402
 
 from medmamba.networks import MobileMambaSeg  # noqa: E402
 from medmamba.networks.blocks import DepthwiseConv2d, small_map_depthwise_conv2d  # noqa: E402
+from medmamba.transforms import MRNormalize, channel_argmax  # noqa: E402
 
 #: (batch, channels, side, kernel) of the depthwise convolutions of MobileMamba-T2 on 128×128 slices
 SHAPES = [(32, 144, 8, 3), (32, 448, 4, 7), (32, 288, 4, 3), (32, 768, 2, 5), (32, 368, 2, 3), (32, 896, 1, 3)]
@@ -93,7 +101,38 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| MobileMambaSeg-T2 (stride 2) training step, 32×5×128² | plain conv2d (ms) | DepthwiseConv2d (ms) | speed-up | max abs diff (train mode) |")
     print("|---|---|---|---|---|")
     print(f"| forward + backward | {ta * 1e3:.0f} | {tb * 1e3:.0f} | {ta / tb:.2f}x | {diff:.1e} |")
+
+    probs = torch.rand(4, 128, 128, 115, generator=torch.Generator().manual_seed(0))
+    ta = time_call(lambda: torch.argmax(probs, dim=0, keepdim=True), repeats=args.repeats // 2)
+    tb = time_call(lambda: channel_argmax(probs), repeats=args.repeats // 2)
+    same = bool(torch.equal(torch.argmax(probs, dim=0, keepdim=True), channel_argmax(probs)))
+    print("\n| label map of 4×128×128×115 scores | torch.argmax dim 0 (ms) | channel_argmax (ms) | speed-up | equal |")
+    print("|---|---|---|---|---|")
+    print(f"| arg-max over channels | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {ta / tb:.1f}x | {same} |")
+
+    vol = torch.rand(1, 128, 128, 115, generator=torch.Generator().manual_seed(1)) * 100
+    vol[:, :, :40] = 0  # background, as in a head volume
+    ta = time_call(lambda: _previous_mr_normalize(vol), repeats=args.repeats // 2)
+    tb = time_call(lambda: MRNormalize()(vol), repeats=args.repeats // 2)
+    diff = (MRNormalize()(vol) - _previous_mr_normalize(vol)).abs().max().item()
+    print("\n| MRNormalize of a 128×128×115 volume | previous (ms) | current (ms) | speed-up | max abs diff |")
+    print("|---|---|---|---|---|")
+    print(f"| clip 0.5-99.5 % + z-score | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {ta / tb:.2f}x | {diff:.1e} |")
     return 0
+
+
+def _previous_mr_normalize(img: torch.Tensor) -> torch.Tensor:
+    """MRNormalize's defaults as computed before (torch boolean gathers twice, ``numpy.percentile``)."""
+    out = img.clone()
+    for c in range(img.shape[0]):
+        x = img[c]
+        thr = float(np.percentile(x.numpy(), 99)) * 0.1
+        fg = x > thr
+        lo, hi = (float(v) for v in np.percentile(x[fg].numpy(), [0.5, 99.5]))
+        y = torch.clamp(x, min=lo, max=hi)
+        v = y[fg]
+        out[c] = (y - float(v.mean())) / float(v.std())
+    return out
 
 
 if __name__ == "__main__":
