@@ -6,6 +6,7 @@ Spatial work (orientation, spacing, foreground crop) re-uses MONAI's ``Orientati
 
 from __future__ import annotations
 
+from medmamba.transforms.bias_field import RandBiasField, RandBiasFieldd, legendre_coefficients
 from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.label_map import LabelMap, LabelMapd, channel_argmax
@@ -37,9 +38,12 @@ __all__ = [
     "MRNormalized",
     "PadToMultiple",
     "PadToMultipled",
+    "RandBiasField",
+    "RandBiasFieldd",
     "RandDomainSynthesisd",
     "channel_argmax",
     "foreground_mask",
+    "legendre_coefficients",
     "foreground_threshold",
     "quantiles",
     "resolve_window",

@@ -271,21 +271,26 @@ class SliceStackd(Randomizable, MapTransform, MultiSampleTrait):
             self.randomize(np.zeros(0, dtype=int), np.arange(num_slices))
         return self._chosen
 
-    def _cut(self, img: Any, index: int, context: int) -> Any:
+    def _cut(self, img: Any, indices: list[int], context: int) -> list[Any]:
+        """The stacks of ``img`` centred on ``indices``, gathered in one call (meta data per slice)."""
         t = convert_to_tensor(img, track_meta=False)
-        out = stack_slices(t[None], [index], self.spatial_axis, context)[0, 0]
-        if isinstance(img, MetaTensor):
-            meta = dict(img.meta)
-            meta.update(
-                slice_index=index,
-                slice_axis=self.spatial_axis,
-                slice_context=context,
-                volume_affine=img.affine.clone(),
-            )
-            meta["affine"] = _slice_affine(img.affine, self.spatial_axis, index)
-            meta["spatial_shape"] = np.asarray(out.shape[1:])
-            return MetaTensor(out, meta=meta, applied_operations=list(img.applied_operations))
-        return convert_to_dst_type(out, img)[0]
+        stacks = stack_slices(t[None], indices, self.spatial_axis, context)[0] if indices else t[None][:0]
+        out: list[Any] = []
+        for index, stack in zip(indices, stacks):
+            if isinstance(img, MetaTensor):
+                meta = dict(img.meta)
+                meta.update(
+                    slice_index=index,
+                    slice_axis=self.spatial_axis,
+                    slice_context=context,
+                    volume_affine=img.affine.clone(),
+                )
+                meta["affine"] = _slice_affine(img.affine, self.spatial_axis, index)
+                meta["spatial_shape"] = np.asarray(stack.shape[1:])
+                out.append(MetaTensor(stack, meta=meta, applied_operations=list(img.applied_operations)))
+            else:
+                out.append(convert_to_dst_type(stack, img)[0])
+        return out
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         """Cut the samples.
@@ -299,14 +304,12 @@ class SliceStackd(Randomizable, MapTransform, MultiSampleTrait):
         d = dict(data)
         num_slices = self._num_slices(d)
         chosen = self._select(d, num_slices)
+        cuts = {key: self._cut(d[key], chosen, self.context) for key in self.key_iterator(d)}
+        cuts.update({key: self._cut(d[key], chosen, 0) for key in self.label_keys if key in d})
         samples: list[dict[Hashable, Any]] = []
-        for index in chosen:
+        for i, index in enumerate(chosen):
             sample = dict(d)
-            for key in self.key_iterator(d):
-                sample[key] = self._cut(d[key], index, self.context)
-            for key in self.label_keys:
-                if key in d:
-                    sample[key] = self._cut(d[key], index, 0)
+            sample.update({key: stacks[i] for key, stacks in cuts.items()})
             if self.slice_index_key is not None:
                 sample[self.slice_index_key] = index
             samples.append(sample)
