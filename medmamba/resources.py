@@ -12,6 +12,9 @@ core count:
   default unless asked) that gives a child process the same count from its start; OpenMP reads it when it loads, before any
   config can run, so a launcher (the main job) sets it for the processes it starts;
 - :func:`dataloader_workers`: worker processes of a training ``DataLoader``;
+- :func:`tune_allocator`: glibc's allocator told to keep large blocks (called by
+  :func:`configure_threads`): tensors of a few MiB, freed and allocated again at every step, then
+  stop costing a fresh ``mmap`` and the zeroing of every page each time;
 - :func:`cpu_native_bf16`: whether the CPU computes bfloat16 natively (AMX / AVX512-BF16), with the
   reason, as used by :func:`medmamba.training.resolve_precision`;
 - :func:`run_setup_line` / :func:`log_run_setup`: the one log line that states a run's device,
@@ -49,6 +52,7 @@ __all__ = [
     "resolve_threads",
     "run_setup_line",
     "thread_env",
+    "tune_allocator",
     "usable_cores",
 ]
 
@@ -258,7 +262,8 @@ def thread_env(num_threads: int, wait_policy: str | None = None) -> dict[str, st
 
 
 def configure_threads(num_threads: int | str = "auto", interop_threads: int = 1) -> int:
-    """Set this process's compute threads: torch intra-op and inter-op (if not yet started).
+    """Set this process's compute threads: torch intra-op and inter-op (if not yet started), and
+    the allocator's large-block policy (:func:`tune_allocator`).
 
     The OpenMP runtime has read its environment (``OMP_WAIT_POLICY`` ...) when torch was imported;
     a launcher sets it for its children with :func:`thread_env`, and :func:`run_setup_line` reports it.
@@ -280,12 +285,63 @@ def configure_threads(num_threads: int | str = "auto", interop_threads: int = 1)
         raise ValueError(f"interop_threads must be an int >= 1, got {interop_threads!r}.")
     threads = resolve_threads(num_threads)
     torch.set_num_threads(threads)
+    tune_allocator()
     if torch.get_num_interop_threads() != interop_threads:
         try:
             torch.set_num_interop_threads(interop_threads)
         except RuntimeError:  # the inter-op pool has started (or was set before): it stays as it is
             logger.debug("inter-op threads already started (%d); left as they are", torch.get_num_interop_threads())
     return threads
+
+
+#: glibc ``mallopt`` parameters (``malloc.h``) and the values :func:`tune_allocator` sets: blocks up to
+#: 32 MiB from the heap instead of ``mmap``; freed memory kept (trim threshold 64 GiB) with 1 GiB of
+#: headroom per heap extension (virtual until touched). The same as the ``MALLOC_*_`` variables of ``benchmarks/common.py``.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+ALLOCATOR_SETTINGS = {"mmap_threshold": 32 * 1024**2, "trim_threshold": 64 * 1024**3, "top_pad": 1024**3}
+_ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_allocator_state: list[str] = []
+
+
+def tune_allocator() -> str:
+    """Tell glibc's allocator to keep large blocks (``mallopt``), where the C library is glibc.
+
+    A training step frees and allocates tensors of a few MiB (activations, gradients, augmented
+    volumes) over and over. By default glibc serves blocks above its mmap threshold with a fresh
+    ``mmap`` and returns them at ``free``, so each one costs page faults and the zeroing of its pages
+    again; on the development VM that was about a sixth of the classification bundle's data time
+    (``benchmarks/bench_cpu_traps.py``). Nothing is changed where the user set the ``MALLOC_*_``
+    variables, on another C library, or when ``MEDMAMBA_ALLOCATOR=default``.
+
+    Returns:
+        What was done, for the run setup line (``"glibc, large blocks kept"``, or why not).
+    """
+    if _allocator_state:
+        return _allocator_state[0]
+    if os.environ.get("MEDMAMBA_ALLOCATOR", "").lower() == "default":
+        state = "default (MEDMAMBA_ALLOCATOR=default)"
+    elif any(k in os.environ for k in _ALLOCATOR_ENV):
+        state = "default (MALLOC_*_ variables set by the user)"
+    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        state = "default (not glibc)"
+    else:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None)
+            ok = all(
+                libc.mallopt(param, value) == 1
+                for param, value in (
+                    (_M_MMAP_THRESHOLD, ALLOCATOR_SETTINGS["mmap_threshold"]),
+                    (_M_TRIM_THRESHOLD, ALLOCATOR_SETTINGS["trim_threshold"]),
+                    (_M_TOP_PAD, ALLOCATOR_SETTINGS["top_pad"]),
+                )
+            )
+        except (OSError, AttributeError, ctypes.ArgumentError):
+            ok = False
+        state = "glibc, large blocks kept" if ok else "default (mallopt refused)"
+    _allocator_state.append(state)
+    return state
 
 
 def dataloader_workers(device: torch.device | str, num_threads: int | str = "auto", cores: int | None = None) -> int:
@@ -422,7 +478,8 @@ def run_setup_line(
     native, why = cpu_native_bf16()
     parts.append(
         f"threads intra-op {threads}, inter-op {torch.get_num_interop_threads()} of {usable_cores()} usable core(s), "
-        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"allocator {_allocator_state[0] if _allocator_state else 'default'}"
     )
     parts.append(
         f"CPU {cpu_model()}, capability {cpu_capability()}, native bf16 {'yes' if native else 'no'} ({why})"

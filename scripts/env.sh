@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # Create or reuse the project's virtual environment in .venv and install medmamba into it.
 # Sourced by scripts/main.sh and scripts/test.sh; safe to run again (a stamp skips reinstalling).
+# MEDMAMBA_EXTRAS names the extras to install (default: all,test; the main job sets only what it runs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MEDMAMBA_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
+EXTRAS="${MEDMAMBA_EXTRAS:-all,test}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 STAMP="$VENV/.medmamba-installed"
 HASH="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
+# the stamp holds the pyproject hash and the extras installed with it; "all" covers every extra but test
+_medmamba_installed() {
+  [ -f "$STAMP" ] || return 1
+  local hash have x
+  read -r hash have < "$STAMP" || true
+  [ "$hash" = "$HASH" ] || return 1
+  for x in ${EXTRAS//,/ }; do
+    case ",${have:-}," in
+      *",$x,"*) ;;
+      *",all,"*) [ "$x" != test ] || return 1 ;;
+      *) return 1 ;;
+    esac
+  done
+}
+if ! _medmamba_installed; then
   # the CPU wheel of torch first, pinned, so that no CUDA build is pulled in by a range
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[all,test]"
-  echo "$HASH" > "$STAMP"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
+  echo "$HASH $EXTRAS" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
 export PYTHON_BIN="$VENV/bin/python"

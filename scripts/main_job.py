@@ -8,7 +8,7 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
 2. for each bundle (classification, segmentation), the two side by side, with the compute threads
    :func:`plan_threads` gives each stage from the cores this process may use (on two cores one
    thread per training process; one core: everything one after the other), and, when one chain
-   ends, its cores handed to the chain still running (:class:`CoreLedger`: a training process in
+   ends, its cores handed to the chain still running (:class:`CoreLedger`: a training or evaluation process in
    progress gets them through its thread grant file, :class:`medmamba.training.ThreadGrantHandler`;
    the chain's later stages start with them): train the teacher, train the student with knowledge
    distillation (with ``ENSEMBLE_SEEDS``, several students side by side, stacked into a seed
@@ -108,8 +108,9 @@ def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
     ]
 
 
-def training_run(bundle: Path, config: str, stage_slug: str, threads: int, *overrides: str) -> tuple[list[str], Path]:
-    """``python -m monai.bundle run`` of a training config with ``threads`` and a thread grant file."""
+def granted_run(bundle: Path, config: str, stage_slug: str, threads: int, *overrides: str) -> tuple[list[str], Path]:
+    """``python -m monai.bundle run`` of a config with ``threads`` and a thread grant file (training and
+    evaluation configs: their ``ThreadGrantHandler`` takes more threads when another chain ends)."""
     grant = LOG_DIR / f"{bundle.name}_{stage_slug}.threads"
     argv = bundle_run(bundle, config, "--num_threads", str(threads), "--thread_grant_file", str(grant), *overrides)
     return argv, grant
@@ -279,7 +280,7 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
     threads = plan.student[name]
     label = "train student (KD)" if uses_teacher(bundle) else "train student"
     if not seeds:
-        argv, grant = training_run(bundle, "train.json", "student", threads)
+        argv, grant = granted_run(bundle, "train.json", "student", threads)
         outputs = [models / "model.pt", models / "model_ema.pt"]
         return [Stage(name, label, argv, outputs, threads=threads, grant_file=grant)]
     stages, members = [], []
@@ -288,7 +289,7 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
         member = "model" if i == 0 else f"model_seed{seed}"
         members.append(member)
         extra = () if i == 0 else ("--model_name", member, "--log_dir", str(bundle / "logs" / member))
-        argv, grant = training_run(bundle, "train.json", f"student_seed{seed}", threads, "--seed", str(seed), *extra)
+        argv, grant = granted_run(bundle, "train.json", f"student_seed{seed}", threads, "--seed", str(seed), *extra)
         outputs = [models / f"{member}.pt", models / f"{member}_ema.pt"]
         stages.append(
             Stage(name, f"{label}, seed {seed}", argv, outputs, group=group, threads=threads, grant_file=grant)
@@ -315,14 +316,14 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan 
     stages: list[Stage] = []
     if not skip_teacher and uses_teacher(bundle):
         n = plan.teacher[name]
-        argv, grant = training_run(bundle, "train_teacher.json", "teacher", n)
+        argv, grant = granted_run(bundle, "train_teacher.json", "teacher", n)
         stages.append(Stage(name, "train teacher", argv, [models / "teacher.pt"], threads=n, grant_file=grant))
     stages += student_stages(name, bundle, plan)
     ((_, deployed, _),) = evaluations(name, bundle)
     post = plan.post_training[name]
     threads = ("--num_threads", str(post))
-    argv = bundle_run(bundle, "evaluate.json", *threads)
-    stages.append(Stage(name, "evaluate (test)", argv, [out / "metrics.json"], threads=post))
+    argv, grant = granted_run(bundle, "evaluate.json", "evaluate", post)
+    stages.append(Stage(name, "evaluate (test)", argv, [out / "metrics.json"], threads=post, grant_file=grant))
     export = Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"], threads=post)
     stages.append(export)
     argv = bundle_run(bundle, "inference.json", "export_onnx", *threads)
@@ -339,7 +340,7 @@ class CoreLedger:
     """Which chains are still running, and the cores each may use now (thread-safe).
 
     The chains share the usable cores evenly (an odd core to ``last_chain``). When a chain ends, the
-    chains still running get its cores: their training stage in progress through its thread grant
+    chains still running get its cores: their training or evaluation stage in progress through its thread grant
     file (:func:`medmamba.training.grant_threads`, read between iterations by the bundle's
     :class:`medmamba.training.ThreadGrantHandler`), their later stages at their start.
 

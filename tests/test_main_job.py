@@ -200,14 +200,19 @@ def test_run_stage_gives_the_child_its_thread_environment(tmp_path: Path, monkey
     assert stage.log.read_text().split() == ["3", "3", "PASSIVE"]
 
 
-def test_training_stages_get_a_thread_grant_file_and_other_stages_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_and_evaluation_stages_get_a_thread_grant_file_and_other_stages_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = _main_job()
     test = [{"id": "sub-a", "image": "a/image.nii.gz", "dicom": "a/dicom"}, {"id": "sub-b", "image": "b/image.nii.gz"}]
     (tmp_path / "datalist_segmentation.json").write_text(json.dumps({"test": test}))
     monkeypatch.setattr(job, "DATA", tmp_path)
     stages = job.bundle_stages("classification", job.BUNDLES["classification"], skip_teacher=False, plan=job.plan_threads(2))
-    training = [s for s in stages if s.name.startswith("train")]
-    assert [s.grant_file.name for s in training] == ["mobilemamba_classification_student.threads"]  # no teacher since 0.11
+    training = [s for s in stages if s.name.startswith(("train", "evaluate"))]
+    assert [s.grant_file.name for s in training] == [
+        "mobilemamba_classification_student.threads",  # no teacher since 0.11
+        "mobilemamba_classification_evaluate.threads",
+    ]
     for s in training:
         assert s.argv[s.argv.index("--thread_grant_file") + 1] == str(s.grant_file)
         assert s.grant_file.parent == job.LOG_DIR

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,32 @@ def test_run_setup_line_states_device_precisions_threads_and_cpu(monkeypatch: py
     assert "CPU Test CPU 9000, capability AVX2, native bf16 no (ATen CPU capability AVX2)" in line
     assert "teacher" not in run_setup_line("cpu", student)
     assert "precision fp32" in run_setup_line("cpu")  # inference: no autocast
+
+
+def _allocator_state_in_child(env: dict[str, str]) -> str:
+    import subprocess
+    import sys
+
+    code = "import medmamba.resources as r; print(r.tune_allocator()); print(r.run_setup_line('cpu'))"
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MEDMAMBA_ALLOCATOR"}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_tune_allocator_keeps_large_blocks_on_glibc_and_says_so() -> None:
+    out = _allocator_state_in_child({})
+    state, line = out.splitlines()[:2]
+    assert state == "glibc, large blocks kept"
+    assert "allocator glibc, large blocks kept" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"MEDMAMBA_ALLOCATOR": "default"}, "default (MEDMAMBA_ALLOCATOR=default)"),
+        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "default (MALLOC_*_ variables set by the user)"),
+    ],
+)
+def test_tune_allocator_leaves_a_users_choice_alone(env: dict[str, str], expected: str) -> None:
+    assert _allocator_state_in_child(env).splitlines()[0] == expected

@@ -93,3 +93,19 @@ def test_training_configs_attach_the_handler_off_by_default(bundle: str, config:
     assert cfg["thread_grant_file"] is None
     handlers = [h for h in cfg["train"]["handlers"] if isinstance(h, dict) and h.get("_target_", "").endswith("ThreadGrantHandler")]
     assert handlers == [{"_target_": "medmamba.training.ThreadGrantHandler", "grant_file": "@thread_grant_file"}]
+
+
+@pytest.mark.parametrize("bundle", ["classification", "segmentation"])
+def test_evaluation_configs_attach_the_handler_off_by_default(bundle: str) -> None:
+    from monai.bundle import ConfigParser
+
+    root = Path(__file__).resolve().parents[1] / "bundles" / f"mobilemamba_{bundle}" / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(root / "evaluate.json"))
+    assert parser["thread_grant_file"] is None
+    handlers = [h for h in parser["handlers"] if isinstance(h, dict) and h.get("_target_", "").endswith("ThreadGrantHandler")]
+    assert handlers == [{"_target_": "medmamba.training.ThreadGrantHandler", "grant_file": "@thread_grant_file"}]
+    parser["thread_grant_file"] = "/tmp/grant"
+    index = [i for i, h in enumerate(parser["handlers"]) if h in handlers][0]
+    handler = parser.get_parsed_content(f"handlers#{index}")
+    assert isinstance(handler, ThreadGrantHandler) and handler.grant_file == Path("/tmp/grant")

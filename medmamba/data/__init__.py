@@ -24,7 +24,7 @@ from medmamba.data.dicom_reader import (
 from medmamba.data.dicom_scan import DicomSkipWarning, FolderScan, scan_dicom_folder, select_series
 from medmamba.data.discovery import find_scans
 from medmamba.data.errors import ScanLoadError
-from medmamba.data.loading import check_scan, is_nifti_path, load_scan
+from medmamba.data.loading import NiftiHeaderWarning, check_scan, is_nifti_path, load_scan
 from medmamba.data.privacy import IDENTIFYING_KEYWORDS, Redactor, identifying_values, is_identifying_key, scrub_meta
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "DicomSkipWarning",
     "DicomVolume",
     "FolderScan",
+    "NiftiHeaderWarning",
     "ScanLoadError",
     "check_scan",
     "find_scans",

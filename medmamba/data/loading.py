@@ -11,7 +11,9 @@ nibabel alone reads such a file without error when the voxel data are complete).
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 
@@ -27,7 +29,25 @@ from medmamba.data.dicom_reader import DicomSeriesReader, OnGap
 from medmamba.data.errors import ScanLoadError
 from medmamba.data.gzip_integrity import check_gzip_integrity
 
-__all__ = ["NIFTI_SUFFIXES", "check_affine", "check_scan", "is_nifti_path", "load_scan", "read_to_metatensor"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "NiftiHeaderWarning",
+    "check_affine",
+    "check_scan",
+    "is_nifti_path",
+    "load_scan",
+    "read_to_metatensor",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest difference (mm for the origin, unitless for the axes) tolerated between a NIfTI file's
+#: sform and qform when both are set; a quaternion cannot hold shears, so tiny differences are normal.
+QFORM_SFORM_TOLERANCE = 1e-3
+
+
+class NiftiHeaderWarning(UserWarning):
+    """A NIfTI header whose geometry had to be chosen between its sform and qform."""
 
 #: File-name endings read as NIfTI.
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".hdr", ".img", ".img.gz")
@@ -130,14 +150,8 @@ def load_scan(
             raise ScanLoadError(f"series_uid={series_uid!r} given for NIfTI file {where!r}; it applies to DICOM only")
         for part in _gzip_parts(p):
             check_gzip_integrity(part, where if part == p else os.fspath(part))
-        try:
-            import nibabel as nib
-
-            header_affine = nib.load(where).affine  # lazy: the header only
-        except Exception as exc:
-            raise ScanLoadError(f"path={where!r}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
         # checked on the file's own affine: MONAI's reader replaces one whose zooms disagree with pixdim
-        check_affine(header_affine, where)
+        check_affine(_nifti_affine(where), where)
         try:
             img = read_to_metatensor(NibabelReader(), where)
         except Exception as exc:
@@ -150,6 +164,58 @@ def load_scan(
     check_scan(img, where, modality, expected_modalities, allow_nonfinite)
     check_affine(getattr(img, "affine", None), where)
     return img
+
+
+def _nifti_affine(where: str) -> np.ndarray:
+    """The NIfTI file's own voxel-to-world affine (to check before MONAI's reader corrects it), or a
+    ``ScanLoadError``.
+
+    Complex voxels are refused (a cast to float would keep the real part silently). The sform/qform
+    choice is MONAI's (``correct_nifti_header_if_necessary``: the form whose voxel sizes match the
+    header's pixdim); what it does silently is reported here with a :class:`NiftiHeaderWarning`: an
+    all-zero sform flagged valid (the qform gives the geometry), and a qform and sform that disagree
+    beyond :data:`QFORM_SFORM_TOLERANCE` (naming which one is used).
+    """
+    try:
+        import nibabel as nib
+        from monai.data.utils import correct_nifti_header_if_necessary
+
+        img = nib.load(where)  # lazy: the header only
+        dtype = np.dtype(img.header.get_data_dtype())
+        hdr = img.header
+        forms = None
+        if isinstance(hdr, nib.Nifti1Header):  # Analyze has one affine from pixdim, nothing to choose
+            forms = int(hdr["sform_code"]), int(hdr["qform_code"]), hdr.get_sform(), hdr.get_qform()
+        own = np.array(img.affine, dtype=np.float64)  # the file's best affine, before MONAI's correction
+        chosen = np.asarray(correct_nifti_header_if_necessary(img).affine, dtype=np.float64)
+    except Exception as exc:
+        raise ScanLoadError(f"path={where!r}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
+    if dtype.kind == "c":
+        raise ScanLoadError(
+            f"path={where!r}: the voxels are complex ({dtype}); expected real intensities: save the magnitude "
+            "(numpy.abs) as the image, or the real and imaginary parts as separate images"
+        )
+    if forms is None:
+        return own
+    s_code, q_code, sform, qform = forms
+    if s_code > 0 and q_code > 0 and not np.any(sform[:3, :3]):
+        _warn_header(f"{where}: sform_code {s_code} with an all-zero sform; the qform (code {q_code}) gives the geometry")
+        return np.asarray(qform, dtype=np.float64)
+    if s_code > 0 and q_code > 0:
+        diff = float(np.abs(sform[:3] - qform[:3]).max())
+        if diff > QFORM_SFORM_TOLERANCE:
+            which = f"sform (code {s_code})" if np.allclose(chosen, sform, atol=QFORM_SFORM_TOLERANCE) else f"qform (code {q_code})"
+            _warn_header(
+                f"{where}: the qform (code {q_code}) and the sform (code {s_code}) disagree (largest difference "
+                f"{diff:.4g}); the {which} gives the geometry (MONAI's reader keeps the form whose voxel sizes "
+                "match pixdim, the sform when both do)"
+            )
+    return own
+
+
+def _warn_header(msg: str) -> None:
+    logger.warning(msg)
+    warnings.warn(msg, NiftiHeaderWarning, stacklevel=4)
 
 
 def _gzip_parts(path: Path) -> list[Path]:
