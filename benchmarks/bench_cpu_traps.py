@@ -5,6 +5,9 @@
    :func:`medmamba.transforms.channel_argmax` (``torch.max(x, dim=0).indices``).
 3. MR normalisation: the previous ``MRNormalize`` (torch boolean gathers twice, ``numpy.percentile``)
    against the current one (one numpy gather, one ``numpy.partition`` per quantile set).
+4. The allocator: a segmentation training step (MobileMambaSeg-T2 at full resolution, 16 × 3 × 128²)
+   and one volume's synthesis + normalisation, each in a child process with glibc's default
+   allocator (``MEDMAMBA_ALLOCATOR=default``) and with :func:`medmamba.resources.tune_allocator`.
 
 MobileMamba's last stages and its wavelet branch run depthwise convolutions (kernels 3-7) on maps of
 1×1 to 4×4 pixels when the input is a 128×128 slice. The script times forward + backward of both
@@ -56,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--allocator-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.allocator_child:
+        _allocator_child(max(3, args.repeats // 4))
+        return 0
     torch.set_num_threads(args.threads)
     print(f"# {machine_line()}")
     print(f"# cpu capability {torch.backends.cpu.get_cpu_capability()}, threads {args.threads}")
@@ -118,7 +125,61 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| MRNormalize of a 128×128×115 volume | previous (ms) | current (ms) | speed-up | max abs diff |")
     print("|---|---|---|---|---|")
     print(f"| clip 0.5-99.5 % + z-score | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {ta / tb:.2f}x | {diff:.1e} |")
+    _allocator_rows(args.repeats)
     return 0
+
+
+def _allocator_child(repeats: int) -> None:
+    """Time a segmentation training step and a volume's augmentation in this process; print JSON."""
+    import json
+
+    from medmamba.resources import configure_threads, tune_allocator
+    from medmamba.transforms import RandDomainSynthesisd
+
+    configure_threads(1)  # and the allocator, as in a bundle run
+    state = tune_allocator()
+    torch.manual_seed(0)
+    net = MobileMambaSeg("t2", spatial_dims=2, in_channels=3, out_channels=4, output_stride=1)
+    net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x = torch.randn(16, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (16, 128, 128))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    labels = torch.randint(0, 8, (1, 128, 128, 115), generator=torch.Generator().manual_seed(1)).float()
+    synth = RandDomainSynthesisd("image", label_key="generation", prob=1.0).set_random_state(0)
+    norm = MRNormalize()
+
+    def augment() -> None:
+        norm(synth({"image": labels.clone(), "generation": labels})["image"])
+
+    out = {"state": state, "step": time_call(step, repeats=repeats), "augment": time_call(augment, repeats=repeats)}
+    print(json.dumps(out))
+
+
+def _allocator_rows(repeats: int) -> None:
+    import json
+    import os
+    import subprocess
+
+    results = {}
+    for name, extra in (("glibc default", {"MEDMAMBA_ALLOCATOR": "default"}), ("tune_allocator", {})):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MEDMAMBA_ALLOCATOR"}
+        env.update(extra)
+        done = subprocess.run(
+            [sys.executable, __file__, "--allocator-child", "--repeats", str(repeats)],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    a, b = results["glibc default"], results["tune_allocator"]
+    print(f"\n| one thread, child processes | glibc default (ms) | tune_allocator: {b['state']} (ms) | speed-up |")
+    print("|---|---|---|---|")
+    print(f"| segmentation training step, 16×3×128², full resolution | {a['step'] * 1e3:.0f} | {b['step'] * 1e3:.0f} | {a['step'] / b['step']:.2f}x |")
+    print(f"| synthesis + MRNormalize of a 128×128×115 volume | {a['augment'] * 1e3:.0f} | {b['augment'] * 1e3:.0f} | {a['augment'] / b['augment']:.2f}x |")
 
 
 def _previous_mr_normalize(img: torch.Tensor) -> torch.Tensor:
