@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from medmamba.data.dicom_scan import (
     scan_dicom_folder,
     select_series,
 )
-from medmamba.data.errors import ScanLoadError
+from medmamba.data.errors import ScanLoadError, warn_and_log
 
 __all__ = [
     "SAFE_DICOM_META_KEYS",
@@ -183,8 +182,7 @@ def _pixel_spacing(hdrs: Sequence[Dataset], where: str, names: Sequence[str] | N
 
 
 def _warn(msg: str) -> None:
-    logger.warning(msg)
-    warnings.warn(msg, DicomGeometryWarning, stacklevel=4)
+    warn_and_log(msg, DicomGeometryWarning, logger)
 
 
 def _common_meta(ds: Dataset) -> dict[str, Any]:

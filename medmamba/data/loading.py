@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Collection
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from monai.transforms import EnsureChannelFirst
 from monai.utils import ImageMetaKey
 
 from medmamba.data.dicom_reader import DicomSeriesReader, OnGap
-from medmamba.data.errors import ScanLoadError
+from medmamba.data.errors import ScanLoadError, warn_and_log
 from medmamba.data.gzip_integrity import check_gzip_integrity
 
 __all__ = [
@@ -214,8 +213,7 @@ def _nifti_affine(where: str) -> np.ndarray:
 
 
 def _warn_header(msg: str) -> None:
-    logger.warning(msg)
-    warnings.warn(msg, NiftiHeaderWarning, stacklevel=4)
+    warn_and_log(msg, NiftiHeaderWarning, logger)
 
 
 def _gzip_parts(path: Path) -> list[Path]:
