@@ -12,14 +12,17 @@ from typing import Any
 
 import torch
 
+from medmamba.resources import ALLOCATOR_SETTINGS
+
 __all__ = ["MALLOC_ENV", "machine_info", "machine_line", "reexec_with_env", "reexec_with_malloc_tuning", "time_call"]
 
-#: glibc returns freed blocks ≥ 32 MiB to the OS, so large temporaries are page-faulted again on
-#: every call; these thresholds (read at process start) keep them (docs: shared fast-scan notes).
+#: glibc returns freed large blocks to the OS, so large temporaries are page-faulted again on every
+#: call; these variables (read at process start) keep them, with the values bundle runs set through
+#: ``mallopt`` (:func:`medmamba.resources.tune_allocator`).
 MALLOC_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
-    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024**3),
-    "MALLOC_TOP_PAD_": str(1024**3),
+    "MALLOC_MMAP_THRESHOLD_": str(ALLOCATOR_SETTINGS["mmap_threshold"]),
+    "MALLOC_TRIM_THRESHOLD_": str(ALLOCATOR_SETTINGS["trim_threshold"]),
+    "MALLOC_TOP_PAD_": str(ALLOCATOR_SETTINGS["top_pad"]),
 }
 _REEXEC_FLAG = "MEDMAMBA_BENCH_REEXEC"
 

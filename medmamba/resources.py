@@ -296,7 +296,8 @@ def configure_threads(num_threads: int | str = "auto", interop_threads: int = 1)
 
 #: glibc ``mallopt`` parameters (``malloc.h``) and the values :func:`tune_allocator` sets: blocks up to
 #: 32 MiB from the heap instead of ``mmap``; freed memory kept (trim threshold 64 GiB) with 1 GiB of
-#: headroom per heap extension (virtual until touched). The same as the ``MALLOC_*_`` variables of ``benchmarks/common.py``.
+#: headroom per heap extension (virtual until touched). ``benchmarks/common.py`` sets the same values
+#: as ``MALLOC_*_`` variables for its re-executed benchmarks.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 ALLOCATOR_SETTINGS = {"mmap_threshold": 32 * 1024**2, "trim_threshold": 64 * 1024**3, "top_pad": 1024**3}
 _ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
@@ -309,8 +310,8 @@ def tune_allocator() -> str:
     A training step frees and allocates tensors of a few MiB (activations, gradients, augmented
     volumes) over and over. By default glibc serves blocks above its mmap threshold with a fresh
     ``mmap`` and returns them at ``free``, so each one costs page faults and the zeroing of its pages
-    again; on the development VM that was about a sixth of the classification bundle's data time
-    (``benchmarks/bench_cpu_traps.py``). Nothing is changed where the user set the ``MALLOC_*_``
+    again; on the development VM (one thread, AVX2 kernels) keeping them cut the classification
+    bundle's data time by about a quarter and its step time by about 7 % (``docs/benchmarks.md``). Nothing is changed where the user set the ``MALLOC_*_``
     variables, on another C library, or when ``MEDMAMBA_ALLOCATOR=default``.
 
     Returns:

@@ -186,7 +186,6 @@ def _nifti_affine(where: str) -> np.ndarray:
         if isinstance(hdr, nib.Nifti1Header):  # Analyze has one affine from pixdim, nothing to choose
             forms = int(hdr["sform_code"]), int(hdr["qform_code"]), hdr.get_sform(), hdr.get_qform()
         own = np.array(img.affine, dtype=np.float64)  # the file's best affine, before MONAI's correction
-        chosen = np.asarray(correct_nifti_header_if_necessary(img).affine, dtype=np.float64)
     except Exception as exc:
         raise ScanLoadError(f"path={where!r}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
     if dtype.kind == "c":
@@ -203,6 +202,7 @@ def _nifti_affine(where: str) -> np.ndarray:
     if s_code > 0 and q_code > 0:
         diff = float(np.abs(sform[:3] - qform[:3]).max())
         if diff > QFORM_SFORM_TOLERANCE:
+            chosen = np.asarray(correct_nifti_header_if_necessary(img).affine, dtype=np.float64)
             which = f"sform (code {s_code})" if np.allclose(chosen, sform, atol=QFORM_SFORM_TOLERANCE) else f"qform (code {q_code})"
             _warn_header(
                 f"{where}: the qform (code {q_code}) and the sform (code {s_code}) disagree (largest difference "

@@ -1,10 +1,10 @@
 """Label map from class probabilities: the arg-max over the channel axis, fast on the CPU.
 
 MONAI's ``AsDiscrete(argmax=True)`` calls ``torch.argmax(x, dim=0)``. On the CPU that reduction over
-the leading (outermost) axis runs about nine times slower than ``torch.max(x, dim=0)``, which returns
+the leading (outermost) axis runs about eight times slower than ``torch.max(x, dim=0)``, which returns
 the same indices (the first maximal one, as ``argmax``): for a 4-class 128×128×115 volume on one
-thread, 320 ms against 37 ms on the development VM (``benchmarks/bench_cpu_traps.py`` prints both
-side by side with the machine named). The segmentation bundle's evaluation and inference do it once
+thread, 233–261 ms against 28–31 ms on the development VM (``benchmarks/bench_cpu_traps.py`` prints
+both side by side; ``docs/benchmarks.md`` names the machine). The segmentation bundle's evaluation and inference do it once
 per case.
 """
 

@@ -273,8 +273,10 @@ class SliceStackd(Randomizable, MapTransform, MultiSampleTrait):
 
     def _cut(self, img: Any, indices: list[int], context: int) -> list[Any]:
         """The stacks of ``img`` centred on ``indices``, gathered in one call (meta data per slice)."""
+        if not indices:
+            return []
         t = convert_to_tensor(img, track_meta=False)
-        stacks = stack_slices(t[None], indices, self.spatial_axis, context)[0] if indices else t[None][:0]
+        stacks = stack_slices(t[None], indices, self.spatial_axis, context)[0]
         out: list[Any] = []
         for index, stack in zip(indices, stacks):
             if isinstance(img, MetaTensor):

@@ -3,9 +3,9 @@
 MobileMamba's late stages run depthwise convolutions with kernels of 3 to 7 on maps of 1×1 to 4×4
 pixels (a 128×128 slice reaches 2×2 at stride 64, and the wavelet branch halves that again). There,
 the zero padding is larger than the map, and the CPU backward pass of PyTorch's oneDNN depthwise
-convolution falls onto a slow path: a ``32×768×2×2`` map with a 5×5 kernel takes about 20 ms for
-its backward pass where the same arithmetic laid out differently takes 4 ms
-(``benchmarks/bench_cpu_traps.py``).
+convolution falls onto a slow path: a ``32×768×2×2`` map with a 5×5 kernel takes 13–20 ms for its
+forward and backward pass with AVX2 kernels (5–6 ms with AVX-512) where the same arithmetic laid out
+as below takes 1–1.5 ms (``benchmarks/bench_cpu_traps.py``, ``docs/benchmarks.md``).
 
 :class:`DepthwiseConv2d` computes exactly the same numbers in training by (1) cropping the kernel
 to the taps that can reach a pixel of the map (a tap further than ``size - 1`` from the centre only
