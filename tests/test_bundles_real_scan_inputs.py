@@ -229,6 +229,63 @@ def test_segmentation_probabilities_on_the_input_grid(phantoms: dict, tmp_path: 
     assert np.array_equal(np.argmax(p, -1)[inside], labels[inside])
 
 
+class RecordingRefiner:
+    """Records what the segmentation hands its refiner and returns "all CSF" inside the crop."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, prob: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        self.calls.append({"prob": tuple(prob.shape), "image": tuple(image.shape), "affine": np.asarray(image.affine),
+                           "max": float(image.max())})
+        out = torch.zeros_like(prob)
+        out[1] = 1.0
+        return out
+
+
+def test_refiner_gets_the_loaded_scan_on_the_input_grid_and_its_result_is_written(phantoms: dict, tmp_path: Path) -> None:
+    ph = phantoms["1mm_las"]
+    refiner = RecordingRefiner()
+    assert _segment(ph["path"], tmp_path, tissue_refiner=refiner, keep_largest_component=False)["n_ok"] == 1
+    (call,) = refiner.calls
+    assert call["prob"] == (4, *ph["shape"]) and call["image"] == (1, *ph["shape"])
+    np.testing.assert_allclose(call["affine"], ph["affine"], atol=1e-4)
+    assert call["max"] == pytest.approx(LEVELS["sphere"])  # raw intensities, not the normalised ones
+    (case,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    labels = np.asarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj)
+    assert set(np.unique(labels)) == {1}
+
+
+def test_intensity_refinement_sharpens_a_1mm_scan(phantoms: dict, tmp_path: Path) -> None:
+    """The stub's prediction comes from the 2 mm grid; refined on the 1 mm scan it follows the 1 mm edges."""
+    ph = phantoms["1mm_las"]
+    dice = {}
+    for refine in (False, True):
+        out = tmp_path / str(refine)
+        assert _segment(ph["path"], out, refine_tissue=refine)["n_ok"] == 1
+        (case,) = [p for p in out.iterdir() if p.is_dir()]
+        labels = np.asarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj)
+        dice[refine] = _dice(labels == 3, ph["truth"]["sphere"])
+    assert dice[True] > dice[False]
+    assert dice[True] > 0.97
+
+
+def test_refiner_without_the_loaded_scan_fails_the_case_with_the_fix(phantoms: dict, tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    from medmamba.io.pipeline import segment_scans
+
+    parser = ConfigParser()
+    parser.read_config(str(SEG_CONFIGS / "inference.json"))
+    parser["refine_tissue"] = False  # no copy of the loaded scan in the preprocessing
+    report = segment_scans([phantoms["2mm"]["path"]], ThresholdSegmenter(), tmp_path,
+                           parser.get_parsed_content("preprocessing"), {1: "csf", 2: "gm", 3: "wm"},
+                           refiner=RecordingRefiner())
+    assert report.n_ok == 0 and report.n_failed == 1
+    reason = " ".join(report.failed.values())
+    assert "CopyItemsd" in reason and "source_image" in reason
+
+
 def test_dicom_series_at_5_mm_gets_its_masks_and_seg_on_its_own_grid(phantoms: dict, tmp_path: Path) -> None:
     import highdicom as hd
 

@@ -170,6 +170,7 @@ def segment(
     write_brain_mask: bool = True,
     brain_volume_range_ml: Sequence[float] | None = (700.0, 2200.0),
     keep_largest_component: bool = True,
+    refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Segment every scan under ``input_path`` and write the masks in each input's geometry.
 
@@ -200,6 +201,9 @@ def segment(
         keep_largest_component: set tissue labels outside the largest connected component of the
             brain (the union of ``labels``) to background before writing
             (:class:`medmamba.transforms.KeepBrainComponent`; islands in the scalp, eyes or neck).
+        refiner: applied to the probabilities on the input's grid with the scan as loaded (the
+            preprocessing keeps it under ``"source_image"``), e.g.
+            :class:`medmamba.transforms.TissueIntensityRefine`; ``None``: no refinement.
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
@@ -226,6 +230,7 @@ def segment(
         brain_labels=tissue if write_brain_mask else None,
         brain_volume_range_ml=brain_volume_range_ml if write_brain_mask else None,
         keep_components=tissue if keep_largest_component else None,
+        refiner=refiner,
     )
     summary = report.summary(time.perf_counter() - start)
     logger.info("segmentation: %d ok, %d failed (%.1f s); report %s", report.n_ok, report.n_failed, summary["seconds"], report.csv_path)

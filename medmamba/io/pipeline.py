@@ -76,6 +76,8 @@ def segment_scans(
     brain_volume_range_ml: Sequence[float] | None = None,
     keep_components: Sequence[int] | None = None,
     warnings_key: str = "scan_warnings",
+    refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    source_key: str = "source_image",
 ) -> BatchReport:
     """Segment every case and write the results in each input's own geometry.
 
@@ -110,6 +112,12 @@ def segment_scans(
             (:class:`medmamba.transforms.KeepBrainComponent`); ``None`` keeps the arg-max as it is.
         warnings_key: Key under which the preprocessing leaves a list of warnings about the scan
             (:class:`medmamba.transforms.CheckScand`); they go into the case's ``warnings``.
+        refiner: Applied to the probabilities on the input's grid with the scan as loaded, before
+            the arg-max (e.g. :class:`medmamba.transforms.TissueIntensityRefine`: detail finer than
+            the network's spacing from the scan's own intensities); ``None``: no refinement.
+        source_key: Key under which the preprocessing keeps a copy of the scan as loaded (a
+            ``CopyItemsd`` right after loading); needed by ``refiner``. Not ``"<image_key>_..."``:
+            MONAI's ``Spacingd`` takes such keys for metadata dictionaries.
 
     Returns:
         The batch report (per case: output files, voxel counts per label, ``warnings`` (sentences
@@ -134,6 +142,16 @@ def segment_scans(
             raise ValueError(f"predictor output spatial shape {tuple(probs.shape[1:])} != input {tuple(img.shape[1:])}")
         data["prob"] = probs
         inv = invert_prediction(data, preprocessing, "prob", image_key, nearest=False)
+        if refiner is not None:
+            if source_key not in data:
+                raise KeyError(f"refiner needs the scan as loaded under source_key={source_key!r}: add "
+                               f"CopyItemsd(keys={image_key!r}, names={source_key!r}) right after loading in the "
+                               f"preprocessing; the data hold {sorted(map(str, data))}")
+            source = data.pop(source_key)
+            if tuple(source.shape[1:]) != tuple(inv.shape[1:]):
+                raise ValueError(f"{source_key!r} has spatial shape {tuple(source.shape[1:])}, the inverted "
+                                 f"probabilities {tuple(inv.shape[1:])}: copy the scan before any spatial transform")
+            inv = refiner(inv, source)
         mask = MetaTensor(channel_argmax(inv.as_tensor()).to(torch.float32), affine=inv.affine,
                           meta=dict(inv.meta))
         if cleaner is not None:

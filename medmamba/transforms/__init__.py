@@ -17,6 +17,11 @@ from medmamba.transforms.presets import ForegroundSelector, scan_preprocessing
 from medmamba.transforms.scan_checks import CheckScan, CheckScand, scan_plausibility, voxel_spacing
 from medmamba.transforms.slice_stack import SliceStackd, neighbour_slice_indices, stack_slices
 from medmamba.transforms.synthesis import RandDomainSynthesisd
+from medmamba.transforms.tissue_refinement import (
+    TissueIntensityRefine,
+    TissueIntensityRefined,
+    refine_tissue_probabilities,
+)
 
 __all__ = [
     "CT_WINDOWS",
@@ -41,11 +46,14 @@ __all__ = [
     "RandBiasField",
     "RandBiasFieldd",
     "RandDomainSynthesisd",
+    "TissueIntensityRefine",
+    "TissueIntensityRefined",
     "channel_argmax",
     "foreground_mask",
     "foreground_threshold",
     "legendre_coefficients",
     "quantiles",
+    "refine_tissue_probabilities",
     "resolve_window",
     "scan_plausibility",
     "scan_preprocessing",
