@@ -246,7 +246,7 @@ class RecordingRefiner:
 def test_refiner_gets_the_loaded_scan_on_the_input_grid_and_its_result_is_written(phantoms: dict, tmp_path: Path) -> None:
     ph = phantoms["1mm_las"]
     refiner = RecordingRefiner()
-    assert _segment(ph["path"], tmp_path, tissue_refiner=refiner, keep_largest_component=False)["n_ok"] == 1
+    assert _segment(ph["path"], tmp_path, refine_tissue=True, tissue_refiner=refiner, keep_largest_component=False)["n_ok"] == 1
     (call,) = refiner.calls
     assert call["prob"] == (4, *ph["shape"]) and call["image"] == (1, *ph["shape"])
     np.testing.assert_allclose(call["affine"], ph["affine"], atol=1e-4)
