@@ -142,7 +142,12 @@ def test_configs_share_one_preprocessing() -> None:
     # (the training data are at that spacing already)
     deployed = {"medmamba.transforms.CheckScand", "Spacingd"}
     assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"] if t["_target_"] not in deployed] == targets
-    assert [t["_target_"] for t in infer["preprocessing"]["transforms"] if t["_target_"] not in deployed] == targets
+    # inference also keeps the scan as loaded for the optional intensity refinement (refine_tissue, off)
+    copies = [t for t in infer["preprocessing"]["transforms"] if t["_target_"] == "CopyItemsd"]
+    assert copies == [{"_target_": "CopyItemsd", "keys": "image", "names": "source_image", "_disabled_": "$not @refine_tissue"}]
+    assert infer["refine_tissue"] is False
+    assert [t["_target_"] for t in infer["preprocessing"]["transforms"]
+            if t["_target_"] not in deployed | {"CopyItemsd"}] == targets
     for cfg in (evaluate, infer):
         targets_here = [t["_target_"] for t in cfg["preprocessing"]["transforms"]]
         assert targets_here.index("Spacingd") == targets_here.index("Orientationd") + 1

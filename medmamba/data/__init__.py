@@ -20,8 +20,10 @@ from medmamba.data.dicom_reader import (
     DicomSeriesReader,
     DicomVolume,
     read_dicom,
+    read_dicom_stacks,
 )
 from medmamba.data.dicom_scan import DicomSkipWarning, FolderScan, scan_dicom_folder, select_series
+from medmamba.data.dicom_stacks import split_stacks
 from medmamba.data.discovery import find_scans
 from medmamba.data.errors import ScanLoadError
 from medmamba.data.loading import NiftiHeaderWarning, check_scan, is_nifti_path, load_scan
@@ -52,6 +54,8 @@ __all__ = [
     "is_nifti_path",
     "load_scan",
     "read_dicom",
+    "read_dicom_stacks",
     "scan_dicom_folder",
+    "split_stacks",
     "select_series",
 ]

@@ -49,6 +49,7 @@ from medmamba.data.dicom_scan import (
     scan_dicom_folder,
     select_series,
 )
+from medmamba.data.dicom_stacks import pixel_spacing_of, split_stacks
 from medmamba.data.errors import ScanLoadError, warn_and_log
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "DicomSeriesReader",
     "DicomVolume",
     "read_dicom",
+    "read_dicom_stacks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,13 @@ SAFE_DICOM_META_KEYS: tuple[str, ...] = (
 )
 
 OnGap = Literal["error", "warn"]
+OnMixed = Literal["error", "largest"]
+
+#: how a refusal of a mixed series names the way out
+_SPLIT_HINT = (
+    "; pass on_mixed='largest' to read its largest consistent stack, or read every stack with "
+    "medmamba.data.read_dicom_stacks"
+)
 
 
 class DicomGeometryWarning(UserWarning):
@@ -107,19 +116,6 @@ class DicomVolume:
 def _get(ds: Dataset, name: str, default: Any = None) -> Any:
     value = ds.get(name, default)
     return default if value in (None, "") else value
-
-
-def _spacing_of(hdr: Dataset) -> tuple[str, tuple[float, float]] | None:
-    """``(attribute, (row, column) spacing)`` of one image, or ``None`` without a valid one."""
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        val = _get(hdr, key)
-        try:
-            pair = (float(val[0]), float(val[1])) if val is not None and len(val) == 2 else None
-        except (TypeError, ValueError):
-            pair = None
-        if pair is not None and all(np.isfinite(v) and v > 0 for v in pair):
-            return key, pair
-    return None
 
 
 def _at(where: str, path: Path) -> str:
@@ -160,7 +156,7 @@ def _pixel_spacing(hdrs: Sequence[Dataset], where: str, names: Sequence[str] | N
         ScanLoadError: the images disagree (beyond ``rel_tol``), or some have a spacing and others not:
             one spacing for all slices would give a silently wrong affine.
     """
-    found = [_spacing_of(h) for h in hdrs]
+    found = [pixel_spacing_of(h) for h in hdrs]
     names = list(names) if names is not None else [f"image {i}" for i in range(len(hdrs))]
     if all(f is None for f in found):
         _warn(f"{where}: no valid PixelSpacing/ImagerPixelSpacing; assuming 1 mm pixels")
@@ -169,14 +165,14 @@ def _pixel_spacing(hdrs: Sequence[Dataset], where: str, names: Sequence[str] | N
     if missing:
         raise ScanLoadError(
             f"{where}: PixelSpacing is missing or invalid in {len(missing)} of {len(hdrs)} files (e.g. {missing[0]}); "
-            "expected one pixel spacing for every slice of a series"
+            "expected one pixel spacing for every slice of a series" + _SPLIT_HINT
         )
     key, first = found[0]
     for name, (_, pair) in zip(names, found):
         if any(abs(a - b) > rel_tol * max(abs(a), abs(b)) for a, b in zip(pair, first)):
             raise ScanLoadError(
                 f"{where}: {key} differs within the series: {list(first)} in {names[0]}, {list(pair)} in {name}; "
-                "expected one pixel spacing for every slice of a series"
+                "expected one pixel spacing for every slice of a series" + _SPLIT_HINT
             )
     return first
 
@@ -261,7 +257,7 @@ def _read_series(series: DicomSeries, where: str, on_gap: OnGap, tolerance: floa
     if len(sizes) > 1:
         raise ScanLoadError(
             f"{where}: series {series.series_uid} has images of different sizes {sorted(sizes)} "
-            "(rows, columns, samples); expected one stack of equal-sized slices"
+            "(rows, columns, samples); expected one stack of equal-sized slices" + _SPLIT_HINT
         )
     for inst in insts:
         check_decodable(inst.header, _at(where, inst.path))
@@ -274,7 +270,7 @@ def _read_series(series: DicomSeries, where: str, on_gap: OnGap, tolerance: floa
         lacking = [n for n, g in zip(names, with_geom) if not g]
         raise ScanLoadError(
             f"{where}: ImagePositionPatient/ImageOrientationPatient missing in {len(lacking)} of {len(hdrs)} files "
-            f"(e.g. {lacking[0]}) while the others have them; expected the geometry of every slice"
+            f"(e.g. {lacking[0]}) while the others have them; expected the geometry of every slice" + _SPLIT_HINT
         )
     meta = _common_meta(hdrs[0])
     if has_geom:
@@ -286,7 +282,7 @@ def _read_series(series: DicomSeries, where: str, on_gap: OnGap, tolerance: floa
         if len(distinct) > 1:
             raise ScanLoadError(
                 f"{where}: series {series.series_uid} has {len(distinct)} different image orientations "
-                "(e.g. a localizer or several planes); expected one stack"
+                "(e.g. a localizer or several planes); expected one stack" + _SPLIT_HINT
             )
         plane = planes[0]
         positions = np.asarray([_position(h, where, n) for h, n in zip(hdrs, names)])
@@ -409,6 +405,7 @@ def read_dicom(
     *,
     on_gap: OnGap = "error",
     spacing_tolerance: float = 0.05,
+    on_mixed: OnMixed = "error",
 ) -> DicomVolume:
     """Read a DICOM series folder or a single DICOM file.
 
@@ -419,21 +416,39 @@ def read_dicom(
         on_gap: ``"error"`` (default) raises on missing slices or uneven spacing; ``"warn"`` loads
             the volume with the mean slice step and emits a :class:`DicomGeometryWarning`.
         spacing_tolerance: Relative deviation of a slice step from the median that counts as uneven.
+        on_mixed: A series whose images do not form one stack (several orientations, matrix
+            sizes or pixel spacings, some images without a position): ``"error"`` (default)
+            refuses it; ``"largest"`` reads its largest consistent stack
+            (:func:`medmamba.data.dicom_stacks.split_stacks`) with a :class:`DicomGeometryWarning`
+            naming what was set aside.
 
     Returns:
         The volume (channel-first, RAS affine, safe metadata).
 
     Raises:
         ScanLoadError: For anything that cannot be loaded faithfully (see the message).
-        ValueError: If ``on_gap`` is not ``"error"`` or ``"warn"``.
+        ValueError: If ``on_gap`` is not ``"error"`` or ``"warn"``, or ``on_mixed`` not ``"error"``
+            or ``"largest"``.
     """
     if on_gap not in ("error", "warn"):
         raise ValueError(f"on_gap must be 'error' or 'warn', got {on_gap!r}")
+    if on_mixed not in ("error", "largest"):
+        raise ValueError(f"on_mixed must be 'error' or 'largest', got {on_mixed!r}")
     p = Path(path)
     where = str(p)
     if p.is_dir():
         scan = scan_dicom_folder(p)
         series = select_series(scan, series_uid)
+        if on_mixed == "largest":
+            stacks = split_stacks(series)
+            if len(stacks) > 1:
+                _warn(
+                    f"{where}: series {series.series_uid} holds {len(stacks)} stacks of different geometry; reading "
+                    f"the largest ({len(stacks[0].instances)} of {len(series.instances)} files, "
+                    f"{stacks[0].describe()}); set aside: "
+                    + "; ".join(f"{len(st.instances)} file(s) like {st.instances[0].path.name}" for st in stacks[1:])
+                )
+            series = stacks[0]
         return _read_series(series, where, on_gap, spacing_tolerance)
     if not p.is_file():
         raise ScanLoadError(f"path={where!r} does not exist; expected a DICOM folder or file")
@@ -447,6 +462,40 @@ def read_dicom(
         return _read_multiframe(p, where, on_gap, spacing_tolerance)
     series = DicomSeries(series_uid=str(_get(hdr, "SeriesInstanceUID", "")), instances=(DicomInstance(p, hdr),))
     return _read_series(series, where, on_gap, spacing_tolerance)
+
+
+def read_dicom_stacks(
+    path: str | os.PathLike[str],
+    series_uid: str | None = None,
+    *,
+    on_gap: OnGap = "error",
+    spacing_tolerance: float = 0.05,
+) -> list[DicomVolume]:
+    """Read every consistent stack of a DICOM series folder as a volume of its own.
+
+    For series that mix geometries (a three-plane localizer, slices of two sizes or spacings):
+    the series is split by :func:`medmamba.data.dicom_stacks.split_stacks` and each stack is read
+    and validated as :func:`read_dicom` reads a series (gaps, uneven spacing and non-finite positions
+    still fail). A consistent series gives one volume.
+
+    Args:
+        path: A folder holding one series (or several, with ``series_uid``).
+        series_uid: ``SeriesInstanceUID`` to pick from a folder with several series.
+        on_gap: See :func:`read_dicom`.
+        spacing_tolerance: See :func:`read_dicom`.
+
+    Returns:
+        The stacks' volumes, the largest stack first; each volume's ``source_files`` are its files.
+
+    Raises:
+        ScanLoadError: If ``path`` is not a folder, or a stack cannot be loaded faithfully.
+    """
+    p = Path(path)
+    where = str(p)
+    if not p.is_dir():
+        raise ScanLoadError(f"path={where!r} is not a folder; expected a DICOM series folder")
+    series = select_series(scan_dicom_folder(p), series_uid)
+    return [_read_series(stack, where, on_gap, spacing_tolerance) for stack in split_stacks(series)]
 
 
 def _dcmread_header(path: Path) -> Dataset:
@@ -468,13 +517,16 @@ class DicomSeriesReader(ImageReader):
         series_uid: ``SeriesInstanceUID`` to pick from folders with several series.
         on_gap: See :func:`read_dicom`.
         spacing_tolerance: See :func:`read_dicom`.
+        on_mixed: See :func:`read_dicom`.
     """
 
-    def __init__(self, series_uid: str | None = None, on_gap: OnGap = "error", spacing_tolerance: float = 0.05):
+    def __init__(self, series_uid: str | None = None, on_gap: OnGap = "error", spacing_tolerance: float = 0.05,
+                 on_mixed: OnMixed = "error"):
         super().__init__()
         self.series_uid = series_uid
         self.on_gap = on_gap
         self.spacing_tolerance = spacing_tolerance
+        self.on_mixed = on_mixed
 
     def verify_suffix(self, filename: Sequence[os.PathLike[str] | str] | os.PathLike[str] | str) -> bool:
         """Accept folders and ``.dcm``/``.dicom``/``.ima`` files or files without a suffix."""
@@ -489,7 +541,9 @@ class DicomSeriesReader(ImageReader):
         """Read one volume per path."""
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         return [
-            read_dicom(n, self.series_uid, on_gap=self.on_gap, spacing_tolerance=self.spacing_tolerance) for n in names
+            read_dicom(n, self.series_uid, on_gap=self.on_gap, spacing_tolerance=self.spacing_tolerance,
+                       on_mixed=self.on_mixed)
+            for n in names
         ]
 
     def get_data(self, img: DicomVolume | Sequence[DicomVolume]) -> tuple[np.ndarray, dict[str, Any]]:

@@ -24,7 +24,7 @@ from monai.transforms.io.array import switch_endianness
 from monai.transforms import EnsureChannelFirst
 from monai.utils import ImageMetaKey
 
-from medmamba.data.dicom_reader import DicomSeriesReader, OnGap
+from medmamba.data.dicom_reader import DicomSeriesReader, OnGap, OnMixed
 from medmamba.data.errors import ScanLoadError, warn_and_log
 from medmamba.data.gzip_integrity import check_gzip_integrity
 
@@ -123,6 +123,7 @@ def load_scan(
     on_gap: OnGap = "error",
     expected_modalities: Collection[str] | None = None,
     allow_nonfinite: bool = False,
+    on_mixed: OnMixed = "error",
 ) -> MetaTensor:
     """Load a DICOM series folder, a single (multi-frame) DICOM file or a NIfTI file.
 
@@ -133,6 +134,8 @@ def load_scan(
             ``"warn"`` (see :func:`medmamba.data.read_dicom`).
         expected_modalities: Refuse DICOM objects whose ``Modality`` is not listed.
         allow_nonfinite: Accept NaN/inf voxels (refused by default).
+        on_mixed: A DICOM series of several geometries: ``"error"`` or ``"largest"`` (its largest
+            consistent stack, see :func:`medmamba.data.read_dicom`).
 
     Returns:
         A float32 channel-first ``MetaTensor`` (``(C, X, Y[, Z])``) whose ``affine`` is RAS.
@@ -158,7 +161,7 @@ def load_scan(
         img.meta["source_format"] = "NIfTI"
         modality = ""
     else:
-        img = read_to_metatensor(DicomSeriesReader(series_uid=series_uid, on_gap=on_gap), where)
+        img = read_to_metatensor(DicomSeriesReader(series_uid=series_uid, on_gap=on_gap, on_mixed=on_mixed), where)
         modality = str(img.meta.get("modality", ""))
     check_scan(img, where, modality, expected_modalities, allow_nonfinite)
     check_affine(getattr(img, "affine", None), where)

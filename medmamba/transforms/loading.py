@@ -10,7 +10,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from medmamba.data.dicom_reader import OnGap
+from medmamba.data.dicom_reader import OnGap, OnMixed
 from medmamba.data.loading import load_scan
 
 __all__ = ["LoadScan", "LoadScand"]
@@ -24,6 +24,8 @@ class LoadScan(Transform):
         on_gap: ``"error"`` or ``"warn"`` for missing slices / uneven spacing.
         expected_modalities: Refuse DICOM data of other modalities.
         allow_nonfinite: Accept NaN/inf voxels.
+        on_mixed: A DICOM series of several geometries (a localizer, two matrix sizes): ``"error"``
+            refuses it, ``"largest"`` loads its largest consistent stack with a warning.
     """
 
     def __init__(
@@ -32,11 +34,15 @@ class LoadScan(Transform):
         on_gap: OnGap = "error",
         expected_modalities: Collection[str] | None = None,
         allow_nonfinite: bool = False,
+        on_mixed: OnMixed = "error",
     ) -> None:
         if on_gap not in ("error", "warn"):
             raise ValueError(f"on_gap must be 'error' or 'warn', got {on_gap!r}")
+        if on_mixed not in ("error", "largest"):
+            raise ValueError(f"on_mixed must be 'error' or 'largest', got {on_mixed!r}")
         self.series_uid = series_uid
         self.on_gap = on_gap
+        self.on_mixed = on_mixed
         self.expected_modalities = expected_modalities
         self.allow_nonfinite = allow_nonfinite
 
@@ -50,6 +56,7 @@ class LoadScan(Transform):
             on_gap=self.on_gap,
             expected_modalities=self.expected_modalities,
             allow_nonfinite=self.allow_nonfinite,
+            on_mixed=self.on_mixed,
         )
 
 
@@ -62,6 +69,7 @@ class LoadScand(MapTransform):
         on_gap: ``"error"`` or ``"warn"``.
         expected_modalities: Refuse DICOM data of other modalities.
         allow_nonfinite: Accept NaN/inf voxels.
+        on_mixed: ``"error"`` or ``"largest"`` (see :class:`LoadScan`).
         allow_missing_keys: Skip keys that are absent.
     """
 
@@ -73,10 +81,11 @@ class LoadScand(MapTransform):
         expected_modalities: Collection[str] | None = None,
         allow_nonfinite: bool = False,
         allow_missing_keys: bool = False,
+        on_mixed: OnMixed = "error",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadScan(
-            on_gap=on_gap, expected_modalities=expected_modalities, allow_nonfinite=allow_nonfinite
+            on_gap=on_gap, expected_modalities=expected_modalities, allow_nonfinite=allow_nonfinite, on_mixed=on_mixed
         )
         self.series_uid_key = series_uid_key
 
