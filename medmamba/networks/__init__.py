@@ -13,7 +13,9 @@ from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
 from .nets.ensemble import MeanEnsemble
 from .nets.lesion_map import LesionMapClassifier
 from .nets.segmentation import MobileMambaSeg
+from .dynamic_export import export_dynamic, spatial_multiple
 from .selective_scan import selective_scan
+from .selective_scan_chunked import selective_scan_chunked
 
 __all__ = [
     "MOBILEMAMBA_VARIANTS",
@@ -27,5 +29,8 @@ __all__ = [
     "emulate_reference_cpu_merge",
     "fuse_norms",
     "load_official_checkpoint",
+    "export_dynamic",
     "selective_scan",
+    "selective_scan_chunked",
+    "spatial_multiple",
 ]

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from medmamba.networks.selective_scan_chunked import selective_scan_chunked
+
 __all__ = [
     "SCAN_BACKENDS",
     "SelectiveScanFn",
@@ -531,6 +533,8 @@ def selective_scan(
         raise ValueError(f"selective_scan: `backend` must be one of {SCAN_BACKENDS}, got {backend!r}.")
     _validate(u, delta, A, B, C, D, delta_bias)
     if backend == "auto":
+        if torch.compiler.is_exporting():  # torch.export / the default ONNX exporter: one graph for every L
+            return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return selective_scan_scriptable(u, delta, A, B, C, D, delta_bias, delta_softplus)
         backend = "cuda" if u.is_cuda and _cuda_scan_fn() is not None else "parallel"

@@ -52,7 +52,12 @@ class WTEMamba(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
         xw = x
-        if h % 2 == 1 or w % 2 == 1:
+        if torch.compiler.is_compiling():
+            # one graph for odd and even sizes (torch.export, torch.compile): pad to even plus two zero
+            # rows/columns, which the wavelet and the depthwise conv see as their own zero padding (same
+            # outputs); a pad that may be zero would specialise the graph on the parity of the map
+            xw = F.pad(x, (0, 2 - w % 2, 0, 2 - h % 2))
+        elif h % 2 == 1 or w % 2 == 1:
             xw = F.pad(x, (0, w % 2, 0, h % 2))
         bands = wavelet_transform(xw, self.wt_filter)
         bands = self.wavelet_conv(bands) * self.wavelet_scale

@@ -1,0 +1,86 @@
+"""``torch.export`` of the project's networks with a dynamic batch, height and width.
+
+One exported program serves every batch size and every image size the network accepts, within the
+ranges below; its outputs equal the eager network's (float32 rounding). What makes this possible:
+
+- the selective scan runs in its chunked form while exporting
+  (:func:`medmamba.networks.selective_scan_chunked`), whose graph does not depend on the sequence
+  length (the fast eager scan takes ``log2 L`` steps chosen in Python);
+- the wavelet branch pads its map the same way for odd and even sizes while compiling.
+
+``torch.export`` specialises a graph on sizes that are 0 or 1 and on pads that may be zero. So the
+height and width are exported as multiples of the network's own padding multiple (32 for
+:class:`~medmamba.networks.MobileMamba`, the ``pad_multiple`` (64) of
+:class:`~medmamba.networks.MobileMambaSeg`, which pads its input to it), at least 128 pixels, so
+that no stage's map is one pixel wide. Inputs of other sizes are padded by the caller (the bundles'
+``PadToMultipled`` does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["export_dynamic", "spatial_multiple"]
+
+#: the smallest height and width exported (the deepest stage, stride 64, then has 2 x 2 pixels)
+MIN_SIZE = 128
+
+
+def spatial_multiple(network: nn.Module) -> int:
+    """The multiple that a network's input height and width must have in an exported program.
+
+    Args:
+        network: A MobileMamba, MobileMambaSeg, LesionMapClassifier, ensemble or a wrapper of one.
+
+    Returns:
+        The largest ``pad_multiple`` of a :class:`~medmamba.networks.MobileMambaSeg` inside, else 32
+        (the MobileMamba encoder's overall stride).
+    """
+    from medmamba.networks.nets.segmentation import MobileMambaSeg
+
+    multiples = [int(m.pad_multiple) for m in network.modules() if isinstance(m, MobileMambaSeg)]
+    return max([32, *multiples])
+
+
+def export_dynamic(
+    network: nn.Module,
+    example: torch.Tensor,
+    max_batch: int = 1024,
+    max_size: int = 4096,
+) -> torch.export.ExportedProgram:
+    """``torch.export.export`` with a dynamic batch, height and width.
+
+    Args:
+        network: The network in eval mode (fused or not).
+        example: An example input ``(B, C, H, W)``; ``B >= 2`` and ``H``, ``W`` multiples of
+            :func:`spatial_multiple` of at least 128 (none of them 1, which ``torch.export`` would
+            fix).
+        max_batch: Largest batch the program accepts.
+        max_size: Largest height and width it accepts.
+
+    Returns:
+        The exported program; ``program.module()(x)`` runs it for any batch ``1..max_batch`` and any
+        height and width that are multiples of the spatial multiple between 128 and ``max_size``.
+
+    Raises:
+        ValueError: If the network is in training mode, or the example's shape is outside these ranges.
+    """
+    if network.training:
+        raise ValueError("network is in training mode; call network.eval() before exporting.")
+    if example.dim() != 4:
+        raise ValueError(f"example must be a (batch, channels, height, width) tensor, got shape {tuple(example.shape)}.")
+    multiple = spatial_multiple(network)
+    batch, _, height, width = (int(s) for s in example.shape)
+    if not 2 <= batch <= max_batch:
+        raise ValueError(f"example batch must be between 2 and max_batch={max_batch} (a batch of 1 would be "
+                         f"fixed in the graph), got {batch}.")
+    for name, size in (("height", height), ("width", width)):
+        if size % multiple or not MIN_SIZE <= size <= max_size:
+            raise ValueError(f"example {name} must be a multiple of {multiple} between {MIN_SIZE} and "
+                             f"max_size={max_size}, got {size}.")
+    b = torch.export.Dim("batch", min=1, max=int(max_batch))
+    h = torch.export.Dim("height_blocks", min=MIN_SIZE // multiple, max=int(max_size) // multiple)
+    w = torch.export.Dim("width_blocks", min=MIN_SIZE // multiple, max=int(max_size) // multiple)
+    with torch.no_grad():
+        return torch.export.export(network, (example,), dynamic_shapes=({0: b, 2: multiple * h, 3: multiple * w},))
