@@ -114,3 +114,21 @@ def test_export_arguments_are_checked() -> None:
     seg = MobileMambaSeg("t2", in_channels=1, out_channels=2).eval()
     with pytest.raises(ValueError, match="width must be a multiple of 64"):
         export_dynamic(seg, torch.randn(2, 1, 128, 160))
+
+
+@pytest.mark.slow
+def test_default_onnx_exporter_graph_runs_at_any_batch_and_size(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from medmamba.networks import export_onnx_dynamic
+
+    net = _perturbed(MobileMamba("t2", in_channels=1, num_classes=3))
+    path = export_onnx_dynamic(net, torch.randn(2, 1, 224, 256), tmp_path / "t2.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 192, 192), (3, 1, 256, 128), (8, 1, 128, 160), (8, 1, 224, 224)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            ref = net(x).numpy()
+        out = session.run(None, {"x": x.numpy()})[0]
+        assert out.shape == ref.shape
+        assert float(abs(out - ref).max() / abs(ref).max()) < 1e-4, shape

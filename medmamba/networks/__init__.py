@@ -13,7 +13,7 @@ from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
 from .nets.ensemble import MeanEnsemble
 from .nets.lesion_map import LesionMapClassifier
 from .nets.segmentation import MobileMambaSeg
-from .dynamic_export import export_dynamic, spatial_multiple
+from .dynamic_export import export_dynamic, export_onnx_dynamic, spatial_multiple
 from .selective_scan import selective_scan
 from .selective_scan_chunked import selective_scan_chunked
 
@@ -30,6 +30,7 @@ __all__ = [
     "fuse_norms",
     "load_official_checkpoint",
     "export_dynamic",
+    "export_onnx_dynamic",
     "selective_scan",
     "selective_scan_chunked",
     "spatial_multiple",

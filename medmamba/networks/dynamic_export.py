@@ -18,10 +18,12 @@ that no stage's map is one pixel wide. Inputs of other sizes are padded by the c
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
-__all__ = ["export_dynamic", "spatial_multiple"]
+__all__ = ["export_dynamic", "export_onnx_dynamic", "spatial_multiple"]
 
 #: the smallest height and width exported (the deepest stage, stride 64, then has 2 x 2 pixels)
 MIN_SIZE = 128
@@ -66,11 +68,18 @@ def export_dynamic(
     Raises:
         ValueError: If the network is in training mode, or the example's shape is outside these ranges.
     """
+    multiple = _check_export(network, example, max_batch, max_size)
+    with torch.no_grad():
+        return torch.export.export(network, (example,), dynamic_shapes=(_dims(multiple, max_batch, max_size),))
+
+
+def _check_export(network: nn.Module, example: torch.Tensor, max_batch: int, max_size: int) -> int:
+    """Checks of :func:`export_dynamic`'s arguments; returns the spatial multiple."""
     if network.training:
         raise ValueError("network is in training mode; call network.eval() before exporting.")
+    multiple = spatial_multiple(network)
     if example.dim() != 4:
         raise ValueError(f"example must be a (batch, channels, height, width) tensor, got shape {tuple(example.shape)}.")
-    multiple = spatial_multiple(network)
     batch, _, height, width = (int(s) for s in example.shape)
     if not 2 <= batch <= max_batch:
         raise ValueError(f"example batch must be between 2 and max_batch={max_batch} (a batch of 1 would be "
@@ -79,8 +88,49 @@ def export_dynamic(
         if size % multiple or not MIN_SIZE <= size <= max_size:
             raise ValueError(f"example {name} must be a multiple of {multiple} between {MIN_SIZE} and "
                              f"max_size={max_size}, got {size}.")
+    return multiple
+
+
+def _dims(multiple: int, max_batch: int, max_size: int) -> dict[int, object]:
     b = torch.export.Dim("batch", min=1, max=int(max_batch))
     h = torch.export.Dim("height_blocks", min=MIN_SIZE // multiple, max=int(max_size) // multiple)
     w = torch.export.Dim("width_blocks", min=MIN_SIZE // multiple, max=int(max_size) // multiple)
+    return {0: b, 2: multiple * h, 3: multiple * w}
+
+
+def export_onnx_dynamic(
+    network: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike[str],
+    max_batch: int = 1024,
+    max_size: int = 4096,
+    opset_version: int = 18,
+) -> str:
+    """ONNX with PyTorch's default (``torch.export``-based) exporter, dynamic batch, height and width.
+
+    The graph runs in ONNX Runtime at any batch and any size :func:`export_dynamic` accepts (the
+    selective scan is the chunked one, not a loop unrolled for the example's length). Input ``x``,
+    output ``y``. Needs ``onnx`` and ``onnxscript`` (the ``export`` extra).
+
+    Args:
+        network: The network in eval mode (fused or not).
+        example: Example input, as for :func:`export_dynamic`.
+        path: The ``.onnx`` file to write.
+        max_batch: Largest batch.
+        max_size: Largest height and width.
+        opset_version: ONNX opset.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: As :func:`export_dynamic`.
+    """
+    multiple = _check_export(network, example, max_batch, max_size)
     with torch.no_grad():
-        return torch.export.export(network, (example,), dynamic_shapes=({0: b, 2: multiple * h, 3: multiple * w},))
+        program = torch.onnx.export(
+            network, (example,), dynamo=True, dynamic_shapes=(_dims(multiple, max_batch, max_size),),
+            input_names=["x"], output_names=["y"], opset_version=int(opset_version),
+        )
+    program.save(os.fspath(path))
+    return os.fspath(path)
