@@ -413,7 +413,8 @@ def selective_scan_scriptable(
 
     A log-step Hillis–Steele scan over ``L`` (``ceil(log2 L)`` steps of slicing, ``F.pad`` and
     multiply-add). It only multiplies decays ``≤ 1``. The only Python control flow depends on
-    ``L``, which is static for a given export. Shapes are not validated here.
+    ``L``, which is fixed for a traced graph (TorchScript, the legacy ONNX exporter); ``torch.export``
+    uses :func:`~medmamba.networks.selective_scan_chunked` instead. Shapes are not validated here.
 
     Args:
         u: input ``(batch, K*Dm, L)``.
@@ -517,7 +518,8 @@ def selective_scan(
         delta_bias: optional bias added to ``delta``, ``(K*Dm,)``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         backend: ``"auto"`` (CUDA kernel for CUDA tensors when ``mamba_ssm`` is installed,
-            otherwise ``"parallel"``), ``"parallel"`` (exact vectorised scan with analytic
+            otherwise ``"parallel"``; while ``torch.export`` traces,
+            :func:`~medmamba.networks.selective_scan_chunked`, whose graph serves every ``L``), ``"parallel"`` (exact vectorised scan with analytic
             backward), ``"reference"`` (sequential loop) or ``"cuda"`` (``mamba_ssm``).
 
     Returns:
