@@ -253,3 +253,43 @@ def test_gzip_check_accepts_several_members_and_zero_padding(tmp_path: Path) -> 
 
     (tmp_path / "two.gz").write_bytes(gzip.compress(b"a" * 3_000_000) + gzip.compress(b"bc") + b"\0" * 64)
     assert check_gzip_integrity(tmp_path / "two.gz") == 3_000_002
+
+
+def test_a_hostile_folder_processes_the_good_scans_and_reports_the_rest_in_bounded_time_and_memory(tmp_path: Path) -> None:
+    """The issue's whole case: special files, a loop, corrupt, bomb and mixed files beside good scans."""
+    import json
+    import subprocess
+    import sys
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from test_data_dicom_stacks import _add_localizer
+
+    root = tmp_path / "in"
+    good = write_shuffled_ct_series(root / "good_series", n=4)
+    write_nifti(root / "good.nii.gz", np.zeros((8, 8, 6), np.float32) + 1.0, np.eye(4))
+    os.mkfifo(root / "pipe.nii")
+    os.symlink("/dev/zero", root / "zeros.dcm")
+    os.symlink(root, root / "loop")
+    (root / "corrupt.nii.gz").write_bytes((root / "good.nii.gz").read_bytes()[:40])
+    bomb = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    bomb.NumberOfFrames = 2**31 - 1
+    bomb.save_as(root / "bomb.dcm")
+    write_shuffled_ct_series(root / "mixed_series", n=4, series_uid=str(good["uid"]) + ".9")
+    _add_localizer(root / "mixed_series", str(good["uid"]) + ".9")
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "hostile_batch_worker.py"), str(root), str(tmp_path / "out"),
+         str(2 * 1024**3)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(result["ids"]) == ["bomb", "corrupt", "good", "good_series", "mixed_series"]  # no pipe, device, loop
+    assert result["n_ok"] == 2
+    reasons = result["failed"]
+    assert sorted(reasons) == ["bomb", "corrupt", "mixed_series"]
+    assert "more than the limit" in reasons["bomb"]
+    assert "on_mixed='largest'" in reasons["mixed_series"]
+    assert "gzip stream ends before its end-of-stream marker" in reasons["corrupt"]
+    assert all(r.startswith("ScanLoadError: ") and "<inputs>/" in r for r in reasons.values())  # input root redacted
