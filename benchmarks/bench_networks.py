@@ -10,9 +10,17 @@ For each variant at its native resolution (T2/T4 192, S6 224, B1 256, B2 384, B4
 
 MONAI's ``EfficientNetBN("efficientnet-b0")`` and ``DenseNet121`` at 224 are measured in the same run.
 
+``--peers`` measures instead the networks a user would pick in MobileMamba's place, in pairs of
+similar ImageNet accuracy: fused MobileMamba-T2@192 against MobileNetV3-Large@224 (T2† 76.9 vs 75.2
+top-1; ``benchmarks/mobilenet_v3.py``, torchvision's definition) and fused MobileMamba-S6@224
+against MONAI's EfficientNet-B0@224 (S6† 80.7 vs 77.1): batch-1 latency and batch-8 images/s, each
+case in a fresh process, the ratio ours/peer per pair, the CPU and torch's CPU capability in the
+header. The peers run in eval mode as their libraries give them (BatchNorm not folded).
+
 Usage::
 
     python benchmarks/bench_networks.py [--json out.json] [--variants t2 b1] [--repeats 3]
+    python benchmarks/bench_networks.py --peers [--threads 2]
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ def build(name: str, scan_backend: str = "parallel") -> tuple[nn.Module, int]:
         from monai.networks.nets import EfficientNetBN
 
         return EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3, num_classes=1000), 224
+    if name == "mobilenetv3-large":
+        from mobilenet_v3 import MobileNetV3Large
+
+        return MobileNetV3Large(num_classes=1000), 224
     if name == "densenet121":
         from monai.networks.nets import DenseNet121
 
@@ -100,6 +112,35 @@ def _case_main(case: dict[str, Any]) -> None:
     print(json.dumps(res))
 
 
+PEERS = (("t2", "mobilenetv3-large", 1.3), ("s6", "efficientnet-b0", 2.2))
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    """Ours (fused) against the peer of similar accuracy, pair by pair; prints a table with the ratios."""
+    from tqdm import tqdm
+
+    results: dict[str, dict[str, float]] = {}
+    for ours, peer, _ in tqdm(PEERS, desc="pairs", file=sys.stderr):
+        for name, fused in ((ours, True), (peer, False)):
+            results[name] = run_case({"kind": "infer", "name": name, "fused": fused, "scan": "parallel",
+                                      "repeats": max(args.repeats, 5), "threads": args.threads})
+    threads = f"{args.threads} torch thread(s)" if args.threads else f"{torch.get_num_threads()} torch threads"
+    print(f"\nMachine: {machine_line()}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}; {threads}; "
+          f"load average {os.getloadavg()}\n")
+    print("| pair | ours: img/s b8 | peer: img/s b8 | ratio b8 | ours: latency b1 (ms) | peer: latency b1 (ms) | ratio b1 | goal |")
+    print("|---|---|---|---|---|---|---|---|")
+    for ours, peer, goal in PEERS:
+        o, p = results[ours], results[peer]
+        label = f"MobileMamba-{ours.upper()}@{build(ours)[1]} fused vs {peer}@{build(peer)[1]}"
+        print(f"| {label} | {o['images_per_s_b8']:.1f} | {p['images_per_s_b8']:.1f} | "
+              f"{o['images_per_s_b8'] / p['images_per_s_b8']:.2f}x | {o['latency_b1_ms']:.1f} | {p['latency_b1_ms']:.1f} | "
+              f"{p['latency_b1_ms'] / o['latency_b1_ms']:.2f}x | >= {goal}x |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine_info(), "peers": results}, f, indent=1)
+    return 0
+
+
 def params_of(name: str) -> int:
     model, _ = build(name)
     return sum(p.numel() for p in model.parameters())
@@ -113,12 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--no-malloc-tuning", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every case (default: torch's)")
+    parser.add_argument("--peers", action="store_true", help="ours against MobileNetV3-L and EfficientNet-B0")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
         _case_main(json.loads(args.case))
         return 0
     reexec_with_malloc_tuning(__file__, args.no_malloc_tuning)
+    if args.peers:
+        return run_peers(args)
 
     from tqdm import tqdm
 
