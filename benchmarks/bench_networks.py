@@ -14,7 +14,7 @@ MONAI's ``EfficientNetBN("efficientnet-b0")`` and ``DenseNet121`` at 224 are mea
 similar ImageNet accuracy: fused MobileMamba-T2@192 against MobileNetV3-Large@224 (T2† 76.9 vs 75.2
 top-1; ``benchmarks/mobilenet_v3.py``, torchvision's definition) and fused MobileMamba-S6@224
 against MONAI's EfficientNet-B0@224 (S6† 80.7 vs 77.1): batch-1 latency and batch-8 images/s, each
-case in a fresh process, the ratio ours/peer per pair, the CPU and torch's CPU capability in the
+pair in a fresh process with the two networks measured in alternation, the ratio ours/peer per pair, the CPU and torch's CPU capability in the
 header. The peers run in eval mode as their libraries give them (BatchNorm not folded).
 
 Usage::
@@ -105,7 +105,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 def _case_main(case: dict[str, Any]) -> None:
     if case.get("threads"):
         torch.set_num_threads(case["threads"])
-    if case["kind"] == "infer":
+    if case["kind"] == "pair":
+        res = measure_pair(case["ours"], case["peer"], case["rounds"])
+    elif case["kind"] == "infer":
         res = measure_inference(case["name"], case["fused"], case["scan"], case["repeats"])
     else:
         res = measure_train_step(case["name"], case["scan"], case["repeats"])
@@ -115,19 +117,52 @@ def _case_main(case: dict[str, Any]) -> None:
 PEERS = (("t2", "mobilenetv3-large", 1.3), ("s6", "efficientnet-b0", 2.2))
 
 
+def measure_pair(ours: str, peer: str, rounds: int) -> dict[str, dict[str, float]]:
+    """Ours (fused) and the peer in one process, measured in alternation (A, B, A, B, ...).
+
+    On a shared or throttling machine the speed drifts over minutes; alternating the two networks
+    round by round exposes both to the same drift, so their ratio is steadier than that of two
+    separate runs. Returns medians per network: batch-8 images/s and batch-1 latency.
+    """
+    import statistics
+    import time
+
+    torch.manual_seed(0)
+    nets, inputs = {}, {}
+    for name, fused in ((ours, True), (peer, False)):
+        model, size = build(name)
+        model.eval()
+        nets[name] = fuse_norms(model, strict=False) if fused else model
+        inputs[name] = (torch.randn(8, 3, size, size), torch.randn(1, 3, size, size))
+    times: dict[str, dict[int, list[float]]] = {name: {8: [], 1: []} for name in nets}
+    with torch.no_grad():
+        for name, net in nets.items():  # warm-up
+            net(inputs[name][0])
+            net(inputs[name][1])
+        for _ in range(rounds):
+            for batch, idx, reps in ((8, 0, 1), (1, 1, 5)):
+                for name, net in nets.items():
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        net(inputs[name][idx])
+                    times[name][batch].append((time.perf_counter() - t0) / reps)
+    return {name: {"images_per_s_b8": 8 / statistics.median(t[8]), "latency_b1_ms": 1000 * statistics.median(t[1])}
+            for name, t in times.items()}
+
+
 def run_peers(args: argparse.Namespace) -> int:
-    """Ours (fused) against the peer of similar accuracy, pair by pair; prints a table with the ratios."""
+    """Ours (fused) against the peer of similar accuracy, pair by pair, alternating; prints the ratios."""
     from tqdm import tqdm
 
     results: dict[str, dict[str, float]] = {}
     for ours, peer, _ in tqdm(PEERS, desc="pairs", file=sys.stderr):
-        for name, fused in ((ours, True), (peer, False)):
-            results[name] = run_case({"kind": "infer", "name": name, "fused": fused, "scan": "parallel",
-                                      "repeats": max(args.repeats, 5), "threads": args.threads})
+        results.update(run_case({"kind": "pair", "ours": ours, "peer": peer, "rounds": max(args.repeats, 7),
+                                 "threads": args.threads}))
     threads = f"{args.threads} torch thread(s)" if args.threads else f"{torch.get_num_threads()} torch threads"
     print(f"\nMachine: {machine_line()}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}; {threads}; "
           f"load average {os.getloadavg()}\n")
-    print("| pair | ours: img/s b8 | peer: img/s b8 | ratio b8 | ours: latency b1 (ms) | peer: latency b1 (ms) | ratio b1 | goal |")
+    print("| pair (alternating, medians) | ours: img/s b8 | peer: img/s b8 | ratio b8 | ours: latency b1 (ms) | "
+          "peer: latency b1 (ms) | ratio b1 | goal |")
     print("|---|---|---|---|---|---|---|---|")
     for ours, peer, goal in PEERS:
         o, p = results[ours], results[peer]
