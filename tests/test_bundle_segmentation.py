@@ -353,7 +353,7 @@ def test_onnx_export_matches_the_eager_fused_network(exported: dict) -> None:
     root, report = exported["root"], exported["report"]
     assert Path(report["onnx"]) == root / "models" / "model.onnx"
     assert all(v <= 1e-4 for k, v in report["relative_error"].items() if k != "fusion")
-    assert {"torchscript", "onnx", "onnx@batch=2"} <= set(report["relative_error"])
+    assert {"torchscript", "onnx", "onnx@batch=3"} <= set(report["relative_error"])  # export_input_shape batch 2
     eager = load_network(
         FusedMobileMambaSeg("t2", in_channels=3, out_channels=4, embed_dim=(32, 48, 64), depth=(1, 1, 1)),
         root / "models" / "model.pt",

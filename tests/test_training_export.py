@@ -122,3 +122,20 @@ def test_export_uses_medmamba_fuse_norms_by_default(tmp_path):
     proto = onnx.load(result.onnx_path)
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
     assert result.torchscript_path is None
+
+
+def test_export_fused_refuses_an_unknown_onnx_exporter(tmp_path):
+    with pytest.raises(ValueError, match="onnx_exporter must be 'legacy' or 'dynamo', got 'fx'"):
+        export_fused(nn.Conv2d(1, 1, 1), out_dir=tmp_path, sample_input=torch.randn(2, 1, 8, 8), onnx_exporter="fx")
+
+
+@pytest.mark.slow
+def test_export_fused_with_the_default_onnx_exporter_checks_batches_and_another_size(tmp_path):
+    from medmamba.networks import MobileMamba
+
+    net = MobileMamba("t2", in_channels=1, num_classes=3).eval()
+    result = export_fused(net, out_dir=tmp_path, sample_input=torch.randn(2, 1, 128, 160), formats=("onnx",),
+                          onnx_exporter="dynamo")
+    keys = set(result.max_abs_error)
+    assert {"fusion", "onnx", "onnx@batch=3", "onnx@size=160x160"} <= keys, keys
+    assert max(result.max_abs_error.values()) < 1e-3

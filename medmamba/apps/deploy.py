@@ -169,6 +169,7 @@ def export_onnx(
     rtol: float = 1e-4,
     report_file: str | os.PathLike[str] | None = None,
     fuse_strict: bool | None = None,
+    onnx_exporter: str = "legacy",
 ) -> dict[str, Any]:
     """Export the fused network to ONNX and check it, and an exported TorchScript file, against it.
 
@@ -192,6 +193,10 @@ def export_onnx(
         report_file: where to write the result as JSON (default ``<out_dir>/<name>_export.json``).
         fuse_strict: ``strict`` of ``fuse_norms``; ``None``: the ``strict`` of a :class:`FuseOnLoad`
             ``network``, else ``True``.
+        onnx_exporter: ``"legacy"`` (the default: the graph fixes the spatial size) or ``"dynamo"``
+            (PyTorch's default exporter: dynamic batch, height and width in multiples of the
+            network's pad multiple; ``input_shape`` needs batch >= 2; about a minute on 2 cores,
+            which the main job's budget does not include); see :func:`medmamba.training.export_fused`.
 
     Returns:
         ``{"onnx", "torchscript", "checkpoint", "input_shape", "max_abs_output", "max_abs_error",
@@ -225,7 +230,7 @@ def export_onnx(
         warnings.simplefilter("ignore")
         result = export_fused(
             os.fspath(checkpoint), network=network, out_dir=out, sample_input=sample, name=name,
-            formats=("onnx",), fuse=fuse, atol=1e-3, rtol=1e-2,
+            formats=("onnx",), fuse=fuse, atol=1e-3, rtol=1e-2, onnx_exporter=onnx_exporter,
         )
     onnx_path = out / f"{name}.onnx"
     os.replace(result.onnx_path, onnx_path)

@@ -187,6 +187,7 @@ def export_fused(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     check_dynamic_batch: bool = True,
+    onnx_exporter: str = "legacy",
 ) -> ExportResult:
     """Fuse the norms of a trained network, export TorchScript and ONNX, and verify both.
 
@@ -208,6 +209,11 @@ def export_fused(
         opset: ONNX opset.
         atol, rtol: tolerance of every check.
         check_dynamic_batch: also check a batch of another size.
+        onnx_exporter: ``"legacy"`` (TorchScript-based, ``dynamo=False``: dynamic batch, the spatial
+            size of ``sample_input`` fixed) or ``"dynamo"`` (PyTorch's default exporter through
+            :func:`medmamba.networks.export_onnx_dynamic`: dynamic batch, height and width; needs a
+            4D ``sample_input`` of batch >= 2 and sizes that :func:`~medmamba.networks.export_dynamic`
+            accepts; about a minute for a T2 network on a 2-core CPU).
 
     Returns:
         :class:`ExportResult`.
@@ -218,6 +224,8 @@ def export_fused(
     """
     if sample_input is None or not isinstance(sample_input, torch.Tensor):
         raise TypeError(f"sample_input must be a tensor batch (B, C, *spatial), got {type(sample_input).__name__}.")
+    if onnx_exporter not in ("legacy", "dynamo"):
+        raise ValueError(f"onnx_exporter must be 'legacy' or 'dynamo', got {onnx_exporter!r}.")
     bad = [f for f in formats if f not in _FORMATS]
     if bad:
         raise ValueError(f"formats must be among {_FORMATS}, got {list(formats)!r}.")
@@ -269,17 +277,24 @@ def export_fused(
             onnx_path = os.path.join(os.fspath(out_dir), f"{name}_fused.onnx")
             n_out = len(ref_fused)
             output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
-            dynamic_axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in output_names}}
-            torch.onnx.export(
-                fused,
-                (sample_input,),
-                onnx_path,
-                opset_version=int(opset),
-                input_names=["input"],
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                dynamo=False,
-            )
+            if onnx_exporter == "dynamo":
+                from medmamba.networks import export_onnx_dynamic
+
+                if n_out != 1:
+                    raise ValueError(f"onnx_exporter='dynamo' exports one output; the network returns {n_out}.")
+                export_onnx_dynamic(fused, sample_input, onnx_path, opset_version=max(int(opset), 18))
+            else:
+                dynamic_axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in output_names}}
+                torch.onnx.export(
+                    fused,
+                    (sample_input,),
+                    onnx_path,
+                    opset_version=int(opset),
+                    input_names=["input"],
+                    output_names=output_names,
+                    dynamic_axes=dynamic_axes,
+                    dynamo=False,
+                )
             result.onnx_path = onnx_path
 
     result.max_abs_error.update(
@@ -293,6 +308,18 @@ def export_fused(
             check_dynamic_batch=check_dynamic_batch,
         )
     )
+    if result.onnx_path is not None and onnx_exporter == "dynamo":
+        # the dynamic graph is also checked at another height and width (one multiple more)
+        from medmamba.networks import spatial_multiple
+
+        step = spatial_multiple(fused)
+        other = torch.randn(sample_input.shape[0] + 1, sample_input.shape[1], sample_input.shape[2] + step,
+                            sample_input.shape[3], generator=torch.Generator().manual_seed(1))
+        result.max_abs_error.update({
+            f"{k}@size={other.shape[2]}x{other.shape[3]}": v
+            for k, v in verify_export(fused, other, onnx_path=result.onnx_path, atol=atol, rtol=rtol,
+                                      check_dynamic_batch=False).items()
+        })
     logger.info("export_fused: wrote %s, %s; max errors %s", result.torchscript_path, result.onnx_path, result.max_abs_error)
     return result
 
