@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..selective_scan import selective_scan, selective_scan_scriptable
-from ..selective_scan_chunked import selective_scan_chunked
 from .conv_bn import ConvBN
 from .depthwise_conv import DepthwiseConv2d
 
@@ -80,12 +79,12 @@ class SelectiveScan2D(nn.Module):
     def _scan_eager(
         self, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
     ) -> torch.Tensor:
-        if torch.compiler.is_exporting():  # torch.export and the default ONNX exporter: the chunked scan
-            return selective_scan_chunked(u, delta, A, B, C, self.D, self.dt_proj_bias.reshape(-1), True)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return selective_scan_scriptable(u, delta, A, B, C, self.D, self.dt_proj_bias.reshape(-1), True)
+        # a traced or exported graph takes the dispatcher's graph-friendly scans ("auto": the chunked
+        # scan under torch.export, the out-of-place one under tracing), whatever scan_backend says
+        graph = torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         return selective_scan(
-            u, delta, A, B, C, self.D, self.dt_proj_bias.reshape(-1), delta_softplus=True, backend=self.scan_backend
+            u, delta, A, B, C, self.D, self.dt_proj_bias.reshape(-1), delta_softplus=True,
+            backend="auto" if graph else self.scan_backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
