@@ -22,12 +22,13 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
+
+from medmamba.transforms.scan_checks import voxel_spacing
 
 __all__ = ["TissueIntensityRefine", "TissueIntensityRefined", "refine_tissue_probabilities"]
 
@@ -151,12 +152,6 @@ def refine_tissue_probabilities(
     return out
 
 
-def _spacing_of(img: Any, nd: int) -> list[float]:
-    if isinstance(img, MetaTensor):
-        return [float(v) for v in np.asarray(img.pixdim, dtype=float)[:nd]]
-    raise ValueError("spacing is None and the probabilities carry no affine: pass spacing (mm per spatial axis).")
-
-
 class TissueIntensityRefine(Transform):
     """Refine tissue probabilities on the input's grid with the scan's intensities (a Gaussian mixture
     with the network's probabilities as its spatial prior; see :func:`refine_tissue_probabilities`).
@@ -194,8 +189,12 @@ class TissueIntensityRefine(Transform):
         Returns:
             The refined probabilities, a ``MetaTensor`` with ``img``'s metadata when ``img`` is one.
         """
-        nd = img.dim() - 1
-        spacing = self.spacing if self.spacing is not None else _spacing_of(img, nd)
+        if self.spacing is not None:
+            spacing = self.spacing
+        elif isinstance(img, MetaTensor):
+            spacing = list(voxel_spacing(img, img.dim() - 1))
+        else:
+            raise ValueError("spacing is None and the probabilities carry no affine: pass spacing (mm per spatial axis).")
         out = refine_tissue_probabilities(
             torch.as_tensor(img), torch.as_tensor(image), spacing, self.tissue_channels, self.prior_weight,
             self.bias_fwhm_mm, self.iterations, self.brain_threshold)
