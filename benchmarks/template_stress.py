@@ -5,8 +5,8 @@ copies with white-matter lesions planted by another procedure than the training 
 (:func:`medmamba.data.shift_suite.make_template_checks`). A real scan differs from that average in
 ways the template does not show: noise, sharper edges, another intensity curve. This script scores
 the lesion-free template and the planted copies with the bundle's own preprocessing, network and
-read-out (slice score: the pixel maximum of the lesion log-odds; volume score: the mean of the two
-highest slices, as ``inference.json``), plain and under Rician noise (3 %, 6 % of the 90th
+read-out (the ``predictor`` of ``inference.json``: slice score, the pixel maximum of the lesion
+log-odds; volume score, the mean of the two highest slices), plain and under Rician noise (3 %, 6 % of the 90th
 percentile), unsharp masking (1 × at 1 mm, 2 × at 1.5 mm) and gamma (0.7, 1.4), and prints them
 beside the bundle's threshold. A lesion-free row above the threshold, or a planted row below it, is
 a failure the template alone does not reveal.
@@ -68,28 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from medmamba.data.shift_suite import make_template_checks
-    from medmamba.transforms import neighbour_slice_indices
 
     parser_cfg = ConfigParser()
     parser_cfg.read_config(str(args.bundle_root / "configs" / "inference.json"))
     parser_cfg["bundle_root"] = str(args.bundle_root)
     pre = parser_cfg.get_parsed_content("preprocessing")
-    net = parser_cfg.get_parsed_content("network")
+    predictor = parser_cfg.get_parsed_content("predictor")  # the bundle's own network, slices and read-out
     threshold = float(parser_cfg.get_parsed_content("threshold"))
-    context = int(parser_cfg.get_parsed_content("context"))
-    mapper = next(m for m in net.modules() if hasattr(m, "lesion_map")).eval()
     log_odds_threshold = math.log(threshold / (1 - threshold))
 
     @torch.no_grad()
     def score(path: str) -> float:
-        vol = pre({"image": path})["image"].as_tensor().float()
-        depth = vol.shape[-1]
-        slices = []
-        for z0 in range(0, depth, 32):
-            idx = neighbour_slice_indices(torch.arange(z0, min(depth, z0 + 32)), depth, context)
-            stacks = vol[0][:, :, idx].permute(2, 3, 0, 1).contiguous()
-            slices.append(mapper.lesion_map(stacks).flatten(1).max(1).values)
-        return float(torch.cat(slices).topk(2).values.mean())
+        volume = pre({"image": path})["image"].as_tensor().float()[None]
+        return float(predictor(volume)["lesion_log_odds"][0])
 
     print(f"# lesion classifier on the MNI152 template under perturbations\n\nCPU: {machine_line()}\n")
     print(f"bundle {args.bundle_root.name}, threshold {threshold} = {log_odds_threshold:.1f} log-odds; template "
