@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from medmamba.resources import ALLOCATOR_SETTINGS
+from medmamba.resources import ALLOCATOR_SETTINGS, cpu_model
 
 __all__ = ["MALLOC_ENV", "machine_info", "machine_line", "reexec_with_env", "reexec_with_malloc_tuning", "time_call"]
 
@@ -49,21 +49,10 @@ def reexec_with_malloc_tuning(script: str, disabled: bool = False, extra: dict[s
     reexec_with_env(script, wanted)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, torch threads and versions of the machine the benchmark runs on."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -108,6 +108,9 @@ def export_onnx_dynamic(
 ) -> str:
     """ONNX with PyTorch's default (``torch.export``-based) exporter, dynamic batch, height and width.
 
+    Written by MONAI's :func:`monai.networks.utils.convert_to_onnx` (``dynamo=True`` with the
+    dynamic shapes of :func:`export_dynamic`).
+
     The graph runs in ONNX Runtime at any batch and any size :func:`export_dynamic` accepts (the
     selective scan is the chunked one, not a loop unrolled for the example's length). Input ``x``,
     output ``y``. Needs ``onnx`` and ``onnxscript`` (the ``export`` extra).
@@ -126,11 +129,15 @@ def export_onnx_dynamic(
     Raises:
         ValueError: As :func:`export_dynamic`.
     """
+    from monai.networks.utils import convert_to_onnx
+
     multiple = _check_export(network, example, max_batch, max_size)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            network, (example,), dynamo=True, dynamic_shapes=(_dims(multiple, max_batch, max_size),),
-            input_names=["x"], output_names=["y"], opset_version=int(opset_version),
-        )
-    program.save(os.fspath(path))
+    # MONAI's converter runs the export; its own check (verify=True) is not used: it runs only the
+    # example batch and reseeds the global random generators (set_determinism). Callers check the
+    # graph at other batches and sizes (medmamba.training.verify_export).
+    convert_to_onnx(
+        network, (example,), input_names=["x"], output_names=["y"], opset_version=int(opset_version),
+        filename=os.fspath(path), verify=False, dynamo=True,
+        dynamic_shapes=(_dims(multiple, max_batch, max_size),),
+    )
     return os.fspath(path)

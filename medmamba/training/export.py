@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.networks.utils import convert_to_onnx
 from torch import nn
 
 from .checkpoint import load_weights
@@ -284,15 +285,18 @@ def export_fused(
                     raise ValueError(f"onnx_exporter='dynamo' exports one output; the network returns {n_out}.")
                 export_onnx_dynamic(fused, sample_input, onnx_path, opset_version=max(int(opset), 18))
             else:
+                # MONAI's converter with the legacy exporter; verify_export below does the checks
+                # (MONAI's verify=True runs one batch and reseeds the global generators)
                 dynamic_axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in output_names}}
-                torch.onnx.export(
+                convert_to_onnx(
                     fused,
                     (sample_input,),
-                    onnx_path,
-                    opset_version=int(opset),
                     input_names=["input"],
                     output_names=output_names,
+                    opset_version=int(opset),
                     dynamic_axes=dynamic_axes,
+                    filename=onnx_path,
+                    verify=False,
                     dynamo=False,
                 )
             result.onnx_path = onnx_path
