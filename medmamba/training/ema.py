@@ -17,6 +17,9 @@ Buffers (BatchNorm running statistics, ``num_batches_tracked``): with ``buffers=
 EMA model's BN statistics are those of the latest raw weights; with ``buffers="ema"`` floating
 buffers are averaged with the same ``d_n`` (as timm's ``ModelEmaV2``) and integer buffers copied.
 
+:class:`ModelEMA` is PyTorch's :class:`torch.optim.swa_utils.AveragedModel` with the averaging of
+:func:`torch.optim.swa_utils.get_ema_multi_avg_fn` at the warm-up decay :math:`d_n`.
+
 Usage from a bundle::
 
     "ema": {"_target_": "medmamba.training.ModelEMA", "model": "@network", "decay": 0.9998},
@@ -30,11 +33,11 @@ Usage from a bundle::
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -57,8 +60,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-class ModelEMA(nn.Module):
+def _num_updates_to_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict post-hook: write ``AveragedModel``'s ``n_averaged`` as this recipe's ``num_updates``."""
+    state_dict[prefix + "num_updates"] = state_dict.pop(prefix + "n_averaged") - 1
+
+
+def _num_updates_from_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load pre-hook: read ``num_updates`` (what :class:`ModelEMA` state dicts hold) into ``n_averaged``."""
+    if prefix + "num_updates" in state_dict:
+        state_dict[prefix + "n_averaged"] = state_dict.pop(prefix + "num_updates") + 1
+
+
+class ModelEMA(AveragedModel):
     """An exponential moving average of ``model``'s weights (a frozen, eval-mode copy).
+
+    A :class:`torch.optim.swa_utils.AveragedModel` whose averaging is ``get_ema_multi_avg_fn`` at
+    the decay :math:`d_n` of :func:`ema_decay`. The copy made here counts as the first average
+    (``n_averaged`` starts at 1), so the first :meth:`update` already averages with :math:`d_0`
+    instead of copying; the state dict keeps this recipe's ``num_updates`` (``n_averaged - 1``).
 
     Args:
         model: the network being trained; it is deep-copied (on its current device).
@@ -66,24 +85,29 @@ class ModelEMA(nn.Module):
         warmup: use :math:`d_n = \\min(d, (1+n)/(10+n))` for short runs.
         buffers: ``"copy"`` or ``"ema"``, see the module doc.
 
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``decay`` outside [0, 1) or an unknown ``buffers`` mode.
+
     The averaged network is :attr:`module`; calling the ``ModelEMA`` runs it. It stays in eval
     mode and without gradients whatever ``.train()`` is called.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: bool = True, buffers: str = "copy") -> None:
-        super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
         if not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}.")
         if buffers not in _BUFFER_MODES:
             raise ValueError(f"buffers must be one of {_BUFFER_MODES}, got {buffers!r}.")
+        super().__init__(_unwrap(model), multi_avg_fn=self._average, use_buffers=buffers == "ema")
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.buffers_mode = buffers
-        self.module = copy.deepcopy(_unwrap(model))
         self.module.requires_grad_(False)
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.n_averaged.fill_(1)
+        self.register_state_dict_post_hook(_num_updates_to_state_dict)
+        self.register_load_state_dict_pre_hook(_num_updates_from_state_dict)
         super().train(False)
 
     def train(self, mode: bool = True) -> ModelEMA:
@@ -91,44 +115,50 @@ class ModelEMA(nn.Module):
         return super().train(False)
 
     @property
+    def num_updates(self) -> int:
+        """How many times :meth:`update` has folded the model in."""
+        return int(self.n_averaged) - 1
+
+    @property
     def current_decay(self) -> float:
         """The decay the next :meth:`update` will use."""
-        return ema_decay(self.decay, int(self.num_updates), self.warmup)
+        return ema_decay(self.decay, self.num_updates, self.warmup)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def _average(self, ema_tensors: list[torch.Tensor], tensors: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        """``AveragedModel``'s ``multi_avg_fn``: EMA at :math:`d_n` for floats, a copy for integer buffers."""
+        if ema_tensors[0].is_floating_point() or ema_tensors[0].is_complex():
+            decay = ema_decay(self.decay, int(n_averaged) - 1, self.warmup)
+            get_ema_multi_avg_fn(decay)(ema_tensors, tensors, n_averaged)
+        else:
+            for e, t in zip(ema_tensors, tensors):
+                e.copy_(t)
+
+    def update_parameters(self, model: nn.Module) -> None:
         """Fold ``model``'s current weights into the average (call after each optimiser step).
 
         Raises:
             ValueError: when ``model``'s parameter/buffer names differ from the EMA copy's.
         """
         model = _unwrap(model)
-        d = self.current_decay
-        ema_params = dict(self.module.named_parameters())
-        params = dict(model.named_parameters())
-        if ema_params.keys() != params.keys():
+        if dict(self.module.named_parameters()).keys() != dict(model.named_parameters()).keys():
             raise ValueError("model's parameters do not match the EMA copy (was the model rebuilt?).")
-        for name, p in params.items():
-            e = ema_params[name]
-            e.lerp_(p.detach().to(device=e.device, dtype=e.dtype), 1.0 - d)
         ema_buffers = dict(self.module.named_buffers())
-        for name, b in model.named_buffers():
+        for name, _ in model.named_buffers():
             if name not in ema_buffers:
                 raise ValueError(f"buffer {name!r} of model is not in the EMA copy.")
-            e = ema_buffers[name]
-            b = b.detach().to(e.device)
-            if self.buffers_mode == "ema" and e.is_floating_point():
-                e.lerp_(b.to(e.dtype), 1.0 - d)
-            else:
-                e.copy_(b)
-        self.num_updates += 1
+        super().update_parameters(model)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
+    def update(self, model: nn.Module) -> None:
+        """Alias of :meth:`update_parameters`."""
+        self.update_parameters(model)
 
 
 class EMAHandler:
     """Ignite handler updating a :class:`ModelEMA` after every (n-th) training iteration.
+
+    Not ignite's ``EMAHandler``: that keeps its own copy, warms the momentum up linearly and updates
+    with ``mul_``/``add_``, which would change this recipe's ``(1+n)/(10+n)`` lerp average.
 
     Args:
         ema: the :class:`ModelEMA` to update (share it with the evaluator and the checkpoint
@@ -175,4 +205,4 @@ class EMAHandler:
         model = self.model if self.model is not None else engine.network  # type: ignore[attr-defined]
         if self.ema is None:
             raise RuntimeError("EMAHandler was called before attach(); call handler.attach(trainer).")
-        self.ema.update(model)
+        self.ema.update_parameters(model)

@@ -64,6 +64,9 @@ class Teacher(nn.Module):
 
     The module stays in eval mode after ``.train()``, all its parameters have
     ``requires_grad=False``, and :meth:`forward` runs under ``torch.no_grad()``, returning float32.
+
+    The checkpoint is loaded here, not by MONAI's ``CheckpointLoader`` (which loads at an engine's
+    start): a teacher is used outside any trainer too (``TeacherLogitCache.build``, benchmarks).
     """
 
     def __init__(

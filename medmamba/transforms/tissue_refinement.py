@@ -44,6 +44,8 @@ def _smooth_coarse(x: torch.Tensor, factors: Sequence[int], sigmas: Sequence[flo
     """Low-pass of ``(C, *spatial)``: block means over ``factors``, a Gaussian there, back to full size.
 
     Only ratios of two such smoothings are used, so the operator's overall scale does not matter.
+    A torch convolution, not ``scipy.ndimage``/``skimage.filters.gaussian``: it stays on the tensors'
+    device, and scipy's float64 filtering differs from it by float rounding (about 2e-7).
     """
     nd = x.dim() - 1
     pool = F.avg_pool3d if nd == 3 else F.avg_pool2d
