@@ -8,7 +8,7 @@ probe asks the question directly, on anatomy the network was not trained on:
 1. for every subject of ``--split`` (default: validation, never test), ``--slices`` axial slices
    with at least 300 white-matter voxels and no real lesion within one slice are picked, evenly;
 2. each 2.5D stack is scored as it is and with one synthetic lesion inserted by the bundle's own
-   :class:`~medmamba.apps.classification.RandStackLesionInsertd` (fixed seed; once hypointense,
+   :class:`~medmamba.transforms.RandStackLesionInsertd` (fixed seed; once hypointense,
    once hyperintense);
 3. it reports, per lesion kind, the ROC AUC of "with lesion" against "without" over all stacks and
    the *paired win rate* (how often the same stack scores higher with the lesion than without);
@@ -40,7 +40,7 @@ BUNDLE = REPO / "bundles" / "mobilemamba_classification"
 
 def _log_odds(net: torch.nn.Module, stacks: torch.Tensor, batch: int = 32) -> torch.Tensor:
     """Lesion log-odds of ``(N, 2k + 1, H, W)`` stacks, ``batch`` at a time."""
-    from medmamba.apps.classification import lesion_log_odds
+    from medmamba.inferers import lesion_log_odds
 
     with torch.no_grad():
         out = torch.cat([net(stacks[i : i + batch]) for i in range(0, len(stacks), batch)])
@@ -88,16 +88,17 @@ def probe(
     import monai
     from monai.bundle import ConfigParser
 
-    from medmamba.apps.classification import RandStackLesionInsertd, volume_log_odds
+    from medmamba.inferers import volume_log_odds
     from medmamba.training.checkpoint import extract_state_dict
-    from medmamba.transforms import stack_slices
+    from medmamba.transforms import RandStackLesionInsertd, stack_slices
 
     if split == "test":
         raise ValueError("split='test': the probe is a diagnostic for model development; run it on training or validation.")
     state = extract_state_dict(ckpt)
     # the recipe the checkpoint was trained with: its preprocessing and its lesion insertion
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / ("train.json" if is_lesion_map(state) else "train_slice_labels.json")))
+    recipe = ("train.json",) if is_lesion_map(state) else ("train.json", "train_slice_labels.json")  # an overlay
+    parser.read_config([str(bundle / "configs" / name) for name in recipe])
     parser["bundle_root"] = str(bundle)
     parser.parse()
     context = int(parser.get_parsed_content("context"))

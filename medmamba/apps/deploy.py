@@ -1,18 +1,17 @@
-"""Deployment support shared by the bundles: fused networks, loading for inference, ONNX export.
+"""Deployment support shared by the bundles: the inference network from a checkpoint, ONNX export.
 
 Both bundles (``bundles/mobilemamba_classification`` and ``bundles/mobilemamba_segmentation``)
-train an unfused network and deploy it with its BatchNorms folded into the convolutions:
+train an unfused network and deploy it with its BatchNorms folded into the convolutions
+(:class:`medmamba.networks.FuseOnLoad`):
 
-- :class:`FuseOnLoad`: a network whose BatchNorms are folded as soon as its unfused weights are
-  loaded, so that ``python -m monai.bundle ckpt_export network_def`` (which loads the checkpoint
-  into ``network_def`` and scripts it) writes TorchScript of the *fused* network; each bundle module
-  subclasses it around its own architecture (``FusedMobileMamba``, ``FusedMobileMambaSeg``);
 - :func:`load_network`: the inference network, from a checkpoint or an exported TorchScript file;
 - :func:`export_onnx`: the fused network to ONNX, and both exported files (ONNX, and TorchScript
   from ``ckpt_export``) checked against the eager fused network, with a ``<name>_export.json`` report.
 
-The bundle modules re-export these names, so configs may reference them as
-``medmamba.apps.classification.load_network`` or ``medmamba.apps.segmentation.export_onnx``.
+:class:`FuseOnLoad` and :class:`medmamba.inferers.VolumePredictor` are re-exported here (configs
+name ``medmamba.apps.deploy.FuseOnLoad``), and the bundle modules re-export these names, so configs
+may reference them as ``medmamba.apps.classification.load_network`` or
+``medmamba.apps.segmentation.export_onnx``.
 """
 
 from __future__ import annotations
@@ -22,93 +21,20 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from medmamba.networks.nets.lesion_map import declared_in_channels
+from medmamba.inferers.volume_predictor import VolumePredictor
+from medmamba.networks.fuse_on_load import FuseOnLoad, has_batchnorm
 from medmamba.training.checkpoint import extract_state_dict, load_weights
 
 __all__ = ["FuseOnLoad", "VolumePredictor", "export_onnx", "load_network"]
 
 logger = logging.getLogger(__name__)
-
-
-def _has_batchnorm(network: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
-
-
-class FuseOnLoad(nn.Module):
-    """A network that folds its BatchNorms when its unfused weights are loaded.
-
-    ``load_state_dict`` takes the *unfused* network's state dict (flat, a ``CheckpointSaver`` dict
-    with ``"model"``, an EMA or DDP one; see :func:`medmamba.training.extract_state_dict`), loads it
-    into a fresh copy of the unfused network and replaces :attr:`network` by its fused version
-    (:func:`medmamba.networks.fuse_norms`). Before any load, :attr:`network` is the unfused network
-    in eval mode. Scripting the wrapper after loading gives TorchScript of the fused network; that is
-    what ``ckpt_export network_def`` does when ``network_def`` is a ``FuseOnLoad``.
-
-    The wrapper stays in eval mode (a fused network has no BatchNorm statistics to update) and
-    returns one tensor: the wrapped network's output, or its first element for networks returning
-    several outputs.
-
-    Args:
-        network: the unfused network (kept as the template of every load).
-        strict: ``strict`` of ``fuse_norms`` (``False`` for networks with BatchNorms outside
-            fusable units, e.g. MONAI's DenseNet121); networks without BatchNorm are used as they are.
-
-    Attributes:
-        in_channels: the wrapped network's ``in_channels`` (``-1`` if unknown), read by
-            :class:`medmamba.inferers.SliceStackInferer`'s channel check.
-        fuse_strict: the ``strict`` argument.
-        is_fused: whether weights were loaded and fused.
-    """
-
-    __jit_unused_properties__: ClassVar[list[str]] = ["template"]
-
-    def __init__(self, network: nn.Module, strict: bool = True) -> None:
-        super().__init__()
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
-        # the template is not a registered sub-module: it stays out of state_dict() and TorchScript
-        self.__dict__["_template"] = copy.deepcopy(network).cpu()
-        self.network = network.eval()
-        self.fuse_strict = bool(strict)
-        self.is_fused = False
-        self.in_channels = declared_in_channels(network)
-
-    @property
-    def template(self) -> nn.Module:
-        """The unfused architecture (untrained copy)."""
-        return self.__dict__["_template"]
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load unfused weights into a copy of the template and fuse it (see the class doc)."""
-        from medmamba.networks import fuse_norms
-
-        state = extract_state_dict(state_dict)
-        device = next(iter(self.network.parameters()), torch.empty(0)).device
-        unfused = copy.deepcopy(self.template)
-        result = unfused.load_state_dict(state, strict=strict)
-        has_bn = _has_batchnorm(unfused)
-        fused = fuse_norms(unfused, inplace=True, strict=self.fuse_strict) if has_bn else unfused.eval()
-        self.network = fused.to(device)
-        self.is_fused = has_bn
-        return result
-
-    def train(self, mode: bool = True) -> FuseOnLoad:
-        """Stay in eval mode: a fused network has no BatchNorm statistics to update."""
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The wrapped network's output (the first one, for networks returning several)."""
-        out = self.network(x)
-        if isinstance(out, torch.Tensor):
-            return out
-        return out[0]
 
 
 def load_network(
@@ -224,7 +150,7 @@ def export_onnx(
     sample = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    has_bn = _has_batchnorm(network)
+    has_bn = has_batchnorm(network)
     fuse: Any = (lambda m: fuse_norms(m, strict=strict)) if has_bn else False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -261,35 +187,3 @@ def export_onnx(
     report.write_text(json.dumps(doc, indent=1) + "\n")
     logger.info("export: %s; relative errors %s", onnx_path, relative)
     return doc
-
-
-class VolumePredictor:
-    """A 2D network applied to whole volumes through an inferer, in eval mode without gradients.
-
-    The shared part of the bundles' predictors (:class:`medmamba.apps.segmentation.VolumeSegmenter`,
-    :class:`medmamba.apps.classification.VolumeClassifier`).
-
-    Args:
-        network: a 2D network taking ``2k + 1``-slice stacks (eager or TorchScript).
-        inferer: e.g. :class:`medmamba.inferers.SliceStackInferer`; any ``inferer(x, network)``.
-        device: where the network runs (the volume is moved there).
-
-    Raises:
-        TypeError: ``network`` or ``inferer`` is not callable.
-    """
-
-    def __init__(self, network: Callable[..., Any], inferer: Callable[..., Any], device: str | torch.device = "cpu") -> None:
-        if not callable(network):
-            raise TypeError(f"network must be callable, got {type(network).__name__}.")
-        if not callable(inferer):
-            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
-        self.network = network
-        self.inferer = inferer
-        self.device = torch.device(device)
-
-    def predict(self, volume: torch.Tensor) -> Any:
-        """The inferer's output for a batch of volumes ``(B, C, H, W, D)``."""
-        if isinstance(self.network, nn.Module):
-            self.network.eval()
-        with torch.no_grad():
-            return self.inferer(torch.as_tensor(volume).to(self.device), self.network)

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medmamba.data.random_fields import filtered_noise_field, smooth_random_field
+
 __all__ = [
     "GENERATION_LABELS",
     "BRAIN_LABELS",
@@ -78,12 +80,6 @@ T1_MEANS: dict[int, float] = {
     9: 1.12,
     10: 0.2,
 }
-
-
-def _noise_field(shape: tuple[int, ...], rng: np.random.Generator, sigma_vox: float) -> np.ndarray:
-    """Gaussian-smoothed white noise with unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma_vox)
-    return (field / (field.std() + 1e-6)).astype(np.float32)
 
 
 def generation_to_tissue(generation: np.ndarray) -> np.ndarray:
@@ -144,7 +140,7 @@ def fold_cortex(
     out = tissue.astype(np.uint8).copy()
     if gm is not None and wm is not None and boundary_jitter > 0:
         csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
-        jitter = [boundary_jitter * _noise_field(tissue.shape, rng, 1.5 / voxel_mm) for _ in range(3)]
+        jitter = [boundary_jitter * filtered_noise_field(tissue.shape, rng, 1.5 / voxel_mm) for _ in range(3)]
         probs = np.stack([csf + jitter[0], gm + jitter[1], wm + jitter[2]])
         relabel = np.argmax(probs, axis=0).astype(np.uint8) + 1
         # only at tissue boundaries (where two classes compete); clear interiors keep their label
@@ -153,7 +149,7 @@ def fold_cortex(
     depth = float(rng.uniform(*depth_mm))
     inside_mm = ndimage.distance_transform_edt(brain) * voxel_mm
     scale = float(rng.uniform(2.0, 3.5)) / voxel_mm
-    band = _noise_field(tissue.shape, rng, scale * 0.5) - 0.8 * _noise_field(tissue.shape, rng, scale)
+    band = filtered_noise_field(tissue.shape, rng, scale * 0.5) - 0.8 * filtered_noise_field(tissue.shape, rng, scale)
     candidates = brain & (inside_mm <= depth) & (out != 3)
     if not candidates.any():
         return out, np.zeros(tissue.shape, dtype=bool)
@@ -166,10 +162,8 @@ def fold_cortex(
 
 def _layer_thickness(shape: tuple[int, ...], rng: np.random.Generator, voxel_mm: float, lo: float, hi: float) -> np.ndarray:
     """A smoothly varying thickness map (mm) with values in about ``[lo, hi]``."""
-    from medmamba.data.synthetic import _smooth_field
-
     mean = rng.uniform(lo, hi)
-    field = _smooth_field(shape, rng, 6, 1.0)
+    field = smooth_random_field(shape, rng, 6, 1.0)
     field /= field.std() + 1e-6
     return np.clip(mean + 0.35 * (hi - lo) * field, 0.3 * lo, None).astype(np.float32)
 
@@ -257,12 +251,12 @@ def add_head(
         block &= ~brain[..., :z_base] & (outside_mm[..., :z_base] > rim_outer[..., :z_base])
         # large, smooth compartments (muscle with fat planes, some bone and marrow, air cavities),
         # not small blobs that would look like lesions
-        mix = _noise_field((*shape[:2], z_base), rng, 7.0 / voxel_mm)
+        mix = filtered_noise_field((*shape[:2], z_base), rng, 7.0 / voxel_mm)
         kind = np.full(mix.shape, 8, dtype=np.uint8)  # muscle
         kind[mix > 0.8] = 9  # fat
         kind[mix < -1.2] = 6  # bone
         kind[(mix < -0.9) & (mix >= -1.2)] = 7  # marrow
-        cavity = _noise_field(mix.shape, rng, 7.0 / voxel_mm) > 1.7
+        cavity = filtered_noise_field(mix.shape, rng, 7.0 / voxel_mm) > 1.7
         kind[cavity] = 0  # sinus / airway
         sub = gen[..., :z_base]
         sub[block] = kind[block]
@@ -321,6 +315,6 @@ def render_t1(
     image[inside] = brain_t1[inside]
     csf = gen == 1
     image[csf] = np.minimum(brain_t1[csf], T1_MEANS[1] * (1.0 + 0.15 * rng.standard_normal(int(csf.sum())))).astype(np.float32)
-    image *= 1.0 + texture * _noise_field(gen.shape, rng, 1.2 / voxel_mm)
+    image *= 1.0 + texture * filtered_noise_field(gen.shape, rng, 1.2 / voxel_mm)
     image = ndimage.gaussian_filter(image, sigma=0.45 * 2.0 / voxel_mm)
     return np.clip(image, 0.0, None).astype(np.float32)

@@ -1,7 +1,9 @@
-"""Inferers that run 2D networks on 3D volumes: slice by slice, with slice context, and per volume."""
+"""Inferers that run 2D networks on 3D volumes: slice by slice, with slice context, per volume, with flip TTA."""
 
 from __future__ import annotations
 
+from .flip_tta import FlipTTAInferer
+from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
 from .slice_stack import SliceStackInferer, expected_in_channels
 from .volume_classification import (
     AGGREGATIONS,
@@ -9,12 +11,20 @@ from .volume_classification import (
     SliceAggregator,
     aggregate_slice_logits,
 )
+from .volume_predictor import VolumeClassifier, VolumePredictor, VolumeSegmenter
 
 __all__ = [
     "AGGREGATIONS",
+    "FlipTTAInferer",
     "SliceAggregationInferer",
     "SliceAggregator",
     "SliceStackInferer",
+    "VolumeClassifier",
+    "VolumePredictor",
+    "VolumeSegmenter",
     "aggregate_slice_logits",
     "expected_in_channels",
+    "lesion_log_odds",
+    "lesion_probability",
+    "volume_log_odds",
 ]

@@ -1,4 +1,9 @@
-"""Writing results: atomic files, reproducible NIfTI, DICOM series, DICOM SEG, classification tables."""
+"""Writing results: atomic files, reproducible NIfTI, DICOM series, DICOM SEG, classification tables.
+
+The batch pipelines that read scans and write these results (``segment_scans``, ``classify_scans``)
+sit above :mod:`medmamba.data` and live in :mod:`medmamba.io.pipeline`, which this package does not
+import, so that :mod:`medmamba.data` can use the writers here without an import cycle.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,13 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
-    "classify_scans",
     "clean_rows",
     "gzip_bytes",
     "invert_prediction",
     "nifti_bytes",
     "ordered_source_datasets",
-    "segment_scans",
     "series_uids",
+    "write_dicom_seg",
     "write_dicom_series",
     "write_mask_nifti",
     "write_nifti",
@@ -33,12 +37,3 @@ __all__ = [
     "write_results_csv",
     "write_results_json",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # the batch pipelines import medmamba.data.batch, which imports medmamba.io.results: load them lazily
-    if name in ("segment_scans", "classify_scans"):
-        from medmamba.io import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,8 @@ __all__ = ["BootstrapInterval", "bootstrap_interval", "dice_per_class", "roc_auc
 def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
     """Area under the ROC curve (the Mann-Whitney probability that a positive outranks a negative).
 
+    In NumPy, not torchmetrics' ``binary_auroc``: that one computes in float32 and sigmoids scores outside [0, 1].
+
     Args:
         scores: One score per case (higher: more likely positive).
         labels: 0/1 per case.

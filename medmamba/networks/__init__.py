@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from .convert import (
-    adapt_input_channels,
-    convert_official_state_dict,
-    emulate_reference_cpu_merge,
-    load_official_checkpoint,
-)
+from .convert import adapt_input_channels, convert_official_state_dict, emulate_reference_cpu_merge
+from .fuse_on_load import FusedLesionMapClassifier, FusedMobileMamba, FusedMobileMambaSeg, FuseOnLoad
 from .fusion import fuse_norms
-from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock
+from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock, load_official_checkpoint
 from .nets.ensemble import MeanEnsemble
 from .nets.lesion_map import LesionMapClassifier
 from .nets.segmentation import MobileMambaSeg
@@ -19,6 +15,10 @@ from .selective_scan_chunked import selective_scan_chunked
 
 __all__ = [
     "MOBILEMAMBA_VARIANTS",
+    "FuseOnLoad",
+    "FusedLesionMapClassifier",
+    "FusedMobileMamba",
+    "FusedMobileMambaSeg",
     "LesionMapClassifier",
     "MeanEnsemble",
     "MobileMamba",

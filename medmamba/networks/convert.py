@@ -2,7 +2,10 @@
 
 The released MobileMamba ImageNet checkpoints use the reference implementation's module names
 (``patch_embed``, ``blocks1``…``blocks3``, ``mixer.m.attn.global_op.global_atten`` …). Following
-timm's ``checkpoint_filter_fn`` pattern, those quirks live here and nowhere else.
+timm's ``checkpoint_filter_fn`` pattern, those quirks live here and nowhere else. Everything here
+works on state dicts and needs no network class: the networks' ``from_official_checkpoint``
+(:func:`~medmamba.networks.nets.mobilemamba.load_official_checkpoint`) build the network and use
+these functions, so the dependency runs one way, from the networks to the converter.
 """
 
 from __future__ import annotations
@@ -14,17 +17,23 @@ from typing import Any
 
 import torch
 
-from .checkpoint_file import read_checkpoint
+from .blocks.selective_scan_2d import SelectiveScan2D
+from .checkpoint_file import find_state_dict
 
 __all__ = [
-    "convert_official_state_dict",
-    "load_official_checkpoint",
-    "official_state_dict",
+    "STEM_WEIGHT",
     "adapt_input_channels",
+    "adapt_stem_channels",
+    "convert_official_state_dict",
     "emulate_reference_cpu_merge",
+    "fit_classifier_heads",
+    "official_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: medmamba's name of the first convolution's weight, the one adapted to other input channels.
+STEM_WEIGHT = "stem.0.conv.weight"
 
 # Ordered (pattern, replacement) rules applied to the part of a key after its stage prefix,
 # written with a leading dot so that every rule matches whole dot-delimited names.
@@ -148,7 +157,7 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor
     return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (c / in_channels)
 
 
-def official_state_dict(obj: Any, ema: bool, path: str) -> Mapping[str, torch.Tensor]:
+def official_state_dict(obj: Any, ema: bool, path: str) -> dict[str, torch.Tensor]:
     """The network weights inside a released checkpoint (the reference's layout).
 
     Args:
@@ -158,69 +167,57 @@ def official_state_dict(obj: Any, ema: bool, path: str) -> Mapping[str, torch.Te
         path: the file, for the error message.
 
     Returns:
-        The state dict, reference names unchanged.
+        The state dict, reference names unchanged (see
+        :func:`~medmamba.networks.checkpoint_file.find_state_dict`).
 
     Raises:
         ValueError: if no state dict is found.
     """
-    if isinstance(obj, Mapping):
-        order = ("net_E", "net", "state_dict", "model") if ema else ("net", "net_E", "state_dict", "model")
-        for key in order:
-            if key in obj and isinstance(obj[key], Mapping):
-                return obj[key]
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise ValueError(
-        f"checkpoint {path!r} holds no state dict: expected a dict of tensors or a dict with a 'net' or 'net_E' entry."
-    )
+    entries = ("net_E", "net", "state_dict", "model") if ema else ("net", "net_E", "state_dict", "model")
+    return find_state_dict(obj, entries, source=f"checkpoint {str(path)!r}")
 
 
-def load_official_checkpoint(
-    path: str,
-    variant: str,
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1000,
-    distillation: bool | None = None,
-    ema: bool = False,
-    **kwargs: Any,
-):
-    """Build a :class:`MobileMamba` variant and load a released reference checkpoint into it.
-
-    The file is read with ``torch.load(weights_only=True)``, so an untrusted checkpoint cannot run
-    code. The stem is adapted to ``in_channels`` (:func:`adapt_input_channels`) and the classifier
-    head(s) re-created when ``num_classes`` differs from the checkpoint's; both are logged.
+def adapt_stem_channels(state_dict: Mapping[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
+    """A state dict (medmamba's names) whose stem takes ``in_channels`` input channels.
 
     Args:
-        path: checkpoint file.
-        variant: MobileMamba variant name.
-        in_channels: input channels of the new network.
-        num_classes: classes of the new network.
-        distillation: keep a distillation head; ``None`` keeps it when the checkpoint has one.
-        ema: prefer the EMA weights (``"net_E"``).
-        kwargs: further :class:`MobileMamba` arguments.
+        state_dict: the weights; without a stem weight they are returned as they are.
+        in_channels: input channels of the receiving network.
 
     Returns:
-        The network, in eval mode, with the checkpoint's weights.
-
-    Raises:
-        ValueError: the file holds no state dict, or keys are missing/unexpected or shapes differ
-            (all of them listed).
+        A new dict with :data:`STEM_WEIGHT` adapted by :func:`adapt_input_channels` (logged).
     """
-    from .nets.mobilemamba import MobileMamba
+    out = dict(state_dict)
+    if STEM_WEIGHT in out and out[STEM_WEIGHT].shape[1] != in_channels:
+        logger.info("adapting the stem from %d to %d input channels", out[STEM_WEIGHT].shape[1], in_channels)
+        out[STEM_WEIGHT] = adapt_input_channels(out[STEM_WEIGHT], in_channels)
+    return out
 
-    obj = read_checkpoint(path)
-    sd = convert_official_state_dict(official_state_dict(obj, ema, str(path)))
-    has_dist = any(k.startswith("head_dist.") for k in sd)
-    if distillation is None:
-        distillation = has_dist
-    model = MobileMamba(variant, in_channels=in_channels, num_classes=num_classes, distillation=distillation, **kwargs)
 
-    stem_key = "stem.0.conv.weight"
-    if stem_key in sd and sd[stem_key].shape[1] != in_channels:
-        logger.info("adapting the stem from %d to %d input channels", sd[stem_key].shape[1], in_channels)
-        sd[stem_key] = adapt_input_channels(sd[stem_key], in_channels)
-    target = model.state_dict()
+def fit_classifier_heads(
+    state_dict: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    *,
+    num_classes: int,
+    distillation: bool,
+) -> dict[str, torch.Tensor]:
+    """Fit a checkpoint's classifier head(s) to a network of ``num_classes`` classes.
+
+    A head trained for another number of classes is replaced by the receiving network's own
+    (freshly initialised) head; without ``distillation`` the checkpoint's ``head_dist`` is dropped;
+    with it and a checkpoint that has none, ``head_dist`` starts from the head's weights. Each
+    change is logged.
+
+    Args:
+        state_dict: the checkpoint's weights (medmamba's names).
+        target: the receiving network's ``state_dict()``.
+        num_classes: classes of the receiving network.
+        distillation: whether the receiving network has a distillation head.
+
+    Returns:
+        A new dict.
+    """
+    sd = dict(state_dict)
     for head in ("head", "head_dist"):
         keys = [k for k in sd if k.startswith(head + ".")]
         ckpt_classes = sd[f"{head}.linear.weight"].shape[0] if f"{head}.linear.weight" in sd else None
@@ -236,21 +233,7 @@ def load_official_checkpoint(
         elif head == "head_dist" and not keys and distillation:
             logger.info("checkpoint has no distillation head; head_dist starts from the head's weights")
             sd.update({k.replace("head.", "head_dist.", 1): v for k, v in sd.items() if k.startswith("head.")})
-
-    missing = sorted(set(target) - set(sd))
-    unexpected = sorted(set(sd) - set(target))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs network {tuple(target[k].shape)}"
-        for k in set(sd) & set(target)
-        if sd[k].shape != target[k].shape
-    )
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"checkpoint {str(path)!r} does not fit MobileMamba variant={variant!r}: "
-            f"missing keys {missing}; unexpected keys {unexpected}; shape mismatches {mismatched}."
-        )
-    model.load_state_dict(sd, strict=True)
-    return model.eval()
+    return sd
 
 
 def emulate_reference_cpu_merge(model: torch.nn.Module, enable: bool = True) -> torch.nn.Module:
@@ -270,8 +253,6 @@ def emulate_reference_cpu_merge(model: torch.nn.Module, enable: bool = True) -> 
     Returns:
         ``model`` (modified in place).
     """
-    from .blocks.selective_scan_2d import SelectiveScan2D
-
     found = 0
     for module in model.modules():
         if isinstance(module, SelectiveScan2D):

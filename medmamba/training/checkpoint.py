@@ -17,20 +17,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from medmamba.networks.checkpoint_file import read_checkpoint
+from medmamba.networks.checkpoint_file import STATE_DICT_ENTRIES, find_state_dict, read_checkpoint
 
 __all__ = ["ensemble_state_dict", "extract_state_dict", "load_weights", "save_ensemble_checkpoint"]
 
 logger = logging.getLogger(__name__)
-
-#: Keys tried, in order, when a checkpoint holds several objects and no ``key`` is given.
-_DEFAULT_KEYS = ("model", "network", "state_dict", "net", "ema")
-#: Bookkeeping entries of :class:`~medmamba.training.ema.ModelEMA` that are not network weights.
-_EMA_EXTRA = ("num_updates",)
-
-
-def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def extract_state_dict(checkpoint: Mapping | str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -46,41 +37,29 @@ def extract_state_dict(checkpoint: Mapping | str | os.PathLike, key: str | None 
 
     Returns:
         The state dict with a leading ``module.`` prefix (DDP, :class:`ModelEMA`) removed and the
-        EMA counter ``num_updates`` dropped.
+        EMA counter ``num_updates`` dropped
+        (:func:`~medmamba.networks.checkpoint_file.find_state_dict`).
 
     Raises:
         ValueError: when ``key`` is not in the checkpoint or no state dict can be found.
         TypeError: when ``checkpoint`` is neither a path nor a mapping.
     """
+    source = "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
+        source = f"checkpoint {os.fspath(checkpoint)!r}"
         checkpoint = read_checkpoint(checkpoint)
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"checkpoint must be a path or a mapping, got {type(checkpoint).__name__}.")
-    if key is not None:
-        if key not in checkpoint:
-            raise ValueError(f"key={key!r} is not in the checkpoint; available keys: {sorted(checkpoint)[:20]}.")
-        state = checkpoint[key]
-    elif _is_state_dict(checkpoint):
-        state = checkpoint
-    else:
-        found = [k for k in _DEFAULT_KEYS if k in checkpoint]
-        if not found:
-            raise ValueError(
-                f"no state dict found in the checkpoint (keys {sorted(checkpoint)[:20]}); pass key= one of them."
-            )
-        state = checkpoint[found[0]]
-    if not _is_state_dict(state):
-        raise ValueError(f"checkpoint entry {key!r} is not a state dict of tensors.")
-    state = {k: v for k, v in state.items() if k not in _EMA_EXTRA}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return find_state_dict(checkpoint, STATE_DICT_ENTRIES, key=key, source=source)
 
 
 def load_weights(
     network: nn.Module, checkpoint: Mapping | str | os.PathLike, key: str | None = None, strict: bool = True
 ) -> nn.Module:
     """Load ``checkpoint`` (see :func:`extract_state_dict`) into ``network`` in place and return it.
+
+    Not MONAI's ``CheckpointLoader``: that loads at an engine's start, while the teacher, the export
+    and ``load_network`` need the weights when the network is built, before any engine exists.
 
     Args:
         network: the module to fill.

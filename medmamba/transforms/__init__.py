@@ -10,6 +10,14 @@ from medmamba.transforms.bias_field import RandBiasField, RandBiasFieldd, legend
 from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.label_map import LabelMap, LabelMapd, channel_argmax
+from medmamba.transforms.lesion_insertion import RandLesionInsertd, RandStackLesionInsertd
+from medmamba.transforms.lesion_labels import (
+    AMBIGUOUS,
+    LesionTissueLabeld,
+    SampleLesionLabeld,
+    SliceLesionLabelsd,
+    slice_lesion_labels,
+)
 from medmamba.transforms.loading import LoadScan, LoadScand
 from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask, foreground_threshold, quantiles
 from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMultipled
@@ -24,6 +32,7 @@ from medmamba.transforms.tissue_refinement import (
 )
 
 __all__ = [
+    "AMBIGUOUS",
     "CT_WINDOWS",
     "NETWORK_STRIDE",
     "BrainMask",
@@ -37,6 +46,7 @@ __all__ = [
     "ForegroundSelector",
     "LabelMap",
     "LabelMapd",
+    "LesionTissueLabeld",
     "LoadScan",
     "LoadScand",
     "MRNormalize",
@@ -46,6 +56,10 @@ __all__ = [
     "RandBiasField",
     "RandBiasFieldd",
     "RandDomainSynthesisd",
+    "RandLesionInsertd",
+    "RandStackLesionInsertd",
+    "SampleLesionLabeld",
+    "SliceLesionLabelsd",
     "TissueIntensityRefine",
     "TissueIntensityRefined",
     "channel_argmax",
@@ -57,6 +71,7 @@ __all__ = [
     "resolve_window",
     "scan_plausibility",
     "scan_preprocessing",
+    "slice_lesion_labels",
     "SliceStackd",
     "neighbour_slice_indices",
     "stack_slices",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conv_bn import BNLinear, ChannelAffine, ConvBN, Residual, fuse_bn_linear, fuse_conv_bn
+from .conv_bn import BNLinear, ChannelAffine, ConvBN, Residual, drop_path_mask, fuse_bn_linear, fuse_conv_bn
 from .depthwise_conv import DepthwiseConv2d, small_map_depthwise_conv2d
 from .feed_forward import FeedForward
 from .mk_deconv import MKDeConv
@@ -25,6 +25,7 @@ __all__ = [
     "SelectiveScan2D",
     "SqueezeExcite",
     "WTEMamba",
+    "drop_path_mask",
     "fuse_bn_linear",
     "fuse_conv_bn",
     "inverse_wavelet_transform",

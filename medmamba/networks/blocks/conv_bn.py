@@ -14,7 +14,7 @@ from torch import nn
 
 from .depthwise_conv import DepthwiseConv2d
 
-__all__ = ["ChannelAffine", "ConvBN", "BNLinear", "Residual", "fuse_conv_bn", "fuse_bn_linear"]
+__all__ = ["ChannelAffine", "ConvBN", "BNLinear", "Residual", "drop_path_mask", "fuse_conv_bn", "fuse_bn_linear"]
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -163,6 +163,22 @@ class BNLinear(nn.Sequential):
         return fuse_bn_linear(self.bn, self.linear)
 
 
+def drop_path_mask(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """Per-sample stochastic-depth factors ``(B, 1, 1, 1)``: 0 for a dropped sample, else ``1 / (1 - rate)``.
+
+    The reference implementation's draw, ``torch.rand(B) >= rate``, kept instead of
+    :class:`monai.networks.layers.DropPath`, whose ``bernoulli_`` draw drops other samples for the same seed.
+
+    Args:
+        x: the batch ``(B, ...)`` (its size and device are used).
+        rate: probability of dropping a sample, in ``[0, 1)``.
+
+    Returns:
+        The float32 factors on ``x``'s device.
+    """
+    return torch.rand(x.size(0), 1, 1, 1, device=x.device).ge_(rate).div(1 - rate)
+
+
 class Residual(nn.Module):
     """``x + branch(x)``, with per-sample stochastic depth of the branch in training.
 
@@ -178,6 +194,6 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.drop_rate > 0:
-            keep = torch.rand(x.size(0), 1, 1, 1, device=x.device).ge_(self.drop_rate).div(1 - self.drop_rate)
+            keep = drop_path_mask(x, self.drop_rate)
             return x + self.branch(x) * keep.detach()
         return x + self.branch(x)

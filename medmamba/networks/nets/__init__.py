@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from .mobilemamba import MOBILEMAMBA_VARIANTS, Downsample, MobileMamba, MobileMambaBlock, MobileMambaStage
+from .mobilemamba import (
+    MOBILEMAMBA_VARIANTS,
+    Downsample,
+    MobileMamba,
+    MobileMambaBlock,
+    MobileMambaStage,
+    load_official_checkpoint,
+)
 
-__all__ = ["MOBILEMAMBA_VARIANTS", "Downsample", "MobileMamba", "MobileMambaBlock", "MobileMambaStage"]
+__all__ = [
+    "MOBILEMAMBA_VARIANTS",
+    "Downsample",
+    "MobileMamba",
+    "MobileMambaBlock",
+    "MobileMambaStage",
+    "load_official_checkpoint",
+]

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..blocks import BNLinear, ConvBN, FeedForward, MRFFI, PatchMerging, Residual
+from ..blocks import BNLinear, ConvBN, FeedForward, MRFFI, PatchMerging, Residual, SelectiveScan2D, drop_path_mask
+from ..checkpoint_file import check_state_dict_keys, read_checkpoint
+from ..convert import adapt_stem_channels, convert_official_state_dict, fit_classifier_heads, official_state_dict
 
-__all__ = ["MobileMamba", "MobileMambaBlock", "Downsample", "MobileMambaStage", "MOBILEMAMBA_VARIANTS"]
+__all__ = [
+    "MOBILEMAMBA_VARIANTS",
+    "Downsample",
+    "MobileMamba",
+    "MobileMambaBlock",
+    "MobileMambaStage",
+    "load_official_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +82,7 @@ class MobileMambaBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ffn1(self.dw_conv1(self.mixer(self.ffn0(self.dw_conv0(x)))))
         if self.training and self.drop_path > 0:
-            keep = torch.rand(x.size(0), 1, 1, 1, device=x.device).ge_(self.drop_path).div(1 - self.drop_path)
-            return x + y * keep
+            return x + y * drop_path_mask(x, self.drop_path)
         return x + y
 
 
@@ -113,6 +121,42 @@ class MobileMambaStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
+
+
+#: Parameters of :class:`~medmamba.networks.blocks.SelectiveScan2D` that get no weight decay
+#: (see :meth:`MobileMamba.no_weight_decay`).
+_SCAN_NO_WEIGHT_DECAY = ("A_log", "D", "dt_proj_bias")
+
+
+def _check_num_classes(num_classes: Any) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise ValueError(f"num_classes={num_classes!r} is not valid; expected an integer ≥ 0.")
+
+
+def _feature_take_indices(num_features: int, indices: Optional[Union[int, Sequence[int]]]) -> List[int]:
+    """timm's ``feature_take_indices``: the last ``n`` for an int, all for ``None``, else the given
+    indices (negative ones counted from the end), in ascending order."""
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= num_features:
+            raise ValueError(
+                f"indices={indices!r} is out of range; an int takes the last n stages, expected 1 to {num_features}."
+            )
+        return list(range(num_features - indices, num_features))
+    if not isinstance(indices, Sequence) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        raise ValueError(f"indices={indices!r} is not valid; expected None, an int or a sequence of ints.")
+    if len(indices) == 0:
+        raise ValueError(f"indices={indices!r} is empty; expected at least one stage index.")
+    take = set()
+    for i in indices:
+        if not -num_features <= i < num_features:
+            raise ValueError(
+                f"indices={list(indices)!r} holds {i}, out of range; expected stage indices from "
+                f"{-num_features} to {num_features - 1}."
+            )
+        take.add(i % num_features)
+    return sorted(take)
 
 
 def _triple(name: str, value: Any, kind: type) -> tuple:
@@ -178,8 +222,7 @@ class MobileMamba(nn.Module):
             )
         if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
             raise ValueError(f"in_channels={in_channels!r} is not valid; expected a positive integer.")
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-            raise ValueError(f"num_classes={num_classes!r} is not valid; expected an integer ≥ 0.")
+        _check_num_classes(num_classes)
         config: dict[str, Any] = {}
         if variant is not None:
             key = str(variant).lower()
@@ -302,6 +345,99 @@ class MobileMamba(nn.Module):
         head, ``(cls, dist)`` in training mode and their mean in eval mode."""
         return self.forward_head(self.forward_features(x)[-1])
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The stage outputs, in timm's ``forward_intermediates`` convention.
+
+        Args:
+            x: input ``(B, in_channels, H, W)``.
+            indices: the stages (0, 1, 2) to return: an int ``n`` takes the last ``n``, a sequence
+                the stages it names (negative indices count from the end), ``None`` all three.
+            norm: accepted for timm's signature; MobileMamba has no norm layer between the last stage
+                and the head (the head's BatchNorm acts on the pooled features), so it changes nothing.
+            stop_early: stop after the last stage requested instead of running all three.
+            output_fmt: layout of the feature maps; only ``"NCHW"``.
+            intermediates_only: return the list of stage outputs only.
+
+        Returns:
+            ``(final, intermediates)``: the output of the last stage run (the input of
+            :meth:`forward_head` unless ``stop_early`` stopped before stage 3) and the requested
+            stage outputs in stage order; with ``intermediates_only`` the list alone.
+
+        Raises:
+            ValueError: ``output_fmt`` is not ``"NCHW"``, ``indices`` is out of range or malformed,
+                or the input does not fit the network.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; MobileMamba's features are 'NCHW'.")
+        take = _feature_take_indices(len(self.stages), indices)
+        last = take[-1] if stop_early else len(self.stages) - 1
+        self._check_input(x)
+        x = self.stem(x)
+        intermediates: List[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            if i > last:
+                break
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier head (timm convention)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier head(s) by freshly initialised ones for ``num_classes`` classes.
+
+        The stem and stages keep their weights; the distillation head, if the network has one, is
+        re-created too. ``num_classes=0`` leaves a feature extractor returning pooled features.
+
+        Args:
+            num_classes: classes of the new head (0 for none).
+            global_pool: timm's argument; only ``None`` or ``"avg"`` (the pooling MobileMamba has).
+
+        Raises:
+            ValueError: ``num_classes`` is not an integer ≥ 0, or ``global_pool`` is another pooling.
+        """
+        _check_num_classes(num_classes)
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool={global_pool!r} is not supported; MobileMamba pools by average ('avg').")
+        reference = self.stem[0].conv.weight
+        width = self.embed_dim[2]
+        self.num_classes = num_classes
+        self.head = (BNLinear(width, num_classes) if num_classes > 0 else nn.Identity()).to(
+            device=reference.device, dtype=reference.dtype
+        )
+        self.head_dist = (BNLinear(width, num_classes) if (self.distillation and num_classes > 0) else nn.Identity()).to(
+            device=reference.device, dtype=reference.dtype
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters that get no weight decay (timm convention): every selective scan's
+        ``A_log``, ``D`` and ``dt_proj_bias``, whose decay would pull the scan's dynamics towards
+        ``A = −1``, ``D = 0`` and a zero time step (:func:`medmamba.training.optim.param_groups`
+        exempts the same parameters by name)."""
+        names: set[str] = set()
+        for prefix, module in self.named_modules():
+            if isinstance(module, SelectiveScan2D):
+                names.update(
+                    f"{prefix}.{name}"
+                    for name, _ in module.named_parameters(recurse=False)
+                    if name in _SCAN_NO_WEIGHT_DECAY
+                )
+        return names
+
     @classmethod
     def from_official_checkpoint(
         cls,
@@ -316,8 +452,8 @@ class MobileMamba(nn.Module):
     ) -> "MobileMamba":
         """Build a variant and load a released checkpoint of the reference implementation.
 
-        See :func:`medmamba.networks.convert.load_official_checkpoint` for the details (safe loading
-        with ``weights_only=True``, stem adaptation to ``in_channels``, head re-creation).
+        See :func:`load_official_checkpoint` for the details (safe loading with
+        ``weights_only=True``, stem adaptation to ``in_channels``, head re-creation).
 
         Args:
             path: the ``.pth`` file (a bare state dict, or a dict with ``"net"`` / ``"net_E"``).
@@ -331,8 +467,51 @@ class MobileMamba(nn.Module):
         Returns:
             The network with the checkpoint's weights.
         """
-        from ..convert import load_official_checkpoint
-
         return load_official_checkpoint(
             path, variant, in_channels=in_channels, num_classes=num_classes, distillation=distillation, ema=ema, **kwargs
         )
+
+
+def load_official_checkpoint(
+    path: str,
+    variant: str,
+    *,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    distillation: bool | None = None,
+    ema: bool = False,
+    **kwargs: Any,
+) -> MobileMamba:
+    """Build a :class:`MobileMamba` variant and load a released reference checkpoint into it.
+
+    The file is read with ``torch.load(weights_only=True)``, so an untrusted checkpoint cannot run
+    code; the reference's names are converted (:func:`~medmamba.networks.convert_official_state_dict`).
+    The stem is adapted to ``in_channels`` (:func:`~medmamba.networks.adapt_input_channels`) and the
+    classifier head(s) re-created when ``num_classes`` differs from the checkpoint's; both are logged.
+
+    Args:
+        path: checkpoint file.
+        variant: MobileMamba variant name.
+        in_channels: input channels of the new network.
+        num_classes: classes of the new network.
+        distillation: keep a distillation head; ``None`` keeps it when the checkpoint has one.
+        ema: prefer the EMA weights (``"net_E"``).
+        kwargs: further :class:`MobileMamba` arguments.
+
+    Returns:
+        The network, in eval mode, with the checkpoint's weights.
+
+    Raises:
+        ValueError: the file holds no state dict, or keys are missing/unexpected or shapes differ
+            (all of them listed).
+    """
+    state_dict = convert_official_state_dict(official_state_dict(read_checkpoint(path), ema, str(path)))
+    if distillation is None:
+        distillation = any(k.startswith("head_dist.") for k in state_dict)
+    model = MobileMamba(variant, in_channels=in_channels, num_classes=num_classes, distillation=distillation, **kwargs)
+    target = model.state_dict()
+    state_dict = adapt_stem_channels(state_dict, in_channels)
+    state_dict = fit_classifier_heads(state_dict, target, num_classes=num_classes, distillation=distillation)
+    check_state_dict_keys(state_dict, target, source=f"checkpoint {str(path)!r}", target=f"MobileMamba variant={variant!r}")
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blocks import ConvBN
-from ..checkpoint_file import read_checkpoint
-from ..convert import adapt_input_channels, convert_official_state_dict, official_state_dict
+from ..checkpoint_file import check_state_dict_keys, read_checkpoint
+from ..convert import adapt_stem_channels, convert_official_state_dict, official_state_dict
 from .mobilemamba import MobileMamba
 
 __all__ = ["DepthwiseSeparableConv", "FPNDecoder", "FPNLevel", "MobileMambaSeg"]
@@ -358,23 +358,16 @@ class MobileMambaSeg(nn.Module):
         dropped = sorted(k for k in sd if k.startswith(("head.", "head_dist.")))
         for key in dropped:
             sd.pop(key)
-        stem_key = "stem.0.conv.weight"
-        if adapt_stem and stem_key in sd and sd[stem_key].shape[1] != self.in_channels:
-            sd[stem_key] = adapt_input_channels(sd[stem_key], self.in_channels)
-        target = self.encoder.state_dict()
-        missing = sorted(set(target) - set(sd))
-        unexpected = sorted(set(sd) - set(target))
-        mismatched = sorted(
-            f"{k}: given {tuple(sd[k].shape)} vs encoder {tuple(target[k].shape)}"
-            for k in set(sd) & set(target)
-            if sd[k].shape != target[k].shape
+        if adapt_stem:
+            sd = adapt_stem_channels(sd, self.in_channels)
+        check_state_dict_keys(
+            sd,
+            self.encoder.state_dict(),
+            source="state_dict",
+            target=f"the MobileMambaSeg encoder (variant={self.variant!r}, embed_dim={self.encoder.embed_dim})",
+            strict=strict,
+            labels=("given", "encoder"),
         )
-        if mismatched or (strict and (missing or unexpected)):
-            raise ValueError(
-                f"state_dict does not fit the MobileMambaSeg encoder (variant={self.variant!r}, embed_dim="
-                f"{self.encoder.embed_dim}): missing keys {missing}; unexpected keys {unexpected}; "
-                f"shape mismatches {mismatched}."
-            )
         self.encoder.load_state_dict(sd, strict=False)
         return dropped
 

@@ -1,0 +1,54 @@
+"""Flip test-time augmentation: class probabilities averaged over a volume and its mirror images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["FlipTTAInferer"]
+
+
+class FlipTTAInferer:
+    """Test-time augmentation: average the class probabilities of the volume and its mirror images.
+
+    Runs ``inferer`` on the input and on the input flipped along each of ``spatial_axes`` (flipped
+    back afterwards), averages the softmax probabilities and returns their logarithm, so that a
+    softmax (or an argmax) downstream gives the averaged probabilities (or their arg-max). Usable
+    wherever an inferer is (``SupervisedEvaluator``, :class:`medmamba.inferers.VolumeSegmenter`).
+
+    Args:
+        inferer: the inferer to wrap, e.g. :class:`medmamba.inferers.SliceStackInferer`.
+        spatial_axes: spatial axes to mirror (0 is the first spatial axis; for RAS volumes 0 is
+            left-right). Empty: no augmentation, the wrapped inferer's logits are returned as they are.
+
+    Raises:
+        TypeError: ``inferer`` is not callable.
+        ValueError: ``spatial_axes`` holds a negative or repeated axis (or, when called, an axis
+            beyond the input's spatial dimensions).
+    """
+
+    def __init__(self, inferer: Callable[..., Any], spatial_axes: Sequence[int] = (0,)) -> None:
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        axes = [int(a) for a in spatial_axes]
+        if any(a < 0 for a in axes) or len(set(axes)) != len(axes):
+            raise ValueError(f"spatial_axes must be distinct non-negative spatial axes, got {spatial_axes!r}.")
+        self.inferer = inferer
+        self.spatial_axes = axes
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        n_spatial = inputs.ndim - 2
+        if any(a >= n_spatial for a in self.spatial_axes):
+            raise ValueError(f"spatial_axes {self.spatial_axes} do not fit the {n_spatial} spatial dims of the input.")
+        out = self.inferer(inputs, network, *args, **kwargs)
+        if not self.spatial_axes:
+            return out
+        probs = torch.softmax(out.float(), dim=1)
+        for axis in self.spatial_axes:
+            dim = 2 + axis
+            flipped = self.inferer(inputs.flip(dim), network, *args, **kwargs)
+            probs = probs + torch.softmax(flipped.float(), dim=1).flip(dim)
+        probs = probs / (1 + len(self.spatial_axes))
+        return torch.log(probs.clamp_min(1e-12))
