@@ -273,7 +273,7 @@ def test_intensity_refinement_sharpens_a_1mm_scan(phantoms: dict, tmp_path: Path
 def test_refiner_without_the_loaded_scan_fails_the_case_with_the_fix(phantoms: dict, tmp_path: Path) -> None:
     from monai.bundle import ConfigParser
 
-    from medmamba.io.pipeline import segment_scans
+    from medmamba.apps.pipeline import segment_scans
 
     parser = ConfigParser()
     parser.read_config(str(SEG_CONFIGS / "inference.json"))

@@ -22,7 +22,7 @@ from medmamba.data import (
     scrub_meta,
 )
 from medmamba.io import PatientInfo, write_dicom_series, write_nifti
-from medmamba.io.pipeline import classify_scans, segment_scans
+from medmamba.apps.pipeline import classify_scans, segment_scans
 from medmamba.transforms import scan_preprocessing
 
 pytestmark = pytest.mark.filterwarnings("ignore")

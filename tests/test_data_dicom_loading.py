@@ -22,7 +22,7 @@ from medmamba.data import (
     load_scan,
     read_dicom,
 )
-from medmamba.data.dicom_geometry import LPS_TO_RAS
+from medmamba.io.dicom_geometry import LPS_TO_RAS
 from medmamba.io.dicom_series import PatientInfo, write_dicom_series
 from medmamba.io.nifti import write_nifti
 

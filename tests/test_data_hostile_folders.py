@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medmamba.data import find_scans, load_scan, scan_dicom_folder
-from medmamba.data.dicom_scan import DicomSkipWarning
+from medmamba.io.dicom_scan import DicomSkipWarning
 from medmamba.io.nifti import write_nifti
 
 from test_data_dicom_loading import write_shuffled_ct_series

@@ -26,7 +26,7 @@ from medmamba.io import (
     write_results_csv,
     write_results_json,
 )
-from medmamba.data.privacy import Redactor
+from medmamba.io.privacy import Redactor
 from medmamba.io.dicom_seg import REQUIRED_PATIENT_STUDY_KEYWORDS
 from medmamba.transforms import scan_preprocessing
 

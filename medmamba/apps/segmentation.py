@@ -152,7 +152,7 @@ def segment(
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
     """
-    from medmamba.io.pipeline import segment_scans
+    from medmamba.apps.pipeline import segment_scans
 
     if input_path is None:
         raise ValueError("input_path is required: a NIfTI file, a DICOM series folder or a folder of them (--input_path ...).")

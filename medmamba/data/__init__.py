@@ -13,7 +13,7 @@ Main entry points:
 from __future__ import annotations
 
 from medmamba.data.batch import BatchCase, BatchReport, CaseOutcome, case_redactor, run_batch
-from medmamba.data.dicom_geometry import LPS_TO_RAS
+from medmamba.io.dicom_geometry import LPS_TO_RAS
 from medmamba.data.dicom_reader import (
     SAFE_DICOM_META_KEYS,
     DicomGeometryWarning,
@@ -22,12 +22,12 @@ from medmamba.data.dicom_reader import (
     read_dicom,
     read_dicom_stacks,
 )
-from medmamba.data.dicom_scan import DicomSkipWarning, FolderScan, scan_dicom_folder, select_series
+from medmamba.io.dicom_scan import DicomSkipWarning, FolderScan, scan_dicom_folder, select_series
 from medmamba.data.dicom_stacks import split_stacks
 from medmamba.data.discovery import find_scans
-from medmamba.data.errors import ScanLoadError
+from medmamba.io.errors import ScanLoadError
 from medmamba.data.loading import NiftiHeaderWarning, check_scan, is_nifti_path, load_scan
-from medmamba.data.privacy import IDENTIFYING_KEYWORDS, Redactor, identifying_values, is_identifying_key, scrub_meta
+from medmamba.io.privacy import IDENTIFYING_KEYWORDS, Redactor, identifying_values, is_identifying_key, scrub_meta
 
 __all__ = [
     "IDENTIFYING_KEYWORDS",

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medmamba.data.dicom_scan import read_dicom_file, scan_dicom_folder
+from medmamba.io.dicom_scan import read_dicom_file, scan_dicom_folder
 from medmamba.data.discovery import scan_stem
 from medmamba.data.loading import is_nifti_path
-from medmamba.data.privacy import REDACTED, Redactor, identifying_values
+from medmamba.io.privacy import REDACTED, Redactor, identifying_values
 from medmamba.io.results import write_results_csv, write_results_json
 from medmamba.io.temporaries import remove_stale_temporaries
 

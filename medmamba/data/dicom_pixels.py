@@ -3,7 +3,7 @@
 Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's pixel
 plugins; ``pylibjpeg`` with ``pylibjpeg-libjpeg``, ``pylibjpeg-openjpeg`` and ``pylibjpeg-rle``
 (the ``dicom`` extra of medmamba) cover all of them. When no plugin can decode a syntax, a
-:class:`~medmamba.data.errors.ScanLoadError` says which syntax it is and what to install.
+:class:`~medmamba.io.errors.ScanLoadError` says which syntax it is and what to install.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from medmamba.data.errors import ScanLoadError
+from medmamba.io.errors import ScanLoadError
 
 __all__ = [
     "DECODER_HINT",

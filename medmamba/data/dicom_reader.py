@@ -26,7 +26,7 @@ from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.dataset import Dataset
 
-from medmamba.data.dicom_geometry import (
+from medmamba.io.dicom_geometry import (
     LPS_TO_RAS,
     PlaneGeometry,
     affine_lps,
@@ -41,7 +41,7 @@ from medmamba.data.dicom_pixels import (
     frame_rescale,
     to_monochrome2,
 )
-from medmamba.data.dicom_scan import (
+from medmamba.io.dicom_scan import (
     NON_IMAGE_MODALITIES,
     DicomInstance,
     DicomSeries,
@@ -50,7 +50,7 @@ from medmamba.data.dicom_scan import (
     select_series,
 )
 from medmamba.data.dicom_stacks import pixel_spacing_of, split_stacks
-from medmamba.data.errors import ScanLoadError, warn_and_log
+from medmamba.io.errors import ScanLoadError, warn_and_log
 
 __all__ = [
     "SAFE_DICOM_META_KEYS",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medmamba.data.dicom_scan import DicomInstance, DicomSeries
+from medmamba.io.dicom_scan import DicomInstance, DicomSeries
 
 __all__ = ["pixel_spacing_of", "split_stacks", "stack_signature"]
 

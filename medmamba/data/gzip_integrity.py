@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import zlib
 
-from medmamba.data.errors import ScanLoadError
+from medmamba.io.errors import ScanLoadError
 
 __all__ = ["check_gzip_integrity"]
 

@@ -4,7 +4,7 @@ DICOM goes through :class:`~medmamba.data.dicom_reader.DicomSeriesReader`, NIfTI
 ``NibabelReader``; both via ``monai.transforms.LoadImage``, so the result is what a MONAI pipeline
 expects: channel-first, float32, with a RAS ``affine`` and ``meta`` (``filename_or_obj``,
 ``spatial_shape``, ``original_affine``, ``space``, plus safe DICOM keys). Non-finite voxels and
-unexpected modalities are refused with a :class:`~medmamba.data.errors.ScanLoadError`, and so is a
+unexpected modalities are refused with a :class:`~medmamba.io.errors.ScanLoadError`, and so is a
 gzip-compressed NIfTI whose stream is truncated or fails its CRC (:mod:`medmamba.data.gzip_integrity`;
 nibabel alone reads such a file without error when the voxel data are complete).
 """
@@ -25,7 +25,7 @@ from monai.transforms import EnsureChannelFirst
 from monai.utils import ImageMetaKey
 
 from medmamba.data.dicom_reader import DicomSeriesReader, OnGap, OnMixed
-from medmamba.data.errors import ScanLoadError, warn_and_log
+from medmamba.io.errors import ScanLoadError, warn_and_log
 from medmamba.data.gzip_integrity import check_gzip_integrity
 
 __all__ = [

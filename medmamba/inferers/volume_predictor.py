@@ -2,7 +2,7 @@
 
 :class:`VolumePredictor` runs a network through an inferer (e.g.
 :class:`medmamba.inferers.SliceStackInferer`) in eval mode without gradients;
-:class:`VolumeSegmenter` returns the logit volume (for :func:`medmamba.io.pipeline.segment_scans`),
+:class:`VolumeSegmenter` returns the logit volume (for :func:`medmamba.apps.pipeline.segment_scans`),
 :class:`VolumeClassifier` the per-slice and volume lesion probabilities of a slice classifier.
 """
 
@@ -51,7 +51,7 @@ class VolumePredictor:
 
 
 class VolumeSegmenter(VolumePredictor):
-    """A predictor for :func:`medmamba.io.pipeline.segment_scans`: volume in, logit volume out.
+    """A predictor for :func:`medmamba.apps.pipeline.segment_scans`: volume in, logit volume out.
 
     Args:
         network: a 2D network taking ``2k + 1``-slice stacks (eager or TorchScript).

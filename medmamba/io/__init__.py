@@ -1,8 +1,12 @@
-"""Writing results: atomic files, reproducible NIfTI, DICOM series, DICOM SEG, classification tables.
+"""Files on disk: DICOM folder scans and geometry, privacy of what is written, and the writers.
 
-The batch pipelines that read scans and write these results (``segment_scans``, ``classify_scans``)
-sit above :mod:`medmamba.data` and live in :mod:`medmamba.io.pipeline`, which this package does not
-import, so that :mod:`medmamba.data` can use the writers here without an import cycle.
+The lowest layer of scan handling: scanning a folder for DICOM series and their plane geometry
+(:mod:`~medmamba.io.dicom_scan`, :mod:`~medmamba.io.dicom_geometry`), the load error
+(:class:`~medmamba.io.errors.ScanLoadError`), which DICOM values identify a patient
+(:mod:`~medmamba.io.privacy`), and the result writers: atomic files, reproducible NIfTI, DICOM
+series, DICOM SEG, classification tables. :mod:`medmamba.data` reads scans into volumes on top of
+it; the batch pipelines that read scans and write results (``segment_scans``, ``classify_scans``)
+live in :mod:`medmamba.apps.pipeline`. This package imports neither.
 """
 
 from __future__ import annotations

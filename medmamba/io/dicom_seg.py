@@ -32,9 +32,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from medmamba.data.dicom_geometry import PlaneGeometry, sort_by_position
-from medmamba.data.dicom_scan import read_dicom_file, scan_dicom_folder, select_series
-from medmamba.data.privacy import IDENTIFYING_KEYWORDS
+from medmamba.io.dicom_geometry import PlaneGeometry, sort_by_position
+from medmamba.io.dicom_scan import read_dicom_file, scan_dicom_folder, select_series
+from medmamba.io.privacy import IDENTIFYING_KEYWORDS
 from medmamba.io.atomic import atomic_write_bytes
 from medmamba.io.dicom_series import dataset_to_bytes
 from medmamba.io.segment_codes import GENERIC_TISSUE, SegmentCode

@@ -34,7 +34,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from medmamba.data.dicom_geometry import LPS_TO_RAS
+from medmamba.io.dicom_geometry import LPS_TO_RAS
 from medmamba.io.temporaries import TEMPORARY_SUFFIX, temporary_prefix
 
 __all__ = ["PatientInfo", "SeriesUIDs", "dataset_to_bytes", "series_uids", "write_dicom_series"]

@@ -1,7 +1,7 @@
 """Per-case classification results as CSV and JSON, written atomically, without patient data.
 
 Rows are mappings of simple values. Keys that name identifying DICOM attributes are dropped
-(:func:`medmamba.data.privacy.is_identifying_key`), and an optional :class:`~medmamba.data.privacy.Redactor`
+(:func:`medmamba.io.privacy.is_identifying_key`), and an optional :class:`~medmamba.io.privacy.Redactor`
 blanks known identifying values inside strings (e.g. failure reasons).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medmamba.data.privacy import Redactor, is_identifying_key
+from medmamba.io.privacy import Redactor, is_identifying_key
 from medmamba.io.atomic import atomic_write_text
 
 __all__ = ["clean_rows", "write_results_csv", "write_results_json"]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from medmamba.networks.checkpoint_file import find_state_dict
 from medmamba.networks.fusion import fuse_norms
 from medmamba.networks.nets import MobileMamba
 from medmamba.networks.nets.ensemble import MeanEnsemble
@@ -36,7 +37,7 @@ class FuseOnLoad(nn.Module):
     """A network that folds its BatchNorms when its unfused weights are loaded.
 
     ``load_state_dict`` takes the *unfused* network's state dict (flat, a ``CheckpointSaver`` dict
-    with ``"model"``, an EMA or DDP one; see :func:`medmamba.training.extract_state_dict`), loads it
+    with ``"model"``, an EMA or DDP one; see :func:`medmamba.networks.checkpoint_file.find_state_dict`), loads it
     into a fresh copy of the unfused network and replaces :attr:`network` by its fused version
     (:func:`medmamba.networks.fuse_norms`). Before any load, :attr:`network` is the unfused network
     in eval mode. Scripting the wrapper after loading gives TorchScript of the fused network; that is
@@ -78,9 +79,9 @@ class FuseOnLoad(nn.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load unfused weights into a copy of the template and fuse it (see the class doc)."""
-        from medmamba.training.checkpoint import extract_state_dict  # training builds on networks: import late
-
-        state = extract_state_dict(state_dict)
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}.")
+        state = find_state_dict(state_dict)
         device = next(iter(self.network.parameters()), torch.empty(0)).device
         unfused = copy.deepcopy(self.template)
         result = unfused.load_state_dict(state, strict=strict)

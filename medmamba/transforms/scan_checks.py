@@ -1,7 +1,7 @@
 """Checks of an input scan before a bundle analyses it: refuse what cannot work, flag what looks wrong.
 
 Both bundles take one 3D MR volume of a head (or a skull-stripped brain). Inputs that are not such
-a volume fail with a clear :class:`~medmamba.data.errors.ScanLoadError` (a ``ValueError``) naming
+a volume fail with a clear :class:`~medmamba.io.errors.ScanLoadError` (a ``ValueError``) naming
 the input, the shape and voxel spacing found and what is expected (:class:`CheckScan`):
 
 - a 4D series or a multi-channel image (more than one volume, e.g. fMRI/DWI or ``example4d.nii.gz``);
@@ -37,7 +37,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from medmamba.data.errors import ScanLoadError
+from medmamba.io.errors import ScanLoadError
 from medmamba.transforms.mr_normalize import foreground_mask
 
 __all__ = ["CheckScan", "CheckScand", "scan_plausibility", "scan_source", "voxel_spacing"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medmamba.data.errors import ScanLoadError
+from medmamba.io.errors import ScanLoadError
 
 __all__ = [
     "LPS_TO_RAS",

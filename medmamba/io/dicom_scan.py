@@ -24,7 +24,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medmamba.data.errors import ScanLoadError
+from medmamba.io.errors import ScanLoadError
 
 __all__ = [
     "NON_IMAGE_MODALITIES",
