@@ -89,3 +89,42 @@ def test_converter_and_synthesis_dependencies_run_one_way() -> None:
     assert not any(m.startswith("medmamba.networks.nets") for m in graph["medmamba.networks.convert"])
     assert "medmamba.data.head_model" in graph["medmamba.data.synthetic"]
     assert "medmamba.data.synthetic" not in graph["medmamba.data.head_model"]
+
+
+#: the package's layers, lowest first; a subpackage imports only from layers below its own
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"resources", "networks", "io"}),
+    frozenset({"data", "training", "losses"}),
+    frozenset({"transforms"}),
+    frozenset({"inferers"}),
+    frozenset({"metrics"}),
+    frozenset({"handlers"}),
+    frozenset({"visualize", "bundle"}),
+    frozenset({"apps"}),
+)
+
+
+def _subpackage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_subpackages_import_only_downward() -> None:
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+    graph = _import_graph()
+    subpackages = {_subpackage(m) for m in graph} - {""}
+    assert subpackages <= set(layer), f"subpackages without a layer: {sorted(subpackages - set(layer))}"
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        for b in targets
+        if _subpackage(a) and _subpackage(b) and _subpackage(a) != _subpackage(b)
+        and layer[_subpackage(b)] >= layer[_subpackage(a)]
+    )
+    assert upward == []
+
+
+def test_no_module_is_longer_than_600_lines() -> None:
+    lengths = {p.relative_to(PACKAGE.parent).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert max(lengths.values()) > 100
+    assert {p: n for p, n in lengths.items() if n > 600} == {}
