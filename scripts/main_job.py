@@ -50,6 +50,8 @@ BUNDLES = {
     "classification": ROOT / "bundles" / "mobilemamba_classification",
     "segmentation": ROOT / "bundles" / "mobilemamba_segmentation",
 }
+#: The teacher's config: an overlay on the student's ``train.json`` (MONAI merges them in order).
+TEACHER_CONFIGS = ("train.json", "train_teacher.json")
 
 
 @dataclass
@@ -88,16 +90,18 @@ class Stage:
         return ", ".join([str(self.threads)] + [f"{n} from {t:.0f} s" for t, n in self.grants])
 
 
-def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
-    """``python -m monai.bundle run`` of one config of a bundle."""
+def bundle_run(bundle: Path, config: str | Sequence[str], *overrides: str) -> list[str]:
+    """``python -m monai.bundle run`` of one config of a bundle, or of a base config and its overlays
+    (a sequence, merged by MONAI in order: ``("train.json", "train_teacher.json")``)."""
     configs = bundle / "configs"
+    config_file = str(configs / config) if isinstance(config, str) else str([str(configs / c) for c in config])
     return [
         sys.executable,
         "-m",
         "monai.bundle",
         "run",
         "--config_file",
-        str(configs / config),
+        config_file,
         "--bundle_root",
         str(bundle),
         "--meta_file",
@@ -108,7 +112,9 @@ def bundle_run(bundle: Path, config: str, *overrides: str) -> list[str]:
     ]
 
 
-def granted_run(bundle: Path, config: str, stage_slug: str, threads: int, *overrides: str) -> tuple[list[str], Path]:
+def granted_run(
+    bundle: Path, config: str | Sequence[str], stage_slug: str, threads: int, *overrides: str
+) -> tuple[list[str], Path]:
     """``python -m monai.bundle run`` of a config with ``threads`` and a thread grant file (training and
     evaluation configs: their ``ThreadGrantHandler`` takes more threads when another chain ends)."""
     grant = LOG_DIR / f"{bundle.name}_{stage_slug}.threads"
@@ -316,7 +322,7 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan 
     stages: list[Stage] = []
     if not skip_teacher and uses_teacher(bundle):
         n = plan.teacher[name]
-        argv, grant = granted_run(bundle, "train_teacher.json", "teacher", n)
+        argv, grant = granted_run(bundle, TEACHER_CONFIGS, "teacher", n)
         stages.append(Stage(name, "train teacher", argv, [models / "teacher.pt"], threads=n, grant_file=grant))
     stages += student_stages(name, bundle, plan)
     ((_, deployed, _),) = evaluations(name, bundle)

@@ -58,11 +58,13 @@ def _overrides(bundle_root: Path, dataset_dir: Path, **extra: object) -> dict:
     return out
 
 
-def _workflow(config: str, workflow_type: str | None, overrides: dict, run_id: str = "run"):
+def _workflow(config: str | tuple[str, ...], workflow_type: str | None, overrides: dict, run_id: str = "run"):
+    """A workflow of one config, or of a base config and its overlays (``("train.json", "train_teacher.json")``)."""
     from monai.bundle import ConfigWorkflow
 
+    config_file = str(CONFIGS / config) if isinstance(config, str) else [str(CONFIGS / c) for c in config]
     wf = ConfigWorkflow(
-        config_file=str(CONFIGS / config), meta_file=str(META), logging_file=str(CONFIGS / "logging.conf"),
+        config_file=config_file, meta_file=str(META), logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=workflow_type, run_id=run_id, **overrides,
     )
     wf.initialize()
@@ -100,7 +102,7 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     for k in list(TINY_NET):
         teacher_over.pop(k)
     teacher_over.update({f"network_def#{k}": v for k, v in TINY_TEACHER.items()})
-    wf = _workflow("train_teacher.json", "train", teacher_over)
+    wf = _workflow(("train.json", "train_teacher.json"), "train", teacher_over)  # the teacher: an overlay
     teacher_missing = wf.check_properties()
     wf.run()
     wf.finalize()
@@ -132,8 +134,10 @@ def test_metadata_verifies_offline_against_the_shipped_schema() -> None:
 
 
 def test_configs_share_one_preprocessing() -> None:
+    from monai.bundle import ConfigParser
+
     train = json.loads((CONFIGS / "train.json").read_text())
-    teacher = json.loads((CONFIGS / "train_teacher.json").read_text())
+    teacher = ConfigParser.load_config_files([str(CONFIGS / "train.json"), str(CONFIGS / "train_teacher.json")])
     evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
     infer = json.loads((CONFIGS / "inference.json").read_text())
     targets = [t["_target_"] for t in train["preprocessing_transforms"]]

@@ -61,12 +61,14 @@ def test_channels_last_student_forward_and_backward_on_the_gpu() -> None:
 
 
 @pytest.mark.parametrize("bundle", ["mobilemamba_classification", "mobilemamba_segmentation"])
-@pytest.mark.parametrize("config", ["train.json", "train_teacher.json", "evaluate.json", "inference.json"])
-def test_bundle_configs_choose_cuda_and_channels_last(bundle: str, config: str) -> None:
+@pytest.mark.parametrize(  # the teacher's config is an overlay on train.json
+    "config", [("train.json",), ("train.json", "train_teacher.json"), ("evaluate.json",), ("inference.json",)], ids="+".join
+)
+def test_bundle_configs_choose_cuda_and_channels_last(bundle: str, config: tuple[str, ...]) -> None:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / config))
+    parser.read_config([str(ROOT / "bundles" / bundle / "configs" / c) for c in config])
     parser["bundle_root"] = str(ROOT / "bundles" / bundle)
     assert parser.get_parsed_content("device").type == "cuda"
     assert parser.get_parsed_content("channels_last") is True

@@ -84,12 +84,12 @@ def test_handler_attached_to_an_engine_resizes_between_iterations(tmp_path: Path
 
 
 @pytest.mark.parametrize("bundle", ["classification", "segmentation"])
-@pytest.mark.parametrize("config", ["train.json", "train_teacher.json"])
-def test_training_configs_attach_the_handler_off_by_default(bundle: str, config: str) -> None:
-    import json
+@pytest.mark.parametrize("config", [("train.json",), ("train.json", "train_teacher.json")], ids="+".join)
+def test_training_configs_attach_the_handler_off_by_default(bundle: str, config: tuple[str, ...]) -> None:
+    from monai.bundle import ConfigParser
 
     root = Path(__file__).resolve().parents[1] / "bundles" / f"mobilemamba_{bundle}" / "configs"
-    cfg = json.loads((root / config).read_text())
+    cfg = ConfigParser.load_config_files([str(root / c) for c in config])  # the teacher's: an overlay on train.json
     assert cfg["thread_grant_file"] is None
     handlers = [h for h in cfg["train"]["handlers"] if isinstance(h, dict) and h.get("_target_", "").endswith("ThreadGrantHandler")]
     assert handlers == [{"_target_": "medmamba.training.ThreadGrantHandler", "grant_file": "@thread_grant_file"}]

@@ -1,0 +1,38 @@
+"""Named functions the MONAI bundles' configs call in place of long ``$`` expressions.
+
+A bundle config (``bundles/*/configs/*.json``) reads best when each ``$`` expression is a short
+call; the logic such an expression used to spell out inline lives here, documented and tested.
+The functions live in the package rather than in a bundle's own ``scripts/`` folder because MONAI
+puts a bundle's root on ``sys.path`` only when ``ConfigWorkflow.run`` starts, after the config's
+``imports`` and ``initialize`` have been evaluated, and never for ``ckpt_export`` or
+``verify_net_in_out``; a ``scripts`` package of each bundle would also clash by name.
+
+One concept per module:
+
+- :mod:`~medmamba.bundle.networks`: placing a network on its device and describing it in reports;
+- :mod:`~medmamba.bundle.training`: the warm-up length, the class weights of a loss, the dense
+  teacher a lesion-map student distils from;
+- :mod:`~medmamba.bundle.distributed`: the process group, the device and the handlers of a rank;
+- :mod:`~medmamba.bundle.paths`: optional files passed on only when they exist.
+"""
+
+from __future__ import annotations
+
+from .distributed import handlers_of_rank, rank_cuda_device, start_process_group
+from .networks import network_description, network_label, network_variant, to_device
+from .paths import existing_file
+from .training import class_weights, dense_teacher, warmup_steps
+
+__all__ = [
+    "class_weights",
+    "dense_teacher",
+    "existing_file",
+    "handlers_of_rank",
+    "network_description",
+    "network_label",
+    "network_variant",
+    "rank_cuda_device",
+    "start_process_group",
+    "to_device",
+    "warmup_steps",
+]
