@@ -132,3 +132,48 @@ def test_default_onnx_exporter_graph_runs_at_any_batch_and_size(tmp_path) -> Non
         out = session.run(None, {"x": x.numpy()})[0]
         assert out.shape == ref.shape
         assert float(abs(out - ref).max() / abs(ref).max()) < 1e-4, shape
+
+
+def test_compile_ahead_of_time_refuses_what_it_cannot_compile(tmp_path) -> None:
+    from medmamba.networks import compile_ahead_of_time, load_compiled
+
+    net = MobileMamba("t2", in_channels=1, num_classes=2)
+    with pytest.raises(ValueError, match="training mode"):
+        compile_ahead_of_time(net, torch.randn(2, 1, 128, 128), tmp_path / "a.pt2")
+    with pytest.raises(ValueError, match=r"2 <= batch.*got shape \(1, 1, 128, 128\)"):
+        compile_ahead_of_time(net.eval(), torch.randn(1, 1, 128, 128), tmp_path / "a.pt2")
+    with pytest.raises(ValueError, match="path must be a .pt2 file"):
+        load_compiled(tmp_path / "missing.pt2")
+
+
+@pytest.mark.slow
+def test_compiled_artefact_equals_eager_at_any_batch_and_runs_without_the_model_code(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from medmamba.training import export_fused
+
+    torch.manual_seed(0)
+    net = MobileMamba("t2", in_channels=1, num_classes=3, embed_dim=(32, 48, 64), depth=(1, 1, 1)).eval()
+    result = export_fused(net, sample_input=torch.randn(2, 1, 128, 128), out_dir=tmp_path, name="tiny",
+                          formats=("compiled",))
+    assert result.compiled_path == str(tmp_path / "tiny_fused.pt2")
+    assert set(result.max_abs_error) == {"fusion", "compiled", "compiled@batch=3"}
+    # a fresh interpreter with torch only: the artefact needs none of the project's Python code
+    x = torch.randn(5, 1, 128, 128, generator=torch.Generator().manual_seed(3))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch\n"
+        f"m = torch._inductor.aoti_load_package({result.compiled_path!r})\n"
+        f"y = m(torch.load({str(tmp_path / 'x.pt')!r}))\n"
+        "assert not any(k.startswith('medmamba') for k in sys.modules)\n"
+        f"torch.save(y, {str(tmp_path / 'y.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300)
+    from medmamba.networks import fuse_norms as fuse
+
+    with torch.no_grad():
+        ref = fuse(net)(x)
+    got = torch.load(tmp_path / "y.pt")
+    assert got.shape == (5, 3)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-3)

@@ -9,7 +9,7 @@ from .nets import MOBILEMAMBA_VARIANTS, MobileMamba, MobileMambaBlock, load_offi
 from .nets.ensemble import MeanEnsemble
 from .nets.lesion_map import LesionMapClassifier
 from .nets.segmentation import MobileMambaSeg
-from .dynamic_export import export_dynamic, export_onnx_dynamic, spatial_multiple
+from .dynamic_export import compile_ahead_of_time, export_dynamic, export_onnx_dynamic, load_compiled, spatial_multiple
 from .selective_scan import selective_scan
 from .selective_scan_chunked import selective_scan_chunked
 
@@ -29,7 +29,9 @@ __all__ = [
     "emulate_reference_cpu_merge",
     "fuse_norms",
     "load_official_checkpoint",
+    "compile_ahead_of_time",
     "export_dynamic",
+    "load_compiled",
     "export_onnx_dynamic",
     "selective_scan",
     "selective_scan_chunked",

@@ -19,11 +19,12 @@ that no stage's map is one pixel wide. Inputs of other sizes are padded by the c
 from __future__ import annotations
 
 import os
+import shutil
 
 import torch
 from torch import nn
 
-__all__ = ["export_dynamic", "export_onnx_dynamic", "spatial_multiple"]
+__all__ = ["compile_ahead_of_time", "export_dynamic", "export_onnx_dynamic", "load_compiled", "spatial_multiple"]
 
 #: the smallest height and width exported (the deepest stage, stride 64, then has 2 x 2 pixels)
 MIN_SIZE = 128
@@ -141,3 +142,64 @@ def export_onnx_dynamic(
         dynamic_shapes=(_dims(multiple, max_batch, max_size),),
     )
     return os.fspath(path)
+
+
+def compile_ahead_of_time(
+    network: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike[str],
+    max_batch: int = 1024,
+) -> str:
+    """An ahead-of-time compiled CPU artefact (AOTInductor package, ``.pt2``) with a dynamic batch.
+
+    The network is exported with ``torch.export`` (dynamic batch ``1..max_batch``, the example's
+    height and width fixed) and compiled to native code by ``torch._inductor.aoti_compile_and_package``.
+    :func:`load_compiled` runs it without the project's Python model code (only ``torch``). The
+    height and width stay fixed: with a symbolic height and width, Inductor failed to lower a T2
+    program (``LoweringException: ValueRangeError`` in torch 2.13); use
+    :func:`export_onnx_dynamic` or :func:`export_dynamic` for any size. Compiling a MobileMamba-T2
+    takes about two minutes on a 2-core CPU and needs a C++ compiler.
+
+    Args:
+        network: The network in eval mode (fused or not).
+        example: An example input ``(B, C, H, W)`` with ``2 <= B <= max_batch``; ``H`` and ``W`` are
+            the sizes the artefact accepts.
+        path: The ``.pt2`` file to write.
+        max_batch: Largest batch the artefact accepts.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: If the network is in training mode or the example is not a 4D batch of 2 or more.
+        RuntimeError: If no C++ compiler is found (``CXX`` or ``c++``/``g++``/``clang++`` on ``PATH``).
+    """
+    if network.training:
+        raise ValueError("network is in training mode; call network.eval() before compiling.")
+    if example.dim() != 4 or not 2 <= int(example.shape[0]) <= int(max_batch):
+        raise ValueError(f"example must be a (batch, channels, height, width) tensor with 2 <= batch <= "
+                         f"max_batch={max_batch} (a batch of 1 would be fixed), got shape {tuple(example.shape)}.")
+    compilers = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        raise RuntimeError("compile_ahead_of_time needs a C++ compiler (set CXX or install g++ / clang++).")
+    batch = torch.export.Dim("batch", min=1, max=int(max_batch))
+    with torch.no_grad():
+        program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
+    return os.fspath(torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(path)))
+
+
+def load_compiled(path: str | os.PathLike[str]) -> object:
+    """Load an artefact of :func:`compile_ahead_of_time`; call the result like the network.
+
+    Args:
+        path: The ``.pt2`` file.
+
+    Returns:
+        A callable ``x -> y`` (``torch._inductor.aoti_load_package``) on the CPU.
+
+    Raises:
+        ValueError: If ``path`` is not a file.
+    """
+    if not os.path.isfile(os.fspath(path)):
+        raise ValueError(f"path must be a .pt2 file written by compile_ahead_of_time, got {os.fspath(path)!r}.")
+    return torch._inductor.aoti_load_package(os.fspath(path))

@@ -45,7 +45,8 @@ __all__ = ["ExportMismatchError", "ExportResult", "export_fused", "verify_export
 
 logger = logging.getLogger(__name__)
 
-_FORMATS = ("torchscript", "onnx")
+_FORMATS = ("torchscript", "onnx", "compiled")
+_DEFAULT_FORMATS = ("torchscript", "onnx")
 
 
 class ExportMismatchError(RuntimeError):
@@ -59,13 +60,15 @@ class ExportResult:
     Attributes:
         torchscript_path: path of the TorchScript file, or ``None``.
         onnx_path: path of the ONNX file, or ``None``.
+        compiled_path: path of the ahead-of-time compiled artefact (``.pt2``), or ``None``.
         torchscript_method: ``"script"`` or ``"trace"``.
         max_abs_error: largest absolute difference to the eager fused network, per check
-            (``"fusion"``, ``"torchscript"``, ``"onnx"``, each also with ``"@batch=N"``).
+            (``"fusion"``, ``"torchscript"``, ``"onnx"``, ``"compiled"``, each also with ``"@batch=N"``).
     """
 
     torchscript_path: str | None = None
     onnx_path: str | None = None
+    compiled_path: str | None = None
     torchscript_method: str | None = None
     max_abs_error: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -120,6 +123,7 @@ def verify_export(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     check_dynamic_batch: bool = True,
+    compiled_path: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Reload exported files and compare them with ``reference`` on ``sample_input``.
 
@@ -130,6 +134,8 @@ def verify_export(
         onnx_path: ONNX file to check (``onnxruntime``, CPU), or ``None``.
         atol, rtol: tolerance, elementwise ``|exported − eager| ≤ atol + rtol·|eager|``.
         check_dynamic_batch: also check a batch of size B + 1.
+        compiled_path: ahead-of-time compiled artefact to check
+            (:func:`medmamba.networks.load_compiled`), or ``None``.
 
     Returns:
         Largest absolute error per check.
@@ -161,6 +167,15 @@ def verify_export(
             got = session.run(None, {input_name: b.detach().cpu().float().numpy()})
             key = "onnx" if i == 0 else f"onnx@batch={b.shape[0]}"
             errors[key] = _compare(key, [r.cpu() for r in ref], [torch.from_numpy(g) for g in got], atol, rtol)
+    if compiled_path is not None:
+        from medmamba.networks import load_compiled
+
+        compiled = load_compiled(compiled_path)
+        for i, (b, ref) in enumerate(zip(batches, refs)):
+            with torch.no_grad():
+                got = _flatten(compiled(b.detach().cpu().float()))
+            key = "compiled" if i == 0 else f"compiled@batch={b.shape[0]}"
+            errors[key] = _compare(key, [r.cpu() for r in ref], got, atol, rtol)
     return errors
 
 
@@ -181,7 +196,7 @@ def export_fused(
     sample_input: torch.Tensor | None = None,
     name: str | None = None,
     checkpoint_key: str | None = None,
-    formats: Sequence[str] = _FORMATS,
+    formats: Sequence[str] = _DEFAULT_FORMATS,
     fuse: bool | Callable[[nn.Module], nn.Module] = True,
     fuse_strict: bool = True,
     opset: int = 17,
@@ -200,9 +215,11 @@ def export_fused(
         out_dir: where to write; default the checkpoint's folder (for a path) or ``"."``.
         sample_input: a batch ``(B, C, *spatial)`` for tracing and checking (required).
         name: file stem; default the checkpoint's stem (for a path) or ``"model"``. Files are
-            ``<name>_fused.ts`` and ``<name>_fused.onnx``.
+            ``<name>_fused.ts``, ``<name>_fused.onnx`` and ``<name>_fused.pt2``.
         checkpoint_key: entry of a MONAI checkpoint file, e.g. ``"ema"`` for the EMA weights.
-        formats: any of ``"torchscript"``, ``"onnx"``.
+        formats: any of ``"torchscript"``, ``"onnx"``, ``"compiled"`` (an ahead-of-time compiled CPU
+            artefact ``<name>_fused.pt2``, :func:`medmamba.networks.compile_ahead_of_time`: dynamic
+            batch, the sample's spatial size; minutes to compile, needs a C++ compiler).
         fuse: ``True`` → ``medmamba.networks.fuse_norms``; ``False`` → no fusion; or a callable
             ``module -> fused module``.
         fuse_strict: passed as ``strict`` to ``fuse_norms`` (``False`` for networks with
@@ -300,6 +317,14 @@ def export_fused(
                     dynamo=False,
                 )
             result.onnx_path = onnx_path
+        if "compiled" in formats:
+            from medmamba.networks import compile_ahead_of_time
+
+            if sample_input.shape[0] < 2:
+                raise ValueError(f"the 'compiled' format needs a sample_input batch of 2 or more, got "
+                                 f"{sample_input.shape[0]}.")
+            result.compiled_path = compile_ahead_of_time(fused, sample_input,
+                                                         os.path.join(os.fspath(out_dir), f"{name}_fused.pt2"))
 
     result.max_abs_error.update(
         verify_export(
@@ -310,6 +335,7 @@ def export_fused(
             atol=atol,
             rtol=rtol,
             check_dynamic_batch=check_dynamic_batch,
+            compiled_path=result.compiled_path,
         )
     )
     if result.onnx_path is not None and onnx_exporter == "dynamo":
@@ -324,7 +350,8 @@ def export_fused(
             for k, v in verify_export(fused, other, onnx_path=result.onnx_path, atol=atol, rtol=rtol,
                                       check_dynamic_batch=False).items()
         })
-    logger.info("export_fused: wrote %s, %s; max errors %s", result.torchscript_path, result.onnx_path, result.max_abs_error)
+    logger.info("export_fused: wrote %s, %s, %s; max errors %s", result.torchscript_path, result.onnx_path,
+                result.compiled_path, result.max_abs_error)
     return result
 
 
