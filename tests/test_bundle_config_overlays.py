@@ -182,7 +182,7 @@ def test_slice_label_recipe_merges_to_the_mobilemamba_slice_classifier() -> None
     assert parser["train#trainer#network"] == "@network"
     assert parser["train#dataset#copy_cache"] is True
     targets = [t["_target_"] if isinstance(t, dict) else t for t in parser["train#random_transforms"]]
-    assert "@synthesis" not in targets and "medmamba.apps.classification.SampleLesionLabeld" in targets
+    assert "@synthesis" not in targets and "medmamba.transforms.SampleLesionLabeld" in targets
     assert not any(h["_target_"].endswith("ThreadGrantHandler") for h in parser["train#handlers"])
 
 

@@ -371,6 +371,27 @@ def test_onnx_export_matches_the_eager_fused_network(exported: dict) -> None:
     assert json.loads((root / "models" / "model_export.json").read_text())["rtol"] == 1e-4
 
 
+@pytest.mark.slow
+def test_export_writes_an_ahead_of_time_compiled_artefact_on_request(exported: dict, dataset: Path) -> None:
+    from medmamba.networks import load_compiled
+
+    root = exported["root"]
+    wf = _workflow("inference.json", None, {**_overrides(root, dataset), "export_compiled": True}, run_id="export_onnx")
+    (report,) = wf.run()
+    assert Path(report["compiled"]) == root / "models" / "model.pt2"
+    assert {"compiled", "compiled@batch=3"} <= set(report["relative_error"])
+    assert all(v <= 1e-4 for k, v in report["relative_error"].items() if k != "fusion")
+    eager = load_network(
+        FusedMobileMambaSeg("t2", in_channels=3, out_channels=4, embed_dim=(32, 48, 64), depth=(1, 1, 1)),
+        root / "models" / "model.pt",
+    )
+    x = torch.randn(4, 3, 128, 128)
+    with torch.no_grad():
+        ref, got = eager(x), load_compiled(report["compiled"])(x)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
 def _infer(root: Path, dataset: Path, input_path: Path, out: Path, **extra: object) -> dict:
     wf = _workflow("inference.json", None, _overrides(root, dataset, input_path=str(input_path), output_dir=str(out), **extra))
     (summary,) = wf.run()

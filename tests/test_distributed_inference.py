@@ -316,4 +316,4 @@ def test_overlays_fit_their_base_configs(bundle: str) -> None:
         gathered += [parser["additional_metrics"][k] for k in parser["additional_metrics"]]
         gathered += [h for h in parser["handlers"] if h.get("gather")]
         assert all(item.get("gather") is True for item in gathered)
-        assert [h["_target_"] for h in parser["handlers"] if h.get("gather")] == ["medmamba.apps.classification.ClassificationReport"]
+        assert [h["_target_"] for h in parser["handlers"] if h.get("gather")] == ["medmamba.handlers.ClassificationReport"]
