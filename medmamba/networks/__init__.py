@@ -10,6 +10,8 @@ from .nets.ensemble import MeanEnsemble
 from .nets.lesion_map import LesionMapClassifier
 from .nets.segmentation import MobileMambaSeg
 from .dynamic_export import compile_ahead_of_time, export_dynamic, export_onnx_dynamic, load_compiled, spatial_multiple
+from .onnx_runtime import OnnxRuntimeNetwork
+from .quantization import quantize_onnx_int8
 from .selective_scan import selective_scan
 from .selective_scan_chunked import selective_scan_chunked
 
@@ -24,6 +26,7 @@ __all__ = [
     "MobileMamba",
     "MobileMambaBlock",
     "MobileMambaSeg",
+    "OnnxRuntimeNetwork",
     "adapt_input_channels",
     "convert_official_state_dict",
     "emulate_reference_cpu_merge",
@@ -33,6 +36,7 @@ __all__ = [
     "export_dynamic",
     "load_compiled",
     "export_onnx_dynamic",
+    "quantize_onnx_int8",
     "selective_scan",
     "selective_scan_chunked",
     "spatial_multiple",
