@@ -185,7 +185,10 @@ def compile_ahead_of_time(
     batch = torch.export.Dim("batch", min=1, max=int(max_batch))
     with torch.no_grad():
         program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
-    return os.fspath(torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(path)))
+    # freezing: weights become constants of the compiled code (prepacked for oneDNN); a scoped
+    # config patch, no global setting is changed. Measured on T2@224, batch 8, 2-core EPYC: 760 -> 368 ms.
+    with torch._inductor.config.patch(freezing=True):
+        return os.fspath(torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(path)))
 
 
 def load_compiled(path: str | os.PathLike[str]) -> object:
