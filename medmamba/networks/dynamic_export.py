@@ -154,7 +154,9 @@ def compile_ahead_of_time(
 
     The network is exported with ``torch.export`` (dynamic batch ``1..max_batch``, the example's
     height and width fixed) and compiled to native code by ``torch._inductor.aoti_compile_and_package``.
-    :func:`load_compiled` runs it without the project's Python model code (only ``torch``). The
+    Inductor's weight freezing is on. :func:`load_compiled` runs it without the project's Python
+    model code (only ``torch``); on a 2-core CPU it ran 1.5-3x slower than the fused eager network
+    (``docs/benchmarks.md``): a deployment artefact, not a speed-up. The
     height and width stay fixed: with a symbolic height and width, Inductor failed to lower a T2
     program (``LoweringException: ValueRangeError`` in torch 2.13); use
     :func:`export_onnx_dynamic` or :func:`export_dynamic` for any size. Compiling a MobileMamba-T2
