@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "bundles" / "schema" / "meta_schema_20240725.json"
@@ -54,15 +57,6 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"a download was started: {args} {kwargs}")
 
     monkeypatch.setattr(monai.apps.utils, "_download_with_progress", refuse)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for the full-size networks here (a shared small machine), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- files and versions

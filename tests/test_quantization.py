@@ -25,16 +25,10 @@ pytest.importorskip("onnxruntime")
 SIZE = 128
 #: loose bounds of the int8 graph against the float32 one on random inputs (both in ONNX Runtime):
 #: the norm of the difference over the norm of the output, and the share of equal predicted classes
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 INT8_RMS_RELATIVE_ERROR = 0.1
 INT8_ARGMAX_AGREEMENT = 0.75
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _batch(n: int, seed: int) -> torch.Tensor:
