@@ -148,33 +148,31 @@ def verify_export(
     errors: dict[str, float] = {}
     with torch.no_grad():
         refs = [_flatten(reference(b)) for b in batches]
+    runners: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {}
     if torchscript_path is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted = torch.jit.load(os.fspath(torchscript_path), map_location="cpu")
         scripted.eval()
-        for i, (b, ref) in enumerate(zip(batches, refs)):
-            with torch.no_grad():
-                got = _flatten(scripted(b.cpu()))
-            key = "torchscript" if i == 0 else f"torchscript@batch={b.shape[0]}"
-            errors[key] = _compare(key, [r.cpu() for r in ref], got, atol, rtol)
+        runners["torchscript"] = lambda b: _flatten(scripted(b.cpu()))
     if onnx_path is not None:
         import onnxruntime as ort
 
         session = ort.InferenceSession(os.fspath(onnx_path), providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
-        for i, (b, ref) in enumerate(zip(batches, refs)):
-            got = session.run(None, {input_name: b.detach().cpu().float().numpy()})
-            key = "onnx" if i == 0 else f"onnx@batch={b.shape[0]}"
-            errors[key] = _compare(key, [r.cpu() for r in ref], [torch.from_numpy(g) for g in got], atol, rtol)
+        runners["onnx"] = lambda b: [
+            torch.from_numpy(g) for g in session.run(None, {input_name: b.detach().cpu().float().numpy()})
+        ]
     if compiled_path is not None:
         from medmamba.networks import load_compiled
 
         compiled = load_compiled(compiled_path)
+        runners["compiled"] = lambda b: _flatten(compiled(b.detach().cpu().float()))
+    for name, run in runners.items():
         for i, (b, ref) in enumerate(zip(batches, refs)):
             with torch.no_grad():
-                got = _flatten(compiled(b.detach().cpu().float()))
-            key = "compiled" if i == 0 else f"compiled@batch={b.shape[0]}"
+                got = run(b)
+            key = name if i == 0 else f"{name}@batch={b.shape[0]}"
             errors[key] = _compare(key, [r.cpu() for r in ref], got, atol, rtol)
     return errors
 
