@@ -118,6 +118,30 @@ def test_one_process_is_plain_run_batch(tmp_path: Path, monkeypatch: pytest.Monk
         run_batch_distributed(_cases(tmp_path / "in"), _stub_process, tmp_path / "e")
 
 
+def test_init_distributed_checks_timeout_and_starts_a_one_process_group_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    for bad in (0, -1.0, True, "60"):
+        with pytest.raises(ValueError, match=f"timeout_s must be a positive number of seconds or None, got {bad!r}"):
+            init_distributed(timeout_s=bad)
+    # torchrun --nproc_per_node 1: WORLD_SIZE 1 starts no group for inference, one for training (DDP)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    assert init_distributed().world_size == 1 and not dist.is_initialized()
+    try:
+        info = init_distributed(backend="gloo", timeout_s=None, single_process_group=True)
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        assert (info.rank, info.world_size) == (0, 1)
+        assert init_distributed(single_process_group=True) == info  # already started: unchanged
+    finally:
+        dist.destroy_process_group()
+
+
 def test_run_batch_checks_assigned_case_ids(tmp_path: Path) -> None:
     cases = [str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")]
     with pytest.raises(ValueError, match="case_ids must hold 2 distinct IDs"):

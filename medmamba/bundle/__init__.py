@@ -12,13 +12,13 @@ One concept per module:
 - :mod:`~medmamba.bundle.networks`: placing a network on its device and describing it in reports;
 - :mod:`~medmamba.bundle.training`: the warm-up length, the class weights of a loss, the dense
   teacher a lesion-map student distils from;
-- :mod:`~medmamba.bundle.distributed`: the process group, the device and the handlers of a rank;
+- :mod:`~medmamba.bundle.distributed`: the handlers of a rank;
 - :mod:`~medmamba.bundle.paths`: optional files passed on only when they exist.
 """
 
 from __future__ import annotations
 
-from .distributed import handlers_of_rank, rank_cuda_device, start_process_group
+from .distributed import handlers_of_rank
 from .networks import network_description, network_label, network_variant, to_device
 from .paths import existing_file
 from .training import class_weights, dense_teacher, warmup_steps
@@ -31,8 +31,6 @@ __all__ = [
     "network_description",
     "network_label",
     "network_variant",
-    "rank_cuda_device",
-    "start_process_group",
     "to_device",
     "warmup_steps",
 ]

@@ -1,4 +1,8 @@
-"""The process group, the device and the handlers of one rank of a multi-process bundle run."""
+"""The handlers of one rank of a multi-process bundle run.
+
+The process group and the rank's device: :func:`medmamba.data.distributed_batch.init_distributed` and
+:func:`~medmamba.data.distributed_batch.rank_device`.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["handlers_of_rank", "rank_cuda_device", "start_process_group"]
-
-
-def start_process_group() -> bool:
-    """Initialise the default ``torch.distributed`` process group unless one is initialised already.
-
-    The rendezvous is ``torchrun``'s environment (``env://``); the backend is ``nccl`` when CUDA is
-    available, else ``gloo``.
-
-    Returns:
-        Whether a process group was initialised already (nothing was done then).
-    """
-    if dist.is_initialized():
-        return True
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return False
-
-
-def rank_cuda_device() -> torch.device:
-    """The device of this rank: GPU ``rank % number of GPUs`` when CUDA is available, else the CPU.
-
-    Returns:
-        ``torch.device("cuda:<rank % device_count>")`` or ``torch.device("cpu")``.
-
-    Raises:
-        ValueError: If CUDA is available and no process group is initialised (the rank is unknown).
-    """
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if not dist.is_initialized():
-        raise ValueError("rank_cuda_device needs an initialised process group (start_process_group), got none.")
-    return torch.device(f"cuda:{dist.get_rank() % torch.cuda.device_count()}")
+__all__ = ["handlers_of_rank"]
 
 
 def handlers_of_rank(handlers: Sequence[Any], keep: type | tuple[type, ...]) -> list[Any]:

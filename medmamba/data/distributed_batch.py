@@ -174,34 +174,44 @@ def rank_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> RankInfo:
+def init_distributed(
+    backend: str | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S, single_process_group: bool = False
+) -> RankInfo:
     """Start the process group from ``torchrun``'s environment (a no-op for a single process).
 
-    Does nothing when a group is already initialised or ``WORLD_SIZE`` is unset or 1. Otherwise
-    initialises ``torch.distributed`` with ``backend`` (default ``nccl`` when CUDA is available,
-    else ``gloo``) and the ``env://`` rendezvous ``torchrun`` prepares, after selecting this rank's
-    GPU (:func:`rank_device`).
+    Does nothing when a group is already initialised, or when ``WORLD_SIZE`` is unset or 1 unless
+    ``single_process_group`` is set. Otherwise initialises ``torch.distributed`` with ``backend``
+    (default ``nccl`` when CUDA is available, else ``gloo``) and the ``env://`` rendezvous
+    ``torchrun`` prepares, after selecting this rank's GPU (:func:`rank_device`).
 
     Args:
         backend: ``"gloo"``, ``"nccl"`` or ``None`` (by device).
-        timeout_s: How long a collective waits for the slowest rank, in seconds.
+        timeout_s: How long a collective waits for the slowest rank, in seconds; ``None`` keeps
+            ``torch.distributed``'s default (the bundles' training, where ranks stay in step).
+        single_process_group: Start a group also for ``torchrun --nproc_per_node 1`` (``WORLD_SIZE``
+            1): what ``DistributedDataParallel`` in the bundles' ``multi_gpu_train.json`` needs. Without
+            ``torchrun``'s environment (no ``WORLD_SIZE``) nothing is started either way.
 
     Returns:
         The :class:`RankInfo` after initialisation.
 
     Raises:
-        ValueError: If ``backend`` is not ``None``/``"gloo"``/``"nccl"``, or ``timeout_s`` is not positive.
+        ValueError: If ``backend`` is not ``None``/``"gloo"``/``"nccl"``, or ``timeout_s`` is neither ``None`` nor positive.
     """
     if backend not in (None, "gloo", "nccl"):
         raise ValueError(f"backend must be None, 'gloo' or 'nccl', got {backend!r}")
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    if _initialised() or _env_int("WORLD_SIZE", 1) <= 1:
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0
+    ):
+        raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
+    world = _env_int("WORLD_SIZE", 0)
+    if _initialised() or world == 0 or (world == 1 and not single_process_group):
         return rank_info()
     chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(rank_device())
-    dist.init_process_group(backend=chosen, timeout=timedelta(seconds=float(timeout_s)))
+    timeout = None if timeout_s is None else timedelta(seconds=float(timeout_s))
+    dist.init_process_group(backend=chosen, timeout=timeout)
     info = rank_info()
     logger.info(
         "distributed: rank %d of %d (local rank %d of %d), backend %s, device %s, %d torch thread(s)",
