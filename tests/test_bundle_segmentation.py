@@ -144,7 +144,7 @@ def test_configs_share_one_preprocessing() -> None:
     assert [t["_target_"] for t in teacher["preprocessing_transforms"]] == targets
     # inference and evaluation add the input checks and the resampling to the training spacing
     # (the training data are at that spacing already)
-    deployed = {"medmamba.transforms.CheckScand", "Spacingd"}
+    deployed = {"medmamba.transforms.CheckScand", "medmamba.transforms.AntiAliasedSpacingd"}
     assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"] if t["_target_"] not in deployed] == targets
     # inference also keeps the scan as loaded for the optional intensity refinement (refine_tissue, off)
     copies = [t for t in infer["preprocessing"]["transforms"] if t["_target_"] == "CopyItemsd"]
@@ -154,7 +154,7 @@ def test_configs_share_one_preprocessing() -> None:
             if t["_target_"] not in deployed | {"CopyItemsd"}] == targets
     for cfg in (evaluate, infer):
         targets_here = [t["_target_"] for t in cfg["preprocessing"]["transforms"]]
-        assert targets_here.index("Spacingd") == targets_here.index("Orientationd") + 1
+        assert targets_here.index("medmamba.transforms.AntiAliasedSpacingd") == targets_here.index("Orientationd") + 1
         assert cfg["pixdim"] == [2.0, 2.0, 2.0]
     # the student's teacher is the architecture train_teacher.json trains
     assert teacher["network_def"] == train["teacher_def"]

@@ -6,6 +6,7 @@ Spatial work (orientation, spacing, foreground crop) re-uses MONAI's ``Orientati
 
 from __future__ import annotations
 
+from medmamba.transforms.anti_aliasing import AntiAliasedSpacingd, anti_aliasing_sigma
 from medmamba.transforms.bias_field import RandBiasField, RandBiasFieldd, legendre_coefficients
 from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
@@ -32,6 +33,8 @@ from medmamba.transforms.tissue_refinement import (
 )
 
 __all__ = [
+    "AntiAliasedSpacingd",
+    "anti_aliasing_sigma",
     "AMBIGUOUS",
     "CT_WINDOWS",
     "NETWORK_STRIDE",

@@ -1,7 +1,8 @@
 """Ready-made preprocessing pipelines built from MONAI transforms and this package's transforms.
 
 ``scan_preprocessing`` composes: load (:class:`LoadScand`), ``Orientationd`` to RAS, optional
-``Spacingd``, ``CropForegroundd`` on the raw intensities, intensity normalisation (CT windows or MR
+resampling (:class:`AntiAliasedSpacingd`: MONAI's ``Spacingd`` after an anti-aliasing blur of the
+image on the axes it makes coarser), ``CropForegroundd`` on the raw intensities, intensity normalisation (CT windows or MR
 normalisation), and :class:`PadToMultipled` to the network stride. Every spatial step is a MONAI
 invertible transform, so predictions go back to the input geometry with ``monai.transforms.Invertd``
 (see :func:`medmamba.io.invert_prediction`).
@@ -12,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, Spacingd
+from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd
 
+from medmamba.transforms.anti_aliasing import AntiAliasedSpacingd
 from medmamba.transforms.ct_window import CTWindowd, WindowSpec
 from medmamba.transforms.loading import LoadScand
 from medmamba.transforms.mr_normalize import MRNormalized, foreground_threshold
@@ -91,7 +93,7 @@ def scan_preprocessing(
     steps.append(Orientationd(keys, axcodes="RAS", labels=None))
     if pixdim is not None:
         modes = ["bilinear"] + ["nearest"] * len(label_keys)
-        steps.append(Spacingd(keys, pixdim=pixdim, mode=modes, dtype=torch.float32))
+        steps.append(AntiAliasedSpacingd(keys, pixdim=pixdim, smooth_keys=image_key, mode=modes, dtype=torch.float32))
     if crop_foreground:
         selector = ForegroundSelector(threshold=-500.0) if modality == "CT" else ForegroundSelector(fraction=0.1)
         steps.append(CropForegroundd(keys, source_key=image_key, select_fn=selector, margin=margin, allow_smaller=True))
