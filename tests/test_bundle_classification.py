@@ -505,7 +505,7 @@ def exported(trained):
 
     wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, logging_file=LOGGING,
                         workflow_type=None, run_id="export_onnx", bundle_root=str(root),
-                        export_input_shape=[2, 5, 64, 64], **_tiny_overrides())
+                        export_input_shape=[2, 5, 128, 128], **_tiny_overrides())
     wf.initialize()
     wf.run()
     return root
@@ -538,10 +538,16 @@ def test_exported_models_equal_the_eager_fused_network(exported):
     with torch.no_grad():
         assert float((ts(x) - ref).abs().max()) <= 1e-4 * scale
     session = ort.InferenceSession(str(models / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    assert float(np.abs(got - ref.numpy()).max()) <= 1e-4 * scale
+    # the default exporter's graph: any batch, any height and width in multiples of 64 from 128
+    for shape in ((4, 5, 128, 128), (1, 5, 192, 128), (3, 5, 128, 256)):
+        xs = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            want = fused(xs)
+        got = session.run(None, {session.get_inputs()[0].name: xs.numpy()})[0]
+        assert float(np.abs(got - want.numpy()).max()) <= 1e-4 * float(want.abs().max()), shape
     report = json.loads((models / "model_export.json").read_text())
     assert report["torchscript"].endswith("model.ts")
+    assert {f"onnx@batch={b},size={h}x128" for b in (1, 3, 8) for h in (128, 192)} <= set(report["relative_error"])
     assert max(v for k, v in report["relative_error"].items() if k != "fusion") <= 1e-4
 
 

@@ -85,7 +85,7 @@ def test_supervised_trainer_with_distillation_ema_mixup_and_checkpoint(tmp_path)
     saver.attach(trainer)
     exporter = FusedExportHandler(
         network=TwoHead(), input_shape=(2, 1, 16, 16), checkpoint_saver=saver, checkpoint_key="ema",
-        export_kwargs={"fuse_strict": False, "formats": ("onnx",)},
+        export_kwargs={"fuse_strict": False, "formats": ("onnx",), "onnx_exporter": "legacy"},
     )
     exporter.attach(trainer)  # after the saver: exports the final checkpoint's EMA weights
     trainer.run()
@@ -270,7 +270,8 @@ def test_with_mobilemamba_two_head_student(tmp_path):
     out = outputs[0]
     assert torch.isfinite(out["loss"]) and out["loss_kd"].item() > 0
     assert out["pred"].shape == (4, 3)  # mean of the two heads
-    result = export_fused(ema, out_dir=tmp_path, sample_input=torch.randn(2, 1, 64, 64), formats=("onnx",))
+    result = export_fused(ema, out_dir=tmp_path, sample_input=torch.randn(2, 1, 64, 64), formats=("onnx",),
+                          onnx_exporter="legacy")
     assert result.max_abs_error["onnx@batch=3"] < 1e-4
 
 

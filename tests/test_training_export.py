@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from medmamba.training import ExportMismatchError, FusedExportHandler, ModelEMA, export_fused, verify_export
+from medmamba.training import (
+    DYNAMIC_CHECK_BATCHES,
+    ExportMismatchError,
+    FusedExportHandler,
+    ModelEMA,
+    export_fused,
+    verify_export,
+)
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -46,10 +53,10 @@ def _fold(model: nn.Module) -> nn.Module:
 SAMPLE = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
-def test_export_fused_writes_and_verifies_torchscript_and_onnx(tmp_path):
+def test_export_fused_writes_and_verifies_torchscript_and_onnx_with_the_legacy_exporter(tmp_path):
     model = _net()
     before = copy.deepcopy(model.state_dict())
-    result = export_fused(model, out_dir=tmp_path, sample_input=SAMPLE, fuse=_fold)
+    result = export_fused(model, out_dir=tmp_path, sample_input=SAMPLE, fuse=_fold, onnx_exporter="legacy")
     assert result.torchscript_method == "script"
     assert (tmp_path / "model_fused.ts").is_file() and (tmp_path / "model_fused.onnx").is_file()
     assert set(result.max_abs_error) >= {"fusion", "torchscript", "onnx", "onnx@batch=3", "torchscript@batch=3"}
@@ -62,7 +69,7 @@ def test_export_fused_writes_and_verifies_torchscript_and_onnx(tmp_path):
 
 def test_export_check_fails_on_broken_onnx_and_torchscript(tmp_path):
     model = _net()
-    result = export_fused(model, out_dir=tmp_path, sample_input=SAMPLE, fuse=_fold)
+    result = export_fused(model, out_dir=tmp_path, sample_input=SAMPLE, fuse=_fold, onnx_exporter="legacy")
     fused = _fold(model)
     # perturb one ONNX initializer
     proto = onnx.load(result.onnx_path)
@@ -102,7 +109,8 @@ def test_export_from_ema_checkpoint_and_handler(tmp_path):
     ckpt = tmp_path / "checkpoint_final.pt"
     torch.save({"model": model.state_dict(), "ema": ema.state_dict()}, ckpt)
     handler = FusedExportHandler(
-        network=_net(), input_shape=(2, 2, 8, 8), checkpoint=ckpt, checkpoint_key="ema", export_kwargs={"fuse": _fold}
+        network=_net(), input_shape=(2, 2, 8, 8), checkpoint=ckpt, checkpoint_key="ema",
+        export_kwargs={"fuse": _fold, "onnx_exporter": "legacy"},
     )
     result = handler()
     assert result.onnx_path == str(tmp_path / "checkpoint_final_fused.onnx")
@@ -118,7 +126,7 @@ def test_export_uses_medmamba_fuse_norms_by_default(tmp_path):
     blocks = pytest.importorskip("medmamba.networks.blocks")
     torch.manual_seed(0)
     net = nn.Sequential(blocks.ConvBN(2, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
-    result = export_fused(net, out_dir=tmp_path, sample_input=SAMPLE, formats=("onnx",))
+    result = export_fused(net, out_dir=tmp_path, sample_input=SAMPLE, formats=("onnx",), onnx_exporter="legacy")
     proto = onnx.load(result.onnx_path)
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
     assert result.torchscript_path is None
@@ -134,8 +142,23 @@ def test_export_fused_with_the_default_onnx_exporter_checks_batches_and_another_
     from medmamba.networks import MobileMamba
 
     net = MobileMamba("t2", in_channels=1, num_classes=3).eval()
-    result = export_fused(net, out_dir=tmp_path, sample_input=torch.randn(2, 1, 128, 160), formats=("onnx",),
-                          onnx_exporter="dynamo")
+    result = export_fused(net, out_dir=tmp_path, sample_input=torch.randn(2, 1, 128, 160), formats=("onnx",))
     keys = set(result.max_abs_error)
-    assert {"fusion", "onnx", "onnx@batch=3", "onnx@size=160x160"} <= keys, keys
+    checks = {f"onnx@batch={b},size={h}x160" for b in (1, 3, 8) for h in (128, 160)}
+    assert {"fusion", "onnx", "onnx@batch=3"} | checks <= keys, keys
     assert max(result.max_abs_error.values()) < 1e-3
+
+
+def test_export_fused_uses_the_default_onnx_exporter_with_dynamic_batch_and_size(tmp_path):
+    blocks = pytest.importorskip("medmamba.networks.blocks")
+    torch.manual_seed(0)
+    net = nn.Sequential(blocks.ConvBN(2, 4, 3), nn.ReLU(), blocks.ConvBN(4, 3, 1)).eval()
+    result = export_fused(net, out_dir=tmp_path, sample_input=torch.randn(2, 2, 128, 128), formats=("onnx",))
+    proto = onnx.load(result.onnx_path)
+    assert proto.opset_import[0].version >= 18
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    expected = {f"onnx@batch={b},size={h}x128" for b in DYNAMIC_CHECK_BATCHES for h in (128, 160)}
+    assert expected <= set(result.max_abs_error), set(result.max_abs_error)
+    assert max(result.max_abs_error.values()) < 1e-4
+    with pytest.raises(ValueError, match="example height must be a multiple of 32 between 128"):
+        export_fused(net, out_dir=tmp_path / "small", sample_input=torch.randn(2, 2, 8, 8), formats=("onnx",))

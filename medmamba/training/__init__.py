@@ -48,7 +48,7 @@ from .distillation import (
 )
 from .distributed import end_distributed_run
 from .ema import EMAHandler, ModelEMA, ema_decay
-from .export import ExportMismatchError, ExportResult, FusedExportHandler, export_fused, verify_export
+from .export import DYNAMIC_CHECK_BATCHES, ExportMismatchError, ExportResult, FusedExportHandler, export_fused, verify_export
 from .iteration import DistillationIteration
 from .mixup import MixupCutmix, SegmentationCutMix, rand_box, smooth_one_hot
 from .optim import NO_DECAY_NAMES, create_optimizer, param_groups, scale_lr
@@ -57,6 +57,7 @@ from .teacher import Teacher, TeacherLogitCache, batch_ids
 from .thread_grant import ThreadGrantHandler, grant_threads, read_thread_grant
 
 __all__ = [
+    "DYNAMIC_CHECK_BATCHES",
     "AMP_CHOICES",
     "Autocast",
     "DistillationIteration",

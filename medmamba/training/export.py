@@ -41,12 +41,14 @@ from .checkpoint import load_weights
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["ExportMismatchError", "ExportResult", "export_fused", "verify_export", "FusedExportHandler"]
+__all__ = ["DYNAMIC_CHECK_BATCHES", "ExportMismatchError", "ExportResult", "export_fused", "verify_export", "FusedExportHandler"]
 
 logger = logging.getLogger(__name__)
 
 _FORMATS = ("torchscript", "onnx", "compiled")
 _DEFAULT_FORMATS = ("torchscript", "onnx")
+#: Batch sizes a dynamic (``"dynamo"``) ONNX graph is checked at, at two spatial sizes.
+DYNAMIC_CHECK_BATCHES = (1, 3, 8)
 
 
 class ExportMismatchError(RuntimeError):
@@ -201,7 +203,7 @@ def export_fused(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     check_dynamic_batch: bool = True,
-    onnx_exporter: str = "legacy",
+    onnx_exporter: str = "dynamo",
 ) -> ExportResult:
     """Fuse the norms of a trained network, export TorchScript and ONNX, and verify both.
 
@@ -225,11 +227,14 @@ def export_fused(
         opset: ONNX opset.
         atol, rtol: tolerance of every check.
         check_dynamic_batch: also check a batch of another size.
-        onnx_exporter: ``"legacy"`` (TorchScript-based, ``dynamo=False``: dynamic batch, the spatial
-            size of ``sample_input`` fixed) or ``"dynamo"`` (PyTorch's default exporter through
-            :func:`medmamba.networks.export_onnx_dynamic`: dynamic batch, height and width; needs a
-            4D ``sample_input`` of batch >= 2 and sizes that :func:`~medmamba.networks.export_dynamic`
-            accepts; about a minute for a T2 network on a 2-core CPU).
+        onnx_exporter: ``"dynamo"`` (the default: PyTorch's default, ``torch.export``-based exporter
+            through :func:`medmamba.networks.export_onnx_dynamic`: dynamic batch, height and width;
+            needs a 4D ``sample_input`` of batch >= 2 and sizes that
+            :func:`~medmamba.networks.export_dynamic` accepts; the graph is checked at batches
+            :data:`DYNAMIC_CHECK_BATCHES` at the sample's size and at a second size; about a minute
+            for a T2 network on a 2-core CPU) or ``"legacy"`` (the deprecated TorchScript-based
+            exporter, ``dynamo=False``, an explicit fallback: dynamic batch, the sample's spatial
+            size fixed, any sample shape).
 
     Returns:
         :class:`ExportResult`.
@@ -334,17 +339,18 @@ def export_fused(
         )
     )
     if result.onnx_path is not None and onnx_exporter == "dynamo":
-        # the dynamic graph is also checked at another height and width (one multiple more)
+        # the dynamic graph is also checked at batches 1, 3 and 8 at the sample's size and at another
+        # height and width (one spatial multiple more in height)
         from medmamba.networks import spatial_multiple
 
         step = spatial_multiple(fused)
-        other = torch.randn(sample_input.shape[0] + 1, sample_input.shape[1], sample_input.shape[2] + step,
-                            sample_input.shape[3], generator=torch.Generator().manual_seed(1))
-        result.max_abs_error.update({
-            f"{k}@size={other.shape[2]}x{other.shape[3]}": v
-            for k, v in verify_export(fused, other, onnx_path=result.onnx_path, atol=atol, rtol=rtol,
-                                      check_dynamic_batch=False).items()
-        })
+        channels, height, width = (int(s) for s in sample_input.shape[1:4])
+        gen = torch.Generator().manual_seed(1)
+        for h, w in ((height, width), (height + step, width)):
+            for b in DYNAMIC_CHECK_BATCHES:
+                other = torch.randn(b, channels, h, w, generator=gen)
+                err = verify_export(fused, other, onnx_path=result.onnx_path, atol=atol, rtol=rtol, check_dynamic_batch=False)
+                result.max_abs_error[f"onnx@batch={b},size={h}x{w}"] = err["onnx"]
     logger.info("export_fused: wrote %s, %s, %s; max errors %s", result.torchscript_path, result.onnx_path,
                 result.compiled_path, result.max_abs_error)
     return result
