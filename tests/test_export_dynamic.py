@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from medmamba.networks import (
+    MOBILEMAMBA_VARIANTS,
     LesionMapClassifier,
+    MeanEnsemble,
     MobileMamba,
     MobileMambaSeg,
     export_dynamic,
@@ -100,6 +102,32 @@ def test_segmentation_and_lesion_map_networks_export_with_dynamic_batch_and_size
     clf = _perturbed(LesionMapClassifier(MobileMambaSeg("t2", in_channels=5, out_channels=5, output_stride=2),
                                          lesion_channel=4))
     _check(clf, export_dynamic(clf, torch.randn(2, 5, 256, 320)), [(1, 5, 128, 192), (3, 5, 256, 256), (8, 5, 128, 128)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(MOBILEMAMBA_VARIANTS))
+def test_every_variant_exports_with_dynamic_batch_and_size(variant: str) -> None:
+    """All six variants, fused; about 25-40 s each on 2 cores."""
+    net = _perturbed(MobileMamba(variant, in_channels=1, num_classes=3))
+    program = export_dynamic(net, torch.randn(2, 1, 160, 192))
+    _check(net, program, [(1, 1, 128, 128), (3, 1, 224, 160), (8, 1, 128, 256)])
+
+
+@pytest.mark.slow
+def test_unfused_network_and_seed_ensemble_export_with_dynamic_batch_and_size() -> None:
+    torch.manual_seed(0)
+    unfused = MobileMamba("t2", in_channels=1, num_classes=3).eval()  # BatchNorms kept (eval statistics)
+    _check(unfused, export_dynamic(unfused, torch.randn(2, 1, 160, 160)), [(1, 1, 128, 192), (8, 1, 224, 224)])
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(_perturbed(LesionMapClassifier(
+            MobileMambaSeg("t2", in_channels=5, out_channels=5, output_stride=2, embed_dim=(32, 48, 64), depth=(1, 1, 1)),
+            lesion_channel=4,
+        )))
+    ensemble = MeanEnsemble(members).eval()
+    assert spatial_multiple(ensemble) == 64
+    _check(ensemble, export_dynamic(ensemble, torch.randn(2, 5, 128, 192)), [(1, 5, 128, 128), (3, 5, 256, 192)])
 
 
 def test_export_arguments_are_checked() -> None:
