@@ -17,10 +17,16 @@ against MONAI's EfficientNet-B0@224 (S6† 80.7 vs 77.1): batch-1 latency and ba
 pair in a fresh process with the two networks measured in alternation, the ratio ours/peer per pair, the CPU and torch's CPU capability in the
 header. The peers run in eval mode as their libraries give them (BatchNorm not folded).
 
+``--stem-layout`` measures the stem layout choice of :class:`~medmamba.networks.MobileMamba`
+(``channels_last_stem``): the fused network with the stem run channels-last (the default) against
+the same network with ``channels_last_stem=False``, both in one process and in alternation, the stem
+alone and the whole network, 3-channel and 1-channel inputs.
+
 Usage::
 
     python benchmarks/bench_networks.py [--json out.json] [--variants t2 b1] [--repeats 3]
     python benchmarks/bench_networks.py --peers [--threads 2]
+    python benchmarks/bench_networks.py --stem-layout [--variants t2 s6 b1] [--threads 2]
 """
 
 from __future__ import annotations
@@ -107,6 +113,8 @@ def _case_main(case: dict[str, Any]) -> None:
         torch.set_num_threads(case["threads"])
     if case["kind"] == "pair":
         res = measure_pair(case["ours"], case["peer"], case["rounds"])
+    elif case["kind"] == "stem":
+        res = measure_stem_layout(case["name"], case["in_channels"], case["rounds"])
     elif case["kind"] == "infer":
         res = measure_inference(case["name"], case["fused"], case["scan"], case["repeats"])
     else:
@@ -150,6 +158,79 @@ def measure_pair(ours: str, peer: str, rounds: int) -> dict[str, dict[str, float
             for name, t in times.items()}
 
 
+def measure_stem_layout(name: str, in_channels: int, rounds: int) -> dict[str, float]:
+    """The fused network and its stem with ``channels_last_stem`` on and off, in alternation.
+
+    Returns medians: stem batch-8 ms, whole-network batch-8 images/s and batch-1 latency for each
+    setting (keys suffixed ``_cl`` and ``_nchw``), and the largest relative output difference.
+    """
+    import statistics
+    import time
+
+    torch.manual_seed(0)
+    size = int(MOBILEMAMBA_VARIANTS[name]["img_size"])
+    net = fuse_norms(MobileMamba(name, in_channels=in_channels, num_classes=1000))
+    x8, x1 = torch.randn(8, in_channels, size, size), torch.randn(1, in_channels, size, size)
+    times: dict[bool, dict[str, list[float]]] = {flag: {"stem": [], "b8": [], "b1": []} for flag in (True, False)}
+    with torch.no_grad():
+        outs = {}
+        for flag in (True, False):
+            net.channels_last_stem = flag
+            outs[flag] = net(x8)
+            net(x1)
+        rel = float((outs[True] - outs[False]).abs().max() / outs[False].abs().max())
+        for _ in range(rounds):
+            for flag in (False, True):
+                net.channels_last_stem = flag
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    net.forward_stem(x8)
+                times[flag]["stem"].append((time.perf_counter() - t0) / 3)
+                t0 = time.perf_counter()
+                net(x8)
+                times[flag]["b8"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    net(x1)
+                times[flag]["b1"].append((time.perf_counter() - t0) / 5)
+    res: dict[str, float] = {"max_rel_diff": rel}
+    for flag, tag in ((True, "cl"), (False, "nchw")):
+        med = {k: statistics.median(v) for k, v in times[flag].items()}
+        res[f"stem_b8_ms_{tag}"] = 1000 * med["stem"]
+        res[f"images_per_s_b8_{tag}"] = 8 / med["b8"]
+        res[f"latency_b1_ms_{tag}"] = 1000 * med["b1"]
+    return res
+
+
+def run_stem_layout(args: argparse.Namespace) -> int:
+    """The stem layout choice, variant by variant, each case in a fresh process; prints the table."""
+    from tqdm import tqdm
+
+    cases = [(v.lower(), c) for v in args.variants for c in (3, 1)]
+    rows = []
+    for name, cin in tqdm(cases, desc="stem layout", file=sys.stderr):
+        rows.append((name, cin, run_case({"kind": "stem", "name": name, "in_channels": cin,
+                                          "rounds": max(args.repeats, 9), "threads": args.threads})))
+    threads = f"{args.threads} torch thread(s)" if args.threads else f"{torch.get_num_threads()} torch threads"
+    print(f"\nMachine: {machine_line()}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}; {threads}; "
+          f"load average {os.getloadavg()}\n")
+    print("| fused network | in | stem b8 ms NCHW | stem b8 ms CL | stem ratio | img/s b8 NCHW stem | img/s b8 CL stem | "
+          "ratio b8 | b1 ms NCHW stem | b1 ms CL stem | ratio b1 | max rel. diff |")
+    print("|---" * 12 + "|")
+    for name, cin, r in rows:
+        size = int(MOBILEMAMBA_VARIANTS[name]["img_size"])
+        print(f"| {name.upper()}@{size} | {cin} | {r['stem_b8_ms_nchw']:.2f} | {r['stem_b8_ms_cl']:.2f} | "
+              f"{r['stem_b8_ms_nchw'] / r['stem_b8_ms_cl']:.2f}x | {r['images_per_s_b8_nchw']:.1f} | "
+              f"{r['images_per_s_b8_cl']:.1f} | {r['images_per_s_b8_cl'] / r['images_per_s_b8_nchw']:.2f}x | "
+              f"{r['latency_b1_ms_nchw']:.1f} | {r['latency_b1_ms_cl']:.1f} | "
+              f"{r['latency_b1_ms_nchw'] / r['latency_b1_ms_cl']:.2f}x | {r['max_rel_diff']:.1e} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine_info(), "stem_layout": [dict(r, name=n, in_channels=c) for n, c, r in rows]},
+                      f, indent=1)
+    return 0
+
+
 def run_peers(args: argparse.Namespace) -> int:
     """Ours (fused) against the peer of similar accuracy, pair by pair, alternating; prints the ratios."""
     from tqdm import tqdm
@@ -190,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-malloc-tuning", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every case (default: torch's)")
     parser.add_argument("--peers", action="store_true", help="ours against MobileNetV3-L and EfficientNet-B0")
+    parser.add_argument("--stem-layout", action="store_true",
+                        help="the fused network with its stem run channels-last vs NCHW (channels_last_stem)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -198,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     reexec_with_malloc_tuning(__file__, args.no_malloc_tuning)
     if args.peers:
         return run_peers(args)
+    if args.stem_layout:
+        if args.variants == list(MOBILEMAMBA_VARIANTS):
+            args.variants = ["t2", "s6", "b1"]
+        return run_stem_layout(args)
 
     from tqdm import tqdm
 

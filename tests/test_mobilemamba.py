@@ -281,3 +281,46 @@ def test_variants_table_matches_the_paper() -> None:
     assert set(MOBILEMAMBA_VARIANTS) == {"t2", "t4", "s6", "b1", "b2", "b4"}
     assert MOBILEMAMBA_VARIANTS["b4"]["img_size"] == 512
     assert MOBILEMAMBA_VARIANTS["b1"]["drop_path"] == 0.03
+
+
+def _tiny_mobilemamba(in_channels: int, channels_last_stem: bool = True) -> MobileMamba:
+    torch.manual_seed(0)
+    return MobileMamba(
+        None, in_channels=in_channels, num_classes=3, embed_dim=(32, 48, 64), depth=(1, 1, 1),
+        global_ratio=(0.8, 0.7, 0.6), local_ratio=(0.2, 0.2, 0.3), kernels=(7, 5, 3), ssm_ratio=2.0,
+        drop_path=0.0, channels_last_stem=channels_last_stem,
+    )
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_channels_last_stem_keeps_outputs_and_the_input_layout(in_channels: int) -> None:
+    model = fuse_norms(_tiny_mobilemamba(in_channels))
+    x = torch.randn(2, in_channels, 64, 80)
+    with torch.no_grad():
+        model.channels_last_stem = False
+        plain_stem, plain = model.forward_stem(x), model(x)
+        model.channels_last_stem = True
+        stem, out = model.forward_stem(x), model(x)
+    assert stem.shape == (2, 32, 4, 5)
+    assert stem.is_contiguous()  # the stages get an NCHW map again
+    assert _relerr(stem, plain_stem) < 1e-5
+    assert _relerr(out, plain) < 1e-5
+    if in_channels > 1:  # a channels-last input keeps its layout (nothing converted back)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            stem_cl = model.forward_stem(xc)
+        assert stem_cl.is_contiguous(memory_format=torch.channels_last) and not stem_cl.is_contiguous()
+        assert _relerr(stem_cl, plain_stem) < 1e-5
+
+
+def test_channels_last_stem_leaves_training_untouched() -> None:
+    model = _tiny_mobilemamba(3).train()
+    x = torch.randn(2, 3, 64, 64)
+    stem = model.forward_stem(x)
+    assert stem.is_contiguous()
+    assert torch.equal(stem, model.stem(x))  # the same kernels: bit for bit
+
+
+def test_channels_last_stem_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="channels_last_stem must be a bool, got 'yes'"):
+        MobileMamba("t2", channels_last_stem="yes")
