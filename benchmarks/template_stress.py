@@ -12,6 +12,7 @@ beside the bundle's threshold. A lesion-free row above the threshold, or a plant
 a failure the template alone does not reveal.
 
     python benchmarks/template_stress.py --resolution 1 --seed 1   # the validation checks
+    python benchmarks/template_stress.py --set network_def#readout=brain   # a candidate setting
 """
 
 from __future__ import annotations
@@ -60,7 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the lesion placement (1: validation checks)")
     parser.add_argument("--bundle-root", type=Path, default=BUNDLE)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="ID=VALUE",
+        help="override an inference.json entry before parsing (VALUE read as JSON, else as a string); repeatable",
+    )
     args = parser.parse_args(argv)
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set expects ID=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
 
     import nibabel as nib
     import torch
@@ -72,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser_cfg = ConfigParser()
     parser_cfg.read_config(str(args.bundle_root / "configs" / "inference.json"))
     parser_cfg["bundle_root"] = str(args.bundle_root)
+    for key, value in overrides.items():
+        parser_cfg[key] = value
     pre = parser_cfg.get_parsed_content("preprocessing")
     predictor = parser_cfg.get_parsed_content("predictor")  # the bundle's own network, slices and read-out
     threshold = float(parser_cfg.get_parsed_content("threshold"))
@@ -83,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return float(predictor(volume)["lesion_log_odds"][0])
 
     print(f"# lesion classifier on the MNI152 template under perturbations\n\nCPU: {machine_line()}\n")
+    print(f"overrides: {overrides or None}")
     print(f"bundle {args.bundle_root.name}, threshold {threshold} = {log_odds_threshold:.1f} log-odds; template "
           f"{args.resolution} mm, lesion seed {args.seed}; volume scores in log-odds\n")
     results: dict[str, dict[str, float]] = {}

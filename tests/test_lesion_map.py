@@ -69,6 +69,8 @@ def test_mobilemamba_seg_wrapper_scripts_and_fuses_with_equal_outputs() -> None:
         ({"pooling": "avg"}, ValueError, "pooling='avg' is not valid"),
         ({"pooling": None}, ValueError, "pooling=None is not valid"),
         ({"top_k": 0}, ValueError, "top_k=0 is not valid"),
+        ({"readout": "head"}, ValueError, "readout='head' is not valid"),
+        ({"readout": "brain", "background_channel": "0"}, ValueError, "background_channel='0' is not valid"),
     ],
 )
 def test_invalid_arguments_name_the_argument(kwargs: dict, error: type, match: str) -> None:
@@ -81,3 +83,30 @@ def test_single_channel_output_is_an_error() -> None:
     clf = LesionMapClassifier(_Fixed(torch.zeros(2, 1, 3, 3)))
     with pytest.raises(ValueError, match="returned 1 channel"):
         clf(torch.zeros(2, 1, 3, 3))
+
+
+def test_brain_readout_pools_only_where_a_tissue_class_beats_the_background() -> None:
+    # 4 classes: background, CSF, tissue, lesion; pixel (0, 0) is outside (background strongest after
+    # the lesion) but has the highest lesion log-odds, pixel (1, 1) is inside with a lower one
+    z = torch.zeros(1, 4, 2, 2)
+    z[0, 0] = torch.tensor([[5.0, 5.0], [5.0, 0.0]])
+    z[0, 1] = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    z[0, 3] = torch.tensor([[9.0, 1.0], [1.0, 4.0]])
+    image = LesionMapClassifier(_Fixed(z), lesion_channel=-1, readout="image").eval()(torch.zeros(1, 1, 2, 2))
+    brain = LesionMapClassifier(_Fixed(z), lesion_channel=-1, readout="brain").eval()
+    expected_image = 9.0 - torch.logsumexp(torch.tensor([5.0, 0.0, 0.0]), 0)
+    expected_brain = 4.0 - torch.logsumexp(torch.tensor([0.0, 2.0, 0.0]), 0)
+    torch.testing.assert_close(image[0, 1], expected_image)
+    torch.testing.assert_close(brain(torch.zeros(1, 1, 2, 2))[0, 1], expected_brain)
+    lesion_map = brain.lesion_map(torch.zeros(1, 1, 2, 2))
+    assert (lesion_map[0, 0, :] == -1.0e4).all() and lesion_map[0, 1, 0] == -1.0e4
+    torch.testing.assert_close(torch.jit.script(brain)(torch.zeros(1, 1, 2, 2)), brain(torch.zeros(1, 1, 2, 2)))
+
+
+def test_brain_readout_needs_background_tissue_and_lesion_channels() -> None:
+    clf = LesionMapClassifier(_Fixed(torch.zeros(1, 2, 3, 3)), readout="brain")
+    with pytest.raises(ValueError, match="needs background, tissue and lesion channels; the network returned 2"):
+        clf(torch.zeros(1, 1, 3, 3))
+    same = LesionMapClassifier(_Fixed(torch.zeros(1, 3, 3, 3)), lesion_channel=0, readout="brain")
+    with pytest.raises(ValueError, match="name the same channel"):
+        same(torch.zeros(1, 1, 3, 3))

@@ -141,6 +141,8 @@ class FusedLesionMapClassifier(FuseOnLoad):
         lesion_channel: index of the lesion class in the segmentation output.
         pooling: ``"max"``, ``"topk"`` or ``"mean"`` (see ``LesionMapClassifier``).
         top_k: pixels averaged by ``"topk"``.
+        readout: ``"image"`` or ``"brain"``, where the lesion map is pooled (see ``LesionMapClassifier``).
+        background_channel: index of the background class, for ``readout="brain"``.
         strict: ``strict`` of ``fuse_norms``.
         ensemble_size: number of ensemble members (1: a single classifier).
         kwargs: the other ``MobileMambaSeg`` arguments (``in_channels``, ``out_channels``, ...).
@@ -157,12 +159,16 @@ class FusedLesionMapClassifier(FuseOnLoad):
         top_k: int = 16,
         strict: bool = True,
         ensemble_size: int = 1,
+        readout: str = "image",
+        background_channel: int = 0,
         **kwargs: Any,
     ) -> None:
         if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
             raise ValueError(f"ensemble_size must be a positive integer, got {ensemble_size!r}.")
         members = [
-            LesionMapClassifier(MobileMambaSeg(variant, **kwargs), lesion_channel, pooling, top_k)
+            LesionMapClassifier(
+                MobileMambaSeg(variant, **kwargs), lesion_channel, pooling, top_k, readout, background_channel
+            )
             for _ in range(ensemble_size)
         ]
         super().__init__(members[0] if ensemble_size == 1 else MeanEnsemble(members), strict=strict)

@@ -19,9 +19,65 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LesionMapClassifier", "check_pooling", "declared_in_channels", "lesion_log_odds_map", "pool_lesion_map"]
+__all__ = [
+    "LesionMapClassifier",
+    "brain_readout_mask",
+    "check_pooling",
+    "check_readout",
+    "declared_in_channels",
+    "lesion_log_odds_map",
+    "pool_lesion_map",
+]
 
 _POOLINGS = ("max", "topk", "mean")
+_READOUTS = ("image", "brain")
+#: Lesion log-odds given to the pixels a ``"brain"`` read-out leaves out (``sigmoid`` of it is 0).
+OUTSIDE_READOUT_LOG_ODDS = -1.0e4
+
+
+def check_readout(readout: str, background_channel: int) -> None:
+    """Validate a lesion-map read-out region (see :class:`LesionMapClassifier`).
+
+    Raises:
+        ValueError: ``readout`` is not ``"image"`` or ``"brain"``, or ``background_channel`` is not an int.
+    """
+    if readout not in _READOUTS:
+        raise ValueError(f"readout={readout!r} is not valid; expected one of {_READOUTS}.")
+    if isinstance(background_channel, bool) or not isinstance(background_channel, int):
+        raise ValueError(f"background_channel={background_channel!r} is not valid; expected an integer channel index.")
+
+
+def brain_readout_mask(logits: torch.Tensor, lesion_channel: int = -1, background_channel: int = 0) -> torch.Tensor:
+    """Pixels whose strongest class other than the lesion is a tissue class, not the background.
+
+    The dense lesion classifier predicts tissue classes beside the lesion; a pixel whose
+    non-lesion prediction is background (air, scalp, skull, neck) cannot hold a brain lesion.
+
+    Args:
+        logits: ``(B, C, *spatial)`` logits with ``C >= 3`` (background, at least one tissue, lesion).
+        lesion_channel: index of the lesion class (negative counts from the end).
+        background_channel: index of the background class (negative counts from the end).
+
+    Returns:
+        ``(B, *spatial)`` boolean mask.
+
+    Raises:
+        ValueError: fewer than three channels, or the lesion and background channels are the same.
+    """
+    channels = logits.shape[1]
+    if channels < 3:
+        raise ValueError(
+            f"a 'brain' read-out needs background, tissue and lesion channels; the network returned {channels}."
+        )
+    lesion = lesion_channel % channels
+    background = background_channel % channels
+    if lesion == background:
+        raise ValueError(f"lesion_channel and background_channel name the same channel ({lesion}).")
+    tissue_max = torch.full_like(logits[:, 0], float("-inf"))
+    for c in range(channels):
+        if c != lesion and c != background:
+            tissue_max = torch.maximum(tissue_max, logits[:, c])
+    return tissue_max > logits[:, background]
 
 
 def check_pooling(pooling: str, top_k: int) -> None:
@@ -107,11 +163,16 @@ class LesionMapClassifier(nn.Module):
             the end).
         pooling: ``"max"``, ``"topk"`` or ``"mean"``.
         top_k: pixels averaged by ``"topk"``.
+        readout: where the lesion map is pooled: ``"image"`` (every pixel) or ``"brain"`` (only the
+            pixels whose strongest non-lesion class is a tissue class, :func:`brain_readout_mask`;
+            the others get :data:`OUTSIDE_READOUT_LOG_ODDS`). Needs a network that also predicts
+            background and tissue classes.
+        background_channel: index of the background class, for ``readout="brain"``.
 
     Raises:
         TypeError: ``network`` is not an ``nn.Module``.
-        ValueError: unknown ``pooling``, ``top_k < 1``, or an output with fewer than two channels
-            (at call time).
+        ValueError: unknown ``pooling`` or ``readout``, ``top_k < 1``, or an output with fewer than
+            two channels (three for ``readout="brain"``; at call time).
 
     Example::
 
@@ -120,11 +181,23 @@ class LesionMapClassifier(nn.Module):
         logits = clf(torch.randn(4, 3, 128, 128))                  # (4, 2)
     """
 
-    def __init__(self, network: nn.Module, lesion_channel: int = -1, pooling: str = "max", top_k: int = 16) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        lesion_channel: int = -1,
+        pooling: str = "max",
+        top_k: int = 16,
+        readout: str = "image",
+        background_channel: int = 0,
+    ) -> None:
         super().__init__()
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be an nn.Module, got {type(network).__name__}.")
         check_pooling(pooling, top_k)
+        check_readout(readout, background_channel)
+        self.readout = readout
+        self.background_channel = int(background_channel)
+        self.outside_log_odds: float = OUTSIDE_READOUT_LOG_ODDS
         self.network = network
         #: the wrapped network's ``in_channels`` (``-1`` if it has none), read by ``SliceStackInferer``.
         self.in_channels: int = declared_in_channels(network)
@@ -137,7 +210,11 @@ class LesionMapClassifier(nn.Module):
         out = self.network(x)
         if isinstance(out, list):
             out = out[0]
-        return lesion_log_odds_map(out, self.lesion_channel)
+        z = lesion_log_odds_map(out, self.lesion_channel)
+        if self.readout == "brain":
+            inside = brain_readout_mask(out, self.lesion_channel, self.background_channel)
+            z = torch.where(inside, z, torch.full_like(z, self.outside_log_odds))
+        return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Slice logits ``(B, 2)``: ``[0, pooled lesion log-odds]``."""
