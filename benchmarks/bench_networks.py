@@ -13,7 +13,8 @@ MONAI's ``EfficientNetBN("efficientnet-b0")`` and ``DenseNet121`` at 224 are mea
 ``--peers`` measures instead the networks a user would pick in MobileMamba's place, in pairs of
 similar ImageNet accuracy: fused MobileMamba-T2@192 against MobileNetV3-Large@224 (T2† 76.9 vs 75.2
 top-1; ``benchmarks/mobilenet_v3.py``, torchvision's definition) and fused MobileMamba-S6@224
-against MONAI's EfficientNet-B0@224 (S6† 80.7 vs 77.1): batch-1 latency and batch-8 images/s, each
+against MONAI's EfficientNet-B0@224 (S6† 80.7 vs 77.1), and fused B1@256 against the same network
+run the reference implementation's CPU way (``b1-reference``: sequential-loop scan, no fusion): batch-1 latency and batch-8 images/s, each
 pair in a fresh process with the two networks measured in alternation, the ratio ours/peer per pair, the CPU and torch's CPU capability in the
 header. The peers run in eval mode as their libraries give them (BatchNorm not folded).
 
@@ -58,6 +59,8 @@ def build(name: str, scan_backend: str = "parallel") -> tuple[nn.Module, int]:
         from mobilenet_v3 import MobileNetV3Large
 
         return MobileNetV3Large(num_classes=1000), 224
+    if name == "b1-reference":  # the reference implementation's CPU way: sequential-loop scan, unfused
+        return MobileMamba("b1", num_classes=1000, scan_backend="reference"), 256
     if name == "densenet121":
         from monai.networks.nets import DenseNet121
 
@@ -122,7 +125,7 @@ def _case_main(case: dict[str, Any]) -> None:
     print(json.dumps(res))
 
 
-PEERS = (("t2", "mobilenetv3-large", 1.3), ("s6", "efficientnet-b0", 2.2))
+PEERS = (("t2", "mobilenetv3-large", 1.3), ("s6", "efficientnet-b0", 2.2), ("b1", "b1-reference", 1.6))
 
 
 def measure_pair(ours: str, peer: str, rounds: int) -> dict[str, dict[str, float]]:
