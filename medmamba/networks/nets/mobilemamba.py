@@ -193,10 +193,12 @@ class MobileMamba(nn.Module):
         drop_path: maximum stochastic-depth rate (linearly increasing over blocks).
         scan_backend: selective-scan backend (``"auto"``, ``"parallel"``, ``"reference"``, ``"cuda"``).
         channels_last_stem: in eval mode on the CPU, run the convolutional stem on a channels-last
-            copy of an NCHW input and hand the stages an NCHW map again. oneDNN runs the stem's
-            strided 3x3 convolutions, which have few channels on large maps, 1.1-2.7x faster in that
-            layout (``benchmarks/bench_networks.py --stem-layout``); the outputs are the same within
-            float32 rounding. Training, CUDA and channels-last inputs are left as they are.
+            copy of an NCHW input and hand the stages an NCHW map again. oneDNN ran the stem's
+            strided 3x3 convolutions, which have few channels on large maps, 1.0-1.6x faster in that
+            layout with AVX-512 kernels and 0.9-1.3x with AVX2 kernels on a Zen 4 CPU
+            (``benchmarks/bench_networks.py --stem-layout``; the whole network within a few per
+            cent); the outputs are the same within float32 rounding. Training, CUDA and
+            channels-last inputs are left as they are; ``False`` runs the stem as given.
 
     Raises:
         ValueError: unknown variant, ``spatial_dims != 2``, a missing or malformed configuration.
