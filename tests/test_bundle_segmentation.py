@@ -150,8 +150,12 @@ def test_configs_share_one_preprocessing() -> None:
     copies = [t for t in infer["preprocessing"]["transforms"] if t["_target_"] == "CopyItemsd"]
     assert copies == [{"_target_": "CopyItemsd", "keys": "image", "names": "source_image", "_disabled_": "$not @refine_tissue"}]
     assert infer["refine_tissue"] is False
-    assert [t["_target_"] for t in infer["preprocessing"]["transforms"]
-            if t["_target_"] not in deployed | {"CopyItemsd"}] == targets
+    # and refuses a scan whose acquisition is not T1-weighted, right after the shape checks
+    infer_targets = [t["_target_"] for t in infer["preprocessing"]["transforms"]]
+    check = "medmamba.transforms.CheckMRWeightingd"
+    assert infer_targets.index(check) == infer_targets.index("medmamba.transforms.CheckScand") + 1
+    assert infer["expected_weighting"] == ["T1"] and infer["weighting_check"] == "error"
+    assert [t for t in infer_targets if t not in deployed | {"CopyItemsd", check}] == targets
     for cfg in (evaluate, infer):
         targets_here = [t["_target_"] for t in cfg["preprocessing"]["transforms"]]
         assert targets_here.index("medmamba.transforms.AntiAliasedSpacingd") == targets_here.index("Orientationd") + 1

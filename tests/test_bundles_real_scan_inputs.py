@@ -7,7 +7,8 @@ around it, a brain-bright blob outside the head) is written at 1 mm (LAS), 2 mm 
 threshold the normalised intensity, so that the expected output is known on the input's grid:
 the segmentation must come back with the input's exact shape and affine and the structures on the
 same voxels; the classification's per-slice results must refer to the input's slices. Bad inputs (a
-2D image, a single-slice DICOM, a 4D series, a CT, noise) get a clear error or a documented warning.
+2D image, a single-slice DICOM, a 4D series, a CT, noise, a T2-weighted series) get a clear error or a
+documented warning.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 import torch
 
 from medmamba.data import ScanLoadError, load_scan
+from medmamba.io import write_dicom_series
 from medmamba.io.geometry import slices_to_source, source_geometry, voxel_volume_ml
 from medmamba.transforms import BrainMask, CheckScan, CheckScand, KeepBrainComponent, KeepBrainComponentd, scan_plausibility
 
@@ -388,6 +390,15 @@ def bad_inputs(phantoms: dict, tmp_path_factory: pytest.TempPathFactory) -> Path
     ct[((xx / 85) ** 2 + (yy / 60) ** 2 <= 1)] = 40.0
     ct[(((np.abs(xx) - 40) / 30) ** 2 + (yy / 40) ** 2 <= 1)] = -800.0
     nib.save(nib.Nifti1Image(ct, np.diag([2.0, 2.0, 5.0, 1.0])), root / "chest_ct.nii.gz")
+    # the wrong series of a study: a T2-weighted DICOM series and a BIDS T2w file; a BIDS T1w passes
+    head = nib.load(str(phantoms["2mm"]["path"]))
+    write_dicom_series(root / "t2_tse", np.rint(np.asarray(head.dataobj)).astype(np.int16), head.affine,
+                       uid_entropy="t2", series_description="t2_tse_tra",
+                       extra_attributes={"ScanningSequence": "SE", "EchoTime": "95", "RepetitionTime": "5000"})
+    for name in ("sub-01_T2w", "sub-02_T1w"):
+        shutil.copy(phantoms["2mm"]["path"], root / f"{name}.nii.gz")
+    (root / "sub-02_T1w.json").write_text(json.dumps({"EchoTime": 0.00298, "RepetitionTime": 2.3,
+                                                      "InversionTime": 0.9}))
     return root
 
 
@@ -406,13 +417,19 @@ def _check_bad_rows(rows: dict[str, dict]) -> None:
     assert "spacing (0.312, 0.312)" in mr
     assert rows["CT_small"]["status"] == "failed" and "modality 'CT'" in rows["CT_small"]["reason"]
     assert rows["noise"]["status"] == "ok" and "% of the field of view" in rows["noise"]["warnings"]
+    t2 = rows["t2_tse"]["reason"]
+    assert rows["t2_tse"]["status"] == "failed" and "a T2-weighted acquisition" in t2
+    assert "TE 95 ms, TR 5000 ms" in t2 and "(DICOM header)" in t2 and "expected a T1-weighted scan" in t2
+    bids = rows["sub-01_T2w"]["reason"]
+    assert rows["sub-01_T2w"]["status"] == "failed" and "the BIDS file name ends in _T2w" in bids
+    assert rows["sub-02_T1w"]["status"] == "ok" and rows["sub-02_T1w"]["warnings"] == ""
     chest = rows["chest_ct"]["warnings"]
     assert rows["chest_ct"]["status"] == "ok" and "like air in a CT" in chest and "extends over" in chest
 
 
 def test_segmentation_bad_inputs_fail_or_are_flagged_and_the_batch_goes_on(bad_inputs: Path, tmp_path: Path) -> None:
     summary = _segment(bad_inputs, tmp_path)
-    assert summary["n_ok"] == 3 and summary["n_failed"] == 5, summary
+    assert summary["n_ok"] == 4 and summary["n_failed"] == 7, summary
     rows = _rows(tmp_path / "segmentation.csv")
     _check_bad_rows(rows)
     assert "predicted brain volume" in rows["chest_ct"]["warnings"]
@@ -421,7 +438,7 @@ def test_segmentation_bad_inputs_fail_or_are_flagged_and_the_batch_goes_on(bad_i
 
 def test_classification_bad_inputs_fail_or_are_flagged_and_the_batch_goes_on(bad_inputs: Path, tmp_path: Path) -> None:
     summary = _classify(bad_inputs, tmp_path)
-    assert summary["n_ok"] == 3 and summary["n_failed"] == 5, summary
+    assert summary["n_ok"] == 4 and summary["n_failed"] == 7, summary
     _check_bad_rows(_rows(tmp_path / "probabilities.csv"))
 
 

@@ -9,7 +9,9 @@ MONOCHROME1 is inverted. :class:`DicomSeriesReader` plugs the reader into ``mona
 
 The volume is channel-first, ``(C, X, Y[, Z])`` with ``X`` along rows (column index), ``Y`` down
 columns (row index), ``Z`` along the normal, as MONAI's readers lay DICOM out; the affine is RAS.
-Metadata carry geometry and UIDs only (see :data:`SAFE_DICOM_META_KEYS`), never patient data.
+Metadata carry geometry, UIDs and the MR acquisition parameters (echo, repetition and inversion
+times, sequence, b-value: :mod:`medmamba.io.mr_acquisition`) only (see :data:`SAFE_DICOM_META_KEYS`),
+never patient data.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from medmamba.io.dicom_scan import (
 )
 from medmamba.data.dicom_stacks import pixel_spacing_of, split_stacks
 from medmamba.io.errors import ScanLoadError, warn_and_log
+from medmamba.io.mr_acquisition import MR_ACQUISITION_META_KEYS, dicom_acquisition
 
 __all__ = [
     "SAFE_DICOM_META_KEYS",
@@ -78,6 +81,7 @@ SAFE_DICOM_META_KEYS: tuple[str, ...] = (
     "rescale_slope",
     "rescale_intercept",
     "source_format",
+    *MR_ACQUISITION_META_KEYS,
 )
 
 OnGap = Literal["error", "warn"]
@@ -192,6 +196,7 @@ def _common_meta(ds: Dataset) -> dict[str, Any]:
         "transfer_syntax_uid": str(meta_ts or ""),
         "photometric_interpretation": str(_get(ds, "PhotometricInterpretation", "")),
         "source_format": "DICOM",
+        **dicom_acquisition(ds),
     }
 
 

@@ -26,6 +26,7 @@ from monai.utils import ImageMetaKey
 
 from medmamba.data.dicom_reader import DicomSeriesReader, OnGap, OnMixed
 from medmamba.io.errors import ScanLoadError, warn_and_log
+from medmamba.io.mr_acquisition import bids_acquisition
 from medmamba.data.gzip_integrity import check_gzip_integrity
 
 __all__ = [
@@ -159,6 +160,7 @@ def load_scan(
         except Exception as exc:
             raise ScanLoadError(f"path={where!r}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
         img.meta["source_format"] = "NIfTI"
+        img.meta.update(bids_acquisition(where))
         modality = ""
     else:
         img = read_to_metatensor(DicomSeriesReader(series_uid=series_uid, on_gap=on_gap, on_mixed=on_mixed), where)

@@ -20,6 +20,7 @@ from medmamba.transforms.lesion_labels import (
     slice_lesion_labels,
 )
 from medmamba.transforms.loading import LoadScan, LoadScand
+from medmamba.transforms.mr_weighting import CheckMRWeighting, CheckMRWeightingd
 from medmamba.transforms.mr_normalize import MRNormalize, MRNormalized, foreground_mask, foreground_threshold, quantiles
 from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMultipled
 from medmamba.transforms.presets import ForegroundSelector, scan_preprocessing
@@ -44,6 +45,8 @@ __all__ = [
     "KeepBrainComponentd",
     "CTWindow",
     "CTWindowd",
+    "CheckMRWeighting",
+    "CheckMRWeightingd",
     "CheckScan",
     "CheckScand",
     "ForegroundSelector",
