@@ -138,3 +138,18 @@ def test_check_arguments() -> None:
         CheckMRWeighting(expected=())
     with pytest.raises(TypeError, match="warnings_key must be a str"):
         CheckMRWeightingd("image", warnings_key=None)  # type: ignore[arg-type]
+
+
+def test_a_study_folder_lists_each_series_weighting(tmp_path: Path) -> None:
+    vol = np.full((8, 8, 6), 100, np.int16)
+    study = tmp_path / "study"
+    write_dicom_series(study / "t1", vol, np.eye(4), uid_entropy="t1", series_number=3)
+    write_dicom_series(study / "t2", vol, np.eye(4), uid_entropy="t2", series_number=4,
+                       extra_attributes={"ScanningSequence": "SE", "EchoTime": "95", "RepetitionTime": "5000"})
+    with pytest.raises(ScanLoadError, match="holds 2 image series") as info:
+        load_scan(study)
+    lines = [line for line in str(info.value).splitlines() if "series_number=" in line]
+    assert len(lines) == 2
+    by_number = {("series_number=3" in line): line for line in lines}
+    assert "weighting=T1 (TE 3.7 ms, TR 8.1 ms, sequence GR)" in by_number[True]
+    assert "weighting=T2 (TE 95 ms, TR 5000 ms, sequence SE)" in by_number[False]

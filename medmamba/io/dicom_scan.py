@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medmamba.io.errors import ScanLoadError
+from medmamba.io.mr_acquisition import describe_acquisition, dicom_acquisition, mr_weighting
 
 __all__ = [
     "NON_IMAGE_MODALITIES",
@@ -86,11 +87,15 @@ class DicomSeries:
         hdr = self.instances[0].header
         sizes = Counter((int(i.header.get("Rows", 0) or 0), int(i.header.get("Columns", 0) or 0)) for i in self.instances)
         size_text = ", ".join(f"{r}x{c}" for r, c in sorted(sizes))
-        return (
+        text = (
             f"SeriesInstanceUID={self.series_uid} modality={self.modality or '?'} "
             f"series_number={hdr.get('SeriesNumber', '?')} files={len(self.instances)} "
             f"frames={self.n_frames} matrix={size_text} plane={_plane_name(hdr)}"
         )
+        if self.modality.upper() == "MR":  # which series is the T1, T2, FLAIR, ... of the study
+            acquisition = dicom_acquisition(hdr)
+            text += f" weighting={mr_weighting(acquisition)[0]} ({describe_acquisition({**acquisition, 'acquisition_source': ''})})"
+        return text
 
 
 @dataclass(frozen=True)
