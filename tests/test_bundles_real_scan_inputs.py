@@ -423,6 +423,7 @@ def _check_bad_rows(rows: dict[str, dict]) -> None:
     bids = rows["sub-01_T2w"]["reason"]
     assert rows["sub-01_T2w"]["status"] == "failed" and "the BIDS file name ends in _T2w" in bids
     assert rows["sub-02_T1w"]["status"] == "ok" and rows["sub-02_T1w"]["warnings"] == ""
+    assert rows["sub-02_T1w"]["weighting"] == "T1" and rows["head"]["weighting"] == "unknown"
     chest = rows["chest_ct"]["warnings"]
     assert rows["chest_ct"]["status"] == "ok" and "like air in a CT" in chest and "extends over" in chest
 

@@ -127,6 +127,8 @@ def test_check_refuses_warns_or_ignores() -> None:
     assert CheckMRWeighting().check(torch.zeros(1, 4, 4, 4)) == []  # no metadata at all
     two = CheckMRWeightingd(["a", "b"], on_mismatch="warn")({"a": t2, "b": unknown})
     assert len(two["scan_warnings"]) == 1 and two["scan_warnings"][0].startswith("a: a T2-weighted")
+    assert two["scan_weighting"] == "a: T2; b: unknown" and d["scan_weighting"] == "T2"
+    assert "scan_weighting" not in CheckMRWeightingd("image", weighting_key=None)({"image": unknown})
 
 
 def test_check_arguments() -> None:
@@ -136,8 +138,10 @@ def test_check_arguments() -> None:
         CheckMRWeighting(expected="T1")
     with pytest.raises(ValueError, match="expected must name at least one weighting"):
         CheckMRWeighting(expected=())
-    with pytest.raises(TypeError, match="warnings_key must be a str"):
+    with pytest.raises(TypeError, match="warnings_key must be a str, got NoneType"):
         CheckMRWeightingd("image", warnings_key=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="weighting_key must be a str or None, got int"):
+        CheckMRWeightingd("image", weighting_key=3)  # type: ignore[arg-type]
 
 
 def test_a_study_folder_lists_each_series_weighting(tmp_path: Path) -> None:

@@ -122,14 +122,17 @@ def classify(
     write_slice_probabilities: bool = True,
     report_name: str = "probabilities",
     warnings_key: str = "scan_warnings",
+    weighting_key: str = "scan_weighting",
 ) -> dict[str, Any]:
     """Classify every scan under ``input_path``; write ``<output_dir>/probabilities.csv``.
 
     Per case the report row holds ``lesion_probability`` (volume level), ``label`` (1 = lesion
     present, at ``threshold``), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
     (index of the input's most suspicious slice), ``slice_axis`` (the input's array axis those
-    slices are taken along) and ``warnings`` (scan plausibility flags left by the preprocessing
-    under ``warnings_key``, joined by "; "); failed cases are recorded with their reason and the
+    slices are taken along), ``weighting`` (the scan's MR weighting left by the preprocessing under
+    ``weighting_key``, :class:`medmamba.transforms.CheckMRWeightingd`: ``T1``, ``unknown``, or another
+    weighting analysed with ``on_mismatch="warn"``; empty without it) and ``warnings`` (scan plausibility flags left by the preprocessing under
+    ``warnings_key``, joined by "; "); failed cases are recorded with their reason and the
     batch goes on (:func:`medmamba.data.run_batch`, which also keeps identifying DICOM values out of
     the report). Case ids are those of :func:`find_scans` (``sub-018_dicom`` for the single series
     folder ``sub-018/dicom``).
@@ -153,6 +156,7 @@ def classify(
         report_name: base name of the report (``probabilities.csv`` / ``.json``).
         warnings_key: key of the list of scan warnings in the preprocessed data
             (:class:`medmamba.transforms.CheckScand`).
+        weighting_key: key of the scan's MR weighting in the preprocessed data.
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
@@ -202,6 +206,7 @@ def classify(
             "n_slices": len(mapped["values"]),
             "top_slice": -max(scored)[1] if scored else None,
             "slice_axis": int(mapped["axis"]),
+            "weighting": str(data.get(weighting_key) or ""),
             "warnings": "; ".join(warnings),
         }
         if write_slice_probabilities:

@@ -76,6 +76,7 @@ def segment_scans(
     brain_volume_range_ml: Sequence[float] | None = None,
     keep_components: Sequence[int] | None = None,
     warnings_key: str = "scan_warnings",
+    weighting_key: str = "scan_weighting",
     refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     source_key: str = "source_image",
 ) -> BatchReport:
@@ -112,6 +113,9 @@ def segment_scans(
             (:class:`medmamba.transforms.KeepBrainComponent`); ``None`` keeps the arg-max as it is.
         warnings_key: Key under which the preprocessing leaves a list of warnings about the scan
             (:class:`medmamba.transforms.CheckScand`); they go into the case's ``warnings``.
+        weighting_key: Key under which the preprocessing leaves the scan's MR weighting
+            (:class:`medmamba.transforms.CheckMRWeightingd`); it goes into the case's ``weighting``
+            (empty without it).
         refiner: Applied to the probabilities on the input's grid with the scan as loaded, before
             the arg-max (e.g. :class:`medmamba.transforms.TissueIntensityRefine`: detail finer than
             the network's spacing from the scan's own intensities); ``None``: no refinement.
@@ -120,8 +124,8 @@ def segment_scans(
             MONAI's ``Spacingd`` takes such keys for metadata dictionaries.
 
     Returns:
-        The batch report (per case: output files, voxel counts per label, ``warnings`` (sentences
-        joined by "; ", empty when none) and with ``brain_labels`` the brain volume).
+        The batch report (per case: output files, voxel counts per label, ``weighting``, ``warnings``
+        (sentences joined by "; ", empty when none) and with ``brain_labels`` the brain volume).
     """
     if brain_volume_range_ml is not None:
         if brain_labels is None:
@@ -186,7 +190,7 @@ def segment_scans(
         for w in warnings:
             logger.warning("case %s: %s", case.case_id, case.redact(w))
         return {"outputs": outputs, "voxels": {str(i): int(c) for i, c in enumerate(counts.tolist())}, **extra,
-                "warnings": "; ".join(warnings)}
+                "weighting": str(data.get(weighting_key) or ""), "warnings": "; ".join(warnings)}
 
     return run_batch_distributed(cases, process, out_dir, input_key=image_key, report_name=report_name)
 

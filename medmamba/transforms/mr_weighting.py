@@ -93,6 +93,9 @@ class CheckMRWeightingd(MapTransform):
         on_mismatch: see :class:`CheckMRWeighting`.
         warnings_key: the list of scan warnings to append to (created if missing; prefixed with the
             key when several keys are checked).
+        weighting_key: where to store the weighting found (:func:`medmamba.io.mr_weighting`'s name,
+            ``"unknown"`` without parameters; ``"key: name"`` joined by ``"; "`` for several keys),
+            which the bundles' reports show per case; ``None``: not stored.
         allow_missing_keys: skip absent keys.
     """
 
@@ -102,21 +105,31 @@ class CheckMRWeightingd(MapTransform):
         expected: Sequence[str] = ("T1",),
         on_mismatch: OnMismatch = "error",
         warnings_key: str = "scan_warnings",
+        weighting_key: str | None = "scan_weighting",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if not isinstance(warnings_key, str):
-            raise TypeError(f"warnings_key must be a str, got {type(warnings_key).__name__}.")
+        for name, value in (("warnings_key", warnings_key), ("weighting_key", weighting_key)):
+            if not isinstance(value, str) and not (name == "weighting_key" and value is None):
+                raise TypeError(f"{name} must be a str{' or None' if name == 'weighting_key' else ''}, "
+                                f"got {type(value).__name__}.")
         self.checker = CheckMRWeighting(expected=expected, on_mismatch=on_mismatch)
         self.warnings_key = warnings_key
+        self.weighting_key = weighting_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Check the images under ``keys``; append their warnings to ``data[warnings_key]``."""
+        """Check the images under ``keys``; append their warnings to ``data[warnings_key]`` and store
+        their weighting under ``data[weighting_key]``."""
         d = dict(data)
         keys = list(self.key_iterator(d))
         found = list(d.get(self.warnings_key) or [])
+        names = []
         for key in keys:
             prefix = f"{key}: " if len(keys) > 1 else ""
             found += [prefix + w for w in self.checker.check(d[key])]
+            meta = getattr(d[key], "meta", None)
+            names.append(prefix + (mr_weighting(meta)[0] if isinstance(meta, Mapping) else "unknown"))
         d[self.warnings_key] = found
+        if self.weighting_key is not None:
+            d[self.weighting_key] = "; ".join(names)
         return d
