@@ -27,6 +27,7 @@ PROTOCOLS = [
     ("T1-FLAIR", {"echo_time_ms": 9, "repetition_time_ms": 2000, "inversion_time_ms": 860, "scanning_sequence": "SE\\IR"}, "T1"),
     ("TSE T2", {"echo_time_ms": 95, "repetition_time_ms": 5000, "scanning_sequence": "SE"}, "T2"),
     ("T2-FLAIR", {"echo_time_ms": 120, "repetition_time_ms": 9000, "inversion_time_ms": 2500}, "FLAIR"),
+    ("MP2RAGE second inversion", {"echo_time_ms": 2.9, "repetition_time_ms": 5000, "inversion_time_ms": 2500}, "unknown"),
     ("SWI", {"echo_time_ms": 20, "repetition_time_ms": 27, "scanning_sequence": "GR"}, "T2*"),
     ("STIR", {"echo_time_ms": 30, "repetition_time_ms": 4000, "inversion_time_ms": 150}, "STIR"),
     ("DWI", {"echo_time_ms": 80, "repetition_time_ms": 6000, "diffusion_b_value": 1000}, "diffusion"),

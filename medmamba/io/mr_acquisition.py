@@ -18,7 +18,8 @@ weighting by the physics of MR contrast: T1 weighting needs a short echo time (t
 not dominate: spin echo ``TE`` up to about 20-30 ms, gradient echo a few ms) with a short
 repetition time or a T1-preparing inversion (MPRAGE, IR-SPGR, T1-FLAIR: ``TI`` of about 300-1500
 ms); a long echo time (40 ms and more) gives T2 weighting, and with a long inversion (1500 ms and
-more, fluid nulled) FLAIR; a gradient echo of 15 ms and more gives T2* weighting (SWI). A BIDS
+more, fluid nulled) FLAIR; a gradient echo of 15 ms and more gives T2* weighting (SWI); an
+inversion shorter than 300 ms nulls fat (STIR). A BIDS
 suffix, where given, is taken as it is. Where the parameters are missing or ambiguous (a long
 repetition time with a short echo time and no recorded inversion: proton density, or an MPRAGE
 whose inversion time was not stored) the weighting is ``"unknown"``.
@@ -94,7 +95,7 @@ T1_INVERSION_MS = 300.0
 #: Repetition time (ms) below which a short-echo acquisition without inversion is T1 weighted.
 SHORT_REPETITION_MS = 1200.0
 
-_DIFFUSION_IMAGE_TYPES = ("ADC", "TRACEW", "DIFFUSION", "FA", "EADC", "EXP")
+_DIFFUSION_IMAGE_TYPES = ("ADC", "TRACEW", "DIFFUSION", "FA", "EADC")
 
 
 class BidsSidecarWarning(UserWarning):
@@ -293,10 +294,14 @@ def mr_weighting(meta: Mapping[str, Any]) -> tuple[str, str]:
     if ti <= 0:  # some vendors write 0 for "no inversion"
         ti = math.nan
     gradient_echo = "GR" in str(meta.get("scanning_sequence") or "").upper().split("\\")
-    if ti >= FLUID_INVERSION_MS:
-        return "FLAIR", f"inversion time {ti:.4g} ms >= {FLUID_INVERSION_MS:g} ms nulls fluid"
     if te >= LONG_ECHO_MS:
+        if ti >= FLUID_INVERSION_MS:
+            return "FLAIR", (f"echo time {te:.4g} ms >= {LONG_ECHO_MS:g} ms with an inversion time of {ti:.4g} ms >= "
+                             f"{FLUID_INVERSION_MS:g} ms (fluid nulled)")
         return "T2", f"echo time {te:.4g} ms >= {LONG_ECHO_MS:g} ms"
+    if ti >= FLUID_INVERSION_MS:  # a short echo after a long inversion: MP2RAGE's second inversion, a T1 map's
+        return "unknown", (f"inversion time {ti:.4g} ms with a short or unrecorded echo time: not judged (an MP2RAGE "
+                           "inversion image, or a FLAIR whose echo time was not recorded)")
     if gradient_echo and te >= LONG_GRADIENT_ECHO_MS:
         return "T2*", f"gradient echo with echo time {te:.4g} ms >= {LONG_GRADIENT_ECHO_MS:g} ms"
     if ti < T1_INVERSION_MS:
