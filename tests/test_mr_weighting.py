@@ -35,6 +35,8 @@ PROTOCOLS = [
     ("PD (or an MPRAGE without its TI)", {"echo_time_ms": 10, "repetition_time_ms": 3000}, "unknown"),
     ("inversion time 0 = none", {"echo_time_ms": 10, "repetition_time_ms": 500, "inversion_time_ms": 0}, "T1"),
     ("nothing recorded", {"echo_time_ms": math.nan, "repetition_time_ms": math.nan}, "unknown"),
+    ("enhanced MR AcquisitionContrast", {"acquisition_contrast": "FLUID_ATTENUATED", "echo_time_ms": 3.0}, "FLAIR"),
+    ("AcquisitionContrast MIXED: the times decide", {"acquisition_contrast": "MIXED", "echo_time_ms": 95.0}, "T2"),
     ("BIDS name wins", {"bids_suffix": "T2w", "echo_time_ms": 3.0, "repetition_time_ms": 8.0}, "T2"),
 ]
 
@@ -158,3 +160,25 @@ def test_a_study_folder_lists_each_series_weighting(tmp_path: Path) -> None:
     by_number = {("series_number=3" in line): line for line in lines}
     assert "weighting=T1 (TE 3.7 ms, TR 8.1 ms, sequence GR)" in by_number[True]
     assert "weighting=T2 (TE 95 ms, TR 5000 ms, sequence SE)" in by_number[False]
+
+
+# real headers that ship offline (pydicom's own test files and pydicom-data), with what they are
+REAL_HEADERS = [
+    ("MR_small.dcm", "T2", "TE 240 ms, TR 4000 ms, sequence SE"),  # spin echo, long TE
+    ("MR2_UNCR.dcm", "T1", "TE 27 ms, TR 350 ms, sequence SE"),  # spin-echo T1
+    ("MR-SIEMENS-DICOM-WithOverlays.dcm", "T1", "TE 2.81 ms, TR 5.53 ms, sequence GR"),  # a 3D gradient echo
+    ("emri_small.dcm", "T1", "AcquisitionContrast T1"),  # enhanced MR (Philips T1 TFE), no top-level times
+]
+
+
+@pytest.mark.parametrize("name,weighting,described", REAL_HEADERS, ids=[h[0] for h in REAL_HEADERS])
+def test_real_vendor_headers(name: str, weighting: str, described: str) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)  # never from the network
+    if path is None:
+        pytest.skip(f"{name} is in pydicom-data, which is not installed")
+    found = dicom_acquisition(pydicom.dcmread(path, stop_before_pixels=True))
+    assert mr_weighting(found)[0] == weighting
+    assert describe_acquisition(found) == f"{described} (DICOM header)"

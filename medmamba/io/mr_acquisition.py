@@ -7,7 +7,8 @@ number. The image alone does not say reliably which weighting it has, but the ac
 - DICOM headers carry ``EchoTime``, ``RepetitionTime``, ``InversionTime`` (in ms), the
   ``ScanningSequence`` (``SE`` spin echo, ``GR`` gradient echo, ``IR`` inversion recovery, ``EP``
   echo planar), the ``DiffusionBValue`` and the ``ImageType`` (``ADC``, ``TRACEW``, ...); an
-  enhanced multi-frame object keeps them in its shared functional groups;
+  enhanced multi-frame object names its contrast outright (``AcquisitionContrast``: ``T1``,
+  ``T2``, ``FLUID_ATTENUATED``, ...) and keeps the times in its shared functional groups;
 - a NIfTI file in a BIDS data set is named by its weighting (``sub-01_T1w.nii.gz``,
   ``sub-01_T2w.nii.gz``, ``sub-01_FLAIR.nii.gz``) and has a JSON sidecar beside it with the same
   times in seconds.
@@ -22,7 +23,8 @@ more, fluid nulled) FLAIR; a gradient echo of 15 ms and more gives T2* weighting
 inversion shorter than 300 ms nulls fat (STIR). A BIDS
 suffix, where given, is taken as it is. Where the parameters are missing or ambiguous (a long
 repetition time with a short echo time and no recorded inversion: proton density, or an MPRAGE
-whose inversion time was not stored) the weighting is ``"unknown"``.
+whose inversion time was not stored) the weighting is ``"unknown"``. An enhanced object's
+``AcquisitionContrast``, like a BIDS suffix, is taken as it is.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 from medmamba.io.errors import warn_and_log
 
 __all__ = [
+    "ACQUISITION_CONTRAST_WEIGHTING",
     "BIDS_SUFFIX_WEIGHTING",
     "MR_ACQUISITION_META_KEYS",
     "BidsSidecarWarning",
@@ -56,6 +59,7 @@ MR_ACQUISITION_META_KEYS: tuple[str, ...] = (
     "repetition_time_ms",
     "inversion_time_ms",
     "diffusion_b_value",
+    "acquisition_contrast",
     "scanning_sequence",
     "image_type",
     "bids_suffix",
@@ -82,6 +86,22 @@ BIDS_SUFFIX_WEIGHTING: dict[str, str] = {
     "T2starmap": "quantitative map",
     "R2starmap": "quantitative map",
     "PDmap": "quantitative map",
+}
+
+#: DICOM ``AcquisitionContrast`` (0008,9209; enhanced MR objects) defined terms and the weighting
+#: each names (``MIXED`` and ``UNKNOWN`` leave it to the acquisition times).
+ACQUISITION_CONTRAST_WEIGHTING: dict[str, str] = {
+    "T1": "T1",
+    "T2": "T2",
+    "T2_STAR": "T2*",
+    "PROTON_DENSITY": "PD",
+    "FLUID_ATTENUATED": "FLAIR",
+    "STIR": "STIR",
+    "DIFFUSION": "diffusion",
+    "PERFUSION": "perfusion",
+    "FLOW_ENCODED": "flow",
+    "TOF": "angiography",
+    "TAGGING": "tagging",
 }
 
 #: Echo time (ms) from which an acquisition is T2 weighted.
@@ -129,6 +149,7 @@ def _empty() -> dict[str, Any]:
         "repetition_time_ms": math.nan,
         "inversion_time_ms": math.nan,
         "diffusion_b_value": math.nan,
+        "acquisition_contrast": "",
         "scanning_sequence": "",
         "image_type": "",
         "bids_suffix": "",
@@ -149,7 +170,7 @@ def dicom_acquisition(ds: Any) -> dict[str, Any]:
 
     Returns:
         A dict of the parameters (``nan`` / ``""`` where the header has none); ``acquisition_source``
-        is ``"DICOM header"`` when any time was found.
+        is ``"DICOM header"`` when a time or the ``AcquisitionContrast`` was found.
     """
     out = _empty()
     get = getattr(ds, "get", None)
@@ -164,6 +185,7 @@ def dicom_acquisition(ds: Any) -> dict[str, Any]:
     out["repetition_time_ms"] = _number(first("RepetitionTime"))
     out["inversion_time_ms"] = _number(first("InversionTime"))
     out["diffusion_b_value"] = _number(first("DiffusionBValue"))
+    out["acquisition_contrast"] = _text(first("AcquisitionContrast")).strip().upper()
     out["scanning_sequence"] = _text(first("ScanningSequence"))
     out["image_type"] = _text(first("ImageType"))
     shared = first("SharedFunctionalGroupsSequence")
@@ -182,7 +204,9 @@ def dicom_acquisition(ds: Any) -> dict[str, Any]:
             out["inversion_time_ms"] = _number(nested("MRModifierSequence", "InversionTimes"))
         if math.isnan(out["diffusion_b_value"]):
             out["diffusion_b_value"] = _number(nested("MRDiffusionSequence", "DiffusionBValue"))
-    if any(not math.isnan(out[k]) for k in ("echo_time_ms", "repetition_time_ms", "inversion_time_ms")):
+    if out["acquisition_contrast"] or any(
+        not math.isnan(out[k]) for k in ("echo_time_ms", "repetition_time_ms", "inversion_time_ms")
+    ):
         out["acquisition_source"] = "DICOM header"
     return out
 
@@ -252,6 +276,8 @@ def describe_acquisition(meta: Mapping[str, Any]) -> str:
         parts.append(f"b = {float(meta['diffusion_b_value']):.4g} s/mm2")
     if meta.get("scanning_sequence"):
         parts.append(f"sequence {meta['scanning_sequence']}")
+    if meta.get("acquisition_contrast"):
+        parts.append(f"AcquisitionContrast {meta['acquisition_contrast']}")
     if meta.get("bids_suffix"):
         parts.append(f"BIDS suffix {meta['bids_suffix']}")
     if meta.get("image_type") and _diffusion_type(str(meta["image_type"])):
@@ -283,6 +309,9 @@ def mr_weighting(meta: Mapping[str, Any]) -> tuple[str, str]:
     suffix = str(meta.get("bids_suffix") or "")
     if suffix in BIDS_SUFFIX_WEIGHTING:
         return BIDS_SUFFIX_WEIGHTING[suffix], f"the BIDS file name ends in _{suffix}"
+    contrast = str(meta.get("acquisition_contrast") or "").strip().upper()
+    if contrast in ACQUISITION_CONTRAST_WEIGHTING:
+        return ACQUISITION_CONTRAST_WEIGHTING[contrast], f"the header's AcquisitionContrast is {contrast}"
     b_value = float(meta["diffusion_b_value"]) if _has(meta.get("diffusion_b_value")) else math.nan
     if b_value > 0:
         return "diffusion", f"diffusion b-value {b_value:.4g} s/mm2"
