@@ -58,7 +58,9 @@ class WTEMamba(nn.Module):
         self.haar = is_haar(wavelet)  # sums and differences instead of (transposed) convolutions
         # the filters as built (not saved in checkpoints): the arithmetic Haar runs only while the
         # parameters still hold them, so that changed filters are always applied as they are
-        self.register_buffer("haar_filters", torch.stack([dec, rec]), persistent=False)
+        # (two 4D buffers: a network converted to channels-last converts every 4D tensor it holds)
+        self.register_buffer("haar_wt_filter", dec.clone(), persistent=False)
+        self.register_buffer("haar_iwt_filter", rec.clone(), persistent=False)
         self.ssm = SelectiveScan2D(channels, ssm_ratio=ssm_ratio, scan_backend=scan_backend)
         self.ssm_scale = nn.Parameter(torch.ones(1, channels, 1, 1))
         self.wavelet_conv = DepthwiseConv2d(4 * channels, kernel_size, bias=False)
@@ -79,8 +81,8 @@ class WTEMamba(nn.Module):
         haar = (
             self.haar
             and not torch.compiler.is_compiling()
-            and torch.equal(self.wt_filter, self.haar_filters[0])
-            and torch.equal(self.iwt_filter, self.haar_filters[1])
+            and torch.equal(self.wt_filter, self.haar_wt_filter)
+            and torch.equal(self.iwt_filter, self.haar_iwt_filter)
         )
         if haar:
             bands = haar_transform(xw, self.wt_filter)
