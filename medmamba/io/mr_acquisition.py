@@ -143,6 +143,14 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+_TIME_KEYS = ("echo_time_ms", "repetition_time_ms", "inversion_time_ms")
+
+
+def _has_times(found: Mapping[str, Any]) -> bool:
+    """Whether any of the echo, repetition or inversion time was recorded."""
+    return any(not math.isnan(found[k]) for k in _TIME_KEYS)
+
+
 def _empty() -> dict[str, Any]:
     return {
         "echo_time_ms": math.nan,
@@ -204,14 +212,13 @@ def dicom_acquisition(ds: Any) -> dict[str, Any]:
             out["inversion_time_ms"] = _number(nested("MRModifierSequence", "InversionTimes"))
         if math.isnan(out["diffusion_b_value"]):
             out["diffusion_b_value"] = _number(nested("MRDiffusionSequence", "DiffusionBValue"))
-    if out["acquisition_contrast"] or any(
-        not math.isnan(out[k]) for k in ("echo_time_ms", "repetition_time_ms", "inversion_time_ms")
-    ):
+    if out["acquisition_contrast"] or _has_times(out):
         out["acquisition_source"] = "DICOM header"
     return out
 
 
-_BIDS_SUFFIX = re.compile(r"_([A-Za-z0-9]+)\.(?:nii(?:\.gz)?|hdr|img(?:\.gz)?)$")
+_NIFTI_EXTENSION = r"\.(?:nii(?:\.gz)?|hdr|img(?:\.gz)?)$"
+_BIDS_SUFFIX = re.compile(r"_([A-Za-z0-9]+)" + _NIFTI_EXTENSION)
 
 
 def bids_acquisition(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -237,7 +244,7 @@ def bids_acquisition(path: str | os.PathLike[str]) -> dict[str, Any]:
     if match and match.group(1) in BIDS_SUFFIX_WEIGHTING:
         out["bids_suffix"] = match.group(1)
         sources.append("BIDS name")
-    stem = re.sub(r"\.(?:nii(?:\.gz)?|hdr|img(?:\.gz)?)$", "", p.name)
+    stem = re.sub(_NIFTI_EXTENSION, "", p.name)
     sidecar = p.with_name(stem + ".json")
     if sidecar.is_file():
         try:
@@ -253,7 +260,7 @@ def bids_acquisition(path: str | os.PathLike[str]) -> dict[str, Any]:
             out["inversion_time_ms"] = _number(fields.get("InversionTime"), 1000.0)
             out["scanning_sequence"] = _text(fields.get("ScanningSequence"))
             out["image_type"] = _text(fields.get("ImageType"))
-            if any(not math.isnan(out[k]) for k in ("echo_time_ms", "repetition_time_ms", "inversion_time_ms")):
+            if _has_times(out):
                 sources.append("BIDS sidecar")
     out["acquisition_source"] = " and ".join(sources)
     return out
@@ -266,10 +273,15 @@ def _has(value: Any) -> bool:
         return False
 
 
+def _value(meta: Mapping[str, Any], key: str) -> float:
+    """``meta[key]`` as a float, ``nan`` where missing or not a number."""
+    return float(meta[key]) if _has(meta.get(key)) else math.nan
+
+
 def describe_acquisition(meta: Mapping[str, Any]) -> str:
     """The parameters found, in words: ``"TE 95 ms, TR 6000 ms, TI 2500 ms (DICOM header)"``."""
     parts = []
-    for key, name in (("echo_time_ms", "TE"), ("repetition_time_ms", "TR"), ("inversion_time_ms", "TI")):
+    for key, name in zip(_TIME_KEYS, ("TE", "TR", "TI")):
         if _has(meta.get(key)):
             parts.append(f"{name} {float(meta[key]):.4g} ms")
     if _has(meta.get("diffusion_b_value")):
@@ -312,14 +324,12 @@ def mr_weighting(meta: Mapping[str, Any]) -> tuple[str, str]:
     contrast = str(meta.get("acquisition_contrast") or "").strip().upper()
     if contrast in ACQUISITION_CONTRAST_WEIGHTING:
         return ACQUISITION_CONTRAST_WEIGHTING[contrast], f"the header's AcquisitionContrast is {contrast}"
-    b_value = float(meta["diffusion_b_value"]) if _has(meta.get("diffusion_b_value")) else math.nan
+    b_value = _value(meta, "diffusion_b_value")
     if b_value > 0:
         return "diffusion", f"diffusion b-value {b_value:.4g} s/mm2"
     if _diffusion_type(str(meta.get("image_type") or "")):
         return "diffusion", f"image type {meta.get('image_type')}"
-    te = float(meta["echo_time_ms"]) if _has(meta.get("echo_time_ms")) else math.nan
-    tr = float(meta["repetition_time_ms"]) if _has(meta.get("repetition_time_ms")) else math.nan
-    ti = float(meta["inversion_time_ms"]) if _has(meta.get("inversion_time_ms")) else math.nan
+    te, tr, ti = (_value(meta, k) for k in _TIME_KEYS)
     if ti <= 0:  # some vendors write 0 for "no inversion"
         ti = math.nan
     gradient_echo = "GR" in str(meta.get("scanning_sequence") or "").upper().split("\\")

@@ -56,15 +56,23 @@ class CheckMRWeighting(Transform):
         """The warnings for ``img`` (empty when its weighting is expected or unknown).
 
         Raises:
+            ScanLoadError: see :meth:`inspect`.
+        """
+        return self.inspect(img)[1]
+
+    def inspect(self, img: Any) -> tuple[str, list[str]]:
+        """The weighting of ``img`` (``"unknown"`` without metadata) and its warnings.
+
+        Raises:
             ScanLoadError: with ``on_mismatch="error"``, naming the input, the parameters found, the
                 weighting they imply and the expected one.
         """
         meta = getattr(img, "meta", None)
-        if not isinstance(meta, Mapping) or self.on_mismatch == "ignore":
-            return []
+        if not isinstance(meta, Mapping):
+            return "unknown", []
         weighting, reason = mr_weighting(meta)
-        if weighting == "unknown" or weighting in self.expected:
-            return []
+        if self.on_mismatch == "ignore" or weighting == "unknown" or weighting in self.expected:
+            return weighting, []
         wanted = " or ".join(f"{e}-weighted" for e in self.expected)
         found = f"a {weighting}-weighted acquisition ({reason}; {describe_acquisition(meta)})"
         if self.on_mismatch == "error":
@@ -73,7 +81,7 @@ class CheckMRWeighting(Transform):
                 "of the study (a model trained on one weighting gives meaningless results on another), or "
                 "set on_mismatch='warn' to analyse it anyway (the bundles: --weighting_check warn)"
             )
-        return [f"{found}; the model expects a {wanted} scan, so the result is not valid"]
+        return weighting, [f"{found}; the model expects a {wanted} scan, so the result is not valid"]
 
     def __call__(self, img: Any) -> Any:
         """Check ``img`` (raises on a mismatch with ``on_mismatch="error"``) and return it."""
@@ -109,10 +117,10 @@ class CheckMRWeightingd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        for name, value in (("warnings_key", warnings_key), ("weighting_key", weighting_key)):
-            if not isinstance(value, str) and not (name == "weighting_key" and value is None):
-                raise TypeError(f"{name} must be a str{' or None' if name == 'weighting_key' else ''}, "
-                                f"got {type(value).__name__}.")
+        if not isinstance(warnings_key, str):
+            raise TypeError(f"warnings_key must be a str, got {type(warnings_key).__name__}.")
+        if weighting_key is not None and not isinstance(weighting_key, str):
+            raise TypeError(f"weighting_key must be a str or None, got {type(weighting_key).__name__}.")
         self.checker = CheckMRWeighting(expected=expected, on_mismatch=on_mismatch)
         self.warnings_key = warnings_key
         self.weighting_key = weighting_key
@@ -126,9 +134,9 @@ class CheckMRWeightingd(MapTransform):
         names = []
         for key in keys:
             prefix = f"{key}: " if len(keys) > 1 else ""
-            found += [prefix + w for w in self.checker.check(d[key])]
-            meta = getattr(d[key], "meta", None)
-            names.append(prefix + (mr_weighting(meta)[0] if isinstance(meta, Mapping) else "unknown"))
+            weighting, warnings = self.checker.inspect(d[key])
+            found += [prefix + w for w in warnings]
+            names.append(prefix + weighting)
         d[self.warnings_key] = found
         if self.weighting_key is not None:
             d[self.weighting_key] = "; ".join(names)
