@@ -30,10 +30,11 @@ class WTEMamba(nn.Module):
 
     The analysis/synthesis filters ``wt_filter``/``iwt_filter`` are fixed (``requires_grad=False``)
     parameters, as in the reference implementation, so parameter counts and checkpoints match it. For
-    the Haar wavelet the transforms run as sums and differences (:func:`haar_transform`), the same
-    sub-bands as the convolutions to float rounding and 1.5-5x cheaper on a stage's small maps, as
-    long as the filters hold their built values (checked per call; changed filters take the
-    convolutions) and not while compiling (``torch.export`` keeps the convolutions).
+    the Haar wavelet on the CPU the transforms run as sums and differences (:func:`haar_transform`),
+    the same sub-bands as the convolutions to float rounding and 2.3-4.3x cheaper on a stage's small
+    maps (``benchmarks/bench_wavelet.py``), as long as the filters hold their built values (checked
+    per call; changed filters take the convolutions); on other devices and while compiling
+    (``torch.export``) the convolutions run.
 
     Args:
         channels: global channels ``Cg``.
@@ -76,10 +77,12 @@ class WTEMamba(nn.Module):
             xw = F.pad(x, (0, 2 - w % 2, 0, 2 - h % 2))
         elif h % 2 == 1 or w % 2 == 1:
             xw = F.pad(x, (0, w % 2, 0, h % 2))
-        # the arithmetic Haar in eager mode and TorchScript; the convolutions while compiling (torch.export
-        # with symbolic sizes cannot reason about the strided halves)
+        # the arithmetic Haar on the CPU in eager mode and TorchScript (measured there); the convolutions
+        # on other devices (cuDNN; the filter check would synchronise per call) and while compiling
+        # (torch.export with symbolic sizes cannot reason about the strided halves)
         haar = (
             self.haar
+            and x.device.type == "cpu"
             and not torch.compiler.is_compiling()
             and torch.equal(self.wt_filter, self.haar_wt_filter)
             and torch.equal(self.iwt_filter, self.haar_iwt_filter)
