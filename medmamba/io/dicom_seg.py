@@ -27,7 +27,8 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import highdicom as hd
+from types import ModuleType
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -83,9 +84,22 @@ def ordered_source_datasets(source: str | os.PathLike[str], series_uid: str | No
     return [read_dicom_file(series.instances[int(i)].path) for i in order]
 
 
+def _highdicom() -> ModuleType:
+    """highdicom, imported when a DICOM SEG is written (the ``dicom`` extra), not when medmamba is imported."""
+    try:
+        import highdicom
+    except ImportError as err:
+        raise ImportError(
+            "write_dicom_seg needs highdicom, which is not installed: pip install 'medmamba[dicom]' "
+            "(or choose NIfTI outputs)"
+        ) from err
+    return highdicom
+
+
 def _segment_descriptions(
     labels: Mapping[int, str], codes_by_label: Mapping[int, SegmentCode], algorithm_name: str, algorithm_version: str
 ) -> list:
+    hd = _highdicom()
     algo = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, version=algorithm_version, family=codes.cid7162.ArtificialIntelligence
     )
@@ -168,6 +182,7 @@ def write_dicom_seg(
         ValueError: If the mask shape does not match the source, it holds values missing from
             ``labels``, or ``segment_codes`` has numbers that are not in ``labels``.
         TypeError: If a value of ``segment_codes`` is not a ``SegmentCode``.
+        ImportError: If highdicom (the ``dicom`` extra) is not installed.
     """
     arr = np.asarray(mask)
     if arr.ndim == 4 and arr.shape[0] == 1:
@@ -196,6 +211,7 @@ def write_dicom_seg(
             "coded as the generic SNOMED CT 'Tissue' (85756007); pass medmamba.io.segment_codes values",
             stacklevel=2,
         )
+    hd = _highdicom()
     sources = ordered_source_datasets(source, series_uid)
     if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
         raise ValueError("multi-frame source images are not supported by write_dicom_seg yet; use a series of slices")
