@@ -368,3 +368,23 @@ def test_no_bundle_config_holds_a_long_expression_with_inline_logic() -> None:
                 inner = [n for arg in [*tree.body.args, *(k.value for k in tree.body.keywords)] for n in ast.walk(arg)]
                 assert not any(isinstance(n, (ast.IfExp, ast.ListComp, ast.GeneratorExp, ast.Lambda, ast.BoolOp)) for n in inner), expr
     assert long  # the check sees the long calls that remain (load_network, segment, classify, export_onnx, ...)
+
+
+@pytest.mark.parametrize(("bundle", "configs"), [
+    (CLS, ("train.json",)), (CLS, ("train.json", "train_teacher.json")),
+    (SEG, ("train.json",)), (SEG, ("train.json", "train_teacher.json")),
+], ids=["cls", "cls-teacher", "seg", "seg-teacher"])
+def test_every_tensor_the_loss_holds_follows_the_device(bundle: Path, configs: tuple[str, ...]) -> None:
+    """The trainer moves the network and the batches, not the loss: a class-weight tensor built on the CPU
+    failed the segmentation training on a GPU ("weight is on cpu, different from other tensors on cuda:0")."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in configs])
+    parser.update({"bundle_root": str(bundle), "device": "$torch.device('meta')"})
+    loss = parser.get_parsed_content("loss")
+    tensors = dict(loss.named_buffers()) if isinstance(loss, torch.nn.Module) else {}
+    tensors.update({f"{name}.{k}": v for name, module in (loss.named_modules() if isinstance(loss, torch.nn.Module) else [])
+                    for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
+    assert tensors, "the loss holds no class weights any more: update this test"
+    assert {name: t.device.type for name, t in tensors.items() if t.device.type != "meta"} == {}
