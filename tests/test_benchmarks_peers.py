@@ -19,3 +19,13 @@ def test_mobilenet_v3_large_has_torchvisions_parameter_count_and_shapes() -> Non
         assert net(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
         assert net.features(torch.randn(1, 3, 224, 224)).shape == (1, 960, 7, 7)  # stride 32
     assert MobileNetV3Large(num_classes=2, in_channels=1)(torch.randn(2, 1, 64, 64)).shape == (2, 2)
+
+
+def test_gpu_benchmark_names_the_missing_device(monkeypatch) -> None:
+    import pytest
+
+    import bench_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device is available"):
+        bench_gpu.main([])
