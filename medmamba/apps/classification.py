@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -121,6 +122,7 @@ def classify(
     threshold: float = 0.5,
     write_slice_probabilities: bool = True,
     report_name: str = "probabilities",
+    threshold_log_odds: float | None = None,
     warnings_key: str = "scan_warnings",
     weighting_key: str = "scan_weighting",
 ) -> dict[str, Any]:
@@ -154,6 +156,11 @@ def classify(
         threshold: probability threshold of the label.
         write_slice_probabilities: write the per-case slice JSON.
         report_name: base name of the report (``probabilities.csv`` / ``.json``).
+        threshold_log_odds: if given, the label is "lesion present" when the volume's lesion log-odds
+            are at or above it, and ``threshold`` is not used: a threshold calibrated on a site's own
+            scans (:func:`medmamba.apps.calibration.calibrate`) is a log-odds value, and float32
+            probabilities tie at 1.0 above about 16.6 log-odds, where a probability threshold cannot
+            tell scores apart.
         warnings_key: key of the list of scan warnings in the preprocessed data
             (:class:`medmamba.transforms.CheckScand`).
         weighting_key: key of the scan's MR weighting in the preprocessed data.
@@ -172,6 +179,8 @@ def classify(
                          "(bundle override --input_path <path>).")
     if not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}.")
+    if threshold_log_odds is not None and not math.isfinite(float(threshold_log_odds)):
+        raise ValueError(f"threshold_log_odds must be a finite number of log-odds or None, got {threshold_log_odds!r}.")
     start = time.perf_counter()
     cases = find_scans(input_path)
     logger.info("classifying %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
@@ -187,7 +196,12 @@ def classify(
         prob = float(out["lesion_probability"][0])
         log_odds = float(out["lesion_log_odds"][0]) if "lesion_log_odds" in out else None
         slices = out["slice_probabilities"][0].cpu()
-        label = int(prob >= threshold)
+        if threshold_log_odds is None:
+            label = int(prob >= threshold)
+        elif log_odds is None:
+            raise ValueError("threshold_log_odds needs a predictor that returns 'lesion_log_odds'")
+        else:
+            label = int(log_odds >= float(threshold_log_odds))
         if isinstance(img, MetaTensor) and img.ndim == 4:
             source_affine, source_shape = source_geometry(img)
             mapped = slices_to_source(slices, img.affine, img.shape[1:], source_affine, source_shape, axis=2)

@@ -1,0 +1,121 @@
+"""A threshold calibrated on a site's own lesion-free scans (medmamba.metrics.calibration, apps.calibration)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom
+
+from medmamba.apps.calibration import calibrate, report_scores
+from medmamba.apps.classification import classify
+from medmamba.metrics import calibrate_threshold, clopper_pearson_lower
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_threshold_keeps_the_wanted_share_of_negatives_below() -> None:
+    scores = np.arange(1.0, 21.0)  # 20 lesion-free scores 1 ... 20
+    res = calibrate_threshold(scores, specificity=0.95)
+    assert 19.0 < res.threshold_log_odds < 19.0 + 1e-12  # one negative (20) may reach it: just above 19
+    assert res.negatives_at_or_above == 1 and res.n_negatives == 20 and res.specificity == 0.95
+    # the Clopper-Pearson bound: observing 19 or more of 20 below has probability 5 % at it
+    assert binom.sf(18, 20, res.specificity_lower_bound) == pytest.approx(0.05, abs=1e-9)
+    assert not res.meets_target and res.sensitivity is None and res.negative_max == 20.0
+
+
+def test_every_negative_below_and_the_sample_size_that_vouches_for_it() -> None:
+    res = calibrate_threshold(np.linspace(-3.0, 9.0, 20), specificity=1.0)
+    assert res.negatives_at_or_above == 0 and res.threshold_log_odds > 9.0
+    assert res.specificity_lower_bound == pytest.approx(0.05 ** (1 / 20))  # 0.861: 20 scans vouch for little
+    assert calibrate_threshold(np.zeros(59), specificity=0.95, positive_scores=[0.0]).specificity == 1.0
+    assert calibrate_threshold(np.arange(59.0), specificity=0.95).meets_target is False  # 2 of 59 allowed above
+    assert clopper_pearson_lower(59, 59) >= 0.95 > clopper_pearson_lower(58, 58)  # 0.05 ** (1 / n) crosses at 59
+    assert clopper_pearson_lower(0, 5) == 0.0
+
+
+def test_rounded_scores_and_sensitivity() -> None:
+    res = calibrate_threshold([1.0, 2.5, 2.0], specificity=1.0, positive_scores=[2.5001, 2.5, 7.0], resolution=1e-4)
+    assert res.threshold_log_odds == 2.5001  # above a score rounded to 1e-4 whatever its unrounded value
+    assert res.sensitivity == pytest.approx(2 / 3) and res.n_positives == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"negative_scores": []}, "negative_scores must hold at least one score"),
+        ({"negative_scores": [1.0, float("nan")]}, "must be finite"),
+        ({"negative_scores": [1.0], "specificity": 0.0}, "specificity must be in"),
+        ({"negative_scores": [1.0], "confidence": 1.0}, "confidence must be in"),
+        ({"negative_scores": [1.0], "resolution": -1e-4}, "resolution must be"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        calibrate_threshold(**kwargs)
+
+
+# ---------------------------------------------------------------- the bundle's run, with a stand-in network
+def _scan(path: Path, value: float) -> Path:
+    nib.save(nib.Nifti1Image(np.full((4, 4, 3), value, dtype=np.float32), np.eye(4)), path)
+    return path
+
+
+def _preprocessing(data: dict) -> dict:
+    return {"image": torch.as_tensor(np.asarray(nib.load(data["image"]).dataobj), dtype=torch.float32)[None]}
+
+
+def _predictor(volume: torch.Tensor) -> dict:
+    """A stand-in VolumeClassifier whose volume score is the scan's value."""
+    score = volume.mean().reshape(1)
+    return {"lesion_log_odds": score, "lesion_probability": torch.sigmoid(score),
+            "slice_probabilities": torch.sigmoid(volume.mean(dim=(1, 2, 3)))}
+
+
+def test_log_odds_threshold_separates_scores_whose_probabilities_tie(tmp_path: Path) -> None:
+    for name, value in (("a", 17.0), ("b", 25.0)):  # both sigmoid to 1.0 in float32
+        _scan(tmp_path / f"{name}.nii.gz", value)
+    by_prob = classify(tmp_path, tmp_path / "p", _predictor, _preprocessing, threshold=0.9999725,
+                       write_slice_probabilities=False)
+    by_log_odds = classify(tmp_path, tmp_path / "l", _predictor, _preprocessing, threshold=0.9999725,
+                           write_slice_probabilities=False, threshold_log_odds=20.0)
+    labels = {r["case_id"]: r["label"] for r in json.loads(Path(by_prob["report"]).with_suffix(".json").read_text())["cases"]}
+    assert labels == {"a": 1, "b": 1}
+    rows = json.loads(Path(by_log_odds["report"]).with_suffix(".json").read_text())["cases"]
+    assert {r["case_id"]: r["label"] for r in rows} == {"a": 0, "b": 1}
+    with pytest.raises(ValueError, match="threshold_log_odds must be a finite number"):
+        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, threshold_log_odds=float("inf"))
+
+
+def test_calibrate_writes_the_threshold_from_the_sites_scans(tmp_path: Path) -> None:
+    (tmp_path / "neg").mkdir()
+    (tmp_path / "pos").mkdir()
+    for i, value in enumerate([3.0, 5.0, 9.5, 7.25]):
+        _scan(tmp_path / "neg" / f"n{i}.nii.gz", value)
+    for i, value in enumerate([9.0, 12.0]):
+        _scan(tmp_path / "pos" / f"p{i}.nii.gz", value)
+    doc = calibrate(tmp_path / "neg", tmp_path / "out", _predictor, _preprocessing, positive_path=tmp_path / "pos",
+                    specificity=1.0)
+    assert doc["threshold_log_odds"] == 9.5001 and doc["n_negatives"] == 4 and doc["sensitivity"] == 0.5
+    assert doc["inference_override"] == "--threshold_log_odds 9.5001"
+    assert json.loads((tmp_path / "out" / "calibration.json").read_text()) == doc
+    assert sorted(report_scores(tmp_path / "out" / "negatives" / "probabilities.csv")) == [3.0, 5.0, 7.25, 9.5]
+    with pytest.raises(ValueError, match="negative_path is required"):
+        calibrate(None, tmp_path / "o2", _predictor, _preprocessing)
+
+
+def test_calibrate_overlay_adds_its_settings_to_inference() -> None:
+    from monai.bundle import ConfigParser
+
+    configs = ROOT / "bundles" / "mobilemamba_classification" / "configs"
+    base = json.loads((configs / "inference.json").read_text())
+    overlay = json.loads((configs / "calibrate.json").read_text())
+    assert set(overlay) - set(base) == {"+imports", "negative_path", "positive_path", "target_specificity", "confidence"}
+    parser = ConfigParser()
+    parser.read_config([str(configs / "inference.json"), str(configs / "calibrate.json")])
+    assert parser["imports"][: len(base["imports"])] == base["imports"]  # appended, not replaced
+    assert parser["run"] == overlay["run"] and "threshold_log_odds" in base
