@@ -76,8 +76,8 @@ def _predictor(volume: torch.Tensor) -> dict:
             "slice_probabilities": torch.sigmoid(volume.mean(dim=(1, 2, 3)))}
 
 
-def test_log_odds_threshold_separates_scores_whose_probabilities_tie(tmp_path: Path) -> None:
-    for name, value in (("a", 17.0), ("b", 25.0)):  # both sigmoid to 1.0 in float32
+def test_log_odds_threshold_decides_on_the_log_odds(tmp_path: Path) -> None:
+    for name, value in (("a", 17.0), ("b", 25.0)):  # the stand-in's float32 probabilities are both 1.0
         _scan(tmp_path / f"{name}.nii.gz", value)
     by_prob = classify(tmp_path, tmp_path / "p", _predictor, _preprocessing, threshold=0.9999725,
                        write_slice_probabilities=False)

@@ -158,9 +158,9 @@ def classify(
         report_name: base name of the report (``probabilities.csv`` / ``.json``).
         threshold_log_odds: if given, the label is "lesion present" when the volume's lesion log-odds
             are at or above it, and ``threshold`` is not used: a threshold calibrated on a site's own
-            scans (:func:`medmamba.apps.calibration.calibrate`) is a log-odds value, and float32
-            probabilities tie at 1.0 above about 16.6 log-odds, where a probability threshold cannot
-            tell scores apart.
+            scans (:func:`medmamba.apps.calibration.calibrate`) is a log-odds value; as a probability
+            it would need six or more nines (10.5 log-odds is 0.9999725, 16 is 0.99999989), beyond the
+            six decimals of the report's ``lesion_probability``.
         warnings_key: key of the list of scan warnings in the preprocessed data
             (:class:`medmamba.transforms.CheckScand`).
         weighting_key: key of the scan's MR weighting in the preprocessed data.
