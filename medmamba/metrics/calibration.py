@@ -98,23 +98,24 @@ def calibrate_threshold(
     specificity: float = 0.95,
     confidence: float = 0.95,
     positive_scores: Sequence[float] | np.ndarray | None = None,
-    resolution: float = 0.0,
+    resolution: float = 1e-9,
 ) -> ThresholdCalibration:
     """The lowest threshold at which at most ``1 - specificity`` of the lesion-free scans score at or above it.
 
     With ``n`` lesion-free scores, ``k = floor((1 - specificity) * n)`` of them may reach the threshold:
-    the threshold lies just above the ``(n - k)``-th smallest score (the next float, or ``resolution``
-    above it for scores rounded to that step), so that the ``n - k`` lowest are called lesion-free under
-    the rule "lesion present when score >= threshold".
+    the threshold lies ``resolution`` above the ``(n - k)``-th smallest score, so that the ``n - k``
+    lowest are called lesion-free under the rule "lesion present when score >= threshold".
 
     Args:
         negative_scores: volume lesion log-odds of scans known to be lesion-free.
         specificity: the share of lesion-free scans to keep below the threshold, in (0, 1].
         confidence: the confidence level of the reported lower bound, in (0, 1).
         positive_scores: optional scores of scans with lesions, for the sensitivity at the threshold.
-        resolution: the rounding step of the scores given (a report's ``lesion_log_odds`` are rounded
-            to 1e-4, the unrounded score of a case may lie up to half a step above): the threshold is
-            that far above the score it must exceed; 0 for unrounded scores.
+        resolution: how far above that score the threshold lies, > 0: the rounding step of the scores
+            given (a report's ``lesion_log_odds`` are rounded to 1e-4, so the unrounded score of a case
+            may lie up to half a step above), 1e-9 for unrounded scores. (Not the next float: with
+            denormals flushed, as the bundles' ``torch.set_flush_denormal(True)`` sets for the whole
+            process, the next float above 0.0 is 0.0.)
 
     Returns:
         A :class:`ThresholdCalibration`.
@@ -127,14 +128,14 @@ def calibrate_threshold(
         raise ValueError(f"specificity must be in (0, 1], got {specificity!r}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
-    if not (math.isfinite(resolution) and resolution >= 0.0):
-        raise ValueError(f"resolution must be a finite step >= 0, got {resolution!r}.")
+    if not (math.isfinite(resolution) and resolution > 0.0):
+        raise ValueError(f"resolution must be a finite step > 0, got {resolution!r}.")
     neg = np.sort(_scores("negative_scores", negative_scores, required=True))
     pos = _scores("positive_scores", positive_scores, required=False)
     n = int(neg.size)
     allowed = int(math.floor((1.0 - specificity) * n + 1e-9))
     last_below = float(neg[n - allowed - 1])
-    threshold = round(last_below + resolution, 12) if resolution > 0 else float(np.nextafter(last_below, math.inf))
+    threshold = round(last_below + resolution, 12)
     at_or_above = int((neg >= threshold).sum())
     below = n - at_or_above
     lower = clopper_pearson_lower(below, n, confidence)
