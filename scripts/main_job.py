@@ -12,7 +12,8 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
    progress gets them through its thread grant file, :class:`medmamba.training.ThreadGrantHandler`;
    the chain's later stages start with them): train the teacher, train the student with knowledge
    distillation (with ``ENSEMBLE_SEEDS``, several students side by side, stacked into a seed
-   ensemble), evaluate on the held-out test subjects once, with the weights each bundle deploys
+   ensemble), set the classification threshold on validation data (:func:`threshold_stages`),
+   evaluate on the held-out test subjects once, with the weights each bundle deploys
    (``DEPLOY_CHECKPOINT``, fixed before the test split is read), fuse and export the
    deployed weights (TorchScript through ``monai.bundle ckpt_export``, ONNX through the bundle's
    ``export_onnx``, both checked against the eager fused network), run inference on a DICOM series (checkpoint) and on a NIfTI volume
@@ -307,6 +308,28 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
     return stages
 
 
+def threshold_stages(name: str, bundle: Path, threads: int) -> list[Stage]:
+    """Setting the classification threshold of this run on validation data, before the test split is
+    read: the validation split's volumes and the MNI152 template checks of the validation seed
+    (``python -m medmamba.apps.calibration sets``), classified by ``calibrate.json``; every lesion-free
+    one below the threshold (``--target_specificity 1.0``), written to ``models/threshold.json``, which
+    ``evaluate.json`` and ``inference.json`` read. Bundles without ``calibrate.json`` have none."""
+    if not (bundle / "configs" / "calibrate.json").is_file():
+        return []
+    sets = bundle / "eval" / "threshold_sets"
+    make = [sys.executable, "-m", "medmamba.apps.calibration", "sets", "--dataset_dir", str(DATA), "--out", str(sets)]
+    argv = bundle_run(
+        bundle, ("inference.json", "calibrate.json"), "--negative_path", str(sets / "negatives"),
+        "--positive_path", str(sets / "positives"), "--target_specificity", "1.0",
+        "--output_dir", str(bundle / "eval" / "threshold"), "--write_threshold_file", str(bundle / "models" / "threshold.json"),
+        "--num_threads", str(threads),
+    )
+    return [
+        Stage(name, "threshold: validation sets", make, [sets / "negatives", sets / "positives"], threads=threads),
+        Stage(name, "threshold: set on validation", argv, [bundle / "models" / "threshold.json"], threads=threads),
+    ]
+
+
 def uses_teacher(bundle: Path) -> bool:
     """Whether the bundle's student distils from a teacher: its ``train.json`` ``teacher`` is not
     null (a bundle without one has no teacher stage; ``--teacher %teacher_kd`` turns it on by hand)."""
@@ -328,6 +351,7 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan 
     ((_, deployed, _),) = evaluations(name, bundle)
     post = plan.post_training[name]
     threads = ("--num_threads", str(post))
+    stages += threshold_stages(name, bundle, post)
     argv, grant = granted_run(bundle, "evaluate.json", "evaluate", post)
     stages.append(Stage(name, "evaluate (test)", argv, [out / "metrics.json"], threads=post, grant_file=grant))
     export = Stage(name, "export TorchScript", bundle_export_torchscript(bundle, deployed), [models / "model.ts"], threads=post)

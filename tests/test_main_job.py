@@ -51,10 +51,12 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     models = bundle / "models"
     stages = job.bundle_stages("classification", bundle, skip_teacher=False, plan=job.plan_threads(2))
     groups = [[s.name for s in g] for g in job.stage_groups(stages)]
-    assert groups[:4] == [  # no teacher stage: the student trains without distillation since 0.11
+    assert groups[:6] == [  # no teacher stage: the student trains without distillation since 0.11
         ["train student, seed 0", "train student, seed 1"],  # side by side
         ["stack the 2 students into an ensemble"],
-        ["evaluate (test)"],  # once, the deployed weights: the test split is read once per release
+        ["threshold: validation sets"],  # the threshold of this run, on validation data ...
+        ["threshold: set on validation"],
+        ["evaluate (test)"],  # ... before the test split is read, once, with the deployed weights
         ["export TorchScript"],
     ]
 
@@ -68,12 +70,17 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     assert arg(stack, "--config_file").endswith("ensemble.json")
     assert json.loads(arg(stack, "--members")) == ["model", "model_seed1"]
     assert stack.outputs == [models / "model_ensemble_ema.pt", models / "model_ensemble.pt"]
-    assert "--ckpt_file" not in stages[3].argv  # evaluate (test): the deployed weights, the config's default
+    sets, threshold = stages[3], stages[4]
+    assert arg(sets, "--dataset_dir") == str(tmp_path) and sets.argv[2:4] == ["medmamba.apps.calibration", "sets"]
+    assert arg(threshold, "--config_file").endswith("calibrate.json']") and arg(threshold, "--target_specificity") == "1.0"
+    assert arg(threshold, "--negative_path") == str(Path(arg(sets, "--out")) / "negatives")
+    assert threshold.outputs == [models / "threshold.json"] == [Path(arg(threshold, "--write_threshold_file"))]
+    assert "--ckpt_file" not in stages[5].argv  # evaluate (test): the deployed weights, the config's default
     assert sum(s.name.startswith("evaluate") for s in stages) == 1
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
     seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True, plan=job.plan_threads(2))
-    assert [s.name for s in seg][:2] == ["train student", "evaluate (test)"]  # no teacher: no distillation
+    assert [s.name for s in seg][:2] == ["train student", "evaluate (test)"]  # no teacher, no threshold to set
     assert all(len(g) == 1 for g in job.stage_groups(seg))
     seg_export = next(s for s in seg if s.name == "export TorchScript")
     assert arg(seg_export, "--ckpt_file").endswith("model.pt")

@@ -119,8 +119,85 @@ def test_calibrate_overlay_adds_its_settings_to_inference() -> None:
     configs = ROOT / "bundles" / "mobilemamba_classification" / "configs"
     base = json.loads((configs / "inference.json").read_text())
     overlay = json.loads((configs / "calibrate.json").read_text())
-    assert set(overlay) - set(base) == {"+imports", "negative_path", "positive_path", "target_specificity", "confidence"}
+    assert set(overlay) - set(base) == {"+imports", "negative_path", "positive_path", "target_specificity", "confidence",
+                                        "write_threshold_file"}
     parser = ConfigParser()
     parser.read_config([str(configs / "inference.json"), str(configs / "calibrate.json")])
     assert parser["imports"][: len(base["imports"])] == base["imports"]  # appended, not replaced
     assert parser["run"] == overlay["run"] and "threshold_log_odds" in base
+
+
+# ---------------------------------------------------------------- the release threshold the main job sets
+def test_release_threshold_reads_the_runs_threshold_or_keeps_the_default(tmp_path: Path) -> None:
+    from medmamba.bundle import release_threshold
+
+    path = tmp_path / "threshold.json"
+    assert release_threshold(path, 0.9999725) == 0.9999725
+    path.write_text(json.dumps({"threshold_log_odds": 11.5759}))
+    assert release_threshold(path, 0.5) == pytest.approx(1 / (1 + np.exp(-11.5759)), rel=1e-15)
+    path.write_text(json.dumps({"threshold_log_odds": "high"}))
+    with pytest.raises(ValueError, match="must hold a finite 'threshold_log_odds'"):
+        release_threshold(path, 0.5)
+
+
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+def test_bundle_configs_decide_at_the_threshold_of_the_run(tmp_path: Path, config: str) -> None:
+    from monai.bundle import ConfigParser
+
+    bundle = ROOT / "bundles" / "mobilemamba_classification"
+
+    def threshold() -> float:
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / config))
+        parser.update({"bundle_root": str(bundle), "ckpt_dir": str(tmp_path)})
+        return parser.get_parsed_content("threshold")
+
+    assert threshold() == 0.9999725  # no threshold.json: the config's default (10.5 log-odds)
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0}))
+    assert threshold() == pytest.approx(1 / (1 + np.exp(-12.0)), rel=1e-15)
+
+
+def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path: Path, monkeypatch) -> None:
+    import medmamba.data.shift_suite as shift_suite
+    from medmamba.apps.calibration import release_sets
+
+    data = tmp_path / "data"
+    data.mkdir()
+    entries: dict[str, list] = {}
+    for split, name, lesion in (("validation", "v-neg", 0), ("validation", "v-pos", 1), ("test", "t-pos", 1)):
+        _scan(data / f"{name}.nii.gz", 1.0)
+        nib.save(nib.Nifti1Image(np.full((4, 4, 3), lesion, dtype=np.uint8), np.eye(4)), data / f"{name}_lesion.nii.gz")
+        entries.setdefault(split, []).append({"id": name, "image": f"{name}.nii.gz", "lesion": f"{name}_lesion.nii.gz"})
+    (data / "datalist_lesion_detection.json").write_text(json.dumps(entries))
+
+    def fake_checks(out_dir, resolution_mm: int = 2, n_planted: int = 4, seed: int = 0) -> Path:
+        root = Path(out_dir) / f"mni_template_{resolution_mm}mm"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        items = []
+        for name, lesion in (("template", 0), ("template_planted0_hypo", 1)):
+            _scan(root / "images" / f"{name}.nii.gz", 2.0)
+            items.append({"id": name, "image": f"images/{name}.nii.gz", "has_lesion": lesion})
+        (root / "datalist.json").write_text(json.dumps({"seed": seed, "test": items}))
+        return root / "datalist.json"
+
+    monkeypatch.setattr(shift_suite, "make_template_checks", fake_checks)
+    neg, pos = release_sets(data, tmp_path / "sets", resolutions=(2, 1))
+    assert sorted(p.name for p in neg.iterdir()) == ["template_1mm.nii.gz", "template_2mm.nii.gz", "v-neg.nii.gz"]
+    assert sorted(p.name for p in pos.iterdir()) == [
+        "template_planted0_hypo_1mm.nii.gz", "template_planted0_hypo_2mm.nii.gz", "v-pos.nii.gz"]  # no test case
+    (data / "datalist_lesion_detection.json").write_text(json.dumps({"test": entries["test"]}))
+    with pytest.raises(ValueError, match="has no 'validation' list"):
+        release_sets(data, tmp_path / "sets2")
+
+
+def test_calibrate_writes_the_release_threshold_file(tmp_path: Path) -> None:
+    from medmamba.bundle import release_threshold
+
+    (tmp_path / "neg").mkdir()
+    for i, value in enumerate([3.0, 11.25]):
+        _scan(tmp_path / "neg" / f"n{i}.nii.gz", value)
+    calibrate(tmp_path / "neg", tmp_path / "out", _predictor, _preprocessing, specificity=1.0,
+              threshold_file=tmp_path / "models" / "threshold.json")
+    doc = json.loads((tmp_path / "models" / "threshold.json").read_text())
+    assert doc["threshold_log_odds"] == 11.2501 and doc["negative_max"] == 11.25 and doc["n_negatives"] == 2
+    assert release_threshold(tmp_path / "models" / "threshold.json", 0.5) == pytest.approx(doc["threshold_probability"])

@@ -5,15 +5,27 @@ folder of scans with lesions) exactly as ``inference.json`` does, then sets the 
 :func:`medmamba.metrics.calibrate_threshold` and writes ``calibration.json``. The bundle runs it as
 ``configs/calibrate.json`` (an overlay on ``inference.json``); the threshold found is then given to
 inference as ``--threshold_log_odds``.
+
+The README's main job uses the same run to set the release's threshold on validation data after
+every training run (the weights move with each run, a threshold fixed in the config does not):
+:func:`release_sets` gathers the validation split's volumes and the MNI152 template checks of the
+validation seed into ``negatives/`` and ``positives/``, :func:`calibrate` with ``threshold_file``
+writes ``models/threshold.json``, which ``evaluate.json`` and ``inference.json`` read
+(:func:`medmamba.bundle.release_threshold`). Command line::
+
+    python -m medmamba.apps.calibration sets --dataset_dir data/default --out <dir> [--seed 1]
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
+import math
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +34,7 @@ from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.atomic import atomic_write_text
 from medmamba.metrics.calibration import calibrate_threshold
 
-__all__ = ["calibrate", "report_scores"]
+__all__ = ["calibrate", "release_sets", "report_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +69,7 @@ def calibrate(
     positive_path: str | os.PathLike[str] | None = None,
     specificity: float = 0.95,
     confidence: float = 0.95,
+    threshold_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Classify lesion-free (and optionally lesion) scans and set the threshold at ``specificity``.
 
@@ -74,6 +87,8 @@ def calibrate(
         positive_path: optional scans with lesions, for the sensitivity at the threshold.
         specificity: the share of lesion-free scans to keep below the threshold, in (0, 1].
         confidence: the confidence level of the specificity's lower bound, in (0, 1).
+        threshold_file: if given, the threshold is also written there (``threshold_log_odds``,
+            ``threshold_probability``, and where it came from), for :func:`medmamba.bundle.release_threshold`.
 
     Returns:
         The content of ``calibration.json``.
@@ -107,8 +122,97 @@ def calibrate(
         "inference_override": f"--threshold_log_odds {round(result.threshold_log_odds, 4)!r}",
     }
     atomic_write_text(out / "calibration.json", json.dumps(doc, indent=1) + "\n")
+    if threshold_file is not None:
+        release = {
+            "threshold_log_odds": result.threshold_log_odds,
+            "threshold_probability": 1.0 / (1.0 + math.exp(-result.threshold_log_odds)),
+            "target_specificity": result.target_specificity,
+            "n_negatives": result.n_negatives,
+            "negative_max": result.negative_max,
+            "calibration": os.fspath(out / "calibration.json"),
+        }
+        atomic_write_text(Path(threshold_file), json.dumps(release, indent=1) + "\n")
     logger.info("threshold %.4f log-odds: %d of %d lesion-free scans below (specificity %.3f, %.0f %% lower bound %.3f%s)",
                 result.threshold_log_odds, result.n_negatives - result.negatives_at_or_above, result.n_negatives,
                 result.specificity, 100 * confidence, result.specificity_lower_bound,
                 "" if result.meets_target else f": too few scans to vouch for {specificity}")
     return doc
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def release_sets(
+    dataset_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    datalist: str = "datalist_lesion_detection.json",
+    seed: int = 1,
+    resolutions: Sequence[int] = (2, 1),
+    n_planted: int = 4,
+) -> tuple[Path, Path]:
+    """The validation data a release threshold is set on, as ``negatives/`` and ``positives/`` folders.
+
+    The ``validation`` list of the default data set's classification datalist (a volume is a
+    positive when its lesion mask holds any voxel), and the MNI152 template checks of
+    :func:`medmamba.data.shift_suite.make_template_checks` at each resolution with the validation seed
+    (the unmodified template, lesion-free, and ``n_planted`` copies with planted lesions). The test
+    split is not read. (The lesion-free template is the same image in every seed's checks, so once the
+    threshold is set on it, the held-out suite's template row no longer tests that threshold
+    independently; the planted copies differ by seed.)
+
+    Args:
+        dataset_dir: the default data set (``data/default``).
+        out_dir: where ``negatives/``, ``positives/`` and the template checks are written.
+        datalist: the classification datalist inside ``dataset_dir``.
+        seed: the template checks' seed (1: the validation suite's).
+        resolutions: template resolutions in mm.
+        n_planted: planted copies per resolution.
+
+    Returns:
+        ``(negatives, positives)`` folders of NIfTI files.
+
+    Raises:
+        ValueError: the datalist has no ``validation`` list or an entry without ``image``/``lesion``.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from medmamba.data.shift_suite import make_template_checks
+
+    root, out = Path(dataset_dir), Path(out_dir)
+    with open(root / datalist, encoding="utf-8") as f:
+        items = json.load(f).get("validation")
+    if not items:
+        raise ValueError(f"{root / datalist} has no 'validation' list to set a threshold on.")
+    neg, pos = out / "negatives", out / "positives"
+    for item in items:
+        if "image" not in item or "lesion" not in item:
+            raise ValueError(f"validation entry {item!r} needs 'image' and 'lesion'.")
+        has_lesion = bool(np.asarray(nib.load(root / item["lesion"]).dataobj).any())
+        name = f"{item.get('id', Path(item['image']).parent.name)}.nii.gz"
+        _copy(root / item["image"], (pos if has_lesion else neg) / name)
+    for mm in resolutions:
+        checks = make_template_checks(out / "templates", resolution_mm=int(mm), n_planted=n_planted, seed=seed)
+        for item in json.loads(checks.read_text(encoding="utf-8"))["test"]:
+            _copy(checks.parent / item["image"], (pos if item["has_lesion"] else neg) / f"{item['id']}_{mm}mm.nii.gz")
+    return neg, pos
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medmamba.apps.calibration sets --dataset_dir D --out O [--seed 1]``."""
+    parser = argparse.ArgumentParser(description="Gather the validation data a release threshold is set on.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sets = sub.add_parser("sets", help="negatives/ and positives/ from the validation split and the template checks")
+    sets.add_argument("--dataset_dir", required=True)
+    sets.add_argument("--out", required=True)
+    sets.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    neg, pos = release_sets(args.dataset_dir, args.out, seed=args.seed)
+    print(f"{len(list(neg.iterdir()))} lesion-free volumes in {neg}, {len(list(pos.iterdir()))} with lesions in {pos}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,7 +13,8 @@ One concept per module:
 - :mod:`~medmamba.bundle.training`: the warm-up length, the class weights of a loss, the dense
   teacher a lesion-map student distils from;
 - :mod:`~medmamba.bundle.distributed`: the handlers of a rank;
-- :mod:`~medmamba.bundle.paths`: optional files passed on only when they exist.
+- :mod:`~medmamba.bundle.paths`: optional files passed on only when they exist;
+- :mod:`~medmamba.bundle.threshold`: the classification threshold a training run chose.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from .distributed import handlers_of_rank
 from .networks import network_description, network_label, network_variant, to_device
 from .paths import existing_file
+from .threshold import release_threshold
 from .training import class_weights, dense_teacher, warmup_steps
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "network_description",
     "network_label",
     "network_variant",
+    "release_threshold",
     "to_device",
     "warmup_steps",
 ]
