@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from medmamba.networks import MobileMamba, MobileMambaSeg, fuse_norms
-from medmamba.networks.convert import convert_official_state_dict, emulate_reference_cpu_merge
+from medmamba.networks.convert import emulate_reference_cpu_merge
 from medmamba.networks.selective_scan import is_cuda_scan_available, selective_scan, selective_scan_ref
-from reference_fixtures import load_reference
+from reference_fixtures import load_reference, model_from_fixture
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -39,22 +39,11 @@ def _relerr(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float().cpu() - b.float().cpu()).abs().max() / b.float().cpu().abs().max()).item()
 
 
-def _fixture_model(fx: dict) -> MobileMamba:
-    cfg = fx["config"]
-    model = MobileMamba(
-        None, num_classes=fx["num_classes"], distillation=fx["distillation"], embed_dim=cfg["embed_dim"],
-        depth=cfg["depth"], global_ratio=cfg["global_ratio"], local_ratio=cfg["local_ratio"], kernels=cfg["kernels"],
-        ssm_ratio=cfg["ssm_ratio"], drop_path=cfg["drop_path"],
-    )
-    model.load_state_dict(convert_official_state_dict(fx["state_dict"]), strict=True)
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", ["mobilemamba_tiny", "mobilemamba_tiny_dist"])
 def test_reference_fixture_on_the_gpu(name: str) -> None:
     """Number for number against the reference's outputs, features and fused outputs, computed on the GPU."""
     fx = load_reference(name)
-    model = emulate_reference_cpu_merge(_fixture_model(fx)).to(CUDA)
+    model = emulate_reference_cpu_merge(model_from_fixture(fx)).to(CUDA)
     x = fx["input"].to(CUDA)
     with torch.no_grad():
         assert _relerr(model(x), fx["output"]) <= 1e-4

@@ -20,36 +20,18 @@ from medmamba.networks import (
 )
 from medmamba.networks.blocks import split_channels
 
-from reference_fixtures import REFERENCE_DIR, load_reference
+from reference_fixtures import REFERENCE_DIR, load_reference, model_from_fixture
 
 
 def _relerr(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def _model_from_fixture(fx: dict) -> MobileMamba:
-    cfg = fx["config"]
-    model = MobileMamba(
-        None,
-        num_classes=fx["num_classes"],
-        distillation=fx["distillation"],
-        embed_dim=cfg["embed_dim"],
-        depth=cfg["depth"],
-        global_ratio=cfg["global_ratio"],
-        local_ratio=cfg["local_ratio"],
-        kernels=cfg["kernels"],
-        ssm_ratio=cfg["ssm_ratio"],
-        drop_path=cfg["drop_path"],
-    )
-    model.load_state_dict(convert_official_state_dict(fx["state_dict"]), strict=True)
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", ["mobilemamba_tiny", "mobilemamba_tiny_dist"])
 def test_reference_fixture_outputs(name: str) -> None:
     """Number for number against the reference (whose CPU merge couples the images of a batch)."""
     fx = load_reference(name)
-    model = emulate_reference_cpu_merge(_model_from_fixture(fx))
+    model = emulate_reference_cpu_merge(model_from_fixture(fx))
     wte = model.stages[0].blocks[0].mixer.branch.global_branch
     probes = fx["probes"]
     with torch.no_grad():
@@ -69,8 +51,8 @@ def test_reference_fixture_outputs(name: str) -> None:
 def test_per_image_merge_equals_reference_for_single_images(name: str) -> None:
     """Our default merge is the reference's computation for every batch of one image ..."""
     fx = load_reference(name)
-    ours = _model_from_fixture(fx)
-    coupled = emulate_reference_cpu_merge(_model_from_fixture(fx))
+    ours = model_from_fixture(fx)
+    coupled = emulate_reference_cpu_merge(model_from_fixture(fx))
     x = fx["input"]
     with torch.no_grad():
         for i in range(x.shape[0]):
@@ -89,7 +71,7 @@ def test_emulation_switch_needs_selective_scan_modules() -> None:
 
 def test_fusion_removes_every_batchnorm_and_keeps_outputs() -> None:
     fx = load_reference("mobilemamba_tiny_dist")
-    model = _model_from_fixture(fx)
+    model = model_from_fixture(fx)
     fused = fuse_norms(model)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
     # the input model is left as it was (fuse_norms copies by default)
@@ -213,7 +195,7 @@ def _tiny_kwargs(fx: dict) -> dict:
 
 def test_from_official_checkpoint_adapts_stem_and_head(tmp_path, caplog) -> None:
     fx = load_reference("mobilemamba_tiny")
-    reference = _model_from_fixture(fx)
+    reference = model_from_fixture(fx)
     path = _write_checkpoint(tmp_path, fx, "net_E")
     import medmamba.networks.nets.mobilemamba as mm
 

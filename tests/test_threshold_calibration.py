@@ -166,9 +166,8 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
     entries: dict[str, list] = {}
     for split, name, lesion in (("validation", "v-neg", 0), ("validation", "v-pos", 1), ("test", "t-pos", 1)):
         _scan(data / f"{name}.nii.gz", 1.0)
-        nib.save(nib.Nifti1Image(np.full((4, 4, 3), lesion, dtype=np.uint8), np.eye(4)), data / f"{name}_lesion.nii.gz")
-        entries.setdefault(split, []).append({"id": name, "image": f"{name}.nii.gz", "lesion": f"{name}_lesion.nii.gz"})
-    (data / "datalist_lesion_detection.json").write_text(json.dumps(entries))
+        entries.setdefault(split, []).append({"id": name, "image": f"{name}.nii.gz", "label": lesion})
+    (data / "datalist_classification_volume.json").write_text(json.dumps(entries))
 
     def fake_checks(out_dir, resolution_mm: int = 2, n_planted: int = 4, seed: int = 0) -> Path:
         root = Path(out_dir) / f"mni_template_{resolution_mm}mm"
@@ -185,7 +184,7 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
     assert sorted(p.name for p in neg.iterdir()) == ["template_1mm.nii.gz", "template_2mm.nii.gz", "v-neg.nii.gz"]
     assert sorted(p.name for p in pos.iterdir()) == [
         "template_planted0_hypo_1mm.nii.gz", "template_planted0_hypo_2mm.nii.gz", "v-pos.nii.gz"]  # no test case
-    (data / "datalist_lesion_detection.json").write_text(json.dumps({"test": entries["test"]}))
+    (data / "datalist_classification_volume.json").write_text(json.dumps({"test": entries["test"]}))
     with pytest.raises(ValueError, match="has no 'validation' list"):
         release_sets(data, tmp_path / "sets2")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medmamba.apps.classification import classify
+from medmamba.data.default_dataset import DATALIST_FILES
 from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.atomic import atomic_write_text
 from medmamba.metrics.calibration import calibrate_threshold
@@ -147,15 +148,15 @@ def _copy(src: Path, dst: Path) -> None:
 def release_sets(
     dataset_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    datalist: str = "datalist_lesion_detection.json",
+    datalist: str = DATALIST_FILES["classification_volume"],
     seed: int = 1,
     resolutions: Sequence[int] = (2, 1),
     n_planted: int = 4,
 ) -> tuple[Path, Path]:
     """The validation data a release threshold is set on, as ``negatives/`` and ``positives/`` folders.
 
-    The ``validation`` list of the default data set's classification datalist (a volume is a
-    positive when its lesion mask holds any voxel), and the MNI152 template checks of
+    The ``validation`` list of the default data set's volume-classification datalist (its ``label``:
+    1 when the volume holds a lesion), and the MNI152 template checks of
     :func:`medmamba.data.shift_suite.make_template_checks` at each resolution with the validation seed
     (the unmodified template, lesion-free, and ``n_planted`` copies with planted lesions). The test
     split is not read. (The lesion-free template is the same image in every seed's checks, so once the
@@ -165,7 +166,7 @@ def release_sets(
     Args:
         dataset_dir: the default data set (``data/default``).
         out_dir: where ``negatives/``, ``positives/`` and the template checks are written.
-        datalist: the classification datalist inside ``dataset_dir``.
+        datalist: the volume-classification datalist inside ``dataset_dir``.
         seed: the template checks' seed (1: the validation suite's).
         resolutions: template resolutions in mm.
         n_planted: planted copies per resolution.
@@ -174,11 +175,8 @@ def release_sets(
         ``(negatives, positives)`` folders of NIfTI files.
 
     Raises:
-        ValueError: the datalist has no ``validation`` list or an entry without ``image``/``lesion``.
+        ValueError: the datalist has no ``validation`` list or an entry without ``image``/``label``.
     """
-    import nibabel as nib
-    import numpy as np
-
     from medmamba.data.shift_suite import make_template_checks
 
     root, out = Path(dataset_dir), Path(out_dir)
@@ -188,11 +186,10 @@ def release_sets(
         raise ValueError(f"{root / datalist} has no 'validation' list to set a threshold on.")
     neg, pos = out / "negatives", out / "positives"
     for item in items:
-        if "image" not in item or "lesion" not in item:
-            raise ValueError(f"validation entry {item!r} needs 'image' and 'lesion'.")
-        has_lesion = bool(np.asarray(nib.load(root / item["lesion"]).dataobj).any())
+        if "image" not in item or "label" not in item:
+            raise ValueError(f"validation entry {item!r} needs 'image' and 'label'.")
         name = f"{item.get('id', Path(item['image']).parent.name)}.nii.gz"
-        _copy(root / item["image"], (pos if has_lesion else neg) / name)
+        _copy(root / item["image"], (pos if int(item["label"]) else neg) / name)
     for mm in resolutions:
         checks = make_template_checks(out / "templates", resolution_mm=int(mm), n_planted=n_planted, seed=seed)
         for item in json.loads(checks.read_text(encoding="utf-8"))["test"]:

@@ -97,9 +97,12 @@ def _highdicom() -> ModuleType:
 
 
 def _segment_descriptions(
-    labels: Mapping[int, str], codes_by_label: Mapping[int, SegmentCode], algorithm_name: str, algorithm_version: str
+    hd: ModuleType,
+    labels: Mapping[int, str],
+    codes_by_label: Mapping[int, SegmentCode],
+    algorithm_name: str,
+    algorithm_version: str,
 ) -> list:
-    hd = _highdicom()
     algo = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, version=algorithm_version, family=codes.cid7162.ArtificialIntelligence
     )
@@ -226,7 +229,7 @@ def write_dicom_seg(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(labels, codes_by_label, algorithm_name, algorithm_version),
+        segment_descriptions=_segment_descriptions(hd, labels, codes_by_label, algorithm_name, algorithm_version),
         series_instance_uid=seg_series_uid or hd.UID(),
         series_number=int(series_number),
         sop_instance_uid=seg_sop_uid or hd.UID(),
