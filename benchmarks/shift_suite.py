@@ -1,13 +1,15 @@
 """The shift suite: both bundles on evaluation sets outside their training distribution.
 
 Makes the evaluation sets of :mod:`medmamba.data.shift_suite` (other contrasts, 1 mm and 5 mm
-slices, skull-stripped and whole heads, strong bias and noise, and the unmodified MNI152 template
-with and without planted lesions), runs each bundle's ``inference.json`` on every set exactly as a
+slices, skull-stripped and whole heads, strong bias and noise, the unmodified MNI152 template
+with and without planted lesions, and FSL's whole-head MNI152 template, another anatomy than the
+training data's: :mod:`medmamba.data.fsl_template`, which needs ``pip install --no-deps nimare==0.22.1``),
+runs each bundle's ``inference.json`` on every set exactly as a
 user would (``python -m monai.bundle run ... --input_path <set>/images``), and scores the written
 outputs against the sets' truth:
 
-- segmentation: mean Dice over CSF, grey and white matter per case, and the predicted brain volume
-  (labels > 0) against the true one, on the input's own grid;
+- segmentation: mean Dice over CSF, grey and white matter per case, the Dice of the predicted brain
+  (labels > 0) with the true one and its volume ratio, on the input's own grid;
 - classification: the volume AUC (stratified bootstrap), the fraction of lesion-free cases at or
   above the threshold (false positives) and of lesion cases below it (misses).
 
@@ -44,8 +46,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import machine_line  # noqa: E402
 
+from medmamba.data.fsl_template import make_fsl_template_checks  # noqa: E402
 from medmamba.data.shift_suite import SHIFT_SETTINGS, make_shift_set, make_template_checks  # noqa: E402
 from medmamba.metrics import bootstrap_interval, dice_per_class, roc_auc  # noqa: E402
+
+#: Checks on FSL's MNI152 template: name -> (resolution in mm, whole head).
+FSL_CHECKS = {"fsl_head_2mm": (2, True), "fsl_head_1mm": (1, True), "fsl_brain_2mm": (2, False), "fsl_brain_1mm": (1, False)}
 
 BUNDLES = {
     "segmentation": ROOT / "bundles" / "mobilemamba_segmentation",
@@ -80,10 +86,10 @@ def run_inference(bundle: Path, images: Path, out: Path, threads: int, extra: Se
 
 
 def score_segmentation(datalist: dict, root: Path, out: Path) -> dict:
-    """Per-case mean Dice (CSF/GM/WM) and brain-volume ratio of the written segmentations."""
+    """Per-case mean Dice (CSF/GM/WM), brain Dice and brain-volume ratio of the written segmentations."""
     import nibabel as nib
 
-    dices, ratios, ids = [], [], []
+    dices, brain_dices, ratios, ids = [], [], [], []
     for item in datalist["test"]:
         seg_path = out / item["id"] / f"{item['id']}_seg.nii.gz"
         if not seg_path.is_file():
@@ -95,6 +101,7 @@ def score_segmentation(datalist: dict, root: Path, out: Path) -> dict:
             raise ValueError(f"{seg_path} has shape {pred.shape}, the input {truth.shape}: not written on the input grid")
         d = dice_per_class(pred, truth, [1, 2, 3])
         dices.append(float(np.nanmean(list(d.values()))))
+        brain_dices.append(dice_per_class((pred > 0).astype(np.uint8), (truth > 0).astype(np.uint8), [1])[1])
         ratios.append(float((pred > 0).sum() / max(1, (truth > 0).sum())))
         ids.append(item["id"])
     if not dices:
@@ -103,6 +110,7 @@ def score_segmentation(datalist: dict, root: Path, out: Path) -> dict:
     return {
         "n_cases": len(dices),
         "mean_dice": bootstrap_interval(np.mean, d_arr),
+        "brain_dice": bootstrap_interval(np.mean, np.asarray(brain_dices)),
         "brain_volume_ratio": bootstrap_interval(np.median, r_arr),
         "within_10pct": float(np.mean(np.abs(r_arr - 1.0) <= 0.10)),
         "per_case": dict(zip(ids, [round(x, 4) for x in dices])),
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "shift_suite")
     parser.add_argument("--n", type=int, default=20, help="subjects per setting (half with lesions)")
     parser.add_argument("--n-1mm", type=int, default=8, help="subjects of the 1 mm setting (8x the voxels)")
-    parser.add_argument("--settings", nargs="*", default=[*SHIFT_SETTINGS, "mni_template_2mm", "mni_template_1mm"])
+    parser.add_argument("--settings", nargs="*", default=[*SHIFT_SETTINGS, "mni_template_2mm", "mni_template_1mm", *FSL_CHECKS])
     parser.add_argument("--bundles", nargs="*", default=list(BUNDLES), choices=list(BUNDLES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -181,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         set_dir = args.out / "data" / name
         datalist_path = set_dir / "datalist.json"
         if not datalist_path.is_file():
-            if name.startswith("mni_template_"):
+            if name in FSL_CHECKS:
+                resolution, head = FSL_CHECKS[name]
+                make_fsl_template_checks(args.out / "data", resolution, head=head, seed=args.seed)
+            elif name.startswith("mni_template_"):
                 make_template_checks(args.out / "data", int(name.split("_")[-1].rstrip("m")), seed=args.seed)
             else:
                 n = args.n_1mm if SHIFT_SETTINGS[name].resolution_mm == 1 else args.n
@@ -198,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             results[name][bundle] = score
     if args.make_only:
         return 0
-    print("| setting | cases | seg mean Dice [95% CI] | brain vol. ratio [95% CI] | within 10 % | cls AUC [95% CI] | FP rate (lesion-free called lesion) | miss rate |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| setting | cases | seg mean Dice [95% CI] | brain Dice | brain vol. ratio [95% CI] | within 10 % | cls AUC [95% CI] | FP rate (lesion-free called lesion) | miss rate |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, res in results.items():
         seg, cls = res.get("segmentation", {}), res.get("classification", {})
         cells = [name, str(max(seg.get("n_cases", 0), cls.get("n_cases", 0)))]
-        cells += [str(seg.get("mean_dice", "–")), str(seg.get("brain_volume_ratio", "–")), f"{seg['within_10pct']:.2f}" if "within_10pct" in seg else "–"]
+        cells += [str(seg.get("mean_dice", "–")), str(seg.get("brain_dice", "–")), str(seg.get("brain_volume_ratio", "–")), f"{seg['within_10pct']:.2f}" if "within_10pct" in seg else "–"]
         cells += [str(cls.get("auc", "–")), str(cls.get("false_positive_rate", "–")), str(cls.get("miss_rate", "–"))]
         print("| " + " | ".join(cells) + " |")
     serial = json.loads(json.dumps(results, default=lambda o: {"value": o.value, "low": o.low, "high": o.high, "n": o.n_cases}))

