@@ -310,8 +310,9 @@ def student_stages(name: str, bundle: Path, plan: ThreadPlan | None = None) -> l
 
 def threshold_stages(name: str, bundle: Path, threads: int) -> list[Stage]:
     """Setting the classification threshold of this run on validation data, before the test split is
-    read: the validation split's volumes and the MNI152 template checks of the validation seed
-    (``python -m medmamba.apps.calibration sets``), classified by ``calibrate.json``; every lesion-free
+    read: the validation split's volumes, the MNI152 template checks of the validation seed and FSL's
+    lesion-free MNI152 template, whole head and skull-stripped (``python -m medmamba.apps.calibration
+    sets``), classified by ``calibrate.json``; every lesion-free
     one below the threshold (``--target_specificity 1.0``), written to ``models/threshold.json``, which
     ``evaluate.json`` and ``inference.json`` read. Bundles without ``calibrate.json`` have none."""
     if not (bundle / "configs" / "calibrate.json").is_file():

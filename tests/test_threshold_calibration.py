@@ -158,6 +158,7 @@ def test_bundle_configs_decide_at_the_threshold_of_the_run(tmp_path: Path, confi
 
 
 def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path: Path, monkeypatch) -> None:
+    import medmamba.data.fsl_template as fsl_template
     import medmamba.data.shift_suite as shift_suite
     from medmamba.apps.calibration import release_sets
 
@@ -179,14 +180,36 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
         (root / "datalist.json").write_text(json.dumps({"seed": seed, "test": items}))
         return root / "datalist.json"
 
+    def fake_fsl_checks(out_dir, resolution_mm: int = 2, *, head: bool = True, n_planted: int = 4, seed: int = 0) -> Path:
+        assert n_planted == 0  # lesion-free only
+        root = Path(out_dir) / f"fsl_{'head' if head else 'brain'}_{resolution_mm}mm"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        _scan(root / "images" / "fsl_template.nii.gz", 3.0)
+        (root / "datalist.json").write_text(json.dumps({"test": [{"id": "fsl_template", "image": "images/fsl_template.nii.gz", "has_lesion": 0}]}))
+        return root / "datalist.json"
+
     monkeypatch.setattr(shift_suite, "make_template_checks", fake_checks)
+    monkeypatch.setattr(fsl_template, "make_fsl_template_checks", fake_fsl_checks)
+    monkeypatch.setattr(fsl_template, "fsl_template_paths", lambda mm: (Path("t1"), Path("mask")))
     neg, pos = release_sets(data, tmp_path / "sets", resolutions=(2, 1))
-    assert sorted(p.name for p in neg.iterdir()) == ["template_1mm.nii.gz", "template_2mm.nii.gz", "v-neg.nii.gz"]
+    assert sorted(p.name for p in neg.iterdir()) == [
+        "fsl_template_brain_1mm.nii.gz", "fsl_template_brain_2mm.nii.gz", "fsl_template_head_1mm.nii.gz",
+        "fsl_template_head_2mm.nii.gz", "template_1mm.nii.gz", "template_2mm.nii.gz", "v-neg.nii.gz"]
+    neg, _ = release_sets(data, tmp_path / "sets_nofsl", resolutions=(2,), fsl_template=False)
+    assert sorted(p.name for p in neg.iterdir()) == ["template_2mm.nii.gz", "v-neg.nii.gz"]
+
+    def missing(mm: int):
+        raise FileNotFoundError("nimare is not installed")
+
+    monkeypatch.setattr(fsl_template, "fsl_template_paths", missing)
+    with pytest.raises(FileNotFoundError, match="nimare"):
+        release_sets(data, tmp_path / "sets_missing", resolutions=(2,))
+    assert not (tmp_path / "sets_missing").exists()  # failed before writing anything
     assert sorted(p.name for p in pos.iterdir()) == [
         "template_planted0_hypo_1mm.nii.gz", "template_planted0_hypo_2mm.nii.gz", "v-pos.nii.gz"]  # no test case
     (data / "datalist_classification_volume.json").write_text(json.dumps({"test": entries["test"]}))
     with pytest.raises(ValueError, match="has no 'validation' list"):
-        release_sets(data, tmp_path / "sets2")
+        release_sets(data, tmp_path / "sets2", fsl_template=False)
 
 
 def test_calibrate_writes_the_release_threshold_file(tmp_path: Path) -> None:

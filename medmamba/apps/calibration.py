@@ -152,16 +152,20 @@ def release_sets(
     seed: int = 1,
     resolutions: Sequence[int] = (2, 1),
     n_planted: int = 4,
+    fsl_template: bool = True,
 ) -> tuple[Path, Path]:
     """The validation data a release threshold is set on, as ``negatives/`` and ``positives/`` folders.
 
     The ``validation`` list of the default data set's volume-classification datalist (its ``label``:
     1 when the volume holds a lesion), and the MNI152 template checks of
     :func:`medmamba.data.shift_suite.make_template_checks` at each resolution with the validation seed
-    (the unmodified template, lesion-free, and ``n_planted`` copies with planted lesions). The test
-    split is not read. (The lesion-free template is the same image in every seed's checks, so once the
-    threshold is set on it, the held-out suite's template row no longer tests that threshold
-    independently; the planted copies differ by seed.)
+    (the unmodified template, lesion-free, and ``n_planted`` copies with planted lesions), and, with
+    ``fsl_template``, a second anatomy: FSL's MNI152 template
+    (:func:`medmamba.data.fsl_template.make_fsl_template_checks`), lesion-free, as a whole head and
+    skull-stripped at each resolution. The test split is not read. (The lesion-free templates are the
+    same images in every seed's checks, so once the threshold is set on them, the held-out suite's
+    lesion-free template rows no longer test that threshold independently; the planted copies
+    differ by seed.)
 
     Args:
         dataset_dir: the default data set (``data/default``).
@@ -170,14 +174,21 @@ def release_sets(
         seed: the template checks' seed (1: the validation suite's).
         resolutions: template resolutions in mm.
         n_planted: planted copies per resolution.
+        fsl_template: add FSL's lesion-free MNI152 template (whole head and skull-stripped).
 
     Returns:
         ``(negatives, positives)`` folders of NIfTI files.
 
     Raises:
         ValueError: the datalist has no ``validation`` list or an entry without ``image``/``label``.
+        FileNotFoundError: ``fsl_template`` and the template's files (package ``nimare``) are not installed.
     """
+    from medmamba.data.fsl_template import fsl_template_paths, make_fsl_template_checks
     from medmamba.data.shift_suite import make_template_checks
+
+    if fsl_template:
+        for mm in resolutions:
+            fsl_template_paths(int(mm))  # fail before any work when the files are missing
 
     root, out = Path(dataset_dir), Path(out_dir)
     with open(root / datalist, encoding="utf-8") as f:
@@ -194,6 +205,11 @@ def release_sets(
         checks = make_template_checks(out / "templates", resolution_mm=int(mm), n_planted=n_planted, seed=seed)
         for item in json.loads(checks.read_text(encoding="utf-8"))["test"]:
             _copy(checks.parent / item["image"], (pos if item["has_lesion"] else neg) / f"{item['id']}_{mm}mm.nii.gz")
+        if fsl_template:
+            for head in (True, False):
+                checks = make_fsl_template_checks(out / "templates", int(mm), head=head, n_planted=0, seed=seed)
+                for item in json.loads(checks.read_text(encoding="utf-8"))["test"]:
+                    _copy(checks.parent / item["image"], neg / f"{item['id']}_{'head' if head else 'brain'}_{mm}mm.nii.gz")
     return neg, pos
 
 
@@ -205,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets.add_argument("--dataset_dir", required=True)
     sets.add_argument("--out", required=True)
     sets.add_argument("--seed", type=int, default=1)
+    sets.add_argument("--no_fsl_template", action="store_true", help="leave out FSL's MNI152 template (needs nimare's files)")
     args = parser.parse_args(argv)
-    neg, pos = release_sets(args.dataset_dir, args.out, seed=args.seed)
+    neg, pos = release_sets(args.dataset_dir, args.out, seed=args.seed, fsl_template=not args.no_fsl_template)
     print(f"{len(list(neg.iterdir()))} lesion-free volumes in {neg}, {len(list(pos.iterdir()))} with lesions in {pos}")
     return 0
 
