@@ -89,6 +89,13 @@ def test_scoring_reads_bundle_outputs(tmp_path: Path) -> None:
     datalist = {"test": [{"id": "a", "label": "labels/a_tissue.nii.gz", "has_lesion": 0}]}
     seg = score_segmentation(datalist, tmp_path, tmp_path / "out")
     assert seg["n_cases"] == 1 and seg["mean_dice"].value == 1.0 and seg["within_10pct"] == 1.0
+    assert seg["brain_dice"].value == 1.0
+    grown = truth.copy()
+    grown[0, 1:5, 1:5] = 1  # 16 voxels of "CSF" outside the true brain (64 voxels)
+    nib.save(nib.Nifti1Image(grown, affine), tmp_path / "out" / "a" / "a_seg.nii.gz")
+    seg = score_segmentation(datalist, tmp_path, tmp_path / "out")
+    assert seg["brain_dice"].value == pytest.approx(2 * 64 / (80 + 64))
+    assert seg["brain_volume_ratio"].value == pytest.approx(80 / 64)
     rows = [{"case_id": "p1", "lesion_probability": 0.9}, {"case_id": "p2", "lesion_probability": 0.2},
             {"case_id": "n1", "lesion_probability": 0.6}, {"case_id": "n2", "lesion_probability": 0.1}]
     (tmp_path / "cls").mkdir()
