@@ -180,21 +180,21 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
         (root / "datalist.json").write_text(json.dumps({"seed": seed, "test": items}))
         return root / "datalist.json"
 
-    def fake_fsl_checks(out_dir, resolution_mm: int = 2, *, head: bool = True, n_planted: int = 4, seed: int = 0) -> Path:
-        assert n_planted == 0  # lesion-free only
-        root = Path(out_dir) / f"fsl_{'head' if head else 'brain'}_{resolution_mm}mm"
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        _scan(root / "images" / "fsl_template.nii.gz", 3.0)
-        (root / "datalist.json").write_text(json.dumps({"test": [{"id": "fsl_template", "image": "images/fsl_template.nii.gz", "has_lesion": 0}]}))
-        return root / "datalist.json"
+    head = np.full((4, 4, 4), 5.0, np.float32)
+    brain = np.zeros((4, 4, 4), bool)
+    brain[1:3, 1:3, 1:3] = True
+    fake_fsl = fsl_template.FslTemplate(t1=head, brain_mask=brain, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
 
     monkeypatch.setattr(shift_suite, "make_template_checks", fake_checks)
-    monkeypatch.setattr(fsl_template, "make_fsl_template_checks", fake_fsl_checks)
+    monkeypatch.setattr(fsl_template, "load_fsl_template", lambda mm: fake_fsl)
     monkeypatch.setattr(fsl_template, "fsl_template_paths", lambda mm: (Path("t1"), Path("mask")))
     neg, pos = release_sets(data, tmp_path / "sets", resolutions=(2, 1))
     assert sorted(p.name for p in neg.iterdir()) == [
         "fsl_template_brain_1mm.nii.gz", "fsl_template_brain_2mm.nii.gz", "fsl_template_head_1mm.nii.gz",
         "fsl_template_head_2mm.nii.gz", "template_1mm.nii.gz", "template_2mm.nii.gz", "v-neg.nii.gz"]
+    stripped = nib.load(neg / "fsl_template_brain_2mm.nii.gz")
+    assert np.asarray(stripped.dataobj).sum() == 5.0 * 8  # the head outside the brain mask removed
+    np.testing.assert_array_equal(np.asarray(nib.load(neg / "fsl_template_head_1mm.nii.gz").dataobj), head)
     neg, _ = release_sets(data, tmp_path / "sets_nofsl", resolutions=(2,), fsl_template=False)
     assert sorted(p.name for p in neg.iterdir()) == ["template_2mm.nii.gz", "v-neg.nii.gz"]
 

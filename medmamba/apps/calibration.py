@@ -161,8 +161,9 @@ def release_sets(
     :func:`medmamba.data.shift_suite.make_template_checks` at each resolution with the validation seed
     (the unmodified template, lesion-free, and ``n_planted`` copies with planted lesions), and, with
     ``fsl_template``, a second anatomy: FSL's MNI152 template
-    (:func:`medmamba.data.fsl_template.make_fsl_template_checks`), lesion-free, as a whole head and
-    skull-stripped at each resolution. The test split is not read. (The lesion-free templates are the
+    (:func:`medmamba.data.fsl_template.load_fsl_template`), lesion-free, as a whole head and
+    skull-stripped by its brain mask at each resolution (the images of
+    :func:`~medmamba.data.fsl_template.make_fsl_template_checks`' lesion-free cases). The test split is not read. (The lesion-free templates are the
     same images in every seed's checks, so once the threshold is set on them, the held-out suite's
     lesion-free template rows no longer test that threshold independently; the planted copies
     differ by seed.)
@@ -183,8 +184,11 @@ def release_sets(
         ValueError: the datalist has no ``validation`` list or an entry without ``image``/``label``.
         FileNotFoundError: ``fsl_template`` and the template's files (package ``nimare``) are not installed.
     """
-    from medmamba.data.fsl_template import fsl_template_paths, make_fsl_template_checks
+    import numpy as np
+
+    from medmamba.data.fsl_template import fsl_template_paths, load_fsl_template
     from medmamba.data.shift_suite import make_template_checks
+    from medmamba.io.nifti import write_nifti
 
     if fsl_template:
         for mm in resolutions:
@@ -206,10 +210,10 @@ def release_sets(
         for item in json.loads(checks.read_text(encoding="utf-8"))["test"]:
             _copy(checks.parent / item["image"], (pos if item["has_lesion"] else neg) / f"{item['id']}_{mm}mm.nii.gz")
         if fsl_template:
-            for head in (True, False):
-                checks = make_fsl_template_checks(out / "templates", int(mm), head=head, n_planted=0, seed=seed)
-                for item in json.loads(checks.read_text(encoding="utf-8"))["test"]:
-                    _copy(checks.parent / item["image"], neg / f"{item['id']}_{'head' if head else 'brain'}_{mm}mm.nii.gz")
+            tpl = load_fsl_template(int(mm))  # lesion-free: the image alone, no tissue reference needed
+            for kind, image in (("head", tpl.t1), ("brain", tpl.t1 * tpl.brain_mask)):
+                write_nifti(neg / f"fsl_template_{kind}_{mm}mm.nii.gz", image.astype(np.float32), tpl.affine,
+                            dtype=np.float32, xform_code=1)
     return neg, pos
 
 

@@ -21,7 +21,6 @@ brain mask is the truth for brain extraction.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,33 +201,16 @@ def make_fsl_template_checks(
     Returns:
         Path of the set's ``datalist.json`` (the layout of :func:`medmamba.data.shift_suite.make_shift_set`).
     """
-    from medmamba.data.shift_suite import plant_ellipsoid_lesions
-    from medmamba.io.nifti import write_nifti
+    from medmamba.data.shift_suite import write_template_checks
 
     tpl = load_fsl_template(resolution_mm)
-    voxel_mm = float(np.linalg.norm(tpl.affine[:3, 0]))
     tissue = intensity_mixture_labels(tpl.t1, tpl.brain_mask)
-    base = tpl.t1 if head else tpl.t1 * tpl.brain_mask
-    base = base.astype(np.float32)
-    name = f"fsl_{'head' if head else 'brain'}_{resolution_mm}mm"
-    root = Path(out_dir) / name
-    cases = [("fsl_template", base, np.zeros(tissue.shape, np.uint8))]
+    base = (tpl.t1 if head else tpl.t1 * tpl.brain_mask).astype(np.float32)
+    kind = "head" if head else "brain"
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_000_003, int(resolution_mm)]))
-    for k in range(int(n_planted)):
-        factor = 0.45 if k % 2 == 0 else 1.45
-        img, mask = plant_ellipsoid_lesions(base, tissue, rng, voxel_mm, n_lesions=1 + k % 2, factor=factor)
-        if not head:
-            img = img * tpl.brain_mask
-        cases.append((f"fsl_template_planted{k}_{'hypo' if factor < 1 else 'hyper'}", img, mask))
-    items = []
-    for cid, img, mask in cases:
-        write_nifti(root / "images" / f"{cid}.nii.gz", img, tpl.affine, dtype=np.float32, xform_code=1)
-        write_nifti(root / "labels" / f"{cid}_tissue.nii.gz", tissue, tpl.affine, dtype=np.uint8, xform_code=1)
-        write_nifti(root / "labels" / f"{cid}_lesion.nii.gz", mask, tpl.affine, dtype=np.uint8, xform_code=1)
-        items.append({"id": cid, "image": f"images/{cid}.nii.gz", "label": f"labels/{cid}_tissue.nii.gz",
-                      "lesion": f"labels/{cid}_lesion.nii.gz", "has_lesion": int(mask.any())})
-    datalist = {"name": f"FSL MNI152 template checks, {'whole head' if head else 'skull-stripped'}, {resolution_mm} mm",
-                "seed": seed, "test": items}
-    path = root / "datalist.json"
-    path.write_text(json.dumps(datalist, indent=1) + "\n")
-    return path
+    return write_template_checks(
+        Path(out_dir) / f"fsl_{kind}_{resolution_mm}mm",
+        f"FSL MNI152 template checks, {'whole head' if head else 'skull-stripped'}, {resolution_mm} mm",
+        "fsl_template", base, tissue, tpl.affine, rng, n_planted=n_planted, seed=seed,
+        keep=None if head else tpl.brain_mask,
+    )

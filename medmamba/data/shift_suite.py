@@ -31,6 +31,7 @@ __all__ = [
     "SHIFT_SETTINGS",
     "make_template_checks",
     "plant_ellipsoid_lesions",
+    "write_template_checks",
     "T2_MEANS",
     "ShiftSetting",
     "make_shift_set",
@@ -302,27 +303,67 @@ def make_template_checks(out_dir: str | os.PathLike[str], resolution_mm: int = 2
         Path of the set's ``datalist.json`` (same layout as :func:`make_shift_set`).
     """
     from medmamba.data.synthetic import tissue_labels
-    from medmamba.io.nifti import write_nifti
 
     tpl = load_mni_template(resolution_mm)
-    voxel_mm = float(np.linalg.norm(tpl.affine[:3, 0]))
     tissue = tissue_labels(tpl.gm, tpl.wm, tpl.mask)
-    root = Path(out_dir) / f"mni_template_{resolution_mm}mm"
     base = (tpl.t1 * 1000.0).astype(np.float32)
-    cases = [("template", base, np.zeros(tissue.shape, np.uint8))]
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_000_002, int(resolution_mm)]))
+    return write_template_checks(
+        Path(out_dir) / f"mni_template_{resolution_mm}mm", f"MNI152 template checks, {resolution_mm} mm", "template",
+        base, tissue, tpl.affine, rng, n_planted=n_planted, seed=seed,
+    )
+
+
+def write_template_checks(
+    root: Path,
+    title: str,
+    prefix: str,
+    image: np.ndarray,
+    tissue: np.ndarray,
+    affine: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    n_planted: int,
+    seed: int,
+    keep: np.ndarray | None = None,
+) -> Path:
+    """Write a lesion-free template image and copies with planted lesions as one check set.
+
+    Copy ``k`` gets ``1 + k % 2`` lesions of :func:`plant_ellipsoid_lesions`, hypointense (factor
+    0.45) for even ``k``, hyperintense (1.45) for odd ``k``.
+
+    Args:
+        root: The set's folder (``images/``, ``labels/``, ``datalist.json``).
+        title: The datalist's ``name``.
+        prefix: Case id of the lesion-free image; the copies are ``<prefix>_planted<k>_<hypo|hyper>``.
+        image: The lesion-free image.
+        tissue: Its tissue labels (3: white matter), written as every case's ``label``.
+        affine: Voxel-to-RAS affine (isotropic voxels).
+        rng: Random generator of the lesion placement.
+        n_planted: Number of copies with planted lesions.
+        seed: Recorded in the datalist.
+        keep: Where the copies keep their intensities (a brain mask for skull-stripped sets); ``None``: everywhere.
+
+    Returns:
+        Path of the set's ``datalist.json``.
+    """
+    from medmamba.io.nifti import write_nifti
+
+    voxel_mm = float(np.linalg.norm(np.asarray(affine)[:3, 0]))
+    cases = [(prefix, image, np.zeros(tissue.shape, np.uint8))]
     for k in range(int(n_planted)):
         factor = 0.45 if k % 2 == 0 else 1.45
-        img, mask = plant_ellipsoid_lesions(base, tissue, rng, voxel_mm, n_lesions=1 + k % 2, factor=factor)
-        cases.append((f"template_planted{k}_{'hypo' if factor < 1 else 'hyper'}", img, mask))
+        img, mask = plant_ellipsoid_lesions(image, tissue, rng, voxel_mm, n_lesions=1 + k % 2, factor=factor)
+        if keep is not None:
+            img = img * keep
+        cases.append((f"{prefix}_planted{k}_{'hypo' if factor < 1 else 'hyper'}", img, mask))
     items = []
     for name, img, mask in cases:
-        write_nifti(root / "images" / f"{name}.nii.gz", img, tpl.affine, dtype=np.float32, xform_code=1)
-        write_nifti(root / "labels" / f"{name}_tissue.nii.gz", tissue, tpl.affine, dtype=np.uint8, xform_code=1)
-        write_nifti(root / "labels" / f"{name}_lesion.nii.gz", mask, tpl.affine, dtype=np.uint8, xform_code=1)
+        write_nifti(root / "images" / f"{name}.nii.gz", img, affine, dtype=np.float32, xform_code=1)
+        write_nifti(root / "labels" / f"{name}_tissue.nii.gz", tissue, affine, dtype=np.uint8, xform_code=1)
+        write_nifti(root / "labels" / f"{name}_lesion.nii.gz", mask, affine, dtype=np.uint8, xform_code=1)
         items.append({"id": name, "image": f"images/{name}.nii.gz", "label": f"labels/{name}_tissue.nii.gz",
                       "lesion": f"labels/{name}_lesion.nii.gz", "has_lesion": int(mask.any())})
-    datalist = {"name": f"MNI152 template checks, {resolution_mm} mm", "seed": seed, "test": items}
-    path = root / "datalist.json"
-    path.write_text(json.dumps(datalist, indent=1) + "\n")
+    path = Path(root) / "datalist.json"
+    path.write_text(json.dumps({"name": title, "seed": seed, "test": items}, indent=1) + "\n")
     return path
