@@ -101,7 +101,27 @@ def test_quantiles_argument_errors() -> None:
         quantiles(torch.ones(3), [1.5])
 
 
+def test_centre_statistics_give_a_head_and_its_stripped_brain_the_same_normalisation() -> None:
+    g = torch.Generator().manual_seed(0)
+    head = torch.zeros(1, 60, 60, 60)
+    head[0, 5:55, 5:55, 5:55] = 300.0 + 50.0 * torch.rand(50, 50, 50, generator=g)  # scalp, skull, muscle
+    head[0, 12:48, 12:48, 12:48] = 500.0 + 100.0 * torch.rand(36, 36, 36, generator=g)  # brain
+    brain = torch.zeros_like(head)
+    brain[0, 12:48, 12:48, 12:48] = head[0, 12:48, 12:48, 12:48]
+    inner = (0, slice(20, 40), slice(20, 40), slice(20, 40))
+    for region, close in (("foreground", False), ("centre", True)):
+        norm = MRNormalize(lower=None, upper=None, statistics_region=region)
+        a, b = torch.as_tensor(norm(head))[inner], torch.as_tensor(norm(brain))[inner]
+        assert torch.allclose(a, b, atol=0.05) == close, region
+    # the central box of the foreground's bounding box: for the stripped brain, all of it is brain
+    assert torch.as_tensor(MRNormalize(lower=None, upper=None, statistics_region="centre")(brain))[0, 12:48, 12:48, 12:48].mean().abs() < 0.1
+
+
 def test_mr_normalise_argument_errors() -> None:
+    with pytest.raises(ValueError, match="statistics_region must be 'foreground' or 'centre', got 'brain'"):
+        MRNormalize(statistics_region="brain")
+    with pytest.raises(ValueError, match="centre_fraction must be in"):
+        MRNormalize(centre_fraction=0.0)
     with pytest.raises(ValueError, match="lower"):
         MRNormalize(lower=-1)
     with pytest.raises(ValueError, match="must be <"):

@@ -81,6 +81,21 @@ def foreground_threshold(channel: torch.Tensor, foreground_fraction: float = 0.1
     return quantiles(channel, [0.99])[0] * foreground_fraction
 
 
+def _central_box(mask: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``mask`` restricted to the box spanning the middle ``fraction`` of its bounding box per axis."""
+    idx = torch.nonzero(mask)
+    lo, hi = idx.min(dim=0).values, idx.max(dim=0).values + 1
+    box = torch.zeros_like(mask)
+    sl = []
+    for a in range(mask.ndim):
+        centre, half = (int(lo[a]) + int(hi[a])) / 2.0, (int(hi[a]) - int(lo[a])) * fraction / 2.0
+        start = int(np.floor(centre - half))
+        sl.append(slice(start, max(start + 1, int(np.ceil(centre + half)))))
+    box[tuple(sl)] = True
+    inside = mask & box
+    return inside if bool(inside.any()) else mask
+
+
 def foreground_mask(channel: torch.Tensor, foreground_fraction: float = 0.1, threshold: float | None = None) -> torch.Tensor:
     """Foreground voxels of one channel.
 
@@ -110,6 +125,12 @@ class MRNormalize(Transform):
         zscore: Apply the z-score (otherwise only clip).
         background_value: Value written outside the foreground after normalising (``None`` keeps
             the normalised values there).
+        statistics_region: Where the clipping percentiles and z-score statistics are taken:
+            ``"foreground"`` (every foreground voxel) or ``"centre"`` (the foreground voxels inside
+            the central box spanning the middle ``centre_fraction`` of the foreground's bounding box
+            along each axis: in a head, mostly brain, so that a whole head and the same brain
+            skull-stripped get about the same statistics).
+        centre_fraction: Size of that central box, as a fraction of the bounding box per axis.
     """
 
     def __init__(
@@ -120,7 +141,15 @@ class MRNormalize(Transform):
         threshold: float | None = None,
         zscore: bool = True,
         background_value: float | None = None,
+        statistics_region: str = "foreground",
+        centre_fraction: float = 0.5,
     ) -> None:
+        if statistics_region not in ("foreground", "centre"):
+            raise ValueError(f"statistics_region must be 'foreground' or 'centre', got {statistics_region!r}")
+        if not 0.0 < float(centre_fraction) <= 1.0:
+            raise ValueError(f"centre_fraction must be in (0, 1], got {centre_fraction!r}")
+        self.statistics_region = statistics_region
+        self.centre_fraction = float(centre_fraction)
         for name, val in (("lower", lower), ("upper", upper)):
             if val is not None and not 0.0 <= val <= 100.0:
                 raise ValueError(f"{name} must be a percentile in [0, 100], got {val!r}")
@@ -141,9 +170,10 @@ class MRNormalize(Transform):
         for c in range(t.shape[0]):
             x = t[c].as_tensor() if hasattr(t[c], "as_tensor") else t[c]
             fg = foreground_mask(x, self.foreground_fraction, self.threshold)
+            region = _central_box(fg, self.centre_fraction) if self.statistics_region == "centre" else fg
             # the foreground values, gathered once (numpy's boolean gather is several times faster on
             # the CPU than torch's); the z-score statistics are those of the clipped gathered values
-            v = torch.from_numpy(x.numpy()[fg.numpy()]) if x.device.type == "cpu" else x[fg]
+            v = torch.from_numpy(x.numpy()[region.numpy()]) if x.device.type == "cpu" else x[region]
             y = x
             if self.lower is not None or self.upper is not None:
                 found = iter(quantiles(v, [p / 100.0 for p in (self.lower, self.upper) if p is not None]))
