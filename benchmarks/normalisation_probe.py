@@ -8,7 +8,8 @@ z-scores over the foreground, whose statistics differ with and without the head.
 the bundle's own preprocessing and predictor (``inference.json``) and scores:
 
 - the whole head and the stripped brain as deployed (each normalised by its own statistics);
-- the stripped brain normalised by the *whole head's* clip level, mean and standard deviation.
+- the stripped brain normalised by the *whole head's* clip level, mean and standard deviation
+  (``MRNormalize.statistics`` of the head, passed to ``MRNormalize(brain, statistics=...)``).
 
 If the third score falls to the first, the gap is the normalisation, not the anatomy.
 
@@ -31,17 +32,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import machine_line  # noqa: E402
 
-from medmamba.transforms.mr_normalize import foreground_mask  # noqa: E402
-
-
-def foreground_statistics(image: torch.Tensor, lower: float = 0.5, fraction: float = 0.1) -> tuple[float, float, float]:
-    """``(clip level, mean, std)`` of ``MRNormalize`` (lower percentile, no upper clip) on a ``(1, H, W, D)`` image."""
-    x = image[0].as_tensor() if hasattr(image[0], "as_tensor") else image[0]
-    v = x[foreground_mask(x, fraction, None)].double()
-    lo = float(torch.quantile(v[:: max(1, v.numel() // 4_000_000)], lower / 100.0))
-    v = v.clamp(min=lo)
-    return lo, float(v.mean()), float(v.std())
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     if type(steps[-1]).__name__ != "MRNormalized":
         raise ValueError(f"the preprocessing's last step is {type(steps[-1]).__name__}, expected MRNormalized")
     normalise, before = steps[-1].normalizer, Compose(steps[:-1])
-    if normalise.upper is not None or not normalise.zscore or normalise.lower is None:
-        raise ValueError("the probe reproduces MRNormalize with a lower clip, no upper clip and a z-score")
     predictor = cp.get_parsed_content("predictor")
 
     def score(image: torch.Tensor) -> float:
@@ -78,16 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         for mm in args.resolutions:
             tpl = load_fsl_template(mm)
             paths = {}
-            for kind, image in (("head", tpl.t1), ("brain", tpl.t1 * tpl.brain_mask)):
+            for kind, head in (("head", True), ("brain", False)):
                 paths[kind] = Path(tmp) / f"{kind}_{mm}mm.nii.gz"
-                write_nifti(paths[kind], image.astype(np.float32), tpl.affine, dtype=np.float32, xform_code=1)
+                write_nifti(paths[kind], tpl.image(head), tpl.affine, dtype=np.float32, xform_code=1)
             head, brain = (before({"image": str(paths[k])})["image"] for k in ("head", "brain"))
             s_head, s_brain = score(normalise(head)), score(normalise(brain))
-            lo, mean, std = foreground_statistics(head, normalise.lower, normalise.foreground_fraction)
-            s_swapped = score((brain.clamp(min=lo) - mean) / std)
-            b = foreground_statistics(brain, normalise.lower, normalise.foreground_fraction)
-            print(f"| {mm} mm | {s_head:.2f} | {s_brain:.2f} | {s_swapped:.2f} | "
-                  f"{lo:.0f}, {mean:.0f}, {std:.0f} / {b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f} |")
+            head_stats, brain_stats = normalise.statistics(head[0]), normalise.statistics(brain[0])
+            s_swapped = score(normalise(brain, statistics=[head_stats]))
+
+            def cells(st: tuple) -> str:
+                return ", ".join("-" if v is None else f"{float(v):.0f}" for v in (st[0], st[2], st[3]))
+
+            print(f"| {mm} mm | {s_head:.2f} | {s_brain:.2f} | {s_swapped:.2f} | {cells(head_stats)} / {cells(brain_stats)} |")
     return 0
 
 

@@ -117,6 +117,27 @@ def test_centre_statistics_give_a_head_and_its_stripped_brain_the_same_normalisa
     assert torch.as_tensor(MRNormalize(lower=None, upper=None, statistics_region="centre")(brain))[0, 12:48, 12:48, 12:48].mean().abs() < 0.1
 
 
+def test_mr_normalise_statistics_are_those_it_normalises_with_and_can_come_from_another_image() -> None:
+    g = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 24, 20, 16)
+    image[0, 4:20, 4:16, 3:13] = 500.0 + 200.0 * torch.rand(16, 12, 10, generator=g)
+    image[0, 8:12, 8:12, 6:9] = 60.0  # dark voxels below the foreground threshold: clipped up to its 0.5th percentile
+    norm = MRNormalize(upper=None)
+    lo, hi, mean, std = norm.statistics(image[0])
+    fg = image[0][image[0] > 0.1 * torch.quantile(image[0].flatten(), 0.99)].double()  # an independent computation
+    assert hi is None and float(lo) == pytest.approx(float(torch.quantile(fg, 0.005)), rel=1e-4)
+    assert mean == pytest.approx(float(fg.clamp(min=float(lo)).mean()), rel=1e-5)
+    assert std == pytest.approx(float(fg.clamp(min=float(lo)).std()), rel=1e-4)
+    expected = torch.as_tensor(norm(image))
+    assert torch.equal(torch.as_tensor(norm(image, statistics=[(lo, hi, mean, std)])), expected)
+    other = image * 2.0  # normalised with the first image's statistics, not its own
+    torch.testing.assert_close(torch.as_tensor(norm(other, statistics=[(lo, hi, mean, std)])),
+                               (other.clamp(min=float(lo)) - mean) / std)
+    assert not torch.allclose(torch.as_tensor(norm(other)), (other.clamp(min=float(lo)) - mean) / std)
+    with pytest.raises(ValueError, match="statistics holds 2 entries, expected one per channel"):
+        norm(image, statistics=[(lo, hi, mean, std)] * 2)
+
+
 def test_mr_normalise_argument_errors() -> None:
     with pytest.raises(ValueError, match="statistics_region must be 'foreground' or 'centre', got 'brain'"):
         MRNormalize(statistics_region="brain")

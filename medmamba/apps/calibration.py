@@ -184,7 +184,7 @@ def release_sets(
         ValueError: the datalist has no ``validation`` list or an entry without ``image``/``label``.
         FileNotFoundError: ``fsl_template`` and the template's files (package ``nimare``) are not installed.
     """
-    import numpy as np
+    import numpy as np  # the images' dtype
 
     from medmamba.data.fsl_template import fsl_template_paths, load_fsl_template
     from medmamba.data.shift_suite import make_template_checks
@@ -211,8 +211,8 @@ def release_sets(
             _copy(checks.parent / item["image"], (pos if item["has_lesion"] else neg) / f"{item['id']}_{mm}mm.nii.gz")
         if fsl_template:
             tpl = load_fsl_template(int(mm))  # lesion-free: the image alone, no tissue reference needed
-            for kind, image in (("head", tpl.t1), ("brain", tpl.t1 * tpl.brain_mask)):
-                write_nifti(neg / f"fsl_template_{kind}_{mm}mm.nii.gz", image.astype(np.float32), tpl.affine,
+            for kind, head in (("head", True), ("brain", False)):
+                write_nifti(neg / f"fsl_template_{kind}_{mm}mm.nii.gz", tpl.image(head), tpl.affine,
                             dtype=np.float32, xform_code=1)
     return neg, pos
 

@@ -55,6 +55,10 @@ class FslTemplate:
     brain_mask: np.ndarray
     affine: np.ndarray
 
+    def image(self, head: bool = True) -> np.ndarray:
+        """The whole head (``head=True``) or the brain skull-stripped by the template's mask, float32."""
+        return (self.t1 if head else self.t1 * self.brain_mask).astype(np.float32)
+
 
 def fsl_template_paths(resolution_mm: int = 2) -> tuple[Path, Path]:
     """Where the installed ``nimare`` package keeps FSL's MNI152 T1 template and its brain mask.
@@ -205,7 +209,7 @@ def make_fsl_template_checks(
 
     tpl = load_fsl_template(resolution_mm)
     tissue = intensity_mixture_labels(tpl.t1, tpl.brain_mask)
-    base = (tpl.t1 if head else tpl.t1 * tpl.brain_mask).astype(np.float32)
+    base = tpl.image(head)
     kind = "head" if head else "brain"
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_000_003, int(resolution_mm)]))
     return write_template_checks(

@@ -163,26 +163,56 @@ class MRNormalize(Transform):
         self.zscore = zscore
         self.background_value = background_value
 
-    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
-        """Normalise ``img`` (channel-first)."""
+    def _statistics(self, x: torch.Tensor, fg: torch.Tensor) -> tuple[Any, Any, float, float]:
+        region = _central_box(fg, self.centre_fraction) if self.statistics_region == "centre" else fg
+        # the foreground values, gathered once (numpy's boolean gather is several times faster on
+        # the CPU than torch's); the z-score statistics are those of the clipped gathered values
+        v = torch.from_numpy(x.numpy()[region.numpy()]) if x.device.type == "cpu" else x[region]
+        lo = hi = None
+        if self.lower is not None or self.upper is not None:
+            found = iter(quantiles(v, [p / 100.0 for p in (self.lower, self.upper) if p is not None]))
+            lo = next(found) if self.lower is not None else None
+            hi = next(found) if self.upper is not None else None
+            v = torch.clamp(v, min=lo, max=hi)
+        mean, std = 0.0, 1.0
+        if self.zscore:
+            mean, std = float(v.mean()), float(v.std()) if v.numel() > 1 else 1.0
+        return lo, hi, mean, std
+
+    def statistics(self, channel: torch.Tensor) -> tuple[Any, Any, float, float]:
+        """What one channel is normalised with: ``(lower clip, upper clip, mean, std)``.
+
+        Args:
+            channel: Intensities of one channel.
+
+        Returns:
+            The clip levels (``None`` where that side is not clipped) and the z-score's mean and
+            standard deviation (0 and 1 without the z-score).
+        """
+        x = channel.as_tensor() if hasattr(channel, "as_tensor") else torch.as_tensor(channel)
+        x = x.float()
+        return self._statistics(x, foreground_mask(x, self.foreground_fraction, self.threshold))
+
+    def __call__(self, img: NdarrayOrTensor, statistics: Sequence[tuple[Any, Any, float, float]] | None = None) -> torch.Tensor:
+        """Normalise ``img`` (channel-first).
+
+        Args:
+            img: Channel-first image.
+            statistics: Per channel, the :meth:`statistics` to normalise with instead of the
+                channel's own (e.g. another image's); ``None``: each channel's own.
+        """
         t = convert_to_tensor(img, track_meta=True, dtype=torch.float32)
+        if statistics is not None and len(statistics) != t.shape[0]:
+            raise ValueError(f"statistics holds {len(statistics)} entries, expected one per channel ({t.shape[0]})")
         out = t.clone()
         for c in range(t.shape[0]):
             x = t[c].as_tensor() if hasattr(t[c], "as_tensor") else t[c]
             fg = foreground_mask(x, self.foreground_fraction, self.threshold)
-            region = _central_box(fg, self.centre_fraction) if self.statistics_region == "centre" else fg
-            # the foreground values, gathered once (numpy's boolean gather is several times faster on
-            # the CPU than torch's); the z-score statistics are those of the clipped gathered values
-            v = torch.from_numpy(x.numpy()[region.numpy()]) if x.device.type == "cpu" else x[region]
+            lo, hi, mean, std = self._statistics(x, fg) if statistics is None else statistics[c]
             y = x
             if self.lower is not None or self.upper is not None:
-                found = iter(quantiles(v, [p / 100.0 for p in (self.lower, self.upper) if p is not None]))
-                lo = next(found) if self.lower is not None else None
-                hi = next(found) if self.upper is not None else None
                 y = torch.clamp(y, min=lo, max=hi)
-                v = torch.clamp(v, min=lo, max=hi)
             if self.zscore:
-                mean, std = float(v.mean()), float(v.std()) if v.numel() > 1 else 1.0
                 y = (y - mean) / (std if std > 1e-8 else 1.0)
             elif y is x:
                 y = x.clone()
