@@ -188,6 +188,27 @@ def test_training_intensity_augmentation_spans_the_head_dependent_contrast() -> 
     assert scale.scaler.factors == (-0.1, 0.1) and shift.shifter.offsets == (-0.1, 0.1) and scale.prob == 0.5
 
 
+def test_inference_and_evaluation_normalise_over_the_predicted_brain() -> None:
+    """0.6.8: the prediction and the evaluation run through BrainNormalizingInferer: a first
+    (flip-TTA slice) pass finds the brain, the volume is z-scored over it, the second pass
+    segments; ``tissue_passes`` reaches it and 0 switches it off (docs/real-scans.md)."""
+    from monai.bundle import ConfigParser
+
+    from medmamba.inferers import BrainNormalizingInferer, FlipTTAInferer
+
+    for config, user in (("inference.json", "predictor#inferer"), ("evaluate.json", "evaluator#inferer")):
+        for passes in (1, 0, 2):
+            parser = ConfigParser()
+            parser.read_config(str(CONFIGS / config))
+            parser["tissue_passes"] = passes
+            inferer = parser.get_parsed_content("brain_normalizing_inferer")
+            assert isinstance(inferer, BrainNormalizingInferer)
+            assert inferer.network_kind == "segmentation" and inferer.tissue_passes == passes
+            assert isinstance(inferer.inferer, FlipTTAInferer)
+            assert parser.get(user) == "@brain_normalizing_inferer"
+        assert json.loads((CONFIGS / config).read_text())["tissue_passes"] == 1
+
+
 def test_evaluation_and_inference_keep_the_largest_brain_component() -> None:
     from monai.bundle import ConfigParser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .brain_normalization import BrainNormalizingInferer, tissue_network
 from .flip_tta import FlipTTAInferer
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
 from .slice_stack import SliceStackInferer, expected_in_channels
@@ -15,6 +16,7 @@ from .volume_predictor import VolumeClassifier, VolumePredictor, VolumeSegmenter
 
 __all__ = [
     "AGGREGATIONS",
+    "BrainNormalizingInferer",
     "FlipTTAInferer",
     "SliceAggregationInferer",
     "SliceAggregator",
@@ -26,5 +28,6 @@ __all__ = [
     "expected_in_channels",
     "lesion_log_odds",
     "lesion_probability",
+    "tissue_network",
     "volume_log_odds",
 ]

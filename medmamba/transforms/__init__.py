@@ -9,6 +9,7 @@ from __future__ import annotations
 from medmamba.transforms.anti_aliasing import AntiAliasedSpacingd, anti_aliasing_sigma
 from medmamba.transforms.bias_field import RandBiasField, RandBiasFieldd, legendre_coefficients
 from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd
+from medmamba.transforms.brain_normalize import BrainNormalize, BrainNormalized
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.label_map import LabelMap, LabelMapd, channel_argmax
 from medmamba.transforms.lesion_insertion import RandLesionInsertd, RandStackLesionInsertd
@@ -34,6 +35,8 @@ from medmamba.transforms.tissue_refinement import (
 )
 
 __all__ = [
+    "BrainNormalize",
+    "BrainNormalized",
     "AntiAliasedSpacingd",
     "anti_aliasing_sigma",
     "AMBIGUOUS",

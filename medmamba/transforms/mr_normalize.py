@@ -163,8 +163,8 @@ class MRNormalize(Transform):
         self.zscore = zscore
         self.background_value = background_value
 
-    def _statistics(self, x: torch.Tensor, fg: torch.Tensor) -> tuple[Any, Any, float, float]:
-        region = _central_box(fg, self.centre_fraction) if self.statistics_region == "centre" else fg
+    def _statistics(self, x: torch.Tensor, fg: torch.Tensor, region_given: bool = False) -> tuple[Any, Any, float, float]:
+        region = _central_box(fg, self.centre_fraction) if self.statistics_region == "centre" and not region_given else fg
         # the foreground values, gathered once (numpy's boolean gather is several times faster on
         # the CPU than torch's); the z-score statistics are those of the clipped gathered values
         v = torch.from_numpy(x.numpy()[region.numpy()]) if x.device.type == "cpu" else x[region]
@@ -179,19 +179,32 @@ class MRNormalize(Transform):
             mean, std = float(v.mean()), float(v.std()) if v.numel() > 1 else 1.0
         return lo, hi, mean, std
 
-    def statistics(self, channel: torch.Tensor) -> tuple[Any, Any, float, float]:
+    def statistics(self, channel: torch.Tensor, region: torch.Tensor | None = None) -> tuple[Any, Any, float, float]:
         """What one channel is normalised with: ``(lower clip, upper clip, mean, std)``.
 
         Args:
             channel: Intensities of one channel.
+            region: Boolean mask of ``channel``'s shape: take the statistics over these voxels
+                instead of the foreground (e.g. a brain mask); ``None``: the foreground (or its
+                centre, per ``statistics_region``).
 
         Returns:
             The clip levels (``None`` where that side is not clipped) and the z-score's mean and
             standard deviation (0 and 1 without the z-score).
+
+        Raises:
+            ValueError: ``region`` has another shape than ``channel`` or selects no voxel.
         """
         x = channel.as_tensor() if hasattr(channel, "as_tensor") else torch.as_tensor(channel)
         x = x.float()
-        return self._statistics(x, foreground_mask(x, self.foreground_fraction, self.threshold))
+        if region is None:
+            return self._statistics(x, foreground_mask(x, self.foreground_fraction, self.threshold))
+        r = torch.as_tensor(region).to(device=x.device, dtype=torch.bool)
+        if tuple(r.shape) != tuple(x.shape):
+            raise ValueError(f"region must have the channel's shape {tuple(x.shape)}, got {tuple(r.shape)}.")
+        if not bool(r.any()):
+            raise ValueError("region selects no voxel; expected a mask with at least one voxel set.")
+        return self._statistics(x, r, region_given=True)
 
     def __call__(self, img: NdarrayOrTensor, statistics: Sequence[tuple[Any, Any, float, float]] | None = None) -> torch.Tensor:
         """Normalise ``img`` (channel-first).

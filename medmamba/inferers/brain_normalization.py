@@ -1,0 +1,141 @@
+"""Two-pass inference: the network's own tissue map first, then the volume normalised over its brain.
+
+:class:`medmamba.transforms.MRNormalize` z-scores a volume over its foreground, which in a whole
+head holds scalp, fat, muscle and skull beside the brain, so the same brain reaches the network with
+other values with its head than skull-stripped. :class:`BrainNormalizingInferer` runs a network that
+predicts background and brain tissue over the volume first, takes the brain (every voxel whose most
+likely class is not background: the largest connected part, holes filled,
+:class:`medmamba.transforms.BrainMask`), re-normalises the volume with the statistics of those
+voxels (:class:`medmamba.transforms.BrainNormalize`) and runs the network again on the result. The
+network is a tissue segmentation network (``network_kind="segmentation"``: the segmentation
+bundle) or a lesion-map classifier (:class:`medmamba.networks.LesionMapClassifier`,
+``network_kind="lesion_map"``), whose segmentation network gives the tissue map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+from torch import nn
+
+from medmamba.inferers.slice_stack import expected_in_channels
+from medmamba.transforms.brain_mask import BrainMask
+from medmamba.transforms.brain_normalize import BrainNormalize
+
+__all__ = ["BrainNormalizingInferer", "tissue_network"]
+
+
+class _MemberMean(nn.Module):
+    """Mean of the members' tissue logits (the tissue network of a seed ensemble)."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.in_channels = expected_in_channels(members[0]) or -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def tissue_network(network: Any) -> Any:
+    """The segmentation network under a lesion-map classifier (its dense background/tissue/lesion logits).
+
+    Unwraps ``DataParallel``-style ``.module``, :class:`medmamba.networks.FuseOnLoad` (``.network``),
+    seed ensembles (``.networks``: the mean of the members' logits) and eager or TorchScript
+    :class:`medmamba.networks.LesionMapClassifier` (``.network``).
+
+    Raises:
+        TypeError: ``network`` holds no lesion-map classifier.
+    """
+    net = network
+    for _ in range(16):
+        if hasattr(net, "lesion_channel") and hasattr(net, "network"):
+            return net.network
+        members = getattr(net, "networks", None)
+        if members is not None:
+            return _MemberMean([tissue_network(m) for m in members])
+        if hasattr(net, "module"):
+            net = net.module
+        elif hasattr(net, "is_fused") and hasattr(net, "network"):
+            net = net.network
+        else:
+            break
+    raise TypeError(
+        f"network must be a lesion-map classifier (a module with 'lesion_channel' and 'network', possibly "
+        f"fused, wrapped or an ensemble of them), got {type(network).__name__}."
+    )
+
+
+class BrainNormalizingInferer(Inferer):
+    """Run a network on volumes normalised over the brain that the network's own tissue map finds.
+
+    Args:
+        inferer: the inferer of every pass, e.g. :class:`medmamba.inferers.SliceStackInferer` or
+            :class:`medmamba.inferers.FlipTTAInferer` (it must return ``(B, K, *spatial)`` logits
+            for the tissue network).
+        background_channel: index of the background class in the tissue network's output; every
+            other class (tissues and lesion) counts as brain.
+        lower, upper: clipping percentiles over the brain (:class:`medmamba.transforms.BrainNormalize`).
+        min_voxels: with fewer brain voxels the volume is classified as given (its own normalisation).
+        tissue_passes: tissue passes before the final one: with 1, the brain found on the given
+            volume gives the statistics; with 2, the brain found on that re-normalised volume gives
+            them (the tissue network then sees brain-normalised input); 0 switches the brain
+            normalisation off (the volume goes to ``inferer`` as given).
+        network_kind: ``"lesion_map"``: the network is a lesion-map classifier and the tissue comes
+            from its segmentation network (:func:`tissue_network`); ``"segmentation"``: the network
+            itself predicts background and tissue (a tissue segmentation network, whose second
+            pass is then the returned segmentation).
+
+    Raises:
+        TypeError: ``inferer`` is not callable.
+        ValueError: ``tissue_passes`` is not a non-negative integer, or an unknown ``network_kind``.
+    """
+
+    def __init__(
+        self,
+        inferer: Callable[..., Any],
+        background_channel: int = 0,
+        lower: float | None = 0.5,
+        upper: float | None = None,
+        min_voxels: int = 1000,
+        tissue_passes: int = 1,
+        network_kind: str = "lesion_map",
+    ) -> None:
+        if network_kind not in ("lesion_map", "segmentation"):
+            raise ValueError(f"network_kind must be 'lesion_map' or 'segmentation', got {network_kind!r}.")
+        self.network_kind = network_kind
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        if isinstance(tissue_passes, bool) or not isinstance(tissue_passes, int) or tissue_passes < 0:
+            raise ValueError(f"tissue_passes must be a non-negative integer, got {tissue_passes!r}.")
+        self.tissue_passes = tissue_passes
+        super().__init__()
+        self.inferer = inferer
+        self.background_channel = int(background_channel)
+        self.masker = BrainMask()
+        self.normalizer = BrainNormalize(lower=lower, upper=upper, min_voxels=min_voxels)
+
+    def brain_masks(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:
+        """Boolean brain masks ``(B, *spatial)`` from the tissue network's most likely class per voxel."""
+        logits = self.inferer(inputs, tissue_network(network) if self.network_kind == "lesion_map" else network)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != inputs.ndim:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"the tissue pass must return logits (B, K, *spatial) for inputs {tuple(inputs.shape)}, got {shape}.")
+        if not 0 <= self.background_channel < logits.shape[1]:
+            raise ValueError(f"background_channel {self.background_channel} is not a channel of the tissue logits ({logits.shape[1]}).")
+        not_background = (torch.as_tensor(logits).argmax(1) != self.background_channel).cpu().numpy()
+        return torch.stack([torch.from_numpy(self.masker.mask(m)) for m in not_background])
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``inferer(volumes, network)`` of ``inputs`` ``(B, C, *spatial)`` normalised over each volume's brain."""
+        normalised = inputs
+        for _ in range(self.tissue_passes):
+            masks = self.brain_masks(normalised, network)
+            normalised = inputs.clone()
+            for b in range(inputs.shape[0]):
+                volume = self.normalizer(inputs[b], masks[b])
+                normalised[b] = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
+        return self.inferer(normalised, network, *args, **kwargs)

@@ -1,0 +1,145 @@
+"""Brain-tissue normalisation: the transform, MRNormalize's region statistics, the two-pass inferer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medmamba.inferers import BrainNormalizingInferer, SliceStackInferer, tissue_network
+from medmamba.networks import LesionMapClassifier, MeanEnsemble
+from medmamba.networks.fuse_on_load import FuseOnLoad
+from medmamba.transforms import BrainNormalize, BrainNormalized, MRNormalize
+
+
+def _head_and_brain(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (1, 24, 24, 8) "head": brain in the centre box, a bright scalp ring around it, air outside."""
+    g = torch.Generator().manual_seed(seed)
+    label = torch.zeros(1, 24, 24, 8, dtype=torch.long)
+    label[:, 6:18, 6:18, :] = 2
+    label[:, 9:15, 9:15, 2:6] = 3
+    brain = 600.0 + 100.0 * label.float() + 20.0 * torch.randn(1, 24, 24, 8, generator=g)
+    head = torch.where(label > 0, brain, torch.zeros_like(brain))
+    head[:, 3:21, 3:21, :][label[:, 3:21, 3:21, :] == 0] = 1500.0  # scalp: brighter than any brain voxel
+    head[:, :3] = head[:, 21:] = 0.0
+    head[:, :, :3] = head[:, :, 21:] = 0.0
+    stripped = torch.where(label > 0, brain, torch.zeros_like(brain))
+    return head, stripped, label
+
+
+def test_a_whole_head_and_the_same_brain_stripped_get_the_same_brain_values() -> None:
+    head, stripped, label = _head_and_brain()
+    norm = BrainNormalize(lower=0.5, upper=None)
+    a, b = norm(head, label), norm(stripped, label)
+    inside = label > 0
+    torch.testing.assert_close(a[inside], b[inside])
+    # the foreground z-score does not: the scalp moves the brain's statistics
+    fg = MRNormalize(lower=0.5, upper=None)
+    assert (fg(head)[inside] - fg(stripped)[inside]).abs().max() > 0.5
+
+
+def test_without_clipping_the_brain_has_zero_mean_and_unit_standard_deviation() -> None:
+    head, _, label = _head_and_brain(1)
+    out = BrainNormalize(lower=None, upper=None)(head, label[0])  # a label without channel works too
+    v = out[label > 0]
+    assert abs(float(v.mean())) < 1e-5
+    assert float(v.std()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_brain_labels_select_the_statistics_region() -> None:
+    head, _, label = _head_and_brain(2)
+    out = BrainNormalize(lower=None, upper=None, labels=[3], min_voxels=50)(head, label)
+    v = out[label == 3]
+    assert abs(float(v.mean())) < 1e-5 and float(v.std()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_too_little_brain_leaves_the_image_as_it_is() -> None:
+    head, _, label = _head_and_brain()
+    out = BrainNormalize(min_voxels=10_000)(head, label)  # the brain has 12 * 12 * 8 = 1152 voxels
+    torch.testing.assert_close(out.as_tensor(), head)
+
+
+def test_bad_arguments_and_shapes_are_named() -> None:
+    head, _, label = _head_and_brain()
+    with pytest.raises(ValueError, match=r"label must have the image's spatial shape \(24, 24, 8\)"):
+        BrainNormalize()(head, label[..., :4])
+    with pytest.raises(ValueError, match="min_voxels must be a positive integer, got 0"):
+        BrainNormalize(min_voxels=0)
+    with pytest.raises(ValueError, match="labels must be a non-empty sequence"):
+        BrainNormalize(labels=[])
+    with pytest.raises(ValueError, match="label_key 'tissue' is not in the data"):
+        BrainNormalized(keys="image", label_key="tissue")({"image": head})
+
+
+def test_dictionary_version_uses_the_label_key() -> None:
+    head, _, label = _head_and_brain()
+    d = BrainNormalized(keys="image", label_key="label")({"image": head, "label": label})
+    torch.testing.assert_close(d["image"], BrainNormalize()(head, label))
+    assert torch.equal(d["label"], label)
+
+
+def test_mr_normalize_statistics_over_a_region() -> None:
+    head, _, label = _head_and_brain()
+    inside = (label > 0)[0]
+    lo, hi, mean, std = MRNormalize(lower=None, upper=None).statistics(head[0], region=inside)
+    v = head[0][inside]
+    assert lo is None and hi is None
+    assert mean == pytest.approx(float(v.mean()), rel=1e-6)
+    assert std == pytest.approx(float(v.std()), rel=1e-5)
+    with pytest.raises(ValueError, match="region selects no voxel"):
+        MRNormalize().statistics(head[0], region=torch.zeros_like(inside))
+    with pytest.raises(ValueError, match=r"region must have the channel's shape \(24, 24, 8\)"):
+        MRNormalize().statistics(head[0], region=inside[:, :, :4])
+
+
+class _BoxTissue(nn.Module):
+    """Tissue network stub: background / tissue / lesion logits; tissue in a fixed box, lesion = input / 1000."""
+
+    in_channels = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        box = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.bool)
+        box[:, 6:18, 6:18] = True
+        bg = torch.where(box, torch.zeros(()), torch.full((), 5.0))
+        tissue = torch.where(box, torch.full((), 5.0), torch.zeros(()))
+        return torch.stack([bg, tissue, 1e-3 * x[:, 0]], dim=1)
+
+
+def test_tissue_network_unwraps_fused_ensembles_and_refuses_other_networks() -> None:
+    seg = _BoxTissue()
+    clf = LesionMapClassifier(seg, lesion_channel=-1)
+    assert tissue_network(clf) is seg
+    assert tissue_network(FuseOnLoad(clf)) is seg
+    x = torch.randn(2, 1, 24, 24)
+    ens = tissue_network(MeanEnsemble([clf, LesionMapClassifier(_BoxTissue(), lesion_channel=-1)]))
+    torch.testing.assert_close(ens(x), seg(x))
+    with pytest.raises(TypeError, match="network must be a lesion-map classifier .* got Conv2d"):
+        tissue_network(nn.Conv2d(1, 1, 1))
+
+
+def test_the_inferer_normalises_over_the_brain_its_tissue_pass_finds() -> None:
+    head, stripped, label = _head_and_brain()
+    clf = LesionMapClassifier(_BoxTissue(), lesion_channel=-1, readout="brain").eval()
+    slices = SliceStackInferer(spatial_dim=2, context=0)
+    inferer = BrainNormalizingInferer(slices, min_voxels=100)
+    masks = inferer.brain_masks(head[None], clf)
+    expected_mask = torch.zeros(1, 24, 24, 8, dtype=torch.bool)
+    expected_mask[:, 6:18, 6:18, :] = True
+    assert torch.equal(masks, expected_mask)
+    with torch.no_grad():
+        out_head = inferer(head[None], clf)
+        out_stripped = inferer(stripped[None], clf)
+        explicit = slices(BrainNormalize(min_voxels=100)(head, expected_mask)[None].as_tensor(), clf)
+    assert out_head.shape == (1, 2, 8)
+    torch.testing.assert_close(out_head, explicit)
+    # the brain-readout scores depend only on the box, whose values both inputs normalise alike
+    torch.testing.assert_close(out_head, out_stripped)
+    with pytest.raises(ValueError, match="tissue_passes must be a non-negative integer, got -1"):
+        BrainNormalizingInferer(slices, tissue_passes=-1)
+    with pytest.raises(ValueError, match="network_kind must be 'lesion_map' or 'segmentation', got 'unet'"):
+        BrainNormalizingInferer(slices, network_kind="unet")
+    # no tissue pass: the volume as given
+    with torch.no_grad():
+        torch.testing.assert_close(BrainNormalizingInferer(slices, tissue_passes=0)(head[None], clf), slices(head[None], clf))
+    with pytest.raises(TypeError, match="inferer must be callable"):
+        BrainNormalizingInferer(None)  # type: ignore[arg-type]
