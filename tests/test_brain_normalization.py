@@ -121,7 +121,7 @@ def test_the_inferer_normalises_over_the_brain_its_tissue_pass_finds() -> None:
     head, stripped, label = _head_and_brain()
     clf = LesionMapClassifier(_BoxTissue(), lesion_channel=-1, readout="brain").eval()
     slices = SliceStackInferer(spatial_dim=2, context=0)
-    inferer = BrainNormalizingInferer(slices, min_voxels=100)
+    inferer = BrainNormalizingInferer(slices, min_voxels=100, network_kind="lesion_map")
     masks = inferer.brain_masks(head[None], clf)
     expected_mask = torch.zeros(1, 24, 24, 8, dtype=torch.bool)
     expected_mask[:, 6:18, 6:18, :] = True
@@ -140,6 +140,22 @@ def test_the_inferer_normalises_over_the_brain_its_tissue_pass_finds() -> None:
         BrainNormalizingInferer(slices, network_kind="unet")
     # no tissue pass: the volume as given
     with torch.no_grad():
-        torch.testing.assert_close(BrainNormalizingInferer(slices, tissue_passes=0)(head[None], clf), slices(head[None], clf))
+        torch.testing.assert_close(BrainNormalizingInferer(slices, tissue_passes=0, network_kind="lesion_map")(head[None], clf), slices(head[None], clf))
     with pytest.raises(TypeError, match="inferer must be callable"):
         BrainNormalizingInferer(None)  # type: ignore[arg-type]
+
+
+def test_a_segmentation_network_gives_its_own_brain_and_returns_its_second_pass() -> None:
+    head, _, _ = _head_and_brain(3)
+    seg = _BoxTissue().eval()
+    slices = SliceStackInferer(spatial_dim=2, context=0)
+    box = torch.zeros(1, 24, 24, 8, dtype=torch.bool)
+    box[:, 6:18, 6:18, :] = True
+    with torch.no_grad():
+        out = BrainNormalizingInferer(slices, min_voxels=100)(head[None], seg)  # network_kind="segmentation"
+        explicit = slices(BrainNormalize(min_voxels=100)(head, box)[None].as_tensor(), seg)
+        one_pass = slices(head[None], seg)
+    assert out.shape == (1, 3, 24, 24, 8)
+    torch.testing.assert_close(out, explicit)
+    # the third channel follows the input: normalised over the box it differs from the raw pass
+    assert (out[:, 2] - one_pass[:, 2]).abs().max() > 0.1

@@ -79,15 +79,17 @@ class BrainNormalizingInferer(Inferer):
         background_channel: index of the background class in the tissue network's output; every
             other class (tissues and lesion) counts as brain.
         lower, upper: clipping percentiles over the brain (:class:`medmamba.transforms.BrainNormalize`).
-        min_voxels: with fewer brain voxels the volume is classified as given (its own normalisation).
+        min_voxels: with fewer brain voxels the volume goes to the last pass as given (its own
+            normalisation; e.g. a scan without brain).
         tissue_passes: tissue passes before the final one: with 1, the brain found on the given
             volume gives the statistics; with 2, the brain found on that re-normalised volume gives
             them (the tissue network then sees brain-normalised input); 0 switches the brain
             normalisation off (the volume goes to ``inferer`` as given).
-        network_kind: ``"lesion_map"``: the network is a lesion-map classifier and the tissue comes
-            from its segmentation network (:func:`tissue_network`); ``"segmentation"``: the network
-            itself predicts background and tissue (a tissue segmentation network, whose second
-            pass is then the returned segmentation).
+        network_kind: ``"segmentation"``: the network itself predicts background and tissue (a
+            tissue segmentation network, whose last pass is the returned segmentation; the
+            segmentation bundle since 0.6.8); ``"lesion_map"``: the network is a lesion-map
+            classifier and the tissue comes from its segmentation network (:func:`tissue_network`;
+            tried for the classification bundle, not adopted, ``docs/real-scans.md``).
 
     Raises:
         TypeError: ``inferer`` is not callable.
@@ -102,7 +104,7 @@ class BrainNormalizingInferer(Inferer):
         upper: float | None = None,
         min_voxels: int = 1000,
         tissue_passes: int = 1,
-        network_kind: str = "lesion_map",
+        network_kind: str = "segmentation",
     ) -> None:
         if network_kind not in ("lesion_map", "segmentation"):
             raise ValueError(f"network_kind must be 'lesion_map' or 'segmentation', got {network_kind!r}.")
