@@ -24,6 +24,7 @@ from torch import nn
 from medmamba.inferers.slice_stack import expected_in_channels
 from medmamba.transforms.brain_mask import BrainMask
 from medmamba.transforms.brain_normalize import BrainNormalize
+from medmamba.transforms.label_map import channel_argmax
 
 __all__ = ["BrainNormalizingInferer", "tissue_network"]
 
@@ -128,8 +129,11 @@ class BrainNormalizingInferer(Inferer):
             raise ValueError(f"the tissue pass must return logits (B, K, *spatial) for inputs {tuple(inputs.shape)}, got {shape}.")
         if not 0 <= self.background_channel < logits.shape[1]:
             raise ValueError(f"background_channel {self.background_channel} is not a channel of the tissue logits ({logits.shape[1]}).")
-        not_background = (torch.as_tensor(logits).argmax(1) != self.background_channel).cpu().numpy()
-        return torch.stack([torch.from_numpy(self.masker.mask(m)) for m in not_background])
+        masks = []
+        for volume_logits in torch.as_tensor(logits):
+            not_background = (channel_argmax(volume_logits)[0] != self.background_channel).cpu().numpy()
+            masks.append(torch.from_numpy(self.masker.mask(not_background)))
+        return torch.stack(masks)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """``inferer(volumes, network)`` of ``inputs`` ``(B, C, *spatial)`` normalised over each volume's brain."""

@@ -19,8 +19,9 @@ import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_numpy, convert_to_tensor
 
+from medmamba.transforms.brain_mask import BrainMask
 from medmamba.transforms.mr_normalize import MRNormalize
 
 __all__ = ["BrainNormalize", "BrainNormalized"]
@@ -47,20 +48,16 @@ class BrainNormalize(Transform):
         labels: Sequence[int] | None = None,
         min_voxels: int = 1000,
     ) -> None:
-        if labels is not None and (isinstance(labels, (str, bytes)) or not len(labels)):
-            raise ValueError(f"labels must be a non-empty sequence of label values or None, got {labels!r}.")
         if isinstance(min_voxels, bool) or not isinstance(min_voxels, int) or min_voxels < 1:
             raise ValueError(f"min_voxels must be a positive integer, got {min_voxels!r}.")
         self.normalizer = MRNormalize(lower=lower, upper=upper)
-        self.labels = None if labels is None else [int(v) for v in labels]
+        # the brain voxels are BrainMask's (its label check and selection), without its clean-up
+        self.selector = BrainMask(labels=labels, largest_component=False, fill_holes=False)
         self.min_voxels = min_voxels
 
     def brain(self, label: NdarrayOrTensor) -> torch.Tensor:
-        """Boolean brain voxels of a label map (any shape)."""
-        lab = torch.round(torch.as_tensor(convert_to_tensor(label, track_meta=False)).float()).long()
-        if self.labels is None:
-            return lab > 0
-        return torch.isin(lab, torch.tensor(self.labels, device=lab.device))
+        """Boolean brain voxels of a label map (any shape): :meth:`BrainMask.brain_voxels`."""
+        return torch.from_numpy(self.selector.brain_voxels(convert_to_numpy(label)))
 
     def __call__(self, img: NdarrayOrTensor, label: NdarrayOrTensor) -> torch.Tensor:
         """Normalise ``img`` (channel-first) over the brain voxels of ``label``.

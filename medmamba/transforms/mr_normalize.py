@@ -220,7 +220,10 @@ class MRNormalize(Transform):
         out = t.clone()
         for c in range(t.shape[0]):
             x = t[c].as_tensor() if hasattr(t[c], "as_tensor") else t[c]
-            fg = foreground_mask(x, self.foreground_fraction, self.threshold)
+            # the foreground is needed for the own statistics and for background_value only
+            fg = None
+            if statistics is None or self.background_value is not None:
+                fg = foreground_mask(x, self.foreground_fraction, self.threshold)
             lo, hi, mean, std = self._statistics(x, fg) if statistics is None else statistics[c]
             y = x
             if self.lower is not None or self.upper is not None:
@@ -229,7 +232,7 @@ class MRNormalize(Transform):
                 y = (y - mean) / (std if std > 1e-8 else 1.0)
             elif y is x:
                 y = x.clone()
-            if self.background_value is not None:
+            if fg is not None and self.background_value is not None:
                 y[~fg] = self.background_value
             out[c] = y
         return out
