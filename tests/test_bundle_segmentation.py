@@ -145,11 +145,13 @@ def test_configs_share_one_preprocessing() -> None:
     # inference and evaluation add the input checks and the resampling to the training spacing
     # (the training data are at that spacing already)
     deployed = {"medmamba.transforms.CheckScand", "medmamba.transforms.AntiAliasedSpacingd"}
-    assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"] if t["_target_"] not in deployed] == targets
-    # inference also keeps the scan as loaded for the optional intensity refinement (refine_tissue, off)
-    copies = [t for t in infer["preprocessing"]["transforms"] if t["_target_"] == "CopyItemsd"]
-    assert copies == [{"_target_": "CopyItemsd", "keys": "image", "names": "source_image", "_disabled_": "$not @refine_tissue"}]
-    assert infer["refine_tissue"] is False
+    assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"]
+            if t["_target_"] not in deployed | {"CopyItemsd"}] == targets
+    # both keep the scan as loaded for the intensity refinement on the input's grid (refine_tissue, on since 0.6.9)
+    for cfg in (infer, evaluate):
+        copies = [t for t in cfg["preprocessing"]["transforms"] if t["_target_"] == "CopyItemsd"]
+        assert copies == [{"_target_": "CopyItemsd", "keys": "image", "names": "source_image", "_disabled_": "$not medmamba.bundle.flag(@refine_tissue, 'refine_tissue')"}]
+        assert cfg["refine_tissue"] is True
     # and refuses a scan whose acquisition is not T1-weighted, right after the shape checks
     infer_targets = [t["_target_"] for t in infer["preprocessing"]["transforms"]]
     check = "medmamba.transforms.CheckMRWeightingd"
@@ -212,15 +214,15 @@ def test_inference_and_evaluation_normalise_over_the_predicted_brain() -> None:
 def test_evaluation_and_inference_keep_the_largest_brain_component() -> None:
     from monai.bundle import ConfigParser
 
-    for keep in (True, False):
+    for keep in (True, False, "true", "false"):  # the command line gives strings (fire reads only False)
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / "evaluate.json"))
         parser["keep_largest_component"] = keep
         names = [type(t).__name__ for t in parser.get_parsed_content("postprocessing").transforms]
-        assert names[-1] == ("KeepBrainComponentd" if keep else "LabelMapd")
+        assert names[-1] == ("KeepBrainComponentd" if keep in (True, "true") else "LabelMapd")
     infer = json.loads((CONFIGS / "inference.json").read_text())
     assert infer["keep_largest_component"] is True
-    assert "keep_largest_component=@keep_largest_component" in infer["run"][0]
+    assert "keep_largest_component=medmamba.bundle.flag(@keep_largest_component, 'keep_largest_component')" in infer["run"][0]
 
 
 def test_verify_net_in_out() -> None:

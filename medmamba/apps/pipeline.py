@@ -75,6 +75,7 @@ def segment_scans(
     brain_labels: Sequence[int] | None = None,
     brain_volume_range_ml: Sequence[float] | None = None,
     keep_components: Sequence[int] | None = None,
+    brain_opening_mm: float = 0.0,
     warnings_key: str = "scan_warnings",
     weighting_key: str = "scan_weighting",
     refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -111,6 +112,9 @@ def segment_scans(
         keep_components: Labels whose union's largest connected component is kept: labelled voxels
             outside it become background before anything is written
             (:class:`medmamba.transforms.KeepBrainComponent`); ``None`` keeps the arg-max as it is.
+        brain_opening_mm: before the largest component is taken (brain mask and ``keep_components``),
+            detach tissue joined to the brain by bridges thinner than about twice this radius in mm
+            (:func:`medmamba.transforms.detach_brain`; 0: none).
         warnings_key: Key under which the preprocessing leaves a list of warnings about the scan
             (:class:`medmamba.transforms.CheckScand`); they go into the case's ``warnings``.
         weighting_key: Key under which the preprocessing leaves the scan's MR weighting
@@ -132,8 +136,9 @@ def segment_scans(
             raise ValueError("brain_volume_range_ml needs brain_labels (the labels whose volume is checked).")
         if len(brain_volume_range_ml) != 2 or not float(brain_volume_range_ml[0]) < float(brain_volume_range_ml[1]):
             raise ValueError(f"brain_volume_range_ml must be a (low, high) range in ml, got {brain_volume_range_ml!r}.")
-    brain_masker = None if brain_labels is None else BrainMask(labels=list(brain_labels))
-    cleaner = None if keep_components is None else KeepBrainComponent(labels=list(keep_components))
+    brain_masker = None if brain_labels is None else BrainMask(labels=list(brain_labels), opening_mm=brain_opening_mm)
+    cleaner = None if keep_components is None else KeepBrainComponent(labels=list(keep_components),
+                                                                       opening_mm=brain_opening_mm)
 
     def process(case: BatchCase) -> dict[str, Any]:
         data = _prepare(case, preprocessing, image_key)

@@ -114,6 +114,7 @@ def segment(
     write_brain_mask: bool = True,
     brain_volume_range_ml: Sequence[float] | None = (700.0, 2200.0),
     keep_largest_component: bool = True,
+    brain_opening_mm: float = 0.0,
     refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Segment every scan under ``input_path`` and write the masks in each input's geometry.
@@ -145,6 +146,10 @@ def segment(
         keep_largest_component: set tissue labels outside the largest connected component of the
             brain (the union of ``labels``) to background before writing
             (:class:`medmamba.transforms.KeepBrainComponent`; islands in the scalp, eyes or neck).
+        brain_opening_mm: detach tissue joined to the brain by bridges thinner than about twice this
+            radius in mm (face, tongue and neck reached through the brainstem) before the largest
+            component is taken, for the brain mask and ``keep_largest_component``
+            (:func:`medmamba.transforms.detach_brain`; 0: none).
         refiner: applied to the probabilities on the input's grid with the scan as loaded (the
             preprocessing keeps it under ``"source_image"``), e.g.
             :class:`medmamba.transforms.TissueIntensityRefine`; ``None``: no refinement.
@@ -174,6 +179,7 @@ def segment(
         brain_labels=tissue if write_brain_mask else None,
         brain_volume_range_ml=brain_volume_range_ml if write_brain_mask else None,
         keep_components=tissue if keep_largest_component else None,
+        brain_opening_mm=brain_opening_mm,
         refiner=refiner,
     )
     summary = report.summary(time.perf_counter() - start)

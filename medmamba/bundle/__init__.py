@@ -14,12 +14,14 @@ One concept per module:
   teacher a lesion-map student distils from;
 - :mod:`~medmamba.bundle.distributed`: the handlers of a rank;
 - :mod:`~medmamba.bundle.paths`: optional files passed on only when they exist;
-- :mod:`~medmamba.bundle.threshold`: the classification threshold a training run chose.
+- :mod:`~medmamba.bundle.threshold`: the classification threshold a training run chose;
+- :mod:`~medmamba.bundle.flags`: on/off variables as typed on the command line.
 """
 
 from __future__ import annotations
 
 from .distributed import handlers_of_rank
+from .flags import flag
 from .networks import network_description, network_label, network_variant, to_device
 from .paths import existing_file
 from .threshold import release_threshold
@@ -29,6 +31,7 @@ __all__ = [
     "class_weights",
     "dense_teacher",
     "existing_file",
+    "flag",
     "handlers_of_rank",
     "network_description",
     "network_label",

@@ -91,6 +91,11 @@ class BrainNormalizingInferer(Inferer):
             segmentation bundle since 0.6.8); ``"lesion_map"``: the network is a lesion-map
             classifier and the tissue comes from its segmentation network (:func:`tissue_network`;
             tried for the classification bundle, not adopted, ``docs/real-scans.md``).
+        opening_mm: radius in mm of the opening that detaches face and neck tissue joined to the
+            brain through the brainstem before the largest component is taken
+            (:func:`medmamba.transforms.detach_brain`); 0 (the default): none.
+        spacing: voxel size in mm of the volumes the network sees (needed when ``opening_mm`` > 0;
+            the bundle's ``pixdim``).
 
     Raises:
         TypeError: ``inferer`` is not callable.
@@ -106,6 +111,8 @@ class BrainNormalizingInferer(Inferer):
         min_voxels: int = 1000,
         tissue_passes: int = 1,
         network_kind: str = "segmentation",
+        opening_mm: float = 0.0,
+        spacing: Sequence[float] | None = None,
     ) -> None:
         if network_kind not in ("lesion_map", "segmentation"):
             raise ValueError(f"network_kind must be 'lesion_map' or 'segmentation', got {network_kind!r}.")
@@ -118,7 +125,9 @@ class BrainNormalizingInferer(Inferer):
         super().__init__()
         self.inferer = inferer
         self.background_channel = int(background_channel)
-        self.masker = BrainMask()
+        if opening_mm and spacing is None:
+            raise ValueError(f"opening_mm={opening_mm!r} needs spacing, the voxel size in mm of the network's input.")
+        self.masker = BrainMask(opening_mm=opening_mm, spacing=spacing)
         self.normalizer = BrainNormalize(lower=lower, upper=upper, min_voxels=min_voxels)
 
     def brain_masks(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:

