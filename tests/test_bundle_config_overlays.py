@@ -388,3 +388,38 @@ def test_every_tensor_the_loss_holds_follows_the_device(bundle: Path, configs: t
                     for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
     assert tensors, "the loss holds no class weights any more: update this test"
     assert {name: t.device.type for name, t in tensors.items() if t.device.type != "meta"} == {}
+
+
+def test_every_medmamba_module_a_config_calls_is_in_its_imports() -> None:
+    """A ``$medmamba.<module>.…`` expression needs ``$import medmamba.<module>`` in the config's own
+    imports: ``import medmamba`` does not load the subpackages, and a run that resolves only some
+    ids (``export_onnx``) fails with "module 'medmamba' has no attribute …" (found in the 0.6.9 main job)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "bundles"
+    checked = 0
+    for config in sorted(root.glob("*/configs/*.json")):
+        if config.name in ("metadata.json",):
+            continue
+        cfg = json.loads(config.read_text())
+        if not isinstance(cfg, dict) or "imports" not in cfg:
+            continue
+        imports = {i.removeprefix("$import ").strip() for i in cfg["imports"]}
+        expressions: list[str] = []
+
+        def collect(node: object) -> None:  # the "$" expressions; "_target_" paths are imported by MONAI itself
+            if isinstance(node, str) and node.startswith("$") and not node.startswith("$import"):
+                expressions.append(node)
+            elif isinstance(node, dict):
+                for value in node.values():
+                    collect(value)
+            elif isinstance(node, list):
+                for value in node:
+                    collect(value)
+
+        collect(cfg)
+        used = {m for e in expressions for m in re.findall(r"medmamba\.([a-z_]+)\.", e)}
+        missing = sorted(m for m in used if not any(i == f"medmamba.{m}" or i.startswith(f"medmamba.{m}.") for i in imports))
+        assert not missing, f"{config.relative_to(root)} calls medmamba.{missing} without importing it"
+        checked += 1
+    assert checked >= 6
