@@ -30,6 +30,18 @@ from monai.utils import convert_to_dst_type
 __all__ = ["BrainMask", "BrainMaskd", "KeepBrainComponent", "KeepBrainComponentd", "detach_brain"]
 
 
+def _largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected component of a boolean mask (``mask`` itself with fewer than two)."""
+    from scipy import ndimage
+
+    components, n = ndimage.label(mask, structure=structure)
+    if n < 2:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(np.argmax(sizes))
+
+
 def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
     """The part of a boolean brain mask that survives an opening of ``radius_mm`` around its core.
 
@@ -59,12 +71,9 @@ def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) 
     if not float(radius_mm) > 0:
         raise ValueError(f"radius_mm must be > 0, got {radius_mm!r}.")
     core = ndimage.distance_transform_edt(brain, sampling=spacing) > float(radius_mm)
-    components, n = ndimage.label(core)
-    if n == 0:
+    if not core.any():
         return brain
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    core = components == int(np.argmax(sizes))
+    core = _largest_component(core)
     reach = float(radius_mm) + max(spacing)
     return brain & (ndimage.distance_transform_edt(~core, sampling=spacing) <= reach)
 
@@ -157,11 +166,7 @@ class BrainMask(Transform):
             brain = detach_brain(brain, spacing, self.opening_mm)
         structure = ndimage.generate_binary_structure(brain.ndim, min(self.connectivity, brain.ndim))
         if self.largest_component:
-            components, n = ndimage.label(brain, structure=structure)
-            if n > 1:
-                sizes = np.bincount(components.ravel())
-                sizes[0] = 0
-                brain = components == int(np.argmax(sizes))
+            brain = _largest_component(brain, structure)
         if self.fill_holes:
             brain = ndimage.binary_fill_holes(brain)
         return brain
