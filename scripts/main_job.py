@@ -77,6 +77,10 @@ class Stage:
     #: ``(seconds after the stage's start, threads)`` of each grant written while it ran.
     grants: list[tuple[float, int]] = field(default_factory=list)
     started: float | None = None
+    #: Stages of other chains that must have ended before this one starts (their outputs are its inputs).
+    after: list[Stage] = field(default_factory=list)
+    #: Set when the stage has ended, or when its chain stopped before it (a failure earlier on).
+    finished: threading.Event = field(default_factory=threading.Event)
 
     def set_threads(self, threads: int) -> None:
         """Start the stage with ``threads`` compute threads (its ``--num_threads`` too)."""
@@ -331,6 +335,29 @@ def threshold_stages(name: str, bundle: Path, threads: int) -> list[Stage]:
     ]
 
 
+#: Bundles whose inference runs another bundle's network: the classification bundle's brain
+#: extraction is the segmentation bundle's network and weights
+#: (:func:`medmamba.apps.brain_extraction.load_brain_extractor`).
+USES_WEIGHTS_OF: dict[str, str] = {"classification": "segmentation"}
+
+
+def link_chains(chains: Mapping[str, list[Stage]]) -> dict[str, list[Stage]]:
+    """Make each chain's first stage that runs its ``inference.json`` or ``evaluate.json`` wait for
+    the stage of the chain it takes weights from (:data:`USES_WEIGHTS_OF`) that writes that bundle's
+    deployed weights; returns the chains in an order where a provider comes before its users (the
+    order of ``--sequential``)."""
+    for user, provider in USES_WEIGHTS_OF.items():
+        if user not in chains or provider not in chains:
+            continue
+        deployed = BUNDLES[provider] / "models" / DEPLOY_CHECKPOINT[provider]
+        writers = [s for s in chains[provider] if deployed in s.outputs]
+        readers = [s for s in chains[user] if any("inference.json" in a or "evaluate.json" in a for a in s.argv)]
+        if writers and readers:
+            readers[0].after.append(writers[-1])
+    order = sorted(chains, key=lambda name: name in USES_WEIGHTS_OF and USES_WEIGHTS_OF[name] in chains)
+    return {name: chains[name] for name in order}
+
+
 def uses_teacher(bundle: Path) -> bool:
     """Whether the bundle's student distils from a teacher: its ``train.json`` ``teacher`` is not
     null (a bundle without one has no teacher stage; ``--teacher %teacher_kd`` turns it on by hand)."""
@@ -443,6 +470,7 @@ def run_stage(stage: Stage, log_dir: Path) -> None:
     stage.seconds = time.perf_counter() - t0
     stage.returncode = proc.returncode
     stage.ok = proc.returncode == 0 and all(p.exists() for p in stage.outputs)
+    stage.finished.set()
 
 
 def stage_groups(stages: list[Stage]) -> list[list[Stage]]:
@@ -463,6 +491,9 @@ def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm, ledger: CoreLedger 
     name = stages[0].bundle if stages else ""
     try:
         for group in stage_groups(stages):
+            for dependency in (d for s in group for d in s.after):
+                bar.set_postfix_str(f"waiting for {dependency.bundle}: {dependency.name}")
+                dependency.finished.wait()
             bar.set_postfix_str(" | ".join(s.name for s in group))
             if ledger is not None:
                 ledger.start(name, group[0] if len(group) == 1 else None)
@@ -478,6 +509,8 @@ def run_chain(stages: list[Stage], log_dir: Path, bar: tqdm, ledger: CoreLedger 
             if not all(s.ok for s in group):
                 return
     finally:
+        for stage in stages:  # stages never run: whoever waits for them goes on (and fails on the missing outputs)
+            stage.finished.set()
         if ledger is not None:
             ledger.finish(name)
 
@@ -550,6 +583,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cores must be >= 1, got {args.cores}")
     if args.networks:
         return networks_table()
+    names = [args.only] if args.only else list(BUNDLES)
+    for name in names:
+        provider = USES_WEIGHTS_OF.get(name)
+        deployed = None if provider is None else BUNDLES[provider] / "models" / DEPLOY_CHECKPOINT[provider]
+        if provider not in names and deployed is not None and not deployed.is_file():
+            parser.error(f"the {name} bundle runs the {provider} bundle's network (brain extraction) and "
+                         f"{deployed.relative_to(ROOT)} is missing: run --only {provider} first, or both bundles")
     from tqdm import tqdm
 
     log_dir = LOG_DIR
@@ -561,9 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     if not data.ok:
         print_summary([data], time.perf_counter() - t0)
         return 1
-    names = [args.only] if args.only else list(BUNDLES)
     plan = plan_threads(args.cores or usable_cores(), names, sequential=args.sequential)
-    chains = {name: bundle_stages(name, BUNDLES[name], args.skip_teacher, plan) for name in names}
+    chains = link_chains({name: bundle_stages(name, BUNDLES[name], args.skip_teacher, plan) for name in names})
     print(f"[plan] {plan.describe()}", flush=True)
     print(
         f"[bundles] {', '.join(names)}: {sum(map(len, chains.values()))} stages, "

@@ -61,8 +61,9 @@ TINY_NET = {"embed_dim": [16, 24, 32], "depth": [1, 1, 1]}
 
 def _tiny_overrides(name: str = "network_def") -> dict:
     # pixdim: the tiny data set's voxel size (the 2 mm template block-averaged by 2), which inference
-    # and evaluation resample to
-    return {f"{name}#{k}": v for k, v in TINY_NET.items()} | {"pixdim": [4.0, 4.0, 4.0]}
+    # and evaluation resample to; no brain extraction (it needs a trained segmentation bundle beside
+    # this one: test_inference_strips_with_the_segmentation_bundle_beside_it)
+    return {f"{name}#{k}": v for k, v in TINY_NET.items()} | {"pixdim": [4.0, 4.0, 4.0], "brain_extraction": False}
 
 
 # ------------------------------------------------------------------------------------- unit checks
@@ -554,6 +555,34 @@ def test_exported_models_equal_the_eager_fused_network(exported):
 def _read_report(path):
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_inference_strips_with_the_segmentation_bundle_beside_it(exported, tiny_data, tmp_path):
+    """The default run reads ``<bundle_root>/../mobilemamba_segmentation`` for its brain extraction;
+    the volume the classifier sees changes (its score with it), ``--brain_extraction false`` skips it."""
+    from monai.bundle import ConfigWorkflow
+    from segmentation_bundle_fixture import make_segmentation_bundle
+
+    bundles = tmp_path / "bundles"
+    root = bundles / "mobilemamba_classification"
+    shutil.copytree(exported, root)
+    make_segmentation_bundle(bundles)
+    case = next(e for e in tiny_data["test"] if "dicom" in e)
+    scores = {}
+    for extraction in (True, False):
+        out = tmp_path / f"strip_{extraction}"
+        wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, logging_file=LOGGING,
+                            workflow_type=None, bundle_root=str(root), input_path=str(tiny_data["data"] / case["image"]),
+                            output_dir=str(out), **(_tiny_overrides() | {"brain_extraction": extraction}))
+        wf.initialize()
+        assert type(wf.parser.get_parsed_content("inferer")).__name__ == (
+            "SkullStrippingInferer" if extraction else "SliceStackInferer")
+        wf.run()
+        wf.finalize()
+        rows = _read_report(out / "probabilities.csv")
+        assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+        scores[extraction] = float(rows[0]["lesion_log_odds"])
+    assert scores[True] != pytest.approx(scores[False], abs=1e-4)
 
 
 def test_inference_nifti_and_dicom_with_checkpoint_and_torchscript(exported, tiny_data, tmp_path):

@@ -227,10 +227,13 @@ def test_evaluation_config_has_monai_inference_properties(bundle: Path, tmp_path
     case = {"image": "sub-000/image.nii.gz", "label": "sub-000/tissue.nii.gz", "lesion": "sub-000/lesion.nii.gz", "id": "sub-000"}
     for name in ("datalist_segmentation.json", "datalist_lesion_detection.json"):  # one case, never loaded
         (tmp_path / name).write_text(json.dumps({"training": [case], "validation": [case], "test": [case]}))
-    # init_id: parse without running the config's "initialize" (it sets this process's threads)
+    # init_id: parse without running the config's "initialize" (it sets this process's threads);
+    # the classification bundle's brain extraction would read a trained segmentation bundle beside it
+    # (tests/test_brain_extraction.py)
+    extra = {"brain_extraction": False} if bundle.name == "mobilemamba_classification" else {}
     workflow = ConfigWorkflow(config_file=str(configs / "evaluate.json"), meta_file=str(configs / "metadata.json"),
                               logging_file=False, workflow_type="inference", init_id="parse_only",
-                              bundle_root=str(tmp_path), dataset_dir=str(tmp_path))
+                              bundle_root=str(tmp_path), dataset_dir=str(tmp_path), **extra)
     assert "parse_only" not in workflow.parser
     workflow.initialize()
     assert workflow.check_properties() == []

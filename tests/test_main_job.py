@@ -279,3 +279,48 @@ def test_only_bundles_whose_student_distils_get_a_teacher_stage(tmp_path: Path, 
     assert job.uses_teacher(bundle) is False
     (bundle / "configs" / "train.json").write_text(json.dumps({"teacher": "%teacher_kd"}))
     assert job.uses_teacher(bundle) is True
+
+
+def test_classification_reads_the_segmentation_weights_only_after_their_training(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    job = _main_job()
+    monkeypatch.setattr(job, "test_cases", lambda: (tmp_path / "dicom", tmp_path / "case.nii.gz"))
+    plan = job.plan_threads(2, list(job.BUNDLES))
+    chains = job.link_chains({name: job.bundle_stages(name, job.BUNDLES[name], True, plan) for name in job.BUNDLES})
+    assert list(chains) == ["segmentation", "classification"]  # the order of --sequential
+    seg_weights = job.BUNDLES["segmentation"] / "models" / job.DEPLOY_CHECKPOINT["segmentation"]
+    waiting = [s for s in chains["classification"] if s.after]
+    assert [s.name for s in waiting] == ["threshold: set on validation"]
+    (writer,) = waiting[0].after
+    assert writer.bundle == "segmentation" and seg_weights in writer.outputs and "train" in writer.name
+    assert not any(s.after for s in chains["segmentation"])
+
+
+def test_a_chain_waits_for_the_stage_of_another_chain_it_needs(tmp_path: Path) -> None:
+    job = _main_job()
+    stamp = tmp_path / "order.txt"
+
+    def stage(bundle: str, name: str, delay: float):  # noqa: ANN202
+        code = f"import time; time.sleep({delay}); open({str(stamp)!r}, 'a').write({name!r} + '\\n')"
+        return job.Stage(bundle, name, [sys.executable, "-c", code])
+
+    provider = [stage("segmentation", "train", 1.0), stage("segmentation", "evaluate", 0.0)]
+    user = [stage("classification", "threshold", 0.0)]
+    user[0].after.append(provider[0])
+
+    class Bar:
+        def set_postfix_str(self, text: str) -> None: ...
+        def update(self, n: int) -> None: ...
+
+    import threading
+
+    threads = [threading.Thread(target=job.run_chain, args=(c, tmp_path, Bar())) for c in (user, provider)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert stamp.read_text().splitlines()[:2] == ["train", "threshold"]
+    assert all(s.ok and s.finished.is_set() for s in provider + user)
+    # a failed provider chain releases its waiters (whose own stage then fails on its missing inputs)
+    failed = [job.Stage("segmentation", "train", [sys.executable, "-c", "raise SystemExit(3)"]), stage("segmentation", "later", 0.0)]
+    job.run_chain(failed, tmp_path, Bar())
+    assert failed[0].returncode == 3 and failed[1].returncode is None and failed[1].finished.is_set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .brain_normalization import BrainNormalizingInferer, tissue_network
 from .flip_tta import FlipTTAInferer
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
@@ -16,10 +17,12 @@ from .volume_predictor import VolumeClassifier, VolumePredictor, VolumeSegmenter
 
 __all__ = [
     "AGGREGATIONS",
+    "BrainExtractor",
     "BrainNormalizingInferer",
     "FlipTTAInferer",
     "SliceAggregationInferer",
     "SliceAggregator",
+    "SkullStrippingInferer",
     "SliceStackInferer",
     "VolumeClassifier",
     "VolumePredictor",

@@ -1,0 +1,115 @@
+"""The segmentation bundle as the brain-extraction step of another bundle.
+
+:func:`load_brain_extractor` reads the segmentation bundle's ``inference.json`` (MONAI's
+``ConfigParser``, so the network, its weights, its inferer, voxel size and opening radius are the
+ones the segmentation bundle itself runs with) and returns a
+:class:`medmamba.inferers.BrainExtractor`; the classification bundle wraps its inferer in a
+:class:`medmamba.inferers.SkullStrippingInferer` with it, so a whole head is classified as its brain.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from medmamba.bundle.flags import flag
+from medmamba.inferers.brain_extraction import BrainExtractor, SkullStrippingInferer
+
+__all__ = ["load_brain_extractor", "skull_stripping_inferer"]
+
+
+def load_brain_extractor(
+    bundle_root: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    config_file: str = "inference.json",
+    weights_item: str = "model_file",
+    spacing: Sequence[float] | None = None,
+    inferer_item: str = "brain_normalizing_inferer",
+) -> BrainExtractor:
+    """The brain extractor of a tissue segmentation bundle, as that bundle runs it.
+
+    Args:
+        bundle_root: the segmentation bundle's folder (``bundles/mobilemamba_segmentation``).
+        device: where its network runs (``None``: the bundle config's ``device``).
+        config_file: the config under ``configs/`` that defines ``network``, ``inferer_item``,
+            ``pixdim`` and ``brain_opening_mm``.
+        weights_item: the config item naming the weights file (checked before loading, for a clear
+            error).
+        spacing: voxel size in mm of the volumes the extractor will be given (the calling bundle's
+            ``pixdim``), for the opening's radius; ``None``: the segmentation bundle's ``pixdim``
+            (its network was trained at that voxel size, which the calling bundle should match).
+        inferer_item: the config item (``#``-path) of the inferer the network runs with:
+            ``"brain_normalizing_inferer"`` (the default: the segmentation bundle's own inference,
+            a tissue pass, the brain-normalised pass, each with flip TTA) or ``"inferer#inferer"``
+            (its single slice-stack pass, about a third of the time; what the classification bundle
+            uses, chosen on validation data: its docs).
+
+    Returns:
+        A :class:`medmamba.inferers.BrainExtractor` with the bundle's network, weights, opening
+        radius and the inferer ``inferer_item``.
+
+    Raises:
+        ValueError: ``bundle_root`` has no such config, the config lacks an item, or its weights are
+            missing (the segmentation bundle is not trained yet).
+    """
+    root = Path(bundle_root)
+    config = root / "configs" / config_file
+    if not config.is_file():
+        raise ValueError(f"bundle_root={os.fspath(bundle_root)!r} has no configs/{config_file}; expected the "
+                         f"segmentation bundle's folder (bundles/mobilemamba_segmentation).")
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(root)
+    if device is not None:
+        parser["device"] = f"$torch.device({str(device)!r})"
+    for item in ("network", inferer_item, "pixdim", "brain_opening_mm", weights_item):
+        if item not in parser:
+            raise ValueError(f"{config} has no {item!r}: not a segmentation bundle config medmamba can extract brains with.")
+    if "inferer#inferer#progress" in parser:  # no per-case slice progress bar inside another bundle's run
+        parser["inferer#inferer#progress"] = False
+    weights = Path(parser.get_parsed_content(weights_item))
+    if not weights.is_file():
+        raise ValueError(f"the segmentation bundle's weights {weights} are missing: train it first "
+                         f"(python -m monai.bundle run --config_file {root / 'configs' / 'train.json'}), "
+                         f"or run without brain extraction (--brain_extraction false).")
+    return BrainExtractor(
+        network=parser.get_parsed_content("network"),
+        inferer=parser.get_parsed_content(inferer_item),
+        spacing=[float(v) for v in (parser.get_parsed_content("pixdim") if spacing is None else spacing)],
+        opening_mm=float(parser.get_parsed_content("brain_opening_mm")),
+        device=parser.get_parsed_content("device"),
+    )
+
+
+def skull_stripping_inferer(
+    inferer: Any,
+    brain_extraction: bool | str,
+    segmentation_bundle_root: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    spacing: Sequence[float] | None = None,
+    inferer_item: str = "brain_normalizing_inferer",
+) -> Any:
+    """A bundle's inferer with the segmentation bundle's brain extraction before it, or as it is.
+
+    Args:
+        inferer: the bundle's own inferer (e.g. :class:`medmamba.inferers.SliceStackInferer`).
+        brain_extraction: whether to strip; a bool or the strings ``"true"``/``"false"`` that a
+            command-line override gives (:func:`medmamba.bundle.flag`).
+        segmentation_bundle_root: the segmentation bundle's folder (:func:`load_brain_extractor`).
+        device: where the segmentation network runs.
+        spacing: voxel size in mm of the volumes ``inferer`` is given (the bundle's ``pixdim``).
+        inferer_item: which of the segmentation bundle's inferers finds the brain (:func:`load_brain_extractor`).
+
+    Returns:
+        ``SkullStrippingInferer(inferer, load_brain_extractor(...))`` with brain extraction, else
+        ``inferer`` itself (the segmentation bundle is then not read).
+    """
+    if not flag(brain_extraction, "brain_extraction"):
+        return inferer
+    return SkullStrippingInferer(inferer, load_brain_extractor(
+        segmentation_bundle_root, device=device, spacing=spacing, inferer_item=inferer_item))

@@ -1,0 +1,147 @@
+"""Brain extraction before classification: the extractor, the skull-stripping inferer, the bundle wiring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from segmentation_bundle_fixture import SEG_BUNDLE, make_segmentation_bundle
+from torch import nn
+
+from medmamba.inferers import BrainExtractor, BrainNormalizingInferer, SkullStrippingInferer, SliceStackInferer
+
+ROOT = Path(__file__).resolve().parents[1]
+CLS_BUNDLE = ROOT / "bundles" / "mobilemamba_classification"
+
+
+def _head(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (1, 1, 32, 32, 12) head: a brain box (intensity about 1), a bright scalp shell around it,
+    a "neck" block below joined to the brain by a thin bridge; the brain alone, stripped; the masks
+    of the brain and of the neck."""
+    g = torch.Generator().manual_seed(seed)
+    brain = torch.zeros(32, 32, 12, dtype=torch.bool)
+    brain[8:24, 8:24, 2:10] = True
+    neck = torch.zeros_like(brain)
+    neck[26:31, 12:20, 2:10] = True
+    bridge = torch.zeros_like(brain)
+    bridge[24:26, 15:16, 5:6] = True
+    tissue = 1.0 + 0.1 * torch.randn(32, 32, 12, generator=g)
+    head = torch.zeros(32, 32, 12)
+    head[5:27, 5:27, :] = 3.0  # scalp: brighter than any tissue
+    head[brain | neck | bridge] = tissue[brain | neck | bridge]
+    stripped = torch.where(brain, tissue, torch.zeros_like(tissue))
+    return head[None, None], stripped[None, None], brain, neck
+
+
+class _TissueByIntensity(nn.Module):
+    """Logits (B, 2, ...): tissue where the intensity is between 0.5 and 2, background elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tissue = ((x > 0.5) & (x < 2.0)).float()
+        return torch.cat([1.0 - tissue, tissue], dim=1) * 4.0
+
+
+def _run(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    return network(x)
+
+
+def test_the_extractor_keeps_the_brain_and_detaches_the_neck_by_its_opening() -> None:
+    head, _, brain, neck = _head()
+    without = BrainExtractor(_TissueByIntensity(), _run)(head)
+    assert without.dtype == torch.bool and tuple(without.shape) == (1, 32, 32, 12)
+    assert bool(without[0][neck].all()) and bool(without[0][brain].all())  # the neck hangs on by the bridge
+    extracted = BrainExtractor(_TissueByIntensity(), _run, spacing=[2.0, 2.0, 2.0], opening_mm=3.0)(head)[0]
+    assert not bool(extracted[neck].any())
+    assert float(extracted[brain].float().mean()) > 0.95  # the opening rounds the box's corners only
+    assert int((extracted & ~brain).sum()) <= 2  # at most the bridge's two voxels next to the brain
+
+
+def test_a_whole_head_and_the_same_brain_skull_stripped_reach_the_network_identical() -> None:
+    head, stripped, brain, _ = _head(1)
+    inferer = SkullStrippingInferer(_run, lambda x: brain[None].expand(x.shape[0], *brain.shape))
+    a, b = inferer.strip(head), inferer.strip(stripped)
+    torch.testing.assert_close(a, b)
+    inside = a[0, 0][brain]
+    assert float(inside.min()) == float(a[0, 0][~brain].max()) == float(a[0, 0][~brain].min())
+    assert abs(float(inside.mean())) < 0.05  # z-scored over the brain (clipped at its 0.5th percentile)
+    # and the network behind it sees that volume: its output is the one of the stripped input
+    net = nn.Conv3d(1, 1, 3, padding=1)
+    torch.testing.assert_close(inferer(head, net), net(b))
+
+
+def test_a_volume_without_enough_brain_goes_through_as_given() -> None:
+    head, _, _, _ = _head(2)
+    tiny = torch.zeros(1, 32, 32, 12, dtype=torch.bool)
+    tiny[0, 10:12, 10:12, 4:6] = True  # 8 voxels < min_voxels
+    out = SkullStrippingInferer(_run, lambda x: tiny, min_voxels=1000).strip(head)
+    torch.testing.assert_close(out, head)
+
+
+def test_bad_arguments_and_outputs_are_named() -> None:
+    head, _, _, _ = _head()
+    with pytest.raises(TypeError, match="extractor must be callable"):
+        SkullStrippingInferer(_run, "mask.nii.gz")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="inferer must be callable"):
+        SkullStrippingInferer(None, lambda x: x)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"extractor must give masks of shape \(1, 32, 32, 12\)"):
+        SkullStrippingInferer(_run, lambda x: torch.ones(1, 16, 16, 12, dtype=torch.bool)).strip(head)
+    with pytest.raises(ValueError, match="opening_mm=6.0 needs spacing"):
+        BrainExtractor(_TissueByIntensity(), _run, opening_mm=6.0)
+    with pytest.raises(ValueError, match="background_channel must be a non-negative integer"):
+        BrainExtractor(_TissueByIntensity(), _run, background_channel=-1)
+    with pytest.raises(ValueError, match="background_channel 3 is not a channel"):
+        BrainExtractor(_TissueByIntensity(), _run, background_channel=3)(head)
+    with pytest.raises(ValueError, match=r"logits \(B, K, \*spatial\)"):
+        BrainExtractor(_TissueByIntensity(), lambda x, n: n(x)[:, :, :8])(head)
+
+
+def test_the_extractor_is_the_segmentation_bundle_as_its_config_says(tmp_path: Path) -> None:
+    from medmamba.apps.brain_extraction import load_brain_extractor
+
+    root = make_segmentation_bundle(tmp_path, pixdim=[1.5, 1.5, 3.0], brain_opening_mm=4.0)
+    extractor = load_brain_extractor(root, device="cpu")
+    assert extractor.masker.opening_mm == 4.0 and list(extractor.masker.spacing) == [1.5, 1.5, 3.0]
+    assert isinstance(extractor.inferer, BrainNormalizingInferer)
+    assert extractor.inferer.inferer.inferer.progress is False  # no slice bars inside another bundle's run
+    single = load_brain_extractor(root, device="cpu", inferer_item="inferer#inferer")
+    assert isinstance(single.inferer, SliceStackInferer) and single.inferer.context == 1
+    assert type(extractor.network).__name__ == "FusedMobileMambaSeg" and extractor.device == torch.device("cpu")
+    masks = extractor(torch.randn(1, 1, 64, 64, 3))
+    assert masks.dtype == torch.bool and tuple(masks.shape) == (1, 64, 64, 3)
+
+
+def test_a_missing_bundle_or_untrained_one_is_a_clear_error(tmp_path: Path) -> None:
+    from medmamba.apps.brain_extraction import load_brain_extractor
+
+    with pytest.raises(ValueError, match="has no configs/inference.json; expected the segmentation bundle"):
+        load_brain_extractor(tmp_path)
+    root = make_segmentation_bundle(tmp_path, weights=False)
+    with pytest.raises(ValueError, match=r"model.pt are missing: train it first .*--brain_extraction false"):
+        load_brain_extractor(root)
+
+
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+def test_the_classification_bundle_strips_with_the_segmentation_bundle_and_can_be_switched_off(
+    tmp_path: Path, config: str
+) -> None:
+    from monai.bundle import ConfigParser
+
+    root = make_segmentation_bundle(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(CLS_BUNDLE / "configs" / config))
+    parser["bundle_root"] = str(CLS_BUNDLE)
+    assert parser["brain_extraction"] is True
+    assert Path(parser.get_parsed_content("segmentation_bundle_root")).resolve() == SEG_BUNDLE.resolve()
+    parser["segmentation_bundle_root"] = str(root)
+    inferer = parser.get_parsed_content("inferer")
+    assert isinstance(inferer, SkullStrippingInferer) and isinstance(inferer.inferer, SliceStackInferer)
+    assert isinstance(inferer.extractor, BrainExtractor) and inferer.extractor.masker.opening_mm == 6.0
+    # the segmentation network's single slice-stack pass (chosen on validation data), at this bundle's voxel size
+    assert isinstance(inferer.extractor.inferer, SliceStackInferer) and inferer.extractor.inferer.context == 1
+    assert inferer.extractor.masker.spacing == tuple(float(v) for v in parser.get_parsed_content("pixdim"))
+    off = ConfigParser()
+    off.read_config(str(CLS_BUNDLE / "configs" / config))
+    off["brain_extraction"] = "false"  # as `--brain_extraction false` arrives from the command line
+    off["segmentation_bundle_root"] = str(tmp_path / "nowhere")
+    assert isinstance(off.get_parsed_content("inferer"), SliceStackInferer)
