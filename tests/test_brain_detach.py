@@ -176,3 +176,39 @@ def test_switches_typed_on_the_command_line_are_read_as_booleans() -> None:
         parser.read_config(str(CONFIGS / "inference.json"))
         parser["refine_tissue"] = value
         assert (parser.get_parsed_content("tissue_refiner") is not None) is on
+
+
+def test_inference_detaches_once_and_its_brain_mask_is_the_written_segmentations_brain(tmp_path: Path) -> None:
+    """``segment_scans`` with the clean-up and the brain mask of the same labels (the bundle's default)
+    runs the opening once per case (6.7 s on a 1 mm head before 0.6.10); the mask is the cleaned
+    segmentation's brain, holes filled."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    from medmamba.apps.pipeline import brain_transforms, segment_scans
+    from medmamba.io import write_nifti
+    from medmamba.transforms import scan_preprocessing
+
+    spacing = (2.0, 2.0, 2.0)
+    labels, ball, block = _head(spacing)
+    noise = np.random.default_rng(0).normal(0.0, 5.0, labels.shape)
+    scan = np.where(labels > 0, 100.0 + 20.0 * labels + noise, 0.0).astype(np.float32)
+    write_nifti(tmp_path / "head.nii.gz", scan, np.diag([*spacing, 1.0]))
+    cleaner, masker = brain_transforms([1, 2, 3], [3, 2, 1], 4.0)
+    assert cleaner.masker.opening_mm == 4.0 and masker.opening_mm == 0.0  # the opening runs once
+    assert brain_transforms([2, 3], [1, 2, 3], 4.0)[1].opening_mm == 4.0  # another brain: its own opening
+    assert brain_transforms([1, 2, 3], None, 4.0)[1].opening_mm == 4.0 and brain_transforms(None, None)[1] is None
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:  # "tissue" (label 2) above the background (its lowest value)
+        tissue = (x > x.min() + 0.1).float()
+        return torch.cat([1 - tissue, 0 * tissue, tissue, 0 * tissue], dim=1) * 5.0
+
+    pre = scan_preprocessing(modality="MR", k=16, expected_modalities=("MR",))
+    report = segment_scans([tmp_path / "head.nii.gz"], predictor, tmp_path / "out", pre, {1: "csf", 2: "gm", 3: "wm"},
+                           brain_labels=[1, 2, 3], keep_components=[3, 2, 1], brain_opening_mm=4.0)
+    assert report.n_ok == 1
+    (case,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    seg = np.asarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj)
+    brain = np.asarray(nib.load(case / f"{case.name}_brain_mask.nii.gz").dataobj) > 0
+    np.testing.assert_array_equal(brain, ndimage.binary_fill_holes(seg > 0))
+    assert not brain[block].any() and brain[ball].mean() > 0.99

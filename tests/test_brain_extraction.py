@@ -145,3 +145,38 @@ def test_the_classification_bundle_strips_with_the_segmentation_bundle_and_can_b
     off["brain_extraction"] = "false"  # as `--brain_extraction false` arrives from the command line
     off["segmentation_bundle_root"] = str(tmp_path / "nowhere")
     assert isinstance(off.get_parsed_content("inferer"), SliceStackInferer)
+
+
+@pytest.mark.parametrize("bundle", ["mobilemamba_classification", "mobilemamba_segmentation"])
+def test_use_torchscript_false_from_the_command_line_loads_the_checkpoint(bundle: str) -> None:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = "b"
+    picked = {}
+    for value in (True, False, "true", "false", "False", "on"):
+        parser["use_torchscript"] = value
+        picked[value] = Path(parser.get_parsed_content("model_file")).suffix
+    assert picked == {True: ".ts", False: ".pt", "true": ".ts", "false": ".pt", "False": ".pt", "on": ".ts"}
+    parser["use_torchscript"] = "maybe"
+    with pytest.raises(RuntimeError) as failed:  # MONAI wraps the expression's error
+        parser.get_parsed_content("model_file")
+    assert "use_torchscript must be true or false, got 'maybe'" in str(failed.value.__cause__)
+
+
+def test_load_network_and_export_read_switch_strings(tmp_path: Path) -> None:
+    from medmamba.apps.deploy import export_onnx, load_network
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    loaded = load_network(nn.Sequential(nn.Conv2d(3, 4, 3)), tmp_path / "model.pt", use_torchscript="false",
+                          channels_last="false")
+    assert not isinstance(loaded, torch.jit.ScriptModule)
+    assert not loaded[0].weight.is_contiguous(memory_format=torch.channels_last)
+    loaded = load_network(nn.Sequential(nn.Conv2d(3, 4, 3)), tmp_path / "model.pt", channels_last="true")
+    assert loaded[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels_last must be true or false, got 'fast'"):
+        load_network(net, tmp_path / "model.pt", channels_last="fast")
+    with pytest.raises(ValueError, match="int8 must be true or false, got 'yes please'"):
+        export_onnx(net, tmp_path / "model.pt", tmp_path, int8="yes please")

@@ -172,8 +172,10 @@ def classify(
 
     from medmamba.data.batch import BatchCase
     from medmamba.data.distributed_batch import run_batch_distributed
+    from medmamba.bundle.flags import flag
     from medmamba.io.atomic import atomic_write_text
 
+    write_slice_probabilities = flag(write_slice_probabilities, "write_slice_probabilities")
     if input_path is None:
         raise ValueError("input_path is required: a NIfTI file, a DICOM series folder or a folder of them "
                          "(bundle override --input_path <path>).")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medmamba.bundle.flags import flag
 from medmamba.inferers.volume_predictor import VolumePredictor
 from medmamba.networks.fuse_on_load import FuseOnLoad, has_batchnorm
 from medmamba.training.checkpoint import extract_state_dict, load_weights
@@ -57,7 +58,9 @@ def load_network(
             load). Ignored for TorchScript.
         model_file: a checkpoint (``.pt``, as the bundle's ``CheckpointSaver`` writes) or, with
             ``use_torchscript`` or a ``.ts`` suffix, a TorchScript file (``ckpt_export`` output).
-        use_torchscript: load ``model_file`` with ``torch.jit.load``.
+        use_torchscript: load ``model_file`` with ``torch.jit.load`` (this and ``channels_last``
+            also as the strings ``"true"``/``"false"`` of a command-line override,
+            :func:`medmamba.bundle.flag`).
         key: entry of a multi-object checkpoint (``"model"``, ``"ema"``...); default flat or ``"model"``.
         device: where to put the network.
         channels_last: convert the weights (eager or TorchScript) to the channels-last memory format
@@ -68,8 +71,9 @@ def load_network(
 
     Raises:
         FileNotFoundError: ``model_file`` does not exist.
-        ValueError: no ``network`` for a checkpoint.
+        ValueError: no ``network`` for a checkpoint, or a switch that is not a bool or a spelling of one.
     """
+    use_torchscript, channels_last = flag(use_torchscript, "use_torchscript"), flag(channels_last, "channels_last")
     path = os.fspath(model_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model_file={path!r} does not exist; train the bundle (or export it) first.")
@@ -166,11 +170,13 @@ def export_onnx(
 
     Raises:
         medmamba.training.ExportMismatchError: an export differs from the eager fused network.
-        ValueError: a bad ``input_shape``; ``int8`` without at least two ``calibration`` batches.
+        ValueError: a bad ``input_shape``; ``int8`` without at least two ``calibration`` batches; a
+            ``compiled`` or ``int8`` that is not a bool or a spelling of one (:func:`medmamba.bundle.flag`).
     """
     from medmamba.networks import fuse_norms
     from medmamba.training import ExportMismatchError, export_fused, verify_export
 
+    compiled, int8 = flag(compiled, "compiled"), flag(int8, "int8")  # "false" from a command line is off
     if isinstance(network, FuseOnLoad):
         fuse_strict = network.fuse_strict if fuse_strict is None else fuse_strict
         network = network.template

