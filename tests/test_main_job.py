@@ -318,7 +318,11 @@ def test_a_chain_waits_for_the_stage_of_another_chain_it_needs(tmp_path: Path) -
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert stamp.read_text().splitlines()[:2] == ["train", "threshold"]
+    lines = stamp.read_text().splitlines()
+    # without the wait the threshold stage (no delay) would write first; with it, only after train's
+    # process has ended (the provider's next stage may start at the same moment: its order is free)
+    assert sorted(lines) == ["evaluate", "threshold", "train"]
+    assert lines.index("train") < lines.index("threshold")
     assert all(s.ok and s.finished.is_set() for s in provider + user)
     # a failed provider chain releases its waiters (whose own stage then fails on its missing inputs)
     failed = [job.Stage("segmentation", "train", [sys.executable, "-c", "raise SystemExit(3)"]), stage("segmentation", "later", 0.0)]
