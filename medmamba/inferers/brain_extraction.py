@@ -20,9 +20,9 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from medmamba.inferers.brain_normalization import brain_masks_from_logits
 from medmamba.transforms.brain_mask import BrainMask
 from medmamba.transforms.brain_normalize import BrainNormalize
-from medmamba.transforms.label_map import channel_argmax
 
 __all__ = ["BrainExtractor", "SkullStrippingInferer"]
 
@@ -82,16 +82,7 @@ class BrainExtractor:
             self.network.eval()
         with torch.no_grad():
             logits = self.inferer(x.to(self.device), self.network)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != x.ndim or tuple(logits.shape[2:]) != tuple(x.shape[2:]):
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"the tissue network must give logits (B, K, *spatial) for volumes {tuple(x.shape)}, got {shape}.")
-        if self.background_channel >= logits.shape[1]:
-            raise ValueError(f"background_channel {self.background_channel} is not a channel of the tissue logits ({logits.shape[1]}).")
-        masks = []
-        for volume_logits in logits:
-            not_background = (channel_argmax(volume_logits)[0] != self.background_channel).cpu().numpy()
-            masks.append(torch.from_numpy(self.masker.mask(not_background)))
-        return torch.stack(masks)
+        return brain_masks_from_logits(logits, x, self.masker, self.background_channel)
 
 
 class SkullStrippingInferer(Inferer):

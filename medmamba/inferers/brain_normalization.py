@@ -26,7 +26,7 @@ from medmamba.transforms.brain_mask import BrainMask
 from medmamba.transforms.brain_normalize import BrainNormalize
 from medmamba.transforms.label_map import channel_argmax
 
-__all__ = ["BrainNormalizingInferer", "tissue_network"]
+__all__ = ["BrainNormalizingInferer", "brain_masks_from_logits", "tissue_network"]
 
 
 class _MemberMean(nn.Module):
@@ -39,6 +39,37 @@ class _MemberMean(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def brain_masks_from_logits(
+    logits: Any, volumes: torch.Tensor, masker: BrainMask, background_channel: int = 0
+) -> torch.Tensor:
+    """Boolean brain masks ``(B, *spatial)`` from a tissue network's logits: every voxel whose most
+    likely class is not background, cleaned by ``masker`` (opening, largest component, holes filled).
+
+    Args:
+        logits: the tissue logits ``(B, K, *spatial)`` of ``volumes``.
+        volumes: the volumes ``(B, C, *spatial)`` the logits are of (for the shape check).
+        masker: the :class:`medmamba.transforms.BrainMask` that cleans each mask.
+        background_channel: index of the background class; every other class counts as brain.
+
+    Returns:
+        The masks, on the CPU.
+
+    Raises:
+        ValueError: ``logits`` are not ``(B, K, *spatial)`` of the volumes, or ``background_channel``
+            is not one of their channels.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.ndim != volumes.ndim or tuple(logits.shape[2:]) != tuple(volumes.shape[2:]):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the tissue network must give logits (B, K, *spatial) for volumes {tuple(volumes.shape)}, got {shape}.")
+    if not 0 <= background_channel < logits.shape[1]:
+        raise ValueError(f"background_channel {background_channel} is not a channel of the tissue logits ({logits.shape[1]}).")
+    masks = []
+    for volume_logits in torch.as_tensor(logits):
+        not_background = (channel_argmax(volume_logits)[0] != background_channel).cpu().numpy()
+        masks.append(torch.from_numpy(masker.mask(not_background)))
+    return torch.stack(masks)
 
 
 def tissue_network(network: Any) -> Any:
@@ -133,16 +164,7 @@ class BrainNormalizingInferer(Inferer):
     def brain_masks(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:
         """Boolean brain masks ``(B, *spatial)`` from the tissue network's most likely class per voxel."""
         logits = self.inferer(inputs, tissue_network(network) if self.network_kind == "lesion_map" else network)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != inputs.ndim:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"the tissue pass must return logits (B, K, *spatial) for inputs {tuple(inputs.shape)}, got {shape}.")
-        if not 0 <= self.background_channel < logits.shape[1]:
-            raise ValueError(f"background_channel {self.background_channel} is not a channel of the tissue logits ({logits.shape[1]}).")
-        masks = []
-        for volume_logits in torch.as_tensor(logits):
-            not_background = (channel_argmax(volume_logits)[0] != self.background_channel).cpu().numpy()
-            masks.append(torch.from_numpy(self.masker.mask(not_background)))
-        return torch.stack(masks)
+        return brain_masks_from_logits(logits, inputs, self.masker, self.background_channel)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """``inferer(volumes, network)`` of ``inputs`` ``(B, C, *spatial)`` normalised over each volume's brain."""
