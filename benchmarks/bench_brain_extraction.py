@@ -22,10 +22,8 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import machine_line  # noqa: E402
+from common import alternating_medians, machine_line, scan_benchmark_args  # noqa: E402
 
 from medmamba.resources import configure_threads  # noqa: E402
 
@@ -45,14 +43,7 @@ SETTINGS = {"none": None, "single pass": "inferer#inferer", "segmentation infere
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, required=True, help="a NIfTI file or DICOM series folder")
-    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "mobilemamba_classification")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (each times every setting once)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    args = scan_benchmark_args(__doc__, ROOT / "bundles" / "mobilemamba_classification", argv)
     from monai.bundle import ConfigParser
 
     configure_threads(args.threads)
@@ -68,24 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         if label == "none":
             data = config.get_parsed_content("preprocessing")({"image": str(args.image)})
     volume = data["image"].as_tensor()[None]
-    times: dict[str, list[float]] = {label: [] for label in SETTINGS}
-    for round_ in range(args.rounds + 1):  # round 0 warms up
-        for label, predictor in predictors.items():
-            start = time.perf_counter()
+
+    def run(predictor: Callable[[torch.Tensor], object]) -> Callable[[], None]:
+        def call() -> None:
             with torch.no_grad():
                 predictor(volume)
-            if round_:
-                times[label].append(time.perf_counter() - start)
-    base = statistics.median(times["none"])
+        return call
+
+    medians = alternating_medians({label: run(p) for label, p in predictors.items()}, args.rounds)
+    base = medians["none"]
     print(f"# classification with brain extraction\n\nCPU: {machine_line()}\n")
     print(f"scan {args.image.name}, network input {tuple(volume.shape[2:])} voxels, {args.rounds} rounds, median\n")
     print("| brain extraction | seconds | ratio to none |")
     print("|---|---|---|")
     for label in SETTINGS:
-        t = statistics.median(times[label])
-        print(f"| {label} | {t:.2f} | {t / base:.2f} |")
+        print(f"| {label} | {medians[label]:.2f} | {medians[label] / base:.2f} |")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,10 +16,8 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import machine_line  # noqa: E402
+from common import alternating_medians, machine_line, scan_benchmark_args  # noqa: E402
 
 from medmamba.resources import configure_threads  # noqa: E402
 
@@ -36,14 +34,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, required=True, help="a NIfTI file or DICOM series folder")
-    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "mobilemamba_segmentation")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (each times every setting once)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    args = scan_benchmark_args(__doc__, ROOT / "bundles" / "mobilemamba_segmentation", argv)
     from monai.bundle import ConfigParser
 
     configure_threads(args.threads)
@@ -56,26 +47,24 @@ def main(argv: list[str] | None = None) -> int:
     brain_inferer = config.get_parsed_content("brain_normalizing_inferer")
     data = preprocessing({"image": str(args.image)})
     volume = data["image"].as_tensor()[None]
-    settings = (0, 1, 2)
-    times: dict[int, list[float]] = {p: [] for p in settings}
-    for round_ in range(args.rounds + 1):  # round 0 warms up
-        for passes in settings:
+
+    def run(passes: int) -> Callable[[], None]:
+        def call() -> None:
             brain_inferer.tissue_passes = passes
-            start = time.perf_counter()
             with torch.no_grad():
                 predictor(volume)
-            if round_:
-                times[passes].append(time.perf_counter() - start)
-    base = statistics.median(times[0])
+        return call
+
+    settings = (0, 1, 2)
+    medians = alternating_medians({p: run(p) for p in settings}, args.rounds)
+    base = medians[0]
     print(f"# brain-normalising segmentation inference\n\nCPU: {machine_line()}\n")
     print(f"scan {args.image.name}, network input {tuple(volume.shape[2:])} voxels, {args.rounds} rounds, median\n")
     print("| tissue_passes | network passes | seconds | ratio to 0 |")
     print("|---|---|---|---|")
     for passes in settings:
-        t = statistics.median(times[passes])
-        print(f"| {passes} | {passes + 1} | {t:.2f} | {t / base:.2f} |")
+        print(f"| {passes} | {passes + 1} | {medians[passes]:.2f} | {medians[passes] / base:.2f} |")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

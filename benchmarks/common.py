@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from medmamba.resources import ALLOCATOR_SETTINGS, cpu_model
 
-__all__ = ["MALLOC_ENV", "machine_info", "machine_line", "reexec_with_env", "reexec_with_malloc_tuning", "time_call"]
+__all__ = [
+    "MALLOC_ENV",
+    "alternating_medians",
+    "machine_info",
+    "machine_line",
+    "reexec_with_env",
+    "reexec_with_malloc_tuning",
+    "scan_benchmark_args",
+    "time_call",
+]
 
 #: glibc returns freed large blocks to the OS, so large temporaries are page-faulted again on every
 #: call; these variables (read at process start) keep them, with the values bundle runs set through
@@ -86,3 +97,30 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, min_t
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def scan_benchmark_args(description: str, default_bundle: Path, argv: list[str] | None = None) -> argparse.Namespace:
+    """Arguments of a benchmark that times a bundle's predictor on one scan: ``--image``, ``--bundle``
+    (default ``default_bundle``), ``--rounds`` (at least 1) and ``--threads``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, required=True, help="a NIfTI file or DICOM series folder")
+    parser.add_argument("--bundle", type=Path, default=default_bundle)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (each times every setting once)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    return args
+
+
+def alternating_medians(settings: Mapping[Hashable, Callable[[], object]], rounds: int) -> dict[Hashable, float]:
+    """Median wall seconds of each setting's call over ``rounds`` rounds, after one warm-up round; each
+    round calls every setting once, in order, so that drift hits all of them alike."""
+    times: dict[Hashable, list[float]] = {label: [] for label in settings}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for label, call in settings.items():
+            start = time.perf_counter()
+            call()
+            if round_:
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
