@@ -341,6 +341,11 @@ def threshold_stages(name: str, bundle: Path, threads: int) -> list[Stage]:
 USES_WEIGHTS_OF: dict[str, str] = {"classification": "segmentation"}
 
 
+def deployed_weights(name: str) -> Path:
+    """The weights file a bundle deploys (:data:`DEPLOY_CHECKPOINT`), which other bundles' inference reads."""
+    return BUNDLES[name] / "models" / DEPLOY_CHECKPOINT[name]
+
+
 def link_chains(chains: Mapping[str, list[Stage]]) -> dict[str, list[Stage]]:
     """Make each chain's first stage that runs its ``inference.json`` or ``evaluate.json`` wait for
     the stage of the chain it takes weights from (:data:`USES_WEIGHTS_OF`) that writes that bundle's
@@ -349,7 +354,7 @@ def link_chains(chains: Mapping[str, list[Stage]]) -> dict[str, list[Stage]]:
     for user, provider in USES_WEIGHTS_OF.items():
         if user not in chains or provider not in chains:
             continue
-        deployed = BUNDLES[provider] / "models" / DEPLOY_CHECKPOINT[provider]
+        deployed = deployed_weights(provider)
         writers = [s for s in chains[provider] if deployed in s.outputs]
         readers = [s for s in chains[user] if any("inference.json" in a or "evaluate.json" in a for a in s.argv)]
         if writers and readers:
@@ -586,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [args.only] if args.only else list(BUNDLES)
     for name in names:
         provider = USES_WEIGHTS_OF.get(name)
-        deployed = None if provider is None else BUNDLES[provider] / "models" / DEPLOY_CHECKPOINT[provider]
+        deployed = None if provider is None else deployed_weights(provider)
         if provider not in names and deployed is not None and not deployed.is_file():
             parser.error(f"the {name} bundle runs the {provider} bundle's network (brain extraction) and "
                          f"{deployed.relative_to(ROOT)} is missing: run --only {provider} first, or both bundles")
