@@ -8,8 +8,11 @@ NeuroImage 2005; FSL FAST, Atropos with prior probability maps): inside the brai
 probabilities of the tissue classes are the *prior* of a Gaussian mixture over the scan's
 intensities, with one mean per tissue that varies smoothly in space (absorbing the bias field) and
 one variance per tissue, fitted to the scan by a few EM iterations. The posterior replaces the
-tissue probabilities; the background probability (what is not brain) is left as the network gave it,
-so the brain mask and its volume do not change.
+tissue probabilities; what is brain and what is not stays the network's decision: a voxel whose most
+probable class the network says is background is not changed, and in one it gives to a tissue the
+background probability is held below the refined most probable tissue's, so the brain mask and its
+volume do not change (``keep_brain_decision``; without it a real 1 mm head had neck voxels that the
+network called background turned into white matter, the brain 1.16x too large instead of 0.92x).
 
 The mixture is fitted to every scan on its own (no contrast is assumed: the means come from the
 voxels the network assigns to each tissue), so it works for any contrast in which the tissues differ
@@ -73,6 +76,7 @@ def refine_tissue_probabilities(
     bias_fwhm_mm: float = 40.0,
     iterations: int = 2,
     brain_threshold: float = 0.5,
+    keep_brain_decision: bool = True,
 ) -> torch.Tensor:
     """Posterior tissue probabilities of a Gaussian mixture whose prior is the network's prediction.
 
@@ -86,10 +90,16 @@ def refine_tissue_probabilities(
         bias_fwhm_mm: Smoothness of the per-tissue mean (the bias field it absorbs), FWHM in mm.
         iterations: EM iterations (each re-estimates means and variances from the posterior).
         brain_threshold: Voxels whose tissue probabilities sum to less than this are not refined.
+        keep_brain_decision: Keep the network's brain/background decision (the arg-max over all
+            channels being a tissue or not): voxels it gives to another class are left unchanged,
+            and in voxels it gives to a tissue every other channel is capped just below the refined
+            most probable tissue and the voxel renormalised. ``False``: the refined tissue channels
+            compete with the unchanged background, which can move the brain's border either way.
 
     Returns:
         float32 probabilities of the same shape: in refined voxels the tissue channels are the
-        brain probability times the mixture's posterior, elsewhere ``prob`` unchanged.
+        brain probability times the mixture's posterior (with ``keep_brain_decision``, voxels of
+        the network's brain then renormalised after the cap), elsewhere ``prob`` unchanged.
 
     Raises:
         ValueError: For mismatched shapes, a channel out of range or invalid numbers.
@@ -150,7 +160,19 @@ def refine_tissue_probabilities(
         resp = post * mask
     out = prob_t.clone()
     refined = brain * post
-    out[channels] = torch.where(region, refined, tissue)
+    if not keep_brain_decision:
+        out[channels] = torch.where(region, refined, tissue)
+        return out
+    in_brain = torch.zeros_like(prob_t, dtype=torch.bool)
+    in_brain[channels] = True
+    network_brain = torch.gather(in_brain, 0, prob_t.argmax(0, keepdim=True))[0]
+    change = region & network_brain
+    others = [c for c in range(prob_t.shape[0]) if c not in channels]
+    out[channels] = torch.where(change, refined, tissue)
+    if others:
+        cap = refined.amax(0) * (1.0 - 1e-4)
+        out[others] = torch.where(change, torch.minimum(prob_t[others], cap), prob_t[others])
+        out = torch.where(change, out / out.sum(0, keepdim=True), out)
     return out
 
 
@@ -164,6 +186,8 @@ class TissueIntensityRefine(Transform):
         bias_fwhm_mm: Smoothness of the per-tissue mean in mm (FWHM).
         iterations: EM iterations.
         brain_threshold: Minimum brain probability of a refined voxel.
+        keep_brain_decision: Leave the brain/background decision to the network (see
+            :func:`refine_tissue_probabilities`).
         spacing: Voxel size in mm; ``None`` reads it from the probabilities' affine (``MetaTensor``).
         max_voxel_mm: Leave the probabilities unchanged when a voxel is larger than this along any
             axis (thick slices mix tissues in every voxel, so intensities no longer separate them;
@@ -180,6 +204,7 @@ class TissueIntensityRefine(Transform):
         bias_fwhm_mm: float = 40.0,
         iterations: int = 2,
         brain_threshold: float = 0.5,
+        keep_brain_decision: bool = True,
         spacing: Sequence[float] | None = None,
         max_voxel_mm: float | None = None,
     ) -> None:
@@ -191,6 +216,7 @@ class TissueIntensityRefine(Transform):
         self.bias_fwhm_mm = float(bias_fwhm_mm)
         self.iterations = int(iterations)
         self.brain_threshold = float(brain_threshold)
+        self.keep_brain_decision = bool(keep_brain_decision)
         self.spacing = None if spacing is None else [float(s) for s in spacing]
 
     def __call__(self, img: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -211,7 +237,7 @@ class TissueIntensityRefine(Transform):
             return img
         out = refine_tissue_probabilities(
             torch.as_tensor(img), torch.as_tensor(image), spacing, self.tissue_channels, self.prior_weight,
-            self.bias_fwhm_mm, self.iterations, self.brain_threshold)
+            self.bias_fwhm_mm, self.iterations, self.brain_threshold, self.keep_brain_decision)
         if isinstance(img, MetaTensor):
             return MetaTensor(out, affine=img.affine, meta=dict(img.meta))
         return out
