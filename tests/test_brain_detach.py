@@ -124,7 +124,7 @@ def test_the_bundle_detaches_in_inference_evaluation_and_the_tissue_pass() -> No
 
 def test_the_bundle_refines_tissue_on_the_input_grid_except_thick_slices() -> None:
     """0.6.9: inference and evaluation refine the tissue probabilities by the scan's intensities
-    (TissueIntensityRefine) unless a voxel is thicker than 3 mm."""
+    (TissueIntensityRefine) unless a voxel is thicker than 3 mm; 0.6.11: with the same settings."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -139,6 +139,10 @@ def test_the_bundle_refines_tissue_on_the_input_grid_except_thick_slices() -> No
     post = parser.get_parsed_content("postprocessing").transforms
     refined = [t for t in post if isinstance(t, TissueIntensityRefined)]
     assert len(refined) == 1 and refined[0].image_key == "source_image" and refined[0].refiner.max_voxel_mm == 3.0
+    # 0.6.11: four EM iterations, the network's brain/background decision kept; evaluation as inference
+    settings = ("prior_weight", "bias_fwhm_mm", "iterations", "brain_threshold", "keep_brain_decision", "max_voxel_mm")
+    assert [getattr(refiner, k) for k in settings] == [1.0, 40.0, 4, 0.5, True, 3.0]
+    assert [getattr(refined[0].refiner, k) for k in settings] == [getattr(refiner, k) for k in settings]
     names = [type(t).__name__ for t in post]
     assert names.index("Invertd") < names.index("TissueIntensityRefined") < names.index("LabelMapd")
     copy = [t for t in parser.get_parsed_content("preprocessing").transforms if type(t).__name__ == "CopyItemsd"]
