@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# tissue refinement sweep\n\nCPU: {machine_line()}\n")
     rows = []
     sink = args.out.open("w") if args.out else None
+    missing = [str(d) for d in args.sets if not (d / "datalist.json").is_file()]
+    if missing:
+        raise ValueError(f"--sets must be shift-suite set folders with a datalist.json; none in {missing}")
     for set_dir in args.sets:
         datalist = json.loads((set_dir / "datalist.json").read_text())
         for item in datalist["test"]:

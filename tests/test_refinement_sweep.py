@@ -72,5 +72,7 @@ def test_missing_probabilities_name_the_command_that_writes_them(tmp_path):
     set_dir, pred = _write_set(tmp_path)
     with pytest.raises(ValueError, match="--write_probabilities true --refine_tissue false"):
         main(["--sets", str(set_dir), "--predictions", str(tmp_path / "elsewhere"), "--variants", '{"none": null}'])
+    with pytest.raises(ValueError, match="--sets must be shift-suite set folders with a datalist.json; none in"):
+        main(["--sets", str(tmp_path), "--predictions", str(pred), "--variants", '{"none": null}'])
     with pytest.raises(ValueError, match="--variants must be a JSON object"):
         main(["--sets", str(set_dir), "--predictions", str(pred), "--variants", "[1]"])

@@ -31,6 +31,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from medmamba.transforms.label_map import channel_argmax
 from medmamba.transforms.scan_checks import voxel_spacing
 
 __all__ = ["TissueIntensityRefine", "TissueIntensityRefined", "refine_tissue_probabilities"]
@@ -165,7 +166,7 @@ def refine_tissue_probabilities(
         return out
     in_brain = torch.zeros_like(prob_t, dtype=torch.bool)
     in_brain[channels] = True
-    network_brain = torch.gather(in_brain, 0, prob_t.argmax(0, keepdim=True))[0]
+    network_brain = torch.gather(in_brain, 0, channel_argmax(prob_t))[0]
     change = region & network_brain
     others = [c for c in range(prob_t.shape[0]) if c not in channels]
     out[channels] = torch.where(change, refined, tissue)
