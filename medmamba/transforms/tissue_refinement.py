@@ -11,8 +11,9 @@ one variance per tissue, fitted to the scan by a few EM iterations. The posterio
 tissue probabilities; what is brain and what is not stays the network's decision: a voxel whose most
 probable class the network says is background is not changed, and in one it gives to a tissue the
 background probability is held below the refined most probable tissue's, so the brain mask and its
-volume do not change (``keep_brain_decision``; without it a real 1 mm head had neck voxels that the
-network called background turned into white matter, the brain 1.16x too large instead of 0.92x).
+volume do not change (``keep_brain_decision``; without it, on a real 1 mm head, voxels the network
+called background became tissue and joined tissue it had labelled in the neck to the brain: 1.16x
+the reference brain volume instead of 0.92x).
 
 The mixture is fitted to every scan on its own (no contrast is assumed: the means come from the
 voxels the network assigns to each tissue), so it works for any contrast in which the tissues differ
