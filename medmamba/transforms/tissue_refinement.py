@@ -165,9 +165,9 @@ def refine_tissue_probabilities(
     if not keep_brain_decision:
         out[channels] = torch.where(region, refined, tissue)
         return out
-    in_brain = torch.zeros_like(prob_t, dtype=torch.bool)
-    in_brain[channels] = True
-    network_brain = torch.gather(in_brain, 0, channel_argmax(prob_t))[0]
+    is_tissue = torch.zeros(prob_t.shape[0], dtype=torch.bool, device=prob_t.device)
+    is_tissue[channels] = True
+    network_brain = is_tissue[channel_argmax(prob_t)[0]]
     change = region & network_brain
     others = [c for c in range(prob_t.shape[0]) if c not in channels]
     out[channels] = torch.where(change, refined, tissue)
