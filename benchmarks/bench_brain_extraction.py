@@ -76,5 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {medians[label]:.2f} | {medians[label] / base:.2f} |")
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

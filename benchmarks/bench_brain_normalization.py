@@ -66,5 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {passes} | {passes + 1} | {medians[passes]:.2f} | {medians[passes] / base:.2f} |")
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -162,16 +162,14 @@ def refine_tissue_probabilities(
         resp = post * mask
     out = prob_t.clone()
     refined = brain * post
-    if not keep_brain_decision:
-        out[channels] = torch.where(region, refined, tissue)
-        return out
-    is_tissue = torch.zeros(prob_t.shape[0], dtype=torch.bool, device=prob_t.device)
-    is_tissue[channels] = True
-    network_brain = is_tissue[channel_argmax(prob_t)[0]]
-    change = region & network_brain
-    others = [c for c in range(prob_t.shape[0]) if c not in channels]
+    change = region
+    if keep_brain_decision:
+        is_tissue = torch.zeros(prob_t.shape[0], dtype=torch.bool, device=prob_t.device)
+        is_tissue[channels] = True
+        change = region & is_tissue[channel_argmax(prob_t)[0]]  # the network's brain
     out[channels] = torch.where(change, refined, tissue)
-    if others:
+    others = [c for c in range(prob_t.shape[0]) if c not in channels]
+    if keep_brain_decision and others:
         cap = refined.amax(0) * (1.0 - 1e-4)
         out[others] = torch.where(change, torch.minimum(prob_t[others], cap), prob_t[others])
         out = torch.where(change, out / out.sum(0, keepdim=True), out)
