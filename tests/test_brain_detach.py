@@ -124,7 +124,8 @@ def test_the_bundle_detaches_in_inference_evaluation_and_the_tissue_pass() -> No
 
 def test_the_bundle_refines_tissue_on_the_input_grid_except_thick_slices() -> None:
     """0.6.9: inference and evaluation refine the tissue probabilities by the scan's intensities
-    (TissueIntensityRefine) unless a voxel is thicker than 3 mm; 0.6.11: with the same settings."""
+    (TissueIntensityRefine) unless a voxel is thicker than 3 mm; 0.6.11: with the same settings;
+    0.6.12: tissue means weighted by the posterior to the 4th power."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -140,8 +141,9 @@ def test_the_bundle_refines_tissue_on_the_input_grid_except_thick_slices() -> No
     refined = [t for t in post if isinstance(t, TissueIntensityRefined)]
     assert len(refined) == 1 and refined[0].image_key == "source_image" and refined[0].refiner.max_voxel_mm == 3.0
     # 0.6.11: four EM iterations, the network's brain/background decision kept; evaluation as inference
-    settings = ("prior_weight", "bias_fwhm_mm", "iterations", "brain_threshold", "keep_brain_decision", "max_voxel_mm")
-    assert [getattr(refiner, k) for k in settings] == [1.0, 40.0, 4, 0.5, True, 3.0]
+    settings = ("prior_weight", "bias_fwhm_mm", "iterations", "brain_threshold", "keep_brain_decision", "max_voxel_mm",
+                "mean_weight_power")
+    assert [getattr(refiner, k) for k in settings] == [1.0, 40.0, 4, 0.5, True, 3.0, 4.0]
     assert [getattr(refined[0].refiner, k) for k in settings] == [getattr(refiner, k) for k in settings]
     names = [type(t).__name__ for t in post]
     assert names.index("Invertd") < names.index("TissueIntensityRefined") < names.index("LabelMapd")

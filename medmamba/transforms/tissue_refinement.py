@@ -79,6 +79,7 @@ def refine_tissue_probabilities(
     iterations: int = 2,
     brain_threshold: float = 0.5,
     keep_brain_decision: bool = True,
+    mean_weight_power: float = 1.0,
 ) -> torch.Tensor:
     """Posterior tissue probabilities of a Gaussian mixture whose prior is the network's prediction.
 
@@ -97,6 +98,11 @@ def refine_tissue_probabilities(
             and in voxels it gives to a tissue every other channel is capped just below the refined
             most probable tissue and the voxel renormalised. ``False``: the refined tissue channels
             compete with the unchanged background, which can move the brain's border either way.
+        mean_weight_power: Exponent of the posterior probabilities that weight each tissue's local
+            mean (1: the plain EM update). Larger values take the means from the voxels classified
+            with confidence, so partial-volume voxels at tissue borders (a 1 mm voxel half sulcal
+            CSF, half cortex) pull the CSF and grey-matter means towards each other less; the
+            variances keep the plain weights.
 
     Returns:
         float32 probabilities of the same shape: in refined voxels the tissue channels are the
@@ -128,6 +134,8 @@ def refine_tissue_probabilities(
         raise ValueError(
             f"expected prior_weight >= 0, bias_fwhm_mm > 0, iterations >= 1 and 0 < brain_threshold < 1, got "
             f"{prior_weight!r}, {bias_fwhm_mm!r}, {iterations!r}, {brain_threshold!r}.")
+    if not mean_weight_power >= 1:
+        raise ValueError(f"mean_weight_power must be a number >= 1, got {mean_weight_power!r}.")
 
     tissue = prob_t[channels]
     brain = tissue.sum(0)
@@ -150,8 +158,9 @@ def refine_tissue_probabilities(
         global_mean = (resp * img_n).flatten(1).sum(1) / weight_sum
         view = (-1,) + (1,) * nd
         # a local mean per tissue; where a tissue is rare it is pulled to its global mean
-        local_w = _smooth_coarse(resp, factors, sigmas)
-        local_wi = _smooth_coarse(resp * img_n, factors, sigmas)
+        weights = resp if mean_weight_power == 1 else resp ** mean_weight_power
+        local_w = _smooth_coarse(weights, factors, sigmas)
+        local_wi = _smooth_coarse(weights * img_n, factors, sigmas)
         ridge = 0.05
         mean = (local_wi + ridge * global_mean.view(view)) / (local_w + ridge)
         resid2 = (img_n - mean) ** 2
@@ -192,9 +201,11 @@ class TissueIntensityRefine(Transform):
         max_voxel_mm: Leave the probabilities unchanged when a voxel is larger than this along any
             axis (thick slices mix tissues in every voxel, so intensities no longer separate them;
             on 2 x 2 x 5 mm inputs the refinement lowered Dice); ``None``: refine every input.
+        mean_weight_power: Exponent of the posterior weights of the tissue means (see
+            :func:`refine_tissue_probabilities`; 1: the plain EM update).
 
     Raises:
-        ValueError: For a ``max_voxel_mm`` that is not positive.
+        ValueError: For a ``max_voxel_mm`` that is not positive or a ``mean_weight_power`` below 1.
     """
 
     def __init__(
@@ -207,9 +218,13 @@ class TissueIntensityRefine(Transform):
         keep_brain_decision: bool = True,
         spacing: Sequence[float] | None = None,
         max_voxel_mm: float | None = None,
+        mean_weight_power: float = 1.0,
     ) -> None:
         if max_voxel_mm is not None and not float(max_voxel_mm) > 0:
             raise ValueError(f"max_voxel_mm must be a voxel size in mm > 0 or None, got {max_voxel_mm!r}.")
+        if not float(mean_weight_power) >= 1:
+            raise ValueError(f"mean_weight_power must be a number >= 1, got {mean_weight_power!r}.")
+        self.mean_weight_power = float(mean_weight_power)
         self.max_voxel_mm = None if max_voxel_mm is None else float(max_voxel_mm)
         self.tissue_channels = tuple(int(c) for c in tissue_channels)
         self.prior_weight = float(prior_weight)
@@ -237,7 +252,8 @@ class TissueIntensityRefine(Transform):
             return img
         out = refine_tissue_probabilities(
             torch.as_tensor(img), torch.as_tensor(image), spacing, self.tissue_channels, self.prior_weight,
-            self.bias_fwhm_mm, self.iterations, self.brain_threshold, self.keep_brain_decision)
+            self.bias_fwhm_mm, self.iterations, self.brain_threshold, self.keep_brain_decision,
+            self.mean_weight_power)
         if isinstance(img, MetaTensor):
             return MetaTensor(out, affine=img.affine, meta=dict(img.meta))
         return out
