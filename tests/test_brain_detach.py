@@ -146,7 +146,14 @@ def test_the_bundle_refines_tissue_on_the_input_grid_except_thick_slices() -> No
     assert [getattr(refiner, k) for k in settings] == [1.0, 40.0, 4, 0.5, True, 3.0, 4.0]
     assert [getattr(refined[0].refiner, k) for k in settings] == [getattr(refiner, k) for k in settings]
     names = [type(t).__name__ for t in post]
-    assert names.index("Invertd") < names.index("TissueIntensityRefined") < names.index("LabelMapd")
+    assert names.index("Invertd") < names.index("StrippedInputBraind") < names.index("TissueIntensityRefined") < names.index("LabelMapd")
+    # 0.6.12: a skull-stripped input keeps its own brain, in inference (before the refinement) and evaluation alike
+    (stripped,) = [t for t in post if type(t).__name__ == "StrippedInputBraind"]
+    assert stripped.image_key == "source_image" and stripped.transform.max_support_ratio == 1.3
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    assert "refiner=[@input_brain, @tissue_refiner]" in parser["run"][0]
+    assert parser.get_parsed_content("input_brain").max_support_ratio == 1.3
     copy = [t for t in parser.get_parsed_content("preprocessing").transforms if type(t).__name__ == "CopyItemsd"]
     assert len(copy) == 1
     # thick slices: the probabilities come back unchanged

@@ -280,12 +280,39 @@ def test_refiner_without_the_loaded_scan_fails_the_case_with_the_fix(phantoms: d
     parser = ConfigParser()
     parser.read_config(str(SEG_CONFIGS / "inference.json"))
     parser["refine_tissue"] = False  # no copy of the loaded scan in the preprocessing
+    parser["stripped_input_brain"] = False
     report = segment_scans([phantoms["2mm"]["path"]], ThresholdSegmenter(), tmp_path,
                            parser.get_parsed_content("preprocessing"), {1: "csf", 2: "gm", 3: "wm"},
                            refiner=RecordingRefiner())
     assert report.n_ok == 0 and report.n_failed == 1
     reason = " ".join(report.failed.values())
     assert "CopyItemsd" in reason and "source_image" in reason
+
+
+def test_a_skull_stripped_scan_keeps_its_own_brain(tmp_path: Path) -> None:
+    """0.6.12: a skull-stripped input (zero outside the brain) whose lower part is too dark for the
+    network (the stub calls it background, as the real network did with a bias-darkened cerebellum)
+    keeps its whole brain; the report says where the brain came from."""
+    affine, shape = _grid((2.0, 2.0, 2.0), np.eye(3))
+    world = _world(affine, shape)
+    brain = _inside_ellipsoid(world, BRAIN_AXES)
+    dark = brain & (world[..., 2] < CENTRE[2] - 25.0)
+    img = np.zeros(shape, np.float32)
+    img[brain] = LEVELS["brain"]
+    img[dark] = 60.0  # below the stub's tissue threshold (75)
+    img[_inside_ball(world, SPHERE)] = LEVELS["sphere"]
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(img, affine), tmp_path / "in" / "stripped.nii.gz")
+    assert 0.05 < dark.sum() / brain.sum() < 0.15
+    masks, sources = {}, {}
+    for on in (True, False):
+        out = tmp_path / f"out_{on}"
+        assert _segment(tmp_path / "in" / "stripped.nii.gz", out, stripped_input_brain=on, refine_tissue=False)["n_ok"] == 1
+        masks[on] = np.asarray(nib.load(out / "in_stripped" / "in_stripped_brain_mask.nii.gz").dataobj) > 0
+        sources[on] = _rows(out / "segmentation.csv")["in_stripped"]["brain_source"]
+    assert sources == {True: "skull-stripped input", False: "network"}
+    np.testing.assert_array_equal(masks[True], brain)
+    assert masks[False][dark].mean() < 0.1 and _dice(masks[False], brain) < 0.97
 
 
 def test_dicom_series_at_5_mm_gets_its_masks_and_seg_on_its_own_grid(phantoms: dict, tmp_path: Path) -> None:

@@ -103,7 +103,9 @@ def segment_scans(
     brain_opening_mm: float = 0.0,
     warnings_key: str = "scan_warnings",
     weighting_key: str = "scan_weighting",
-    refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    | Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None]
+    | None = None,
     source_key: str = "source_image",
 ) -> BatchReport:
     """Segment every case and write the results in each input's own geometry.
@@ -148,7 +150,10 @@ def segment_scans(
             (empty without it).
         refiner: Applied to the probabilities on the input's grid with the scan as loaded, before
             the arg-max (e.g. :class:`medmamba.transforms.TissueIntensityRefine`: detail finer than
-            the network's spacing from the scan's own intensities); ``None``: no refinement.
+            the network's spacing from the scan's own intensities); a sequence: applied in order
+            (``None`` entries skipped, e.g. :class:`medmamba.transforms.StrippedInputBrain` first);
+            ``None``: no refinement. A ``"brain_source"`` that one leaves in the probabilities'
+            metadata is reported per case (``brain_source``; ``"network"`` otherwise).
         source_key: Key under which the preprocessing keeps a copy of the scan as loaded (a
             ``CopyItemsd`` right after loading); needed by ``refiner``. Not ``"<image_key>_..."``:
             MONAI's ``Spacingd`` takes such keys for metadata dictionaries.
@@ -163,6 +168,12 @@ def segment_scans(
         if len(brain_volume_range_ml) != 2 or not float(brain_volume_range_ml[0]) < float(brain_volume_range_ml[1]):
             raise ValueError(f"brain_volume_range_ml must be a (low, high) range in ml, got {brain_volume_range_ml!r}.")
     cleaner, brain_masker = brain_transforms(brain_labels, keep_components, brain_opening_mm)
+    if refiner is None or callable(refiner):
+        refiners = [] if refiner is None else [refiner]
+    else:
+        refiners = [step for step in refiner if step is not None]
+        if not all(callable(step) for step in refiners):
+            raise TypeError(f"refiner must be a callable (prob, image) -> prob, a sequence of them or None, got {refiner!r}.")
 
     def process(case: BatchCase) -> dict[str, Any]:
         data = _prepare(case, preprocessing, image_key)
@@ -175,7 +186,7 @@ def segment_scans(
             raise ValueError(f"predictor output spatial shape {tuple(probs.shape[1:])} != input {tuple(img.shape[1:])}")
         data["prob"] = probs
         inv = invert_prediction(data, preprocessing, "prob", image_key, nearest=False)
-        if refiner is not None:
+        if refiners:
             if source_key not in data:
                 raise KeyError(f"refiner needs the scan as loaded under source_key={source_key!r}: add "
                                f"CopyItemsd(keys={image_key!r}, names={source_key!r}) right after loading in the "
@@ -184,7 +195,9 @@ def segment_scans(
             if tuple(source.shape[1:]) != tuple(inv.shape[1:]):
                 raise ValueError(f"{source_key!r} has spatial shape {tuple(source.shape[1:])}, the inverted "
                                  f"probabilities {tuple(inv.shape[1:])}: copy the scan before any spatial transform")
-            inv = refiner(inv, source)
+            for step in refiners:
+                inv = step(inv, source)
+        brain_source = str(inv.meta.get("brain_source", "network")) if isinstance(inv, MetaTensor) else "network"
         mask = MetaTensor(channel_argmax(inv.as_tensor()).to(torch.float32), affine=inv.affine,
                           meta=dict(inv.meta))
         if cleaner is not None:
@@ -193,7 +206,7 @@ def segment_scans(
         if write_probabilities:
             outputs["prob_nifti"] = write_probabilities_nifti(case.out_dir / f"{case.case_id}_prob.nii.gz", inv).name
         del inv, data["prob"]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"brain_source": brain_source}
         if brain_masker is not None:
             brain = brain_masker(mask)
             brain_path = case.out_dir / f"{case.case_id}_brain_mask.nii.gz"

@@ -27,6 +27,7 @@ from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMult
 from medmamba.transforms.presets import ForegroundSelector, scan_preprocessing
 from medmamba.transforms.scan_checks import CheckScan, CheckScand, scan_plausibility, voxel_spacing
 from medmamba.transforms.slice_stack import SliceStackd, neighbour_slice_indices, stack_slices
+from medmamba.transforms.stripped_input import StrippedInputBrain, StrippedInputBraind, skull_stripped_support
 from medmamba.transforms.synthesis import RandDomainSynthesisd
 from medmamba.transforms.tissue_refinement import (
     TissueIntensityRefine,
@@ -70,6 +71,8 @@ __all__ = [
     "RandStackLesionInsertd",
     "SampleLesionLabeld",
     "SliceLesionLabelsd",
+    "StrippedInputBrain",
+    "StrippedInputBraind",
     "TissueIntensityRefine",
     "TissueIntensityRefined",
     "channel_argmax",
@@ -86,4 +89,5 @@ __all__ = [
     "neighbour_slice_indices",
     "stack_slices",
     "voxel_spacing",
+    "skull_stripped_support",
 ]

