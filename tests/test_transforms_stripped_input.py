@@ -93,3 +93,17 @@ def test_dictionary_version_and_errors() -> None:
         StrippedInputBrain(tissue_channels=(1, 2, 3, 4))(prob, image)
     with pytest.raises(ValueError, match="image spatial shape"):
         skull_stripped_support(image[0, :-1], brain)
+
+
+def test_the_scan_copy_is_kept_while_either_feature_needs_it() -> None:
+    """The preprocessing copies the loaded scan (``source_image``) unless both the refinement and the
+    stripped-input brain are off (``medmamba.bundle.all_off``)."""
+    from medmamba.bundle import all_off
+
+    assert all_off(refine_tissue="false", stripped_input_brain=False) is True
+    assert all_off(refine_tissue="false", stripped_input_brain="true") is False
+    assert all_off(refine_tissue=True, stripped_input_brain=False) is False
+    with pytest.raises(ValueError, match="stripped_input_brain must be true or false, got 'maybe'"):
+        all_off(refine_tissue=False, stripped_input_brain="maybe")
+    with pytest.raises(ValueError, match="all_off needs at least one switch"):
+        all_off()

@@ -21,13 +21,14 @@ One concept per module:
 from __future__ import annotations
 
 from .distributed import handlers_of_rank
-from .flags import flag
+from .flags import all_off, flag
 from .networks import network_description, network_label, network_variant, to_device
 from .paths import existing_file, model_file
 from .threshold import release_threshold
 from .training import class_weights, dense_teacher, warmup_steps
 
 __all__ = [
+    "all_off",
     "class_weights",
     "dense_teacher",
     "existing_file",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["flag"]
+__all__ = ["all_off", "flag"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -37,3 +37,20 @@ def flag(value: Any, name: str = "value") -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def all_off(**switches: Any) -> bool:
+    """Whether every named config switch is off (for a ``_disabled_`` shared by several features).
+
+    Args:
+        switches: The switches by variable name, each read by :func:`flag`.
+
+    Returns:
+        ``True`` when none is on.
+
+    Raises:
+        ValueError: For a switch that is not true or false, or no switch at all.
+    """
+    if not switches:
+        raise ValueError("all_off needs at least one switch, e.g. all_off(refine_tissue=@refine_tissue).")
+    return not any(flag(value, name) for name, value in switches.items())
