@@ -107,3 +107,21 @@ def test_the_scan_copy_is_kept_while_either_feature_needs_it() -> None:
         all_off(refine_tissue=False, stripped_input_brain="maybe")
     with pytest.raises(ValueError, match="all_off needs at least one switch"):
         all_off()
+
+
+def test_a_halo_of_interpolation_leftovers_is_background() -> None:
+    """A stripped template resampled by a float interpolation keeps values like 1e-30 around the brain
+    (nilearn's 2 mm MNI152 template); they count as background, exact zeros or not."""
+    brain = _brain()
+    missed = brain & (np.indices(brain.shape)[2] < 12)
+    prob = _network_probabilities(brain, missed)
+    from scipy import ndimage
+
+    halo = ndimage.binary_dilation(brain, iterations=6) & ~brain
+    scan = _stripped_scan(brain)
+    scan[halo] = 1e-30
+    out = StrippedInputBrain()(prob, torch.from_numpy(scan)[None])
+    np.testing.assert_array_equal(channel_argmax(out)[0].numpy() > 0, brain)
+    assert skull_stripped_support(scan, channel_argmax(prob)[0] > 0, background_tolerance=0.0) is None
+    with pytest.raises(ValueError, match="background_tolerance must be in \\[0, 1\\), got 1.5"):
+        skull_stripped_support(scan, brain, background_tolerance=1.5)

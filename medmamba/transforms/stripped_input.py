@@ -10,7 +10,9 @@ non-zero voxel instead; this transform does the same for a stripped input and le
 input to the network.
 
 A scan counts as skull-stripped when (1) at least ``min_background_fraction`` of its voxels hold
-exactly its lowest value (a stripped volume's constant background; a head has noise in its air),
+its lowest value (a stripped volume's constant background; a head has noise in its air), within
+``background_tolerance`` of the scan's intensity range (a stripped template resampled by a float
+interpolation keeps a halo of values like 1e-30 around the brain; nilearn's 2 mm MNI152 has one),
 (2) the other voxels, holes filled, are at most ``max_support_ratio`` times the network's brain
 (a head with a zeroed background is several times its brain) and (3) hold at least
 ``min_overlap`` of the network's brain. Then, inside that support, the background channels are
@@ -47,6 +49,7 @@ def skull_stripped_support(
     max_support_ratio: float = 1.3,
     min_overlap: float = 0.9,
     min_background_fraction: float = 0.2,
+    background_tolerance: float = 1e-6,
 ) -> np.ndarray | None:
     """The brain of a skull-stripped scan (its non-constant voxels, holes filled), or ``None`` for another scan.
 
@@ -55,7 +58,9 @@ def skull_stripped_support(
         network_brain: Boolean mask of the network's brain on the same grid.
         max_support_ratio: Largest accepted ratio of the support's volume to the network's brain.
         min_overlap: Smallest accepted fraction of the network's brain inside the support.
-        min_background_fraction: Smallest fraction of voxels at exactly the scan's lowest value.
+        min_background_fraction: Smallest fraction of voxels at the scan's lowest value.
+        background_tolerance: How far above the lowest value a background voxel may lie, as a
+            fraction of the range from the lowest value to the 99.9th percentile (0: exactly).
 
     Returns:
         The boolean support, or ``None`` when the scan does not look skull-stripped.
@@ -75,11 +80,18 @@ def skull_stripped_support(
         raise ValueError(
             "expected max_support_ratio >= 1, 0 < min_overlap <= 1 and 0 < min_background_fraction < 1, got "
             f"{max_support_ratio!r}, {min_overlap!r}, {min_background_fraction!r}.")
+    if not 0 <= background_tolerance < 1:
+        raise ValueError(f"background_tolerance must be in [0, 1), got {background_tolerance!r}.")
     n_brain = int(brain.sum())
     if n_brain == 0 or img.size == 0:
         return None
-    low = img.min()
-    background = img == low
+    low = float(img.min())
+    if background_tolerance > 0:
+        sample = img.reshape(-1)[:: max(1, img.size // 200_000)]
+        high = float(np.percentile(sample, 99.9))
+        background = img <= low + background_tolerance * max(high - low, 0.0)
+    else:
+        background = img == low
     if float(background.mean()) < min_background_fraction:
         return None
     support = ndimage.binary_fill_holes(~background)
@@ -99,7 +111,9 @@ class StrippedInputBrain(Transform):
         max_support_ratio: Largest ratio of the input's non-zero volume to the network's brain for
             the input to count as skull-stripped.
         min_overlap: Smallest fraction of the network's brain inside the input's non-zero voxels.
-        min_background_fraction: Smallest fraction of voxels at exactly the input's lowest value.
+        min_background_fraction: Smallest fraction of voxels at the input's lowest value.
+        background_tolerance: How far above the lowest value a background voxel may lie, as a
+            fraction of the input's intensity range (see :func:`skull_stripped_support`).
 
     Raises:
         ValueError: For settings out of range or too few tissue channels.
@@ -111,6 +125,7 @@ class StrippedInputBrain(Transform):
         max_support_ratio: float = 1.3,
         min_overlap: float = 0.9,
         min_background_fraction: float = 0.2,
+        background_tolerance: float = 1e-6,
     ) -> None:
         if not float(max_support_ratio) >= 1 or not 0 < float(min_overlap) <= 1 or not 0 < float(min_background_fraction) < 1:
             raise ValueError(
@@ -122,6 +137,9 @@ class StrippedInputBrain(Transform):
         self.max_support_ratio = float(max_support_ratio)
         self.min_overlap = float(min_overlap)
         self.min_background_fraction = float(min_background_fraction)
+        if not 0 <= float(background_tolerance) < 1:
+            raise ValueError(f"background_tolerance must be in [0, 1), got {background_tolerance!r}.")
+        self.background_tolerance = float(background_tolerance)
 
     def __call__(self, img: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Args:
@@ -140,7 +158,7 @@ class StrippedInputBrain(Transform):
         is_tissue[list(self.tissue_channels)] = True
         network_brain = is_tissue[channel_argmax(prob)[0]]
         support = skull_stripped_support(image, network_brain, self.max_support_ratio, self.min_overlap,
-                                         self.min_background_fraction)
+                                         self.min_background_fraction, self.background_tolerance)
         if support is None:
             return img
         inside = torch.from_numpy(support).to(prob.device)
