@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import AsDiscrete
 
-from medmamba.transforms import LabelMap, LabelMapd, MRNormalize, channel_argmax
+from medmamba.transforms import LabelMap, LabelMapd, MRNormalize, argmax_in, channel_argmax
 
 
 def test_label_map_equals_monai_as_discrete_argmax() -> None:
@@ -50,3 +50,10 @@ def test_mr_normalize_statistics_over_clipped_foreground() -> None:
     expected = (y - y[fg].mean()) / y[fg].std()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert abs(float(out[fg].mean())) < 1e-5 and abs(float(out[fg].std()) - 1.0) < 1e-5
+
+
+def test_argmax_in_says_whether_the_winning_channel_is_one_of_the_given() -> None:
+    scores = torch.tensor([[0.6, 0.1, 0.2], [0.3, 0.7, 0.2], [0.1, 0.2, 0.6]])[:, :, None]  # (3 channels, 3, 1)
+    assert argmax_in(scores, [1, 2])[:, 0].tolist() == [False, True, True]
+    assert argmax_in(scores, [0])[:, 0].tolist() == [True, False, False]
+    assert torch.equal(argmax_in(scores, [1, 2]), channel_argmax(scores)[0] > 0)

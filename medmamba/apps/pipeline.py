@@ -33,6 +33,7 @@ from medmamba.io.geometry import voxel_volume_ml
 from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_probabilities_nifti
 from medmamba.transforms.brain_mask import BrainMask, KeepBrainComponent
 from medmamba.transforms.label_map import channel_argmax
+from medmamba.transforms.stripped_input import BRAIN_SOURCE_KEY
 
 __all__ = ["Predictor", "brain_transforms", "classify_scans", "segment_scans"]
 
@@ -197,7 +198,7 @@ def segment_scans(
                                  f"probabilities {tuple(inv.shape[1:])}: copy the scan before any spatial transform")
             for step in refiners:
                 inv = step(inv, source)
-        brain_source = str(inv.meta.get("brain_source", "network")) if isinstance(inv, MetaTensor) else "network"
+        brain_source = str(inv.meta.get(BRAIN_SOURCE_KEY, "network")) if isinstance(inv, MetaTensor) else "network"
         mask = MetaTensor(channel_argmax(inv.as_tensor()).to(torch.float32), affine=inv.affine,
                           meta=dict(inv.meta))
         if cleaner is not None:

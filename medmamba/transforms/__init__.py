@@ -11,7 +11,7 @@ from medmamba.transforms.bias_field import RandBiasField, RandBiasFieldd, legend
 from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd, detach_brain
 from medmamba.transforms.brain_normalize import BrainNormalize, BrainNormalized
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
-from medmamba.transforms.label_map import LabelMap, LabelMapd, channel_argmax
+from medmamba.transforms.label_map import LabelMap, LabelMapd, argmax_in, channel_argmax
 from medmamba.transforms.lesion_insertion import RandLesionInsertd, RandStackLesionInsertd
 from medmamba.transforms.lesion_labels import (
     AMBIGUOUS,
@@ -30,6 +30,7 @@ from medmamba.transforms.slice_stack import SliceStackd, neighbour_slice_indices
 from medmamba.transforms.stripped_input import StrippedInputBrain, StrippedInputBraind, skull_stripped_support
 from medmamba.transforms.synthesis import RandDomainSynthesisd
 from medmamba.transforms.tissue_refinement import (
+    ScanGuidedd,
     TissueIntensityRefine,
     TissueIntensityRefined,
     refine_tissue_probabilities,
@@ -70,11 +71,13 @@ __all__ = [
     "RandLesionInsertd",
     "RandStackLesionInsertd",
     "SampleLesionLabeld",
+    "ScanGuidedd",
     "SliceLesionLabelsd",
     "StrippedInputBrain",
     "StrippedInputBraind",
     "TissueIntensityRefine",
     "TissueIntensityRefined",
+    "argmax_in",
     "channel_argmax",
     "foreground_mask",
     "foreground_threshold",

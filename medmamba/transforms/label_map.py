@@ -10,7 +10,7 @@ per case.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_tensor
 
-__all__ = ["LabelMap", "LabelMapd", "channel_argmax"]
+__all__ = ["LabelMap", "LabelMapd", "argmax_in", "channel_argmax"]
 
 
 def channel_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -38,6 +38,21 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be channel-first scores (C, *spatial) with C >= 1, got shape {tuple(x.shape)}.")
     return torch.max(x, dim=0, keepdim=True).indices
+
+
+def argmax_in(x: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+    """Whether each voxel's most probable channel (:func:`channel_argmax`) is one of ``channels``.
+
+    Args:
+        x: Channel-first scores ``(C, *spatial)``.
+        channels: Channel indices, each in ``[0, C)``.
+
+    Returns:
+        Boolean ``(*spatial)``, e.g. the network's brain when ``channels`` are the tissue classes.
+    """
+    member = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    member[list(channels)] = True
+    return member[channel_argmax(x)[0]]
 
 
 class LabelMap(Transform):

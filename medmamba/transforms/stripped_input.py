@@ -24,16 +24,17 @@ channel is one. Otherwise the probabilities are returned unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
-from medmamba.transforms.label_map import channel_argmax
+from medmamba.transforms.label_map import argmax_in
+from medmamba.transforms.tissue_refinement import ScanGuidedd
 
 __all__ = ["StrippedInputBrain", "StrippedInputBraind", "skull_stripped_support"]
 
@@ -41,6 +42,16 @@ logger = logging.getLogger(__name__)
 
 #: Key of the probabilities' metadata that says where the brain came from.
 BRAIN_SOURCE_KEY = "brain_source"
+
+
+def _check_settings(max_support_ratio: float, min_overlap: float, min_background_fraction: float,
+                    background_tolerance: float) -> None:
+    if not float(max_support_ratio) >= 1 or not 0 < float(min_overlap) <= 1 or not 0 < float(min_background_fraction) < 1:
+        raise ValueError(
+            "expected max_support_ratio >= 1, 0 < min_overlap <= 1 and 0 < min_background_fraction < 1, got "
+            f"{max_support_ratio!r}, {min_overlap!r}, {min_background_fraction!r}.")
+    if not 0 <= float(background_tolerance) < 1:
+        raise ValueError(f"background_tolerance must be in [0, 1), got {background_tolerance!r}.")
 
 
 def skull_stripped_support(
@@ -76,12 +87,7 @@ def skull_stripped_support(
         img = img[0]
     if img.shape != brain.shape:
         raise ValueError(f"image spatial shape {img.shape} != network_brain shape {brain.shape}.")
-    if not max_support_ratio >= 1 or not 0 < min_overlap <= 1 or not 0 < min_background_fraction < 1:
-        raise ValueError(
-            "expected max_support_ratio >= 1, 0 < min_overlap <= 1 and 0 < min_background_fraction < 1, got "
-            f"{max_support_ratio!r}, {min_overlap!r}, {min_background_fraction!r}.")
-    if not 0 <= background_tolerance < 1:
-        raise ValueError(f"background_tolerance must be in [0, 1), got {background_tolerance!r}.")
+    _check_settings(max_support_ratio, min_overlap, min_background_fraction, background_tolerance)
     n_brain = int(brain.sum())
     if n_brain == 0 or img.size == 0:
         return None
@@ -127,18 +133,13 @@ class StrippedInputBrain(Transform):
         min_background_fraction: float = 0.2,
         background_tolerance: float = 1e-6,
     ) -> None:
-        if not float(max_support_ratio) >= 1 or not 0 < float(min_overlap) <= 1 or not 0 < float(min_background_fraction) < 1:
-            raise ValueError(
-                "expected max_support_ratio >= 1, 0 < min_overlap <= 1 and 0 < min_background_fraction < 1, got "
-                f"{max_support_ratio!r}, {min_overlap!r}, {min_background_fraction!r}.")
+        _check_settings(max_support_ratio, min_overlap, min_background_fraction, background_tolerance)
         self.tissue_channels = tuple(int(c) for c in tissue_channels)
         if len(self.tissue_channels) < 1 or len(set(self.tissue_channels)) != len(self.tissue_channels):
             raise ValueError(f"tissue_channels must be distinct channel indices, got {tissue_channels!r}.")
         self.max_support_ratio = float(max_support_ratio)
         self.min_overlap = float(min_overlap)
         self.min_background_fraction = float(min_background_fraction)
-        if not 0 <= float(background_tolerance) < 1:
-            raise ValueError(f"background_tolerance must be in [0, 1), got {background_tolerance!r}.")
         self.background_tolerance = float(background_tolerance)
 
     def __call__(self, img: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -154,9 +155,7 @@ class StrippedInputBrain(Transform):
         k = int(prob.shape[0])
         if any(not 0 <= c < k for c in self.tissue_channels) or len(self.tissue_channels) >= k:
             raise ValueError(f"tissue_channels {self.tissue_channels} must be some, not all, of the {k} channels of img.")
-        is_tissue = torch.zeros(k, dtype=torch.bool, device=prob.device)
-        is_tissue[list(self.tissue_channels)] = True
-        network_brain = is_tissue[channel_argmax(prob)[0]]
+        network_brain = argmax_in(prob, self.tissue_channels)
         support = skull_stripped_support(image, network_brain, self.max_support_ratio, self.min_overlap,
                                          self.min_background_fraction, self.background_tolerance)
         if support is None:
@@ -164,19 +163,20 @@ class StrippedInputBrain(Transform):
         inside = torch.from_numpy(support).to(prob.device)
         logger.info("skull-stripped input: its %d non-zero voxels are the brain (the network's brain: %d voxels)",
                     int(inside.sum()), int(network_brain.sum()))
-        tissue = prob[is_tissue].float()
+        channels = list(self.tissue_channels)
+        tissue = prob[channels].float()
         eps = 1e-6
         tissue = (tissue + eps) / (tissue + eps).sum(0, keepdim=True)
         out = torch.zeros_like(prob, dtype=torch.float32)
-        out[is_tissue] = torch.where(inside, tissue, torch.zeros_like(tissue))
-        first_background = int(torch.nonzero(~is_tissue)[0])
+        out[channels] = torch.where(inside, tissue, torch.zeros_like(tissue))
+        first_background = min(c for c in range(k) if c not in self.tissue_channels)
         out[first_background] = (~inside).to(torch.float32)
         if isinstance(img, MetaTensor):
             return MetaTensor(out, affine=img.affine, meta={**img.meta, BRAIN_SOURCE_KEY: "skull-stripped input"})
         return out
 
 
-class StrippedInputBraind(MapTransform):
+class StrippedInputBraind(ScanGuidedd):
     """Dictionary version of :class:`StrippedInputBrain`.
 
     Args:
@@ -188,14 +188,4 @@ class StrippedInputBraind(MapTransform):
 
     def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False,
                  **kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.image_key = image_key
-        self.transform = StrippedInputBrain(**kwargs)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.image_key not in d:
-            raise KeyError(f"image_key={self.image_key!r} is not in the data; it has {sorted(map(str, d))}.")
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key], d[self.image_key])
-        return d
+        super().__init__(keys, StrippedInputBrain(**kwargs), image_key, allow_missing_keys)

@@ -23,7 +23,7 @@ in intensity, and falls back to the prior where they do not (equal likelihoods).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,10 +32,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from medmamba.transforms.label_map import channel_argmax
+from medmamba.transforms.label_map import argmax_in
 from medmamba.transforms.scan_checks import voxel_spacing
 
-__all__ = ["TissueIntensityRefine", "TissueIntensityRefined", "refine_tissue_probabilities"]
+__all__ = ["ScanGuidedd", "TissueIntensityRefine", "TissueIntensityRefined", "refine_tissue_probabilities"]
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -173,9 +173,7 @@ def refine_tissue_probabilities(
     refined = brain * post
     change = region
     if keep_brain_decision:
-        is_tissue = torch.zeros(prob_t.shape[0], dtype=torch.bool, device=prob_t.device)
-        is_tissue[channels] = True
-        change = region & is_tissue[channel_argmax(prob_t)[0]]  # the network's brain
+        change = region & argmax_in(prob_t, channels)  # the network's brain
     out[channels] = torch.where(change, refined, tissue)
     others = [c for c in range(prob_t.shape[0]) if c not in channels]
     if keep_brain_decision and others:
@@ -259,7 +257,33 @@ class TissueIntensityRefine(Transform):
         return out
 
 
-class TissueIntensityRefined(MapTransform):
+class ScanGuidedd(MapTransform):
+    """Dictionary version of a transform called as ``transform(prob, scan)``: the probabilities under
+    ``keys``, the scan on the same grid under ``image_key``.
+
+    Args:
+        keys: Keys of the probabilities.
+        transform: Called as ``transform(data[key], data[image_key])``; its result replaces ``data[key]``.
+        image_key: Key of the scan on the same grid as the probabilities.
+        allow_missing_keys: Skip missing keys.
+    """
+
+    def __init__(self, keys: KeysCollection, transform: Callable[[Any, Any], Any], image_key: str = "image",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = transform
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.image_key not in d:
+            raise KeyError(f"image_key={self.image_key!r} is not in the data; it has {sorted(map(str, d))}.")
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], d[self.image_key])
+        return d
+
+
+class TissueIntensityRefined(ScanGuidedd):
     """Dictionary version of :class:`TissueIntensityRefine`.
 
     Args:
@@ -271,14 +295,9 @@ class TissueIntensityRefined(MapTransform):
 
     def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False,
                  **kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.image_key = image_key
-        self.refiner = TissueIntensityRefine(**kwargs)
+        super().__init__(keys, TissueIntensityRefine(**kwargs), image_key, allow_missing_keys)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.image_key not in d:
-            raise KeyError(f"image_key={self.image_key!r} is not in the data; it has {sorted(map(str, d))}.")
-        for key in self.key_iterator(d):
-            d[key] = self.refiner(d[key], d[self.image_key])
-        return d
+    @property
+    def refiner(self) -> TissueIntensityRefine:
+        """The wrapped :class:`TissueIntensityRefine`."""
+        return self.transform
