@@ -40,6 +40,8 @@ from medmamba.apps.classification import (
     volume_log_odds,
 )
 
+from medmamba.transforms import intensity_white_matter
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mobilemamba_classification"
 CONFIGS = BUNDLE / "configs"
@@ -695,6 +697,54 @@ def test_stack_lesion_insertion_with_isolated_white_matter_stays_finite():
     insert.set_random_state(0)
     out = insert({"image": image, "lesion": torch.zeros(1, 16, 16), "tissue": tissue})
     assert torch.isfinite(out["image"]).all() and out["lesion"][0, 8, 8] == 1
+
+
+def _brainstem_slice() -> tuple[torch.Tensor, torch.Tensor]:
+    """A 40x40 slice: cortex (grey matter, 0.7) around white matter (1.0) on the left and, on the
+    right, a "brainstem": labelled grey matter, as bright as white matter (as on the MNI template)."""
+    tissue = torch.zeros(1, 40, 40)
+    tissue[0, 2:38, 2:38] = 2
+    tissue[0, 8:32, 6:18] = 3
+    image = torch.full((3, 40, 40), 0.05)
+    image[:, 2:38, 2:38] = 0.7
+    image[:, 8:32, 6:18] = 1.0
+    image[:, 12:28, 24:34] = 1.0  # bright, labelled grey matter
+    image[:, 2:38, 36:38] = 0.3  # a CSF-dark rim, labelled CSF
+    tissue[0, 2:38, 36:38] = 1
+    return image + 0.02 * torch.randn(3, 40, 40, generator=torch.Generator().manual_seed(0)), tissue
+
+
+def test_intensity_white_matter_adds_bright_grey_labelled_tissue_for_any_contrast():
+    image, tissue = _brainstem_slice()
+    mid, labels = image[1].numpy(), tissue[0].numpy()
+    wm_like = intensity_white_matter(mid, labels)
+    assert wm_like[labels == 3].all()  # the labels' white matter stays
+    assert wm_like[14:26, 26:32].all()  # the bright "brainstem" is added, its core at least
+    assert not wm_like[labels == 1].any() and not wm_like[30:36, 20:34].any()  # CSF and cortex are not
+    assert not wm_like[labels == 0].any()
+    # an inverted (T2-like) contrast: white matter darkest; the same structure is found
+    np.testing.assert_array_equal(intensity_white_matter(2.0 - mid, labels), wm_like)
+    # no other label present: the labels' white matter
+    only = np.where(labels > 0, 3, 0)
+    np.testing.assert_array_equal(intensity_white_matter(mid, only), only == 3)
+    with pytest.raises(ValueError, match="image shape"):
+        intensity_white_matter(mid[:10], labels)
+
+
+def test_stack_lesion_insertion_reaches_white_matter_bright_grey_labels_only_when_asked():
+    image, tissue = _brainstem_slice()
+    data = {"image": image, "lesion": torch.zeros(1, 40, 40), "tissue": tissue}
+    outside = {}
+    for flag in (False, True):
+        option = {"white_matter_by_intensity": True} if flag else {}  # off by default
+        insert = RandStackLesionInsertd("image", mask_key="lesion", tissue_key="tissue", prob=1.0, radius=(2.0, 2.0), **option)
+        insert.set_random_state(0)
+        hits = [insert(data)["lesion"][0] > 0 for _ in range(60)]
+        outside[flag] = sum(int((h[:, 22:36]).any()) for h in hits)  # lesions in the bright grey-labelled block
+        assert all(not (h & (tissue[0] == 1)).any() for h in hits)  # never in the CSF rim
+        assert all(not (h[32:38, 20:36]).any() for h in hits)  # nor in the darker cortex away from both
+    assert outside[False] == 0 and outside[True] >= 15
+    assert data["tissue"].eq(tissue).all()  # the labels are not changed
 
 
 def test_lesion_probe_refuses_the_test_split():

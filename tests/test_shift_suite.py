@@ -75,6 +75,32 @@ def test_planted_lesions_are_ellipsoids_in_white_matter(template) -> None:
     np.testing.assert_array_equal(out[mask == 0][np.abs(out[mask == 0] - image[mask == 0]) > 1e-3].size < 0.05 * out.size, True)
 
 
+def test_planted_lesions_follow_where_and_clip_to(template) -> None:
+    from scipy import ndimage
+
+    from medmamba.data.synthetic import white_matter_rim
+
+    tissue = tissue_labels(template.gm, template.wm, template.mask)
+    image = template.t1 * 1000.0
+    left = np.zeros(tissue.shape, bool)
+    left[: tissue.shape[0] // 2] = True
+    rim = white_matter_rim(tissue)
+    for seed in range(3):
+        _, mask = plant_ellipsoid_lesions(image, tissue, np.random.default_rng(seed), 4.0, n_lesions=1,
+                                          radius_mm=(8.0, 16.0), where=left, clip_to=rim)
+        centre = np.round(ndimage.center_of_mass(mask)).astype(int)
+        assert mask.sum() > 0 and np.all(rim[mask > 0])  # clipped to the white matter and its rim
+        assert centre[0] < tissue.shape[0] // 2 + 2  # centred in 'where' (the blob's mass near its centre)
+    # without clip_to, the same draw reaches past the rim for some lesion of these radii
+    spills = [plant_ellipsoid_lesions(image, tissue, np.random.default_rng(s), 4.0, n_lesions=1, radius_mm=(8.0, 16.0))[1]
+              for s in range(3)]
+    assert any(np.any(m.astype(bool) & ~rim) for m in spills)
+    with pytest.raises(ValueError, match="inside 'where'"):
+        plant_ellipsoid_lesions(image, tissue, np.random.default_rng(0), 4.0, where=np.zeros(tissue.shape, bool))
+    with pytest.raises(ValueError, match="clip_to has shape"):
+        plant_ellipsoid_lesions(image, tissue, np.random.default_rng(0), 4.0, clip_to=rim[:-1])
+
+
 def test_scoring_reads_bundle_outputs(tmp_path: Path) -> None:
     from shift_suite import score_classification, score_segmentation
 

@@ -242,6 +242,8 @@ def plant_ellipsoid_lesions(
     n_lesions: int = 2,
     radius_mm: tuple[float, float] = (4.5, 7.0),
     factor: float = 0.5,
+    where: np.ndarray | None = None,
+    clip_to: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plant smooth ellipsoidal lesions in white matter by a procedure unlike the training generator's.
 
@@ -259,18 +261,30 @@ def plant_ellipsoid_lesions(
         n_lesions: Number of lesions.
         radius_mm: Range of the semi-axes in mm.
         factor: Lesion intensity relative to the white-matter median (< 1 hypo-, > 1 hyperintense).
+        where: Where centres may lie besides the depth rule (boolean, the image's shape); ``None``: anywhere.
+        clip_to: Where the lesion may extend (boolean, e.g. the white matter and its one-voxel rim,
+            :func:`medmamba.data.synthetic.white_matter_rim`, as the training lesions); ``None``: the
+            whole ellipsoid, which may reach past the white matter into grey matter or CSF.
 
     Returns:
         ``(image, mask)``: the new float32 image and the uint8 lesion mask.
 
     Raises:
-        ValueError: If there is no white matter deep enough for a lesion.
+        ValueError: If there is no white matter deep enough for a lesion (inside ``where``), or a
+            mask's shape differs from the image's.
     """
     wm = np.asarray(tissue) == 3
+    for name, extra in (("where", where), ("clip_to", clip_to)):
+        if extra is not None and np.shape(extra) != wm.shape:
+            raise ValueError(f"{name} has shape {np.shape(extra)}; expected the image's shape {wm.shape}")
     depth = ndimage.distance_transform_edt(wm) * voxel_mm
-    candidates = np.argwhere(depth >= radius_mm[0])
+    allowed = depth >= radius_mm[0]
+    if where is not None:
+        allowed &= np.asarray(where, dtype=bool)
+    candidates = np.argwhere(allowed)
     if len(candidates) == 0:
-        raise ValueError(f"no white matter at least {radius_mm[0]} mm deep to plant a lesion in")
+        raise ValueError(f"no white matter at least {radius_mm[0]} mm deep to plant a lesion in"
+                         + (" inside 'where'" if where is not None else ""))
     out = np.asarray(image, dtype=np.float32).copy()
     mask = np.zeros(wm.shape, dtype=bool)
     level = float(np.median(out[wm])) * float(factor)
@@ -280,6 +294,8 @@ def plant_ellipsoid_lesions(
         axes = rng.uniform(*radius_mm, 3) / voxel_mm
         dist = np.sqrt(sum(((idx[d] - c[d]) / axes[d]) ** 2 for d in range(3)))
         blob = dist <= 1.0
+        if clip_to is not None:
+            blob &= np.asarray(clip_to, dtype=bool)
         soft = ndimage.gaussian_filter(blob.astype(np.float32), 1.0 / voxel_mm)
         out = out * (1.0 - soft) + level * soft
         mask |= blob

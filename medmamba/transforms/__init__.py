@@ -12,7 +12,7 @@ from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainCompo
 from medmamba.transforms.brain_normalize import BrainNormalize, BrainNormalized
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.label_map import LabelMap, LabelMapd, argmax_in, channel_argmax
-from medmamba.transforms.lesion_insertion import RandLesionInsertd, RandStackLesionInsertd
+from medmamba.transforms.lesion_insertion import RandLesionInsertd, RandStackLesionInsertd, intensity_white_matter
 from medmamba.transforms.lesion_labels import (
     AMBIGUOUS,
     LesionTissueLabeld,
@@ -81,6 +81,7 @@ __all__ = [
     "channel_argmax",
     "foreground_mask",
     "foreground_threshold",
+    "intensity_white_matter",
     "legendre_coefficients",
     "quantiles",
     "refine_tissue_probabilities",

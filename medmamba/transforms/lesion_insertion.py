@@ -17,7 +17,51 @@ from monai.transforms import MapTransform, Randomizable
 
 from medmamba.transforms.lesion_labels import as_type_of, check_positive_int
 
-__all__ = ["RandLesionInsertd", "RandStackLesionInsertd"]
+__all__ = ["RandLesionInsertd", "RandStackLesionInsertd", "intensity_white_matter"]
+
+
+def intensity_white_matter(
+    image: np.ndarray, tissue: np.ndarray, wm_label: int = 3, other_labels: Sequence[int] = (1, 2), sigma: float = 1.0
+) -> np.ndarray:
+    """Brain voxels that an intensity mixture would call white matter, whatever their label.
+
+    The image is smoothed (Gaussian, ``sigma`` voxels, against noise) and each brain voxel
+    (``tissue > 0``) goes to the label whose median smoothed intensity is nearest to its own, among
+    ``wm_label`` and ``other_labels`` (CSF and grey matter): a nearest-mean rule, for any contrast;
+    a binary opening by one voxel then drops the thin bands that smoothing leaves along the borders
+    of white matter.
+    On the MNI152 template's labels the brainstem, the thalamus and parts of the cerebellum are grey
+    matter although they are as bright as white matter on T1; an intensity-mixture reference of a
+    real scan (:func:`medmamba.data.fsl_template.intensity_mixture_labels`) calls them white matter.
+
+    Args:
+        image: Intensities, the shape of ``tissue`` (a volume or a slice).
+        tissue: Tissue labels (0 outside the brain).
+        wm_label: The white-matter label.
+        other_labels: The other tissue labels whose medians compete (labels absent from ``tissue`` are skipped).
+        sigma: Smoothing in voxels (0: none).
+
+    Returns:
+        Boolean mask, the shape of ``tissue``: the labels' white matter, and the brain voxels
+        nearest the white-matter median (opened) where another label is present.
+
+    Raises:
+        ValueError: If the shapes differ.
+    """
+    from scipy import ndimage
+
+    image = np.asarray(image, dtype=np.float32)
+    tissue = np.asarray(tissue)
+    if image.shape != tissue.shape:
+        raise ValueError(f"image shape {image.shape} and tissue shape {tissue.shape} differ")
+    wm = tissue == wm_label
+    others = [c for c in other_labels if c != wm_label and np.any(tissue == c)]
+    if not wm.any() or not others:
+        return wm
+    smooth = ndimage.gaussian_filter(image, sigma) if sigma > 0 else image
+    medians = np.array([np.median(smooth[tissue == c]) for c in (wm_label, *others)], dtype=np.float32)
+    nearest = np.argmin(np.abs(smooth[..., None] - medians), axis=-1)
+    return ndimage.binary_opening((tissue > 0) & (nearest == 0)) | wm
 
 
 class RandLesionInsertd(Randomizable, MapTransform):
@@ -63,6 +107,13 @@ class RandLesionInsertd(Randomizable, MapTransform):
         dark_factor: range of the intensity ratio of hypointense lesions.
         bright_factor: range of the intensity ratio of hyperintense lesions.
         dark_prob: probability that a lesion is hypointense.
+        white_matter_by_intensity: also centre lesions on brain voxels that an intensity mixture would
+            call white matter: whose smoothed intensity lies nearer the white-matter median than the
+            CSF and grey-matter medians of the tissue labels (any contrast). On the MNI152 template's
+            labels the brainstem, the thalamus and parts of the cerebellum are grey matter although
+            they are as bright as white matter on T1, so without it no lesion is ever inserted there,
+            and lesions planted there in real scans are missed. ``False`` (default): the labels' white
+            matter only, as before.
         clip: clip the result to the input's ``[min, max]`` (per channel of a volume, over the whole
             stack for :class:`RandStackLesionInsertd`).
         allow_missing_keys: leave volumes without the tissue or mask key unchanged.
@@ -82,6 +133,7 @@ class RandLesionInsertd(Randomizable, MapTransform):
         dark_prob: float = 0.5,
         clip: bool = True,
         allow_missing_keys: bool = False,
+        white_matter_by_intensity: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(self.keys) != 1:
@@ -102,12 +154,22 @@ class RandLesionInsertd(Randomizable, MapTransform):
         self.bright_factor = (float(bright_factor[0]), float(bright_factor[1]))
         self.dark_prob = float(dark_prob)
         self.clip = bool(clip)
+        self.white_matter_by_intensity = bool(white_matter_by_intensity)
 
     def randomize(self, data: Any = None) -> int:  # type: ignore[override]
         """The number of lesions to insert this time (0: none)."""
         if self.R.rand() >= self.prob:
             return 0
         return int(self.R.randint(1, self.max_lesions + 1))
+
+    def _placement_tissue(self, tissue: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """The tissue labels lesions are placed by: with ``white_matter_by_intensity``, brain voxels of
+        white-matter intensity (:func:`intensity_white_matter`) relabelled ``wm_label``."""
+        if not self.white_matter_by_intensity:
+            return tissue
+        out = tissue.copy()
+        out[intensity_white_matter(image, tissue, self.wm_label)] = self.wm_label
+        return out
 
     def _lesion_region(self, tissue: np.ndarray) -> np.ndarray:
         """Where an inserted lesion may lie: the white matter and its one-voxel rim in the brain."""
@@ -139,8 +201,9 @@ class RandLesionInsertd(Randomizable, MapTransform):
         """Insert lesions into the volumes under ``keys`` (see the class description)."""
         return self._insert(dict(data), self.randomize())
 
-    def _insert(self, d: dict[Hashable, Any], n: int) -> dict[Hashable, Any]:
-        """Insert ``n`` lesions (drawn by :meth:`randomize`) into ``d`` in place of its volumes."""
+    def _insert(self, d: dict[Hashable, Any], n: int, relabel: bool = True) -> dict[Hashable, Any]:
+        """Insert ``n`` lesions (drawn by :meth:`randomize`) into ``d`` in place of its volumes
+        (``relabel``: apply :meth:`_placement_tissue`; off when the caller did)."""
         from scipy import ndimage
 
         if n == 0 or self.tissue_key is None:
@@ -155,6 +218,8 @@ class RandLesionInsertd(Randomizable, MapTransform):
             if x.ndim != 4:
                 raise ValueError(f"data[{key!r}] must be a channel-first volume (C, H, W, D), got shape {x.shape}.")
             tissue = torch.as_tensor(d[self.tissue_key]).detach().cpu().numpy()[0]
+            if relabel:
+                tissue = self._placement_tissue(tissue, x[0])
             wm = tissue == self.wm_label
             if not wm.any():
                 continue
@@ -247,7 +312,9 @@ class RandStackLesionInsertd(RandLesionInsertd):
         if n == 0:
             return d
         mid = depth // 2
-        # as a (1, H, W, 2k+1) volume; white matter only on the middle slice (lesion centres), brain on all
+        # placed by the middle slice's labels (and intensities), as a (1, H, W, 2k+1) volume: white
+        # matter only on the middle slice (lesion centres), brain on all
+        tissue = torch.as_tensor(self._placement_tissue(tissue[0].numpy(), img[mid].float().numpy())[None])
         tissue_vol = tissue[..., None].repeat(1, 1, 1, depth).clone()
         others = [i for i in range(depth) if i != mid]
         side = tissue_vol[..., others]
@@ -256,7 +323,7 @@ class RandStackLesionInsertd(RandLesionInsertd):
         mask_vol = torch.zeros(1, *img.shape[1:], depth, dtype=mask.dtype)
         mask_vol[..., mid] = mask
         vol = {key: img.permute(1, 2, 0)[None], self.mask_key: mask_vol, self.tissue_key: tissue_vol}
-        out = self._insert(vol, n)
+        out = self._insert(vol, n, relabel=False)
         d[key] = as_type_of(d[key], torch.as_tensor(out[key])[0].permute(2, 0, 1).numpy())
         d[self.mask_key] = as_type_of(d[self.mask_key], torch.as_tensor(out[self.mask_key])[..., mid].numpy())
         return d
