@@ -1,4 +1,4 @@
-"""Are planted lesions next to CSF missed? The classification bundle on real scans, by lesion placement.
+"""Where are planted lesions missed? The classification bundle on real scans, by lesion placement.
 
 The registry-scan checks (``benchmarks/shift_suite.py --settings real_*``) plant two to four lesions per
 set; on them some hypointense lesions at native resolution scored at the lesion-free level, and those
@@ -7,9 +7,12 @@ probe asks the question with enough lesions, on the real whole-head scans of
 :mod:`medmamba.data.registry_scans` (validation data: never used for training):
 
 1. per scan and resolution (``native``: 1-1.5 mm; ``2mm``), the lesion-free whole head and copies with
-   one hypointense ellipsoid lesion each (:func:`medmamba.data.shift_suite.plant_ellipsoid_lesions`,
-   factor 0.45 of the white-matter median, semi-axes 4.5-6 mm, centre at least 4.5 mm deep in the
-   white matter of the intensity-mixture reference);
+   one ellipsoid lesion each (:func:`medmamba.data.shift_suite.plant_ellipsoid_lesions`, factor
+   0.45 of the white-matter median with ``--kind hypo``, 1.45 with ``hyper``, semi-axes 4.5-6 mm,
+   centre at least 4.5 mm deep in the white matter of the intensity-mixture reference); or, with
+   ``--kind default-data``, one lesion made as the default data set makes them
+   (:func:`medmamba.data.synthetic.insert_lesions`: a noise-distorted blob of radius 4.5-9 mm centred
+   anywhere in the mixture's white matter, hypo- or hyperintense at random; placement ``any`` only);
 2. the centres of a third of the copies lie at most ``--near-mm`` from the mixture's CSF (``near``),
    of a third at least ``--far-mm`` (``far``), of the rest anywhere (``any``: as the checks plant
    them). With the depth rule, ``near`` centres fall mostly in the brainstem, the thalamus and the
@@ -46,8 +49,12 @@ from shift_suite import BUNDLES, run_inference  # noqa: E402
 BINS = ("near", "far", "any")
 
 
+KINDS = {"hypo": 0.45, "hyper": 1.45, "default-data": None}
+
+
 def make_probe_set(
     out: Path, name: str, resolution: str, cache: Path, *, per_bin: int, seed: int, near_mm: float, far_mm: float,
+    kind: str = "hypo",
 ) -> list[dict]:
     """Write the probe images of one scan and resolution under ``out/images``; returns the case records."""
     import nibabel as nib
@@ -56,7 +63,7 @@ def make_probe_set(
     from medmamba.data.fsl_template import intensity_mixture_labels
     from medmamba.data.registry_scans import fetch_registry_scans, load_registry_scan, robex_brain_mask, to_isotropic_2mm
     from medmamba.data.shift_suite import plant_ellipsoid_lesions
-    from medmamba.data.synthetic import white_matter_rim
+    from medmamba.data.synthetic import insert_lesions, white_matter_rim
     from medmamba.io.nifti import write_nifti
 
     path = fetch_registry_scans(cache, [name])[name]
@@ -81,19 +88,33 @@ def make_probe_set(
     records = [{"id": "lesion_free", "placement": "-", "csf_mm": None}]
     write_nifti(images / "lesion_free.nii.gz", volume, affine, dtype=np.float32, xform_code=1)
     name_seed = sum(ord(c) for c in name)
-    for placement in BINS:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 7_100_003, name_seed, BINS.index(placement)]))
+    for placement in bins_of(kind):
+        # the hypointense probe's streams are those of its first release (no kind in the seed)
+        extra = [list(KINDS).index(kind)] if kind != "hypo" else []
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 7_100_003, name_seed, BINS.index(placement), *extra]))
         for k in range(per_bin):
-            img, les = plant_ellipsoid_lesions(
-                volume, tissue, rng, voxel_mm, n_lesions=1, radius_mm=(4.5, 6.0), factor=0.45,
-                where=where[placement], clip_to=rim,
-            )
+            factor = KINDS[kind]
+            if factor is None:
+                img, les, info = insert_lesions(volume, tissue, rng, voxel_mm, n_lesions=1, radius_mm=(4.5, 9.0))
+                factor = info[0]["intensity_factor"] if info else None
+            else:
+                img, les = plant_ellipsoid_lesions(
+                    volume, tissue, rng, voxel_mm, n_lesions=1, radius_mm=(4.5, 6.0), factor=factor,
+                    where=where[placement], clip_to=rim,
+                )
+            if not les.any():
+                continue
             case = f"{placement}{k}"
             write_nifti(images / f"{case}.nii.gz", img, affine, dtype=np.float32, xform_code=1)
             centre = np.asarray(affine) @ np.append(ndimage.center_of_mass(les), 1.0)
-            records.append({"id": case, "placement": placement, "centre_mm": [round(float(c), 1) for c in centre[:3]],
+            records.append({"id": case, "placement": placement, "factor": factor, "centre_mm": [round(float(c), 1) for c in centre[:3]],
                             "csf_mm": float(np.median(csf_dist[les > 0])), "voxels": int(les.sum())})
     return records
+
+
+def bins_of(kind: str) -> tuple[str, ...]:
+    """The placements a lesion kind is probed at (the default data's generator places anywhere)."""
+    return ("any",) if KINDS[kind] is None else BINS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolutions", nargs="*", default=["native", "2mm"], choices=["native", "2mm"])
     parser.add_argument("--per-bin", type=int, default=5, help="lesion copies per placement")
     parser.add_argument("--seed", type=int, default=1, help="lesion placement seed (1: validation; 0 is the held-out suite's)")
+    parser.add_argument("--kind", choices=list(KINDS), default="hypo", help="which lesions to plant (see above)")
     parser.add_argument("--near-mm", type=float, default=7.0)
     parser.add_argument("--far-mm", type=float, default=11.0)
     parser.add_argument("--bundle-root", type=Path, default=BUNDLES["classification"])
@@ -118,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for res in args.resolutions:
             folder = args.out / f"{name}_{res}"
             records = make_probe_set(folder, name, res, args.registry_cache, per_bin=args.per_bin, seed=args.seed,
-                                     near_mm=args.near_mm, far_mm=args.far_mm)
+                                     near_mm=args.near_mm, far_mm=args.far_mm, kind=args.kind)
             seconds = run_inference(args.bundle_root, folder / "images", folder / "pred", args.threads)
             with open(folder / "pred" / "probabilities.csv", newline="") as fh:
                 scores = {r["case_id"]: float(r["lesion_log_odds"]) for r in csv.DictReader(fh) if r["status"] == "ok"}
@@ -134,14 +156,18 @@ def main(argv: list[str] | None = None) -> int:
             sel = [r for r in rows if r["scan"] == name and r["resolution"] == res]
             free = [r["log_odds"] for r in sel if r["placement"] == "-"]
             print(f"| {name} | {res} | lesion-free | - | {free[0]:.2f} | {'called lesion' if free[0] >= threshold else 'below'} | - |")
-            for placement in BINS:
+            for placement in bins_of(args.kind):
                 s = [r for r in sel if r["placement"] == placement]
                 lo = np.array([r["log_odds"] for r in s])
                 print(f"| {name} | {res} | {placement} | {len(s)} | {np.median(lo):.2f} [{lo.min():.2f}, {lo.max():.2f}] "
                       f"| {int((lo >= threshold).sum())} of {len(s)} | {np.median([r['csf_mm'] for r in s]):.1f} |")
-    for placement in BINS:
+    for placement in bins_of(args.kind):
         lo = np.array([r["log_odds"] for r in rows if r["placement"] == placement])
         print(f"all {placement}: {int((lo >= threshold).sum())} of {len(lo)} found")
+    if KINDS[args.kind] is None:
+        for label, sel in (("hypointense", lambda f: f < 1), ("hyperintense", lambda f: f > 1)):
+            lo = np.array([r["log_odds"] for r in rows if r.get("factor") is not None and sel(r["factor"])])
+            print(f"all {label}: {int((lo >= threshold).sum())} of {len(lo)} found")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"threshold_log_odds": threshold, "cases": rows}, indent=1) + "\n")
