@@ -155,3 +155,29 @@ def test_scoring_ranks_by_log_odds_where_probabilities_tie_at_one(tmp_path: Path
     assert res["auc"].value == 1.0  # by the probabilities p1 and n1 would tie (AUC 0.75)
     assert res["per_case"] == {"p1": 25.0, "n1": 18.0, "n2": 0.0}
     assert res["false_positive_rate"].value == 0.5  # the bundle's own labels
+
+
+def test_lesion_placement_probe_places_near_and_far_from_csf(template, tmp_path: Path, monkeypatch) -> None:
+    import medmamba.data.registry_scans as registry
+    from lesion_placement_probe import make_probe_set
+
+    from medmamba.io.nifti import write_nifti
+
+    # a stand-in "registry scan": the 4 mm template as a NIfTI file, its mask as the cached ROBEX mask
+    cache = tmp_path / "cache"
+    write_nifti(cache / "tpl.nii.gz", (template.t1 * 1000.0).astype(np.float32), template.affine, dtype=np.float32, xform_code=1)
+    write_nifti(cache / "tpl_robex_mask.nii.gz", (template.mask > 0.5).astype(np.uint8), template.affine, dtype=np.uint8, xform_code=1)
+    monkeypatch.setattr(registry, "fetch_registry_scans", lambda c, names: {n: Path(c) / f"{n}.nii.gz" for n in names})
+    records = make_probe_set(tmp_path / "hypo", "tpl", "native", cache, per_bin=2, seed=1, near_mm=8.0, far_mm=14.0)
+    assert [r["id"] for r in records] == ["lesion_free", "near0", "near1", "far0", "far1", "any0", "any1"]
+    assert all((tmp_path / "hypo" / "images" / f"{r['id']}.nii.gz").is_file() for r in records)
+    near = [r["csf_mm"] for r in records if r["placement"] == "near"]
+    far = [r["csf_mm"] for r in records if r["placement"] == "far"]
+    assert max(near) < min(far)  # the lesions' voxels lie nearer the CSF when their centres do
+    assert all(r["factor"] == 0.45 for r in records[1:])
+    free = nib.load(str(tmp_path / "hypo" / "images" / "lesion_free.nii.gz")).get_fdata()
+    planted = nib.load(str(tmp_path / "hypo" / "images" / "near0.nii.gz")).get_fdata()
+    assert (planted < free - 1.0).sum() >= records[1]["voxels"] // 2 and not (planted > free + 1.0).any()  # darker only
+    default = make_probe_set(tmp_path / "dd", "tpl", "native", cache, per_bin=3, seed=1, near_mm=8.0, far_mm=14.0, kind="default-data")
+    assert {r["placement"] for r in default[1:]} == {"any"} and len(default) >= 3
+    assert all(0.35 <= r["factor"] <= 0.6 or 1.3 <= r["factor"] <= 1.6 for r in default[1:])
