@@ -747,6 +747,31 @@ def test_stack_lesion_insertion_reaches_white_matter_bright_grey_labels_only_whe
     assert data["tissue"].eq(tissue).all()  # the labels are not changed
 
 
+def test_stack_lesion_insertion_near_csf_centres_lesions_beside_the_ventricle():
+    from scipy import ndimage
+
+    tissue = torch.zeros(1, 48, 48)
+    tissue[0, 2:46, 2:46] = 2
+    tissue[0, 6:42, 6:42] = 3  # a wide white matter ...
+    tissue[0, 20:28, 20:28] = 1  # ... around a "ventricle"
+    image = torch.where(tissue == 3, 1.0, torch.where(tissue == 1, 0.25, 0.7)).repeat(3, 1, 1)
+    data = {"image": image, "lesion": torch.zeros(1, 48, 48), "tissue": tissue}
+    csf_distance = ndimage.distance_transform_edt(tissue[0].numpy() != 1)
+    nearest = {}
+    for p in (0.0, 1.0):
+        insert = RandStackLesionInsertd("image", mask_key="lesion", tissue_key="tissue", prob=1.0, radius=(2.0, 2.0),
+                                        near_csf_prob=p, near_csf_distance=2.0)
+        insert.set_random_state(1)
+        masks = [insert(data)["lesion"][0].numpy() > 0 for _ in range(40)]
+        nearest[p] = [float(csf_distance[m].min()) for m in masks if m.any()]
+    # every lesion centred at most 2 pixels from the CSF reaches the pixels beside it; anywhere, most do not
+    assert max(nearest[1.0]) <= 1.0 and sum(d > 3.0 for d in nearest[0.0]) >= 20
+    with pytest.raises(ValueError, match="near_csf_prob"):
+        RandStackLesionInsertd("image", near_csf_prob=1.5)
+    with pytest.raises(ValueError, match="near_csf_distance"):
+        RandStackLesionInsertd("image", near_csf_distance=0)
+
+
 def test_lesion_probe_refuses_the_test_split():
     import importlib.util
 

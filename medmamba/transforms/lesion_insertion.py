@@ -114,6 +114,12 @@ class RandLesionInsertd(Randomizable, MapTransform):
             they are as bright as white matter on T1, so without it no lesion is ever inserted there,
             and lesions planted there in real scans are missed. ``False`` (default): the labels' white
             matter only, as before.
+        near_csf_prob: probability that a lesion is centred on white matter next to CSF (at most
+            ``near_csf_distance`` voxels from a ``csf_label`` voxel: around the ventricles and deep
+            sulci) instead of anywhere in the white matter. 0 (default) draws nothing extra, so the
+            results are those of the transform without it.
+        near_csf_distance: how near to CSF (voxels) such a centre lies.
+        csf_label: the CSF label value of the tissue labels (1: the default data set's).
         clip: clip the result to the input's ``[min, max]`` (per channel of a volume, over the whole
             stack for :class:`RandStackLesionInsertd`).
         allow_missing_keys: leave volumes without the tissue or mask key unchanged.
@@ -134,11 +140,14 @@ class RandLesionInsertd(Randomizable, MapTransform):
         clip: bool = True,
         allow_missing_keys: bool = False,
         white_matter_by_intensity: bool = False,
+        near_csf_prob: float = 0.0,
+        near_csf_distance: float = 2.0,
+        csf_label: int = 1,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"keys must name one image, got {list(self.keys)}.")
-        for name, value in (("prob", prob), ("dark_prob", dark_prob)):
+        for name, value in (("prob", prob), ("dark_prob", dark_prob), ("near_csf_prob", near_csf_prob)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
         for name, rng_ in (("radius", radius), ("dark_factor", dark_factor), ("bright_factor", bright_factor)):
@@ -155,6 +164,11 @@ class RandLesionInsertd(Randomizable, MapTransform):
         self.dark_prob = float(dark_prob)
         self.clip = bool(clip)
         self.white_matter_by_intensity = bool(white_matter_by_intensity)
+        if not float(near_csf_distance) > 0:
+            raise ValueError(f"near_csf_distance must be a positive number of voxels, got {near_csf_distance!r}.")
+        self.near_csf_prob = float(near_csf_prob)
+        self.near_csf_distance = float(near_csf_distance)
+        self.csf_label = int(csf_label)
 
     def randomize(self, data: Any = None) -> int:  # type: ignore[override]
         """The number of lesions to insert this time (0: none)."""
@@ -177,10 +191,26 @@ class RandLesionInsertd(Randomizable, MapTransform):
 
         return white_matter_rim(tissue, self.wm_label)
 
-    def _blob(self, wm: np.ndarray, brain: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    def _near_csf(self, tissue: np.ndarray, wm: np.ndarray) -> np.ndarray | None:
+        """White matter at most ``near_csf_distance`` voxels from CSF; ``None`` when ``near_csf_prob`` is 0."""
+        from scipy import ndimage
+
+        if self.near_csf_prob <= 0.0:
+            return None
+        csf = tissue == self.csf_label
+        if not csf.any():
+            return np.zeros_like(wm)
+        return wm & (ndimage.distance_transform_edt(~csf) <= self.near_csf_distance)
+
+    def _blob(
+        self, wm: np.ndarray, brain: np.ndarray, near_csf: np.ndarray | None = None
+    ) -> tuple[tuple[slice, ...], np.ndarray] | None:
         from scipy import ndimage
 
         centres = np.argwhere(wm)
+        # drawn only when asked for, so that without it the random stream is the one it always was
+        if near_csf is not None and self.R.rand() < self.near_csf_prob and near_csf.any():
+            centres = np.argwhere(near_csf)
         if len(centres) == 0:
             return None
         centre = centres[self.R.randint(len(centres))]
@@ -224,6 +254,7 @@ class RandLesionInsertd(Randomizable, MapTransform):
             if not wm.any():
                 continue
             brain = self._lesion_region(tissue)
+            near_csf = self._near_csf(tissue, wm)
             out = x.copy()
             ref = float(np.percentile(x[0], 0.1))
             wm_level = float(np.median(x[0][wm]))
@@ -231,7 +262,7 @@ class RandLesionInsertd(Randomizable, MapTransform):
             sigma = float(np.std(pairs) / np.sqrt(2.0)) if pairs.size > 1 else 0.0
             mask = torch.as_tensor(d[self.mask_key]).detach().cpu().numpy().copy()
             for _ in range(n):
-                found = self._blob(wm, brain)
+                found = self._blob(wm, brain, near_csf)
                 if found is None:
                     continue
                 box, blob = found
