@@ -57,23 +57,15 @@ def make_probe_set(
     kind: str = "hypo",
 ) -> list[dict]:
     """Write the probe images of one scan and resolution under ``out/images``; returns the case records."""
-    import nibabel as nib
     from scipy import ndimage
 
     from medmamba.data.fsl_template import intensity_mixture_labels
-    from medmamba.data.registry_scans import fetch_registry_scans, load_registry_scan, robex_brain_mask, to_isotropic_2mm
+    from medmamba.data.registry_scans import load_registry_scan_with_mask, to_isotropic_2mm
     from medmamba.data.shift_suite import plant_ellipsoid_lesions
     from medmamba.data.synthetic import insert_lesions, white_matter_rim
     from medmamba.io.nifti import write_nifti
 
-    path = fetch_registry_scans(cache, [name])[name]
-    volume, affine = load_registry_scan(path)
-    mask_path = cache / f"{name}_robex_mask.nii.gz"
-    if mask_path.is_file():
-        mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
-    else:
-        mask = robex_brain_mask(volume, affine)
-        write_nifti(mask_path, mask.astype(np.uint8), affine, dtype=np.uint8, xform_code=1)
+    volume, mask, affine = load_registry_scan_with_mask(cache, name)
     if resolution == "2mm":
         volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
     voxel = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
@@ -88,9 +80,9 @@ def make_probe_set(
     records = [{"id": "lesion_free", "placement": "-", "csf_mm": None}]
     write_nifti(images / "lesion_free.nii.gz", volume, affine, dtype=np.float32, xform_code=1)
     name_seed = sum(ord(c) for c in name)
+    # the hypointense probe's streams are those of its first release (no kind in the seed)
+    extra = [list(KINDS).index(kind)] if kind != "hypo" else []
     for placement in bins_of(kind):
-        # the hypointense probe's streams are those of its first release (no kind in the seed)
-        extra = [list(KINDS).index(kind)] if kind != "hypo" else []
         rng = np.random.default_rng(np.random.SeedSequence([seed, 7_100_003, name_seed, BINS.index(placement), *extra]))
         for k in range(per_bin):
             factor = KINDS[kind]

@@ -44,6 +44,7 @@ __all__ = [
     "RegistryScan",
     "fetch_registry_scans",
     "load_registry_scan",
+    "load_registry_scan_with_mask",
     "make_registry_check",
     "make_registry_scan_checks",
     "read_brainbrowser_volume",
@@ -312,6 +313,29 @@ REGISTRY_CHECKS: dict[str, tuple[str, bool, str]] = {
 }
 
 
+def load_registry_scan_with_mask(cache_dir: str | os.PathLike[str], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A registry scan and its ROBEX brain mask: fetched into ``cache_dir``, the mask made once and cached there.
+
+    Args:
+        cache_dir: Cache of the packages and of the ROBEX masks (``<name>_robex_mask.nii.gz``).
+        name: The scan's short name (a key of :data:`REGISTRY_SCANS`).
+
+    Returns:
+        ``(volume, mask, affine)`` on the scan's own grid (``mask`` boolean).
+    """
+    import nibabel as nib
+
+    path = fetch_registry_scans(cache_dir, [name])[name]
+    volume, affine = load_registry_scan(path)
+    mask_path = Path(cache_dir) / f"{name}_robex_mask.nii.gz"
+    if mask_path.is_file():
+        mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
+    else:
+        mask = robex_brain_mask(volume, affine)
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(mask_path))
+    return volume, mask, affine
+
+
 def make_registry_check(out_dir: str | os.PathLike[str], setting: str, cache_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     """Make one of :data:`REGISTRY_CHECKS` under ``out_dir``: fetch the scan, its ROBEX mask (cached), the set.
 
@@ -327,17 +351,8 @@ def make_registry_check(out_dir: str | os.PathLike[str], setting: str, cache_dir
     Raises:
         ValueError: For an unknown setting.
     """
-    import nibabel as nib
-
     if setting not in REGISTRY_CHECKS:
         raise ValueError(f"setting {setting!r} is not a registry-scan check; expected one of {sorted(REGISTRY_CHECKS)}")
     name, head, resolution = REGISTRY_CHECKS[setting]
-    path = fetch_registry_scans(cache_dir, [name])[name]
-    volume, affine = load_registry_scan(path)
-    mask_path = Path(cache_dir) / f"{name}_robex_mask.nii.gz"
-    if mask_path.is_file():
-        mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
-    else:
-        mask = robex_brain_mask(volume, affine)
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(mask_path))
+    volume, mask, affine = load_registry_scan_with_mask(cache_dir, name)
     return make_registry_scan_checks(out_dir, name, volume, mask, affine, resolution=resolution, head=head, seed=seed)
