@@ -23,7 +23,14 @@ probe asks the question with enough lesions, on the real whole-head scans of
 4. the bundle's ``inference.json`` classifies every image; the table gives, per scan, resolution and
    placement, the lesion log-odds (median and range), the share at or above the
    bundle's threshold (``models/threshold.json``) and the median distance from the lesion's voxels
-   to the nearest CSF voxel.
+   to the nearest CSF voxel;
+5. with ``--explain``, why a lesion is missed: the bundle's network is run in this process on every
+   image (:class:`LesionMapReader`: the bundle's preprocessing, brain extraction and slice stacks, the
+   dense five-class output before the pooling), and per lesion the table gives the largest lesion
+   log-odds inside it (a lesion whose own pixels stay below the threshold cannot raise the volume
+   above it) and which class the network gives its voxels (background, CSF, grey matter, white
+   matter, lesion). The lesion's voxels on the network's grid are those whose input value changed by
+   more than ``--explain-change`` (z units of the bundle's normalisation) from the lesion-free image.
 
 Usage::
 
@@ -47,6 +54,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from shift_suite import BUNDLES, run_inference  # noqa: E402
 
 BINS = ("near", "far", "any")
+#: the classification bundle's dense classes (``LesionTissueLabeld``: tissue labels, lesion on top)
+DENSE_CLASSES = ("background", "csf", "gm", "wm", "lesion")
 
 
 KINDS = {"hypo": 0.45, "hyper": 1.45, "default-data": None}
@@ -104,6 +113,104 @@ def make_probe_set(
     return records
 
 
+class LesionMapReader:
+    """The classification bundle's dense lesion map of an image, computed in this process.
+
+    Reads the bundle's ``inference.json``: its preprocessing, its network (the fused lesion-map
+    classifier) and its inferer (brain extraction around slice stacks), and runs the classifier's
+    segmentation network (the five-class output before the pooling) through that inferer.
+
+    Args:
+        bundle: the classification bundle's root.
+        threads: torch threads.
+
+    Raises:
+        ValueError: the bundle's network is not a single lesion-map classifier (e.g. an ensemble).
+    """
+
+    def __init__(self, bundle: Path, threads: int) -> None:
+        import torch
+        from monai.bundle import ConfigParser
+
+        configs = bundle / "configs"
+        parser = ConfigParser()
+        parser.read_meta(str(configs / "metadata.json"))
+        parser.read_config(str(configs / "inference.json"))
+        parser["bundle_root"] = str(bundle)
+        parser["num_threads"] = threads
+        torch.set_num_threads(threads)
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        network = parser.get_parsed_content("network")
+        classifier = getattr(network, "network", network)  # FuseOnLoad holds the classifier
+        if not hasattr(classifier, "lesion_channel") or not isinstance(getattr(classifier, "network", None), torch.nn.Module):
+            raise ValueError(f"bundle {bundle}: --explain needs a single lesion-map classifier, got {type(classifier).__name__}.")
+        self.segmenter = classifier.network
+        self.lesion_channel = int(classifier.lesion_channel)
+
+    def input_volume(self, path: Path) -> np.ndarray:
+        """The preprocessed image ``(H, W, D)`` the classifier's inferer gets."""
+        return np.asarray(self.preprocessing({"image": str(path)})["image"])[0]
+
+    def dense(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(input, classes, lesion_log_odds)``: the preprocessed image, the network's class per voxel
+        and its lesion log-odds per voxel, each ``(H, W, D)`` on the classifier's grid."""
+        import torch
+
+        from medmamba.networks.nets.lesion_map import lesion_log_odds_map
+
+        x = torch.as_tensor(self.preprocessing({"image": str(path)})["image"])[None].float()
+        with torch.no_grad():
+            logits = torch.as_tensor(self.inferer(x, self.segmenter)).float()  # (1, C, H, W, D)
+        lesion = lesion_log_odds_map(logits, self.lesion_channel)[0]
+        return x[0, 0].numpy(), logits[0].argmax(0).numpy(), lesion.numpy()
+
+
+def explain_cases(reader: LesionMapReader, images: Path, records: list[dict], change: float = 0.5) -> None:
+    """Add to each planted case of ``records`` what the network makes of its lesion (in place).
+
+    Adds ``lesion_max_log_odds`` (the largest lesion log-odds inside the lesion) and ``called`` (the share
+    of the lesion's voxels per dense class, :data:`DENSE_CLASSES`); the lesion's voxels on the network's
+    grid are those whose preprocessed input differs from the lesion-free image's by more than ``change``.
+    A case whose preprocessed grid differs from the lesion-free one's, or whose lesion leaves no voxel
+    above ``change``, gets ``None`` for both.
+    """
+    free = reader.input_volume(images / "lesion_free.nii.gz")
+    for rec in records:
+        if rec["id"] == "lesion_free":
+            continue
+        x, classes, lesion_map = reader.dense(images / f"{rec['id']}.nii.gz")
+        lesion = np.abs(x - free) > change if x.shape == free.shape else np.zeros(x.shape, dtype=bool)
+        if not lesion.any():
+            rec.update(lesion_max_log_odds=None, called=None)
+            continue
+        called = np.bincount(classes[lesion].ravel(), minlength=len(DENSE_CLASSES)) / lesion.sum()
+        rec.update(lesion_max_log_odds=round(float(lesion_map[lesion].max()), 2),
+                   called={name: round(float(v), 3) for name, v in zip(DENSE_CLASSES, called)})
+
+
+def print_explanations(rows: list[dict], threshold: float) -> None:
+    """Per lesion: found or not, the volume's and the lesion's own log-odds, the classes of its voxels;
+    then, for the found and the missed lesions, the median share of their voxels called each class."""
+    print()
+    print("| scan | resolution | case | factor | found | volume log-odds | lesion's own largest log-odds | voxels called "
+          + " / ".join(DENSE_CLASSES) + " (%) |")
+    print("|---|---|---|---|---|---|---|---|")
+    cases = [r for r in rows if r["placement"] != "-" and r.get("called")]
+    for r in cases:
+        shares = " / ".join(f"{100 * r['called'][c]:.0f}" for c in DENSE_CLASSES)
+        print(f"| {r['scan']} | {r['resolution']} | {r['id']} | {r['factor']:.2f} | {'yes' if r['log_odds'] >= threshold else 'no'} "
+              f"| {r['log_odds']:.2f} | {r['lesion_max_log_odds']:.2f} | {shares} |")
+    for label, sel in (("found", lambda r: r["log_odds"] >= threshold), ("missed", lambda r: r["log_odds"] < threshold)):
+        group = [r for r in cases if sel(r)]
+        if not group:
+            continue
+        medians = " / ".join(f"{100 * np.median([r['called'][c] for r in group]):.0f}" for c in DENSE_CLASSES)
+        own = np.array([r["lesion_max_log_odds"] for r in group])
+        print(f"{label}: {len(group)} lesions, median share of voxels called {' / '.join(DENSE_CLASSES)}: {medians} %; "
+              f"lesion's own largest log-odds at or above the threshold: {int((own >= threshold).sum())} of {len(group)}")
+
+
 def bins_of(kind: str) -> tuple[str, ...]:
     """The placements a lesion kind is probed at (the default data's generator places anywhere)."""
     return ("any",) if KINDS[kind] is None else BINS
@@ -123,9 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle-root", type=Path, default=BUNDLES["classification"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write every case's record here")
+    parser.add_argument("--explain", action="store_true",
+                        help="also run the network in this process and give, per lesion, its own largest lesion "
+                             "log-odds and the classes the network gives its voxels (step 5 above)")
+    parser.add_argument("--explain-change", type=float, default=0.5,
+                        help="a voxel belongs to the lesion on the network's grid when the planted image differs from "
+                             "the lesion-free one by more than this (z units of the bundle's normalisation)")
     args = parser.parse_args(argv)
     if args.per_bin < 1:
         parser.error(f"--per-bin must be >= 1, got {args.per_bin}")
+    if not args.explain_change > 0:
+        parser.error(f"--explain-change must be > 0, got {args.explain_change}")
+    reader = LesionMapReader(args.bundle_root, args.threads) if args.explain else None
     threshold = json.loads((args.bundle_root / "models" / "threshold.json").read_text())["threshold_log_odds"]
     rows = []
     for name in args.scans:
@@ -138,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                 scores = {r["case_id"]: float(r["lesion_log_odds"]) for r in csv.DictReader(fh) if r["status"] == "ok"}
             for rec in records:
                 rec.update(scan=name, resolution=res, log_odds=scores[rec["id"]])
+            if reader is not None:
+                explain_cases(reader, folder / "images", records, args.explain_change)
             rows += records
             print(f"{name} {res}: {len(records)} images classified in {seconds:.0f} s", file=sys.stderr, flush=True)
     print(f"threshold {threshold:.3f} log-odds ({args.bundle_root / 'models' / 'threshold.json'})")
@@ -160,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, sel in (("hypointense", lambda f: f < 1), ("hyperintense", lambda f: f > 1)):
             lo = np.array([r["log_odds"] for r in rows if r.get("factor") is not None and sel(r["factor"])])
             print(f"all {label}: {int((lo >= threshold).sum())} of {len(lo)} found")
+    if reader is not None:
+        print_explanations(rows, threshold)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"threshold_log_odds": threshold, "cases": rows}, indent=1) + "\n")

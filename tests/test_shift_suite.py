@@ -157,6 +157,57 @@ def test_scoring_ranks_by_log_odds_where_probabilities_tie_at_one(tmp_path: Path
     assert res["false_positive_rate"].value == 0.5  # the bundle's own labels
 
 
+def test_lesion_placement_probe_explains_each_lesion_by_the_classes_of_its_voxels(tmp_path: Path, capsys) -> None:
+    from lesion_placement_probe import DENSE_CLASSES, explain_cases, print_explanations
+
+    free = np.zeros((8, 8, 6), dtype=np.float32)
+    shape = free.shape
+
+    class FakeReader:  # stands in for LesionMapReader: a fixed input, classes and lesion map per image
+        def __init__(self) -> None:
+            self.images = {"lesion_free": free}
+            called_csf = free.copy()
+            called_csf[2:4, 2:4, 2] = -1.2  # 4 darker voxels (the lesion), 0.2 below the change: not lesion
+            called_csf[5, 5, 2] = -0.2
+            self.images["near0"] = called_csf
+            self.images["far0"] = free.copy()
+            self.images["far0"][1:3, 1:3, 3] = 2.0  # 4 voxels
+            self.images["odd"] = np.zeros((8, 8, 5), dtype=np.float32)  # another grid: not comparable
+
+        def input_volume(self, path: Path) -> np.ndarray:
+            return self.images[path.name.split(".")[0]]
+
+        def dense(self, path: Path):
+            x = self.images[path.name.split(".")[0]]
+            classes = np.full(x.shape, 3)
+            lesion_map = np.full(x.shape, -5.0, dtype=np.float32)
+            if path.name.startswith("near0"):
+                classes[2:4, 2:4, 2] = 1
+                classes[2, 2, 2] = 2
+                lesion_map[2:4, 2:4, 2] = [[0.5, 1.5], [-1.0, 2.5]]
+                lesion_map[0, 0, 0] = 30.0  # outside the lesion: not the lesion's own
+            if path.name.startswith("far0"):
+                classes[1:3, 1:3, 3] = 4
+                lesion_map[1:3, 1:3, 3] = 20.0
+            return x, classes, lesion_map
+
+    records = [{"id": "lesion_free", "placement": "-"},
+               {"id": "near0", "placement": "near", "factor": 0.45, "scan": "s", "resolution": "2mm", "log_odds": 3.0},
+               {"id": "far0", "placement": "far", "factor": 1.45, "scan": "s", "resolution": "2mm", "log_odds": 21.0},
+               {"id": "odd", "placement": "any", "factor": 0.45, "scan": "s", "resolution": "2mm", "log_odds": 1.0}]
+    explain_cases(FakeReader(), tmp_path, records, change=0.5)
+    assert records[1]["lesion_max_log_odds"] == 2.5  # the lesion's own voxels only
+    assert records[1]["called"] == {"background": 0.0, "csf": 0.75, "gm": 0.25, "wm": 0.0, "lesion": 0.0}
+    assert records[2]["lesion_max_log_odds"] == 20.0 and records[2]["called"]["lesion"] == 1.0
+    assert records[3]["lesion_max_log_odds"] is None and records[3]["called"] is None
+    assert "called" not in records[0] and tuple(records[1]["called"]) == DENSE_CLASSES
+    print_explanations(records, threshold=12.0)
+    out = capsys.readouterr().out
+    assert "| s | 2mm | near0 | 0.45 | no | 3.00 | 2.50 | 0 / 75 / 25 / 0 / 0 |" in out
+    assert "missed: 1 lesions, median share of voxels called background / csf / gm / wm / lesion: 0 / 75 / 25 / 0 / 0 %" in out
+    assert "found: 1 lesions" in out and "at or above the threshold: 1 of 1" in out
+
+
 def test_lesion_placement_probe_places_near_and_far_from_csf(template, tmp_path: Path, monkeypatch) -> None:
     import medmamba.data.registry_scans as registry
     from lesion_placement_probe import make_probe_set
