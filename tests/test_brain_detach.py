@@ -17,7 +17,7 @@ import torch
 from monai.data import MetaTensor
 
 from medmamba.inferers import BrainNormalizingInferer
-from medmamba.transforms import BrainMask, KeepBrainComponent, KeepBrainComponentd, detach_brain
+from medmamba.transforms import BrainMask, KeepBrainComponent, KeepBrainComponentd, close_brain, detach_brain
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mobilemamba_segmentation" / "configs"
 
@@ -99,6 +99,43 @@ def test_invalid_opening_arguments_are_refused() -> None:
     small = np.zeros((8, 8, 8), bool)
     small[3:5, 3:5, 3:5] = True
     np.testing.assert_array_equal(detach_brain(small, (1.0, 1.0, 1.0), 4.0), small)
+
+
+def test_closing_fills_a_notch_in_the_outline_and_nothing_far_from_it() -> None:
+    """A cube with a 2-voxel-wide notch cut in from one face (a bright lesion the network called
+    non-brain): a 6 mm closing at 2 mm voxels fills the notch, adds nothing beyond the cube's own
+    corners' rounding, and an already convex cube comes back unchanged."""
+    cube = np.zeros((24, 24, 24), bool)
+    cube[4:20, 4:20, 4:20] = True
+    notched = cube.copy()
+    notched[4:9, 11:13, 8:16] = False  # 5 deep, 2 wide, 8 long, open to the face x = 4
+    closed = close_brain(notched, (2.0, 2.0, 2.0), 6.0)
+    assert closed[notched].all()  # contains the mask
+    assert closed[5:9, 11:13, 8:16].all()  # the notch filled below its mouth (the face layer: the ball's rim)
+    assert not closed[~cube].any()  # nothing outside the cube
+    np.testing.assert_array_equal(close_brain(cube, (2.0, 2.0, 2.0), 6.0), cube)
+    # a notch wider than the ball stays open at its mouth: 16 voxels wide = 32 mm against 12 mm
+    wide = cube.copy()
+    wide[4:9, 4:20, 8:16] = False
+    assert not close_brain(wide, (2.0, 2.0, 2.0), 6.0)[4, 12, 12]
+    # through the transform, with the voxel size given; closing after the hole filling
+    labels = notched.astype(np.int64)
+    masked = BrainMask(closing_mm=6.0, spacing=(2.0, 2.0, 2.0))(labels[None])[0]
+    np.testing.assert_array_equal(np.asarray(masked) > 0, closed)
+    np.testing.assert_array_equal(np.asarray(BrainMask()(labels[None])[0]) > 0, notched)
+
+
+def test_invalid_closing_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="closing_mm must be a radius in mm >= 0"):
+        BrainMask(closing_mm=-2.0)
+    with pytest.raises(ValueError, match="closing_mm=6.0 needs the voxel size"):
+        BrainMask(closing_mm=6.0).mask(np.ones((8, 8, 8)))
+    with pytest.raises(ValueError, match="radius_mm must be > 0"):
+        close_brain(np.ones((8, 8, 8), bool), (1.0, 1.0, 1.0), 0.0)
+    with pytest.raises(ValueError, match="spacing must hold 3 positive voxel sizes"):
+        close_brain(np.ones((8, 8, 8), bool), (1.0, 1.0), 4.0)
+    empty = np.zeros((8, 8, 8), bool)
+    assert not close_brain(empty, (1.0, 1.0, 1.0), 4.0).any()
 
 
 def test_the_bundle_detaches_in_inference_evaluation_and_the_tissue_pass() -> None:

@@ -88,6 +88,8 @@ def test_bad_arguments_and_outputs_are_named() -> None:
         SkullStrippingInferer(_run, lambda x: torch.ones(1, 16, 16, 12, dtype=torch.bool)).strip(head)
     with pytest.raises(ValueError, match="opening_mm=6.0 needs spacing"):
         BrainExtractor(_TissueByIntensity(), _run, opening_mm=6.0)
+    with pytest.raises(ValueError, match="closing_mm=8.0 needs spacing"):
+        BrainExtractor(_TissueByIntensity(), _run, closing_mm=8.0)
     with pytest.raises(ValueError, match="background_channel must be a non-negative integer"):
         BrainExtractor(_TissueByIntensity(), _run, background_channel=-1)
     with pytest.raises(ValueError, match="background_channel 3 is not a channel"):
@@ -104,6 +106,8 @@ def test_the_extractor_is_the_segmentation_bundle_as_its_config_says(tmp_path: P
     assert extractor.masker.opening_mm == 4.0 and list(extractor.masker.spacing) == [1.5, 1.5, 3.0]
     assert isinstance(extractor.inferer, BrainNormalizingInferer)
     assert extractor.inferer.inferer.inferer.progress is False  # no slice bars inside another bundle's run
+    assert extractor.masker.closing_mm == 0.0  # the segmentation bundle's own mask unless asked
+    assert load_brain_extractor(root, device="cpu", closing_mm=8.0).masker.closing_mm == 8.0
     single = load_brain_extractor(root, device="cpu", inferer_item="inferer#inferer")
     assert isinstance(single.inferer, SliceStackInferer) and single.inferer.context == 1
     assert type(extractor.network).__name__ == "FusedMobileMambaSeg" and extractor.device == torch.device("cpu")
@@ -137,6 +141,7 @@ def test_the_classification_bundle_strips_with_the_segmentation_bundle_and_can_b
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, SkullStrippingInferer) and isinstance(inferer.inferer, SliceStackInferer)
     assert isinstance(inferer.extractor, BrainExtractor) and inferer.extractor.masker.opening_mm == 6.0
+    assert inferer.extractor.masker.closing_mm == 8.0  # version 0.13.1: notches in the mask closed
     # the segmentation network's single slice-stack pass (chosen on validation data), at this bundle's voxel size
     assert isinstance(inferer.extractor.inferer, SliceStackInferer) and inferer.extractor.inferer.context == 1
     assert inferer.extractor.masker.spacing == tuple(float(v) for v in parser.get_parsed_content("pixdim"))

@@ -30,6 +30,7 @@ def load_brain_extractor(
     weights_item: str = "model_file",
     spacing: Sequence[float] | None = None,
     inferer_item: str = "brain_normalizing_inferer",
+    closing_mm: float = 0.0,
 ) -> BrainExtractor:
     """The brain extractor of a tissue segmentation bundle, as that bundle runs it.
 
@@ -48,10 +49,13 @@ def load_brain_extractor(
             a tissue pass, the brain-normalised pass, each with flip TTA) or ``"inferer#inferer"``
             (its single slice-stack pass, about a third of the time; what the classification bundle
             uses, chosen on validation data: its docs).
+        closing_mm: radius in mm of a closing of the brain mask after the bundle's own steps
+            (:func:`medmamba.transforms.close_brain`); 0: none (the mask the segmentation bundle
+            writes). The classification bundle closes by 8 mm (its docs, version 0.13.1).
 
     Returns:
         A :class:`medmamba.inferers.BrainExtractor` with the bundle's network, weights, opening
-        radius and the inferer ``inferer_item``.
+        radius, the inferer ``inferer_item`` and the closing ``closing_mm``.
 
     Raises:
         ValueError: ``bundle_root`` has no such config, the config lacks an item, or its weights are
@@ -83,6 +87,7 @@ def load_brain_extractor(
         spacing=[float(v) for v in (parser.get_parsed_content("pixdim") if spacing is None else spacing)],
         opening_mm=float(parser.get_parsed_content("brain_opening_mm")),
         device=parser.get_parsed_content("device"),
+        closing_mm=float(closing_mm),
     )
 
 
@@ -93,6 +98,7 @@ def skull_stripping_inferer(
     device: str | torch.device | None = None,
     spacing: Sequence[float] | None = None,
     inferer_item: str = "brain_normalizing_inferer",
+    closing_mm: float = 0.0,
 ) -> Any:
     """A bundle's inferer with the segmentation bundle's brain extraction before it, or as it is.
 
@@ -104,6 +110,7 @@ def skull_stripping_inferer(
         device: where the segmentation network runs.
         spacing: voxel size in mm of the volumes ``inferer`` is given (the bundle's ``pixdim``).
         inferer_item: which of the segmentation bundle's inferers finds the brain (:func:`load_brain_extractor`).
+        closing_mm: radius in mm of the closing of the brain mask (:func:`load_brain_extractor`).
 
     Returns:
         ``SkullStrippingInferer(inferer, load_brain_extractor(...))`` with brain extraction, else
@@ -112,4 +119,4 @@ def skull_stripping_inferer(
     if not flag(brain_extraction, "brain_extraction"):
         return inferer
     return SkullStrippingInferer(inferer, load_brain_extractor(
-        segmentation_bundle_root, device=device, spacing=spacing, inferer_item=inferer_item))
+        segmentation_bundle_root, device=device, spacing=spacing, inferer_item=inferer_item, closing_mm=closing_mm))

@@ -38,13 +38,17 @@ class BrainExtractor:
         opening_mm: radius in mm of the opening that detaches face and neck tissue joined to the
             brain by thin bridges before the largest component is taken
             (:func:`medmamba.transforms.detach_brain`); 0: none.
+        closing_mm: radius in mm of a closing applied to the mask last, which fills notches in its
+            outline (:func:`medmamba.transforms.close_brain`), e.g. where the network called a bright
+            lesion at the brain's edge non-brain tissue; 0 (the default): none.
         background_channel: index of the background class in the network's output; every other
             class counts as brain.
         device: where the network runs (the volumes are moved there; the masks come back on the CPU).
 
     Raises:
         TypeError: ``network`` or ``inferer`` is not callable.
-        ValueError: ``opening_mm`` > 0 without ``spacing``, or a negative ``background_channel``.
+        ValueError: ``opening_mm`` or ``closing_mm`` > 0 without ``spacing``, a negative radius, or a
+            negative ``background_channel``.
     """
 
     def __init__(
@@ -55,18 +59,20 @@ class BrainExtractor:
         opening_mm: float = 0.0,
         background_channel: int = 0,
         device: str | torch.device = "cpu",
+        closing_mm: float = 0.0,
     ) -> None:
         if not callable(network):
             raise TypeError(f"network must be callable, got {type(network).__name__}.")
         if not callable(inferer):
             raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
-        if opening_mm and spacing is None:
-            raise ValueError(f"opening_mm={opening_mm!r} needs spacing, the voxel size in mm of the volumes.")
+        for name, radius in (("opening_mm", opening_mm), ("closing_mm", closing_mm)):
+            if radius and spacing is None:
+                raise ValueError(f"{name}={radius!r} needs spacing, the voxel size in mm of the volumes.")
         if isinstance(background_channel, bool) or not isinstance(background_channel, int) or background_channel < 0:
             raise ValueError(f"background_channel must be a non-negative integer, got {background_channel!r}.")
         self.network = network
         self.inferer = inferer
-        self.masker = BrainMask(opening_mm=opening_mm, spacing=spacing)
+        self.masker = BrainMask(opening_mm=opening_mm, spacing=spacing, closing_mm=closing_mm)
         self.background_channel = background_channel
         self.device = torch.device(device)
 
