@@ -108,11 +108,17 @@ def close_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -
         raise ValueError(f"radius_mm must be > 0, got {radius_mm!r}.")
     if not brain.any():
         return brain
+    # work on the mask's bounding box grown by a margin that the dilation cannot cross (same result,
+    # a third of the voxels of a head grid); the margin may reach past the array, hence the padding
     pad = [int(np.ceil(float(radius_mm) / v)) + 1 for v in spacing]
-    padded = np.pad(brain, [(q, q) for q in pad])
-    dilated = ndimage.distance_transform_edt(~padded, sampling=spacing) <= float(radius_mm)
+    nonzero = np.nonzero(brain)
+    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in nonzero)
+    crop = np.pad(brain[box], [(q, q) for q in pad])
+    dilated = ndimage.distance_transform_edt(~crop, sampling=spacing) <= float(radius_mm)
     closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > float(radius_mm)
-    return closed[tuple(slice(q, q + n) for q, n in zip(pad, brain.shape))] | brain
+    out = brain.copy()
+    out[box] |= closed[tuple(slice(q, q + b.stop - b.start) for q, b in zip(pad, box))]
+    return out
 
 
 def _label_array(img: Any) -> np.ndarray:
