@@ -42,6 +42,18 @@ def _largest_component(mask: np.ndarray, structure: np.ndarray | None = None) ->
     return components == int(np.argmax(sizes))
 
 
+def _checked_ball_arguments(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -> tuple[np.ndarray, list[float]]:
+    """``(brain as bool, spacing as floats)`` for :func:`detach_brain` / :func:`close_brain`; ``ValueError``
+    for a spacing of the wrong length or not positive, or a radius that is not positive."""
+    brain = np.asarray(brain, dtype=bool)
+    spacing = [float(v) for v in spacing]
+    if len(spacing) != brain.ndim or any(not v > 0 for v in spacing):
+        raise ValueError(f"spacing must hold {brain.ndim} positive voxel sizes in mm, got {spacing!r}.")
+    if not float(radius_mm) > 0:
+        raise ValueError(f"radius_mm must be > 0, got {radius_mm!r}.")
+    return brain, spacing
+
+
 def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
     """The part of a boolean brain mask that survives an opening of ``radius_mm`` around its core.
 
@@ -64,12 +76,7 @@ def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) 
     """
     from scipy import ndimage
 
-    brain = np.asarray(brain, dtype=bool)
-    spacing = [float(v) for v in spacing]
-    if len(spacing) != brain.ndim or any(not v > 0 for v in spacing):
-        raise ValueError(f"spacing must hold {brain.ndim} positive voxel sizes in mm, got {spacing!r}.")
-    if not float(radius_mm) > 0:
-        raise ValueError(f"radius_mm must be > 0, got {radius_mm!r}.")
+    brain, spacing = _checked_ball_arguments(brain, spacing, radius_mm)
     core = ndimage.distance_transform_edt(brain, sampling=spacing) > float(radius_mm)
     if not core.any():
         return brain
@@ -100,12 +107,7 @@ def close_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -
     """
     from scipy import ndimage
 
-    brain = np.asarray(brain, dtype=bool)
-    spacing = [float(v) for v in spacing]
-    if len(spacing) != brain.ndim or any(not v > 0 for v in spacing):
-        raise ValueError(f"spacing must hold {brain.ndim} positive voxel sizes in mm, got {spacing!r}.")
-    if not float(radius_mm) > 0:
-        raise ValueError(f"radius_mm must be > 0, got {radius_mm!r}.")
+    brain, spacing = _checked_ball_arguments(brain, spacing, radius_mm)
     if not brain.any():
         return brain
     # work on the mask's bounding box grown by a margin that the dilation cannot cross (same result,
