@@ -132,13 +132,14 @@ class LesionMapReader:
         import torch
         from monai.bundle import ConfigParser
 
+        from medmamba.resources import configure_threads
+
         configs = bundle / "configs"
         parser = ConfigParser()
         parser.read_meta(str(configs / "metadata.json"))
         parser.read_config(str(configs / "inference.json"))
         parser["bundle_root"] = str(bundle)
-        parser["num_threads"] = threads
-        torch.set_num_threads(threads)
+        configure_threads(threads)  # what the bundle's own `initialize` does with --num_threads
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
         network = parser.get_parsed_content("network")
