@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine_line  # noqa: E402
 
 
-def score_case(prob, image, affine, spacing, truth, setting, cleaner):
+def score_case(prob, image, affine, spacing, truth, setting, cleaner, opening_mm=6.0):
     """Mean tissue Dice, per-class Dice and brain volume ratio of one case under one setting."""
     import torch
     from monai.data import MetaTensor
@@ -47,7 +47,18 @@ def score_case(prob, image, affine, spacing, truth, setting, cleaner):
     from medmamba.transforms.label_map import channel_argmax
     from medmamba.transforms.tissue_refinement import refine_tissue_probabilities
 
-    refined = prob if setting is None else refine_tissue_probabilities(prob, image, spacing, **setting)
+    from medmamba.transforms import CloseBrainGaps, StrippedInputBrain
+
+    setting = None if setting is None else dict(setting)
+    closing_mm = float(setting.pop("brain_gap_closing_mm", 0.0)) if setting is not None else 0.0
+    stripped = bool(setting.pop("stripped_input_brain", False)) if setting is not None else False
+    refine = setting is not None and not setting.pop("skip_refinement", False)
+    prob = MetaTensor(prob, affine=torch.as_tensor(affine))
+    if stripped:
+        prob = StrippedInputBrain()(prob, image)
+    if closing_mm > 0:
+        prob = CloseBrainGaps(closing_mm=closing_mm, opening_mm=opening_mm)(prob, image)
+    refined = refine_tissue_probabilities(prob.as_tensor(), image, spacing, **setting) if refine else prob.as_tensor()
     labels = cleaner(MetaTensor(channel_argmax(refined).float(), affine=torch.as_tensor(affine)))
     labels = np.asarray(labels)[0].round().astype(np.uint8)
     dice = dice_per_class(labels, truth, [1, 2, 3])
@@ -63,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=Path, nargs="+", required=True, help="shift-suite set folders (datalist.json)")
     parser.add_argument("--predictions", type=Path, required=True,
                         help="folder of <set>/<case>/<case>_prob.nii.gz written without refinement")
-    parser.add_argument("--variants", required=True, help="JSON: name -> refine_tissue_probabilities kwargs or null")
+    parser.add_argument("--variants", required=True,
+                        help="JSON: name -> refine_tissue_probabilities kwargs or null; a setting may also hold "
+                             "stripped_input_brain (true: StrippedInputBrain first, as the bundle) and "
+                             "brain_gap_closing_mm (CloseBrainGaps before the refinement)")
     parser.add_argument("--max-voxel-mm", type=float, default=3.0, help="the bundle's refine_max_voxel_mm")
     parser.add_argument("--opening-mm", type=float, default=6.0, help="the bundle's brain_opening_mm")
     parser.add_argument("--threads", type=int, default=1)
@@ -101,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, setting in variants.items():
                 start = time.perf_counter()
                 thick = setting is not None and max(spacing) > args.max_voxel_mm
-                row = score_case(prob, image, prob_img.affine, spacing, truth, None if thick else setting, cleaner)
+                if thick:  # the bundle does not refine thick slices; its brain steps still run
+                    setting = {**setting, "skip_refinement": True}
+                row = score_case(prob, image, prob_img.affine, spacing, truth, setting, cleaner, args.opening_mm)
                 row.update(set=set_dir.name, case=item["id"], variant=name, seconds=round(time.perf_counter() - start, 2))
                 rows.append(row)
                 if sink:

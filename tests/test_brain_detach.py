@@ -189,7 +189,7 @@ def test_the_bundle_refines_tissue_on_the_input_grid_except_thick_slices() -> No
     assert stripped.image_key == "source_image" and stripped.transform.max_support_ratio == 1.3
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    assert "refiner=[@input_brain, @tissue_refiner]" in parser["run"][0]
+    assert "refiner=[@input_brain, @brain_gaps, @tissue_refiner]" in parser["run"][0]  # 0.6.13: gaps closed first
     assert parser.get_parsed_content("input_brain").max_support_ratio == 1.3
     copy = [t for t in parser.get_parsed_content("preprocessing").transforms if type(t).__name__ == "CopyItemsd"]
     assert len(copy) == 1

@@ -148,11 +148,12 @@ def test_configs_share_one_preprocessing() -> None:
     assert [t["_target_"] for t in evaluate["preprocessing"]["transforms"]
             if t["_target_"] not in deployed | {"CopyItemsd"}] == targets
     # both keep the scan as loaded for the intensity refinement on the input's grid (refine_tissue, on since 0.6.9)
-    # and for the skull-stripped input's own brain (stripped_input_brain, since 0.6.12)
+    # and for the skull-stripped input's own brain (stripped_input_brain, since 0.6.12); the brain gaps'
+    # closing (close_brain_gaps, since 0.6.13) is a step of the same hook and needs the copy too
     for cfg in (infer, evaluate):
         copies = [t for t in cfg["preprocessing"]["transforms"] if t["_target_"] == "CopyItemsd"]
-        assert copies == [{"_target_": "CopyItemsd", "keys": "image", "names": "source_image", "_disabled_": "$medmamba.bundle.all_off(refine_tissue=@refine_tissue, stripped_input_brain=@stripped_input_brain)"}]
-        assert cfg["refine_tissue"] is True and cfg["stripped_input_brain"] is True
+        assert copies == [{"_target_": "CopyItemsd", "keys": "image", "names": "source_image", "_disabled_": "$medmamba.bundle.all_off(refine_tissue=@refine_tissue, stripped_input_brain=@stripped_input_brain, close_brain_gaps=@close_brain_gaps)"}]
+        assert cfg["refine_tissue"] is True and cfg["stripped_input_brain"] is True and cfg["close_brain_gaps"] is True
     # and refuses a scan whose acquisition is not T1-weighted, right after the shape checks
     infer_targets = [t["_target_"] for t in infer["preprocessing"]["transforms"]]
     check = "medmamba.transforms.CheckMRWeightingd"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from medmamba.transforms.anti_aliasing import AntiAliasedSpacingd, anti_aliasing_sigma
 from medmamba.transforms.bias_field import RandBiasField, RandBiasFieldd, legendre_coefficients
 from medmamba.transforms.brain_mask import BrainMask, BrainMaskd, KeepBrainComponent, KeepBrainComponentd, close_brain, detach_brain
+from medmamba.transforms.brain_gaps import CloseBrainGaps, CloseBrainGapsd
 from medmamba.transforms.brain_normalize import BrainNormalize, BrainNormalized
 from medmamba.transforms.ct_window import CT_WINDOWS, CTWindow, CTWindowd, resolve_window
 from medmamba.transforms.label_map import LabelMap, LabelMapd, argmax_in, channel_argmax
@@ -46,6 +47,8 @@ __all__ = [
     "NETWORK_STRIDE",
     "BrainMask",
     "BrainMaskd",
+    "CloseBrainGaps",
+    "CloseBrainGapsd",
     "KeepBrainComponent",
     "KeepBrainComponentd",
     "close_brain",
