@@ -38,27 +38,30 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine_line  # noqa: E402
 
 
-def score_case(prob, image, affine, spacing, truth, setting, cleaner, opening_mm=6.0):
-    """Mean tissue Dice, per-class Dice and brain volume ratio of one case under one setting."""
+def score_case(prob, image, affine, spacing, truth, setting, cleaner, opening_mm=6.0, refine=True):
+    """Mean tissue Dice, per-class Dice and brain volume ratio of one case under one setting.
+
+    ``setting`` ``None`` scores the probabilities as they are; otherwise its ``stripped_input_brain``
+    and ``brain_gap_closing_mm`` run the bundle's brain steps first and the rest are the refinement's
+    arguments (not refined when ``refine`` is false: thick slices, as the bundle does).
+    """
     import torch
     from monai.data import MetaTensor
 
     from medmamba.metrics import dice_per_class
+    from medmamba.transforms import CloseBrainGaps, StrippedInputBrain
     from medmamba.transforms.label_map import channel_argmax
     from medmamba.transforms.tissue_refinement import refine_tissue_probabilities
 
-    from medmamba.transforms import CloseBrainGaps, StrippedInputBrain
-
-    setting = None if setting is None else dict(setting)
-    closing_mm = float(setting.pop("brain_gap_closing_mm", 0.0)) if setting is not None else 0.0
-    stripped = bool(setting.pop("stripped_input_brain", False)) if setting is not None else False
-    refine = setting is not None and not setting.pop("skip_refinement", False)
+    options = {} if setting is None else dict(setting)
+    closing_mm = float(options.pop("brain_gap_closing_mm", 0.0))
     prob = MetaTensor(prob, affine=torch.as_tensor(affine))
-    if stripped:
+    if options.pop("stripped_input_brain", False):
         prob = StrippedInputBrain()(prob, image)
     if closing_mm > 0:
         prob = CloseBrainGaps(closing_mm=closing_mm, opening_mm=opening_mm)(prob, image)
-    refined = refine_tissue_probabilities(prob.as_tensor(), image, spacing, **setting) if refine else prob.as_tensor()
+    refine = refine and setting is not None
+    refined = refine_tissue_probabilities(prob.as_tensor(), image, spacing, **options) if refine else prob.as_tensor()
     labels = cleaner(MetaTensor(channel_argmax(refined).float(), affine=torch.as_tensor(affine)))
     labels = np.asarray(labels)[0].round().astype(np.uint8)
     dice = dice_per_class(labels, truth, [1, 2, 3])
@@ -114,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             spacing = [float(s) for s in image_img.header.get_zooms()[:3]]
             for name, setting in variants.items():
                 start = time.perf_counter()
-                thick = setting is not None and max(spacing) > args.max_voxel_mm
-                if thick:  # the bundle does not refine thick slices; its brain steps still run
-                    setting = {**setting, "skip_refinement": True}
-                row = score_case(prob, image, prob_img.affine, spacing, truth, setting, cleaner, args.opening_mm)
+                thick = max(spacing) > args.max_voxel_mm  # not refined by the bundle; its brain steps still run
+                row = score_case(prob, image, prob_img.affine, spacing, truth, setting, cleaner, args.opening_mm,
+                                 refine=not thick)
                 row.update(set=set_dir.name, case=item["id"], variant=name, seconds=round(time.perf_counter() - start, 2))
                 rows.append(row)
                 if sink:

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import Transform
 
 from medmamba.transforms.brain_mask import BrainMask
-from medmamba.transforms.label_map import channel_argmax
+from medmamba.transforms.label_map import channel_argmax, renormalised_channels
 from medmamba.transforms.scan_checks import voxel_spacing
 from medmamba.transforms.stripped_input import BRAIN_SOURCE_KEY
 from medmamba.transforms.tissue_refinement import ScanGuidedd
@@ -99,16 +99,9 @@ class CloseBrainGaps(Transform):
         if not added.any():
             return img
         logger.info("brain gaps closed by %.1f mm: %d voxels added to the network's brain", self.closing_mm, int(added.sum()))
-        inside = torch.from_numpy(added).to(prob.device)
-        channels = list(self.tissue_channels)
-        tissue = prob[channels].float() + 1e-6
-        tissue = tissue / tissue.sum(0, keepdim=True)
-        out = prob.clone().float()
-        for i, c in enumerate(channels):
-            out[c] = torch.where(inside, tissue[i], out[c])
-        for c in range(k):
-            if c not in self.tissue_channels:
-                out[c] = torch.where(inside, torch.zeros_like(out[c]), out[c])
+        given = torch.zeros_like(prob, dtype=torch.float32)  # an added voxel: tissue only, background 0
+        given[list(self.tissue_channels)] = renormalised_channels(prob, self.tissue_channels)
+        out = torch.where(torch.from_numpy(added).to(prob.device), given, prob.float())
         return MetaTensor(out, affine=img.affine, meta=dict(img.meta))
 
 

@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_tensor
 
-__all__ = ["LabelMap", "LabelMapd", "argmax_in", "channel_argmax"]
+__all__ = ["LabelMap", "LabelMapd", "argmax_in", "channel_argmax", "renormalised_channels"]
 
 
 def channel_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +53,25 @@ def argmax_in(x: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
     member = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     member[list(channels)] = True
     return member[channel_argmax(x)[0]]
+
+
+def renormalised_channels(prob: torch.Tensor, channels: Sequence[int], eps: float = 1e-6) -> torch.Tensor:
+    """The probabilities of ``channels`` alone, renormalised to sum to one in every voxel (float32).
+
+    What a voxel's class probabilities become when it is given to those classes (e.g. to the brain
+    tissues, its background probability dropped); ``eps`` keeps a voxel whose ``channels`` are all
+    zero at equal shares.
+
+    Args:
+        prob: Channel-first probabilities ``(C, *spatial)``.
+        channels: Channel indices, each in ``[0, C)``.
+        eps: Added to every probability before the renormalisation.
+
+    Returns:
+        ``(len(channels), *spatial)``.
+    """
+    share = prob[list(channels)].float() + eps
+    return share / share.sum(0, keepdim=True)
 
 
 class LabelMap(Transform):

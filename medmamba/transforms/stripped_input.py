@@ -33,7 +33,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Transform
 
-from medmamba.transforms.label_map import argmax_in
+from medmamba.transforms.label_map import argmax_in, renormalised_channels
 from medmamba.transforms.tissue_refinement import ScanGuidedd
 
 __all__ = ["StrippedInputBrain", "StrippedInputBraind", "skull_stripped_support"]
@@ -164,9 +164,7 @@ class StrippedInputBrain(Transform):
         logger.info("skull-stripped input: its %d non-zero voxels are the brain (the network's brain: %d voxels)",
                     int(inside.sum()), int(network_brain.sum()))
         channels = list(self.tissue_channels)
-        tissue = prob[channels].float()
-        eps = 1e-6
-        tissue = (tissue + eps) / (tissue + eps).sum(0, keepdim=True)
+        tissue = renormalised_channels(prob, channels)
         out = torch.zeros_like(prob, dtype=torch.float32)
         out[channels] = torch.where(inside, tissue, torch.zeros_like(tissue))
         first_background = min(c for c in range(k) if c not in self.tissue_channels)
