@@ -262,3 +262,22 @@ def test_inference_detaches_once_and_its_brain_mask_is_the_written_segmentations
     brain = np.asarray(nib.load(case / f"{case.name}_brain_mask.nii.gz").dataobj) > 0
     np.testing.assert_array_equal(brain, ndimage.binary_fill_holes(seg > 0))
     assert not brain[block].any() and brain[ball].mean() > 0.99
+
+
+@pytest.mark.parametrize("at_border", [False, True])
+def test_detaching_on_the_bounding_box_equals_the_whole_grid(at_border: bool) -> None:
+    """``detach_brain`` works on the mask's bounding box grown by one voxel; the result is the whole
+    grid's, voxel for voxel, with anisotropic voxels too, and when the mask touches the array's
+    border (``at_border``: the grid cut through the ball's top; the box then ends at the array's
+    edge, where the whole grid's distance transform sees no background beyond it either)."""
+    for spacing in [(2.0, 2.0, 2.0), (1.5, 1.5, 3.0)]:
+        labels, _, block = _head(spacing, rod_mm=4.0)
+        brain = np.pad(labels > 0, [(5, 7), (3, 0), (9, 2)])
+        if at_border:
+            highest = int(np.flatnonzero(brain.any(axis=(0, 1)))[-1])
+            brain = brain[:, :, :highest - 3]
+            assert brain[:, :, -1].any()
+        full = detach_brain(brain, spacing, 6.0, crop=False)
+        cropped = detach_brain(brain, spacing, 6.0)
+        assert 0 < full.sum() < brain.sum()  # the block was detached
+        np.testing.assert_array_equal(cropped, full)

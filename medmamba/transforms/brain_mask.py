@@ -42,6 +42,15 @@ def _largest_component(mask: np.ndarray, structure: np.ndarray | None = None) ->
     return components == int(np.argmax(sizes))
 
 
+def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the bounding box of a non-empty boolean mask, grown by ``margin`` voxels inside the array."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
 def _checked_ball_arguments(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -> tuple[np.ndarray, list[float]]:
     """``(brain as bool, spacing as floats)`` for :func:`detach_brain` / :func:`close_brain`; ``ValueError``
     for a spacing of the wrong length or not positive, or a radius that is not positive."""
@@ -54,7 +63,7 @@ def _checked_ball_arguments(brain: np.ndarray, spacing: Sequence[float], radius_
     return brain, spacing
 
 
-def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
+def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float, crop: bool = True) -> np.ndarray:
     """The part of a boolean brain mask that survives an opening of ``radius_mm`` around its core.
 
     The mask is eroded by a ball of ``radius_mm`` (Euclidean distance in mm, so anisotropic voxels are
@@ -67,6 +76,9 @@ def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) 
         brain: Boolean mask, any number of spatial dimensions.
         spacing: Voxel size in mm per axis of ``brain``.
         radius_mm: Radius of the erosion in mm (> 0).
+        crop: Compute on the mask's bounding box grown by one voxel (the default; the same result,
+            about 2.5x faster on a 1 mm whole head, ``benchmarks/bench_brain_mask.py``); ``False``:
+            on the whole array, as up to segmentation 0.6.13 (the benchmark's baseline).
 
     Returns:
         A boolean mask inside ``brain`` (``brain`` itself when nothing survives the erosion).
@@ -77,12 +89,22 @@ def detach_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) 
     from scipy import ndimage
 
     brain, spacing = _checked_ball_arguments(brain, spacing, radius_mm)
-    core = ndimage.distance_transform_edt(brain, sampling=spacing) > float(radius_mm)
+    if not brain.any():
+        return brain
+    # both distance transforms on the mask's bounding box grown by one voxel where the array allows:
+    # the nearest non-brain voxel of a box voxel is in that box (clamping a farther one into the box
+    # lands on its outer, non-brain layer, nearer), and every core voxel is in it; so the result is
+    # the full grid's, with a head's face, neck and air left out of the work
+    box = _bounding_box(brain, margin=1) if crop else tuple(slice(None) for _ in brain.shape)
+    crop = brain[box]
+    core = ndimage.distance_transform_edt(crop, sampling=spacing) > float(radius_mm)
     if not core.any():
         return brain
     core = _largest_component(core)
     reach = float(radius_mm) + max(spacing)
-    return brain & (ndimage.distance_transform_edt(~core, sampling=spacing) <= reach)
+    out = np.zeros_like(brain)
+    out[box] = crop & (ndimage.distance_transform_edt(~core, sampling=spacing) <= reach)
+    return out
 
 
 def close_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
@@ -113,8 +135,7 @@ def close_brain(brain: np.ndarray, spacing: Sequence[float], radius_mm: float) -
     # work on the mask's bounding box grown by a margin that the dilation cannot cross (same result,
     # a third of the voxels of a head grid); the margin may reach past the array, hence the padding
     pad = [int(np.ceil(float(radius_mm) / v)) + 1 for v in spacing]
-    nonzero = np.nonzero(brain)
-    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in nonzero)
+    box = _bounding_box(brain)
     crop = np.pad(brain[box], [(q, q) for q in pad])
     dilated = ndimage.distance_transform_edt(~crop, sampling=spacing) <= float(radius_mm)
     closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > float(radius_mm)
