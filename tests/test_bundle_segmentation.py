@@ -213,6 +213,39 @@ def test_inference_and_evaluation_normalise_over_the_predicted_brain() -> None:
         assert json.loads((CONFIGS / config).read_text())["tissue_passes"] == 1
 
 
+def test_slice_views_are_off_by_default_and_the_views_overlay_aggregates_three() -> None:
+    """Training on axial, coronal and sagittal slices (``--slice_views``) is a trial option, off by
+    default: the training transform is disabled and the validation inferer passes axial slices through;
+    ``views.json``, merged after inference.json or evaluate.json, runs the three views inside the flip
+    TTA, pads every axis to 64, and reaches the classification bundle's brain extraction (``inferer#inferer``)."""
+    from monai.bundle import ConfigParser
+
+    from medmamba.inferers import FlipTTAInferer, MultiViewInferer, SliceStackInferer
+
+    train = ConfigParser()
+    train.read_config(str(CONFIGS / "train.json"))
+    names = [type(t).__name__ for t in train.get_parsed_content("train#preprocessing").transforms]
+    assert "RandSliceViewd" not in names and "SliceStackd" in names
+    assert train.get_parsed_content("validate#inferer").views == ("axial",)
+    train["slice_views"] = ["axial", "coronal", "sagittal"]
+    train["slice_view_weights"] = [2, 1, 1]
+    transforms = train.get_parsed_content("train#preprocessing", lazy=False).transforms
+    names = [type(t).__name__ for t in transforms]
+    assert names.index("RandSliceViewd") == names.index("SliceStackd") - 1
+    assert transforms[names.index("RandSliceViewd")].weights.tolist() == [0.5, 0.25, 0.25]
+    for config in ("inference.json", "evaluate.json"):
+        plain = ConfigParser()
+        plain.read_config(str(CONFIGS / config))
+        assert isinstance(plain.get_parsed_content("inferer#inferer"), SliceStackInferer)
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / config), str(CONFIGS / "views.json")])
+        inferer = parser.get_parsed_content("inferer")
+        assert isinstance(inferer, FlipTTAInferer) and isinstance(inferer.inferer, MultiViewInferer)
+        assert inferer.inferer.views == ("axial", "coronal", "sagittal")
+        assert parser["pad_multiple"] == [64, 64, 64]
+        assert parser.get("brain_normalizing_inferer#inferer") == "@inferer"
+
+
 def test_evaluation_and_inference_keep_the_largest_brain_component() -> None:
     from monai.bundle import ConfigParser
 

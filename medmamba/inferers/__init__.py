@@ -6,6 +6,7 @@ from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .brain_normalization import BrainNormalizingInferer, tissue_network
 from .flip_tta import FlipTTAInferer
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
+from .multi_view import MultiViewInferer
 from .slice_stack import SliceStackInferer, expected_in_channels
 from .volume_classification import (
     AGGREGATIONS,
@@ -24,6 +25,7 @@ __all__ = [
     "SliceAggregator",
     "SkullStrippingInferer",
     "SliceStackInferer",
+    "MultiViewInferer",
     "VolumeClassifier",
     "VolumePredictor",
     "VolumeSegmenter",
