@@ -119,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.zoom < 1:
         parser.error(f"--rounds and --zoom must be at least 1, got {args.rounds} and {args.zoom}")
     from medmamba.transforms import detach_brain
+    from medmamba.transforms.brain_mask import _bounding_box
 
     path = args.labels or default_labels()
     brain, spacing = load_brain(path, args.zoom)
     if not brain.any():
         parser.error(f"--labels {path}: no voxel labelled 1-3 (brain)")
-    nonzero = [np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    box = int(np.prod([int(n[-1]) - int(n[0]) + 3 for n in nonzero]))
+    box = int(np.prod([s.stop - s.start for s in _bounding_box(brain, margin=1)]))  # what detach_brain works on
     settings = {
         "whole array (0.6.13)": lambda: detach_brain(brain, spacing, args.radius_mm, crop=False),
         "bounding box (0.6.14)": lambda: detach_brain(brain, spacing, args.radius_mm),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medmamba.inferers import MultiViewInferer, SliceStackInferer
+from medmamba.inferers import MultiViewInferer, SliceStackInferer, log_mean_softmax
 from medmamba.transforms import SLICE_VIEWS, RandSliceViewd, SliceStackd, from_view, to_view
 
 
@@ -90,3 +90,13 @@ def test_view_aggregation_averages_the_probabilities_of_each_view() -> None:
     y_means = x[0, 0].mean(dim=(0, 2))
     expected = torch.sigmoid(torch.stack([y_means[j] - x[0, 0, :, j, :] for j in range(6)], dim=1))
     assert torch.allclose(coronal, expected, atol=1e-5)
+
+
+def test_log_mean_softmax_is_the_log_of_the_averaged_probabilities() -> None:
+    """The combination shared by the flip TTA and the view aggregation."""
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    expected = torch.log((torch.softmax(a, 1) + torch.softmax(b, 1)) / 2)
+    assert torch.allclose(log_mean_softmax(iter([a, b])), expected, atol=1e-6)
+    assert torch.allclose(torch.softmax(log_mean_softmax([a, b]), 1).sum(1), torch.ones(2, 4, 5), atol=1e-6)
+    with pytest.raises(ValueError, match="at least one tensor of logits"):
+        log_mean_softmax([])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .brain_normalization import BrainNormalizingInferer, tissue_network
-from .flip_tta import FlipTTAInferer
+from .flip_tta import FlipTTAInferer, log_mean_softmax
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
 from .multi_view import MultiViewInferer
 from .slice_stack import SliceStackInferer, expected_in_channels
@@ -26,6 +26,7 @@ __all__ = [
     "SkullStrippingInferer",
     "SliceStackInferer",
     "MultiViewInferer",
+    "log_mean_softmax",
     "VolumeClassifier",
     "VolumePredictor",
     "VolumeSegmenter",

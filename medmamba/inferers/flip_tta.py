@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["FlipTTAInferer"]
+__all__ = ["FlipTTAInferer", "log_mean_softmax"]
+
+
+def log_mean_softmax(outputs: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The logarithm of the mean of the softmax probabilities (over channel dim 1) of several logits.
+
+    How test-time augmentations and view aggregation combine their runs: a softmax (or an arg-max)
+    downstream gives the averaged probabilities (or their arg-max). ``outputs`` may be a generator,
+    so that one run's probabilities are added before the next run starts.
+
+    Raises:
+        ValueError: ``outputs`` is empty.
+    """
+    total, count = None, 0
+    for out in outputs:
+        probs = torch.softmax(torch.as_tensor(out).float(), dim=1)
+        total = probs if total is None else total + probs
+        count += 1
+    if total is None:
+        raise ValueError("outputs must hold at least one tensor of logits, got none.")
+    return torch.log((total / count).clamp_min(1e-12))
 
 
 class FlipTTAInferer:
@@ -45,10 +66,6 @@ class FlipTTAInferer:
         out = self.inferer(inputs, network, *args, **kwargs)
         if not self.spatial_axes:
             return out
-        probs = torch.softmax(out.float(), dim=1)
-        for axis in self.spatial_axes:
-            dim = 2 + axis
-            flipped = self.inferer(inputs.flip(dim), network, *args, **kwargs)
-            probs = probs + torch.softmax(flipped.float(), dim=1).flip(dim)
-        probs = probs / (1 + len(self.spatial_axes))
-        return torch.log(probs.clamp_min(1e-12))
+        dims = [2 + axis for axis in self.spatial_axes]
+        flipped = (self.inferer(inputs.flip(dim), network, *args, **kwargs).flip(dim) for dim in dims)
+        return log_mean_softmax(itertools.chain([out], flipped))  # one flipped run in memory at a time

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from medmamba.inferers.flip_tta import log_mean_softmax
 from medmamba.transforms.slice_view import check_views, from_view, to_view
 
 __all__ = ["MultiViewInferer"]
@@ -45,10 +46,5 @@ class MultiViewInferer:
             return self.inferer(inputs, network, *args, **kwargs)
         if inputs.ndim != 5:
             raise ValueError(f"inputs must be volumes (B, C, X, Y, Z), got shape {tuple(inputs.shape)}.")
-        probs = None
-        for view in self.views:
-            out = from_view(self.inferer(to_view(inputs, view), network, *args, **kwargs), view)
-            p = torch.softmax(torch.as_tensor(out).float(), dim=1)
-            probs = p if probs is None else probs + p
-        probs = probs / len(self.views)
-        return torch.log(probs.clamp_min(1e-12))
+        return log_mean_softmax(from_view(self.inferer(to_view(inputs, view), network, *args, **kwargs), view)
+                                for view in self.views)

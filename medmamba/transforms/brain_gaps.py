@@ -68,6 +68,8 @@ class CloseBrainGaps(Transform):
             raise ValueError(f"tissue_channels must be distinct channel indices, got {tissue_channels!r}.")
         self.closing_mm = float(closing_mm)
         self.opening_mm = float(opening_mm)
+        self.masker = BrainMask(labels=list(self.tissue_channels), opening_mm=self.opening_mm,
+                                closing_mm=self.closing_mm, fill_holes=False)
 
     def __call__(self, img: torch.Tensor, image: Any = None) -> torch.Tensor:
         """Args:
@@ -92,9 +94,7 @@ class CloseBrainGaps(Transform):
             return img
         prob = img.as_tensor()
         labels = channel_argmax(prob)[0].cpu().numpy()
-        masker = BrainMask(labels=list(self.tissue_channels), opening_mm=self.opening_mm, closing_mm=self.closing_mm,
-                           fill_holes=False)
-        closed = masker.mask(labels, voxel_spacing(img, labels.ndim))
+        closed = self.masker.mask(labels, voxel_spacing(img, labels.ndim))
         added = closed & ~np.isin(labels, self.tissue_channels)
         if not added.any():
             return img
