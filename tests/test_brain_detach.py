@@ -139,22 +139,22 @@ def test_invalid_closing_arguments_are_refused() -> None:
 
 
 def test_the_bundle_detaches_in_inference_evaluation_and_the_tissue_pass() -> None:
-    """``brain_opening_mm`` (6 mm) reaches the tissue pass's brain (on the 2 mm network grid), the
+    """``brain_opening_mm`` (8 mm since 0.6.15, 6 mm before) reaches the tissue pass's brain (on the 2 mm network grid), the
     written segmentation and brain mask, and the evaluation's clean-up."""
     from monai.bundle import ConfigParser
 
     for config in ("inference.json", "evaluate.json"):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / config))
-        assert parser.get("brain_opening_mm") == 6.0
+        assert parser.get("brain_opening_mm") == 8.0
         inferer = parser.get_parsed_content("brain_normalizing_inferer")
-        assert inferer.masker.opening_mm == 6.0 and inferer.masker.spacing == (2.0, 2.0, 2.0)
+        assert inferer.masker.opening_mm == 8.0 and inferer.masker.spacing == (2.0, 2.0, 2.0)
         parser["brain_opening_mm"] = 0.0
         assert parser.get_parsed_content("brain_normalizing_inferer").masker.opening_mm == 0.0
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "evaluate.json"))
     cleaner = parser.get_parsed_content("postprocessing").transforms[-1]
-    assert isinstance(cleaner, KeepBrainComponentd) and cleaner.cleaner.masker.opening_mm == 6.0
+    assert isinstance(cleaner, KeepBrainComponentd) and cleaner.cleaner.masker.opening_mm == 8.0
     run = json.loads((CONFIGS / "inference.json").read_text())["run"][0]
     assert "brain_opening_mm=@brain_opening_mm" in run
 

@@ -140,7 +140,7 @@ def test_the_classification_bundle_strips_with_the_segmentation_bundle_and_can_b
     parser["segmentation_bundle_root"] = str(root)
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, SkullStrippingInferer) and isinstance(inferer.inferer, SliceStackInferer)
-    assert isinstance(inferer.extractor, BrainExtractor) and inferer.extractor.masker.opening_mm == 6.0
+    assert isinstance(inferer.extractor, BrainExtractor) and inferer.extractor.masker.opening_mm == 8.0  # the segmentation bundle's (0.6.15)
     assert inferer.extractor.masker.closing_mm == 8.0  # version 0.13.1: notches in the mask closed
     # the segmentation network's single slice-stack pass (chosen on validation data), at this bundle's voxel size
     assert isinstance(inferer.extractor.inferer, SliceStackInferer) and inferer.extractor.inferer.context == 1

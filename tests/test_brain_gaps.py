@@ -125,13 +125,13 @@ def test_the_bundle_closes_the_brain_in_inference_and_evaluation_before_the_refi
         assert parser.get("brain_gap_closing_mm") == 8.0
         if config == "inference.json":
             closer = parser.get_parsed_content("brain_gaps")
-            assert isinstance(closer, CloseBrainGaps) and (closer.closing_mm, closer.opening_mm) == (8.0, 6.0)
+            assert isinstance(closer, CloseBrainGaps) and (closer.closing_mm, closer.opening_mm) == (8.0, 8.0)
         else:
             post = parser.get_parsed_content("postprocessing").transforms
             names = [type(t).__name__ for t in post]
             assert names.index("StrippedInputBraind") < names.index("CloseBrainGapsd") < names.index("TissueIntensityRefined")
             (closer,) = [t for t in post if isinstance(t, CloseBrainGapsd)]
-            assert (closer.transform.closing_mm, closer.transform.opening_mm) == (8.0, 6.0)
+            assert (closer.transform.closing_mm, closer.transform.opening_mm) == (8.0, 8.0)
         parser["close_brain_gaps"] = False  # off: the 0.6.12 pipeline
         if config == "inference.json":
             assert parser.get_parsed_content("brain_gaps") is None
