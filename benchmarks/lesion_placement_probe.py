@@ -152,10 +152,6 @@ class LesionMapReader:
         self.segmenter = classifier.network
         self.lesion_channel = int(classifier.lesion_channel)
 
-    def input_volume(self, path: Path) -> np.ndarray:
-        """The preprocessed image ``(H, W, D)`` the classifier's inferer gets."""
-        return np.asarray(self.preprocessing({"image": str(path)})["image"])[0]
-
     def dense(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(input, classes, lesion_log_odds)``: the preprocessed image, the network's class per voxel
         and its lesion log-odds per voxel, each ``(H, W, D)`` on the classifier's grid."""
@@ -179,11 +175,11 @@ def explain_cases(reader: LesionMapReader, images: Path, records: list[dict], ch
     A case whose preprocessed grid differs from the lesion-free one's, or whose lesion leaves no voxel
     above ``change``, gets ``None`` for both.
     """
-    free = reader.input_volume(images / "lesion_free.nii.gz")
+    # the lesion-free image once: its preprocessed input is what each lesion is measured against
+    free, free_classes, free_map = reader.dense(images / "lesion_free.nii.gz")
     for rec in records:
         if rec["id"] == "lesion_free":
-            _, classes, lesion_map = reader.dense(images / "lesion_free.nii.gz")
-            rec["peak"] = lesion_free_peak(classes, lesion_map)
+            rec["peak"] = lesion_free_peak(free_classes, free_map)
             continue
         x, classes, lesion_map = reader.dense(images / f"{rec['id']}.nii.gz")
         lesion = np.abs(x - free) > change if x.shape == free.shape else np.zeros(x.shape, dtype=bool)

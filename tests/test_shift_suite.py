@@ -174,9 +174,6 @@ def test_lesion_placement_probe_explains_each_lesion_by_the_classes_of_its_voxel
             self.images["far0"][1:3, 1:3, 3] = 2.0  # 4 voxels
             self.images["odd"] = np.zeros((8, 8, 5), dtype=np.float32)  # another grid: not comparable
 
-        def input_volume(self, path: Path) -> np.ndarray:
-            return self.images[path.name.split(".")[0]]
-
         def dense(self, path: Path):
             x = self.images[path.name.split(".")[0]]
             classes = np.full(x.shape, 3)
