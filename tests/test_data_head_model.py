@@ -9,8 +9,11 @@ from medmamba.data.head_model import (
     GENERATION_LABELS,
     LESION_LABEL,
     add_head,
+    brighten_posterior_fossa,
+    enlarge_ventricles,
     fold_cortex,
     generation_to_tissue,
+    posterior_fossa_mask,
     render_t1,
 )
 from medmamba.data.synthetic import load_mni_template, make_subject, tissue_labels
@@ -32,6 +35,78 @@ def test_fold_cortex_adds_csf_only_near_the_surface_and_keeps_the_brain(template
 
     depth = ndimage.distance_transform_edt(tissue > 0) * 4.0
     assert depth[clefts].max() <= 8.0 + 1e-6
+
+
+def test_fold_cortex_leaves_the_excluded_voxels_alone(template) -> None:
+    tissue = tissue_labels(template.gm, template.wm, template.mask)
+    fossa = posterior_fossa_mask(template.shape, template.affine)
+    folded, clefts = fold_cortex(tissue, np.random.default_rng(0), 4.0, gm=template.gm, wm=template.wm, exclude=fossa)
+    assert clefts.any() and not clefts[fossa].any()
+    np.testing.assert_array_equal(folded[fossa], tissue[fossa])  # no clefts, no boundary jitter there
+    assert (folded[~fossa] != tissue[~fossa]).any()
+    with pytest.raises(ValueError, match=r"exclude must have the tissue map's shape \(49, 58, 47\), got \(2, 2, 2\)"):
+        fold_cortex(tissue, np.random.default_rng(0), 4.0, exclude=np.zeros((2, 2, 2), bool))
+
+
+def test_posterior_fossa_mask_is_cerebellum_and_brainstem_in_mni_space() -> None:
+    affine = np.array([[2.0, 0, 0, -98], [0, 2.0, 0, -134], [0, 0, 2.0, -72], [0, 0, 0, 1]])  # the 2 mm template grid
+    fossa = posterior_fossa_mask((99, 117, 95), affine)
+
+    def at(x: float, y: float, z: float) -> bool:
+        i, j, k = np.linalg.solve(affine, [x, y, z, 1.0])[:3].round().astype(int)
+        return bool(fossa[i, j, k])
+
+    # fourth ventricle, vermis, both cerebellar hemispheres, pons, medulla
+    assert all(at(*p) for p in [(0, -46, -30), (0, -70, -20), (-40, -60, -30), (40, -60, -30), (0, -24, -30), (0, -40, -50)])
+    # thalamus, midbrain, temporal lobes beside the pons, occipital lobe above the tentorium, frontal lobe
+    assert not any(at(*p) for p in [(10, -18, 6), (0, -26, -12), (40, -20, -30), (-36, -30, -24), (20, -90, 0), (0, 40, -20)])
+    brain = load_mni_template(2).mask > 0.5
+    assert 0.08 < fossa[brain].mean() < 0.15  # the cerebellum and brainstem are about a ninth of the brain
+
+
+def test_brighten_posterior_fossa_scales_its_tissue_not_its_csf() -> None:
+    tissue = np.full((20, 20, 20), 3, dtype=np.uint8)
+    tissue[:, :, :10] = 2
+    tissue[8:12, 8:12, 4:6] = 1  # a fourth ventricle
+    fossa = np.zeros(tissue.shape, bool)
+    fossa[:, :, :10] = True
+    t1 = np.where(tissue == 1, 0.3, np.where(tissue == 2, 0.8, 1.0)).astype(np.float32)
+    out = brighten_posterior_fossa(t1, tissue, fossa, np.random.default_rng(0), 1.0, gain=(1.25, 1.25))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[tissue == 1], 0.3)  # CSF stays dark
+    np.testing.assert_allclose(out[:, :, :5][tissue[:, :, :5] == 2], 0.8 * 1.25, rtol=1e-3)  # deep inside: the full gain
+    np.testing.assert_allclose(out[:, :, 15:], 1.0, atol=1e-3)  # 2.5 blur widths outside: unchanged
+    assert 1.0 < out[0, 0, 10] < 1.25  # blended across the boundary
+    draws = {round(float(brighten_posterior_fossa(t1, tissue, fossa, np.random.default_rng(s), 1.0)[0, 0, 0] / 0.8), 4) for s in range(40)}
+    assert min(draws) >= 0.85 and max(draws) <= 1.3 and len(draws) == 40  # the default gain range (0.85, 1.3)
+    with pytest.raises(ValueError, match=r"must have one shape, got \(20, 20, 20\), \(20, 20, 20\) and \(2, 2, 2\)"):
+        brighten_posterior_fossa(t1, tissue, np.zeros((2, 2, 2), bool), np.random.default_rng(0), 1.0)
+    with pytest.raises(ValueError, match=r"gain must be \(low, high\) with 0 < low <= high, got \(0.0, 1.2\)"):
+        brighten_posterior_fossa(t1, tissue, fossa, np.random.default_rng(0), 1.0, gain=(0.0, 1.2))
+
+
+def test_enlarge_ventricles_widens_the_deep_csf_by_a_smooth_margin() -> None:
+    grid = np.indices((64, 64, 64)).astype(float) - 31.5
+    radius = np.sqrt((grid ** 2).sum(0))
+    tissue = np.where(radius < 30, 3, 0).astype(np.uint8)  # a white-matter ball of 60 mm at 1 mm voxels
+    tissue[radius < 6] = 1  # a ventricle, 24 mm below the surface
+    tissue[(radius >= 27) & (radius < 30) & (grid[0] > 20)] = 1  # a sulcus: CSF too shallow to count
+    out, added = enlarge_ventricles(tissue, np.random.default_rng(0), 1.0, margin_mm=(3.0, 3.0))
+    assert out.dtype == np.uint8 and added.any()
+    np.testing.assert_array_equal(out[added], 1)
+    np.testing.assert_array_equal(out[~added], tissue[~added])  # nothing else changes
+    assert radius[added].min() >= 6 and radius[added].max() <= 6 + 3.0 * 1.75 + 1  # margin x a factor in [0.25, 1.75]
+    widened = radius[added].max() - 6 - (radius[added & (grid[0] < 0)].min() - 6)
+    assert widened > 0.5  # the margin varies around the ventricle
+    out2, added2 = enlarge_ventricles(tissue, np.random.default_rng(0), 1.0, margin_mm=(3.0, 3.0))
+    np.testing.assert_array_equal(out2, out)  # deterministic for a seed
+    unchanged, none = enlarge_ventricles(tissue, np.random.default_rng(0), 1.0, margin_mm=(0.0, 0.0))
+    np.testing.assert_array_equal(unchanged, tissue)
+    assert not none.any()
+    with pytest.raises(ValueError, match="voxel_mm must be positive, got 0.0"):
+        enlarge_ventricles(tissue, np.random.default_rng(0), 0.0)
+    with pytest.raises(ValueError, match=r"margin_mm must be \(low, high\) with 0 <= low <= high, got \(3.0, 1.0\)"):
+        enlarge_ventricles(tissue, np.random.default_rng(0), 1.0, margin_mm=(3.0, 1.0))
 
 
 def test_add_head_surrounds_the_brain_with_non_brain_labels_in_order(template) -> None:
@@ -82,6 +157,27 @@ def test_make_subject_with_head_is_deterministic_and_consistent(template) -> Non
     # a stripped subject has (almost) nothing outside the brain; a head has tissue there
     outside = a.tissue == 0
     assert np.mean(a.image[outside] > 200) > 0.2 and np.mean(stripped.image[stripped.tissue == 0] > 200) < 0.02
+
+
+def test_make_subject_single_subject_options_keep_the_fossa_unfolded_and_widen_the_ventricles() -> None:
+    template = load_mni_template(2)  # the 2 mm grid: the ventricles are deeper than the 14 mm rule
+    plain = make_subject(template, np.random.default_rng(5), head=False)
+    other = make_subject(template, np.random.default_rng(5), head=False, posterior_fossa=True, ventricles=True)
+    assert other.image.shape == plain.image.shape
+    np.testing.assert_array_equal(other.tissue > 0, plain.tissue > 0)  # the same deformation: the same brain
+    from scipy import ndimage
+
+    from medmamba.data.synthetic import random_deformation, warp
+
+    coords, _ = random_deformation(template.shape, np.random.default_rng(5), 2.0)  # make_subject's first draws
+    fossa = warp(posterior_fossa_mask(template.shape, template.affine).astype(np.float32), coords) >= 0.5
+    unfolded = tissue_labels(warp(template.gm, coords), warp(template.wm, coords), warp(template.mask, coords))
+    inside = fossa & (unfolded > 0)
+    assert (plain.tissue[inside] != unfolded[inside]).sum() > 1000  # the default folds cerebellum and brainstem too
+    kept = (other.tissue[inside] == unfolded[inside]) | (other.tissue[inside] == 1)  # only a widened ventricle differs
+    assert kept.all()
+    deep = ndimage.distance_transform_edt(other.tissue > 0) * 2.0 > 14.0
+    assert (other.tissue[deep & ~fossa] == 1).sum() > (plain.tissue[deep & ~fossa] == 1).sum()  # wider ventricles
 
 
 def test_extend_inferior_adds_empty_slices_below_and_keeps_world_positions(template) -> None:

@@ -14,6 +14,21 @@ Analysis 2023) synthesises its training images from:
   (extra-cerebral CSF, inner table, diploe, outer table, muscle/galea, subcutaneous fat, skin), a
   skull-base block of mixed tissue under the brain, and two eyes in orbital fat.
 
+Three more steps towards a single subject's anatomy exist but are off in the default data (tried on
+validation data, no gain beyond the spread between training seeds; ``docs/real-scans.md``,
+"thirteenth session"; ``make_subject(ventricles=True, posterior_fossa=True)``):
+
+- :func:`enlarge_ventricles` widens the deep CSF (ventricles) by a random, smoothly varying margin,
+  since single subjects' ventricles vary in size and a real fourth ventricle is a sharp dark space
+  between a bright pons and cerebellum, not an average's blurred slit;
+- :func:`posterior_fossa_mask` marks cerebellum and brainstem (MNI coordinates), which the folding
+  then leaves alone (``fold_cortex``'s ``exclude``): cerebellar folia are too fine for CSF clefts at
+  the data's 2 mm, and with clefts the training cerebellum is a mottled grey that no scan shows;
+- :func:`brighten_posterior_fossa` raises the brainstem and cerebellum towards white matter: the
+  MNI152 average renders them at about 0.83 of white matter around the fourth ventricle, single
+  subjects at white matter's level or above, so a real fourth ventricle is a dark hole in bright
+  tissue, the look of a hypointense white-matter lesion.
+
 The result is a *generation label map* (:data:`GENERATION_LABELS`): one value per tissue kind, from
 which images of any contrast are synthesised (:class:`medmamba.transforms.RandDomainSynthesisd`)
 and a T1-weighted image is rendered for the stored default data (:func:`render_t1`). The training
@@ -39,8 +54,11 @@ __all__ = [
     "LESION_LABEL",
     "T1_MEANS",
     "add_head",
+    "brighten_posterior_fossa",
+    "enlarge_ventricles",
     "fold_cortex",
     "generation_to_tissue",
+    "posterior_fossa_mask",
     "render_t1",
 ]
 
@@ -106,6 +124,7 @@ def fold_cortex(
     boundary_jitter: float = 0.15,
     gm: np.ndarray | None = None,
     wm: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sulcal CSF clefts and an irregular grey/white boundary in the outer cortex.
 
@@ -123,6 +142,8 @@ def fold_cortex(
         boundary_jitter: Amplitude of the noise added to the tissue probabilities (0 keeps them).
         gm: Grey-matter probability map (optional, same shape).
         wm: White-matter probability map (optional, same shape).
+        exclude: Voxels left as they are (optional boolean map, same shape; e.g.
+            :func:`posterior_fossa_mask`).
 
     Returns:
         ``(tissue, clefts)``: the new uint8 tissue labels and the boolean cleft mask.
@@ -133,24 +154,25 @@ def fold_cortex(
     tissue = np.asarray(tissue)
     if voxel_mm <= 0:
         raise ValueError(f"voxel_mm must be positive, got {voxel_mm!r}")
-    for name, arr in (("gm", gm), ("wm", wm)):
+    for name, arr in (("gm", gm), ("wm", wm), ("exclude", exclude)):
         if arr is not None and arr.shape != tissue.shape:
             raise ValueError(f"{name} must have the tissue map's shape {tissue.shape}, got {arr.shape}")
     brain = tissue > 0
     out = tissue.astype(np.uint8).copy()
+    keep = np.zeros(tissue.shape, dtype=bool) if exclude is None else np.asarray(exclude, dtype=bool)
     if gm is not None and wm is not None and boundary_jitter > 0:
         csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
         jitter = [boundary_jitter * filtered_noise_field(tissue.shape, rng, 1.5 / voxel_mm) for _ in range(3)]
         probs = np.stack([csf + jitter[0], gm + jitter[1], wm + jitter[2]])
         relabel = np.argmax(probs, axis=0).astype(np.uint8) + 1
         # only at tissue boundaries (where two classes compete); clear interiors keep their label
-        ambiguous = (np.sort(np.stack([csf, gm, wm]), axis=0)[-2] > 0.15) & brain
+        ambiguous = (np.sort(np.stack([csf, gm, wm]), axis=0)[-2] > 0.15) & brain & ~keep
         out[ambiguous] = relabel[ambiguous]
     depth = float(rng.uniform(*depth_mm))
     inside_mm = ndimage.distance_transform_edt(brain) * voxel_mm
     scale = float(rng.uniform(2.0, 3.5)) / voxel_mm
     band = filtered_noise_field(tissue.shape, rng, scale * 0.5) - 0.8 * filtered_noise_field(tissue.shape, rng, scale)
-    candidates = brain & (inside_mm <= depth) & (out != 3)
+    candidates = brain & (inside_mm <= depth) & (out != 3) & ~keep
     if not candidates.any():
         return out, np.zeros(tissue.shape, dtype=bool)
     frac = float(rng.uniform(*cleft_fraction))
@@ -158,6 +180,124 @@ def fold_cortex(
     clefts = candidates & (np.abs(band) <= threshold)
     out[clefts] = 1
     return out, clefts
+
+
+def posterior_fossa_mask(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """Cerebellum and brainstem of an MNI152-space grid: the compartment below the tentorium.
+
+    A geometric outline in MNI coordinates (mm), read off the MNI152 2009 template's sagittal
+    sections: behind y = -42 everything below the tentorium, taken as the plane
+    z = -10 - |x| / 4 (the cerebellum's upper surface, higher at the vermis than laterally); from
+    y = -42 to -10 the brainstem, |x| < 14 and z < -20 (pons and medulla, not the midbrain). Inside
+    a brain mask it is cerebellum and brainstem give or take a few millimetres of the inferior
+    occipital and temporal lobes.
+
+    Args:
+        shape: Grid shape (RAS voxel order).
+        affine: Voxel-to-MNI affine of the grid.
+
+    Returns:
+        Boolean map of the grid.
+    """
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = np.asarray(affine, dtype=np.float32)[:3, :3] @ ijk + np.asarray(affine, dtype=np.float32)[:3, 3:4]
+    x, y, z = xyz
+    cerebellum = (y < -42.0) & (z < -10.0 - np.abs(x) / 4.0)
+    brainstem = (y >= -42.0) & (y < -10.0) & (np.abs(x) < 14.0) & (z < -20.0)
+    return (cerebellum | brainstem).reshape(shape)
+
+
+def brighten_posterior_fossa(
+    brain_t1: np.ndarray,
+    tissue: np.ndarray,
+    fossa: np.ndarray,
+    rng: np.random.Generator,
+    voxel_mm: float,
+    *,
+    gain: tuple[float, float] = (0.85, 1.3),
+) -> np.ndarray:
+    """Brainstem and cerebellum tissue brighter by a random gain, blended over a few millimetres.
+
+    Around the fourth ventricle the MNI152 2009 template's tissue is 0.83 of its white-matter
+    median (grey matter 0.79): an average blurs the pons' and cerebellar peduncles' white matter with
+    the cortex around it. In single-subject T1 scans measured for the real-scans issue (the
+    registry scans of :mod:`medmamba.data.registry_scans`, 2 mm) the same ring is at or above white
+    matter; in a scan with a strong bias field (``robex``) the posterior fossa is darker instead.
+    Grey and white matter inside ``fossa`` are multiplied by a gain drawn from ``gain`` (up to 1.3:
+    0.83 to about 1.08 of white matter; down to 0.85 for a darkened fossa; CSF, the fourth ventricle
+    included, stays dark), with the mask blurred by 2 mm so there is no edge at the tentorium.
+
+    Args:
+        brain_t1: Template intensities, white matter about 1.
+        tissue: Brain tissue labels on the same grid.
+        fossa: Boolean map of the posterior fossa (:func:`posterior_fossa_mask`).
+        rng: Random generator.
+        voxel_mm: Voxel size in mm.
+        gain: Range of the multiplicative gain.
+
+    Returns:
+        The new float32 intensities.
+
+    Raises:
+        ValueError: If the shapes differ or ``gain`` is not an ordered pair of positive numbers.
+    """
+    if np.shape(brain_t1) != np.shape(tissue) or np.shape(fossa) != np.shape(tissue):
+        raise ValueError(f"brain_t1, tissue and fossa must have one shape, got {np.shape(brain_t1)}, "
+                         f"{np.shape(tissue)} and {np.shape(fossa)}")
+    if len(gain) != 2 or not 0.0 < gain[0] <= gain[1]:
+        raise ValueError(f"gain must be (low, high) with 0 < low <= high, got {gain!r}")
+    g = float(rng.uniform(*gain))
+    weight = ndimage.gaussian_filter(np.asarray(fossa, dtype=np.float32), sigma=2.0 / voxel_mm)
+    tissue_voxels = np.isin(tissue, (2, 3))
+    return (np.asarray(brain_t1, np.float32) * (1.0 + (g - 1.0) * weight * tissue_voxels)).astype(np.float32)
+
+
+def enlarge_ventricles(
+    tissue: np.ndarray,
+    rng: np.random.Generator,
+    voxel_mm: float,
+    *,
+    margin_mm: tuple[float, float] = (0.0, 3.0),
+    depth_mm: float = 14.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Widen the ventricles by a random margin that varies smoothly across the brain.
+
+    Ventricles are the CSF voxels deeper than ``depth_mm`` below the brain surface (sulcal clefts
+    lie shallower). Tissue within a margin of them becomes CSF; the margin is a subject-wide value
+    drawn from ``margin_mm`` times a smooth random factor in [0.25, 1.75], so the ventricular system
+    widens unevenly, as single subjects' ventricles differ in size and shape from an average's. It
+    never comes within 4 mm of the brain surface.
+
+    Args:
+        tissue: Brain tissue labels (0 outside the brain, 1 CSF, 2 GM, 3 WM).
+        rng: Random generator.
+        voxel_mm: Voxel size in mm.
+        margin_mm: Range of the subject's mean margin.
+        depth_mm: Depth below the brain surface from which CSF counts as ventricle.
+
+    Returns:
+        ``(tissue, added)``: the new uint8 tissue labels and the boolean map of voxels made CSF.
+
+    Raises:
+        ValueError: If ``voxel_mm`` is not positive or ``margin_mm`` is not an ordered pair >= 0.
+    """
+    if voxel_mm <= 0:
+        raise ValueError(f"voxel_mm must be positive, got {voxel_mm!r}")
+    if len(margin_mm) != 2 or not 0.0 <= margin_mm[0] <= margin_mm[1]:
+        raise ValueError(f"margin_mm must be (low, high) with 0 <= low <= high, got {margin_mm!r}")
+    tissue = np.asarray(tissue)
+    brain = tissue > 0
+    inside_mm = ndimage.distance_transform_edt(brain) * voxel_mm
+    ventricles = (tissue == 1) & (inside_mm > depth_mm)
+    margin = float(rng.uniform(*margin_mm))
+    factor = 1.0 + 0.75 * np.clip(smooth_random_field(tissue.shape, rng, 4, 1.0), -1.0, 1.0)
+    out = tissue.astype(np.uint8).copy()
+    if not ventricles.any() or margin <= 0:
+        return out, np.zeros(tissue.shape, dtype=bool)
+    distance_mm = ndimage.distance_transform_edt(~ventricles) * voxel_mm
+    added = brain & ~ventricles & (inside_mm > 4.0) & (distance_mm <= margin * factor) & (tissue != 1)
+    out[added] = 1
+    return out, added
 
 
 def _layer_thickness(shape: tuple[int, ...], rng: np.random.Generator, voxel_mm: float, lo: float, hi: float) -> np.ndarray:

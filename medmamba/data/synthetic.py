@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medmamba.data.head_model import LESION_LABEL, add_head, fold_cortex, render_t1
+from medmamba.data.head_model import (
+    LESION_LABEL,
+    add_head,
+    brighten_posterior_fossa,
+    enlarge_ventricles,
+    fold_cortex,
+    posterior_fossa_mask,
+    render_t1,
+)
 from medmamba.data.random_fields import smooth_random_field
 
 __all__ = [
@@ -352,6 +360,8 @@ def make_subject(
     head: bool = True,
     fold: bool = True,
     neck_mm: float = 40.0,
+    ventricles: bool = False,
+    posterior_fossa: bool = False,
 ) -> Subject:
     """Make one subject: deform the template, fold the cortex, add a head, lesions, bias and noise.
 
@@ -369,6 +379,14 @@ def make_subject(
             lowest slice cuts the cerebellum), so that slices of skull base and neck without brain
             occur, as they do in a scanner's head image. The subject's arrays and
             :func:`subject_affine` then have that many more slices.
+        ventricles: Widen the ventricles by a random margin
+            (:func:`medmamba.data.head_model.enlarge_ventricles`). Off in the default data: tried
+            with ``posterior_fossa`` on validation data and not taken (``docs/real-scans.md``,
+            "thirteenth session").
+        posterior_fossa: Leave cerebellum and brainstem
+            (:func:`medmamba.data.head_model.posterior_fossa_mask`) out of the folding and give
+            their tissue a random gain (:func:`medmamba.data.head_model.brighten_posterior_fossa`),
+            as a single subject's posterior fossa looks. Off in the default data (as ``ventricles``).
 
     Returns:
         The subject.
@@ -391,15 +409,25 @@ def make_subject(
     gm_shift = float(rng.uniform(-0.06, 0.06))
     wm_level = float(np.median(t1[tissue == 3])) if np.any(tissue == 3) else float(t1.max())
     brain_t1 = (np.clip(t1, 0, None) / max(wm_level, 1e-6)) ** gamma * (1.0 + gm_shift * gm)
+    fossa = None
+    if posterior_fossa:
+        fossa = warp(posterior_fossa_mask(template.shape, template.affine).astype(np.float32), coords) >= 0.5
     if fold:
         before = tissue
-        tissue, _clefts = fold_cortex(tissue, rng, voxel_mm, gm=gm, wm=wm)
+        tissue, _clefts = fold_cortex(tissue, rng, voxel_mm, gm=gm, wm=wm, exclude=fossa)
         # voxels that changed tissue take that tissue's typical intensity, so image and labels agree
         changed = (tissue != before) & (tissue > 0)
         for k in (1, 2, 3):
             sel = changed & (tissue == k)
             if sel.any() and np.any(before == k):
                 brain_t1[sel] = float(np.median(brain_t1[before == k]))
+    if ventricles:
+        before = tissue
+        tissue, widened = enlarge_ventricles(tissue, rng, voxel_mm)
+        if widened.any() and np.any(before == 1):
+            brain_t1[widened] = float(np.median(brain_t1[before == 1]))
+    if fossa is not None:
+        brain_t1 = brighten_posterior_fossa(brain_t1, tissue, fossa, rng, voxel_mm)
     generation = None
     if head:
         generation, head_params = add_head(tissue, rng, voxel_mm, template.affine)
