@@ -280,7 +280,8 @@ def real_scan_negatives(
     written = []
     for resolution in ("native", "2mm"):
         v, m, a = (volume, mask, affine) if resolution == "native" else to_isotropic_2mm(volume, mask, affine)
-        for kind, image in (("head", v), ("brain", v * m))[: 2 if skull_stripped else 1]:
+        images = [("head", v), ("brain", v * m)] if skull_stripped else [("head", v)]
+        for kind, image in images:
             target = Path(out_dir) / f"real_{name}_{kind}_{resolution}.nii.gz"
             write_nifti(target, np.asarray(image, np.float32), a, dtype=np.float32, xform_code=1)
             written.append(target)
