@@ -1,0 +1,264 @@
+"""Which read-out of the classifier's lesion map separates real lesion-free heads from planted lesions?
+
+The classification bundle scores a volume by its lesion map: per axial slice the largest pixel lesion
+log-odds, then the mean of the two highest slices (``"maximum"`` below). On the real registry scans
+(:mod:`medmamba.data.registry_scans`, validation data) the lesion-free heads peak at 12-17 log-odds in
+the fourth ventricle, the interpeduncular / suprasellar cistern and symmetric spots beside the
+ventricles (``docs/real-scans.md``): midline or mirror-symmetric structures, where a planted lesion is
+one-sided. This probe asks whether a read-out that discounts what the other hemisphere also shows, or
+an average of several training runs' maps, ranks those images better, without retraining:
+
+1. the probe images: the lesion-free whole head, its ROBEX-stripped copy and ``--per-set`` copies with
+   one lesion each made as the default data makes them (``benchmarks/lesion_placement_probe.py
+   --kind default-data``: hypo- or hyperintense, radius 4.5-9 mm, anywhere in the white matter of the
+   intensity-mixture reference), for ``bb1``, ``bb2`` and ``robex`` at native resolution and 2 mm;
+   and the bundle's threshold sets (``eval/threshold_sets``: the validation split, the templates and
+   ``robex``, lesion-free and with lesions), whose lesion-free images set the threshold by the main
+   job's rule (above every one of them);
+2. each ``--bundle-root``'s dense lesion map of every image (:class:`lesion_placement_probe.LesionMapReader`:
+   the bundle's preprocessing, brain extraction and slice stacks), cached under ``--out``/maps (delete it
+   after retraining a bundle);
+3. the read-outs, per map: ``maximum`` (the bundle's) and ``mirror`` (:func:`mirror_contrast`: every
+   voxel's log-odds minus the part of the mirror image's above ``margin``, the mirror image taken
+   about the brain's centre of mass on the left-right axis and widened by a ``size``-voxel maximum
+   filter); with ``--ensemble``, also the mean map of all bundles (an ensemble of training runs; the
+   bundles' preprocessing, which sets the grid, is the same);
+4. the table per map and read-out: pooled AUC of the ``bb1``/``bb2`` lesion images against their
+   lesion-free images (hypo- and hyperintense apart), the same for ``robex`` (calibration data), the
+   threshold (the highest lesion-free score of the threshold sets), how many ``bb`` lesion-free images
+   stay below it and how many ``bb`` lesions rise above it.
+
+Usage::
+
+    python benchmarks/readout_probe.py --registry-cache runs/shift_suite/registry_cache \\
+        --threshold-sets bundles/mobilemamba_classification/eval/threshold_sets \\
+        --bundle-root bundles/mobilemamba_classification --out runs/readout_probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+__all__ = ["mirror_contrast", "mirrored", "pooled_auc", "volume_score"]
+
+#: log-odds given outside the field of view of the mirror image
+OUTSIDE_LOG_ODDS = -50.0
+
+
+def volume_score(lesion_map: np.ndarray, top_k: int = 2, slice_axis: int = 2) -> float:
+    """The bundle's volume score of a lesion map: the mean of the ``top_k`` highest slice maxima.
+
+    Args:
+        lesion_map: per-voxel lesion log-odds ``(H, W, D)``.
+        top_k: slices averaged (the bundle's ``top_k``).
+        slice_axis: the slice axis (2: axial, as the bundle slices).
+
+    Returns:
+        The volume's lesion log-odds.
+
+    Raises:
+        ValueError: not a 3D map, or ``top_k`` not in ``1..slices``.
+    """
+    if lesion_map.ndim != 3:
+        raise ValueError(f"lesion_map must be 3D, got shape {lesion_map.shape}.")
+    slices = np.moveaxis(lesion_map, slice_axis, -1).reshape(-1, lesion_map.shape[slice_axis]).max(axis=0)
+    if not 1 <= top_k <= slices.size:
+        raise ValueError(f"top_k must be in 1..{slices.size}, got {top_k}.")
+    return float(np.sort(slices)[-top_k:].mean())
+
+
+def mirrored(lesion_map: np.ndarray, brain: np.ndarray, size: int = 1) -> np.ndarray:
+    """The lesion map mirrored left-right about the brain's centre of mass, widened by a maximum filter.
+
+    Args:
+        lesion_map: per-voxel lesion log-odds ``(H, W, D)``, axis 0 left-right (RAS).
+        brain: boolean brain mask, same shape; its centre of mass on axis 0 is the mirror plane.
+        size: width in voxels of the maximum filter (1: none), which absorbs a tilted or
+            off-centre midline.
+
+    Returns:
+        ``M`` with ``M[i] = lesion_map[2c - i]`` (nearest voxel; :data:`OUTSIDE_LOG_ODDS` beyond the grid).
+
+    Raises:
+        ValueError: shapes differ, an empty brain, or ``size < 1``.
+    """
+    from scipy import ndimage
+
+    if lesion_map.shape != brain.shape or lesion_map.ndim != 3:
+        raise ValueError(f"lesion_map {lesion_map.shape} and brain {brain.shape} must be the same 3D grid.")
+    if not brain.any():
+        raise ValueError("brain is empty: no mirror plane.")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}.")
+    centre = ndimage.center_of_mass(brain)[0]
+    n = lesion_map.shape[0]
+    source = np.round(2 * centre - np.arange(n)).astype(int)
+    inside = (source >= 0) & (source < n)
+    out = np.full(lesion_map.shape, OUTSIDE_LOG_ODDS, dtype=np.float32)
+    out[inside] = lesion_map[source[inside]]
+    return ndimage.maximum_filter(out, size=size) if size > 1 else out
+
+
+def mirror_contrast(lesion_map: np.ndarray, brain: np.ndarray, size: int = 1, margin: float = 0.0) -> np.ndarray:
+    """Lesion log-odds minus what the mirror image shows above ``margin``.
+
+    ``L - max(M - margin, 0)`` with ``M`` :func:`mirrored`: a one-sided lesion whose mirror spot is
+    normal tissue (``M <= margin``) keeps its log-odds; a structure the network marks on both sides or
+    on the midline (``M ~ L``) drops to about ``margin``.
+
+    Args:
+        lesion_map: per-voxel lesion log-odds ``(H, W, D)``, axis 0 left-right.
+        brain: boolean brain mask, same shape.
+        size: the maximum filter of the mirror image (voxels).
+        margin: log-odds of the mirror image that are not subtracted.
+
+    Returns:
+        The contrast map, float32, same shape.
+    """
+    mirror = mirrored(lesion_map, brain, size)
+    return (lesion_map - np.maximum(mirror - margin, 0.0)).astype(np.float32)
+
+
+def pooled_auc(negatives: list[float], positives: list[float]) -> float:
+    """The AUC of positives against negatives (ties count one half).
+
+    Raises:
+        ValueError: either list is empty.
+    """
+    if not negatives or not positives:
+        raise ValueError(f"need negatives and positives, got {len(negatives)} and {len(positives)}.")
+    neg, pos = np.asarray(negatives)[None, :], np.asarray(positives)[:, None]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def make_probe(out: Path, cache: Path, per_set: int, seed: int) -> list[dict]:
+    """The probe images under ``out/<scan>_<resolution>/images`` (step 1); returns their records."""
+    from lesion_placement_probe import make_probe_set
+
+    from medmamba.data.registry_scans import load_registry_scan_with_mask, to_isotropic_2mm
+    from medmamba.io.nifti import write_nifti
+
+    records_file = out / "records.json"
+    if records_file.exists():
+        return json.loads(records_file.read_text())
+    records = []
+    for scan in ("bb1", "bb2", "robex"):
+        for res in ("2mm", "native"):
+            folder = out / f"{scan}_{res}"
+            recs = make_probe_set(folder, scan, res, cache, per_bin=per_set, seed=seed, near_mm=7.0, far_mm=11.0,
+                                  kind="default-data")
+            volume, mask, affine = load_registry_scan_with_mask(cache, scan)
+            if res == "2mm":
+                volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
+            write_nifti(folder / "images" / "stripped_free.nii.gz", (volume * (mask > 0)).astype(np.float32), affine,
+                        dtype=np.float32, xform_code=1)
+            recs.append({"id": "stripped_free", "placement": "-"})
+            records += [dict(r, scan=scan, resolution=res, image=str(folder / "images" / f"{r['id']}.nii.gz")) for r in recs]
+    records_file.write_text(json.dumps(records, indent=1) + "\n")
+    return records
+
+
+def dense_maps(bundle: Path, images: dict[str, Path], cache: Path, threads: int) -> None:
+    """Each image's dense lesion map under ``cache`` (step 2; existing files are kept)."""
+    from tqdm import tqdm
+
+    from lesion_placement_probe import LesionMapReader
+
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = {key: path for key, path in images.items() if not (cache / f"{key}.npz").exists()}
+    if not todo:
+        return
+    reader = LesionMapReader(bundle, threads)
+    for key, path in tqdm(todo.items(), desc=f"lesion maps {bundle}"):
+        x, classes, lesion = reader.dense(path)
+        np.savez_compressed(cache / f"{key}.npz", brain=classes > 0, lesion=lesion.astype(np.float16))
+
+
+def readouts(maps: list[Path], settings: list[tuple[int, float]]) -> dict[str, float]:
+    """Volume scores of one image's (mean) lesion map under every read-out (step 3)."""
+    loaded = [np.load(m) for m in maps]
+    lesion = np.mean([d["lesion"].astype(np.float32) for d in loaded], axis=0)
+    brain = loaded[0]["brain"]
+    scores = {"maximum": volume_score(lesion)}
+    for size, margin in settings:
+        scores[f"mirror size {size} margin {margin:g}"] = volume_score(mirror_contrast(lesion, brain, size, margin))
+    return scores
+
+
+def summarise(name: str, scores: dict[str, dict[str, float]], records: list[dict]) -> None:
+    """Print the table of step 4 for one map (a bundle or the ensemble)."""
+    keys = list(next(iter(scores.values())))
+    print(f"\n{name}\n")
+    print("| read-out | bb pooled AUC (hypo / hyper) | robex pooled AUC | threshold | bb lesion-free below | bb lesions above (hypo / hyper) |")
+    print("|---|---|---|---|---|---|")
+    for key in keys:
+        groups = {}
+        for scans in (("bb1", "bb2"), ("robex",)):
+            neg, hypo, hyper = [], [], []
+            for r in records:
+                if r["scan"] not in scans:
+                    continue
+                s = scores[f"probe_{r['scan']}_{r['resolution']}_{r['id']}"][key]
+                if r.get("factor") is None:
+                    neg.append(s)
+                else:
+                    (hypo if r["factor"] < 1 else hyper).append(s)
+            groups[scans[0]] = (neg, hypo, hyper)
+        threshold = max(v[key] for k, v in scores.items() if k.startswith("negatives_"))
+        neg, hypo, hyper = groups["bb1"]
+        rneg, rhypo, rhyper = groups["robex"]
+        print(f"| {key} | {pooled_auc(neg, hypo + hyper):.3f} ({pooled_auc(neg, hypo):.3f} / {pooled_auc(neg, hyper):.3f}) "
+              f"| {pooled_auc(rneg, rhypo + rhyper):.3f} | {threshold:.2f} | {sum(s < threshold for s in neg)} of {len(neg)} "
+              f"| {sum(s > threshold for s in hypo)} of {len(hypo)} / {sum(s > threshold for s in hyper)} of {len(hyper)} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry-cache", type=Path, required=True)
+    parser.add_argument("--threshold-sets", type=Path, required=True,
+                        help="a classification bundle's eval/threshold_sets (negatives/, positives/)")
+    parser.add_argument("--bundle-root", type=Path, action="append", required=True,
+                        help="a classification bundle (repeat for several training runs)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "readout_probe")
+    parser.add_argument("--per-set", type=int, default=12, help="lesion copies per scan and resolution")
+    parser.add_argument("--seed", type=int, default=1, help="lesion placement seed (1: validation)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1, 3, 5])
+    parser.add_argument("--margins", type=float, nargs="*", default=[0.0, 4.0, 8.0])
+    parser.add_argument("--ensemble", action="store_true", help="also the mean map of all bundles")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.per_set < 1:
+        parser.error(f"--per-set must be >= 1, got {args.per_set}")
+    if any(s < 1 for s in args.sizes):
+        parser.error(f"--sizes must be >= 1, got {args.sizes}")
+    records = make_probe(args.out / "probe", args.registry_cache, args.per_set, args.seed)
+    images = {f"probe_{r['scan']}_{r['resolution']}_{r['id']}": Path(r["image"]) for r in records}
+    for kind in ("negatives", "positives"):
+        files = sorted((args.threshold_sets / kind).glob("*.nii.gz"))
+        if not files:
+            parser.error(f"no images in {args.threshold_sets / kind}")
+        images.update({f"{kind}_{f.name[:-7]}": f for f in files})
+    caches = []
+    for i, bundle in enumerate(args.bundle_root):
+        caches.append(args.out / "maps" / f"{i}_{bundle.resolve().parent.parent.name}")
+        dense_maps(bundle, images, caches[-1], args.threads)
+    settings = [(s, m) for s in args.sizes for m in args.margins]
+    runs = [(str(b), [c]) for b, c in zip(args.bundle_root, caches)]
+    if args.ensemble and len(caches) > 1:
+        runs.append(("mean map of " + ", ".join(map(str, args.bundle_root)), caches))
+    for name, dirs in runs:
+        scores = {key: readouts([d / f"{key}.npz" for d in dirs], settings) for key in images}
+        summarise(name, scores, records)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The read-outs of benchmarks/readout_probe.py: volume score, mirror image, mirror contrast, AUC."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from readout_probe import OUTSIDE_LOG_ODDS, mirror_contrast, mirrored, pooled_auc, volume_score  # noqa: E402
+
+
+def _brain(shape=(21, 12, 10), centre=10):
+    brain = np.zeros(shape, dtype=bool)
+    half = min(centre, shape[0] - 1 - centre)
+    brain[centre - half : centre + half + 1, 2:-2, 1:-1] = True
+    return brain
+
+
+def test_volume_score_is_the_mean_of_the_two_highest_slice_maxima() -> None:
+    lesion = np.full((4, 4, 5), -10.0, dtype=np.float32)
+    lesion[1, 1, 0], lesion[2, 3, 3], lesion[0, 0, 4] = 8.0, 12.0, 3.0
+    assert volume_score(lesion) == pytest.approx(10.0)
+    assert volume_score(lesion, top_k=1) == pytest.approx(12.0)
+    assert volume_score(np.moveaxis(lesion, 2, 0), slice_axis=0) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="top_k must be in 1..5, got 6"):
+        volume_score(lesion, top_k=6)
+    with pytest.raises(ValueError, match="must be 3D"):
+        volume_score(lesion[0])
+
+
+def test_mirrored_flips_about_the_brains_centre_of_mass() -> None:
+    brain = _brain(centre=10)
+    lesion = np.full(brain.shape, -10.0, dtype=np.float32)
+    lesion[4, 5, 5] = 9.0  # 6 voxels left of the midline
+    m = mirrored(lesion, brain)
+    assert m[16, 5, 5] == 9.0 and m[4, 5, 5] == -10.0
+    shifted = _brain(centre=8)  # the plane follows the brain: 2 * 8 - 4 = 12
+    assert mirrored(lesion, shifted)[12, 5, 5] == 9.0
+    assert mirrored(lesion, shifted)[20, 5, 5] == OUTSIDE_LOG_ODDS  # its mirror voxel (-4) lies outside the grid
+    widened = mirrored(lesion, brain, size=3)
+    assert widened[15, 4, 6] == 9.0 and widened[14, 5, 5] == -10.0
+
+
+def test_mirror_contrast_keeps_a_one_sided_lesion_and_cancels_a_symmetric_pair() -> None:
+    brain = _brain(centre=10)
+    lesion = np.full(brain.shape, -10.0, dtype=np.float32)
+    lesion[4, 5, 5] = 14.0  # one-sided: its mirror voxel is normal tissue
+    lesion[7, 8, 2] = lesion[13, 8, 2] = 13.0  # a symmetric pair
+    lesion[10, 3, 8] = 12.0  # on the midline: its own mirror
+    out = mirror_contrast(lesion, brain)
+    assert out[4, 5, 5] == 14.0
+    assert out[7, 8, 2] == 0.0 and out[13, 8, 2] == 0.0 and out[10, 3, 8] == 0.0
+    with_margin = mirror_contrast(lesion, brain, margin=4.0)
+    assert with_margin[7, 8, 2] == 4.0 and with_margin[4, 5, 5] == 14.0
+    assert volume_score(out, top_k=1) == 14.0
+
+
+def test_mirrored_names_its_errors() -> None:
+    brain = _brain()
+    with pytest.raises(ValueError, match="must be the same 3D grid"):
+        mirrored(np.zeros((3, 3, 3)), brain)
+    with pytest.raises(ValueError, match="brain is empty"):
+        mirrored(np.zeros(brain.shape), np.zeros(brain.shape, dtype=bool))
+    with pytest.raises(ValueError, match="size must be >= 1, got 0"):
+        mirrored(np.zeros(brain.shape), brain, size=0)
+
+
+def test_pooled_auc_counts_ties_as_half() -> None:
+    assert pooled_auc([1.0, 2.0], [3.0, 4.0]) == 1.0
+    assert pooled_auc([1.0, 3.0], [2.0]) == 0.5
+    assert pooled_auc([2.0], [2.0, 3.0]) == 0.75
+    with pytest.raises(ValueError, match="need negatives and positives, got 0 and 1"):
+        pooled_auc([], [1.0])
