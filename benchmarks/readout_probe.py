@@ -16,8 +16,8 @@ an average of several training runs' maps, ranks those images better, without re
    ``robex``, lesion-free and with lesions), whose lesion-free images set the threshold by the main
    job's rule (above every one of them);
 2. each ``--bundle-root``'s dense lesion map of every image (:class:`lesion_placement_probe.LesionMapReader`:
-   the bundle's preprocessing, brain extraction and slice stacks), cached under ``--out``/maps (delete it
-   after retraining a bundle);
+   the bundle's preprocessing, brain extraction and slice stacks), cached under ``--out``/maps by a tag
+   of the bundle's weight files (:func:`weights_tag`);
 3. the read-outs, per map: ``maximum`` (the bundle's) and ``mirror`` (:func:`mirror_contrast`: every
    voxel's log-odds minus the part of the mirror image's above ``margin``, the mirror image taken
    about the brain's centre of mass on the left-right axis and widened by a ``size``-voxel maximum
@@ -47,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-__all__ = ["mirror_contrast", "mirrored", "pooled_auc", "volume_score"]
+__all__ = ["mirror_contrast", "mirrored", "pooled_auc", "volume_score", "weights_tag"]
 
 #: log-odds given outside the field of view of the mirror image
 OUTSIDE_LOG_ODDS = -50.0
@@ -147,8 +147,13 @@ def make_probe(out: Path, cache: Path, per_set: int, seed: int) -> list[dict]:
     from medmamba.io.nifti import write_nifti
 
     records_file = out / "records.json"
+    settings = {"per_set": per_set, "seed": seed}
     if records_file.exists():
-        return json.loads(records_file.read_text())
+        saved = json.loads(records_file.read_text())
+        if saved.get("settings") != settings:
+            raise ValueError(f"{records_file} holds a probe made with {saved.get('settings')}, not {settings}; "
+                             "give another --out or delete it.")
+        return saved["records"]
     records = []
     for scan in ("bb1", "bb2", "robex"):
         for res in ("2mm", "native"):
@@ -162,8 +167,24 @@ def make_probe(out: Path, cache: Path, per_set: int, seed: int) -> list[dict]:
                         dtype=np.float32, xform_code=1)
             recs.append({"id": "stripped_free", "placement": "-"})
             records += [dict(r, scan=scan, resolution=res, image=str(folder / "images" / f"{r['id']}.nii.gz")) for r in recs]
-    records_file.write_text(json.dumps(records, indent=1) + "\n")
+    records_file.write_text(json.dumps({"settings": settings, "records": records}, indent=1) + "\n")
     return records
+
+
+def weights_tag(bundle: Path) -> str:
+    """A short tag of the bundle's weight files (names, sizes, modification times): retrained weights
+    get new cached maps.
+
+    Raises:
+        ValueError: the bundle has no ``models/*.pt``.
+    """
+    import hashlib
+
+    files = sorted((bundle / "models").glob("*.pt"))
+    if not files:
+        raise ValueError(f"bundle {bundle} has no weights (models/*.pt).")
+    stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return hashlib.sha1(stamp.encode()).hexdigest()[:12]
 
 
 def dense_maps(bundle: Path, images: dict[str, Path], cache: Path, threads: int) -> None:
@@ -248,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         images.update({f"{kind}_{f.name[:-7]}": f for f in files})
     caches = []
     for i, bundle in enumerate(args.bundle_root):
-        caches.append(args.out / "maps" / f"{i}_{bundle.resolve().parent.parent.name}")
+        caches.append(args.out / "maps" / f"{i}_{weights_tag(bundle)}")
         dense_maps(bundle, images, caches[-1], args.threads)
     settings = [(s, m) for s in args.sizes for m in args.margins]
     runs = [(str(b), [c]) for b, c in zip(args.bundle_root, caches)]

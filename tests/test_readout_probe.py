@@ -75,3 +75,20 @@ def test_pooled_auc_counts_ties_as_half() -> None:
     assert pooled_auc([2.0], [2.0, 3.0]) == 0.75
     with pytest.raises(ValueError, match="need negatives and positives, got 0 and 1"):
         pooled_auc([], [1.0])
+
+
+def test_weights_tag_follows_the_weight_files(tmp_path) -> None:
+    import os
+
+    from readout_probe import weights_tag
+
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(ValueError, match="has no weights"):
+        weights_tag(tmp_path)
+    (models / "model_ema.pt").write_bytes(b"abc")
+    os.utime(models / "model_ema.pt", ns=(1_000_000_000, 1_000_000_000))
+    first = weights_tag(tmp_path)
+    assert len(first) == 12 and weights_tag(tmp_path) == first
+    (models / "model_ema.pt").write_bytes(b"abcd")  # retrained: another size and time
+    assert weights_tag(tmp_path) != first
