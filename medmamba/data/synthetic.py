@@ -351,6 +351,16 @@ def subject_affine(template: MniTemplate, head: bool = True, neck_mm: float = 40
     return extend_inferior(template, neck_mm).affine if head and neck_mm > 0 else template.affine
 
 
+def _intensities_follow_labels(brain_t1: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
+    """Voxels whose tissue label changed from ``before`` to ``after`` take the new tissue's typical
+    (median, under ``before``) intensity, so image and labels agree (in place)."""
+    changed = (after != before) & (after > 0)
+    for k in (1, 2, 3):
+        sel = changed & (after == k)
+        if sel.any() and np.any(before == k):
+            brain_t1[sel] = float(np.median(brain_t1[before == k]))
+
+
 def make_subject(
     template: MniTemplate,
     rng: np.random.Generator,
@@ -415,17 +425,11 @@ def make_subject(
     if fold:
         before = tissue
         tissue, _clefts = fold_cortex(tissue, rng, voxel_mm, gm=gm, wm=wm, exclude=fossa)
-        # voxels that changed tissue take that tissue's typical intensity, so image and labels agree
-        changed = (tissue != before) & (tissue > 0)
-        for k in (1, 2, 3):
-            sel = changed & (tissue == k)
-            if sel.any() and np.any(before == k):
-                brain_t1[sel] = float(np.median(brain_t1[before == k]))
+        _intensities_follow_labels(brain_t1, before, tissue)
     if ventricles:
         before = tissue
-        tissue, widened = enlarge_ventricles(tissue, rng, voxel_mm)
-        if widened.any() and np.any(before == 1):
-            brain_t1[widened] = float(np.median(brain_t1[before == 1]))
+        tissue, _widened = enlarge_ventricles(tissue, rng, voxel_mm)
+        _intensities_follow_labels(brain_t1, before, tissue)
     if fossa is not None:
         brain_t1 = brighten_posterior_fossa(brain_t1, tissue, fossa, rng, voxel_mm)
     generation = None
