@@ -69,10 +69,14 @@ def volume_score(lesion_map: np.ndarray, top_k: int = 2, slice_axis: int = 2) ->
     """
     if lesion_map.ndim != 3:
         raise ValueError(f"lesion_map must be 3D, got shape {lesion_map.shape}.")
+    import torch
+
+    from medmamba.inferers.lesion_scores import volume_log_odds
+
     slices = np.moveaxis(lesion_map, slice_axis, -1).reshape(-1, lesion_map.shape[slice_axis]).max(axis=0)
     if not 1 <= top_k <= slices.size:
         raise ValueError(f"top_k must be in 1..{slices.size}, got {top_k}.")
-    return float(np.sort(slices)[-top_k:].mean())
+    return float(volume_log_odds(torch.as_tensor(slices), "topk", top_k))
 
 
 def mirrored(lesion_map: np.ndarray, brain: np.ndarray, size: int = 1) -> np.ndarray:
@@ -128,15 +132,16 @@ def mirror_contrast(lesion_map: np.ndarray, brain: np.ndarray, size: int = 1, ma
 
 
 def pooled_auc(negatives: list[float], positives: list[float]) -> float:
-    """The AUC of positives against negatives (ties count one half).
+    """The AUC of positives against negatives (ties count one half; :func:`medmamba.metrics.roc_auc`).
 
     Raises:
         ValueError: either list is empty.
     """
+    from medmamba.metrics import roc_auc
+
     if not negatives or not positives:
         raise ValueError(f"need negatives and positives, got {len(negatives)} and {len(positives)}.")
-    neg, pos = np.asarray(negatives)[None, :], np.asarray(positives)[:, None]
-    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+    return roc_auc([*negatives, *positives], [0] * len(negatives) + [1] * len(positives))
 
 
 def make_probe(out: Path, cache: Path, per_set: int, seed: int) -> list[dict]:
