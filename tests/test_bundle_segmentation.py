@@ -209,8 +209,29 @@ def test_inference_and_evaluation_normalise_over_the_predicted_brain() -> None:
             assert isinstance(inferer, BrainNormalizingInferer)
             assert inferer.network_kind == "segmentation" and inferer.tissue_passes == passes
             assert isinstance(inferer.inferer, FlipTTAInferer)
-            assert parser.get(user) == "@brain_normalizing_inferer"
+            assert parser.get(user) == "@polarity_inferer"
+            assert parser.get("polarity_inferer#inferer") == "@brain_normalizing_inferer"
         assert json.loads((CONFIGS / config).read_text())["tissue_passes"] == 1
+
+
+def test_inference_and_evaluation_choose_the_contrast_polarity() -> None:
+    """0.6.16: the volume goes to the two passes as given or, when its tissue map says it is an
+    inverted (T2-like) contrast, inverted; the probe is one plain slice-stack pass per polarity, and
+    ``contrast_polarity`` reaches the inferer (docs/real-scans.md)."""
+    from monai.bundle import ConfigParser
+
+    from medmamba.inferers import ContrastPolarityInferer, SliceStackInferer
+
+    for config in ("inference.json", "evaluate.json"):
+        assert json.loads((CONFIGS / config).read_text())["contrast_polarity"] == "auto"
+        for polarity in ("auto", "given", "inverted"):
+            parser = ConfigParser()
+            parser.read_config(str(CONFIGS / config))
+            parser["contrast_polarity"] = polarity
+            inferer = parser.get_parsed_content("polarity_inferer")
+            assert isinstance(inferer, ContrastPolarityInferer) and inferer.polarity == polarity
+            assert isinstance(inferer.probe_inferer, SliceStackInferer) and inferer.probe_network is None
+            assert (inferer.min_explained_gain, inferer.min_confidence_gain) == (0.1, 0.05)
 
 
 def test_slice_views_are_off_by_default_and_the_views_overlay_aggregates_three() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .brain_normalization import BrainNormalizingInferer, tissue_network
+from .contrast_polarity import POLARITIES, ContrastPolarityInferer, TissueMapFit, invert_contrast, prefers_inverted, tissue_map_fit
 from .flip_tta import FlipTTAInferer, log_mean_softmax
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
 from .multi_view import MultiViewInferer
@@ -20,6 +21,9 @@ __all__ = [
     "AGGREGATIONS",
     "BrainExtractor",
     "BrainNormalizingInferer",
+    "ContrastPolarityInferer",
+    "POLARITIES",
+    "TissueMapFit",
     "FlipTTAInferer",
     "SliceAggregationInferer",
     "SliceAggregator",
@@ -32,8 +36,11 @@ __all__ = [
     "VolumeSegmenter",
     "aggregate_slice_logits",
     "expected_in_channels",
+    "invert_contrast",
     "lesion_log_odds",
     "lesion_probability",
+    "prefers_inverted",
+    "tissue_map_fit",
     "tissue_network",
     "volume_log_odds",
 ]

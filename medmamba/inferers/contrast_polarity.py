@@ -1,0 +1,230 @@
+"""Contrast polarity: run a T1-trained network on a T2-like (inverted) scan as on a T1 scan.
+
+The bundles' networks are trained on T1-weighted contrast (white matter bright, CSF dark), with a
+small share of random contrasts; on an inverted, T2-like contrast (CSF bright, white matter dark)
+their tissue map fails (segmentation mean Dice about 0.1 on the shift suite). Inverting such a scan's
+intensities inside the head gives the tissue order of a T1 scan, which the network segments (0.88 on
+the same cases; ``docs/real-scans.md``). Which polarity a scan has is decided from the scan itself,
+by the network: :class:`ContrastPolarityInferer` runs a tissue network on the normalised volume as
+given and inverted (:func:`invert_contrast`), measures how well each tissue map explains that
+volume's intensities (:func:`tissue_map_fit`: the share of the intensity variance inside the brain
+that the tissue classes explain, and the network's mean confidence there) and inverts when the
+inverted volume's map is clearly the better on both (:func:`prefers_inverted`). On T1 scans the
+volume goes on exactly as given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import Inferer
+from scipy import ndimage
+
+__all__ = [
+    "POLARITIES",
+    "ContrastPolarityInferer",
+    "TissueMapFit",
+    "invert_contrast",
+    "prefers_inverted",
+    "tissue_map_fit",
+]
+
+logger = logging.getLogger(__name__)
+
+#: what :class:`ContrastPolarityInferer` does with each volume.
+POLARITIES = ("auto", "given", "inverted")
+
+
+def invert_contrast(volume: torch.Tensor) -> torch.Tensor:
+    """A normalised volume with its intensities mirrored inside the head.
+
+    Per channel, the head is every voxel above the channel's minimum (the clipped background of a
+    normalised volume, :class:`medmamba.transforms.MRNormalize`), closed by two voxels and with its
+    holes filled (dark voxels inside the head, e.g. CSF at the clip floor, belong to it); its voxels
+    become ``-x`` (a z-scored head stays z-scored) and every other voxel the new minimum, so the
+    background stays the darkest value, as in the training data.
+
+    Args:
+        volume: ``(C, *spatial)`` normalised volume (2 or 3 spatial dimensions).
+
+    Returns:
+        The inverted volume, float32, same shape, on the input's device.
+
+    Raises:
+        ValueError: ``volume`` is not ``(C, *spatial)`` with 2 or 3 spatial dimensions.
+    """
+    x = torch.as_tensor(volume)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"volume must be (C, *spatial) with 2 or 3 spatial dimensions, got shape {tuple(x.shape)}.")
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for c, channel in enumerate(x.detach().float().cpu().numpy()):
+        head = channel > channel.min()
+        if not head.any():  # a constant channel: nothing to invert
+            out[c] = torch.from_numpy(channel)
+            continue
+        head = ndimage.binary_fill_holes(ndimage.binary_closing(head, iterations=2) | head)
+        inverted = np.where(head, -channel, 0.0).astype(np.float32)
+        inverted[~head] = inverted[head].min()
+        out[c] = torch.from_numpy(inverted)
+    return out.to(x.device)
+
+
+@dataclass(frozen=True)
+class TissueMapFit:
+    """How well a tissue map fits the volume it was predicted from.
+
+    Attributes:
+        explained: share of the intensity variance over the brain (voxels not classed background)
+            that the tissue classes explain (``1 - within-class / total``, first channel); 0 for a
+            brain of fewer than two voxels.
+        confidence: mean largest softmax probability over the brain (0 without brain).
+        brain_voxels: voxels not classed background.
+    """
+
+    explained: float
+    confidence: float
+    brain_voxels: int
+
+
+def tissue_map_fit(volume: torch.Tensor, logits: torch.Tensor, background_channel: int = 0) -> TissueMapFit:
+    """The :class:`TissueMapFit` of one volume's tissue logits.
+
+    Args:
+        volume: ``(C, *spatial)`` the volume the logits were predicted from (channel 0 is measured).
+        logits: ``(K, *spatial)`` tissue logits of it (background and tissue classes).
+        background_channel: the background class; every other class is a tissue of the brain.
+
+    Returns:
+        The fit.
+
+    Raises:
+        ValueError: the shapes do not match, or ``background_channel`` is not a channel of ``logits``.
+    """
+    x = torch.as_tensor(volume).detach().float().cpu()
+    z = torch.as_tensor(logits).detach().float().cpu()
+    if x.ndim < 2 or z.ndim != x.ndim or tuple(z.shape[1:]) != tuple(x.shape[1:]):
+        raise ValueError(f"logits must be (K, *spatial) of the volume {tuple(x.shape)}, got {tuple(z.shape)}.")
+    if not 0 <= background_channel < z.shape[0]:
+        raise ValueError(f"background_channel {background_channel} is not a channel of the logits ({z.shape[0]}).")
+    probs = torch.softmax(z, dim=0)
+    confidence, classes = probs.max(dim=0)
+    brain = classes != background_channel
+    n = int(brain.sum())
+    if n < 2:
+        return TissueMapFit(explained=0.0, confidence=float(confidence[brain].mean()) if n else 0.0, brain_voxels=n)
+    values = x[0][brain].double()
+    labels = classes[brain]
+    total = float(((values - values.mean()) ** 2).sum())
+    within = 0.0
+    for k in labels.unique():
+        v = values[labels == k]
+        within += float(((v - v.mean()) ** 2).sum())
+    explained = 1.0 - within / total if total > 0 else 0.0
+    return TissueMapFit(explained=explained, confidence=float(confidence[brain].mean()), brain_voxels=n)
+
+
+def prefers_inverted(given: TissueMapFit, inverted: TissueMapFit, min_explained_gain: float = 0.1,
+                     min_confidence_gain: float = 0.05) -> bool:
+    """Whether the inverted volume's tissue map is clearly the better: both the explained variance and
+    the confidence higher by at least the margins (on the validation sets, a T2-like head gained
+    0.20-0.46 and 0.10-0.12; T1 heads with a strong bias field and noise gain explained variance
+    but lose confidence, and a real head with a strong bias field gains confidence but not explained
+    variance: each alone misjudges one of them; ``docs/real-scans.md``)."""
+    return (inverted.explained - given.explained >= min_explained_gain
+            and inverted.confidence - given.confidence >= min_confidence_gain)
+
+
+class ContrastPolarityInferer(Inferer):
+    """Run an inferer on each volume as given or with its contrast inverted, as the tissue map prefers.
+
+    With ``polarity="auto"`` every volume of the batch is run through ``probe_inferer`` with the
+    tissue network, as given and inverted (:func:`invert_contrast`); when the inverted one's tissue
+    map fits clearly better (:func:`prefers_inverted`), the volume goes on inverted and a warning is
+    logged. ``"given"`` passes every volume on unchanged (no probe), ``"inverted"`` inverts every
+    one. Tissue refinement on the scan's own intensities downstream assumes no contrast, so only the
+    network's input is inverted.
+
+    Args:
+        inferer: what runs on the chosen volumes, e.g. :class:`medmamba.inferers.BrainNormalizingInferer`.
+        probe_inferer: how the tissue network runs on the two candidates (e.g. a
+            :class:`medmamba.inferers.SliceStackInferer`); ``None``: ``inferer``.
+        probe_network: the tissue network (background and tissue classes); ``None``: the network the
+            inferer is called with (a tissue segmentation network).
+        polarity: one of :data:`POLARITIES`.
+        background_channel: the tissue network's background class.
+        min_explained_gain, min_confidence_gain: the margins of :func:`prefers_inverted`.
+
+    Raises:
+        TypeError: ``inferer`` or ``probe_inferer`` is not callable.
+        ValueError: an unknown ``polarity`` or a negative margin.
+    """
+
+    def __init__(
+        self,
+        inferer: Callable[..., Any],
+        probe_inferer: Callable[..., Any] | None = None,
+        probe_network: Callable[..., Any] | None = None,
+        polarity: str = "auto",
+        background_channel: int = 0,
+        min_explained_gain: float = 0.1,
+        min_confidence_gain: float = 0.05,
+    ) -> None:
+        super().__init__()
+        for name, value in (("inferer", inferer), ("probe_inferer", probe_inferer)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable, got {type(value).__name__}.")
+        if polarity not in POLARITIES:
+            raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}.")
+        for name, value in (("min_explained_gain", min_explained_gain), ("min_confidence_gain", min_confidence_gain)):
+            if not float(value) >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+        self.inferer = inferer
+        self.probe_inferer = probe_inferer if probe_inferer is not None else inferer
+        self.probe_network = probe_network
+        self.polarity = polarity
+        self.background_channel = int(background_channel)
+        self.min_explained_gain = float(min_explained_gain)
+        self.min_confidence_gain = float(min_confidence_gain)
+
+    def fits(self, volume: torch.Tensor, network: Any) -> tuple[TissueMapFit, TissueMapFit]:
+        """The tissue map fits of one volume ``(C, *spatial)`` as given and inverted."""
+        tissue = self.probe_network if self.probe_network is not None else network
+        out = []
+        for candidate in (volume, invert_contrast(volume)):
+            with torch.no_grad():
+                logits = self.probe_inferer(candidate[None], tissue)
+            out.append(tissue_map_fit(candidate, torch.as_tensor(logits)[0], self.background_channel))
+        return out[0], out[1]
+
+    def choose(self, inputs: torch.Tensor, network: Any) -> list[bool]:
+        """Per volume of ``inputs`` ``(B, C, *spatial)``: whether it goes on inverted."""
+        if self.polarity != "auto":
+            return [self.polarity == "inverted"] * inputs.shape[0]
+        decisions = []
+        for b in range(inputs.shape[0]):
+            given, inverted = self.fits(inputs[b], network)
+            invert = prefers_inverted(given, inverted, self.min_explained_gain, self.min_confidence_gain)
+            if invert:
+                logger.warning(
+                    "volume %d looks like an inverted (T2-like) contrast: its tissue map explains %.2f of the "
+                    "intensity variance inverted against %.2f as given (confidence %.2f against %.2f); it is "
+                    "analysed inverted (--contrast_polarity given to switch this off).",
+                    b, inverted.explained, given.explained, inverted.confidence, given.confidence)
+            decisions.append(invert)
+        return decisions
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``inferer(volumes, network)`` with each volume of ``inputs`` ``(B, C, *spatial)`` in its chosen polarity."""
+        decisions = self.choose(inputs, network)
+        if any(decisions):
+            chosen = inputs.clone()
+            for b, invert in enumerate(decisions):
+                if invert:
+                    chosen[b] = invert_contrast(inputs[b]).to(dtype=inputs.dtype)
+            inputs = chosen
+        return self.inferer(inputs, network, *args, **kwargs)
