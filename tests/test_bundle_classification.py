@@ -65,7 +65,9 @@ def _tiny_overrides(name: str = "network_def") -> dict:
     # pixdim: the tiny data set's voxel size (the 2 mm template block-averaged by 2), which inference
     # and evaluation resample to; no brain extraction (it needs a trained segmentation bundle beside
     # this one: test_inference_strips_with_the_segmentation_bundle_beside_it)
-    return {f"{name}#{k}": v for k, v in TINY_NET.items()} | {"pixdim": [4.0, 4.0, 4.0], "brain_extraction": False}
+    # and no contrast-polarity probe (the same network: test_contrast_polarity_probes_with_the_segmentation_network)
+    return {f"{name}#{k}": v for k, v in TINY_NET.items()} | {"pixdim": [4.0, 4.0, 4.0], "brain_extraction": False,
+                                                               "contrast_polarity": "given"}
 
 
 # ------------------------------------------------------------------------------------- unit checks
@@ -585,6 +587,45 @@ def test_inference_strips_with_the_segmentation_bundle_beside_it(exported, tiny_
         assert len(rows) == 1 and rows[0]["status"] == "ok", rows
         scores[extraction] = float(rows[0]["lesion_log_odds"])
     assert scores[True] != pytest.approx(scores[False], abs=1e-4)
+
+
+def test_contrast_polarity_probes_with_the_segmentation_network(tmp_path):
+    """Inference and evaluation put the segmentation network's choice of contrast polarity in front of
+    their inferer (``contrast_polarity`` auto); ``given`` leaves the inferer as it is and reads no
+    segmentation bundle; without one, ``auto`` names the way out."""
+    from monai.bundle import ConfigParser
+    from segmentation_bundle_fixture import make_segmentation_bundle
+
+    from medmamba.inferers import ContrastPolarityInferer, SliceStackInferer
+
+    bundles = tmp_path / "bundles"
+    seg = make_segmentation_bundle(bundles)
+    (bundles / "mobilemamba_classification").mkdir()
+    for config in ("inference.json", "evaluate.json"):
+        assert json.loads((CONFIGS / config).read_text())["contrast_polarity"] == "auto"
+        for polarity in ("auto", "given"):
+            parser = ConfigParser()
+            parser.read_config(str(CONFIGS / config))
+            parser.update({"bundle_root": str(bundles / "mobilemamba_classification"), "contrast_polarity": polarity,
+                           "brain_extraction": False, "device": "$torch.device('cpu')"})
+            inferer = parser.get_parsed_content("polarity_inferer")
+            user = parser.get("predictor#inferer" if config == "inference.json" else "evaluator#inferer")
+            assert user == "@polarity_inferer"
+            if polarity == "given":
+                assert inferer is parser.get_parsed_content("inferer")
+                continue
+            assert isinstance(inferer, ContrastPolarityInferer) and inferer.polarity == "auto"
+            assert isinstance(inferer.probe_inferer, SliceStackInferer)
+            assert type(inferer.probe_network).__name__ == "FusedMobileMambaSeg"
+    shutil.rmtree(seg)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(bundles / "mobilemamba_classification"), "brain_extraction": False})
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's error
+        parser.get_parsed_content("polarity_inferer")
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "has no configs/inference.json" in str(info.value.__cause__)
+    assert "--contrast_polarity given skips it" in str(info.value.__cause__)
 
 
 def test_inference_nifti_and_dicom_with_checkpoint_and_torchscript(exported, tiny_data, tmp_path):

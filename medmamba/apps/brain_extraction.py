@@ -19,8 +19,9 @@ from monai.bundle import ConfigParser
 
 from medmamba.bundle.flags import flag
 from medmamba.inferers.brain_extraction import BrainExtractor, SkullStrippingInferer
+from medmamba.inferers.contrast_polarity import POLARITIES, ContrastPolarityInferer
 
-__all__ = ["load_brain_extractor", "skull_stripping_inferer"]
+__all__ = ["contrast_polarity_inferer", "load_brain_extractor", "skull_stripping_inferer"]
 
 
 def load_brain_extractor(
@@ -120,3 +121,43 @@ def skull_stripping_inferer(
         return inferer
     return SkullStrippingInferer(inferer, load_brain_extractor(
         segmentation_bundle_root, device=device, spacing=spacing, inferer_item=inferer_item, closing_mm=closing_mm))
+
+
+def contrast_polarity_inferer(
+    inferer: Any,
+    polarity: str,
+    segmentation_bundle_root: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    spacing: Sequence[float] | None = None,
+) -> Any:
+    """A bundle's inferer behind the segmentation network's choice of contrast polarity.
+
+    The segmentation network's tissue map (its single slice-stack pass) on the volume as given and
+    inverted decides whether an inverted, T2-like contrast goes on inverted
+    (:class:`medmamba.inferers.ContrastPolarityInferer`); a lesion-map classifier's own tissue classes
+    tell the two apart less well (``docs/real-scans.md``).
+
+    Args:
+        inferer: the bundle's own inferer (e.g. the skull-stripping one).
+        polarity: ``"auto"``, ``"given"`` (``inferer`` itself is returned and the segmentation bundle
+            is not read) or ``"inverted"``.
+        segmentation_bundle_root: the segmentation bundle's folder (:func:`load_brain_extractor`).
+        device: where the segmentation network runs.
+        spacing: voxel size in mm of the volumes (the calling bundle's ``pixdim``).
+
+    Returns:
+        ``inferer`` or a :class:`medmamba.inferers.ContrastPolarityInferer` around it.
+
+    Raises:
+        ValueError: an unknown ``polarity``, or no usable segmentation bundle (:func:`load_brain_extractor`).
+    """
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}.")
+    if polarity == "given":
+        return inferer
+    try:
+        probe = load_brain_extractor(segmentation_bundle_root, device=device, spacing=spacing, inferer_item="inferer#inferer")
+    except ValueError as err:
+        raise ValueError(f"{err} The contrast-polarity check runs the segmentation network too; "
+                         f"--contrast_polarity given skips it (T1-weighted scans only).") from err
+    return ContrastPolarityInferer(inferer, probe_inferer=probe.inferer, probe_network=probe.network, polarity=polarity)
