@@ -231,7 +231,7 @@ def test_inference_and_evaluation_choose_the_contrast_polarity() -> None:
             inferer = parser.get_parsed_content("polarity_inferer")
             assert isinstance(inferer, ContrastPolarityInferer) and inferer.polarity == polarity
             assert isinstance(inferer.probe_inferer, SliceStackInferer) and inferer.probe_network is None
-            assert (inferer.min_explained_gain, inferer.min_confidence_gain) == (0.1, 0.05)
+            assert (inferer.min_explained_gain, inferer.min_confidence_gain) == (0.0, 0.05)
 
 
 def test_slice_views_are_off_by_default_and_the_views_overlay_aggregates_three() -> None:

@@ -124,13 +124,14 @@ def test_the_fit_names_shape_and_channel_errors() -> None:
 
 def test_inverting_needs_both_the_explained_variance_and_the_confidence() -> None:
     given = TissueMapFit(explained=0.40, confidence=0.80, brain_voxels=100)
-    assert prefers_inverted(given, TissueMapFit(0.65, 0.90, 100))
-    # a strongly biased, noisy T1 head: more variance explained inverted, but less confidence
-    assert not prefers_inverted(given, TissueMapFit(0.70, 0.78, 100))
-    # a real head with a strong bias field: a little more confidence inverted, no more variance explained
-    assert not prefers_inverted(given, TissueMapFit(0.39, 0.86, 100))
-    assert not prefers_inverted(given, TissueMapFit(0.49, 0.90, 100))  # below the 0.1 margin
-    assert prefers_inverted(given, TissueMapFit(0.49, 0.90, 100), min_explained_gain=0.05)
+    assert prefers_inverted(given, TissueMapFit(0.50, 0.89, 100))  # a T2-like head: both gain
+    # a strongly biased, noisy T1 head: more variance explained inverted, hardly more confidence
+    assert not prefers_inverted(given, TissueMapFit(0.70, 0.82, 100))
+    # a real head with a strong bias field: more confidence inverted, much less variance explained
+    assert not prefers_inverted(given, TissueMapFit(0.22, 0.857, 100))
+    assert not prefers_inverted(given, TissueMapFit(0.50, 0.84, 100))  # below the 0.05 confidence margin
+    assert prefers_inverted(given, TissueMapFit(0.50, 0.84, 100), min_confidence_gain=0.03)
+    assert not prefers_inverted(given, TissueMapFit(0.50, 0.89, 100), min_explained_gain=0.2)
 
 
 def test_a_t1_volume_goes_on_as_given_and_an_inverted_one_inverted() -> None:

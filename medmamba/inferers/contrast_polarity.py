@@ -9,7 +9,7 @@ by the network: :class:`ContrastPolarityInferer` runs a tissue network on the no
 given and inverted (:func:`invert_contrast`), measures how well each tissue map explains that
 volume's intensities (:func:`tissue_map_fit`: the share of the intensity variance inside the brain
 that the tissue classes explain, and the network's mean confidence there) and inverts when the
-inverted volume's map is clearly the better on both (:func:`prefers_inverted`). On T1 scans the
+inverted volume's map explains more and is clearly more confident (:func:`prefers_inverted`). On T1 scans the
 volume goes on exactly as given.
 """
 
@@ -128,13 +128,16 @@ def tissue_map_fit(volume: torch.Tensor, logits: torch.Tensor, background_channe
     return TissueMapFit(explained=explained, confidence=float(confidence[brain].mean()), brain_voxels=n)
 
 
-def prefers_inverted(given: TissueMapFit, inverted: TissueMapFit, min_explained_gain: float = 0.1,
+def prefers_inverted(given: TissueMapFit, inverted: TissueMapFit, min_explained_gain: float = 0.0,
                      min_confidence_gain: float = 0.05) -> bool:
-    """Whether the inverted volume's tissue map is clearly the better: both the explained variance and
-    the confidence higher by at least the margins (on the validation sets, a T2-like head gained
-    0.20-0.46 and 0.10-0.12; T1 heads with a strong bias field and noise gain explained variance
-    but lose confidence, and a real head with a strong bias field gains confidence but not explained
-    variance: each alone misjudges one of them; ``docs/real-scans.md``)."""
+    """Whether the inverted volume's tissue map is the better: it explains at least ``min_explained_gain``
+    more of the intensity variance and is at least ``min_confidence_gain`` more confident.
+
+    On the validation sets (``docs/real-scans.md``), T2-like heads gained 0.10-0.46 explained variance
+    and 0.09-0.15 confidence; T1 heads with a strong bias field and noise gained up to 0.30 explained
+    variance but at most 0.02 confidence, and real heads with a strong bias field up to 0.06 confidence
+    while explaining 0.18-0.44 less: each criterion alone misjudges one of them.
+    """
     return (inverted.explained - given.explained >= min_explained_gain
             and inverted.confidence - given.confidence >= min_confidence_gain)
 
@@ -144,8 +147,8 @@ class ContrastPolarityInferer(Inferer):
 
     With ``polarity="auto"`` every volume of the batch is run through ``probe_inferer`` with the
     tissue network, as given and inverted (:func:`invert_contrast`); when the inverted one's tissue
-    map fits clearly better (:func:`prefers_inverted`), the volume goes on inverted and a warning is
-    logged. ``"given"`` passes every volume on unchanged (no probe), ``"inverted"`` inverts every
+    map fits better (:func:`prefers_inverted`), the volume goes on inverted and a warning is logged
+    (the fits of a volume left as given are logged at the info level). ``"given"`` passes every volume on unchanged (no probe), ``"inverted"`` inverts every
     one. Tissue refinement on the scan's own intensities downstream assumes no contrast, so only the
     network's input is inverted.
 
@@ -171,7 +174,7 @@ class ContrastPolarityInferer(Inferer):
         probe_network: Callable[..., Any] | None = None,
         polarity: str = "auto",
         background_channel: int = 0,
-        min_explained_gain: float = 0.1,
+        min_explained_gain: float = 0.0,
         min_confidence_gain: float = 0.05,
     ) -> None:
         super().__init__()
@@ -215,6 +218,10 @@ class ContrastPolarityInferer(Inferer):
                     "intensity variance inverted against %.2f as given (confidence %.2f against %.2f); it is "
                     "analysed inverted (--contrast_polarity given to switch this off).",
                     b, inverted.explained, given.explained, inverted.confidence, given.confidence)
+            else:
+                logger.info("volume %d analysed as given: tissue map explains %.2f as given, %.2f inverted "
+                            "(confidence %.2f, %.2f).", b, given.explained, inverted.explained,
+                            given.confidence, inverted.confidence)
             decisions.append(invert)
         return decisions
 
