@@ -229,8 +229,9 @@ def test_evaluation_config_has_monai_inference_properties(bundle: Path, tmp_path
         (tmp_path / name).write_text(json.dumps({"training": [case], "validation": [case], "test": [case]}))
     # init_id: parse without running the config's "initialize" (it sets this process's threads);
     # the classification bundle's brain extraction would read a trained segmentation bundle beside it
-    # (tests/test_brain_extraction.py)
-    extra = {"brain_extraction": False} if bundle.name == "mobilemamba_classification" else {}
+    # (tests/test_brain_extraction.py), and so would its contrast-polarity check
+    extra = ({"brain_extraction": False, "contrast_polarity": "given"} if bundle.name == "mobilemamba_classification"
+             else {})
     workflow = ConfigWorkflow(config_file=str(configs / "evaluate.json"), meta_file=str(configs / "metadata.json"),
                               logging_file=False, workflow_type="inference", init_id="parse_only",
                               bundle_root=str(tmp_path), dataset_dir=str(tmp_path), **extra)
