@@ -169,7 +169,9 @@ def test_polarity_given_skips_the_probe_and_inverted_always_inverts() -> None:
 def test_a_fixed_probe_network_replaces_the_called_one() -> None:
     """The classification bundle probes with the segmentation network, not its lesion-map classifier."""
     t2 = invert_contrast(_t1_volume())[None]
-    inferer = ContrastPolarityInferer(Recorder(), probe_inferer=_volume_inferer, probe_network=T1Reader())
+    probe = T1Reader().train()
+    inferer = ContrastPolarityInferer(Recorder(), probe_inferer=_volume_inferer, probe_network=probe)
+    assert not probe.training  # put in inference mode once
     assert inferer.choose(t2, nn.Identity()) == [True]
 
 
@@ -180,3 +182,17 @@ def test_constructor_errors_name_the_argument() -> None:
         ContrastPolarityInferer(Recorder(), min_confidence_gain=-0.1)
     with pytest.raises(TypeError, match="probe_inferer must be callable, got int"):
         ContrastPolarityInferer(Recorder(), probe_inferer=3)
+
+
+def test_the_bundle_helper_reads_the_segmentation_bundle_only_for_auto(tmp_path) -> None:
+    from medmamba.apps.brain_extraction import contrast_polarity_inferer
+
+    recorder = Recorder()
+    missing = tmp_path / "no_segmentation_bundle"
+    assert contrast_polarity_inferer(recorder, "given", missing) is recorder
+    inverted = contrast_polarity_inferer(recorder, "inverted", missing)
+    assert isinstance(inverted, ContrastPolarityInferer) and inverted.polarity == "inverted"
+    with pytest.raises(ValueError, match=r"polarity must be one of \('auto', 'given', 'inverted'\), got 'T1'"):
+        contrast_polarity_inferer(recorder, "T1", missing)
+    with pytest.raises(ValueError, match="has no configs/inference.json.*--contrast_polarity given skips it"):
+        contrast_polarity_inferer(recorder, "auto", missing)

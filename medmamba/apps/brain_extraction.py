@@ -139,8 +139,8 @@ def contrast_polarity_inferer(
 
     Args:
         inferer: the bundle's own inferer (e.g. the skull-stripping one).
-        polarity: ``"auto"``, ``"given"`` (``inferer`` itself is returned and the segmentation bundle
-            is not read) or ``"inverted"``.
+        polarity: ``"auto"``, ``"given"`` (``inferer`` itself is returned) or ``"inverted"``; only
+            ``"auto"`` reads the segmentation bundle.
         segmentation_bundle_root: the segmentation bundle's folder (:func:`load_brain_extractor`).
         device: where the segmentation network runs.
         spacing: voxel size in mm of the volumes (the calling bundle's ``pixdim``).
@@ -155,6 +155,8 @@ def contrast_polarity_inferer(
         raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}.")
     if polarity == "given":
         return inferer
+    if polarity == "inverted":  # no probe to run
+        return ContrastPolarityInferer(inferer, polarity=polarity)
     try:
         probe = load_brain_extractor(segmentation_bundle_root, device=device, spacing=spacing, inferer_item="inferer#inferer")
     except ValueError as err:

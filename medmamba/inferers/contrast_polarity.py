@@ -188,6 +188,8 @@ class ContrastPolarityInferer(Inferer):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
         self.inferer = inferer
         self.probe_inferer = probe_inferer if probe_inferer is not None else inferer
+        if isinstance(probe_network, torch.nn.Module):
+            probe_network.eval()  # a fixed probe network only ever infers
         self.probe_network = probe_network
         self.polarity = polarity
         self.background_channel = int(background_channel)
