@@ -76,6 +76,8 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     assert arg(threshold, "--negative_path") == str(Path(arg(sets, "--out")) / "negatives")
     assert threshold.outputs == [models / "threshold.json"] == [Path(arg(threshold, "--write_threshold_file"))]
     assert "--ckpt_file" not in stages[5].argv  # evaluate (test): the deployed weights, the config's default
+    assert arg(stages[5], "--contrast_polarity") == "given"  # the generated test split is T1
+    assert "--contrast_polarity" not in threshold.argv  # the threshold is set as inference runs
     assert sum(s.name.startswith("evaluate") for s in stages) == 1
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
