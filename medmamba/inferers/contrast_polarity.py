@@ -9,14 +9,14 @@ by the network: :class:`ContrastPolarityInferer` runs a tissue network on the no
 given and inverted (:func:`invert_contrast`), measures how well each tissue map explains that
 volume's intensities (:func:`tissue_map_fit`: the share of the intensity variance inside the brain
 that the tissue classes explain, and the network's mean confidence there) and inverts when the
-inverted volume's map explains more and is clearly more confident (:func:`prefers_inverted`). On T1 scans the
-volume goes on exactly as given.
+inverted volume's map explains at least as much and is clearly more confident
+(:func:`prefers_inverted`). On T1 scans the volume goes on exactly as given.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
