@@ -196,23 +196,28 @@ class ContrastPolarityInferer(Inferer):
         self.min_explained_gain = float(min_explained_gain)
         self.min_confidence_gain = float(min_confidence_gain)
 
-    def fits(self, volume: torch.Tensor, network: Any) -> tuple[TissueMapFit, TissueMapFit]:
-        """The tissue map fits of one volume ``(C, *spatial)`` as given and inverted."""
+    def fits(self, volume: torch.Tensor, network: Any, inverted: torch.Tensor | None = None) -> tuple[TissueMapFit, TissueMapFit]:
+        """The tissue map fits of one volume ``(C, *spatial)`` as given and inverted (``inverted``:
+        its :func:`invert_contrast`, if already made)."""
         tissue = self.probe_network if self.probe_network is not None else network
         out = []
-        for candidate in (volume, invert_contrast(volume)):
+        for candidate in (volume, invert_contrast(volume) if inverted is None else inverted):
             with torch.no_grad():
                 logits = self.probe_inferer(candidate[None], tissue)
             out.append(tissue_map_fit(candidate, torch.as_tensor(logits)[0], self.background_channel))
         return out[0], out[1]
 
-    def choose(self, inputs: torch.Tensor, network: Any) -> list[bool]:
-        """Per volume of ``inputs`` ``(B, C, *spatial)``: whether it goes on inverted."""
-        if self.polarity != "auto":
-            return [self.polarity == "inverted"] * inputs.shape[0]
-        decisions = []
+    def _inverted_volumes(self, inputs: torch.Tensor, network: Any) -> list[torch.Tensor | None]:
+        """Per volume of ``inputs``: its inverted form where it goes on inverted, else ``None``."""
+        if self.polarity == "given":
+            return [None] * inputs.shape[0]
+        chosen: list[torch.Tensor | None] = []
         for b in range(inputs.shape[0]):
-            given, inverted = self.fits(inputs[b], network)
+            inverted_volume = invert_contrast(inputs[b])
+            if self.polarity == "inverted":
+                chosen.append(inverted_volume)
+                continue
+            given, inverted = self.fits(inputs[b], network, inverted_volume)
             invert = prefers_inverted(given, inverted, self.min_explained_gain, self.min_confidence_gain)
             if invert:
                 logger.warning(
@@ -224,16 +229,20 @@ class ContrastPolarityInferer(Inferer):
                 logger.info("volume %d analysed as given: tissue map explains %.2f as given, %.2f inverted "
                             "(confidence %.2f, %.2f).", b, given.explained, inverted.explained,
                             given.confidence, inverted.confidence)
-            decisions.append(invert)
-        return decisions
+            chosen.append(inverted_volume if invert else None)
+        return chosen
+
+    def choose(self, inputs: torch.Tensor, network: Any) -> list[bool]:
+        """Per volume of ``inputs`` ``(B, C, *spatial)``: whether it goes on inverted."""
+        return [v is not None for v in self._inverted_volumes(inputs, network)]
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """``inferer(volumes, network)`` with each volume of ``inputs`` ``(B, C, *spatial)`` in its chosen polarity."""
-        decisions = self.choose(inputs, network)
-        if any(decisions):
+        inverted = self._inverted_volumes(inputs, network)
+        if any(v is not None for v in inverted):
             chosen = inputs.clone()
-            for b, invert in enumerate(decisions):
-                if invert:
-                    chosen[b] = invert_contrast(inputs[b]).to(dtype=inputs.dtype)
+            for b, volume in enumerate(inverted):
+                if volume is not None:
+                    chosen[b] = volume.to(dtype=inputs.dtype)
             inputs = chosen
         return self.inferer(inputs, network, *args, **kwargs)
