@@ -4,7 +4,8 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
 ``runs/main_job/<bundle>_<stage>.log``):
 
 1. make the semi-synthetic default data set (``python -m medmamba.data make-default``; reused when
-   it is already there and complete);
+   it is already there and complete); the segmentation chain first makes the real heads' training
+   subjects (``python -m medmamba.data make-real-heads``, :func:`real_heads_stage`);
 2. for each bundle (classification, segmentation), the two side by side, with the compute threads
    :func:`plan_threads` gives each stage from the cores this process may use (on two cores one
    thread per training process; one core: everything one after the other), and, when one chain
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "default"
+#: The real heads' training subjects (:mod:`medmamba.data.real_heads`), beside the default data.
+REAL_HEADS = ROOT / "data" / "real_heads"
 LOG_DIR = ROOT / "runs" / "main_job"
 BUNDLES = {
     "classification": ROOT / "bundles" / "mobilemamba_classification",
@@ -368,6 +371,23 @@ def link_chains(chains: Mapping[str, list[Stage]]) -> dict[str, list[Stage]]:
     return {name: chains[name] for name in order}
 
 
+def uses_real_heads(bundle: Path) -> bool:
+    """Whether the bundle's training adds the real heads of :mod:`medmamba.data.real_heads`: its
+    ``train.json`` ``real_heads_datalist`` is not null (the segmentation bundle since 0.7.0)."""
+    config = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+    return config.get("real_heads_datalist") is not None
+
+
+def real_heads_stage(name: str, bundle: Path, threads: int) -> list[Stage]:
+    """Making the real heads' training subjects (``python -m medmamba.data make-real-heads``: two
+    source distributions from the package index, about 60 MB, downloaded once; reused when up to date)
+    for a bundle that trains on them; none for the others. It runs first in that bundle's chain."""
+    if not uses_real_heads(bundle):
+        return []
+    argv = [sys.executable, "-m", "medmamba.data", "make-real-heads", "--out", str(REAL_HEADS)]
+    return [Stage(name, "real heads", argv, [REAL_HEADS / "datalist_real_heads.json"], threads=threads)]
+
+
 def uses_teacher(bundle: Path) -> bool:
     """Whether the bundle's student distils from a teacher: its ``train.json`` ``teacher`` is not
     null (a bundle without one has no teacher stage; ``--teacher %teacher_kd`` turns it on by hand)."""
@@ -380,7 +400,7 @@ def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan 
     :func:`plan_threads` for the usable cores)."""
     plan = plan_threads(usable_cores()) if plan is None else plan
     models, out = bundle / "models", bundle / "eval"
-    stages: list[Stage] = []
+    stages: list[Stage] = real_heads_stage(name, bundle, plan.student[name])
     if not skip_teacher and uses_teacher(bundle):
         n = plan.teacher[name]
         argv, grant = granted_run(bundle, TEACHER_CONFIGS, "teacher", n)

@@ -50,6 +50,7 @@ def _overrides(bundle_root: Path, dataset_dir: Path, **extra: object) -> dict:
     out = {
         "bundle_root": str(bundle_root),
         "dataset_dir": str(dataset_dir),
+        "real_heads_datalist": None,  # the tiny data set alone (the real heads are downloaded by the main job)
         "num_threads": 1,
         "pixdim": TINY_PIXDIM,
         **TINY_NET,
@@ -568,7 +569,7 @@ def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(dataset: Path, tmp_path: 
         "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", str(META),
         "--logging_file", str(CONFIGS / "logging.conf"), "--bundle_root", str(root), "--dataset_dir", str(dataset),
         "--train#trainer#max_epochs", "1", "--val_interval", "1", "--slices_per_volume", "2",
-        "--volumes_per_batch", "1", "--teacher", "$None", "--num_threads", "1",
+        "--volumes_per_batch", "1", "--teacher", "$None", "--num_threads", "1", "--real_heads_datalist", "$None",
         "--network_def#embed_dim", "[32,48,64]", "--network_def#depth", "[1,1,1]",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -82,7 +82,11 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
     seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True, plan=job.plan_threads(2))
-    assert [s.name for s in seg][:2] == ["train student", "evaluate (test)"]  # no teacher, no threshold to set
+    # the real heads' subjects first (its train.json names their datalist); no teacher, no threshold to set
+    assert [s.name for s in seg][:3] == ["real heads", "train student", "evaluate (test)"]
+    assert seg[0].argv[-3:] == ["make-real-heads", "--out", str(job.REAL_HEADS)]
+    assert seg[0].outputs == [job.REAL_HEADS / "datalist_real_heads.json"]
+    assert all(s.name != "real heads" for s in stages)  # the classification bundle trains without them
     assert all(len(g) == 1 for g in job.stage_groups(seg))
     seg_export = next(s for s in seg if s.name == "export TorchScript")
     assert arg(seg_export, "--ckpt_file").endswith("model.pt")
@@ -189,7 +193,9 @@ def test_stages_carry_the_plan_threads(tmp_path: Path, monkeypatch: pytest.Monke
         students = [s for s in rest if s.name.startswith("train student")]
         assert students and all(s.threads == plan.student[name] for s in students)
         assert all((s.group is not None) == plan.members_side_by_side[name] for s in students)
-        after = [s for s in rest if s not in students]
+        heads = [s for s in rest if s.name == "real heads"]
+        assert all(s.threads == plan.student[name] for s in heads)
+        after = [s for s in rest if s not in students and s not in heads]
         assert after and all(s.threads == plan.post_training[name] for s in after)
         for s in stages:
             if "--num_threads" in s.argv:

