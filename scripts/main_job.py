@@ -4,8 +4,9 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
 ``runs/main_job/<bundle>_<stage>.log``):
 
 1. make the semi-synthetic default data set (``python -m medmamba.data make-default``; reused when
-   it is already there and complete); the segmentation chain first makes the real heads' training
-   subjects (``python -m medmamba.data make-real-heads``, :func:`real_heads_stage`);
+   it is already there and complete); a chain whose ``train.json`` names the real heads' datalist
+   first makes their training subjects (``python -m medmamba.data make-real-heads``,
+   :func:`real_heads_stage`; neither bundle does by default);
 2. for each bundle (classification, segmentation), the two side by side, with the compute threads
    :func:`plan_threads` gives each stage from the cores this process may use (on two cores one
    thread per training process; one core: everything one after the other), and, when one chain
@@ -373,7 +374,7 @@ def link_chains(chains: Mapping[str, list[Stage]]) -> dict[str, list[Stage]]:
 
 def uses_real_heads(bundle: Path) -> bool:
     """Whether the bundle's training adds the real heads of :mod:`medmamba.data.real_heads`: its
-    ``train.json`` ``real_heads_datalist`` is not null (the segmentation bundle since 0.7.0)."""
+    ``train.json`` ``real_heads_datalist`` is not null (an option; null in both bundles)."""
     config = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
     return config.get("real_heads_datalist") is not None
 
