@@ -42,7 +42,7 @@ def training_list(
         if not os.path.isfile(extra):
             raise FileNotFoundError(
                 f"extra_datalists: {os.fspath(extra)!r} does not exist; the real heads' datalist is made by "
-                "'python -m medmamba.data make-real-heads' (or pass --real_heads_datalist null to train without it)"
+                "'python -m medmamba.data make-real-heads' (the bundles train without it unless --real_heads_datalist names it)"
             )
         items = items + load_decathlon_datalist(str(extra), True, "training", base_dir=os.path.dirname(os.path.abspath(extra)))
     return items
