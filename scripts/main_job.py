@@ -372,11 +372,15 @@ def link_chains(chains: Mapping[str, list[Stage]]) -> dict[str, list[Stage]]:
     return {name: chains[name] for name in order}
 
 
+def train_setting(bundle: Path, key: str) -> object:
+    """A top-level variable of the bundle's ``train.json`` as written (``None`` when absent)."""
+    return json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8")).get(key)
+
+
 def uses_real_heads(bundle: Path) -> bool:
     """Whether the bundle's training adds the real heads of :mod:`medmamba.data.real_heads`: its
     ``train.json`` ``real_heads_datalist`` is not null (an option; null in both bundles)."""
-    config = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
-    return config.get("real_heads_datalist") is not None
+    return train_setting(bundle, "real_heads_datalist") is not None
 
 
 def real_heads_stage(name: str, bundle: Path, threads: int) -> list[Stage]:
@@ -392,8 +396,7 @@ def real_heads_stage(name: str, bundle: Path, threads: int) -> list[Stage]:
 def uses_teacher(bundle: Path) -> bool:
     """Whether the bundle's student distils from a teacher: its ``train.json`` ``teacher`` is not
     null (a bundle without one has no teacher stage; ``--teacher %teacher_kd`` turns it on by hand)."""
-    config = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
-    return config.get("teacher") is not None
+    return train_setting(bundle, "teacher") is not None
 
 
 def bundle_stages(name: str, bundle: Path, skip_teacher: bool, plan: ThreadPlan | None = None) -> list[Stage]:

@@ -47,6 +47,7 @@ __all__ = [
     "EXTRA_TRAINING",
     "DefaultDatasetConfig",
     "DefaultDatasetSummary",
+    "file_sha256",
     "make_default_dataset",
     "subject_patient_info",
 ]
@@ -304,7 +305,8 @@ def _datalists(subjects: list[dict[str, Any]], cfg: DefaultDatasetConfig) -> dic
     return {"segmentation": seg, "classification_volume": vol, "classification_slice": sl, "lesion_detection": det}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -421,7 +423,7 @@ def make_default_dataset(
         for task, content in _datalists(subjects, cfg).items():
             atomic_write_text(tmp / DATALIST_FILES[task], json.dumps(content, indent=1, sort_keys=True) + "\n")
         files = {
-            p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+            p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }
         manifest = {
             "format_version": FORMAT_VERSION,

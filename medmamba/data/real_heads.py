@@ -31,7 +31,6 @@ needs neither ROBEX nor its minute per head.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from medmamba.data.default_dataset import file_sha256
 
 __all__ = [
     "REAL_HEADS",
@@ -115,14 +116,6 @@ def _head(name: str) -> RealHead:
     return REAL_HEADS[name]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sdist_url(head: RealHead, index_url: str) -> str:
     """The download address of ``head.sdist`` from a simple index: PEP 691 JSON, or the PEP 503 HTML
     page an index without JSON answers with (the sha256 is checked after the download either way)."""
@@ -166,7 +159,7 @@ def fetch_real_head(name: str, cache_dir: str | os.PathLike[str], index_url: str
     if scan.is_file():
         return scan
     archive = cache / head.sdist
-    if not archive.is_file() or _sha256(archive) != head.sha256:
+    if not archive.is_file() or file_sha256(archive) != head.sha256:
         index = index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
         url = _sdist_url(head, index)
         partial = archive.with_name(archive.name + ".part")
@@ -174,7 +167,7 @@ def fetch_real_head(name: str, cache_dir: str | os.PathLike[str], index_url: str
         with urllib.request.urlopen(url, timeout=600) as response, open(partial, "wb") as out:  # noqa: S310
             while block := response.read(1 << 20):
                 out.write(block)
-        got = _sha256(partial)
+        got = file_sha256(partial)
         if got != head.sha256:
             partial.unlink()
             raise RuntimeError(f"{head.sdist}: sha256 {got}, expected {head.sha256}")
@@ -369,7 +362,8 @@ def make_real_head_subjects(
         _head(name)
     out = Path(out_dir)
     path = out / "datalist_real_heads.json"
-    masks = {n: _sha256(Path(masks_dir) / f"{n}_brain_2mm.nii.gz") for n in names if (Path(masks_dir) / f"{n}_brain_2mm.nii.gz").is_file()}
+    mask_files = {n: Path(masks_dir) / f"{n}_brain_2mm.nii.gz" for n in names}
+    masks = {n: file_sha256(f) for n, f in mask_files.items() if f.is_file()}
     config = {"heads": {n: {"package": REAL_HEADS[n].sdist, "sha256": REAL_HEADS[n].sha256, "member": REAL_HEADS[n].member,
                             "licence": REAL_HEADS[n].licence, "mask_sha256": masks.get(n)} for n in names},
               "copies": copies, "seed": seed}
