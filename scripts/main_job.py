@@ -5,8 +5,8 @@ Stages (each a subprocess of ``python -m monai.bundle ...``, timed, its output i
 
 1. make the semi-synthetic default data set (``python -m medmamba.data make-default``; reused when
    it is already there and complete); a chain whose ``train.json`` names the real heads' datalist
-   first makes their training subjects (``python -m medmamba.data make-real-heads``,
-   :func:`real_heads_stage`; neither bundle does by default);
+   (the segmentation bundle's since 0.7.0) first makes their training subjects (``python -m
+   medmamba.data make-real-heads``, :func:`real_heads_stage`);
 2. for each bundle (classification, segmentation), the two side by side, with the compute threads
    :func:`plan_threads` gives each stage from the cores this process may use (on two cores one
    thread per training process; one core: everything one after the other), and, when one chain
@@ -379,7 +379,7 @@ def train_setting(bundle: Path, key: str) -> object:
 
 def uses_real_heads(bundle: Path) -> bool:
     """Whether the bundle's training adds the real heads of :mod:`medmamba.data.real_heads`: its
-    ``train.json`` ``real_heads_datalist`` is not null (an option; null in both bundles)."""
+    ``train.json`` ``real_heads_datalist`` is not null (the segmentation bundle since 0.7.0)."""
     return train_setting(bundle, "real_heads_datalist") is not None
 
 

@@ -610,7 +610,8 @@ def test_contrast_polarity_probes_with_the_segmentation_network(tmp_path):
                            "brain_extraction": False, "device": "$torch.device('cpu')"})
             inferer = parser.get_parsed_content("polarity_inferer")
             user = parser.get("predictor#inferer" if config == "inference.json" else "evaluator#inferer")
-            assert user == "@polarity_inferer"
+            assert user == "@volume_inferer"  # the volume read-out around the polarity choice
+            assert "@polarity_inferer" in parser.get("volume_inferer")
             if polarity == "given":
                 assert inferer is parser.get_parsed_content("inferer")
                 continue
@@ -658,6 +659,22 @@ def test_inference_nifti_and_dicom_with_checkpoint_and_torchscript(exported, tin
     # the same volume read from NIfTI and from DICOM, and the eager and TorchScript networks agree
     assert results["nifti"] == pytest.approx(results["dicom"], abs=1e-3)
     assert results["dicom_ts"] == pytest.approx(results["dicom"], abs=1e-4)
+
+    # the other volume read-out: the mirror contrast of the dense lesion map, eager and TorchScript alike;
+    # it subtracts a non-negative part of the map, so it never scores a volume above the maximum read-out
+    scores = {}
+    for readout, torchscript in (("maximum", False), ("mirror", False), ("mirror", True)):
+        out = tmp_path / f"{readout}_{torchscript}"
+        wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=META, logging_file=LOGGING,
+                            workflow_type=None, bundle_root=str(exported), input_path=dicom, output_dir=str(out),
+                            use_torchscript=torchscript, volume_readout=readout, **_tiny_overrides())
+        wf.initialize()
+        wf.run()
+        row = _read_report(out / "probabilities.csv")[0]
+        assert row["status"] == "ok", row
+        scores[readout, torchscript] = float(row["lesion_log_odds"])
+    assert scores["mirror", True] == pytest.approx(scores["mirror", False], abs=1e-3)
+    assert scores["mirror", False] <= scores["maximum", False] + 1e-4
 
     # a folder of cases with one unreadable case: recorded as failed, the others go on
     folder = tmp_path / "mixed"

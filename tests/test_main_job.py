@@ -82,14 +82,11 @@ def test_classification_stages_train_two_seeds_at_once_then_deploy_their_ensembl
     export = next(s for s in stages if s.name == "export TorchScript")
     assert arg(export, "--ckpt_file") == str(models / "model_ensemble_ema.pt")
     seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True, plan=job.plan_threads(2))
-    assert [s.name for s in seg][:2] == ["train student", "evaluate (test)"]  # no teacher, no threshold to set
-    assert all(s.name != "real heads" for s in stages + seg)  # neither bundle trains on the real heads by default
-    # a bundle whose train.json names the real heads' datalist makes them first in its chain
-    monkeypatch.setattr(job, "uses_real_heads", lambda bundle: True)
-    seg = job.bundle_stages("segmentation", job.BUNDLES["segmentation"], skip_teacher=True, plan=job.plan_threads(2))
-    assert [s.name for s in seg][:2] == ["real heads", "train student"]
+    # the real heads' subjects first (its train.json names their datalist); no teacher, no threshold to set
+    assert [s.name for s in seg][:3] == ["real heads", "train student", "evaluate (test)"]
     assert seg[0].argv[-3:] == ["make-real-heads", "--out", str(job.REAL_HEADS)]
     assert seg[0].outputs == [job.REAL_HEADS / "datalist_real_heads.json"]
+    assert all(s.name != "real heads" for s in stages)  # the classification bundle trains without them
     assert all(len(g) == 1 for g in job.stage_groups(seg))
     seg_export = next(s for s in seg if s.name == "export TorchScript")
     assert arg(seg_export, "--ckpt_file").endswith("model.pt")

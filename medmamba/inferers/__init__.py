@@ -6,6 +6,7 @@ from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .brain_normalization import BrainNormalizingInferer, tissue_network
 from .contrast_polarity import POLARITIES, ContrastPolarityInferer, TissueMapFit, invert_contrast, prefers_inverted, tissue_map_fit
 from .flip_tta import FlipTTAInferer, log_mean_softmax
+from .mirror_contrast import READOUTS, DenseLesionMap, MirrorContrastInferer, mirror_contrast, volume_readout_inferer
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
 from .multi_view import MultiViewInferer
 from .slice_stack import SliceStackInferer, expected_in_channels
@@ -22,6 +23,9 @@ __all__ = [
     "BrainExtractor",
     "BrainNormalizingInferer",
     "ContrastPolarityInferer",
+    "DenseLesionMap",
+    "MirrorContrastInferer",
+    "READOUTS",
     "POLARITIES",
     "TissueMapFit",
     "FlipTTAInferer",
@@ -31,6 +35,8 @@ __all__ = [
     "SliceStackInferer",
     "MultiViewInferer",
     "log_mean_softmax",
+    "mirror_contrast",
+    "volume_readout_inferer",
     "VolumeClassifier",
     "VolumePredictor",
     "VolumeSegmenter",

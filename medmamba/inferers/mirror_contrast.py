@@ -1,0 +1,212 @@
+"""Mirror contrast: a volume lesion score that discounts what the other hemisphere also shows.
+
+A white-matter lesion is one-sided; the dark structures that a lesion-map classifier mistakes for
+hypointense lesions on real scans lie on the midline (the third and fourth ventricles, the basal
+cisterns) or in mirror-symmetric pairs (dark spots beside the trigones; ``docs/real-scans.md``,
+thirteenth to seventeenth sessions). :class:`MirrorContrastInferer` runs the classifier's dense lesion
+map over the whole volume, subtracts from every voxel the part of its mirror voxel's log-odds above a
+margin (the mirror plane through the brain's centre of mass on the left-right axis), and returns per
+slice the largest remaining log-odds as slice logits, which :class:`medmamba.inferers.VolumeClassifier`
+pools as before. A lesion whose mirror spot is normal tissue keeps its log-odds; a structure marked on
+both sides or on the midline drops to about the margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+from torch import nn
+
+from medmamba.networks.nets.lesion_map import lesion_log_odds_map
+
+__all__ = ["OUTSIDE_LOG_ODDS", "READOUTS", "DenseLesionMap", "MirrorContrastInferer", "mirror_contrast", "mirrored", "volume_readout_inferer"]
+
+#: the volume read-outs of the classification bundle (``volume_readout`` in its configs).
+READOUTS = ("maximum", "mirror")
+
+#: log-odds given to mirror voxels that fall outside the grid (never subtracted).
+OUTSIDE_LOG_ODDS = -50.0
+
+
+def mirrored(lesion_map: torch.Tensor, brain: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """A lesion map mirrored about the brain's centre of mass on one axis.
+
+    Args:
+        lesion_map: ``(*spatial)`` per-voxel lesion log-odds.
+        brain: boolean brain mask of the same shape; its centre of mass on ``axis`` is the mirror plane.
+        axis: the left-right axis (0 for the bundles' RAS volumes).
+
+    Returns:
+        ``M`` with ``M[i] = lesion_map[round(2c - i)]`` along ``axis`` (``c`` the centre of mass), and
+        :data:`OUTSIDE_LOG_ODDS` where ``2c - i`` falls outside the grid. A brain with no voxel
+        gives a map of :data:`OUTSIDE_LOG_ODDS` (nothing is subtracted).
+
+    Raises:
+        ValueError: shapes differ or ``axis`` is out of range.
+    """
+    if lesion_map.shape != brain.shape:
+        raise ValueError(f"lesion_map {tuple(lesion_map.shape)} and brain {tuple(brain.shape)} must have the same shape.")
+    if not -lesion_map.ndim <= axis < lesion_map.ndim:
+        raise ValueError(f"axis={axis} is out of range for a {lesion_map.ndim}D map.")
+    axis = axis % lesion_map.ndim
+    out = torch.full_like(lesion_map, OUTSIDE_LOG_ODDS)
+    weights = brain.float().sum(dim=[d for d in range(brain.ndim) if d != axis])
+    if float(weights.sum()) == 0.0:
+        return out
+    n = lesion_map.shape[axis]
+    positions = torch.arange(n, dtype=torch.float64, device=lesion_map.device)
+    centre = float((weights.double() * positions).sum() / weights.double().sum())
+    # numpy's rounding (half to even), as the benchmark's reference does
+    source = torch.round(2 * centre - positions).long()
+    inside = (source >= 0) & (source < n)
+    target = torch.nonzero(inside).flatten()
+    out.index_copy_(axis, target, lesion_map.index_select(axis, source[inside]))
+    return out
+
+
+def mirror_contrast(lesion_map: torch.Tensor, brain: torch.Tensor, margin: float = 4.0, axis: int = 0) -> torch.Tensor:
+    """Lesion log-odds minus the part of the mirror voxel's above ``margin``: ``L - max(M - margin, 0)``.
+
+    Args:
+        lesion_map: ``(*spatial)`` per-voxel lesion log-odds.
+        brain: boolean brain mask of the same shape (the mirror plane, :func:`mirrored`).
+        margin: mirror log-odds that are not subtracted (a one-sided lesion's mirror spot in normal
+            tissue stays below it).
+        axis: the left-right axis.
+
+    Returns:
+        The contrast map, same shape and dtype as ``lesion_map``.
+    """
+    return lesion_map - torch.clamp(mirrored(lesion_map, brain, axis) - float(margin), min=0.0)
+
+
+class DenseLesionMap(nn.Module):
+    """A lesion-map classifier's dense output per slice stack: lesion log-odds and brain, ``(N, 2, H, W)``.
+
+    Channel 0 is the lesion log-odds of every pixel (:func:`medmamba.networks.nets.lesion_map.lesion_log_odds_map`
+    of the segmentation network inside the classifier; for a seed ensemble the mean over its members,
+    as the ensemble's pooled score is a mean), channel 1 is 1 where the (first member's) network's
+    strongest class is not background (the brain the mirror plane is taken from), else 0.
+
+    Args:
+        classifier: a :class:`medmamba.networks.LesionMapClassifier`, a
+            :class:`medmamba.networks.MeanEnsemble` of them, a :class:`FuseOnLoad` around either (the
+            bundle's ``network``) or their TorchScript export.
+        background_channel: index of the background class.
+
+    Raises:
+        TypeError: ``classifier`` holds no lesion-map classifier (a network without ``lesion_channel``).
+    """
+
+    def __init__(self, classifier: Any, background_channel: int = 0) -> None:
+        super().__init__()
+        self.members = [(m.network, int(m.lesion_channel)) for m in _lesion_map_classifiers(classifier)]
+        self.background_channel = int(background_channel)
+        self.in_channels = int(getattr(classifier, "in_channels", -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 2, H, W)``: lesion log-odds and the brain indicator of slice stacks ``(N, C, H, W)``."""
+        lesion, brain = None, None
+        for segmenter, lesion_channel in self.members:
+            logits = segmenter(x)
+            if isinstance(logits, (list, tuple)):
+                logits = logits[0]
+            logits = logits.float()
+            z = lesion_log_odds_map(logits, lesion_channel)
+            lesion = z if lesion is None else lesion + z
+            if brain is None:
+                brain = (logits.argmax(dim=1) != self.background_channel).float()
+        return torch.stack([lesion / len(self.members), brain], dim=1)
+
+
+def _lesion_map_classifiers(network: Any) -> list[Any]:
+    """The lesion-map classifiers inside ``network`` (itself, a ``FuseOnLoad``'s, an ensemble's members)."""
+    if hasattr(network, "lesion_channel") and callable(getattr(network, "network", None)):
+        return [network]
+    members = getattr(network, "networks", None)
+    if members is not None:
+        found = [c for m in members for c in _lesion_map_classifiers(m)]
+        if found:
+            return found
+    inner = getattr(network, "network", None)
+    if inner is not None and inner is not network:
+        return _lesion_map_classifiers(inner)
+    raise TypeError(f"the mirror read-out needs a lesion-map classifier (a network with `network` and `lesion_channel`, "
+                    f"e.g. medmamba.networks.FusedLesionMapClassifier), got {type(network).__name__}.")
+
+
+class MirrorContrastInferer(Inferer):
+    """Slice logits of a lesion-map classifier read through the mirror contrast of its dense lesion map.
+
+    Runs ``inferer`` (e.g. the bundle's brain extraction around :class:`SliceStackInferer`) with the
+    classifier's dense output (:class:`DenseLesionMap`) instead of its pooled slice logits, computes
+    :func:`mirror_contrast` per volume, and returns per slice ``[0, max contrast]`` (``(B, 2, S)``):
+    the classifier's ``[0, pooled lesion log-odds]`` with the maximum taken over the contrast map.
+
+    Args:
+        inferer: runs a 2D network over a volume and returns its dense output ``(B, K, *spatial)``.
+        margin: the mirror log-odds that are not subtracted (:func:`mirror_contrast`).
+        slice_axis: the spatial axis of the slices (2: axial, as the bundle slices).
+        left_right_axis: the spatial axis of the mirror (0 in RAS).
+        background_channel: index of the background class of the classifier's segmentation network.
+
+    Raises:
+        TypeError: ``inferer`` is not callable.
+        ValueError: ``slice_axis`` equals ``left_right_axis`` or either is not 0, 1 or 2.
+    """
+
+    def __init__(
+        self,
+        inferer: Callable[..., Any],
+        margin: float = 4.0,
+        slice_axis: int = 2,
+        left_right_axis: int = 0,
+        background_channel: int = 0,
+    ) -> None:
+        super().__init__()
+        if not callable(inferer):
+            raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
+        if slice_axis not in (0, 1, 2) or left_right_axis not in (0, 1, 2) or slice_axis == left_right_axis:
+            raise ValueError(f"slice_axis={slice_axis} and left_right_axis={left_right_axis} must be two different "
+                             f"spatial axes of a 3D volume (0, 1 or 2).")
+        self.inferer = inferer
+        self.margin = float(margin)
+        self.slice_axis = slice_axis
+        self.left_right_axis = left_right_axis
+        self.background_channel = int(background_channel)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """``(B, 2, S)`` slice logits of volumes ``(B, C, H, W, D)``."""
+        dense = torch.as_tensor(self.inferer(inputs, DenseLesionMap(network, self.background_channel), *args, **kwargs))
+        if dense.ndim != 5 or dense.shape[1] != 2:
+            raise ValueError(f"the inferer must return the dense map (B, 2, H, W, D), got shape {tuple(dense.shape)}.")
+        scores = []
+        for volume in dense.float():
+            contrast = mirror_contrast(volume[0], volume[1] > 0.5, self.margin, self.left_right_axis)
+            others = [d for d in range(3) if d != self.slice_axis]
+            scores.append(contrast.amax(dim=others))
+        slice_scores = torch.stack(scores)  # (B, S)
+        return torch.stack([torch.zeros_like(slice_scores), slice_scores], dim=1)
+
+
+def volume_readout_inferer(inferer: Callable[..., Any], readout: str = "maximum", margin: float = 4.0) -> Any:
+    """The classification bundle's inferer for a volume read-out (its ``volume_readout``).
+
+    Args:
+        inferer: the bundle's inferer (brain extraction, polarity, slice stacks).
+        readout: ``"maximum"`` (the classifier's own pooled slice logits: ``inferer`` as it is) or
+            ``"mirror"`` (:class:`MirrorContrastInferer` around it).
+        margin: the mirror margin in log-odds.
+
+    Returns:
+        ``inferer`` or ``MirrorContrastInferer(inferer, margin)``.
+
+    Raises:
+        ValueError: ``readout`` is not one of :data:`READOUTS`.
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"volume_readout={readout!r} is not valid; expected one of {READOUTS}.")
+    return inferer if readout == "maximum" else MirrorContrastInferer(inferer, margin=margin)

@@ -1,0 +1,147 @@
+"""The mirror read-out of the lesion-map classifier (medmamba.inferers.mirror_contrast)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medmamba.inferers import SliceStackInferer, VolumeClassifier
+from medmamba.inferers.mirror_contrast import (
+    OUTSIDE_LOG_ODDS,
+    DenseLesionMap,
+    MirrorContrastInferer,
+    mirror_contrast,
+    mirrored,
+    volume_readout_inferer,
+)
+from medmamba.networks import LesionMapClassifier, MeanEnsemble
+from medmamba.networks.fuse_on_load import FuseOnLoad
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _brain(shape=(12, 6, 5), lo=2, hi=9):
+    brain = torch.zeros(shape, dtype=torch.bool)
+    brain[lo:hi + 1] = True  # centre of mass on axis 0: (lo + hi) / 2
+    return brain
+
+
+def test_mirrored_reflects_about_the_brain_centre_and_marks_outside():
+    lesion = torch.arange(12, dtype=torch.float32)[:, None, None].expand(12, 6, 5).clone()
+    out = mirrored(lesion, _brain(lo=2, hi=9))  # centre 5.5: i -> 11 - i
+    assert out[:, 0, 0].tolist() == [11.0 - i for i in range(12)]
+    out = mirrored(lesion, _brain(lo=4, hi=9))  # centre 6.5: i -> 13 - i, 0 and 1 fall outside
+    assert out[0, 0, 0].item() == OUTSIDE_LOG_ODDS and out[1, 0, 0].item() == OUTSIDE_LOG_ODDS
+    assert out[2, 0, 0].item() == 11.0 and out[11, 0, 0].item() == 2.0
+
+
+def test_mirrored_of_an_empty_brain_subtracts_nothing():
+    lesion = torch.randn(6, 4, 3)
+    out = mirror_contrast(lesion, torch.zeros(6, 4, 3, dtype=torch.bool), margin=0.0)
+    assert torch.equal(out, lesion)
+
+
+def test_mirror_contrast_keeps_a_one_sided_lesion_and_flattens_a_symmetric_pair():
+    lesion = torch.full((12, 6, 5), -8.0)
+    lesion[2, 3, 2] = 15.0  # one-sided: the mirror voxel (9) is normal tissue
+    lesion[4, 1, 1] = lesion[7, 1, 1] = 12.0  # a mirror-symmetric pair
+    out = mirror_contrast(lesion, _brain(lo=2, hi=9), margin=4.0)
+    assert out[2, 3, 2].item() == 15.0
+    assert out[4, 1, 1].item() == pytest.approx(4.0) and out[7, 1, 1].item() == pytest.approx(4.0)
+    assert out[0, 0, 0].item() == -8.0  # mirror below the margin: unchanged
+
+
+def test_mirror_contrast_equals_the_benchmark_reference_it_was_chosen_with():
+    readout_probe = pytest.importorskip("readout_probe")
+    rng = np.random.default_rng(3)
+    lesion = rng.normal(0, 6, (20, 16, 9)).astype(np.float32)
+    brain = np.zeros((20, 16, 9), bool)
+    brain[3:15, 2:14, 1:8] = True
+    brain[3:6, 2:5, 1:3] = False  # an asymmetric brain: a centre of mass off the grid's middle
+    expected = readout_probe.mirror_contrast(lesion, brain, 1, 4.0)
+    got = mirror_contrast(torch.from_numpy(lesion), torch.from_numpy(brain), margin=4.0).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_mirrored_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"must have the same shape"):
+        mirrored(torch.zeros(4, 4, 4), torch.zeros(4, 4, 3, dtype=torch.bool))
+
+
+class _TinySeg(nn.Module):
+    """Three classes per pixel from a one-channel slice: background, tissue, lesion."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_channels = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x[:, :1]
+        return torch.cat([-4 * v, torch.zeros_like(v), v * 2 - 3], dim=1)  # background where v < 0
+
+
+class _Shifted(_TinySeg):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1)
+
+
+def _phantom():
+    vol = torch.full((1, 1, 12, 6, 4), -1.0)  # background
+    vol[0, 0, 2:10, 1:5, :] = 0.5  # brain: centre 5.5 on the left-right axis
+    vol[0, 0, 3, 2, 1] = 5.0  # a one-sided bright spot in slice 1
+    vol[0, 0, 4, 2, 2] = vol[0, 0, 7, 2, 2] = 5.0  # a mirror pair in slice 2
+    return vol
+
+
+def test_mirror_inferer_gives_slice_logits_of_the_contrast():
+    classifier = LesionMapClassifier(_TinySeg(), lesion_channel=-1)
+    vol = _phantom()
+    plain = SliceStackInferer(spatial_dim=2, context=0)(vol, classifier)  # (1, 2, S): [0, slice max]
+    mirror = MirrorContrastInferer(SliceStackInferer(spatial_dim=2, context=0), margin=4.0)(vol, classifier)
+    assert tuple(mirror.shape) == (1, 2, 4) and torch.all(mirror[:, 0] == 0)
+    z = classifier.lesion_map(torch.tensor([[[5.0]]])[None])[0, 0, 0].item()  # the spot's log-odds
+    assert plain[0, 1, 1].item() == pytest.approx(z) and plain[0, 1, 2].item() == pytest.approx(z)
+    assert mirror[0, 1, 1].item() == pytest.approx(z)  # one-sided: kept
+    assert mirror[0, 1, 2].item() == pytest.approx(4.0)  # symmetric pair: down to the margin
+    scores = VolumeClassifier(classifier, MirrorContrastInferer(SliceStackInferer(spatial_dim=2, context=0)), "max")(vol)
+    assert scores["lesion_log_odds"].item() == pytest.approx(z)
+
+
+def test_dense_lesion_map_reads_a_fused_classifier_and_its_torchscript():
+    wrapped = FuseOnLoad(LesionMapClassifier(_TinySeg(), lesion_channel=-1))
+    x = torch.randn(3, 1, 8, 8)
+    dense = DenseLesionMap(wrapped)(x)
+    expected = wrapped.network.lesion_map(x)
+    assert tuple(dense.shape) == (3, 2, 8, 8)
+    torch.testing.assert_close(dense[:, 0], expected)
+    assert torch.equal(dense[:, 1], (x[:, 0] >= 0).float())  # background where the input is negative
+    scripted = torch.jit.script(wrapped)
+    torch.testing.assert_close(DenseLesionMap(scripted)(x), dense)
+
+
+def test_dense_lesion_map_refuses_a_network_without_lesion_map():
+    with pytest.raises(TypeError, match=r"needs a lesion-map classifier .* got Conv2d"):
+        DenseLesionMap(nn.Conv2d(1, 2, 1))
+
+
+def test_dense_lesion_map_of_an_ensemble_is_the_members_mean():
+    first = LesionMapClassifier(_TinySeg(), lesion_channel=-1)
+    second = LesionMapClassifier(_Shifted(), lesion_channel=-1)
+    x = torch.randn(2, 1, 6, 6)
+    dense = DenseLesionMap(FuseOnLoad(MeanEnsemble([first, second])))(x)
+    torch.testing.assert_close(dense[:, 0], (first.lesion_map(x) + second.lesion_map(x)) / 2)
+    assert torch.equal(dense[:, 1], (x[:, 0] >= 0).float())  # the first member's brain
+
+
+def test_volume_readout_inferer_choices():
+    base = SliceStackInferer(spatial_dim=2, context=0)
+    assert volume_readout_inferer(base, "maximum") is base
+    mirror = volume_readout_inferer(base, "mirror", margin=2.5)
+    assert isinstance(mirror, MirrorContrastInferer) and mirror.margin == 2.5 and mirror.inferer is base
+    with pytest.raises(ValueError, match=r"volume_readout='median' is not valid"):
+        volume_readout_inferer(base, "median")
