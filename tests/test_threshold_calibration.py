@@ -140,6 +140,20 @@ def test_release_threshold_reads_the_runs_threshold_or_keeps_the_default(tmp_pat
         release_threshold(path, 0.5)
 
 
+def test_release_threshold_holds_for_the_read_out_it_was_set_with(tmp_path: Path) -> None:
+    from medmamba.bundle import release_threshold
+
+    path = tmp_path / "threshold.json"
+    path.write_text(json.dumps({"threshold_log_odds": 14.5967}))  # written before the key: the maximum read-out
+    assert release_threshold(path, 0.5, volume_readout="maximum") == pytest.approx(1 / (1 + np.exp(-14.5967)), rel=1e-15)
+    with pytest.raises(ValueError, match=r"set with volume_readout='maximum', but volume_readout='mirror' was asked for"):
+        release_threshold(path, 0.5, volume_readout="mirror")
+    path.write_text(json.dumps({"threshold_log_odds": 12.5, "volume_readout": "mirror"}))
+    assert release_threshold(path, 0.5, volume_readout="mirror") == pytest.approx(1 / (1 + np.exp(-12.5)), rel=1e-15)
+    # a threshold the user gives wins, whatever the file holds
+    assert release_threshold(path, 0.5, volume_readout="maximum", threshold_log_odds=3.0) == pytest.approx(1 / (1 + np.exp(-3.0)))
+
+
 @pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
 def test_bundle_configs_decide_at_the_threshold_of_the_run(tmp_path: Path, config: str) -> None:
     from monai.bundle import ConfigParser
@@ -153,8 +167,13 @@ def test_bundle_configs_decide_at_the_threshold_of_the_run(tmp_path: Path, confi
         return parser.get_parsed_content("threshold")
 
     assert threshold() == 0.9999725  # no threshold.json: the config's default (10.5 log-odds)
-    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0}))
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0, "volume_readout": "mirror"}))
     assert threshold() == pytest.approx(1 / (1 + np.exp(-12.0)), rel=1e-15)
+    # a threshold of 0.13.x (no read-out recorded: the maximum) does not hold for 0.14's mirror read-out
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 14.5967}))
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's error
+        threshold()
+    assert "set with volume_readout='maximum', but volume_readout='mirror'" in str(info.value.__cause__)
 
 
 def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path: Path, monkeypatch) -> None:
@@ -288,6 +307,7 @@ def test_calibrate_writes_the_release_threshold_file(tmp_path: Path) -> None:
               threshold_file=tmp_path / "models" / "threshold.json")
     doc = json.loads((tmp_path / "models" / "threshold.json").read_text())
     assert doc["threshold_log_odds"] == 11.2501 and doc["negative_max"] == 11.25 and doc["n_negatives"] == 2
+    assert doc["volume_readout"] == "maximum"  # the read-out the threshold holds for
     assert release_threshold(tmp_path / "models" / "threshold.json", 0.5) == pytest.approx(doc["threshold_probability"])
 
 

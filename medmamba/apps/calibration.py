@@ -71,6 +71,7 @@ def calibrate(
     specificity: float = 0.95,
     confidence: float = 0.95,
     threshold_file: str | os.PathLike[str] | None = None,
+    volume_readout: str = "maximum",
 ) -> dict[str, Any]:
     """Classify lesion-free (and optionally lesion) scans and set the threshold at ``specificity``.
 
@@ -90,6 +91,8 @@ def calibrate(
         confidence: the confidence level of the specificity's lower bound, in (0, 1).
         threshold_file: if given, the threshold is also written there (``threshold_log_odds``,
             ``threshold_probability``, and where it came from), for :func:`medmamba.bundle.release_threshold`.
+        volume_readout: the read-out ``predictor`` scores volumes with (the bundle's ``volume_readout``),
+            recorded in both files: the threshold holds for that score only.
 
     Returns:
         The content of ``calibration.json``.
@@ -121,6 +124,7 @@ def calibrate(
         "positive_path": None if positive_path is None else os.fspath(positive_path),
         "failed": failed,
         "inference_override": f"--threshold_log_odds {round(result.threshold_log_odds, 4)!r}",
+        "volume_readout": volume_readout,
     }
     atomic_write_text(out / "calibration.json", json.dumps(doc, indent=1) + "\n")
     if threshold_file is not None:
@@ -131,6 +135,7 @@ def calibrate(
             "n_negatives": result.n_negatives,
             "negative_max": result.negative_max,
             "calibration": os.fspath(out / "calibration.json"),
+            "volume_readout": volume_readout,
         }
         atomic_write_text(Path(threshold_file), json.dumps(release, indent=1) + "\n")
     logger.info("threshold %.4f log-odds: %d of %d lesion-free scans below (specificity %.3f, %.0f %% lower bound %.3f%s)",
