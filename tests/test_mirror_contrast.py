@@ -129,6 +129,12 @@ def test_dense_lesion_map_refuses_a_network_without_lesion_map():
         DenseLesionMap(nn.Conv2d(1, 2, 1))
 
 
+@pytest.mark.parametrize("kwargs", [{"pooling": "topk"}, {"readout": "brain"}])
+def test_dense_lesion_map_refuses_a_classifier_pooled_otherwise(kwargs):
+    with pytest.raises(ValueError, match=r"takes each slice's maximum over the whole image.*expected 'max' and 'image'"):
+        DenseLesionMap(LesionMapClassifier(_TinySeg(), lesion_channel=-1, **kwargs))
+
+
 def test_dense_lesion_map_of_an_ensemble_is_the_members_mean():
     first = LesionMapClassifier(_TinySeg(), lesion_channel=-1)
     second = LesionMapClassifier(_Shifted(), lesion_channel=-1)

@@ -99,11 +99,20 @@ class DenseLesionMap(nn.Module):
 
     Raises:
         TypeError: ``classifier`` holds no lesion-map classifier (a network without ``lesion_channel``).
+        ValueError: a classifier pools otherwise than by the maximum over the whole image (``pooling``
+            other than ``"max"``, ``readout`` other than ``"image"``), which the contrast would silently replace.
     """
 
     def __init__(self, classifier: Any, background_channel: int = 0) -> None:
         super().__init__()
-        self.members = [(m.network, int(m.lesion_channel)) for m in _lesion_map_classifiers(classifier)]
+        found = _lesion_map_classifiers(classifier)
+        for member in found:  # the contrast replaces the classifier's own pooling: the per-slice maximum
+            pooling, readout = getattr(member, "pooling", "max"), getattr(member, "readout", "image")
+            if pooling != "max" or readout != "image":
+                raise ValueError(f"the mirror read-out takes each slice's maximum over the whole image; the classifier "
+                                 f"has pooling={pooling!r}, readout={readout!r} (expected 'max' and 'image'): use "
+                                 f"volume_readout 'maximum' with it.")
+        self.members = [(m.network, int(m.lesion_channel)) for m in found]
         self.background_channel = int(background_channel)
         self.in_channels = int(getattr(classifier, "in_channels", -1))
 
