@@ -44,13 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medmamba.inferers.mirror_contrast import OUTSIDE_LOG_ODDS  # log-odds outside the mirror image's field of view
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 __all__ = ["mirror_contrast", "mirrored", "pooled_auc", "volume_score", "weights_tag"]
-
-#: log-odds given outside the field of view of the mirror image
-OUTSIDE_LOG_ODDS = -50.0
 
 
 def volume_score(lesion_map: np.ndarray, top_k: int = 2, slice_axis: int = 2) -> float:
@@ -102,12 +101,11 @@ def mirrored(lesion_map: np.ndarray, brain: np.ndarray, size: int = 1) -> np.nda
         raise ValueError("brain is empty: no mirror plane.")
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}.")
-    centre = ndimage.center_of_mass(brain)[0]
-    n = lesion_map.shape[0]
-    source = np.round(2 * centre - np.arange(n)).astype(int)
-    inside = (source >= 0) & (source < n)
-    out = np.full(lesion_map.shape, OUTSIDE_LOG_ODDS, dtype=np.float32)
-    out[inside] = lesion_map[source[inside]]
+    import torch
+
+    from medmamba.inferers.mirror_contrast import mirrored as reflect  # the bundle's read-out (volume_readout mirror)
+
+    out = reflect(torch.as_tensor(lesion_map, dtype=torch.float32), torch.as_tensor(brain), axis=0).numpy()
     return ndimage.maximum_filter(out, size=size) if size > 1 else out
 
 
