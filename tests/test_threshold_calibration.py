@@ -247,6 +247,21 @@ def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path
     np.testing.assert_array_equal(np.asarray(nib.load(neg / "real_robex_head_native.nii.gz").dataobj), real)
     left_out = json.loads((tmp_path / "sets_arm" / "sets.json").read_text())["left_out"]
     assert left_out == [{"images": "real_robex_brain_{native,2mm}", "reason": reason}]
+    # the scan file a ROBEX mask was committed for: stripped there too, from the committed mask, no ROBEX
+    from medmamba.data.default_dataset import file_sha256
+
+    masks = tmp_path / "committed"
+    masks.mkdir()
+    committed = np.zeros((8, 8, 8), np.uint8)
+    committed[1:7, 2:6, 2:6] = 1
+    nib.save(nib.Nifti1Image(committed, np.diag([1.5, 1.5, 1.5, 1.0])), str(masks / "robex_brain_native.nii.gz"))
+    monkeypatch.setattr(registry_scans, "COMMITTED_MASKS_DIR", masks)
+    monkeypatch.setattr(registry_scans, "COMMITTED_ROBEX_MASKS", {"robex": file_sha256(real_path)})
+    neg, _ = release_sets(data, tmp_path / "sets_committed", resolutions=(2,), fsl_template=False)
+    assert json.loads((tmp_path / "sets_committed" / "sets.json").read_text())["left_out"] == []
+    real_brain = np.asarray(nib.load(neg / "real_robex_brain_native.nii.gz").dataobj)
+    assert real_brain.sum() == real[committed > 0].sum() and not real_brain[committed == 0].any()
+    monkeypatch.setattr(registry_scans, "COMMITTED_ROBEX_MASKS", {})
     neg, _ = release_sets(data, tmp_path / "sets_nofsl", resolutions=(2,), fsl_template=False, real_scan=False)
     assert sorted(p.name for p in neg.iterdir()) == ["template_2mm.nii.gz", "v-neg.nii.gz"]
 

@@ -236,9 +236,10 @@ def release_sets(
                             dtype=np.float32, xform_code=1)
     left_out = []
     if real_path is not None:
-        from medmamba.data.registry_scans import robex_runs_here
+        from medmamba.data.registry_scans import committed_robex_mask, robex_runs_here
 
-        strip, why = robex_runs_here()
+        # the committed mask of this very file needs no ROBEX; another file needs the tool to run here
+        strip, why = (True, "") if committed_robex_mask("robex", real_path) is not None else robex_runs_here()
         if not strip:
             logger.warning("the real scan's skull-stripped negatives are left out: %s", why)
             left_out.append({"images": "real_robex_brain_{native,2mm}", "reason": why})
@@ -257,8 +258,9 @@ def real_scan_negatives(
 ) -> list[Path]:
     """A lesion-free real scan as four negatives: whole head and skull-stripped, native and 2 mm.
 
-    The brain mask is ROBEX's (:func:`medmamba.data.registry_scans.robex_brain_mask`, about a minute
-    on two cores); the 2 mm copies are :func:`medmamba.data.registry_scans.to_isotropic_2mm` of the scan
+    The brain mask is ROBEX's: committed with the package for the scan file it was made from
+    (:func:`medmamba.data.registry_scans.registry_scan_brain_mask`), else ROBEX run (about a minute on two
+    cores); the 2 mm copies are :func:`medmamba.data.registry_scans.to_isotropic_2mm` of the scan
     and the mask, as the registry checks of the shift suite make them.
 
     Args:
@@ -273,13 +275,12 @@ def real_scan_negatives(
     """
     import numpy as np
 
-    from medmamba.data.registry_scans import load_registry_scan, robex_brain_mask, to_isotropic_2mm
+    from medmamba.data.registry_scans import load_registry_scan, registry_scan_brain_mask, to_isotropic_2mm
     from medmamba.io.nifti import write_nifti
 
     volume, affine = load_registry_scan(path)
     if skull_stripped:
-        logger.info("ROBEX brain mask of the real scan %s (about a minute)", name)
-        mask = robex_brain_mask(volume, affine)
+        mask = registry_scan_brain_mask(name, path, volume, affine)
     else:
         mask = np.ones(volume.shape, dtype=bool)  # only resampled alongside the head, never written
     written = []

