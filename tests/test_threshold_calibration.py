@@ -108,6 +108,12 @@ def test_calibrate_writes_the_threshold_from_the_sites_scans(tmp_path: Path) -> 
     assert doc["threshold_log_odds"] == 9.5001 and doc["n_negatives"] == 4 and doc["sensitivity"] == 0.5
     assert doc["inference_override"] == "--threshold_log_odds 9.5001"
     assert json.loads((tmp_path / "out" / "calibration.json").read_text()) == doc
+    assert doc["volume_readout"] == "maximum" and "mirror_margin" not in doc  # a margin belongs to the mirror read-out
+    doc = calibrate(tmp_path / "neg", tmp_path / "out_m", _predictor, _preprocessing, specificity=1.0,
+                    threshold_file=tmp_path / "t.json", volume_readout="mirror", mirror_margin=3)
+    written = json.loads((tmp_path / "t.json").read_text())
+    assert (doc["volume_readout"], doc["mirror_margin"]) == ("mirror", 3.0)
+    assert (written["volume_readout"], written["mirror_margin"], written["threshold_log_odds"]) == ("mirror", 3.0, 9.5001)
     assert sorted(report_scores(tmp_path / "out" / "negatives" / "probabilities.csv")) == [3.0, 5.0, 7.25, 9.5]
     with pytest.raises(ValueError, match="negative_path is required"):
         calibrate(None, tmp_path / "o2", _predictor, _preprocessing)
@@ -152,6 +158,16 @@ def test_release_threshold_holds_for_the_read_out_it_was_set_with(tmp_path: Path
     assert release_threshold(path, 0.5, volume_readout="mirror") == pytest.approx(1 / (1 + np.exp(-12.5)), rel=1e-15)
     # a threshold the user gives wins, whatever the file holds
     assert release_threshold(path, 0.5, volume_readout="maximum", threshold_log_odds=3.0) == pytest.approx(1 / (1 + np.exp(-3.0)))
+    # the mirror read-out's margin: a file without it was set with 0.14.0's 4.0
+    assert release_threshold(path, 0.5, volume_readout="mirror", mirror_margin=4.0) == pytest.approx(1 / (1 + np.exp(-12.5)))
+    with pytest.raises(ValueError, match=r"set with mirror_margin=4.0, but mirror_margin=2.0 was asked for.*--mirror_margin 2.0"):
+        release_threshold(path, 0.5, volume_readout="mirror", mirror_margin=2.0)
+    path.write_text(json.dumps({"threshold_log_odds": 12.5, "volume_readout": "mirror", "mirror_margin": 2.0}))
+    assert release_threshold(path, 0.5, volume_readout="mirror", mirror_margin=2.0) == pytest.approx(1 / (1 + np.exp(-12.5)))
+    with pytest.raises(ValueError, match=r"set with mirror_margin=2.0, but mirror_margin=4.0"):
+        release_threshold(path, 0.5, volume_readout="mirror", mirror_margin=4.0)
+    assert release_threshold(path, 0.5, volume_readout="mirror", mirror_margin=4.0, threshold_log_odds=3.0) == pytest.approx(
+        1 / (1 + np.exp(-3.0)))
 
 
 @pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
@@ -174,6 +190,12 @@ def test_bundle_configs_decide_at_the_threshold_of_the_run(tmp_path: Path, confi
     with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's error
         threshold()
     assert "set with volume_readout='maximum', but volume_readout='mirror'" in str(info.value.__cause__)
+    # a mirror threshold set with another margin than the config's (4.0) does not hold either
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0, "volume_readout": "mirror",
+                                                         "mirror_margin": 2.0}))
+    with pytest.raises(RuntimeError) as info:
+        threshold()
+    assert "set with mirror_margin=2.0, but mirror_margin=4.0" in str(info.value.__cause__)
 
 
 def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path: Path, monkeypatch) -> None:

@@ -72,6 +72,7 @@ def calibrate(
     confidence: float = 0.95,
     threshold_file: str | os.PathLike[str] | None = None,
     volume_readout: str = "maximum",
+    mirror_margin: float | None = None,
 ) -> dict[str, Any]:
     """Classify lesion-free (and optionally lesion) scans and set the threshold at ``specificity``.
 
@@ -93,6 +94,8 @@ def calibrate(
             ``threshold_probability``, and where it came from), for :func:`medmamba.bundle.release_threshold`.
         volume_readout: the read-out ``predictor`` scores volumes with (the bundle's ``volume_readout``),
             recorded in both files: the threshold holds for that score only.
+        mirror_margin: the margin of the ``"mirror"`` read-out (the bundle's ``mirror_margin``), recorded
+            beside it; ``None`` records none.
 
     Returns:
         The content of ``calibration.json``.
@@ -104,6 +107,7 @@ def calibrate(
     if negative_path is None:
         raise ValueError("negative_path is required: the site's lesion-free scans (bundle override --negative_path <path>).")
     out = Path(output_dir)
+    readout_settings = {"mirror_margin": float(mirror_margin)} if volume_readout == "mirror" and mirror_margin is not None else {}
     runs = {"negatives": negative_path, "positives": positive_path}
     scores: dict[str, list[float]] = {}
     failed: dict[str, list] = {}
@@ -125,6 +129,7 @@ def calibrate(
         "failed": failed,
         "inference_override": f"--threshold_log_odds {round(result.threshold_log_odds, 4)!r}",
         "volume_readout": volume_readout,
+        **readout_settings,
     }
     atomic_write_text(out / "calibration.json", json.dumps(doc, indent=1) + "\n")
     if threshold_file is not None:
@@ -136,6 +141,7 @@ def calibrate(
             "negative_max": result.negative_max,
             "calibration": os.fspath(out / "calibration.json"),
             "volume_readout": volume_readout,
+            **readout_settings,
         }
         atomic_write_text(Path(threshold_file), json.dumps(release, indent=1) + "\n")
     logger.info("threshold %.4f log-odds: %d of %d lesion-free scans below (specificity %.3f, %.0f %% lower bound %.3f%s)",
