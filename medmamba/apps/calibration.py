@@ -107,7 +107,9 @@ def calibrate(
     if negative_path is None:
         raise ValueError("negative_path is required: the site's lesion-free scans (bundle override --negative_path <path>).")
     out = Path(output_dir)
-    readout_settings = {"mirror_margin": float(mirror_margin)} if volume_readout == "mirror" and mirror_margin is not None else {}
+    readout_settings: dict[str, float] = {}  # what else the score depends on, beside the read-out
+    if volume_readout == "mirror" and mirror_margin is not None:
+        readout_settings["mirror_margin"] = float(mirror_margin)
     runs = {"negatives": negative_path, "positives": positive_path}
     scores: dict[str, list[float]] = {}
     failed: dict[str, list] = {}
