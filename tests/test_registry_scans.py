@@ -132,6 +132,7 @@ def test_a_committed_robex_mask_serves_the_file_it_was_made_from_only(tmp_path, 
     other = tmp_path / "other.nii.gz"
     _nifti_scan(other, volume * 2.0, affine)
     assert registry_scans.committed_robex_mask("toy", other) is None
+    assert registry_scans.has_committed_robex_mask("toy", scan) and not registry_scans.has_committed_robex_mask("toy", other)
     assert registry_scans.registry_scan_brain_mask("toy", other, volume, affine).all() and ran == [(6, 6, 6)]
     # a scan without a committed mask: ROBEX
     assert registry_scans.committed_robex_mask("bb1", scan) is None

@@ -244,10 +244,10 @@ def release_sets(
                             dtype=np.float32, xform_code=1)
     left_out = []
     if real_path is not None:
-        from medmamba.data.registry_scans import committed_robex_mask, robex_runs_here
+        from medmamba.data.registry_scans import has_committed_robex_mask, robex_runs_here
 
         # the committed mask of this very file needs no ROBEX; another file needs the tool to run here
-        strip, why = (True, "") if committed_robex_mask("robex", real_path) is not None else robex_runs_here()
+        strip, why = (True, "") if has_committed_robex_mask("robex", real_path) else robex_runs_here()
         if not strip:
             logger.warning("the real scan's skull-stripped negatives are left out: %s", why)
             left_out.append({"images": "real_robex_brain_{native,2mm}", "reason": why})

