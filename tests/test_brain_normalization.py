@@ -159,3 +159,26 @@ def test_a_segmentation_network_gives_its_own_brain_and_returns_its_second_pass(
     torch.testing.assert_close(out, explicit)
     # the third channel follows the input: normalised over the box it differs from the raw pass
     assert (out[:, 2] - one_pass[:, 2]).abs().max() > 0.1
+
+
+def test_the_tissue_passes_may_run_another_inferer_than_the_final_one() -> None:
+    """``tissue_inferer``: the mask's pass (e.g. without the flip TTA) apart from the final pass."""
+    head, _, _ = _head_and_brain(4)
+    seg = _BoxTissue().eval()
+    calls: list[str] = []
+
+    def recording(name: str, inferer: SliceStackInferer):
+        def run(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
+            calls.append(name)
+            return inferer(x, network)
+        return run
+
+    slices = SliceStackInferer(spatial_dim=2, context=0)
+    with torch.no_grad():
+        out = BrainNormalizingInferer(recording("final", slices), min_voxels=100,
+                                      tissue_inferer=recording("tissue", slices))(head[None], seg)
+        same = BrainNormalizingInferer(slices, min_voxels=100)(head[None], seg)
+    assert calls == ["tissue", "final"]
+    torch.testing.assert_close(out, same)  # the same inferer in both roles: the result of the default
+    with pytest.raises(TypeError, match="tissue_inferer must be callable or None, got int"):
+        BrainNormalizingInferer(slices, tissue_inferer=3)  # type: ignore[arg-type]

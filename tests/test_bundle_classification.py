@@ -618,6 +618,15 @@ def test_contrast_polarity_probes_with_the_segmentation_network(tmp_path):
             assert isinstance(inferer, ContrastPolarityInferer) and inferer.polarity == "auto"
             assert isinstance(inferer.probe_inferer, SliceStackInferer)
             assert type(inferer.probe_network).__name__ == "FusedMobileMambaSeg"
+        # with brain extraction (the default) the probe runs the extractor's own network and slice-stack
+        # inferer, which keeps its last pass: the extraction of a volume left as given reuses the probe's
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser.update({"bundle_root": str(bundles / "mobilemamba_classification"), "device": "$torch.device('cpu')"})
+        inferer = parser.get_parsed_content("polarity_inferer")
+        extractor = inferer.inferer.extractor
+        assert inferer.probe_network is extractor.network and inferer.probe_inferer is extractor.inferer
+        assert inferer.probe_inferer.reuse_last_pass is True
     shutil.rmtree(seg)
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))

@@ -233,6 +233,9 @@ def test_inference_and_evaluation_choose_the_contrast_polarity() -> None:
             assert isinstance(inferer, ContrastPolarityInferer) and inferer.polarity == polarity
             assert isinstance(inferer.probe_inferer, SliceStackInferer) and inferer.probe_network is None
             assert (inferer.min_explained_gain, inferer.min_confidence_gain) == (0.0, 0.05)
+            # the probe is the flip TTA's own slice-stack pass, which keeps its last pass (0.7.1): the first
+            # brain-normalising pass reuses the probe's pass over the volume as given
+            assert inferer.probe_inferer is inferer.inferer.inferer.inferer and inferer.probe_inferer.reuse_last_pass is True
 
 
 def test_slice_views_are_off_by_default_and_the_views_overlay_aggregates_three() -> None:

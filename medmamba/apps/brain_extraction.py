@@ -21,7 +21,7 @@ from medmamba.bundle.flags import flag
 from medmamba.inferers.brain_extraction import BrainExtractor, SkullStrippingInferer
 from medmamba.inferers.contrast_polarity import POLARITIES, ContrastPolarityInferer
 
-__all__ = ["contrast_polarity_inferer", "load_brain_extractor", "skull_stripping_inferer"]
+__all__ = ["contrast_polarity_inferer", "load_brain_extractor", "single_pass_extractor", "skull_stripping_inferer"]
 
 
 def load_brain_extractor(
@@ -123,12 +123,35 @@ def skull_stripping_inferer(
         segmentation_bundle_root, device=device, spacing=spacing, inferer_item=inferer_item, closing_mm=closing_mm))
 
 
+def single_pass_extractor(inferer: Any, inferer_item: str) -> BrainExtractor | None:
+    """The brain extractor of a skull-stripping inferer when it runs the segmentation network's single
+    slice-stack pass (``inferer_item`` ``"inferer#inferer"``), else ``None``.
+
+    That is the pass the contrast-polarity probe runs (:func:`contrast_polarity_inferer`); sharing the
+    extractor's network and inferer lets the extraction reuse the probe's pass over the volume as given
+    (``reuse_last_pass`` of the segmentation bundle's :class:`medmamba.inferers.SliceStackInferer`).
+
+    Args:
+        inferer: the bundle's inferer (:func:`skull_stripping_inferer`'s result).
+        inferer_item: the segmentation bundle's inferer item the extractor was loaded with (``#`` or
+            MONAI's ``::`` as the separator: a config gives the latter).
+    """
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    extractor = getattr(inferer, "extractor", None)
+    single_pass = ReferenceResolver.normalize_id(str(inferer_item)) == ReferenceResolver.normalize_id("inferer#inferer")
+    if isinstance(inferer, SkullStrippingInferer) and isinstance(extractor, BrainExtractor) and single_pass:
+        return extractor
+    return None
+
+
 def contrast_polarity_inferer(
     inferer: Any,
     polarity: str,
     segmentation_bundle_root: str | os.PathLike[str],
     device: str | torch.device | None = None,
     spacing: Sequence[float] | None = None,
+    extractor: BrainExtractor | None = None,
 ) -> Any:
     """A bundle's inferer behind the segmentation network's choice of contrast polarity.
 
@@ -144,6 +167,10 @@ def contrast_polarity_inferer(
         segmentation_bundle_root: the segmentation bundle's folder (:func:`load_brain_extractor`).
         device: where the segmentation network runs.
         spacing: voxel size in mm of the volumes (the calling bundle's ``pixdim``).
+        extractor: the segmentation network's single-pass brain extractor that the bundle already
+            loaded (:func:`single_pass_extractor`); the probe then runs its network and inferer, so
+            that the extraction of a volume left as given reuses the probe's pass. ``None``: the
+            probe's network is loaded from ``segmentation_bundle_root``.
 
     Returns:
         ``inferer`` or a :class:`medmamba.inferers.ContrastPolarityInferer` around it.
@@ -157,6 +184,10 @@ def contrast_polarity_inferer(
         return inferer
     if polarity == "inverted":  # no probe to run
         return ContrastPolarityInferer(inferer, polarity=polarity)
+    if extractor is not None:
+        if not isinstance(extractor, BrainExtractor):
+            raise TypeError(f"extractor must be a BrainExtractor or None, got {type(extractor).__name__}.")
+        return ContrastPolarityInferer(inferer, probe_inferer=extractor.inferer, probe_network=extractor.network, polarity=polarity)
     try:
         probe = load_brain_extractor(segmentation_bundle_root, device=device, spacing=spacing, inferer_item="inferer#inferer")
     except ValueError as err:

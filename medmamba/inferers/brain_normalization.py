@@ -127,6 +127,9 @@ class BrainNormalizingInferer(Inferer):
             (:func:`medmamba.transforms.detach_brain`); 0 (the default): none.
         spacing: voxel size in mm of the volumes the network sees (needed when ``opening_mm`` > 0;
             the bundle's ``pixdim``).
+        tissue_inferer: the inferer of the tissue passes, whose most likely class per voxel only gives
+            the brain mask (e.g. the single slice-stack pass inside ``inferer``'s flip TTA); ``None``
+            (the default): ``inferer``, as for the final pass.
 
     Raises:
         TypeError: ``inferer`` is not callable.
@@ -144,6 +147,7 @@ class BrainNormalizingInferer(Inferer):
         network_kind: str = "segmentation",
         opening_mm: float = 0.0,
         spacing: Sequence[float] | None = None,
+        tissue_inferer: Callable[..., Any] | None = None,
     ) -> None:
         if network_kind not in ("lesion_map", "segmentation"):
             raise ValueError(f"network_kind must be 'lesion_map' or 'segmentation', got {network_kind!r}.")
@@ -153,8 +157,11 @@ class BrainNormalizingInferer(Inferer):
         if isinstance(tissue_passes, bool) or not isinstance(tissue_passes, int) or tissue_passes < 0:
             raise ValueError(f"tissue_passes must be a non-negative integer, got {tissue_passes!r}.")
         self.tissue_passes = tissue_passes
+        if tissue_inferer is not None and not callable(tissue_inferer):
+            raise TypeError(f"tissue_inferer must be callable or None, got {type(tissue_inferer).__name__}.")
         super().__init__()
         self.inferer = inferer
+        self.tissue_inferer = inferer if tissue_inferer is None else tissue_inferer
         self.background_channel = int(background_channel)
         if opening_mm and spacing is None:
             raise ValueError(f"opening_mm={opening_mm!r} needs spacing, the voxel size in mm of the network's input.")
@@ -163,7 +170,7 @@ class BrainNormalizingInferer(Inferer):
 
     def brain_masks(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:
         """Boolean brain masks ``(B, *spatial)`` from the tissue network's most likely class per voxel."""
-        logits = self.inferer(inputs, tissue_network(network) if self.network_kind == "lesion_map" else network)
+        logits = self.tissue_inferer(inputs, tissue_network(network) if self.network_kind == "lesion_map" else network)
         return brain_masks_from_logits(logits, inputs, self.masker, self.background_channel)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]

@@ -200,12 +200,14 @@ class ContrastPolarityInferer(Inferer):
         """The tissue map fits of one volume ``(C, *spatial)`` as given and inverted (``inverted``:
         its :func:`invert_contrast`, if already made)."""
         tissue = self.probe_network if self.probe_network is not None else network
-        out = []
-        for candidate in (volume, invert_contrast(volume) if inverted is None else inverted):
+        fits = {}
+        # the volume as given last: the pass a probe inferer with ``reuse_last_pass`` keeps is then the
+        # one the volume's next pass (brain normalisation, brain extraction) needs when it goes on as given
+        for name, candidate in (("inverted", invert_contrast(volume) if inverted is None else inverted), ("given", volume)):
             with torch.no_grad():
                 logits = self.probe_inferer(candidate[None], tissue)
-            out.append(tissue_map_fit(candidate, torch.as_tensor(logits)[0], self.background_channel))
-        return out[0], out[1]
+            fits[name] = tissue_map_fit(candidate, torch.as_tensor(logits)[0], self.background_channel)
+        return fits["given"], fits["inverted"]
 
     def _inverted_volumes(self, inputs: torch.Tensor, network: Any) -> list[torch.Tensor | None]:
         """Per volume of ``inputs``: its inverted form where it goes on inverted, else ``None``."""

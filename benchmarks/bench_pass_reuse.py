@@ -1,0 +1,116 @@
+"""What reusing the segmentation network's pass over the volume as given saves (``reuse_last_pass``).
+
+With the contrast-polarity check on (``contrast_polarity`` ``auto``, the default of both bundles'
+``inference.json``), each volume is run through the segmentation network as given and inverted before
+the bundle's own passes, and one of those repeats the probe's pass over the volume as given: the
+classification bundle's brain extraction (the segmentation network's single slice-stack pass) and the
+first half of the segmentation bundle's first flip-TTA pass. With ``reuse_last_pass`` (the
+segmentation bundle's slice-stack inferer, on since segmentation 0.7.1 / classification 0.14.2) that
+pass is computed once.
+
+Loads both bundles' ``inference.json`` (their trained weights), preprocesses each ``--image`` as each
+bundle does and times each bundle's predictor on the preprocessed volumes in one process, with and
+without reuse, alternated round by round (:func:`common.alternating_medians`); checks that both give
+the same output, value for value. Prints the median seconds per volume side by side, their ratio and
+the CPU. Loading, resampling and writing are not included (the same either way).
+
+Usage::
+
+    python benchmarks/bench_pass_reuse.py --image a.nii.gz --image b.nii.gz [--rounds 3] [--threads 1] [--bundles bundles]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import alternating_medians, machine_line  # noqa: E402
+
+from medmamba.resources import configure_threads  # noqa: E402
+
+__all__ = ["main"]
+
+BUNDLES = {"classification": "mobilemamba_classification", "segmentation": "mobilemamba_segmentation"}
+
+
+def _predictor(bundle: Path, reuse: bool) -> tuple[Any, Any]:
+    """``(predictor, preprocessing)`` of a bundle's ``inference.json``, the segmentation network's
+    slice-stack inferer reusing its last pass or not."""
+    from monai.bundle import ConfigParser
+
+    from medmamba.inferers import ContrastPolarityInferer, SliceStackInferer
+
+    config = ConfigParser()
+    config.read_config(str(bundle / "configs" / "inference.json"))
+    config["bundle_root"] = str(bundle)
+    config["contrast_polarity"] = "auto"
+    if "inferer#inferer#progress" in config:  # no per-volume slice bars between the table's rows
+        config["inferer#inferer#progress"] = False
+    predictor = config.get_parsed_content("predictor")
+    polarity = predictor.inferer  # the predictor's own chain (a config expression may be evaluated anew)
+    for _ in range(8):
+        if isinstance(polarity, ContrastPolarityInferer):
+            break
+        polarity = getattr(polarity, "inferer", None)
+    if not isinstance(polarity, ContrastPolarityInferer) or not isinstance(polarity.probe_inferer, SliceStackInferer):
+        raise ValueError(f"{bundle}: expected a contrast-polarity probe with a SliceStackInferer in the predictor, got {type(polarity).__name__}.")
+    polarity.probe_inferer.reuse_last_pass = reuse  # the same instance as the pass it is reused by
+    return predictor, config.get_parsed_content("preprocessing")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a.as_subclass(torch.Tensor), b.as_subclass(torch.Tensor)))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, action="append", required=True, help="a NIfTI file or DICOM series folder (repeat)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (each times every setting once)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bundles", type=Path, default=ROOT / "bundles", help="the folder of the two trained bundles")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    configure_threads(args.threads)
+    print(f"# reuse of the segmentation network's pass over the volume as given\n\nCPU: {machine_line()}\n")
+    print(f"{len(args.image)} scans ({', '.join(p.name for p in args.image)}), {args.rounds} rounds, median seconds per scan\n")
+    print("| bundle | network input (first scan) | without reuse | with reuse | ratio | same outputs |")
+    print("|---|---|---|---|---|---|")
+    for name, folder in BUNDLES.items():
+        bundle = args.bundles / folder
+        (off, preprocessing), (on, _) = _predictor(bundle, False), _predictor(bundle, True)
+        volumes = [preprocessing({"image": str(p)})["image"].as_tensor()[None] for p in args.image]
+        with torch.no_grad():
+            same = all(_same(off(v), on(v)) for v in volumes)
+
+        def run(predictor: Callable[[torch.Tensor], object]) -> Callable[[], None]:
+            def call() -> None:
+                with torch.no_grad():
+                    for v in volumes:
+                        predictor(v)
+            return call
+
+        medians = alternating_medians({"off": run(off), "on": run(on)}, args.rounds)
+        n = len(volumes)
+        print(f"| {name} | {tuple(volumes[0].shape[2:])} | {medians['off'] / n:.2f} | {medians['on'] / n:.2f} "
+              f"| {medians['on'] / medians['off']:.2f} | {'yes' if same else 'NO'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
