@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+from monai.bundle.reference_resolver import ReferenceResolver
 
 from medmamba.bundle.flags import flag
 from medmamba.inferers.brain_extraction import BrainExtractor, SkullStrippingInferer
@@ -136,8 +137,6 @@ def single_pass_extractor(inferer: Any, inferer_item: str) -> BrainExtractor | N
         inferer_item: the segmentation bundle's inferer item the extractor was loaded with (``#`` or
             MONAI's ``::`` as the separator: a config gives the latter).
     """
-    from monai.bundle.reference_resolver import ReferenceResolver
-
     extractor = getattr(inferer, "extractor", None)
     single_pass = ReferenceResolver.normalize_id(str(inferer_item)) == ReferenceResolver.normalize_id("inferer#inferer")
     if isinstance(inferer, SkullStrippingInferer) and isinstance(extractor, BrainExtractor) and single_pass:
