@@ -56,25 +56,20 @@ def _predictor(bundle: Path, reuse: bool) -> tuple[Any, Any]:
     if "inferer#inferer#progress" in config:  # no per-volume slice bars between the table's rows
         config["inferer#inferer#progress"] = False
     predictor = config.get_parsed_content("predictor")
-    polarity = predictor.inferer  # the predictor's own chain (a config expression may be evaluated anew)
-    for _ in range(8):
-        if isinstance(polarity, ContrastPolarityInferer):
-            break
-        polarity = getattr(polarity, "inferer", None)
+    polarity = config.get_parsed_content("polarity_inferer")  # the instance inside the predictor's chain
     if not isinstance(polarity, ContrastPolarityInferer) or not isinstance(polarity.probe_inferer, SliceStackInferer):
-        raise ValueError(f"{bundle}: expected a contrast-polarity probe with a SliceStackInferer in the predictor, got {type(polarity).__name__}.")
+        raise ValueError(f"{bundle}: expected a contrast-polarity probe with a SliceStackInferer, got {type(polarity).__name__}.")
     polarity.probe_inferer.reuse_last_pass = reuse  # the same instance as the pass it is reused by
     return predictor, config.get_parsed_content("preprocessing")
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a.as_subclass(torch.Tensor), b.as_subclass(torch.Tensor)))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
+    """Whether two predictor outputs (tensors or tuples of them) are equal value for value."""
+    try:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    except AssertionError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
