@@ -66,3 +66,41 @@ def test_random_training_transforms_do_not_write_into_the_cached_volume(bundle: 
         if isinstance(value, torch.Tensor):
             assert torch.equal(cached[key].as_tensor(), value.as_tensor()), key
             assert torch.equal(cached[key].affine, value.affine), key
+
+
+@pytest.mark.parametrize("bundle", ["classification", "segmentation"])
+def test_training_samples_are_those_of_monai_rand_flip(bundle: str) -> None:
+    """The bundles flip slice stacks with :class:`medmamba.transforms.RandStackFlipd` (plain tensors, no
+    meta-data path); with MONAI's ``RandFlipd`` in its place the same seed gives the same samples."""
+    from monai.transforms import RandFlipd
+
+    from medmamba.transforms import RandStackFlipd
+
+    root = ROOT / "bundles" / f"mobilemamba_{bundle}"
+
+    def random_transforms() -> list:
+        parser = ConfigParser()
+        parser.read_config(str(root / "configs" / "train.json"))
+        parser["bundle_root"] = str(root)
+        return parser.get_parsed_content("train#random_transforms")
+
+    ours = random_transforms()
+    flips = [t for t in ours if isinstance(t, RandStackFlipd)]
+    assert len(flips) == (2 if bundle == "classification" else 1)
+    assert not any(type(t) is RandFlipd for t in ours)
+    theirs = [
+        RandFlipd(t.keys, prob=t.prob, spatial_axis=t.flipper.spatial_axis) if isinstance(t, RandStackFlipd) else t
+        for t in random_transforms()
+    ]
+    cached = _volume()
+    if bundle == "segmentation":
+        cached = {k: v for k, v in cached.items() if k != "lesion"}
+    a, b = Compose(ours).set_random_state(seed=4), Compose(theirs).set_random_state(seed=4)
+    compared = 0
+    for _ in range(3):
+        for x, y in zip(a(cached), b(cached), strict=True):
+            assert type(x["image"]) is torch.Tensor  # plain from the flip on
+            for key in ("image", "label"):
+                assert torch.equal(x[key], torch.as_tensor(y[key])), key
+            compared += 1
+    assert compared == 3 * {"classification": 16, "segmentation": 8}[bundle]  # slices_per_volume of train.json

@@ -217,8 +217,36 @@ def white_matter_rim(labels: np.ndarray, wm_label: int = 3) -> np.ndarray:
     Returns:
         Boolean mask of the same shape.
     """
-    wm = np.asarray(labels) == wm_label
-    return ndimage.binary_dilation(wm, iterations=1) & (np.asarray(labels) > 0)
+    labels = np.asarray(labels)
+    wm = labels == wm_label
+    return _dilate_by_one_voxel(wm) & (labels > 0)
+
+
+def _dilate_by_one_voxel(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_dilation(mask, iterations=1)`` (face neighbours, nothing beyond the border)
+    as one shifted OR per axis and direction: the same mask, an order of magnitude faster on the
+    slice stacks the training lesion insertion runs it on (``(H, W, 5)``). The shifts run with the
+    longest axes innermost (a transposed copy: a short innermost axis makes every OR a strided loop
+    over a few elements), and the result is transposed back."""
+    order = np.argsort(mask.shape, kind="stable")  # shortest axis first, longest innermost
+    if not np.array_equal(order, np.arange(mask.ndim)):
+        moved = _shifted_or_dilation(np.ascontiguousarray(mask.transpose(order)))
+        return moved.transpose(np.argsort(order))
+    return _shifted_or_dilation(mask)
+
+
+def _shifted_or_dilation(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    for axis in range(mask.ndim):
+        n = mask.shape[axis]
+        if n < 2:
+            continue
+        lo = [slice(None)] * mask.ndim
+        hi = [slice(None)] * mask.ndim
+        lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+        out[tuple(lo)] |= mask[tuple(hi)]
+        out[tuple(hi)] |= mask[tuple(lo)]
+    return out
 
 
 def _lesion_blob(
