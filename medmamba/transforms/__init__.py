@@ -28,8 +28,8 @@ from medmamba.transforms.padding import NETWORK_STRIDE, PadToMultiple, PadToMult
 from medmamba.transforms.presets import ForegroundSelector, scan_preprocessing
 from medmamba.transforms.scan_checks import CheckScan, CheckScand, scan_plausibility, voxel_spacing
 from medmamba.transforms.slice_stack import SliceStackd, neighbour_slice_indices, stack_slices
-from medmamba.transforms.stack_flip import RandStackFlipd
 from medmamba.transforms.slice_view import SLICE_VIEWS, RandSliceViewd, check_views, from_view, to_view
+from medmamba.transforms.stack_flip import RandStackFlipd
 from medmamba.transforms.stripped_input import StrippedInputBrain, StrippedInputBraind, skull_stripped_support
 from medmamba.transforms.synthesis import RandDomainSynthesisd
 from medmamba.transforms.tissue_refinement import (

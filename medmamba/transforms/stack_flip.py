@@ -4,7 +4,8 @@ MONAI's :class:`monai.transforms.RandFlipd` turns every input into a ``MetaTenso
 global ``track_meta``), computes the flip's affine and records the transform for inversion: about a
 millisecond per call on a ``(5, 128, 128)`` slice stack, where ``torch.flip`` takes tens of
 microseconds, and the transforms after it then run MONAI's ``MetaTensor`` bookkeeping as well. The
-training pipelines flip 32 stacks per batch (classification: twice), none of which is ever inverted.
+training pipelines flip 16 (segmentation) or 32 (classification, twice) stacks per batch, none of
+which is ever inverted.
 :class:`RandStackFlipd` makes the same random draw as ``RandFlipd`` and the same flip, and keeps a plain
 tensor plain; a ``MetaTensor`` input takes ``RandFlipd``'s own path (meta data, inversion).
 """
