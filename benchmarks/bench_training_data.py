@@ -13,7 +13,7 @@ scale.
 
 Usage::
 
-    python benchmarks/bench_training_data.py --dataset-dir data/default [--batches 8] [--rounds 3]
+    python benchmarks/bench_training_data.py --dataset-dir data/default [--batches 16] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", type=Path, default=REPO / "data" / "default")
     parser.add_argument("--bundles", nargs="*", default=["classification", "segmentation"])
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -124,29 +124,29 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for bundle in args.bundles:
         config = _parser(bundle, args.dataset_dir)
-        ours = config.get_parsed_content("train#dataset")
-        theirs = CacheDataset(
-            ours.data, Compose(config.get_parsed_content("train#volume_transforms") + _with_monai_flips(
+        now = config.get_parsed_content("train#dataset")
+        before = CacheDataset(
+            now.data, Compose(config.get_parsed_content("train#volume_transforms") + _with_monai_flips(
                 _parser(bundle, args.dataset_dir).get_parsed_content("train#random_transforms"))),
             cache_rate=1.0, copy_cache=False, num_workers=2, progress=False,
         )
-        times: dict[str, list[float]] = {"monai": [], "stack": []}
+        times: dict[str, list[float]] = {"before": [], "now": []}
         same = True
         for r in range(args.rounds):  # the order alternates from round to round
             if r % 2 == 0:
-                a, ta = _batches(theirs, config, args.batches, before=True)
-                b, tb = _batches(ours, config, args.batches)
+                a, ta = _batches(before, config, args.batches, before=True)
+                b, tb = _batches(now, config, args.batches)
             else:
-                b, tb = _batches(ours, config, args.batches)
-                a, ta = _batches(theirs, config, args.batches, before=True)
-            times["monai"].append(ta)
-            times["stack"].append(tb)
+                b, tb = _batches(now, config, args.batches)
+                a, ta = _batches(before, config, args.batches, before=True)
+            times["before"].append(ta)
+            times["now"].append(tb)
             same &= all(torch.equal(torch.as_tensor(x[k]), y[k]) for x, y in zip(a, b) for k in ("image", "label"))
-        monai_s, stack_s = statistics.median(times["monai"]), statistics.median(times["stack"])
+        before_s, now_s = statistics.median(times["before"]), statistics.median(times["now"])
         step = _step_seconds(config, b[0])
         shape = "×".join(str(n) for n in b[0]["image"].shape)
-        print(f"| {bundle} | {shape} | {monai_s:.3f} | {stack_s:.3f} | {stack_s / monai_s:.2f} | {step:.3f} | {'yes' if same else 'NO'} |")
-        print(f"<!-- rounds, s/batch: before {[round(t, 3) for t in times['monai']]}, now {[round(t, 3) for t in times['stack']]} -->")
+        print(f"| {bundle} | {shape} | {before_s:.3f} | {now_s:.3f} | {now_s / before_s:.2f} | {step:.3f} | {'yes' if same else 'NO'} |")
+        print(f"<!-- rounds, s/batch: before {[round(t, 3) for t in times['before']]}, now {[round(t, 3) for t in times['now']]} -->")
         if not same:
             return 1
     return 0
