@@ -40,7 +40,6 @@ from medmamba.transforms.tissue_refinement import (
 )
 
 __all__ = [
-    "RandStackFlipd",
     "BrainNormalize",
     "BrainNormalized",
     "AntiAliasedSpacingd",
@@ -99,6 +98,7 @@ __all__ = [
     "SliceStackd",
     "SLICE_VIEWS",
     "RandSliceViewd",
+    "RandStackFlipd",
     "check_views",
     "from_view",
     "to_view",

@@ -13,12 +13,12 @@ tensor plain; a ``MetaTensor`` input takes ``RandFlipd``'s own path (meta data, 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.transforms import RandFlipd
-from monai.utils import convert_to_tensor
+from monai.transforms.utils import map_spatial_axes
+from monai.utils import ensure_tuple
 
 __all__ = ["RandStackFlipd"]
 
@@ -38,30 +38,18 @@ class RandStackFlipd(RandFlipd):
         prob: probability of flipping.
         spatial_axis: spatial axis or axes to flip along (``None``: all of them), as in ``RandFlipd``.
         allow_missing_keys: don't raise an exception if a key is missing.
+        lazy: as in ``RandFlipd``; a lazy transform takes ``RandFlipd``'s path.
     """
 
-    def __init__(
-        self,
-        keys: Any,
-        prob: float = 0.1,
-        spatial_axis: int | tuple[int, ...] | list[int] | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, prob=prob, spatial_axis=spatial_axis, allow_missing_keys=allow_missing_keys)
-
     def _dims(self, ndim: int) -> list[int]:
-        """Tensor dimensions of ``spatial_axis`` for a channel-first tensor of ``ndim`` dimensions."""
-        spatial = ndim - 1
+        """Tensor dimensions of ``spatial_axis`` for a channel-first tensor of ``ndim`` dimensions
+        (MONAI's :func:`monai.transforms.utils.map_spatial_axes`, after a range check it leaves out)."""
         axes = self.flipper.spatial_axis
-        if axes is None:
-            return list(range(1, ndim))
-        axes = [axes] if isinstance(axes, int) else list(axes)
-        out = []
-        for a in axes:
+        spatial = ndim - 1
+        for a in [] if axes is None else ensure_tuple(axes):
             if not -spatial <= a < spatial:
                 raise ValueError(f"spatial_axis {a} is out of range for a tensor with {spatial} spatial dimension(s).")
-            out.append(a % spatial + 1)
-        return out
+        return map_spatial_axes(ndim, axes)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
         """Flip every key's tensor (one draw for all), see the class description."""
@@ -70,7 +58,7 @@ class RandStackFlipd(RandFlipd):
         if lazy or self.lazy or any(isinstance(d[k], MetaTensor) or not isinstance(d[k], torch.Tensor) for k in keys):
             return super().__call__(d, lazy=lazy)
         self.randomize(None)
-        for key in keys:
-            x = convert_to_tensor(d[key], track_meta=False)
-            d[key] = torch.flip(x, self._dims(x.ndim)) if self._do_transform else x
+        if self._do_transform:
+            for key in keys:
+                d[key] = torch.flip(d[key], self._dims(d[key].ndim))
         return d
