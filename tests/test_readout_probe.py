@@ -92,3 +92,14 @@ def test_weights_tag_follows_the_weight_files(tmp_path) -> None:
     assert len(first) == 12 and weights_tag(tmp_path) == first
     (models / "model_ema.pt").write_bytes(b"abcd")  # retrained: another size and time
     assert weights_tag(tmp_path) != first
+
+
+def test_probe_scans_are_named_with_or_without_a_resolution() -> None:
+    from readout_probe import DEFAULT_SCANS, parse_scans
+
+    assert parse_scans(["itk:2mm", "robex"]) == [("itk", "2mm"), ("robex", "2mm"), ("robex", "native")]
+    assert parse_scans(list(DEFAULT_SCANS)) == parse_scans(["bb1", "bb2", "robex"])
+    with pytest.raises(ValueError, match="unknown scan 'ch2' in 'ch2:2mm'"):
+        parse_scans(["ch2:2mm"])
+    with pytest.raises(ValueError, match="resolution '1mm' in 'bb1:1mm'; expected 'native' or '2mm'"):
+        parse_scans(["bb1:1mm"])

