@@ -259,21 +259,9 @@ def summarise(name: str, scores: dict[str, dict[str, float]], records: list[dict
     print("| read-out | bb pooled AUC (hypo / hyper) | robex pooled AUC | threshold | bb lesion-free below | bb lesions above (hypo / hyper) |")
     print("|---|---|---|---|---|---|")
     for key in keys:
-        groups = {}
-        for scans in (("bb1", "bb2"), ("robex",)):
-            neg, hypo, hyper = [], [], []
-            for r in records:
-                if r["scan"] not in scans:
-                    continue
-                s = scores[f"probe_{r['scan']}_{r['resolution']}_{r['id']}"][key]
-                if r.get("factor") is None:
-                    neg.append(s)
-                else:
-                    (hypo if r["factor"] < 1 else hyper).append(s)
-            groups[scans[0]] = (neg, hypo, hyper)
-        threshold = max(v[key] for k, v in scores.items() if k.startswith("negatives_"))
-        neg, hypo, hyper = groups["bb1"]
-        rneg, rhypo, rhyper = groups["robex"]
+        threshold = _threshold(scores, key)
+        neg, hypo, hyper = _split_scores(scores, records, ("bb1", "bb2"), key)
+        rneg, rhypo, rhyper = _split_scores(scores, records, ("robex",), key)
         print(f"| {key} | {pooled_auc(neg, hypo + hyper):.3f} ({pooled_auc(neg, hypo):.3f} / {pooled_auc(neg, hyper):.3f}) "
               f"| {pooled_auc(rneg, rhypo + rhyper):.3f} | {threshold:.2f} | {sum(s < threshold for s in neg)} of {len(neg)} "
               f"| {sum(s > threshold for s in hypo)} of {len(hypo)} / {sum(s > threshold for s in hyper)} of {len(hyper)} |")
@@ -289,16 +277,31 @@ def subject_table(scores: dict[str, dict[str, float]], records: list[dict], keys
     print("\n| read-out | person (scans) | lesion-free below | hypo above | hyper above | pooled AUC (hypo / hyper) |")
     print("|---|---|---|---|---|---|")
     for key in keys:
-        threshold = max(v[key] for k, v in scores.items() if k.startswith("negatives_"))
+        threshold = _threshold(scores, key)
         for subject, scans in subjects.items():
-            neg, hypo, hyper = [], [], []
-            for r in records:
-                if r["scan"] in scans:
-                    s = scores[f"probe_{r['scan']}_{r['resolution']}_{r['id']}"][key]
-                    (neg if r.get("factor") is None else hypo if r["factor"] < 1 else hyper).append(s)
+            neg, hypo, hyper = _split_scores(scores, records, scans, key)
             print(f"| {key} | {subject} ({', '.join(scans)}) | {sum(s < threshold for s in neg)} of {len(neg)} "
                   f"| {sum(s > threshold for s in hypo)} of {len(hypo)} | {sum(s > threshold for s in hyper)} of {len(hyper)} "
                   f"| {_auc_text(neg, hypo + hyper)} ({_auc_text(neg, hypo)} / {_auc_text(neg, hyper)}) |")
+
+
+def _threshold(scores: dict[str, dict[str, float]], key: str) -> float:
+    """The main job's rule under read-out ``key``: the highest lesion-free score of the threshold sets."""
+    return max(v[key] for k, v in scores.items() if k.startswith("negatives_"))
+
+
+def _split_scores(
+    scores: dict[str, dict[str, float]], records: list[dict], scans: tuple[str, ...] | list[str], key: str
+) -> tuple[list[float], list[float], list[float]]:
+    """The probe images of ``scans`` under read-out ``key``: lesion-free, hypointense and hyperintense scores."""
+    neg: list[float] = []
+    hypo: list[float] = []
+    hyper: list[float] = []
+    for r in records:
+        if r["scan"] in scans:
+            s = scores[f"probe_{r['scan']}_{r['resolution']}_{r['id']}"][key]
+            (neg if r.get("factor") is None else hypo if r["factor"] < 1 else hyper).append(s)
+    return neg, hypo, hyper
 
 
 def _auc_text(negatives: list[float], positives: list[float]) -> str:
