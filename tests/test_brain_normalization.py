@@ -182,3 +182,34 @@ def test_the_tissue_passes_may_run_another_inferer_than_the_final_one() -> None:
     torch.testing.assert_close(out, same)  # the same inferer in both roles: the result of the default
     with pytest.raises(TypeError, match="tissue_inferer must be callable or None, got int"):
         BrainNormalizingInferer(slices, tissue_inferer=3)  # type: ignore[arg-type]
+
+
+def test_strip_to_brain_gives_the_final_pass_a_whole_head_as_its_stripped_brain() -> None:
+    """``strip_to_brain``: outside the tissue pass's brain the final pass sees the brain's lowest value,
+    which is what the same brain skull-stripped (zero background) becomes after the normalisation."""
+    head, stripped, _ = _head_and_brain(5)
+    seg = _BoxTissue().eval()
+    seen: list[torch.Tensor] = []
+    slices = SliceStackInferer(spatial_dim=2, context=0)
+
+    def final(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        seen.append(x.clone())
+        return slices(x, network)
+
+    inferer = BrainNormalizingInferer(final, min_voxels=100, tissue_inferer=slices, strip_to_brain=True)
+    with torch.no_grad():
+        inferer(head[None], seg)
+        inferer(stripped[None], seg)
+    box = torch.zeros(24, 24, 8, dtype=torch.bool)
+    box[6:18, 6:18, :] = True
+    from_head, from_stripped = seen[0][0, 0], seen[1][0, 0]
+    assert torch.unique(from_head[~box]).tolist() == [from_head[box].min().item()]  # scalp and air are gone
+    torch.testing.assert_close(from_head, from_stripped)  # the head's final input is the stripped brain's
+    plain = BrainNormalizingInferer(final, min_voxels=100, tissue_inferer=slices)
+    with torch.no_grad():
+        plain(head[None], seg)
+    assert seen[2][0, 0][~box].max() > from_head[box].max()  # without stripping the bright scalp stays
+    with pytest.raises(ValueError, match="strip_to_brain=True needs a tissue pass.*tissue_passes=0"):
+        BrainNormalizingInferer(slices, tissue_passes=0, strip_to_brain=True)
+    with pytest.raises(TypeError, match="strip_to_brain must be a bool, got str"):
+        BrainNormalizingInferer(slices, strip_to_brain="yes")  # type: ignore[arg-type]

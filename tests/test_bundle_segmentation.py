@@ -215,6 +215,26 @@ def test_inference_and_evaluation_normalise_over_the_predicted_brain() -> None:
         assert json.loads((CONFIGS / config).read_text())["tissue_passes"] == 1
 
 
+def test_strip_to_brain_is_an_option_off_by_default() -> None:
+    """0.7.3: ``strip_to_brain`` reaches the brain-normalising inferer, false unless asked for (as the
+    command line gives it, a string); docs/real-scans.md, twenty-third session."""
+    from monai.bundle import ConfigParser
+
+    for config in ("inference.json", "evaluate.json"):
+        assert json.loads((CONFIGS / config).read_text())["strip_to_brain"] is False
+        for value, expected in ((False, False), ("true", True), ("false", False)):
+            parser = ConfigParser()
+            parser.read_config(str(CONFIGS / config))
+            parser["strip_to_brain"] = value
+            assert parser.get_parsed_content("brain_normalizing_inferer").strip_to_brain is expected
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser["strip_to_brain"] = "maybe"
+        with pytest.raises(RuntimeError, match="Failed to evaluate ConfigExpression") as info:
+            parser.get_parsed_content("brain_normalizing_inferer")
+        assert "strip_to_brain must be true or false, got 'maybe'" in str(info.value.__cause__)
+
+
 def test_inference_and_evaluation_choose_the_contrast_polarity() -> None:
     """0.6.16: the volume goes to the two passes as given or, when its tissue map says it is an
     inverted (T2-like) contrast, inverted; the probe is one plain slice-stack pass per polarity, and
