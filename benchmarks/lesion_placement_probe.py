@@ -74,20 +74,19 @@ def probe_scan(cache: Path, name: str, resolution: str) -> tuple[np.ndarray, np.
     as its training labels are, :func:`medmamba.data.real_heads.head_tissue_labels`).
 
     Raises:
-        ValueError: an unknown scan, or a real training head at another resolution than ``2mm``.
+        ValueError: an unknown scan (:func:`medmamba.data.registry_scans.fetch_registry_scans`), or a real
+            training head at another resolution than ``2mm``.
     """
     from medmamba.data.fsl_template import intensity_mixture_labels
     from medmamba.data.real_heads import REAL_HEADS, head_tissue_labels, load_real_head_with_mask
-    from medmamba.data.registry_scans import REGISTRY_SCANS, load_registry_scan_with_mask, to_isotropic_2mm
+    from medmamba.data.registry_scans import load_registry_scan_with_mask, to_isotropic_2mm
 
     if name in REAL_HEADS:
         if resolution != "2mm":
             raise ValueError(f"resolution {resolution!r} of real head {name!r}: its ROBEX mask is on the 2 mm grid; expected '2mm'")
         volume, mask, affine = load_real_head_with_mask(name, cache)
         return volume, mask, affine, head_tissue_labels(volume, mask, REAL_HEADS[name].white_matter_normalised)
-    if name not in REGISTRY_SCANS:
-        raise ValueError(f"scan {name!r} is neither a registry scan {sorted(REGISTRY_SCANS)} nor a real head {sorted(REAL_HEADS)}")
-    volume, mask, affine = load_registry_scan_with_mask(cache, name)
+    volume, mask, affine = load_registry_scan_with_mask(cache, name)  # an unknown name: fetch_registry_scans' error
     if resolution == "2mm":
         volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
     return volume, mask, affine, intensity_mixture_labels(volume, mask)

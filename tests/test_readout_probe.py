@@ -150,7 +150,7 @@ def test_the_segmentations_training_heads_are_people_of_their_own_marked_as_such
 def test_a_probe_scan_that_is_neither_registry_scan_nor_real_head_is_refused(tmp_path) -> None:
     from lesion_placement_probe import probe_scan
 
-    with pytest.raises(ValueError, match="scan 'ch2' is neither a registry scan .* nor a real head"):
+    with pytest.raises(ValueError, match="names: unknown scans \\['ch2'\\]"):
         probe_scan(tmp_path, "ch2", "2mm")
     with pytest.raises(ValueError, match="resolution 'native' of real head 'myconnectome'.*expected '2mm'"):
         probe_scan(tmp_path, "myconnectome", "native")
