@@ -122,6 +122,14 @@ def test_scoring_reads_bundle_outputs(tmp_path: Path) -> None:
     seg = score_segmentation(datalist, tmp_path, tmp_path / "out")
     assert seg["brain_dice"].value == pytest.approx(2 * 64 / (80 + 64))
     assert seg["brain_volume_ratio"].value == pytest.approx(80 / 64)
+    # the rim of "CSF" outside the true brain costs the plain Dice (CSF 0, grey and white matter 1), not the
+    # Dice inside the true brain
+    assert seg["mean_dice"].value == pytest.approx(2 / 3) and seg["mean_dice_in_brain"].value == 1.0
+    inner = grown.copy()
+    inner[2, 2, 2] = 3  # a grey-matter voxel called white matter, inside the brain
+    nib.save(nib.Nifti1Image(inner, affine), tmp_path / "out" / "a" / "a_seg.nii.gz")
+    seg = score_segmentation(datalist, tmp_path, tmp_path / "out")
+    assert seg["mean_dice_in_brain"].value == pytest.approx((2 * 7 / 15 + 2 * 56 / 113) / 2)
     rows = [{"case_id": "p1", "lesion_probability": 0.9}, {"case_id": "p2", "lesion_probability": 0.2},
             {"case_id": "n1", "lesion_probability": 0.6}, {"case_id": "n2", "lesion_probability": 0.1}]
     (tmp_path / "cls").mkdir()
