@@ -64,32 +64,41 @@ DENSE_CLASSES = ("background", "csf", "gm", "wm", "lesion")
 KINDS = {"hypo": 0.45, "hyper": 1.45, "default-data": None}
 
 
-def probe_scan(cache: Path, name: str, resolution: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A real scan of the probes: ``(volume, brain mask, affine, tissue labels)`` at ``resolution``.
+def probe_scan(cache: Path, name: str, resolution: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real scan of the probes: ``(volume, brain mask, affine)`` at ``resolution``.
 
     ``name`` is a registry scan (:data:`medmamba.data.registry_scans.REGISTRY_SCANS`, ``native`` or
     ``2mm``) or one of the segmentation bundle's real training heads
     (:data:`medmamba.data.real_heads.REAL_HEADS`, ``2mm`` only: their committed ROBEX masks are on the
-    2 mm grid); tissue: the intensity mixture inside the mask (for a white-matter-normalised head split
-    as its training labels are, :func:`medmamba.data.real_heads.head_tissue_labels`).
+    2 mm grid).
 
     Raises:
         ValueError: an unknown scan (:func:`medmamba.data.registry_scans.fetch_registry_scans`), or a real
             training head at another resolution than ``2mm``.
     """
-    from medmamba.data.fsl_template import intensity_mixture_labels
-    from medmamba.data.real_heads import REAL_HEADS, head_tissue_labels, load_real_head_with_mask
+    from medmamba.data.real_heads import REAL_HEADS, load_real_head_with_mask
     from medmamba.data.registry_scans import load_registry_scan_with_mask, to_isotropic_2mm
 
     if name in REAL_HEADS:
         if resolution != "2mm":
             raise ValueError(f"resolution {resolution!r} of real head {name!r}: its ROBEX mask is on the 2 mm grid; expected '2mm'")
-        volume, mask, affine = load_real_head_with_mask(name, cache)
-        return volume, mask, affine, head_tissue_labels(volume, mask, REAL_HEADS[name].white_matter_normalised)
+        return load_real_head_with_mask(name, cache)
     volume, mask, affine = load_registry_scan_with_mask(cache, name)  # an unknown name: fetch_registry_scans' error
     if resolution == "2mm":
         volume, mask, affine = to_isotropic_2mm(volume, mask, affine)
-    return volume, mask, affine, intensity_mixture_labels(volume, mask)
+    return volume, mask, affine
+
+
+def probe_tissue(name: str, volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The tissue reference of a probe scan: the intensity mixture inside ``mask`` (for a
+    white-matter-normalised real head split as its training labels are,
+    :func:`medmamba.data.real_heads.head_tissue_labels`)."""
+    from medmamba.data.fsl_template import intensity_mixture_labels
+    from medmamba.data.real_heads import REAL_HEADS, head_tissue_labels
+
+    if name in REAL_HEADS:
+        return head_tissue_labels(volume, mask, REAL_HEADS[name].white_matter_normalised)
+    return intensity_mixture_labels(volume, mask)
 
 
 def make_probe_set(
@@ -103,7 +112,8 @@ def make_probe_set(
     from medmamba.data.synthetic import insert_lesions, white_matter_rim
     from medmamba.io.nifti import write_nifti
 
-    volume, mask, affine, tissue = probe_scan(cache, name, resolution)
+    volume, mask, affine = probe_scan(cache, name, resolution)
+    tissue = probe_tissue(name, volume, mask)
     voxel = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
     if not np.allclose(voxel, voxel.mean(), rtol=0.02):  # to_isotropic_2mm keeps the field of view: 2.00-2.01 mm
         raise ValueError(f"{name} {resolution}: voxels {voxel} are not isotropic")

@@ -178,7 +178,8 @@ def parse_scans(specs: list[str]) -> list[tuple[str, str]]:
         if scan in REAL_HEADS and res == "native":
             raise ValueError(f"--scans: resolution 'native' in {spec!r}: real head {scan!r} is probed at '2mm' only "
                              f"(its ROBEX mask is on the 2 mm grid)")
-        pairs += [(scan, r) for r in ((("2mm",) if scan in REAL_HEADS else ("2mm", "native")) if not res else (res,))]
+        resolutions = (res,) if res else ("2mm",) if scan in REAL_HEADS else ("2mm", "native")
+        pairs += [(scan, r) for r in resolutions]
     return pairs
 
 
@@ -217,7 +218,7 @@ def make_probe(out: Path, cache: Path, per_set: int, seed: int,
         folder = out / f"{scan}_{res}"
         recs = make_probe_set(folder, scan, res, cache, per_bin=per_set, seed=seed, near_mm=7.0, far_mm=11.0,
                               kind="default-data")
-        volume, mask, affine, _ = probe_scan(cache, scan, res)
+        volume, mask, affine = probe_scan(cache, scan, res)
         write_nifti(folder / "images" / "stripped_free.nii.gz", (volume * (mask > 0)).astype(np.float32), affine,
                     dtype=np.float32, xform_code=1)
         recs.append({"id": "stripped_free", "placement": "-"})

@@ -46,6 +46,13 @@ def _phantom(shape=(48, 52, 44), seed=0):
     return image, r < 0.72
 
 
+def _register_phantom(monkeypatch, image: np.ndarray, affine: np.ndarray) -> None:
+    """A real head "phantom" whose 2 mm scan is ``image`` on ``affine`` (no archive, no download)."""
+    head = RealHead("phantom", "phantom", "phantom-1.0.tar.gz", "0" * 64, "phantom-1.0/t1.nii.gz", "test")
+    monkeypatch.setitem(REAL_HEADS, "phantom", head)
+    monkeypatch.setattr(real_heads, "load_real_head_2mm", lambda name, cache: (image, affine))
+
+
 def test_every_head_is_pinned_by_sha256_and_named_member():
     for name, head in REAL_HEADS.items():
         assert head.name == name
@@ -135,9 +142,7 @@ def test_unknown_head_and_bad_copies_are_refused(tmp_path):
 def test_subjects_and_datalist(tmp_path, monkeypatch):
     image, brain = _phantom()
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    head = RealHead("phantom", "phantom", "phantom-1.0.tar.gz", "0" * 64, "phantom-1.0/t1.nii.gz", "test")
-    monkeypatch.setitem(REAL_HEADS, "phantom", head)
-    monkeypatch.setattr(real_heads, "load_real_head_2mm", lambda name, cache: (image, affine))
+    _register_phantom(monkeypatch, image, affine)
     masks = tmp_path / "masks"
     masks.mkdir()
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), str(masks / "phantom_brain_2mm.nii.gz"))
@@ -161,9 +166,7 @@ def test_subjects_and_datalist(tmp_path, monkeypatch):
 
 def test_a_mask_on_another_grid_is_refused(tmp_path, monkeypatch):
     image, brain = _phantom()
-    head = RealHead("phantom", "phantom", "phantom-1.0.tar.gz", "0" * 64, "phantom-1.0/t1.nii.gz", "test")
-    monkeypatch.setitem(REAL_HEADS, "phantom", head)
-    monkeypatch.setattr(real_heads, "load_real_head_2mm", lambda name, cache: (image, np.eye(4)))
+    _register_phantom(monkeypatch, image, np.eye(4))
     nib.save(nib.Nifti1Image(brain[:-2].astype(np.uint8), np.eye(4)), str(tmp_path / "phantom_brain_2mm.nii.gz"))
     with pytest.raises(ValueError, match="differ from the scan's 2 mm grid"):
         make_real_head_subjects(tmp_path / "out", tmp_path, names=["phantom"], masks_dir=tmp_path)
@@ -223,9 +226,7 @@ def test_sdist_address_from_a_json_or_html_simple_index(monkeypatch, kind):
 def test_a_head_with_its_mask_for_the_classifiers_probe(tmp_path, monkeypatch):
     image, brain = _phantom()
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    head = RealHead("phantom", "phantom", "phantom-1.0.tar.gz", "0" * 64, "phantom-1.0/t1.nii.gz", "test")
-    monkeypatch.setitem(REAL_HEADS, "phantom", head)
-    monkeypatch.setattr(real_heads, "load_real_head_2mm", lambda name, cache: (image, affine))
+    _register_phantom(monkeypatch, image, affine)
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), str(tmp_path / "phantom_brain_2mm.nii.gz"))
     volume, mask, got_affine = load_real_head_with_mask("phantom", tmp_path, masks_dir=tmp_path)
     assert np.array_equal(volume, image) and np.array_equal(mask, brain) and mask.dtype == bool

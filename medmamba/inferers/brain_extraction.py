@@ -20,7 +20,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from medmamba.inferers.brain_normalization import brain_masks_from_logits
+from medmamba.inferers.brain_normalization import brain_masks_from_logits, fill_outside_brain
 from medmamba.transforms.brain_mask import BrainMask
 from medmamba.transforms.brain_normalize import BrainNormalize
 
@@ -146,9 +146,7 @@ class SkullStrippingInferer(Inferer):
                 continue
             volume = self.normalizer(stripped[b], brain)
             volume = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
-            for c in range(volume.shape[0]):
-                volume[c][~brain] = volume[c][brain].min()
-            stripped[b] = volume
+            stripped[b] = fill_outside_brain(volume, brain)
         return stripped
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]

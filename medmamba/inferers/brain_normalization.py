@@ -26,7 +26,7 @@ from medmamba.transforms.brain_mask import BrainMask
 from medmamba.transforms.brain_normalize import BrainNormalize
 from medmamba.transforms.label_map import channel_argmax
 
-__all__ = ["BrainNormalizingInferer", "brain_masks_from_logits", "tissue_network"]
+__all__ = ["BrainNormalizingInferer", "brain_masks_from_logits", "fill_outside_brain", "tissue_network"]
 
 
 class _MemberMean(nn.Module):
@@ -70,6 +70,19 @@ def brain_masks_from_logits(
         not_background = (channel_argmax(volume_logits)[0] != background_channel).cpu().numpy()
         masks.append(torch.from_numpy(masker.mask(not_background)))
     return torch.stack(masks)
+
+
+def fill_outside_brain(volume: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """Set every voxel of ``volume`` ``(C, *spatial)`` outside ``brain`` ``(*spatial)`` to the brain's lowest
+    value, per channel, in place: what the zero background of a skull-stripped scan becomes after a
+    normalisation that clips at a low brain percentile (:class:`medmamba.transforms.BrainNormalize`).
+
+    Returns:
+        ``volume``.
+    """
+    for c in range(volume.shape[0]):
+        volume[c][~brain] = volume[c][brain].min()
+    return volume
 
 
 def tissue_network(network: Any) -> Any:
@@ -206,8 +219,6 @@ class BrainNormalizingInferer(Inferer):
         out = torch.as_tensor(volumes).clone()
         for b in range(out.shape[0]):
             brain = masks[b].to(device=out.device, dtype=torch.bool)
-            if int(brain.sum()) < self.normalizer.min_voxels:
-                continue
-            for c in range(out.shape[1]):
-                out[b, c][~brain] = out[b, c][brain].min()
+            if int(brain.sum()) >= self.normalizer.min_voxels:
+                fill_outside_brain(out[b], brain)
         return out
