@@ -196,3 +196,17 @@ def test_the_bundle_helper_reads_the_segmentation_bundle_only_for_auto(tmp_path)
         contrast_polarity_inferer(recorder, "T1", missing)
     with pytest.raises(ValueError, match="has no configs/inference.json.*--contrast_polarity given skips it"):
         contrast_polarity_inferer(recorder, "auto", missing)
+
+
+def test_the_probe_s_slice_sample_is_centred_and_never_empty() -> None:
+    from medmamba.inferers import probe_slices
+
+    assert probe_slices(10, 4) == [2, 6]
+    assert probe_slices(9, 3) == [1, 4, 7]
+    assert probe_slices(5, 1) == [0, 1, 2, 3, 4]
+    assert probe_slices(3, 8) == [1]  # shorter than the step: its middle slice
+    assert probe_slices(1, 3) == [0]
+    with pytest.raises(ValueError, match="step must be a positive int, got 0"):
+        probe_slices(10, 0)
+    with pytest.raises(ValueError, match="num_slices must be a positive int, got 0"):
+        probe_slices(0, 2)

@@ -9,7 +9,14 @@ from monai.data import MetaTensor
 from torch import nn
 
 from medmamba.apps.brain_extraction import contrast_polarity_inferer, single_pass_extractor
-from medmamba.inferers import BrainExtractor, ContrastPolarityInferer, SkullStrippingInferer, SliceStackInferer
+from medmamba.inferers import (
+    BrainExtractor,
+    ContrastPolarityInferer,
+    SkullStrippingInferer,
+    SliceStackInferer,
+    invert_contrast,
+    tissue_map_fit,
+)
 
 
 class CountingNet(nn.Module):
@@ -23,6 +30,10 @@ class CountingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.stacks += x.shape[0]
         return self.conv(x)
+
+
+def _as_given(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    return x
 
 
 def _volume(seed: int = 0) -> torch.Tensor:
@@ -127,3 +138,53 @@ def test_the_polarity_probe_leaves_the_given_volume_s_pass_for_the_brain_extract
         assert torch.equal(out, fresh(x, classifier))  # what the extraction gives without reuse
     with pytest.raises(TypeError, match="extractor must be a BrainExtractor or None, got str"):
         contrast_polarity_inferer(stripping, "auto", "/nowhere", extractor="seg")
+
+
+def test_stacks_of_some_slices_equal_those_slices_of_the_full_pass() -> None:
+    net = CountingNet().eval()
+    x = MetaTensor(_volume(3))
+    inferer = SliceStackInferer(context=1, sw_batch_size=3, reuse_last_pass=True)
+    with torch.no_grad():
+        full = inferer(x, net)
+        net.stacks = 0
+        some = inferer.run_slices(x, net, [7, 0, 4, 5])  # edges included, any order
+    assert net.stacks == 4
+    assert isinstance(some, MetaTensor) and some.shape == (1, 2, 12, 10, 4)
+    torch.testing.assert_close(some.as_tensor(), full.as_tensor()[..., [7, 0, 4, 5]], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        again = inferer(x, net)  # the full pass kept for reuse was not replaced by the partial one
+    assert net.stacks == 4 and torch.equal(again, full)
+    on_height = SliceStackInferer(spatial_dim=0, context=1)
+    with torch.no_grad():
+        torch.testing.assert_close(on_height.run_slices(x, net, [11]), on_height(x, net)[:, :, 11:12], rtol=0, atol=1e-6)
+    for bad in ([], [8], [-1]):
+        with pytest.raises(ValueError, match=r"indices must be a non-empty sequence of slices in \[0, 7\]"):
+            inferer.run_slices(x, net, bad)
+
+
+def test_the_polarity_probe_runs_the_inverted_volume_on_sampled_stacks_only() -> None:
+    seg = CountingNet(in_channels=3, out_channels=3).eval()
+    slices = SliceStackInferer(context=1, sw_batch_size=8, reuse_last_pass=True)
+    x = _volume(4)
+    full = ContrastPolarityInferer(_as_given, probe_inferer=slices, probe_network=seg)
+    sampled = ContrastPolarityInferer(_as_given, probe_inferer=slices, probe_network=seg, probe_slice_step=3)
+    seg.stacks = 0
+    given, inverted = sampled.fits(x[0], seg)
+    assert seg.stacks == 8 + 3  # the volume as given whole (kept for reuse), inverted on slices 1, 4, 7
+    with torch.no_grad():
+        assert torch.equal(slices(x, seg), slices(x, seg))  # the given pass is the one kept
+    assert seg.stacks == 8 + 3
+    with torch.no_grad():
+        given_logits = SliceStackInferer(context=1)(x, seg)[0][..., [1, 4, 7]]
+    assert given == tissue_map_fit(x[0][..., [1, 4, 7]], given_logits)
+    with torch.no_grad():
+        inverted_logits = SliceStackInferer(context=1)(invert_contrast(x[0])[None], seg)[0][..., [1, 4, 7]]
+    expected = tissue_map_fit(invert_contrast(x[0])[..., [1, 4, 7]], inverted_logits)
+    assert inverted.brain_voxels == expected.brain_voxels
+    assert inverted.explained == pytest.approx(expected.explained, abs=1e-6)
+    assert inverted.confidence == pytest.approx(expected.confidence, abs=1e-6)
+    assert full.fits(x[0], seg)[0].brain_voxels > given.brain_voxels  # step 1: every slice
+    with pytest.raises(TypeError, match="probe_slice_step=2 needs a SliceStackInferer as the probe inferer, got function"):
+        ContrastPolarityInferer(_as_given, probe_inferer=lambda v, n: n(v), probe_slice_step=2)
+    with pytest.raises(ValueError, match="probe_slice_step must be an int >= 1, got 0"):
+        ContrastPolarityInferer(_as_given, probe_inferer=slices, probe_slice_step=0)

@@ -151,6 +151,7 @@ def contrast_polarity_inferer(
     device: str | torch.device | None = None,
     spacing: Sequence[float] | None = None,
     extractor: BrainExtractor | None = None,
+    probe_slice_step: int = 1,
 ) -> Any:
     """A bundle's inferer behind the segmentation network's choice of contrast polarity.
 
@@ -170,6 +171,8 @@ def contrast_polarity_inferer(
             loaded (:func:`single_pass_extractor`); the probe then runs its network and inferer, so
             that the extraction of a volume left as given reuses the probe's pass. ``None``: the
             probe's network is loaded from ``segmentation_bundle_root``.
+        probe_slice_step: the inverted volume is run on every ``probe_slice_step``-th slice stack
+            (:class:`medmamba.inferers.ContrastPolarityInferer`); 1: on every one.
 
     Returns:
         ``inferer`` or a :class:`medmamba.inferers.ContrastPolarityInferer` around it.
@@ -186,10 +189,12 @@ def contrast_polarity_inferer(
     if extractor is not None:
         if not isinstance(extractor, BrainExtractor):
             raise TypeError(f"extractor must be a BrainExtractor or None, got {type(extractor).__name__}.")
-        return ContrastPolarityInferer(inferer, probe_inferer=extractor.inferer, probe_network=extractor.network, polarity=polarity)
+        return ContrastPolarityInferer(inferer, probe_inferer=extractor.inferer, probe_network=extractor.network,
+                                       polarity=polarity, probe_slice_step=probe_slice_step)
     try:
         probe = load_brain_extractor(segmentation_bundle_root, device=device, spacing=spacing, inferer_item="inferer#inferer")
     except ValueError as err:
         raise ValueError(f"{err} The contrast-polarity check runs the segmentation network too; "
                          f"--contrast_polarity given skips it (T1-weighted scans only).") from err
-    return ContrastPolarityInferer(inferer, probe_inferer=probe.inferer, probe_network=probe.network, polarity=polarity)
+    return ContrastPolarityInferer(inferer, probe_inferer=probe.inferer, probe_network=probe.network, polarity=polarity,
+                                   probe_slice_step=probe_slice_step)

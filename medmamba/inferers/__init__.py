@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .brain_normalization import BrainNormalizingInferer, tissue_network
-from .contrast_polarity import POLARITIES, ContrastPolarityInferer, TissueMapFit, invert_contrast, prefers_inverted, tissue_map_fit
+from .contrast_polarity import (
+    POLARITIES,
+    ContrastPolarityInferer,
+    TissueMapFit,
+    invert_contrast,
+    prefers_inverted,
+    probe_slices,
+    tissue_map_fit,
+)
 from .flip_tta import FlipTTAInferer, log_mean_softmax
 from .mirror_contrast import READOUTS, DenseLesionMap, MirrorContrastInferer, mirror_contrast, volume_readout_inferer
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
@@ -46,6 +54,7 @@ __all__ = [
     "lesion_log_odds",
     "lesion_probability",
     "prefers_inverted",
+    "probe_slices",
     "tissue_map_fit",
     "tissue_network",
     "volume_log_odds",

@@ -11,6 +11,12 @@ volume's intensities (:func:`tissue_map_fit`: the share of the intensity varianc
 that the tissue classes explain, and the network's mean confidence there) and inverts when the
 inverted volume's map explains at least as much and is clearly more confident
 (:func:`prefers_inverted`). On T1 scans the volume goes on exactly as given.
+
+The pass over the volume as given is one the bundle runs anyway (a slice-stack inferer with
+``reuse_last_pass`` computes it once); the inverted pass is the probe's own cost. With
+``probe_slice_step`` ``s > 1`` the inverted volume is run on every ``s``-th slice stack only
+(:meth:`medmamba.inferers.SliceStackInferer.run_slices`) and both fits are measured on those slices:
+a systematic sample of the brain's voxels for two whole-brain averages.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ import torch
 from monai.inferers import Inferer
 from scipy import ndimage
 
+from medmamba.inferers.slice_stack import SliceStackInferer
+
 __all__ = [
     "POLARITIES",
     "ContrastPolarityInferer",
     "TissueMapFit",
     "invert_contrast",
     "prefers_inverted",
+    "probe_slices",
     "tissue_map_fit",
 ]
 
@@ -128,6 +137,27 @@ def tissue_map_fit(volume: torch.Tensor, logits: torch.Tensor, background_channe
     return TissueMapFit(explained=explained, confidence=float(confidence[brain].mean()), brain_voxels=n)
 
 
+def probe_slices(num_slices: int, step: int) -> list[int]:
+    """Every ``step``-th of ``num_slices`` slices, the sample centred in the volume (``step // 2``
+    from the first slice where the volume is long enough; ``range(num_slices)`` for ``step`` 1).
+
+    Args:
+        num_slices: slices along the probed axis (at least 1).
+        step: distance between the probed slices (at least 1).
+
+    Returns:
+        The slice indices, ascending, at least one.
+
+    Raises:
+        ValueError: ``num_slices`` or ``step`` is not a positive int.
+    """
+    for name, value in (("num_slices", num_slices), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    first = min(step // 2, (num_slices - 1) // 2)
+    return list(range(first, num_slices, step))
+
+
 def prefers_inverted(given: TissueMapFit, inverted: TissueMapFit, min_explained_gain: float = 0.0,
                      min_confidence_gain: float = 0.05) -> bool:
     """Whether the inverted volume's tissue map is the better: it explains at least ``min_explained_gain``
@@ -161,10 +191,14 @@ class ContrastPolarityInferer(Inferer):
         polarity: one of :data:`POLARITIES`.
         background_channel: the tissue network's background class.
         min_explained_gain, min_confidence_gain: the margins of :func:`prefers_inverted`.
+        probe_slice_step: run the inverted volume on every ``probe_slice_step``-th slice stack only
+            (:func:`probe_slices`) and measure both fits on those slices; needs a
+            :class:`medmamba.inferers.SliceStackInferer` as the probe inferer. 1: every slice.
 
     Raises:
-        TypeError: ``inferer`` or ``probe_inferer`` is not callable.
-        ValueError: an unknown ``polarity`` or a negative margin.
+        TypeError: ``inferer`` or ``probe_inferer`` is not callable, or ``probe_slice_step > 1``
+            without a slice-stack probe inferer.
+        ValueError: an unknown ``polarity``, a negative margin or a ``probe_slice_step`` below 1.
     """
 
     def __init__(
@@ -176,6 +210,7 @@ class ContrastPolarityInferer(Inferer):
         background_channel: int = 0,
         min_explained_gain: float = 0.0,
         min_confidence_gain: float = 0.05,
+        probe_slice_step: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (("inferer", inferer), ("probe_inferer", probe_inferer)):
@@ -186,8 +221,14 @@ class ContrastPolarityInferer(Inferer):
         for name, value in (("min_explained_gain", min_explained_gain), ("min_confidence_gain", min_confidence_gain)):
             if not float(value) >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+        if isinstance(probe_slice_step, bool) or not isinstance(probe_slice_step, (int, np.integer)) or probe_slice_step < 1:
+            raise ValueError(f"probe_slice_step must be an int >= 1, got {probe_slice_step!r}.")
         self.inferer = inferer
         self.probe_inferer = probe_inferer if probe_inferer is not None else inferer
+        if probe_slice_step > 1 and not isinstance(self.probe_inferer, SliceStackInferer):
+            raise TypeError(f"probe_slice_step={probe_slice_step} needs a SliceStackInferer as the probe inferer, "
+                            f"got {type(self.probe_inferer).__name__}; use probe_slice_step=1.")
+        self.probe_slice_step = int(probe_slice_step)
         if isinstance(probe_network, torch.nn.Module):
             probe_network.eval()  # a fixed probe network only ever infers
         self.probe_network = probe_network
@@ -201,12 +242,24 @@ class ContrastPolarityInferer(Inferer):
         its :func:`invert_contrast`, if already made)."""
         tissue = self.probe_network if self.probe_network is not None else network
         fits = {}
+        sample: list[int] | None = None
+        if self.probe_slice_step > 1:
+            axis = self.probe_inferer.spatial_dim  # type: ignore[union-attr]  # a SliceStackInferer (checked)
+            sample = probe_slices(volume.shape[1 + axis], self.probe_slice_step)
+            index = torch.as_tensor(sample, dtype=torch.long)
         # the volume as given last: the pass a probe inferer with ``reuse_last_pass`` keeps is then the
         # one the volume's next pass (brain normalisation, brain extraction) needs when it goes on as given
         for name, candidate in (("inverted", invert_contrast(volume) if inverted is None else inverted), ("given", volume)):
             with torch.no_grad():
-                logits = self.probe_inferer(candidate[None], tissue)
-            fits[name] = tissue_map_fit(candidate, torch.as_tensor(logits)[0], self.background_channel)
+                if sample is not None and name == "inverted":  # only the sampled stacks
+                    logits = torch.as_tensor(self.probe_inferer.run_slices(candidate[None], tissue, sample))[0]  # type: ignore[union-attr]
+                else:  # the whole pass, which the next step reuses
+                    logits = torch.as_tensor(self.probe_inferer(candidate[None], tissue))[0]
+                    if sample is not None:
+                        logits = logits.index_select(1 + axis, index.to(logits.device))
+            if sample is not None:
+                candidate = candidate.index_select(1 + axis, index.to(candidate.device))
+            fits[name] = tissue_map_fit(candidate, logits, self.background_channel)
         return fits["given"], fits["inverted"]
 
     def _inverted_volumes(self, inputs: torch.Tensor, network: Any) -> list[torch.Tensor | None]:

@@ -212,10 +212,54 @@ class SliceStackInferer(Inferer):
             return tuple(outputs[i] for i in range(len(outputs)))
         return outputs
 
-    def _run(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[dict[Any, torch.Tensor], str]:
-        """The network over every slice stack of plain-tensor ``inputs``: ``({key: volume}, kind)``."""
-        batch = inputs.shape[0]
+    def run_slices(
+        self, inputs: torch.Tensor, network: Callable[..., Any], indices: Sequence[int], *args: Any, **kwargs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, ...] | dict[Any, torch.Tensor]:
+        """Run ``network`` over the slice stacks centred on some slices of ``inputs`` only.
+
+        The stacks are the ones :meth:`__call__` builds for those slices (the same neighbours, edges
+        replicated), so each output slice equals the same slice of a full pass. The last pass kept for
+        ``reuse_last_pass`` is neither used nor replaced.
+
+        Args:
+            inputs: ``(B, C, H, W, D)`` volumes.
+            network: a 2D network taking ``(N, C * (2k + 1), P0, P1)``.
+            indices: the centre slices along ``spatial_dim``, each in ``[0, S)`` for ``S`` slices.
+            args: extra positional arguments for ``network``.
+            kwargs: extra keyword arguments for ``network``.
+
+        Returns:
+            As :meth:`__call__`, with ``len(indices)`` slices on the slice axis, in the order given.
+
+        Raises:
+            ValueError: ``indices`` is empty or holds a slice outside the volume (and the input checks
+                of :meth:`__call__`).
+        """
+        self._check_inputs(inputs, network)
         num_slices = inputs.shape[2 + self.spatial_dim]
+        chosen = [int(i) for i in indices]
+        if not chosen or min(chosen) < 0 or max(chosen) >= num_slices:
+            raise ValueError(f"indices must be a non-empty sequence of slices in [0, {num_slices - 1}] (spatial_dim="
+                             f"{self.spatial_dim} of input shape {tuple(inputs.shape)}), got {list(indices)!r}.")
+        original = inputs
+        if isinstance(inputs, MetaTensor):
+            inputs = inputs.as_tensor()
+        outputs, kind = self._run(inputs, network, *args, slices=chosen, **kwargs)
+        if isinstance(original, MetaTensor):
+            outputs = {k: convert_to_dst_type(v, original, dtype=v.dtype, device=v.device)[0] for k, v in outputs.items()}
+        if kind == "tensor":
+            return outputs[0]
+        if kind == "sequence":
+            return tuple(outputs[i] for i in range(len(outputs)))
+        return outputs
+
+    def _run(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, slices: list[int] | None = None,
+             **kwargs: Any) -> tuple[dict[Any, torch.Tensor], str]:
+        """The network over the slice stacks of plain-tensor ``inputs`` centred on ``slices`` (``None``:
+        every slice): ``({key: volume}, kind)``, the slice axis as long as ``slices``."""
+        batch = inputs.shape[0]
+        centres = list(range(inputs.shape[2 + self.spatial_dim])) if slices is None else slices
+        num_slices = len(centres)
         out_device = self.device or inputs.device
         sw_device = self.sw_device or inputs.device
         starts = range(0, num_slices, self.sw_batch_size)
@@ -229,7 +273,7 @@ class SliceStackInferer(Inferer):
             outputs = {k: self._allocate(v, 0, num_slices, out_device) for k, v in parts.items()}
         for b, start in tqdm(jobs, disable=not self.progress, desc="slices", unit="batch"):
             stop = min(start + self.sw_batch_size, num_slices)
-            indices = torch.arange(start, stop, device=inputs.device)
+            indices = torch.as_tensor(centres[start:stop], dtype=torch.long, device=inputs.device)
             stacks = stack_slices(inputs[b : b + 1], indices, self.spatial_dim, self.context)[0]
             parts, kind = _output_parts(network(stacks.to(sw_device), *args, **kwargs))
             for key, value in parts.items():
