@@ -11,9 +11,9 @@ Two parts, in one process, with the segmentation bundle's trained weights:
 1. **Decisions.** For every image of every ``--set`` (a folder with ``images/*.nii.gz``, e.g. a set of
    ``benchmarks/shift_suite.py``'s ``data/``, or one file), preprocessed as the segmentation bundle
    does: the fits at each ``--steps`` value; per set the volumes analysed inverted at each step,
-   whether every decision equals step 1's, the largest change of the two gains the decision reads
-   (explained variance and confidence, inverted minus given) against step 1, and the smallest margin
-   of a decision at the largest step (how far the nearer gain lies from its threshold).
+   whether every decision equals the first step's, the largest change of the two gains the decision
+   reads (explained variance and confidence, inverted minus given) against the first step, and the
+   smallest margin of a decision at each step (:func:`decision_margin`).
 2. **Time.** Each bundle's predictor on ``--time-image`` scans with step 1 and with ``--time-step``,
    alternated round by round (:func:`common.alternating_medians`); median seconds per scan side by
    side, their ratio, whether the outputs are equal value for value. Loading, resampling and writing
@@ -106,14 +106,16 @@ def _decisions(bundles: Path, sets: list[Path], steps: list[int]) -> None:
                                          min_explained_gain=base.min_explained_gain,
                                          min_confidence_gain=base.min_confidence_gain, probe_slice_step=s)
               for s in steps}
-    print("| set | volumes | inverted at step " + " / ".join(str(s) for s in steps)
-          + " | same decisions | largest gain change vs step 1 (explained / confidence) | smallest margin at step "
-          + f"{steps[-1]} |")
+    steps_text = " / ".join(str(s) for s in steps)
+    print(f"| set | volumes | inverted at step {steps_text} | same decisions | largest gain change vs step {steps[0]} at step "
+          f"{' / '.join(str(s) for s in steps[1:])} (explained; confidence) | smallest margin at step {steps_text} |")
     print("|---|---|---|---|---|---|")
     for folder in sets:
         images = set_images(folder)
         inverted_counts = dict.fromkeys(steps, 0)
-        same, d_explained, d_confidence, margin = True, 0.0, 0.0, float("inf")
+        margins = dict.fromkeys(steps, float("inf"))
+        changes = {s: [0.0, 0.0] for s in steps[1:]}
+        same = True
         for image in tqdm(images, desc=folder.name, unit="volume", leave=False):
             volume = preprocessing({"image": str(image)})["image"].as_tensor()
             gains, choices = {}, {}
@@ -122,14 +124,14 @@ def _decisions(bundles: Path, sets: list[Path], steps: list[int]) -> None:
                 choices[step] = prefers_inverted(given, inverted, probe.min_explained_gain, probe.min_confidence_gain)
                 inverted_counts[step] += int(choices[step])
                 gains[step] = (inverted.explained - given.explained, inverted.confidence - given.confidence)
-                if step == steps[-1]:
-                    margin = min(margin, decision_margin(given, inverted, probe.min_explained_gain, probe.min_confidence_gain))
+                margins[step] = min(margins[step], decision_margin(given, inverted, probe.min_explained_gain, probe.min_confidence_gain))
             same &= len(set(choices.values())) == 1
             for step in steps[1:]:
-                d_explained = max(d_explained, abs(gains[step][0] - gains[steps[0]][0]))
-                d_confidence = max(d_confidence, abs(gains[step][1] - gains[steps[0]][1]))
+                for k in range(2):
+                    changes[step][k] = max(changes[step][k], abs(gains[step][k] - gains[steps[0]][k]))
+        change_text = " / ".join(f"{changes[s][0]:.3f}; {changes[s][1]:.3f}" for s in steps[1:])
         print(f"| {folder.name} | {len(images)} | {' / '.join(str(inverted_counts[s]) for s in steps)} "
-              f"| {'yes' if same else 'NO'} | {d_explained:.4f} / {d_confidence:.4f} | {margin:.3f} |", flush=True)
+              f"| {'yes' if same else 'NO'} | {change_text} | {' / '.join(f'{margins[s]:.3f}' for s in steps)} |", flush=True)
 
 
 def _timing(bundles: Path, images: list[Path], step: int, rounds: int) -> None:
