@@ -243,10 +243,16 @@ class ContrastPolarityInferer(Inferer):
         tissue = self.probe_network if self.probe_network is not None else network
         fits = {}
         sample: list[int] | None = None
-        if self.probe_slice_step > 1:
-            axis = self.probe_inferer.spatial_dim  # type: ignore[union-attr]  # a SliceStackInferer (checked)
-            sample = probe_slices(volume.shape[1 + axis], self.probe_slice_step)
-            index = torch.as_tensor(sample, dtype=torch.long)
+        if self.probe_slice_step > 1:  # a SliceStackInferer (checked at construction)
+            axis = 1 + self.probe_inferer.spatial_dim  # type: ignore[union-attr]
+            sample = probe_slices(volume.shape[axis], self.probe_slice_step)
+
+        def take(x: torch.Tensor) -> torch.Tensor:
+            """The sampled slices of a ``(C, *spatial)`` tensor (all of it without a sample)."""
+            if sample is None:
+                return x
+            return x.index_select(axis, torch.as_tensor(sample, dtype=torch.long, device=x.device))
+
         # the volume as given last: the pass a probe inferer with ``reuse_last_pass`` keeps is then the
         # one the volume's next pass (brain normalisation, brain extraction) needs when it goes on as given
         for name, candidate in (("inverted", invert_contrast(volume) if inverted is None else inverted), ("given", volume)):
@@ -254,12 +260,8 @@ class ContrastPolarityInferer(Inferer):
                 if sample is not None and name == "inverted":  # only the sampled stacks
                     logits = torch.as_tensor(self.probe_inferer.run_slices(candidate[None], tissue, sample))[0]  # type: ignore[union-attr]
                 else:  # the whole pass, which the next step reuses
-                    logits = torch.as_tensor(self.probe_inferer(candidate[None], tissue))[0]
-                    if sample is not None:
-                        logits = logits.index_select(1 + axis, index.to(logits.device))
-            if sample is not None:
-                candidate = candidate.index_select(1 + axis, index.to(candidate.device))
-            fits[name] = tissue_map_fit(candidate, logits, self.background_channel)
+                    logits = take(torch.as_tensor(self.probe_inferer(candidate[None], tissue))[0])
+            fits[name] = tissue_map_fit(take(candidate), logits, self.background_channel)
         return fits["given"], fits["inverted"]
 
     def _inverted_volumes(self, inputs: torch.Tensor, network: Any) -> list[torch.Tensor | None]:
