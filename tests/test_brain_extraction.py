@@ -74,8 +74,53 @@ def test_a_volume_without_enough_brain_goes_through_as_given() -> None:
     head, _, _, _ = _head(2)
     tiny = torch.zeros(1, 32, 32, 12, dtype=torch.bool)
     tiny[0, 10:12, 10:12, 4:6] = True  # 8 voxels < min_voxels
-    out = SkullStrippingInferer(_run, lambda x: tiny, min_voxels=1000).strip(head)
+    inferer = SkullStrippingInferer(_run, lambda x: tiny, min_voxels=1000)
+    assert inferer.last_brain_voxels == []
+    out = inferer.strip(head)
     torch.testing.assert_close(out, head)
+    assert inferer.last_brain_voxels == [8]  # reported although nothing was stripped
+
+
+def test_the_classifier_reports_the_extracted_brain_and_flags_a_partial_one(tmp_path: Path) -> None:
+    """A scan whose extracted brain is far too small (a slab, a non-brain scan) is classified and
+    flagged; the report holds the volume of the brain the network ran on."""
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import Compose, EnsureTyped
+
+    from medmamba.apps.classification import classify
+    from medmamba.inferers import VolumeClassifier
+    from medmamba.transforms import LoadScand
+
+    head, _, brain, _ = _head(3)
+    nib.save(nib.Nifti1Image(head[0, 0].numpy(), np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "head.nii.gz"))
+
+    class SliceMean(nn.Module):  # log-odds = mean intensity of the centre slice
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x[:, 1].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(m), m], dim=1)
+
+    stripping = SkullStrippingInferer(SliceStackInferer(2, context=1), lambda x: brain[None].expand(x.shape[0], *brain.shape))
+    predictor = VolumeClassifier(SliceMean(), stripping, "max")
+    preprocessing = Compose([LoadScand("image"), EnsureTyped("image", dtype=torch.float32)])
+    brain_ml = int(brain.sum()) * 8e-3  # 2 mm voxels
+    for name, volume_range, flagged in (("wide", (700, 2600), True), ("fits", (10, 20), False)):
+        summary = classify(tmp_path / "head.nii.gz", tmp_path / name, predictor, preprocessing,
+                           brain_extraction=stripping, brain_volume_range_ml=volume_range)
+        assert summary["n_ok"] == 1, summary
+        with open(tmp_path / name / "probabilities.csv", newline="") as f:
+            (row,) = list(csv.DictReader(f))
+        assert float(row["brain_volume_ml"]) == pytest.approx(brain_ml, abs=0.05)  # 16.4 ml
+        assert ("extracted brain volume 16 ml is outside the plausible 700-2600 ml" in row["warnings"]) is flagged
+    with pytest.raises(TypeError, match="brain_extraction must be a SkullStrippingInferer or None, got SliceStackInferer"):
+        classify(tmp_path / "head.nii.gz", tmp_path / "x", predictor, preprocessing, brain_extraction=SliceStackInferer(2))
+    with pytest.raises(ValueError, match="brain_volume_range_ml needs brain_extraction"):
+        classify(tmp_path / "head.nii.gz", tmp_path / "x", predictor, preprocessing, brain_volume_range_ml=(700, 2600))
+    with pytest.raises(ValueError, match=r"brain_volume_range_ml must be \(low, high\) in ml with 0 <= low < high, got \(2600, 700\)"):
+        classify(tmp_path / "head.nii.gz", tmp_path / "x", predictor, preprocessing, brain_extraction=stripping,
+                 brain_volume_range_ml=(2600, 700))
 
 
 def test_bad_arguments_and_outputs_are_named() -> None:
@@ -138,6 +183,7 @@ def test_the_classification_bundle_strips_with_the_segmentation_bundle_and_can_b
     assert parser["brain_extraction"] is True
     assert Path(parser.get_parsed_content("segmentation_bundle_root")).resolve() == SEG_BUNDLE.resolve()
     parser["segmentation_bundle_root"] = str(root)
+    parser["network"] = "$torch.nn.Identity()"  # no trained weights in the tests
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, SkullStrippingInferer) and isinstance(inferer.inferer, SliceStackInferer)
     assert isinstance(inferer.extractor, BrainExtractor) and inferer.extractor.masker.opening_mm == 8.0  # the segmentation bundle's (0.6.15)
@@ -145,11 +191,33 @@ def test_the_classification_bundle_strips_with_the_segmentation_bundle_and_can_b
     # the segmentation network's single slice-stack pass (chosen on validation data), at this bundle's voxel size
     assert isinstance(inferer.extractor.inferer, SliceStackInferer) and inferer.extractor.inferer.context == 1
     assert inferer.extractor.masker.spacing == tuple(float(v) for v in parser.get_parsed_content("pixdim"))
+    if "extracting_inferer" in parser:  # inference.json reports the extracted brain and checks its volume
+        assert parser.get_parsed_content("extracting_inferer") is inferer  # found in the predictor's chain
+        assert parser.get_parsed_content("brain_volume_range_ml") == [700, 2600]
     off = ConfigParser()
     off.read_config(str(CLS_BUNDLE / "configs" / config))
     off["brain_extraction"] = "false"  # as `--brain_extraction false` arrives from the command line
     off["segmentation_bundle_root"] = str(tmp_path / "nowhere")
     assert isinstance(off.get_parsed_content("inferer"), SliceStackInferer)
+    if "extracting_inferer" in off:
+        off["bundle_root"] = str(CLS_BUNDLE)
+        off["contrast_polarity"] = "given"  # the probe would load the segmentation bundle
+        off["network"] = "$torch.nn.Identity()"  # no trained weights in the tests
+        off.parse(True)
+        assert off.get_parsed_content("extracting_inferer") is None  # no extraction, no brain to report
+
+
+def test_the_skull_stripping_inferer_is_found_in_a_predictor_s_chain() -> None:
+    from types import SimpleNamespace
+
+    from medmamba.apps.brain_extraction import skull_stripping_of
+
+    stripping = SkullStrippingInferer(_run, lambda x: x[:, 0] > 0)
+    chain = SimpleNamespace(inferer=SimpleNamespace(inferer=SimpleNamespace(inferer=stripping)))
+    assert skull_stripping_of(chain) is stripping
+    assert skull_stripping_of(stripping) is stripping
+    assert skull_stripping_of(SimpleNamespace(inferer=SliceStackInferer(2))) is None
+    assert skull_stripping_of(chain, max_depth=2) is None  # three links away
 
 
 @pytest.mark.parametrize("bundle", ["mobilemamba_classification", "mobilemamba_segmentation"])

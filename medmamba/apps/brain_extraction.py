@@ -22,7 +22,13 @@ from medmamba.bundle.flags import flag
 from medmamba.inferers.brain_extraction import BrainExtractor, SkullStrippingInferer
 from medmamba.inferers.contrast_polarity import POLARITIES, ContrastPolarityInferer
 
-__all__ = ["contrast_polarity_inferer", "load_brain_extractor", "single_pass_extractor", "skull_stripping_inferer"]
+__all__ = [
+    "contrast_polarity_inferer",
+    "load_brain_extractor",
+    "single_pass_extractor",
+    "skull_stripping_inferer",
+    "skull_stripping_of",
+]
 
 
 def load_brain_extractor(
@@ -122,6 +128,32 @@ def skull_stripping_inferer(
         return inferer
     return SkullStrippingInferer(inferer, load_brain_extractor(
         segmentation_bundle_root, device=device, spacing=spacing, inferer_item=inferer_item, closing_mm=closing_mm))
+
+
+def skull_stripping_of(predictor: Any, max_depth: int = 8) -> SkullStrippingInferer | None:
+    """The skull-stripping inferer inside a predictor's chain of inferers, or ``None``.
+
+    Follows ``.inferer`` from ``predictor`` (e.g. a :class:`medmamba.inferers.VolumeClassifier`, then the
+    mirror read-out, the contrast-polarity check, ...) to the first
+    :class:`medmamba.inferers.SkullStrippingInferer`: the classification bundle reports the brain that
+    inferer extracted. A chain without one (``--brain_extraction false``, a predictor given in its
+    place) gives ``None``.
+
+    Args:
+        predictor: the object whose ``.inferer`` chain is searched.
+        max_depth: how many links are followed at most.
+
+    Returns:
+        The skull-stripping inferer, or ``None``.
+    """
+    link = predictor
+    for _ in range(int(max_depth) + 1):
+        if isinstance(link, SkullStrippingInferer):
+            return link
+        link = getattr(link, "inferer", None)
+        if link is None:
+            return None
+    return None
 
 
 def single_pass_extractor(inferer: Any, inferer_item: str) -> BrainExtractor | None:

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,9 +43,10 @@ from medmamba.apps.deploy import export_onnx, load_network
 from medmamba.data.discovery import find_scans
 from medmamba.handlers.classification_report import ClassificationReport
 from medmamba.handlers.rank_zero import rank_zero_handlers
+from medmamba.inferers.brain_extraction import SkullStrippingInferer
 from medmamba.inferers.lesion_scores import lesion_log_odds, volume_log_odds
 from medmamba.inferers.volume_predictor import VolumeClassifier
-from medmamba.io.geometry import slices_to_source, source_geometry
+from medmamba.io.geometry import slices_to_source, source_geometry, voxel_volume_ml
 from medmamba.metrics.lesion import LesionMetric
 from medmamba.networks.fuse_on_load import FusedLesionMapClassifier, FusedMobileMamba, FuseOnLoad
 from medmamba.transforms.lesion_insertion import RandLesionInsertd, RandStackLesionInsertd
@@ -125,6 +126,8 @@ def classify(
     threshold_log_odds: float | None = None,
     warnings_key: str = "scan_warnings",
     weighting_key: str = "scan_weighting",
+    brain_extraction: SkullStrippingInferer | None = None,
+    brain_volume_range_ml: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Classify every scan under ``input_path``; write ``<output_dir>/probabilities.csv``.
 
@@ -164,9 +167,20 @@ def classify(
         warnings_key: key of the list of scan warnings in the preprocessed data
             (:class:`medmamba.transforms.CheckScand`).
         weighting_key: key of the scan's MR weighting in the preprocessed data.
+        brain_extraction: the predictor's skull-stripping inferer; each row then also reports
+            ``brain_volume_ml``, the volume of the brain the network was run on. ``None``: not reported.
+        brain_volume_range_ml: plausible ``(low, high)`` brain volume in ml; a case whose extracted
+            brain lies outside is classified and flagged in ``warnings`` (a partial-coverage slab, a
+            scan that is not a head MR: its lesion probability covers only what was extracted).
+            ``None``: not checked. Needs ``brain_extraction``.
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
+
+    Raises:
+        TypeError: ``brain_extraction`` is not a :class:`medmamba.inferers.SkullStrippingInferer`.
+        ValueError: no ``input_path``, a threshold out of range, or ``brain_volume_range_ml`` that is not
+            ``(low, high)`` with ``0 <= low < high``, or given without ``brain_extraction``.
     """
     from monai.data import MetaTensor
 
@@ -183,6 +197,14 @@ def classify(
         raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}.")
     if threshold_log_odds is not None and not math.isfinite(float(threshold_log_odds)):
         raise ValueError(f"threshold_log_odds must be a finite number of log-odds or None, got {threshold_log_odds!r}.")
+    if brain_extraction is not None and not isinstance(brain_extraction, SkullStrippingInferer):
+        raise TypeError(f"brain_extraction must be a SkullStrippingInferer or None, got {type(brain_extraction).__name__}.")
+    if brain_volume_range_ml is not None:
+        low, high = (float(v) for v in brain_volume_range_ml) if len(brain_volume_range_ml) == 2 else (-1.0, -1.0)
+        if not 0.0 <= low < high:
+            raise ValueError(f"brain_volume_range_ml must be (low, high) in ml with 0 <= low < high, got {brain_volume_range_ml!r}.")
+        if brain_extraction is None:
+            raise ValueError("brain_volume_range_ml needs brain_extraction (the skull-stripping inferer whose brain is checked).")
     start = time.perf_counter()
     cases = find_scans(input_path)
     logger.info("classifying %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
@@ -198,6 +220,15 @@ def classify(
         prob = float(out["lesion_probability"][0])
         log_odds = float(out["lesion_log_odds"][0]) if "lesion_log_odds" in out else None
         slices = out["slice_probabilities"][0].cpu()
+        brain: dict[str, Any] = {}
+        if brain_extraction is not None and brain_extraction.last_brain_voxels:
+            brain_ml = brain_extraction.last_brain_voxels[0] * voxel_volume_ml(img.affine) if isinstance(img, MetaTensor) else None
+            brain["brain_volume_ml"] = None if brain_ml is None else round(brain_ml, 1)
+            if brain_ml is not None and brain_volume_range_ml is not None:
+                low, high = (float(v) for v in brain_volume_range_ml)
+                if not low <= brain_ml <= high:
+                    warnings.append(f"extracted brain volume {brain_ml:.0f} ml is outside the plausible {low:.0f}-{high:.0f} "
+                                    "ml: not a whole brain, or not a brain MR; the lesion probability covers only it")
         if threshold_log_odds is None:
             label = int(prob >= threshold)
         elif log_odds is None:
@@ -223,6 +254,7 @@ def classify(
             "top_slice": -max(scored)[1] if scored else None,
             "slice_axis": int(mapped["axis"]),
             "weighting": str(data.get(weighting_key) or ""),
+            **brain,
             "warnings": "; ".join(warnings),
         }
         if write_slice_probabilities:

@@ -108,6 +108,11 @@ class SkullStrippingInferer(Inferer):
         min_voxels: a volume whose brain has fewer voxels goes to ``inferer`` as given (a scan
             without a brain, where there is nothing to strip to).
 
+    Attributes:
+        last_brain_voxels: the extracted brain's voxel count of each volume of the last call (empty
+            before the first), for a caller that reports the brain the network was run on (e.g. the
+            classification bundle's check that a scan holds a whole brain).
+
     Raises:
         TypeError: ``inferer`` or ``extractor`` is not callable.
         ValueError: invalid percentiles or ``min_voxels``.
@@ -130,6 +135,7 @@ class SkullStrippingInferer(Inferer):
         self.extractor = extractor
         self.normalizer = BrainNormalize(lower=lower, upper=upper, min_voxels=min_voxels)
         self.min_voxels = min_voxels
+        self.last_brain_voxels: list[int] = []
 
     def strip(self, inputs: torch.Tensor) -> torch.Tensor:
         """``inputs`` ``(B, C, *spatial)`` reduced to each volume's brain and normalised over it."""
@@ -139,6 +145,7 @@ class SkullStrippingInferer(Inferer):
         if tuple(masks.shape) != (inputs.shape[0], *inputs.shape[2:]):
             raise ValueError(f"extractor must give masks of shape {(inputs.shape[0], *inputs.shape[2:])} for "
                              f"inputs {tuple(inputs.shape)}, got {tuple(masks.shape)}.")
+        self.last_brain_voxels = [int(m.sum()) for m in masks]
         stripped = torch.as_tensor(inputs).clone()
         for b in range(inputs.shape[0]):
             brain = masks[b]
