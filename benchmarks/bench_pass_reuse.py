@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import alternating_medians, machine_line  # noqa: E402
+from common import equal_outputs, machine_line, seconds_per_volume  # noqa: E402
 
 from medmamba.resources import configure_threads  # noqa: E402
 
@@ -63,15 +62,6 @@ def _predictor(bundle: Path, reuse: bool) -> tuple[Any, Any]:
     return predictor, config.get_parsed_content("preprocessing")
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two predictor outputs (tensors or tuples of them) are equal value for value."""
-    try:
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    except AssertionError:
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, action="append", required=True, help="a NIfTI file or DICOM series folder (repeat)")
@@ -91,19 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         (off, preprocessing), (on, _) = _predictor(bundle, False), _predictor(bundle, True)
         volumes = [preprocessing({"image": str(p)})["image"].as_tensor()[None] for p in args.image]
         with torch.no_grad():
-            same = all(_same(off(v), on(v)) for v in volumes)
-
-        def run(predictor: Callable[[torch.Tensor], object]) -> Callable[[], None]:
-            def call() -> None:
-                with torch.no_grad():
-                    for v in volumes:
-                        predictor(v)
-            return call
-
-        medians = alternating_medians({"off": run(off), "on": run(on)}, args.rounds)
-        n = len(volumes)
-        print(f"| {name} | {tuple(volumes[0].shape[2:])} | {medians['off'] / n:.2f} | {medians['on'] / n:.2f} "
-              f"| {medians['on'] / medians['off']:.2f} | {'yes' if same else 'NO'} |")
+            same = all(equal_outputs(off(v), on(v)) for v in volumes)
+        seconds = seconds_per_volume({"off": off, "on": on}, volumes, args.rounds)
+        print(f"| {name} | {tuple(volumes[0].shape[2:])} | {seconds['off']:.2f} | {seconds['on']:.2f} "
+              f"| {seconds['on'] / seconds['off']:.2f} | {'yes' if same else 'NO'} |")
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import alternating_medians, machine_line  # noqa: E402
+from common import equal_outputs, machine_line, seconds_per_volume  # noqa: E402
 
 from medmamba.resources import configure_threads  # noqa: E402
 
@@ -85,14 +84,6 @@ def _config(bundle: Path, step: int) -> Any:
     if "inferer#inferer#progress" in config:  # no per-volume slice bars between the table's rows
         config["inferer#inferer#progress"] = False
     return config
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    except AssertionError:
-        return False
-    return True
 
 
 def _decisions(bundles: Path, sets: list[Path], steps: list[int]) -> None:
@@ -144,19 +135,10 @@ def _timing(bundles: Path, images: list[Path], step: int, rounds: int) -> None:
         preprocessing = full_config.get_parsed_content("preprocessing")
         volumes = [preprocessing({"image": str(p)})["image"].as_tensor()[None] for p in images]
         with torch.no_grad():
-            same = all(_same(full(v), sampled(v)) for v in volumes)
-
-        def run(predictor: Callable[[torch.Tensor], object]) -> Callable[[], None]:
-            def call() -> None:
-                with torch.no_grad():
-                    for v in volumes:
-                        predictor(v)
-            return call
-
-        medians = alternating_medians({"full": run(full), "sampled": run(sampled)}, rounds)
-        n = len(volumes)
-        print(f"| {name} | {tuple(volumes[0].shape[2:])} | {medians['full'] / n:.2f} | {medians['sampled'] / n:.2f} "
-              f"| {medians['sampled'] / medians['full']:.2f} | {'yes' if same else 'NO'} |", flush=True)
+            same = all(equal_outputs(full(v), sampled(v)) for v in volumes)
+        seconds = seconds_per_volume({"full": full, "sampled": sampled}, volumes, rounds)
+        print(f"| {name} | {tuple(volumes[0].shape[2:])} | {seconds['full']:.2f} | {seconds['sampled']:.2f} "
+              f"| {seconds['sampled'] / seconds['full']:.2f} | {'yes' if same else 'NO'} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,13 @@ from medmamba.resources import ALLOCATOR_SETTINGS, cpu_model
 __all__ = [
     "MALLOC_ENV",
     "alternating_medians",
+    "equal_outputs",
     "machine_info",
     "machine_line",
     "reexec_with_env",
     "reexec_with_malloc_tuning",
     "scan_benchmark_args",
+    "seconds_per_volume",
     "time_call",
 ]
 
@@ -124,3 +126,28 @@ def alternating_medians(settings: Mapping[Hashable, Callable[[], object]], round
             if round_:
                 times[label].append(time.perf_counter() - start)
     return {label: statistics.median(t) for label, t in times.items()}
+
+
+def equal_outputs(a: Any, b: Any) -> bool:
+    """Whether two predictor outputs (tensors, or tuples / dicts of them) are equal value for value."""
+    try:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    except AssertionError:
+        return False
+    return True
+
+
+def seconds_per_volume(predictors: Mapping[Hashable, Callable[[torch.Tensor], object]], volumes: list[torch.Tensor],
+                       rounds: int) -> dict[Hashable, float]:
+    """Median seconds per volume of each predictor over ``volumes`` (without gradients), the predictors
+    alternated round by round (:func:`alternating_medians`)."""
+
+    def run(predictor: Callable[[torch.Tensor], object]) -> Callable[[], None]:
+        def call() -> None:
+            with torch.no_grad():
+                for v in volumes:
+                    predictor(v)
+        return call
+
+    medians = alternating_medians({label: run(p) for label, p in predictors.items()}, rounds)
+    return {label: t / len(volumes) for label, t in medians.items()}

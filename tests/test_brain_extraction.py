@@ -116,8 +116,10 @@ def test_the_classifier_reports_the_extracted_brain_and_flags_a_partial_one(tmp_
         assert ("extracted brain volume 16 ml is outside the plausible 700-2600 ml" in row["warnings"]) is flagged
     with pytest.raises(TypeError, match="brain_extraction must be a SkullStrippingInferer or None, got SliceStackInferer"):
         classify(tmp_path / "head.nii.gz", tmp_path / "x", predictor, preprocessing, brain_extraction=SliceStackInferer(2))
-    with pytest.raises(ValueError, match="brain_volume_range_ml needs brain_extraction"):
-        classify(tmp_path / "head.nii.gz", tmp_path / "x", predictor, preprocessing, brain_volume_range_ml=(700, 2600))
+    classify(tmp_path / "head.nii.gz", tmp_path / "plain", predictor, preprocessing, brain_volume_range_ml=(700, 2600))
+    with open(tmp_path / "plain" / "probabilities.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert "brain_volume_ml" not in row and row["warnings"] == ""  # no extraction given: nothing to report or check
     with pytest.raises(ValueError, match=r"brain_volume_range_ml must be \(low, high\) in ml with 0 <= low < high, got \(2600, 700\)"):
         classify(tmp_path / "head.nii.gz", tmp_path / "x", predictor, preprocessing, brain_extraction=stripping,
                  brain_volume_range_ml=(2600, 700))

@@ -172,7 +172,8 @@ def classify(
         brain_volume_range_ml: plausible ``(low, high)`` brain volume in ml; a case whose extracted
             brain lies outside is classified and flagged in ``warnings`` (a partial-coverage slab, a
             scan that is not a head MR: its lesion probability covers only what was extracted).
-            ``None``: not checked. Needs ``brain_extraction``.
+            ``None``: not checked; nor is it without ``brain_extraction`` (no extracted brain: the
+            bundle's ``--brain_extraction false``).
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
@@ -180,7 +181,7 @@ def classify(
     Raises:
         TypeError: ``brain_extraction`` is not a :class:`medmamba.inferers.SkullStrippingInferer`.
         ValueError: no ``input_path``, a threshold out of range, or ``brain_volume_range_ml`` that is not
-            ``(low, high)`` with ``0 <= low < high``, or given without ``brain_extraction``.
+            ``(low, high)`` with ``0 <= low < high``.
     """
     from monai.data import MetaTensor
 
@@ -203,8 +204,6 @@ def classify(
         low, high = (float(v) for v in brain_volume_range_ml) if len(brain_volume_range_ml) == 2 else (-1.0, -1.0)
         if not 0.0 <= low < high:
             raise ValueError(f"brain_volume_range_ml must be (low, high) in ml with 0 <= low < high, got {brain_volume_range_ml!r}.")
-        if brain_extraction is None:
-            raise ValueError("brain_volume_range_ml needs brain_extraction (the skull-stripping inferer whose brain is checked).")
     start = time.perf_counter()
     cases = find_scans(input_path)
     logger.info("classifying %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))

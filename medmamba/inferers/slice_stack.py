@@ -204,13 +204,7 @@ class SliceStackInferer(Inferer):
             outputs, kind = self._run(inputs, network, *args, **kwargs)
             if reusable:
                 self._last_pass = _LastPass.of(inputs, network, {k: v.clone() for k, v in outputs.items()}, kind)
-        if isinstance(original, MetaTensor):  # keep the volume's meta data, as MONAI's inferers do
-            outputs = {k: convert_to_dst_type(v, original, dtype=v.dtype, device=v.device)[0] for k, v in outputs.items()}
-        if kind == "tensor":
-            return outputs[0]
-        if kind == "sequence":
-            return tuple(outputs[i] for i in range(len(outputs)))
-        return outputs
+        return _returned(outputs, kind, original)
 
     def run_slices(
         self, inputs: torch.Tensor, network: Callable[..., Any], indices: Sequence[int], *args: Any, **kwargs: Any
@@ -245,13 +239,7 @@ class SliceStackInferer(Inferer):
         if isinstance(inputs, MetaTensor):
             inputs = inputs.as_tensor()
         outputs, kind = self._run(inputs, network, *args, slices=chosen, **kwargs)
-        if isinstance(original, MetaTensor):
-            outputs = {k: convert_to_dst_type(v, original, dtype=v.dtype, device=v.device)[0] for k, v in outputs.items()}
-        if kind == "tensor":
-            return outputs[0]
-        if kind == "sequence":
-            return tuple(outputs[i] for i in range(len(outputs)))
-        return outputs
+        return _returned(outputs, kind, original)
 
     def _run(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, slices: list[int] | None = None,
              **kwargs: Any) -> tuple[dict[Any, torch.Tensor], str]:
@@ -325,6 +313,19 @@ class _LastPass:
                 and _parameter_versions(network) == self.versions
                 and inputs.shape == self.inputs.shape and inputs.dtype == self.inputs.dtype
                 and inputs.device == self.inputs.device and bool(torch.equal(inputs, self.inputs)))
+
+
+def _returned(outputs: dict[Any, torch.Tensor], kind: str, original: torch.Tensor
+              ) -> torch.Tensor | tuple[torch.Tensor, ...] | dict[Any, torch.Tensor]:
+    """The output volumes in the network's own structure (``kind`` of :func:`_output_parts`), with the
+    input volume's meta data where it was a ``MetaTensor``, as MONAI's inferers keep it."""
+    if isinstance(original, MetaTensor):
+        outputs = {k: convert_to_dst_type(v, original, dtype=v.dtype, device=v.device)[0] for k, v in outputs.items()}
+    if kind == "tensor":
+        return outputs[0]
+    if kind == "sequence":
+        return tuple(outputs[i] for i in range(len(outputs)))
+    return outputs
 
 
 def _output_parts(res: Any) -> tuple[dict[Any, torch.Tensor], str]:
