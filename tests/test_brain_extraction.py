@@ -255,3 +255,15 @@ def test_load_network_and_export_read_switch_strings(tmp_path: Path) -> None:
         load_network(net, tmp_path / "model.pt", channels_last="fast")
     with pytest.raises(ValueError, match="int8 must be true or false, got 'yes please'"):
         export_onnx(net, tmp_path / "model.pt", tmp_path, int8="yes please")
+
+
+def test_one_brain_volume_warning_serves_both_bundles() -> None:
+    from medmamba.apps.pipeline import brain_volume_warning
+
+    assert brain_volume_warning(700.0, (700, 2200)) is None and brain_volume_warning(2200.0, (700, 2200)) is None
+    assert brain_volume_warning(9.0, (700, 2200)) == (
+        "predicted brain volume 9 ml is outside the plausible 700-2200 ml: not a whole brain, or not a brain MR")
+    assert brain_volume_warning(21.8, [700, 2600], what="extracted brain volume",
+                                consequence="; the lesion probability covers only it") == (
+        "extracted brain volume 22 ml is outside the plausible 700-2600 ml: not a whole brain, or not a brain MR; "
+        "the lesion probability covers only it")

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from medmamba.apps.deploy import export_onnx, load_network
+from medmamba.apps.pipeline import brain_volume_warning
 from medmamba.data.discovery import find_scans
 from medmamba.handlers.classification_report import ClassificationReport
 from medmamba.handlers.rank_zero import rank_zero_handlers
@@ -224,10 +225,10 @@ def classify(
             brain_ml = brain_extraction.last_brain_voxels[0] * voxel_volume_ml(img.affine) if isinstance(img, MetaTensor) else None
             brain["brain_volume_ml"] = None if brain_ml is None else round(brain_ml, 1)
             if brain_ml is not None and brain_volume_range_ml is not None:
-                low, high = (float(v) for v in brain_volume_range_ml)
-                if not low <= brain_ml <= high:
-                    warnings.append(f"extracted brain volume {brain_ml:.0f} ml is outside the plausible {low:.0f}-{high:.0f} "
-                                    "ml: not a whole brain, or not a brain MR; the lesion probability covers only it")
+                flag = brain_volume_warning(brain_ml, brain_volume_range_ml, what="extracted brain volume",
+                                            consequence="; the lesion probability covers only it")
+                if flag is not None:
+                    warnings.append(flag)
         if threshold_log_odds is None:
             label = int(prob >= threshold)
         elif log_odds is None:

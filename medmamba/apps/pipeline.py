@@ -35,11 +35,33 @@ from medmamba.transforms.brain_mask import BrainMask, KeepBrainComponent
 from medmamba.transforms.label_map import channel_argmax
 from medmamba.transforms.stripped_input import BRAIN_SOURCE_KEY
 
-__all__ = ["Predictor", "brain_transforms", "classify_scans", "segment_scans"]
+__all__ = ["Predictor", "brain_transforms", "brain_volume_warning", "classify_scans", "segment_scans"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 logger = logging.getLogger(__name__)
+
+
+def brain_volume_warning(volume_ml: float, volume_range_ml: Sequence[float], what: str = "predicted brain volume",
+                         consequence: str = "") -> str | None:
+    """The warning for a brain volume outside its plausible range, or ``None`` inside it.
+
+    Args:
+        volume_ml: the brain's volume in ml.
+        volume_range_ml: plausible ``(low, high)`` in ml (bounds included).
+        what: what the volume is, as the warning names it (the segmentation's predicted brain, the
+            classifier's extracted brain).
+        consequence: appended to the warning (e.g. what the result then covers).
+
+    Returns:
+        ``"<what> <volume> ml is outside the plausible <low>-<high> ml: not a whole brain, or not a brain
+        MR<consequence>"``, or ``None``.
+    """
+    low, high = (float(v) for v in volume_range_ml)
+    if low <= volume_ml <= high:
+        return None
+    return (f"{what} {volume_ml:.0f} ml is outside the plausible {low:.0f}-{high:.0f} ml: not a whole brain, "
+            f"or not a brain MR{consequence}")
 
 
 def _probabilities(out: torch.Tensor, outputs_logits: bool) -> torch.Tensor:
@@ -213,11 +235,9 @@ def segment_scans(
             brain_path = case.out_dir / f"{case.case_id}_brain_mask.nii.gz"
             outputs["brain_mask_nifti"] = write_mask_nifti(brain_path, brain).name
             extra["brain_volume_ml"] = round(float(brain.sum()) * voxel_volume_ml(mask.affine), 1)
-            if brain_volume_range_ml is not None:
-                low, high = (float(v) for v in brain_volume_range_ml)
-                if not low <= extra["brain_volume_ml"] <= high:
-                    warnings.append(f"predicted brain volume {extra['brain_volume_ml']:.0f} ml is outside the "
-                                    f"plausible {low:.0f}-{high:.0f} ml: not a whole brain, or not a brain MR")
+            flag = None if brain_volume_range_ml is None else brain_volume_warning(extra["brain_volume_ml"], brain_volume_range_ml)
+            if flag is not None:
+                warnings.append(flag)
         if write_seg and not is_nifti_path(case.input):
             uid = str(mask.meta.get("series_instance_uid", "") or "") or None
             outputs["seg_dicom"] = write_dicom_seg(

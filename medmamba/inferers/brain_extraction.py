@@ -149,7 +149,7 @@ class SkullStrippingInferer(Inferer):
         stripped = torch.as_tensor(inputs).clone()
         for b in range(inputs.shape[0]):
             brain = masks[b]
-            if int(brain.sum()) < self.min_voxels:
+            if self.last_brain_voxels[b] < self.min_voxels:
                 continue
             volume = self.normalizer(stripped[b], brain)
             volume = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
