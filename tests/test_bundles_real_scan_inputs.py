@@ -365,6 +365,53 @@ def test_classification_slices_are_the_input_slices(phantoms: dict, name: str, t
     assert len(doc["network_slices"]) > 0
 
 
+class _PolaritySegmenter:
+    """Stub predictor behind a contrast-polarity check that always inverts (``polarity="inverted"``), as
+    the bundles' chain holds the check under ``.inferer``."""
+
+    def __init__(self) -> None:
+        from medmamba.inferers import ContrastPolarityInferer
+
+        self.inferer = ContrastPolarityInferer(lambda x, network: network(x), polarity="inverted")
+
+    def __call__(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.inferer(volume, ThresholdSegmenter())
+
+
+def _t2_like(phantom: dict, path: Path) -> Path:
+    """The phantom with its contrast inverted inside the head (sphere darkest, shell brightest)."""
+    img = nib.load(phantom["path"])
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(np.where(data > 0, 450.0 - data, 0.0).astype(np.float32), img.affine), path)
+    return path
+
+
+def test_both_reports_say_in_which_contrast_polarity_a_scan_was_analysed(phantoms: dict, tmp_path: Path) -> None:
+    """``contrast_polarity``: ``inverted`` where the chain's check analysed a T2-like scan inverted, and the
+    result is then that of the T1 scan; ``given`` without inversion (the stand-ins hold no check)."""
+    from medmamba.apps.classification import VolumeClassifier
+    from medmamba.inferers import ContrastPolarityInferer, SliceStackInferer
+
+    ph = phantoms["2mm"]
+    t2 = _t2_like(ph, tmp_path / "t2_like.nii.gz")
+    _segment(ph["path"], tmp_path / "seg_t1")
+    _segment(t2, tmp_path / "seg_t2", predictor=_PolaritySegmenter())
+    (t1_row,) = _rows(tmp_path / "seg_t1" / "segmentation.csv").values()
+    (t2_row,) = _rows(tmp_path / "seg_t2" / "segmentation.csv").values()
+    assert (t1_row["contrast_polarity"], t2_row["contrast_polarity"]) == ("given", "inverted")
+    assert float(t2_row["brain_volume_ml"]) == pytest.approx(float(t1_row["brain_volume_ml"]), rel=0.02)
+    assert t2_row["voxels.3"] == t1_row["voxels.3"]  # the sphere, found in the inverted T2-like scan
+
+    _classify(ph["path"], tmp_path / "cls_t1")
+    inverting = VolumeClassifier(SphereAreaNet(), ContrastPolarityInferer(SliceStackInferer(2, context=2), polarity="inverted"), "max")
+    _run_config(CLS_CONFIGS / "inference.json", {"input_path": str(t2), "output_dir": str(tmp_path / "cls_t2"),
+                                                  "predictor": inverting})
+    (t1_row,) = _rows(tmp_path / "cls_t1" / "probabilities.csv").values()
+    (t2_row,) = _rows(tmp_path / "cls_t2" / "probabilities.csv").values()
+    assert (t1_row["contrast_polarity"], t2_row["contrast_polarity"]) == ("given", "inverted")
+    assert float(t2_row["lesion_probability"]) > 0.5 and t2_row["top_slice"] == t1_row["top_slice"]
+
+
 def test_two_mm_resampling_is_exactly_a_no_op(phantoms: dict, tmp_path: Path) -> None:
     """At the training spacing the resampling changes nothing: evaluation figures stay as they were."""
     from monai.bundle import ConfigParser

@@ -9,6 +9,8 @@ from torch import nn
 from medmamba.inferers import (
     ContrastPolarityInferer,
     TissueMapFit,
+    analysed_polarity,
+    find_inferer,
     invert_contrast,
     prefers_inverted,
     tissue_map_fit,
@@ -148,6 +150,33 @@ def test_a_t1_volume_goes_on_as_given_and_an_inverted_one_inverted() -> None:
     torch.testing.assert_close(out[1][0][head], _t1_volume(1)[0][head])  # back to T1 order
     given, inverted = inferer.fits(t2, T1Reader())
     assert inverted.explained > given.explained + 0.5 and inverted.confidence > given.confidence + 0.3
+    assert inferer.last_polarities == ["given", "inverted"]  # what the reports show per case
+
+
+def test_the_reports_polarity_is_that_of_the_last_call_anywhere_in_the_chain() -> None:
+    """``analysed_polarity`` finds the check under a predictor's ``.inferer`` links and reads its last call."""
+
+    class Link:
+        def __init__(self, inferer: object) -> None:
+            self.inferer = inferer
+
+    check = ContrastPolarityInferer(Recorder(), probe_inferer=_volume_inferer)
+    predictor = Link(Link(check))
+    assert find_inferer(predictor, ContrastPolarityInferer) is check
+    assert find_inferer(predictor, ContrastPolarityInferer, max_depth=1) is None  # two links away
+    assert analysed_polarity(predictor) is None  # not called yet: no record
+    check(invert_contrast(_t1_volume())[None], T1Reader())
+    assert analysed_polarity(predictor) == "inverted"
+    check(_t1_volume()[None], T1Reader())
+    assert analysed_polarity(predictor) == "given" and analysed_polarity(predictor, index=1) is None
+    assert analysed_polarity(Link(Recorder())) == "given"  # no check: nothing inverts the volume
+    always = ContrastPolarityInferer(Recorder(), polarity="inverted")
+    always(_t1_volume()[None], T1Reader())
+    assert analysed_polarity(always) == "inverted"
+    with pytest.raises(TypeError, match="kind must be a class, got str"):
+        find_inferer(predictor, "ContrastPolarityInferer")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_depth must be a non-negative int, got -1"):
+        find_inferer(predictor, ContrastPolarityInferer, max_depth=-1)
 
 
 def test_polarity_given_skips_the_probe_and_inverted_always_inverts() -> None:

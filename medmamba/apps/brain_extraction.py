@@ -20,6 +20,7 @@ from monai.bundle.reference_resolver import ReferenceResolver
 
 from medmamba.bundle.flags import flag
 from medmamba.inferers.brain_extraction import BrainExtractor, SkullStrippingInferer
+from medmamba.inferers.chain import find_inferer
 from medmamba.inferers.contrast_polarity import POLARITIES, ContrastPolarityInferer
 
 __all__ = [
@@ -146,14 +147,7 @@ def skull_stripping_of(predictor: Any, max_depth: int = 8) -> SkullStrippingInfe
     Returns:
         The skull-stripping inferer, or ``None``.
     """
-    link = predictor
-    for _ in range(int(max_depth) + 1):
-        if isinstance(link, SkullStrippingInferer):
-            return link
-        link = getattr(link, "inferer", None)
-        if link is None:
-            return None
-    return None
+    return find_inferer(predictor, SkullStrippingInferer, int(max_depth))
 
 
 def single_pass_extractor(inferer: Any, inferer_item: str) -> BrainExtractor | None:

@@ -45,6 +45,7 @@ from medmamba.data.discovery import find_scans
 from medmamba.handlers.classification_report import ClassificationReport
 from medmamba.handlers.rank_zero import rank_zero_handlers
 from medmamba.inferers.brain_extraction import SkullStrippingInferer
+from medmamba.inferers.contrast_polarity import analysed_polarity
 from medmamba.inferers.lesion_scores import lesion_log_odds, volume_log_odds
 from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.geometry import slices_to_source, source_geometry, voxel_volume_ml
@@ -137,7 +138,9 @@ def classify(
     (index of the input's most suspicious slice), ``slice_axis`` (the input's array axis those
     slices are taken along), ``weighting`` (the scan's MR weighting left by the preprocessing under
     ``weighting_key``, :class:`medmamba.transforms.CheckMRWeightingd`: ``T1``, ``unknown``, or another
-    weighting analysed with ``on_mismatch="warn"``; empty without it) and ``warnings`` (scan plausibility flags left by the preprocessing under
+    weighting analysed with ``on_mismatch="warn"``; empty without it), ``contrast_polarity`` (``inverted``
+    where the predictor's contrast-polarity check analysed a T2-like scan inverted, else ``given``:
+    :func:`medmamba.inferers.analysed_polarity`) and ``warnings`` (scan plausibility flags left by the preprocessing under
     ``warnings_key``, joined by "; "); failed cases are recorded with their reason and the
     batch goes on (:func:`medmamba.data.run_batch`, which also keeps identifying DICOM values out of
     the report). Case ids are those of :func:`find_scans` (``sub-018_dicom`` for the single series
@@ -254,6 +257,7 @@ def classify(
             "top_slice": -max(scored)[1] if scored else None,
             "slice_axis": int(mapped["axis"]),
             "weighting": str(data.get(weighting_key) or ""),
+            "contrast_polarity": analysed_polarity(predictor),
             **brain,
             "warnings": "; ".join(warnings),
         }

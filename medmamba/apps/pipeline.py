@@ -31,6 +31,7 @@ from medmamba.io.dicom_seg import write_dicom_seg
 from medmamba.io.segment_codes import SegmentCode
 from medmamba.io.geometry import voxel_volume_ml
 from medmamba.io.prediction import invert_prediction, write_mask_nifti, write_probabilities_nifti
+from medmamba.inferers.contrast_polarity import analysed_polarity
 from medmamba.transforms.brain_mask import BrainMask, KeepBrainComponent
 from medmamba.transforms.label_map import channel_argmax
 from medmamba.transforms.stripped_input import BRAIN_SOURCE_KEY
@@ -182,8 +183,9 @@ def segment_scans(
             MONAI's ``Spacingd`` takes such keys for metadata dictionaries.
 
     Returns:
-        The batch report (per case: output files, voxel counts per label, ``weighting``, ``warnings``
-        (sentences joined by "; ", empty when none) and with ``brain_labels`` the brain volume).
+        The batch report (per case: output files, voxel counts per label, ``weighting``,
+        ``contrast_polarity`` (:func:`medmamba.inferers.analysed_polarity` of ``predictor``),
+        ``warnings`` (sentences joined by "; ", empty when none) and with ``brain_labels`` the brain volume).
     """
     if brain_volume_range_ml is not None:
         if brain_labels is None:
@@ -253,7 +255,8 @@ def segment_scans(
         for w in warnings:
             logger.warning("case %s: %s", case.case_id, case.redact(w))
         return {"outputs": outputs, "voxels": {str(i): int(c) for i, c in enumerate(counts.tolist())}, **extra,
-                "weighting": str(data.get(weighting_key) or ""), "warnings": "; ".join(warnings)}
+                "weighting": str(data.get(weighting_key) or ""), "contrast_polarity": analysed_polarity(predictor),
+                "warnings": "; ".join(warnings)}
 
     return run_batch_distributed(cases, process, out_dir, input_key=image_key, report_name=report_name)
 

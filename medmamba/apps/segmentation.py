@@ -124,8 +124,10 @@ def segment(
     tissue labels, their largest connected component, holes filled; for skull stripping), for DICOM
     input also ``<case>_seg.dcm`` (a DICOM SEG referencing the source series), optionally
     ``<case>_prob.nii.gz``; and ``segmentation.csv``/``.json`` reports (failed cases are recorded
-    there with their reason, the others go on; ``brain_volume_ml`` and ``warnings``: scan
-    plausibility flags from the preprocessing and a brain volume outside ``brain_volume_range_ml``).
+    there with their reason, the others go on; ``brain_volume_ml``; ``contrast_polarity``:
+    ``inverted`` where the predictor's contrast-polarity check analysed a T2-like scan inverted, else
+    ``given`` (:func:`medmamba.inferers.analysed_polarity`); and ``warnings``: scan plausibility flags
+    from the preprocessing and a brain volume outside ``brain_volume_range_ml``).
 
     Args:
         input_path: see :func:`find_scans`.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
+from .chain import find_inferer
 from .brain_normalization import BrainNormalizingInferer, tissue_network
 from .contrast_polarity import (
     POLARITIES,
     ContrastPolarityInferer,
     TissueMapFit,
+    analysed_polarity,
     invert_contrast,
     prefers_inverted,
     probe_slices,
@@ -49,7 +51,9 @@ __all__ = [
     "VolumePredictor",
     "VolumeSegmenter",
     "aggregate_slice_logits",
+    "analysed_polarity",
     "expected_in_channels",
+    "find_inferer",
     "invert_contrast",
     "lesion_log_odds",
     "lesion_probability",

@@ -31,12 +31,14 @@ import torch
 from monai.inferers import Inferer
 from scipy import ndimage
 
+from medmamba.inferers.chain import find_inferer
 from medmamba.inferers.slice_stack import SliceStackInferer
 
 __all__ = [
     "POLARITIES",
     "ContrastPolarityInferer",
     "TissueMapFit",
+    "analysed_polarity",
     "invert_contrast",
     "prefers_inverted",
     "probe_slices",
@@ -195,6 +197,11 @@ class ContrastPolarityInferer(Inferer):
             (:func:`probe_slices`) and measure both fits on those slices; needs a
             :class:`medmamba.inferers.SliceStackInferer` as the probe inferer. 1: every slice.
 
+    Attributes:
+        last_polarities: per volume of the last call, the polarity it was analysed in, ``"given"`` or
+            ``"inverted"`` (empty before the first call); the bundles report it per case
+            (:func:`analysed_polarity`).
+
     Raises:
         TypeError: ``inferer`` or ``probe_inferer`` is not callable, or ``probe_slice_step > 1``
             without a slice-stack probe inferer.
@@ -236,6 +243,7 @@ class ContrastPolarityInferer(Inferer):
         self.background_channel = int(background_channel)
         self.min_explained_gain = float(min_explained_gain)
         self.min_confidence_gain = float(min_confidence_gain)
+        self.last_polarities: list[str] = []
 
     def fits(self, volume: torch.Tensor, network: Any, inverted: torch.Tensor | None = None) -> tuple[TissueMapFit, TissueMapFit]:
         """The tissue map fits of one volume ``(C, *spatial)`` as given and inverted (``inverted``:
@@ -296,6 +304,7 @@ class ContrastPolarityInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """``inferer(volumes, network)`` with each volume of ``inputs`` ``(B, C, *spatial)`` in its chosen polarity."""
         inverted = self._inverted_volumes(inputs, network)
+        self.last_polarities = ["given" if v is None else "inverted" for v in inverted]
         if any(v is not None for v in inverted):
             chosen = inputs.clone()
             for b, volume in enumerate(inverted):
@@ -303,3 +312,22 @@ class ContrastPolarityInferer(Inferer):
                     chosen[b] = volume.to(dtype=inputs.dtype)
             inputs = chosen
         return self.inferer(inputs, network, *args, **kwargs)
+
+
+def analysed_polarity(predictor: Any, index: int = 0) -> str | None:
+    """The contrast polarity in which a predictor's last call analysed volume ``index``.
+
+    Args:
+        predictor: a predictor or inferer whose ``.inferer`` chain may hold a
+            :class:`ContrastPolarityInferer` (:func:`medmamba.inferers.find_inferer`).
+        index: the volume of the last call's batch.
+
+    Returns:
+        ``"inverted"`` where the check inverted the volume, ``"given"`` where it left it as given or
+        where the chain holds no check (nothing inverts the volume then), ``None`` where the check has
+        no record of that volume (not called yet, or a smaller batch).
+    """
+    check = find_inferer(predictor, ContrastPolarityInferer)
+    if check is None:
+        return "given"
+    return check.last_polarities[index] if 0 <= index < len(check.last_polarities) else None
