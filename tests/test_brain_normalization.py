@@ -213,3 +213,76 @@ def test_strip_to_brain_gives_the_final_pass_a_whole_head_as_its_stripped_brain(
         BrainNormalizingInferer(slices, tissue_passes=0, strip_to_brain=True)
     with pytest.raises(TypeError, match="strip_to_brain must be a bool, got str"):
         BrainNormalizingInferer(slices, strip_to_brain="yes")  # type: ignore[arg-type]
+
+
+def test_head_and_brain_keep_the_head_s_background_inside_and_average_the_rest() -> None:
+    """``combine_head_and_brain``: outside the brain the mean of the two runs' probabilities; inside it the
+    head run's background probability, the tissue division the mean of the two runs' divisions."""
+    from medmamba.inferers import combine_head_and_brain
+
+    g = torch.Generator().manual_seed(0)
+    head, brain = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
+    brains = torch.zeros(2, 5, 6, dtype=torch.bool)
+    brains[:, 1:4, 2:5] = True
+    out = combine_head_and_brain(head, brain, brains).exp()
+    torch.testing.assert_close(out.sum(1), torch.ones(2, 5, 6))
+    p_head, p_brain = head.softmax(1), brain.softmax(1)
+    inside = brains[:, None].expand_as(out)
+    torch.testing.assert_close(out[~inside], ((p_head + p_brain) / 2)[~inside])
+    torch.testing.assert_close(out[:, 0][brains], p_head[:, 0][brains])  # the head decides what is brain
+    division = out[:, 1:] / out[:, 1:].sum(1, keepdim=True)
+    expected = (p_head[:, 1:] / p_head[:, 1:].sum(1, keepdim=True) + p_brain[:, 1:] / p_brain[:, 1:].sum(1, keepdim=True)) / 2
+    torch.testing.assert_close(division.movedim(1, -1)[brains], expected.movedim(1, -1)[brains])
+    # another background channel: the same rule with the channels reordered
+    moved = combine_head_and_brain(head.roll(1, 1), brain.roll(1, 1), brains, background_channel=1).exp()
+    torch.testing.assert_close(moved, out.roll(1, 1))
+    with pytest.raises(ValueError, match=r"brains \(B, \*spatial\), got \(2, 4, 5, 6\), \(2, 4, 5, 6\) and \(2, 5, 5\)"):
+        combine_head_and_brain(head, brain, brains[:, :, :5])
+    with pytest.raises(ValueError, match=r"background_channel 4 is not a channel of the logits \(4\)"):
+        combine_head_and_brain(head, brain, brains, background_channel=4)
+
+
+def test_head_and_brain_runs_the_flip_tta_s_mirror_run_on_the_stripped_brain() -> None:
+    """``final_input="head_and_brain"`` (segmentation 0.8.0): the final pass costs what the flip TTA did, its
+    plain run sees the brain-normalised head and its mirror run the stripped brain, flipped."""
+    from medmamba.inferers import FlipTTAInferer, combine_head_and_brain
+
+    head, _, _ = _head_and_brain(6)
+    seg = _BoxTissue().eval()
+    slices = SliceStackInferer(spatial_dim=2, context=0)
+    seen: list[torch.Tensor] = []
+
+    def recording(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        seen.append(x.clone())
+        return slices(x, network)
+
+    tta = FlipTTAInferer(recording, spatial_axes=[0])
+    inferer = BrainNormalizingInferer(tta, min_voxels=100, tissue_inferer=slices, final_input="head_and_brain")
+    with torch.no_grad():
+        out = inferer(head[None], seg)
+    assert len(seen) == 2  # the flip TTA's two runs, no more
+    box = torch.zeros(1, 24, 24, 8, dtype=torch.bool)
+    box[:, 6:18, 6:18, :] = True
+    normalised = BrainNormalize(min_voxels=100)(head, box[0]).as_tensor()[None]
+    torch.testing.assert_close(seen[0], normalised)
+    stripped = seen[1].flip(2)  # the mirror run's input, flipped back
+    assert torch.unique(stripped[0, 0][~box[0]]).tolist() == [normalised[0, 0][box[0]].min().item()]
+    torch.testing.assert_close(stripped[0, 0][box[0]], normalised[0, 0][box[0]])
+    with torch.no_grad():
+        expected = combine_head_and_brain(slices(seen[0], seg), slices(seen[1], seg).flip(2), box)
+    torch.testing.assert_close(out, expected)
+    assert inferer.strip_to_brain is False
+    assert BrainNormalizingInferer(tta, strip_to_brain=True, final_input="head_and_brain").final_input == "brain"
+    with pytest.raises(ValueError, match=r"final_input must be one of \('head', 'brain', 'head_and_brain'\), got 'both'"):
+        BrainNormalizingInferer(tta, final_input="both")
+    with pytest.raises(ValueError, match="final_input='brain' needs a tissue pass.*tissue_passes=0"):
+        BrainNormalizingInferer(tta, tissue_passes=0, final_input="brain")
+    # no tissue pass, or no brain found: nothing to strip, the whole flip TTA on the head
+    seen.clear()
+    with torch.no_grad():
+        no_pass = BrainNormalizingInferer(tta, tissue_passes=0, final_input="head_and_brain")(head[None], seg)
+        torch.testing.assert_close(no_pass, tta(head[None], seg))
+        no_brain = BrainNormalizingInferer(tta, min_voxels=10_000, tissue_inferer=slices, final_input="head_and_brain")(head[None], seg)
+        torch.testing.assert_close(no_brain, BrainNormalizingInferer(tta, min_voxels=10_000, tissue_inferer=slices)(head[None], seg))
+    with pytest.raises(ValueError, match="combines tissue segmentations; got network_kind='lesion_map'"):
+        BrainNormalizingInferer(tta, network_kind="lesion_map", final_input="head_and_brain")

@@ -215,18 +215,25 @@ def test_inference_and_evaluation_normalise_over_the_predicted_brain() -> None:
         assert json.loads((CONFIGS / config).read_text())["tissue_passes"] == 1
 
 
-def test_strip_to_brain_is_an_option_off_by_default() -> None:
-    """0.7.3: ``strip_to_brain`` reaches the brain-normalising inferer, false unless asked for (as the
-    command line gives it, a string); docs/real-scans.md, twenty-third session."""
+def test_the_final_pass_sees_head_and_brain_and_strip_to_brain_is_an_option_off_by_default() -> None:
+    """0.8.0: the final pass sees the whole head and its stripped brain (``final_input``); 0.7.3's
+    ``strip_to_brain`` (the brain alone) reaches the brain-normalising inferer, false unless asked for (as
+    the command line gives it, a string); docs/real-scans.md, twenty-third and twenty-fifth sessions."""
     from monai.bundle import ConfigParser
 
     for config in ("inference.json", "evaluate.json"):
         assert json.loads((CONFIGS / config).read_text())["strip_to_brain"] is False
-        for value, expected in ((False, False), ("true", True), ("false", False)):
+        assert json.loads((CONFIGS / config).read_text())["final_input"] == "head_and_brain"
+        for value, expected, final in ((False, False, "head_and_brain"), ("true", True, "brain"), ("false", False, "head_and_brain")):
             parser = ConfigParser()
             parser.read_config(str(CONFIGS / config))
             parser["strip_to_brain"] = value
-            assert parser.get_parsed_content("brain_normalizing_inferer").strip_to_brain is expected
+            inferer = parser.get_parsed_content("brain_normalizing_inferer")
+            assert inferer.strip_to_brain is expected and inferer.final_input == final
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser["final_input"] = "head"
+        assert parser.get_parsed_content("brain_normalizing_inferer").final_input == "head"
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / config))
         parser["strip_to_brain"] = "maybe"

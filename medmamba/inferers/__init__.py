@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .chain import find_inferer
-from .brain_normalization import BrainNormalizingInferer, tissue_network
+from .brain_normalization import FINAL_INPUTS, BrainNormalizingInferer, combine_head_and_brain, tissue_network
 from .contrast_polarity import (
     POLARITIES,
     ContrastPolarityInferer,
@@ -32,6 +32,7 @@ __all__ = [
     "AGGREGATIONS",
     "BrainExtractor",
     "BrainNormalizingInferer",
+    "FINAL_INPUTS",
     "ContrastPolarityInferer",
     "DenseLesionMap",
     "MirrorContrastInferer",
@@ -52,6 +53,7 @@ __all__ = [
     "VolumeSegmenter",
     "aggregate_slice_logits",
     "analysed_polarity",
+    "combine_head_and_brain",
     "expected_in_channels",
     "find_inferer",
     "invert_contrast",

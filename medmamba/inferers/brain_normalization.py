@@ -10,6 +10,12 @@ voxels (:class:`medmamba.transforms.BrainNormalize`) and runs the network again 
 network is a tissue segmentation network (``network_kind="segmentation"``: the segmentation
 bundle) or a lesion-map classifier (:class:`medmamba.networks.LesionMapClassifier`,
 ``network_kind="lesion_map"``), whose segmentation network gives the tissue map.
+
+What the last pass sees (``final_input``): the whole head (``"head"``), the brain alone, as skull
+stripping by the tissue pass's brain would leave it (``"brain"``), or both (``"head_and_brain"``, the
+segmentation bundle's default since 0.8.0): one run on the head, one on the stripped brain, combined by
+:func:`combine_head_and_brain`. Inside a flip test-time augmentation (:class:`medmamba.inferers.FlipTTAInferer`
+with one axis) the mirror run is the one that sees the brain, so the last pass costs what it did.
 """
 
 from __future__ import annotations
@@ -21,12 +27,23 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from medmamba.inferers.flip_tta import FlipTTAInferer
 from medmamba.inferers.slice_stack import expected_in_channels
 from medmamba.transforms.brain_mask import BrainMask
 from medmamba.transforms.brain_normalize import BrainNormalize
 from medmamba.transforms.label_map import channel_argmax
 
-__all__ = ["BrainNormalizingInferer", "brain_masks_from_logits", "fill_outside_brain", "tissue_network"]
+__all__ = [
+    "FINAL_INPUTS",
+    "BrainNormalizingInferer",
+    "brain_masks_from_logits",
+    "combine_head_and_brain",
+    "fill_outside_brain",
+    "tissue_network",
+]
+
+#: what the last pass of :class:`BrainNormalizingInferer` sees.
+FINAL_INPUTS = ("head", "brain", "head_and_brain")
 
 
 class _MemberMean(nn.Module):
@@ -83,6 +100,52 @@ def fill_outside_brain(volume: torch.Tensor, brain: torch.Tensor) -> torch.Tenso
     for c in range(volume.shape[0]):
         volume[c][~brain] = volume[c][brain].min()
     return volume
+
+
+def combine_head_and_brain(
+    head_logits: torch.Tensor, brain_logits: torch.Tensor, brains: torch.Tensor, background_channel: int = 0
+) -> torch.Tensor:
+    """Combine a tissue network's run on a whole head with its run on the same brain stripped.
+
+    Outside the brain the two runs' class probabilities are averaged: the stripped run sees nothing
+    there and calls it background, so a rim of CSF and dura that the head's run calls brain beyond the
+    tissue pass's brain counts half. Inside the brain the head's run keeps its background probability
+    (a stripped run cannot find brain where the fill value of the stripping looks like background, as in a
+    dark corner of a strong bias field) and the division of the rest among the tissues is the mean of
+    the two runs' divisions (the brain seen without the scalp and neck around it).
+
+    Args:
+        head_logits: ``(B, K, *spatial)`` logits (or log-probabilities) of the run on the whole head.
+        brain_logits: the same of the run on the stripped brain.
+        brains: ``(B, *spatial)`` boolean masks of the brain the stripping kept.
+        background_channel: index of the background class.
+
+    Returns:
+        ``(B, K, *spatial)`` log-probabilities (float32): a softmax gives the combined probabilities.
+
+    Raises:
+        ValueError: the shapes do not match, or ``background_channel`` is not a channel.
+    """
+    head, brain = torch.as_tensor(head_logits), torch.as_tensor(brain_logits)
+    if head.shape != brain.shape or head.ndim < 3 or tuple(brains.shape) != (head.shape[0], *head.shape[2:]):
+        raise ValueError(f"head_logits and brain_logits must be (B, K, *spatial) of one shape and brains (B, *spatial), "
+                         f"got {tuple(head.shape)}, {tuple(brain.shape)} and {tuple(brains.shape)}.")
+    if not 0 <= background_channel < head.shape[1]:
+        raise ValueError(f"background_channel {background_channel} is not a channel of the logits ({head.shape[1]}).")
+    p_head, p_brain = torch.softmax(head.float(), dim=1), torch.softmax(brain.float(), dim=1)
+    tissue = [k for k in range(head.shape[1]) if k != background_channel]
+
+    def division(p: torch.Tensor) -> torch.Tensor:
+        """How each voxel's non-background probability divides among the tissue classes."""
+        t = p[:, tissue]
+        return t / t.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    background = p_head[:, background_channel : background_channel + 1]
+    inside = torch.empty_like(p_head)
+    inside[:, tissue] = (division(p_head) + division(p_brain)) / 2 * (1 - background)
+    inside[:, background_channel : background_channel + 1] = background
+    combined = torch.where(brains.to(device=head.device, dtype=torch.bool)[:, None], inside, (p_head + p_brain) / 2)
+    return torch.log(combined.clamp_min(1e-12))
 
 
 def tissue_network(network: Any) -> Any:
@@ -143,18 +206,25 @@ class BrainNormalizingInferer(Inferer):
         tissue_inferer: the inferer of the tissue passes, whose most likely class per voxel only gives
             the brain mask (e.g. the single slice-stack pass inside ``inferer``'s flip TTA); ``None``
             (the default): ``inferer``, as for the final pass.
-        strip_to_brain: whether the final pass sees the brain alone (skull stripping by the last tissue
-            pass's brain): every voxel outside it gets the brain's lowest normalised value, which is
-            what the zero background of a skull-stripped scan becomes after the clipping (as
-            :class:`medmamba.inferers.SkullStrippingInferer` strips), so a whole head is segmented as
-            its stripped brain, without the scalp, skull and neck around it. Needs ``tissue_passes``
-            >= 1. An option of the segmentation bundle (``strip_to_brain``, off by default: a brain
-            that the tissue pass misses, as under a strong bias field, is cut away; measured in
-            ``docs/real-scans.md``, twenty-third session).
+        final_input: what the final pass sees (:data:`FINAL_INPUTS`): ``"head"`` the volume as
+            normalised; ``"brain"`` the brain alone (skull stripping by the last tissue pass's brain:
+            every voxel outside it gets the brain's lowest normalised value, which is what the zero
+            background of a skull-stripped scan becomes after the clipping, as
+            :class:`medmamba.inferers.SkullStrippingInferer` strips); ``"head_and_brain"`` one run on
+            each, combined by :func:`combine_head_and_brain` (needs ``network_kind="segmentation"``).
+            With a :class:`medmamba.inferers.FlipTTAInferer` of one axis as ``inferer``, its plain run
+            sees the head and its mirror run the brain: no run is added. ``"brain"`` needs
+            ``tissue_passes`` >= 1; without a tissue pass (or with a brain of fewer than
+            ``min_voxels`` voxels) there is no brain to strip and ``"head_and_brain"`` runs as
+            ``"head"`` (the whole flip TTA on the head). Measured in ``docs/real-scans.md`` (twenty-third
+            and twenty-fifth sessions).
+        strip_to_brain: ``True`` is ``final_input="brain"`` (the segmentation bundle's option since
+            0.7.3, ``strip_to_brain``); ``False`` leaves ``final_input`` as it is.
 
     Raises:
         TypeError: ``inferer`` is not callable.
-        ValueError: ``tissue_passes`` is not a non-negative integer, or an unknown ``network_kind``.
+        ValueError: ``tissue_passes`` is not a non-negative integer, an unknown ``network_kind`` or
+            ``final_input``, or a ``final_input`` the other arguments do not allow.
     """
 
     def __init__(
@@ -170,6 +240,7 @@ class BrainNormalizingInferer(Inferer):
         spacing: Sequence[float] | None = None,
         tissue_inferer: Callable[..., Any] | None = None,
         strip_to_brain: bool = False,
+        final_input: str = "head",
     ) -> None:
         if network_kind not in ("lesion_map", "segmentation"):
             raise ValueError(f"network_kind must be 'lesion_map' or 'segmentation', got {network_kind!r}.")
@@ -181,9 +252,16 @@ class BrainNormalizingInferer(Inferer):
         self.tissue_passes = tissue_passes
         if not isinstance(strip_to_brain, bool):
             raise TypeError(f"strip_to_brain must be a bool, got {type(strip_to_brain).__name__} ({strip_to_brain!r}).")
-        if strip_to_brain and tissue_passes == 0:
-            raise ValueError("strip_to_brain=True needs a tissue pass to find the brain; got tissue_passes=0.")
-        self.strip_to_brain = strip_to_brain
+        if final_input not in FINAL_INPUTS:
+            raise ValueError(f"final_input must be one of {FINAL_INPUTS}, got {final_input!r}.")
+        if strip_to_brain:
+            final_input = "brain"
+        if final_input == "brain" and tissue_passes == 0:
+            what = "strip_to_brain=True" if strip_to_brain else f"final_input={final_input!r}"
+            raise ValueError(f"{what} needs a tissue pass to find the brain; got tissue_passes=0.")
+        if final_input == "head_and_brain" and network_kind != "segmentation":
+            raise ValueError(f"final_input='head_and_brain' combines tissue segmentations; got network_kind={network_kind!r}.")
+        self.final_input = final_input
         if tissue_inferer is not None and not callable(tissue_inferer):
             raise TypeError(f"tissue_inferer must be callable or None, got {type(tissue_inferer).__name__}.")
         super().__init__()
@@ -209,9 +287,35 @@ class BrainNormalizingInferer(Inferer):
             for b in range(inputs.shape[0]):
                 volume = self.normalizer(inputs[b], masks[b])
                 normalised[b] = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
-        if self.strip_to_brain:
+        if self.final_input == "brain":
             normalised = self.stripped(normalised, masks)
+        elif self.final_input == "head_and_brain" and self.tissue_passes:
+            return self.head_and_brain(normalised, masks, network, *args, **kwargs)
         return self.inferer(normalised, network, *args, **kwargs)
+
+    @property
+    def strip_to_brain(self) -> bool:
+        """Whether the final pass sees the brain alone (``final_input == "brain"``)."""
+        return self.final_input == "brain"
+
+    def head_and_brain(self, volumes: torch.Tensor, masks: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The final pass of ``final_input="head_and_brain"``: ``volumes`` ``(B, C, *spatial)`` as given and
+        stripped to ``masks`` ``(B, *spatial)``, combined by :func:`combine_head_and_brain`. A flip TTA of one
+        axis runs its plain run on the head and its mirror run on the brain."""
+        brains = self.stripped(volumes, masks)
+        tta = self.inferer
+        if isinstance(tta, FlipTTAInferer) and len(tta.spatial_axes) == 1:
+            dim = 2 + tta.spatial_axes[0]
+            if dim >= volumes.ndim:
+                raise ValueError(f"spatial_axes {tta.spatial_axes} do not fit the {volumes.ndim - 2} spatial dims of the input.")
+            head = tta.inferer(volumes, network, *args, **kwargs)
+            brain = tta.inferer(brains.flip(dim), network, *args, **kwargs).flip(dim)
+        else:
+            head = self.inferer(volumes, network, *args, **kwargs)
+            brain = self.inferer(brains, network, *args, **kwargs)
+        kept = torch.stack([m.to(torch.bool) if int(m.sum()) >= self.normalizer.min_voxels else torch.zeros_like(m, dtype=torch.bool)
+                            for m in masks])
+        return combine_head_and_brain(head, brain, kept, self.background_channel)
 
     def stripped(self, volumes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``volumes`` ``(B, C, *spatial)`` with every voxel outside each brain mask ``(B, *spatial)`` set to the
