@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     configure_threads(args.threads)
-    predictors = {name: _predictor(args.bundle, name)[0] for name in FINAL_INPUTS}
-    preprocessing = _predictor(args.bundle, "head")[1]
+    loaded = {name: _predictor(args.bundle, name) for name in FINAL_INPUTS}
+    predictors = {name: predictor for name, (predictor, _) in loaded.items()}
+    preprocessing = loaded["head"][1]
     volumes = [preprocessing({"image": str(p)})["image"].as_tensor()[None] for p in args.image]
     seconds = seconds_per_volume(predictors, volumes, args.rounds)
     print(f"# the segmentation bundle's final pass by final_input\n\nCPU: {machine_line()}\n")

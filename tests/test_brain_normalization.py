@@ -286,3 +286,29 @@ def test_head_and_brain_runs_the_flip_tta_s_mirror_run_on_the_stripped_brain() -
         torch.testing.assert_close(no_brain, BrainNormalizingInferer(tta, min_voxels=10_000, tissue_inferer=slices)(head[None], seg))
     with pytest.raises(ValueError, match="combines tissue segmentations; got network_kind='lesion_map'"):
         BrainNormalizingInferer(tta, network_kind="lesion_map", final_input="head_and_brain")
+
+
+def test_the_flip_tta_s_runs_and_what_its_mirror_runs_see() -> None:
+    """``FlipTTAInferer.runs``: the plain run, then each mirror run flipped back; ``mirror_inputs`` is what the
+    mirror runs flip (the stripped brain of ``final_input="head_and_brain"``); the TTA averages the runs."""
+    from medmamba.inferers import FlipTTAInferer, log_mean_softmax
+
+    seg = _BoxTissue().eval()
+    slices = SliceStackInferer(spatial_dim=2, context=0)
+    g = torch.Generator().manual_seed(7)
+    x, other = torch.randn(1, 1, 24, 24, 8, generator=g), torch.randn(1, 1, 24, 24, 8, generator=g)
+    tta = FlipTTAInferer(slices, spatial_axes=[0, 1])
+    with torch.no_grad():
+        plain, flip0, flip1 = tta.runs(x, seg)
+        torch.testing.assert_close(plain, slices(x, seg))
+        torch.testing.assert_close(flip0, slices(x.flip(2), seg).flip(2))
+        torch.testing.assert_close(flip1, slices(x.flip(3), seg).flip(3))
+        torch.testing.assert_close(tta(x, seg), log_mean_softmax([plain, flip0, flip1]))
+        same, mirror = FlipTTAInferer(slices, spatial_axes=[0]).runs(x, seg, mirror_inputs=other)
+        torch.testing.assert_close(same, plain)
+        torch.testing.assert_close(mirror, slices(other.flip(2), seg).flip(2))
+        torch.testing.assert_close(FlipTTAInferer(slices, spatial_axes=[])(x, seg), plain)
+    with pytest.raises(ValueError, match=r"mirror_inputs must have the inputs' shape \(1, 1, 24, 24, 8\), got \(1, 1, 24, 24, 4\)"):
+        list(tta.runs(x, seg, mirror_inputs=other[..., :4]))
+    with pytest.raises(ValueError, match=r"spatial_axes \[0, 3\] do not fit the 3 spatial dims"):
+        FlipTTAInferer(slices, spatial_axes=[0, 3])(x, seg)

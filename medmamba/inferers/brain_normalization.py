@@ -302,27 +302,27 @@ class BrainNormalizingInferer(Inferer):
         """The final pass of ``final_input="head_and_brain"``: ``volumes`` ``(B, C, *spatial)`` as given and
         stripped to ``masks`` ``(B, *spatial)``, combined by :func:`combine_head_and_brain`. A flip TTA of one
         axis runs its plain run on the head and its mirror run on the brain."""
+        kept = self.kept_brains(masks)
         brains = self.stripped(volumes, masks)
         tta = self.inferer
         if isinstance(tta, FlipTTAInferer) and len(tta.spatial_axes) == 1:
-            dim = 2 + tta.spatial_axes[0]
-            if dim >= volumes.ndim:
-                raise ValueError(f"spatial_axes {tta.spatial_axes} do not fit the {volumes.ndim - 2} spatial dims of the input.")
-            head = tta.inferer(volumes, network, *args, **kwargs)
-            brain = tta.inferer(brains.flip(dim), network, *args, **kwargs).flip(dim)
+            head, brain = tta.runs(volumes, network, *args, mirror_inputs=brains, **kwargs)
         else:
             head = self.inferer(volumes, network, *args, **kwargs)
             brain = self.inferer(brains, network, *args, **kwargs)
-        kept = torch.stack([m.to(torch.bool) if int(m.sum()) >= self.normalizer.min_voxels else torch.zeros_like(m, dtype=torch.bool)
-                            for m in masks])
         return combine_head_and_brain(head, brain, kept, self.background_channel)
+
+    def kept_brains(self, masks: torch.Tensor) -> torch.Tensor:
+        """Boolean ``masks`` ``(B, *spatial)``, those with fewer than ``min_voxels`` voxels emptied: the brains
+        a volume is stripped to (one with too little brain stays as given)."""
+        return torch.stack([m.to(torch.bool) if int(m.sum()) >= self.normalizer.min_voxels else torch.zeros_like(m, dtype=torch.bool)
+                            for m in masks])
 
     def stripped(self, volumes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``volumes`` ``(B, C, *spatial)`` with every voxel outside each brain mask ``(B, *spatial)`` set to the
         brain's lowest value per channel; a volume whose brain has fewer than ``min_voxels`` voxels stays as given."""
         out = torch.as_tensor(volumes).clone()
-        for b in range(out.shape[0]):
-            brain = masks[b].to(device=out.device, dtype=torch.bool)
-            if int(brain.sum()) >= self.normalizer.min_voxels:
-                fill_outside_brain(out[b], brain)
+        for b, brain in enumerate(self.kept_brains(masks)):
+            if brain.any():
+                fill_outside_brain(out[b], brain.to(out.device))
         return out

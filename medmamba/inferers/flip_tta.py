@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -60,12 +59,32 @@ class FlipTTAInferer:
         self.spatial_axes = axes
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        runs = self.runs(inputs, network, *args, **kwargs)
+        if not self.spatial_axes:
+            return next(runs)
+        return log_mean_softmax(runs)  # one flipped run in memory at a time
+
+    def runs(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any,
+             mirror_inputs: torch.Tensor | None = None, **kwargs: Any) -> Iterator[torch.Tensor]:
+        """The wrapped inferer's output on ``inputs``, then on its mirror image along each of
+        ``spatial_axes`` (flipped back), one at a time.
+
+        Args:
+            inputs: ``(B, C, *spatial)`` volumes.
+            network: the network the wrapped inferer runs.
+            mirror_inputs: what the mirror runs flip instead of ``inputs`` (the same shape), e.g. the
+                stripped brain of a whole head (:class:`medmamba.inferers.BrainNormalizingInferer`'s
+                ``final_input="head_and_brain"``); ``None``: ``inputs``.
+
+        Raises:
+            ValueError: an axis beyond the input's spatial dimensions, or ``mirror_inputs`` of another shape.
+        """
         n_spatial = inputs.ndim - 2
         if any(a >= n_spatial for a in self.spatial_axes):
             raise ValueError(f"spatial_axes {self.spatial_axes} do not fit the {n_spatial} spatial dims of the input.")
-        out = self.inferer(inputs, network, *args, **kwargs)
-        if not self.spatial_axes:
-            return out
-        dims = [2 + axis for axis in self.spatial_axes]
-        flipped = (self.inferer(inputs.flip(dim), network, *args, **kwargs).flip(dim) for dim in dims)
-        return log_mean_softmax(itertools.chain([out], flipped))  # one flipped run in memory at a time
+        mirrored = inputs if mirror_inputs is None else mirror_inputs
+        if tuple(mirrored.shape) != tuple(inputs.shape):
+            raise ValueError(f"mirror_inputs must have the inputs' shape {tuple(inputs.shape)}, got {tuple(mirrored.shape)}.")
+        yield self.inferer(inputs, network, *args, **kwargs)
+        for dim in (2 + axis for axis in self.spatial_axes):
+            yield self.inferer(mirrored.flip(dim), network, *args, **kwargs).flip(dim)
