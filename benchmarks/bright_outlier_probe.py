@@ -12,9 +12,14 @@ the brain the classification bundle extracts, and asks, on the validation probe 
 2. what the classifier's decision (the bundle's mirror read-out at its ``models/threshold.json``)
    gains when a volume is also called "lesion" wherever the rule's score exceeds *its* threshold,
    set by the main job's rule on the same threshold sets (above every lesion-free image of
-   ``eval/threshold_sets/negatives``);
-3. optionally (``--shift-suite``), how often the rule fires on the shift suite's generated lesion-free
-   subjects per setting (outside the training ranges included), where its threshold was not set.
+   ``eval/threshold_sets/negatives``); and the same with the **gated** rule, where a cluster counts
+   only if the network's own lesion map exceeds ``--min-log-odds`` somewhere inside it (the rule
+   confirms a spot the network half-sees);
+3. optionally (``--shift-suite``), how often the rule and the gated rule fire on the shift suite's
+   lesion-free subjects per setting (outside the training ranges included), where their thresholds were
+   not set (the network's maps of these images are computed here: the bundle's inferer, as
+   ``lesion_placement_probe.LesionMapReader`` runs it, without the contrast-polarity check, so a
+   T2-like image reaches the rule as acquired).
 
 Per image the bundle's own preprocessing runs up to (not including) its intensity normalisation
 (the 2 mm grid, RAS, foreground crop), and the segmentation network's single slice-stack pass, which
@@ -90,6 +95,8 @@ def bright_outlier_score(
     smooth: float = 0.7,
     sigma: float = 4.0,
     core: int = 2,
+    lesion_log_odds: np.ndarray | None = None,
+    min_log_odds: float = 8.0,
 ) -> int:
     """The largest cluster of voxels brighter than ``ratio`` times the local white-matter level.
 
@@ -101,6 +108,9 @@ def bright_outlier_score(
         smooth: Gaussian width in voxels applied to ``image`` first (0: none).
         sigma: see :func:`local_white_matter_ratio`.
         core: voxels next to the brain's edge left out, as an erosion by this many voxels.
+        lesion_log_odds: optional ``(H, W, D)`` lesion log-odds of the classifier's network; given, only
+            clusters holding a voxel above ``min_log_odds`` count (the rule and the network agree).
+        min_log_odds: see ``lesion_log_odds``.
 
     Returns:
         The voxel count of the largest 6-connected cluster (0 without one).
@@ -111,6 +121,8 @@ def bright_outlier_score(
     """
     from scipy import ndimage
 
+    if lesion_log_odds is not None and lesion_log_odds.shape != image.shape:
+        raise ValueError(f"lesion_log_odds {lesion_log_odds.shape} must be on the image's grid {image.shape}.")
     if not (image.shape == white_matter_probability.shape == brain.shape) or image.ndim != 3:
         raise ValueError(f"image {image.shape}, white_matter_probability {white_matter_probability.shape} and "
                          f"brain {brain.shape} must be the same 3D grid.")
@@ -126,7 +138,13 @@ def bright_outlier_score(
     if core:
         bright &= ndimage.binary_erosion(brain, ball, iterations=core)
     labels, n = ndimage.label(bright, ball)
-    return int(np.bincount(labels.ravel())[1:].max()) if n else 0
+    if not n:
+        return 0
+    sizes = np.bincount(labels.ravel())[1:]
+    if lesion_log_odds is not None:
+        peaks = ndimage.maximum(lesion_log_odds, labels, index=np.arange(1, n + 1))
+        sizes = np.where(np.asarray(peaks) > min_log_odds, sizes, 0)
+    return int(sizes.max())
 
 
 class TissueReader:
@@ -176,9 +194,17 @@ class TissueReader:
         return z["image"], z["wm"].astype(np.float32), z["brain"]
 
 
+def _gated(key: str, rule_scores: dict, net_scores: dict, thresholds: dict) -> dict[str, bool]:
+    """One image's decisions: the network alone, the network or the rule, the network or the gated rule."""
+    net = net_scores[key] > thresholds["network"]
+    return {"network": net, "rule": net or rule_scores[key]["rule"] > thresholds["rule"],
+            "gated": net or rule_scores[key]["gated"] > thresholds["gated"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from lesion_placement_probe import LesionMapReader
     from readout_probe import pooled_auc, probe_subjects, readouts
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smooth", type=float, default=0.7)
     parser.add_argument("--sigma", type=float, default=4.0)
     parser.add_argument("--core", type=int, default=2)
+    parser.add_argument("--min-log-odds", type=float, default=8.0,
+                        help="the gated rule: a cluster counts only where the network's lesion log-odds exceed this")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -202,47 +230,63 @@ def main(argv: list[str] | None = None) -> int:
         calibration.update({f"{kind}_{f.name[:-7]}": f for f in sorted((args.threshold_sets / kind).glob("*.nii.gz"))})
     reader = TissueReader(args.bundle_root, args.out / "tissue", args.threads)
     rule = dict(ratio=args.ratio, smooth=args.smooth, sigma=args.sigma, core=args.core)
+
+    def both(path: Path, lesion: np.ndarray) -> dict[str, int]:
+        tissue = reader(path)
+        return {"rule": bright_outlier_score(*tissue, **rule),
+                "gated": bright_outlier_score(*tissue, **rule, lesion_log_odds=lesion, min_log_odds=args.min_log_odds)}
+
     rule_scores, net_scores = {}, {}
     for key, path in tqdm({**calibration, **images}.items(), desc="bright-outlier scores"):
-        rule_scores[key] = bright_outlier_score(*reader(path), **rule)
+        lesion = np.load(args.maps / f"{key}.npz")["lesion"].astype(np.float32)
+        rule_scores[key] = both(path, lesion)
         net_scores[key] = readouts([args.maps / f"{key}.npz"], [(1, 4.0)])["mirror size 1 margin 4"]
-    threshold_file = args.bundle_root / "models" / "threshold.json"
-    net_threshold = float(json.loads(threshold_file.read_text())["threshold_log_odds"])
-    rule_threshold = max(v for k, v in rule_scores.items() if k.startswith("negatives_"))
-    print(f"\nrule {rule}; its threshold (largest lesion-free cluster of the threshold sets): {rule_threshold} voxels; "
-          f"the network's: {net_threshold:.4f} log-odds (mirror read-out)\n")
-    print("| person (scans) | rule: AUC hypo / hyper | lesion-free below: network / network or rule "
-          "| hypointense above: network / network or rule | hyperintense above: network / network or rule |")
+    thresholds = {"network": float(json.loads((args.bundle_root / "models" / "threshold.json").read_text())["threshold_log_odds"])}
+    for variant in ("rule", "gated"):
+        thresholds[variant] = max(v[variant] for k, v in rule_scores.items() if k.startswith("negatives_"))
+    print(f"\nrule {rule}, gated: a cluster holding lesion log-odds > {args.min_log_odds:g}; thresholds (above every "
+          f"lesion-free image of the threshold sets): network {thresholds['network']:.4f} log-odds (mirror read-out), "
+          f"rule {thresholds['rule']} voxels, gated rule {thresholds['gated']} voxels\n")
+    print("| person (scans) | rule alone: AUC hypo / hyper | lesion-free below: network / or rule / or gated rule "
+          "| hypointense above: network / or rule / or gated rule | hyperintense above: network / or rule / or gated rule |")
     print("|---|---|---|---|---|")
-    totals = np.zeros(9, dtype=int)
+    variants = ("network", "rule", "gated")
+    totals: dict[str, dict[str, int]] = {k: {v: 0 for v in variants} for k in ("free", "hypo", "hyper")}
+    counts = {"free": 0, "hypo": 0, "hyper": 0}
     for subject, scans in probe_subjects(sorted({r["scan"] for r in records})).items():
-        groups: dict[str, list[tuple[int, float]]] = {"free": [], "hypo": [], "hyper": []}
+        calls: dict[str, list[dict[str, bool]]] = {"free": [], "hypo": [], "hyper": []}
+        rules: dict[str, list[int]] = {"free": [], "hypo": [], "hyper": []}
         for r in records:
             if r["scan"] in scans:
                 key = f"probe_{r['scan']}_{r['resolution']}_{r['id']}"
                 kind = "free" if r.get("factor") is None else "hypo" if r["factor"] < 1 else "hyper"
-                groups[kind].append((rule_scores[key], net_scores[key]))
-        net = {k: sum(m > net_threshold for _, m in v) for k, v in groups.items()}
-        both = {k: sum(m > net_threshold or s > rule_threshold for s, m in v) for k, v in groups.items()}
-        n = {k: len(v) for k, v in groups.items()}
-        free = [s for s, _ in groups["free"]]
-        aucs = " / ".join(f"{pooled_auc(free, [s for s, _ in groups[k]]):.3f}" if groups[k] else "-" for k in ("hypo", "hyper"))
-        print(f"| {subject} ({', '.join(scans)}) | {aucs} | {n['free'] - net['free']} / {n['free'] - both['free']} of {n['free']} "
-              f"| {net['hypo']} / {both['hypo']} of {n['hypo']} | {net['hyper']} / {both['hyper']} of {n['hyper']} |")
+                calls[kind].append(_gated(key, rule_scores, net_scores, thresholds))
+                rules[kind].append(rule_scores[key]["rule"])
+        found = {k: {v: sum(c[v] for c in calls[k]) for v in variants} for k in calls}
+        below = {v: len(calls["free"]) - found["free"][v] for v in variants}
+        aucs = " / ".join(f"{pooled_auc(rules['free'], rules[k]):.3f}" if rules[k] else "-" for k in ("hypo", "hyper"))
+        cells = [" / ".join(str(below[v]) for v in variants) + f" of {len(calls['free'])}"]
+        cells += [" / ".join(str(found[k][v]) for v in variants) + f" of {len(calls[k])}" for k in ("hypo", "hyper")]
+        print(f"| {subject} ({', '.join(scans)}) | {aucs} | " + " | ".join(cells) + " |")
         if subject != "robex":  # robex is the threshold sets' real scan (calibration data)
-            totals += [n["free"] - net["free"], n["free"] - both["free"], n["free"], net["hypo"], both["hypo"], n["hypo"],
-                       net["hyper"], both["hyper"], n["hyper"]]
-    t = totals
-    print(f"| every validation person (robex left out) | | {t[0]} / {t[1]} of {t[2]} | {t[3]} / {t[4]} of {t[5]} | {t[6]} / {t[7]} of {t[8]} |")
+            for k in calls:
+                counts[k] += len(calls[k])
+                for v in variants:
+                    totals[k][v] += below[v] if k == "free" else found[k][v]
+    cells = [" / ".join(str(totals[k][v]) for v in variants) + f" of {counts[k]}" for k in ("free", "hypo", "hyper")]
+    print("| every validation person (robex left out) | | " + " | ".join(cells) + " |")
     if args.shift_suite is not None:
-        print("\n| shift-suite setting | lesion-free subjects above the rule's threshold | largest lesion-free cluster |")
+        maps = LesionMapReader(args.bundle_root, args.threads)
+        print("\n| shift-suite setting | lesion-free subjects above the threshold: rule / gated rule | largest lesion-free cluster: rule / gated |")
         print("|---|---|---|")
         for datalist in sorted(args.shift_suite.glob("*/datalist.json")):
             cases = [c for c in json.loads(datalist.read_text())["test"] if not c.get("has_lesion")]
             if not cases:
                 continue
-            scores = [bright_outlier_score(*reader(datalist.parent / c["image"]), **rule) for c in cases]
-            print(f"| {datalist.parent.name} | {sum(s > rule_threshold for s in scores)} of {len(scores)} | {max(scores)} |")
+            scores = [both(datalist.parent / c["image"], maps.dense(datalist.parent / c["image"])[2]) for c in cases]
+            print(f"| {datalist.parent.name} | {sum(s['rule'] > thresholds['rule'] for s in scores)} / "
+                  f"{sum(s['gated'] > thresholds['gated'] for s in scores)} of {len(scores)} "
+                  f"| {max(s['rule'] for s in scores)} / {max(s['gated'] for s in scores)} |")
     return 0
 
 

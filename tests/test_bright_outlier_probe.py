@@ -57,6 +57,22 @@ def test_score_is_the_size_of_the_bright_cluster_inside_the_core() -> None:
     assert bright_outlier_score(edge, wm, brain, smooth=0.0, core=0) == 18
 
 
+def test_gated_score_counts_only_clusters_where_the_network_agrees() -> None:
+    image, wm, brain = _phantom()
+    lesion = image.copy()
+    lesion[10:13, 10:13, 10:13] = 150.0  # 27 voxels
+    lesion[15:17, 15:17, 15:17] = 150.0  # 8 voxels
+    log_odds = np.full(image.shape, -5.0, dtype=np.float32)
+    assert bright_outlier_score(lesion, wm, brain, smooth=0.0, lesion_log_odds=log_odds) == 0
+    log_odds[16, 16, 16] = 9.0  # the network marks the small cluster only
+    assert bright_outlier_score(lesion, wm, brain, smooth=0.0, lesion_log_odds=log_odds) == 8
+    assert bright_outlier_score(lesion, wm, brain, smooth=0.0, lesion_log_odds=log_odds, min_log_odds=10.0) == 0
+    log_odds[11, 11, 11] = 12.0
+    assert bright_outlier_score(lesion, wm, brain, smooth=0.0, lesion_log_odds=log_odds) == 27
+    with pytest.raises(ValueError, match="lesion_log_odds .* must be on the image's grid"):
+        bright_outlier_score(lesion, wm, brain, lesion_log_odds=log_odds[:-1])
+
+
 def test_score_errors_name_the_argument() -> None:
     image, wm, brain = _phantom()
     with pytest.raises(ValueError, match="must be the same 3D grid"):
