@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                     totals[k][v] += below[v] if k == "free" else found[k][v]
     cells = [" / ".join(str(totals[k][v]) for v in variants) + f" of {counts[k]}" for k in ("free", "hypo", "hyper")]
     print("| every validation person (robex left out) | | " + " | ".join(cells) + " |")
+    positives = [_gated(k, rule_scores, net_scores, thresholds) for k in rule_scores if k.startswith("positives_")]
+    print(f"\nthe threshold sets' lesion images above (network / or rule / or gated rule): "
+          + " / ".join(str(sum(c[v] for c in positives)) for v in variants) + f" of {len(positives)}")
     if args.shift_suite is not None:
         maps = LesionMapReader(args.bundle_root, args.threads)
         print("\n| shift-suite setting | lesion-free subjects above the threshold: rule / gated rule | largest lesion-free cluster: rule / gated |")
