@@ -152,23 +152,30 @@ class TissueReader:
     tissue pass, cached per image under ``cache``: ``(image, white-matter probability, brain)``."""
 
     def __init__(self, bundle: Path, cache: Path, threads: int) -> None:
-        self.bundle, self.cache, self.threads = bundle, cache, threads
+        from monai.bundle import ConfigParser
+
+        from readout_probe import weights_tag
+
+        self.parser = ConfigParser()
+        self.parser.read_meta(str(bundle / "configs" / "metadata.json"))
+        self.parser.read_config(str(bundle / "configs" / "inference.json"))
+        self.parser["bundle_root"] = str(bundle)
+        # the tissue pass is the segmentation bundle's network: retrained weights get a new cache
+        segmentation = Path(self.parser.get_parsed_content("segmentation_bundle_root"))
+        self.cache, self.threads = cache / weights_tag(segmentation), threads
         self._parts: tuple | None = None
-        cache.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
 
     def _load(self) -> tuple:
-        from monai.bundle import ConfigParser
         from monai.transforms import Compose
 
         from medmamba.resources import configure_threads
 
-        parser = ConfigParser()
-        parser.read_meta(str(self.bundle / "configs" / "metadata.json"))
-        parser.read_config(str(self.bundle / "configs" / "inference.json"))
-        parser["bundle_root"] = str(self.bundle)
         configure_threads(self.threads)
-        preprocessing = parser.get_parsed_content("preprocessing")
-        extractor = parser.get_parsed_content("inferer").extractor  # SkullStrippingInferer's BrainExtractor
+        preprocessing = self.parser.get_parsed_content("preprocessing")
+        extractor = getattr(self.parser.get_parsed_content("inferer"), "extractor", None)
+        if extractor is None:
+            raise ValueError("the bundle's inferer has no brain extraction (SkullStrippingInferer): the rule needs its tissue pass.")
         return Compose(preprocessing.transforms[:-1]), preprocessing.transforms[-1], extractor
 
     def __call__(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,7 +201,7 @@ class TissueReader:
         return z["image"], z["wm"].astype(np.float32), z["brain"]
 
 
-def _gated(key: str, rule_scores: dict, net_scores: dict, thresholds: dict) -> dict[str, bool]:
+def _decisions(key: str, rule_scores: dict, net_scores: dict, thresholds: dict) -> dict[str, bool]:
     """One image's decisions: the network alone, the network or the rule, the network or the gated rule."""
     net = net_scores[key] > thresholds["network"]
     return {"network": net, "rule": net or rule_scores[key]["rule"] > thresholds["rule"],
@@ -260,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["scan"] in scans:
                 key = f"probe_{r['scan']}_{r['resolution']}_{r['id']}"
                 kind = "free" if r.get("factor") is None else "hypo" if r["factor"] < 1 else "hyper"
-                calls[kind].append(_gated(key, rule_scores, net_scores, thresholds))
+                calls[kind].append(_decisions(key, rule_scores, net_scores, thresholds))
                 rules[kind].append(rule_scores[key]["rule"])
         found = {k: {v: sum(c[v] for c in calls[k]) for v in variants} for k in calls}
         below = {v: len(calls["free"]) - found["free"][v] for v in variants}
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                     totals[k][v] += below[v] if k == "free" else found[k][v]
     cells = [" / ".join(str(totals[k][v]) for v in variants) + f" of {counts[k]}" for k in ("free", "hypo", "hyper")]
     print("| every validation person (robex left out) | | " + " | ".join(cells) + " |")
-    positives = [_gated(k, rule_scores, net_scores, thresholds) for k in rule_scores if k.startswith("positives_")]
+    positives = [_decisions(k, rule_scores, net_scores, thresholds) for k in rule_scores if k.startswith("positives_")]
     print(f"\nthe threshold sets' lesion images above (network / or rule / or gated rule): "
           + " / ".join(str(sum(c[v] for c in positives)) for v in variants) + f" of {len(positives)}")
     if args.shift_suite is not None:
