@@ -303,7 +303,7 @@ class BrainNormalizingInferer(Inferer):
         stripped to ``masks`` ``(B, *spatial)``, combined by :func:`combine_head_and_brain`. A flip TTA of one
         axis runs its plain run on the head and its mirror run on the brain."""
         kept = self.kept_brains(masks)
-        brains = self.stripped(volumes, masks)
+        brains = self._fill_outside(volumes, kept)
         tta = self.inferer
         if isinstance(tta, FlipTTAInferer) and len(tta.spatial_axes) == 1:
             head, brain = tta.runs(volumes, network, *args, mirror_inputs=brains, **kwargs)
@@ -321,8 +321,14 @@ class BrainNormalizingInferer(Inferer):
     def stripped(self, volumes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``volumes`` ``(B, C, *spatial)`` with every voxel outside each brain mask ``(B, *spatial)`` set to the
         brain's lowest value per channel; a volume whose brain has fewer than ``min_voxels`` voxels stays as given."""
+        return self._fill_outside(volumes, self.kept_brains(masks))
+
+    @staticmethod
+    def _fill_outside(volumes: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """A copy of ``volumes`` with every voxel outside each of the :meth:`kept_brains` ``kept`` set to
+        that brain's lowest value per channel (an empty mask leaves its volume as given)."""
         out = torch.as_tensor(volumes).clone()
-        for b, brain in enumerate(self.kept_brains(masks)):
+        for b, brain in enumerate(kept):
             if brain.any():
                 fill_outside_brain(out[b], brain.to(out.device))
         return out
