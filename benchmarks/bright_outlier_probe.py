@@ -44,6 +44,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,34 +150,32 @@ def bright_outlier_score(
 
 class TissueReader:
     """The classification bundle's preprocessing (without its normalisation) and its brain extraction's
-    tissue pass, cached per image under ``cache``: ``(image, white-matter probability, brain)``."""
+    tissue pass, cached per image under ``cache`` (a folder per segmentation weights):
+    ``(image, white-matter probability, brain)``.
 
-    def __init__(self, bundle: Path, cache: Path, threads: int) -> None:
-        from monai.bundle import ConfigParser
+    Args:
+        maps: the bundle's :class:`lesion_placement_probe.LesionMapReader`, whose parsed ``inference.json``
+            (preprocessing, skull-stripping inferer) this reader shares.
+        cache: where the arrays are kept.
+
+    Raises:
+        ValueError: the bundle's inferer has no brain extraction.
+    """
+
+    def __init__(self, maps: Any, cache: Path) -> None:
+        from monai.transforms import Compose
 
         from readout_probe import weights_tag
 
-        self.parser = ConfigParser()
-        self.parser.read_meta(str(bundle / "configs" / "metadata.json"))
-        self.parser.read_config(str(bundle / "configs" / "inference.json"))
-        self.parser["bundle_root"] = str(bundle)
-        # the tissue pass is the segmentation bundle's network: retrained weights get a new cache
-        segmentation = Path(self.parser.get_parsed_content("segmentation_bundle_root"))
-        self.cache, self.threads = cache / weights_tag(segmentation), threads
-        self._parts: tuple | None = None
-        self.cache.mkdir(parents=True, exist_ok=True)
-
-    def _load(self) -> tuple:
-        from monai.transforms import Compose
-
-        from medmamba.resources import configure_threads
-
-        configure_threads(self.threads)
-        preprocessing = self.parser.get_parsed_content("preprocessing")
-        extractor = getattr(self.parser.get_parsed_content("inferer"), "extractor", None)
-        if extractor is None:
+        transforms = maps.preprocessing.transforms
+        self.unnormalised, self.normalise = Compose(transforms[:-1]), transforms[-1]
+        self.extractor = getattr(maps.inferer, "extractor", None)  # SkullStrippingInferer's BrainExtractor
+        if self.extractor is None:
             raise ValueError("the bundle's inferer has no brain extraction (SkullStrippingInferer): the rule needs its tissue pass.")
-        return Compose(preprocessing.transforms[:-1]), preprocessing.transforms[-1], extractor
+        # the tissue pass is the segmentation bundle's network: retrained weights get a new cache
+        segmentation = Path(maps.parser.get_parsed_content("segmentation_bundle_root"))
+        self.cache = cache / weights_tag(segmentation)
+        self.cache.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
@@ -186,15 +185,12 @@ class TissueReader:
 
             from medmamba.inferers.brain_normalization import brain_masks_from_logits
 
-            if self._parts is None:
-                self._parts = self._load()
-            unnormalised, normalise, extractor = self._parts
-            data = unnormalised({"image": str(path)})
+            data = self.unnormalised({"image": str(path)})
             image = torch.as_tensor(data["image"]).float()
-            x = torch.as_tensor(normalise(data)["image"]).float()[None]
+            x = torch.as_tensor(self.normalise(data)["image"]).float()[None]
             with torch.no_grad():
-                logits = torch.as_tensor(extractor.inferer(x, extractor.network)).float()
-            brain = brain_masks_from_logits(logits, x, extractor.masker)[0].numpy()
+                logits = torch.as_tensor(self.extractor.inferer(x, self.extractor.network)).float()
+            brain = brain_masks_from_logits(logits, x, self.extractor.masker)[0].numpy()
             wm = torch.softmax(logits[0], 0)[WHITE_MATTER_CHANNEL].numpy()
             np.savez_compressed(file, image=image[0].numpy(), wm=wm.astype(np.float16), brain=brain)
         z = np.load(file)
@@ -235,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     calibration = {}
     for kind in ("negatives", "positives"):
         calibration.update({f"{kind}_{f.name[:-7]}": f for f in sorted((args.threshold_sets / kind).glob("*.nii.gz"))})
-    reader = TissueReader(args.bundle_root, args.out / "tissue", args.threads)
+    maps = LesionMapReader(args.bundle_root, args.threads)  # the bundle parsed once, for both readers
+    reader = TissueReader(maps, args.out / "tissue")
+    threshold = json.loads((args.bundle_root / "models" / "threshold.json").read_text())
+    margin = float(threshold.get("mirror_margin", 4.0))  # the read-out the threshold was set with
     rule = dict(ratio=args.ratio, smooth=args.smooth, sigma=args.sigma, core=args.core)
 
     def both(path: Path, lesion: np.ndarray) -> dict[str, int]:
@@ -247,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, path in tqdm({**calibration, **images}.items(), desc="bright-outlier scores"):
         lesion = np.load(args.maps / f"{key}.npz")["lesion"].astype(np.float32)
         rule_scores[key] = both(path, lesion)
-        net_scores[key] = readouts([args.maps / f"{key}.npz"], [(1, 4.0)])["mirror size 1 margin 4"]
-    thresholds = {"network": float(json.loads((args.bundle_root / "models" / "threshold.json").read_text())["threshold_log_odds"])}
+        net_scores[key] = readouts([args.maps / f"{key}.npz"], [(1, margin)])[f"mirror size 1 margin {margin:g}"]
+    thresholds = {"network": float(threshold["threshold_log_odds"])}
     for variant in ("rule", "gated"):
         thresholds[variant] = max(v[variant] for k, v in rule_scores.items() if k.startswith("negatives_"))
     print(f"\nrule {rule}, gated: a cluster holding lesion log-odds > {args.min_log_odds:g}; thresholds (above every "
@@ -286,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nthe threshold sets' lesion images above (network / or rule / or gated rule): "
           + " / ".join(str(sum(c[v] for c in positives)) for v in variants) + f" of {len(positives)}")
     if args.shift_suite is not None:
-        maps = LesionMapReader(args.bundle_root, args.threads)
         print("\n| shift-suite setting | lesion-free subjects above the threshold: rule / gated rule | largest lesion-free cluster: rule / gated |")
         print("|---|---|---|")
         for datalist in sorted(args.shift_suite.glob("*/datalist.json")):

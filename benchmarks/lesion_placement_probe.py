@@ -176,6 +176,7 @@ class LesionMapReader:
         parser.read_config(str(configs / "inference.json"))
         parser["bundle_root"] = str(bundle)
         configure_threads(threads)  # what the bundle's own `initialize` does with --num_threads
+        self.parser = parser  # the parsed inference.json, for other readers of the same bundle
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
         network = parser.get_parsed_content("network")
