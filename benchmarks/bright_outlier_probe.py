@@ -4,7 +4,8 @@ A white-matter lesion planted as the default data plants it is 0.35-0.6 (hypoint
 (hyperintense) times the white matter's mean intensity (:func:`medmamba.data.synthetic.insert_lesions`).
 On a T1 image nothing inside the brain is much brighter than white matter, so a bright outlier needs
 no learned appearance: this probe scores each image by the **largest connected cluster of voxels
-brighter than ``ratio`` times the local white-matter level** (:func:`bright_outlier_score`), inside
+brighter than ``ratio`` times the local white-matter level**
+(:func:`medmamba.inferers.bright_outlier_score`, which the classification bundle runs since 0.15.0), inside
 the brain the classification bundle extracts, and asks, on the validation probe of
 ``benchmarks/readout_probe.py`` (real registry scans of five people with planted lesions, seed 1):
 
@@ -51,101 +52,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-__all__ = ["bright_outlier_score", "local_white_matter_ratio"]
+from medmamba.inferers.bright_outlier import bright_outlier_score  # the rule, as the classification bundle runs it
 
 #: the tissue channels of the segmentation network's output
 WHITE_MATTER_CHANNEL = 3
-
-
-def local_white_matter_ratio(image: np.ndarray, white_matter: np.ndarray, sigma: float = 4.0) -> np.ndarray:
-    """Each voxel's intensity over the local white-matter level.
-
-    Args:
-        image: ``(H, W, D)`` intensities (positive, not z-scored: the ratio is a contrast).
-        white_matter: boolean ``(H, W, D)``, the voxels taken as white matter.
-        sigma: width in voxels of the Gaussian over which the white-matter level is averaged.
-
-    Returns:
-        ``image / level``: about 1 in white matter, < 1 in grey matter and CSF on a T1 image; where
-        too little white matter is near (the Gaussian's white-matter weight below 0.05), the level is
-        the median of all white matter.
-
-    Raises:
-        ValueError: shapes differ, no white-matter voxel, or ``sigma`` not positive.
-    """
-    from scipy import ndimage
-
-    if image.shape != white_matter.shape or image.ndim != 3:
-        raise ValueError(f"image {image.shape} and white_matter {white_matter.shape} must be the same 3D grid.")
-    if not white_matter.any():
-        raise ValueError("white_matter is empty: no white-matter level.")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}.")
-    image = image.astype(np.float32)
-    weight = ndimage.gaussian_filter(white_matter.astype(np.float32), sigma)
-    total = ndimage.gaussian_filter(np.where(white_matter, image, 0.0).astype(np.float32), sigma)
-    level = np.where(weight > 0.05, total / np.maximum(weight, 1e-6), float(np.median(image[white_matter])))
-    return image / np.maximum(level, 1e-6)
-
-
-def bright_outlier_score(
-    image: np.ndarray,
-    white_matter_probability: np.ndarray,
-    brain: np.ndarray,
-    ratio: float = 1.25,
-    smooth: float = 0.7,
-    sigma: float = 4.0,
-    core: int = 2,
-    lesion_log_odds: np.ndarray | None = None,
-    min_log_odds: float = 8.0,
-) -> int:
-    """The largest cluster of voxels brighter than ``ratio`` times the local white-matter level.
-
-    Args:
-        image: ``(H, W, D)`` intensities of a T1-weighted volume (positive).
-        white_matter_probability: ``(H, W, D)``, a tissue network's white-matter probability.
-        brain: boolean ``(H, W, D)`` brain mask.
-        ratio: how many times the local white-matter level a voxel must exceed.
-        smooth: Gaussian width in voxels applied to ``image`` first (0: none).
-        sigma: see :func:`local_white_matter_ratio`.
-        core: voxels next to the brain's edge left out, as an erosion by this many voxels.
-        lesion_log_odds: optional ``(H, W, D)`` lesion log-odds of the classifier's network; given, only
-            clusters holding a voxel above ``min_log_odds`` count (the rule and the network agree).
-        min_log_odds: see ``lesion_log_odds``.
-
-    Returns:
-        The voxel count of the largest 6-connected cluster (0 without one).
-
-    Raises:
-        ValueError: shapes differ, ``ratio`` not above 1, negative ``smooth`` or ``core``, or a brain
-            without white matter.
-    """
-    from scipy import ndimage
-
-    if lesion_log_odds is not None and lesion_log_odds.shape != image.shape:
-        raise ValueError(f"lesion_log_odds {lesion_log_odds.shape} must be on the image's grid {image.shape}.")
-    if not (image.shape == white_matter_probability.shape == brain.shape) or image.ndim != 3:
-        raise ValueError(f"image {image.shape}, white_matter_probability {white_matter_probability.shape} and "
-                         f"brain {brain.shape} must be the same 3D grid.")
-    if not ratio > 1:
-        raise ValueError(f"ratio must be > 1 (brighter than white matter), got {ratio!r}.")
-    if smooth < 0 or core < 0:
-        raise ValueError(f"smooth and core must be >= 0, got smooth={smooth!r}, core={core!r}.")
-    brain = brain.astype(bool)
-    ball = ndimage.generate_binary_structure(3, 1)
-    image = ndimage.gaussian_filter(image.astype(np.float32), smooth) if smooth else image.astype(np.float32)
-    white_matter = (white_matter_probability > 0.5) & ndimage.binary_erosion(brain, ball)
-    bright = local_white_matter_ratio(image, white_matter, sigma) > ratio
-    if core:
-        bright &= ndimage.binary_erosion(brain, ball, iterations=core)
-    labels, n = ndimage.label(bright, ball)
-    if not n:
-        return 0
-    sizes = np.bincount(labels.ravel())[1:]
-    if lesion_log_odds is not None:
-        peaks = ndimage.maximum(lesion_log_odds, labels, index=np.arange(1, n + 1))
-        sizes = np.where(np.asarray(peaks) > min_log_odds, sizes, 0)
-    return int(sizes.max())
 
 
 class TissueReader:

@@ -31,11 +31,12 @@ from typing import Any
 
 from medmamba.apps.classification import classify
 from medmamba.data.default_dataset import DATALIST_FILES
+from medmamba.inferers.bright_outlier import BrightOutlierRule
 from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.atomic import atomic_write_text
 from medmamba.metrics.calibration import calibrate_threshold
 
-__all__ = ["calibrate", "real_scan_negatives", "release_sets", "report_scores"]
+__all__ = ["calibrate", "real_scan_negatives", "release_sets", "report_scores", "rule_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,42 @@ def report_scores(report_csv: str | os.PathLike[str]) -> list[float]:
     return [float(r["lesion_log_odds"]) for r in rows if r.get("status") == "ok" and r.get("lesion_log_odds")]
 
 
+def report_rule_scores(report_csv: str | os.PathLike[str]) -> list[int]:
+    """The bright-outlier cluster sizes (``bright_outlier_voxels``) of the ``ok`` cases of a classification
+    report where the rule applied (an empty cell: a volume analysed inverted).
+
+    Raises:
+        ValueError: the report has no ``bright_outlier_voxels`` column.
+    """
+    with open(report_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "bright_outlier_voxels" not in rows[0]:
+        raise ValueError(f"{os.fspath(report_csv)} has no 'bright_outlier_voxels' column; columns: {sorted(rows[0])}")
+    return [int(float(r["bright_outlier_voxels"])) for r in rows if r.get("status") == "ok" and r.get("bright_outlier_voxels")]
+
+
+def rule_threshold(negatives: Sequence[int], specificity: float) -> int:
+    """The bright-outlier rule's threshold in voxels: a volume is called above it (``>``).
+
+    The smallest cluster size that at least ``ceil(specificity * n)`` of the ``n`` lesion-free volumes
+    reach at most: at ``specificity`` 1.0 the largest lesion-free cluster, so that every lesion-free
+    volume stays uncalled, as the network's threshold does at that specificity.
+
+    Args:
+        negatives: the rule's cluster sizes of lesion-free volumes.
+        specificity: the share of lesion-free volumes to keep uncalled, in (0, 1].
+
+    Raises:
+        ValueError: no negatives, or ``specificity`` out of (0, 1].
+    """
+    if not negatives:
+        raise ValueError("rule_threshold needs at least one lesion-free cluster size.")
+    if not 0.0 < float(specificity) <= 1.0:
+        raise ValueError(f"specificity must be in (0, 1], got {specificity!r}.")
+    ranked = sorted(int(v) for v in negatives)
+    return ranked[max(0, math.ceil(float(specificity) * len(ranked) - 1e-9) - 1)]
+
+
 def calibrate(
     negative_path: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -73,6 +110,7 @@ def calibrate(
     threshold_file: str | os.PathLike[str] | None = None,
     volume_readout: str = "maximum",
     mirror_margin: float | None = None,
+    bright_outlier: BrightOutlierRule | None = None,
 ) -> dict[str, Any]:
     """Classify lesion-free (and optionally lesion) scans and set the threshold at ``specificity``.
 
@@ -96,6 +134,11 @@ def calibrate(
             recorded in both files: the threshold holds for that score only.
         mirror_margin: the margin of the ``"mirror"`` read-out (the bundle's ``mirror_margin``), recorded
             beside it; ``None`` records none.
+        bright_outlier: the bundle's bright-outlier rule (:class:`medmamba.inferers.BrightOutlierRule`):
+            its threshold is set at the same ``specificity`` on the same lesion-free scans
+            (:func:`rule_threshold`) and recorded as ``bright_outlier`` (its settings and
+            ``threshold_voxels``) in both files, with the sensitivity of the network or the rule on the
+            positives; ``None``: the network's threshold only.
 
     Returns:
         The content of ``calibration.json``.
@@ -107,29 +150,48 @@ def calibrate(
     if negative_path is None:
         raise ValueError("negative_path is required: the site's lesion-free scans (bundle override --negative_path <path>).")
     out = Path(output_dir)
-    readout_settings: dict[str, float] = {}  # what else the score depends on, beside the read-out
+    readout_settings: dict[str, Any] = {}  # what else the decision depends on, beside the read-out
     if volume_readout == "mirror" and mirror_margin is not None:
         readout_settings["mirror_margin"] = float(mirror_margin)
     runs = {"negatives": negative_path, "positives": positive_path}
     scores: dict[str, list[float]] = {}
+    rule_scores: dict[str, list[int]] = {}
+    decisions: dict[str, list[tuple[float, int | None]]] = {}
     failed: dict[str, list] = {}
     for name, path in runs.items():
         if path is None:
             continue
-        summary = classify(path, out / name, predictor, preprocessing, write_slice_probabilities=False)
+        summary = classify(path, out / name, predictor, preprocessing, write_slice_probabilities=False,
+                           bright_outlier=bright_outlier)
         scores[name] = report_scores(summary["report"])
+        if bright_outlier is not None:
+            rule_scores[name] = report_rule_scores(summary["report"])
+            decisions[name] = _rule_rows(summary["report"])
         failed[name] = summary["failed"]
     if not scores["negatives"]:
         raise ValueError(f"no lesion-free scan under {os.fspath(negative_path)} was classified without failure; "
                          f"failed: {failed['negatives']}")
     result = calibrate_threshold(scores["negatives"], specificity, confidence, scores.get("positives"),
                                  resolution=REPORT_RESOLUTION)
+    if bright_outlier is not None:
+        if not rule_scores["negatives"]:
+            raise ValueError(f"the bright-outlier rule applied to no lesion-free scan under {os.fspath(negative_path)} "
+                             f"(every one analysed inverted?): set no rule threshold with --bright_outlier false.")
+        rule = {**bright_outlier.settings(), "threshold_voxels": rule_threshold(rule_scores["negatives"], specificity),
+                "negative_max": max(rule_scores["negatives"]), "n_negatives": len(rule_scores["negatives"])}
+        if "positives" in decisions:
+            found = [z >= result.threshold_log_odds or (v is not None and v > rule["threshold_voxels"])
+                     for z, v in decisions["positives"]]
+            rule["sensitivity_with_network"] = sum(found) / len(found) if found else None
+        readout_settings["bright_outlier"] = rule
     doc: dict[str, Any] = {
         **result.as_dict(),
         "negative_path": os.fspath(negative_path),
         "positive_path": None if positive_path is None else os.fspath(positive_path),
         "failed": failed,
-        "inference_override": f"--threshold_log_odds {round(result.threshold_log_odds, 4)!r}",
+        "inference_override": f"--threshold_log_odds {round(result.threshold_log_odds, 4)!r}" + (
+            f" --bright_outlier_threshold_voxels {readout_settings['bright_outlier']['threshold_voxels']}"
+            if "bright_outlier" in readout_settings else ""),
         "volume_readout": volume_readout,
         **readout_settings,
     }
@@ -150,7 +212,18 @@ def calibrate(
                 result.threshold_log_odds, result.n_negatives - result.negatives_at_or_above, result.n_negatives,
                 result.specificity, 100 * confidence, result.specificity_lower_bound,
                 "" if result.meets_target else f": too few scans to vouch for {specificity}")
+    if bright_outlier is not None:
+        logger.info("bright-outlier rule: threshold %d voxels (largest lesion-free cluster %d of %d scans)",
+                    readout_settings["bright_outlier"]["threshold_voxels"], readout_settings["bright_outlier"]["negative_max"],
+                    readout_settings["bright_outlier"]["n_negatives"])
     return doc
+
+
+def _rule_rows(report_csv: str | os.PathLike[str]) -> list[tuple[float, int | None]]:
+    """``(lesion_log_odds, bright_outlier_voxels or None)`` of the ``ok`` cases of a classification report."""
+    with open(report_csv, newline="", encoding="utf-8") as f:
+        return [(float(r["lesion_log_odds"]), int(float(r["bright_outlier_voxels"])) if r.get("bright_outlier_voxels") else None)
+                for r in csv.DictReader(f) if r.get("status") == "ok" and r.get("lesion_log_odds")]
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -45,6 +45,7 @@ from medmamba.data.discovery import find_scans
 from medmamba.handlers.classification_report import ClassificationReport
 from medmamba.handlers.rank_zero import rank_zero_handlers
 from medmamba.inferers.brain_extraction import SkullStrippingInferer
+from medmamba.inferers.bright_outlier import BrightOutlierRule
 from medmamba.inferers.contrast_polarity import analysed_polarity
 from medmamba.inferers.lesion_scores import lesion_log_odds, volume_log_odds
 from medmamba.inferers.volume_predictor import VolumeClassifier
@@ -130,11 +131,14 @@ def classify(
     weighting_key: str = "scan_weighting",
     brain_extraction: SkullStrippingInferer | None = None,
     brain_volume_range_ml: Sequence[float] | None = None,
+    bright_outlier: BrightOutlierRule | None = None,
+    bright_outlier_threshold: float | None = None,
+    unnormalised_key: str = "unnormalised_image",
 ) -> dict[str, Any]:
     """Classify every scan under ``input_path``; write ``<output_dir>/probabilities.csv``.
 
     Per case the report row holds ``lesion_probability`` (volume level), ``label`` (1 = lesion
-    present, at ``threshold``), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
+    present, at ``threshold``, or where ``bright_outlier`` exceeds ``bright_outlier_threshold``), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
     (index of the input's most suspicious slice), ``slice_axis`` (the input's array axis those
     slices are taken along), ``weighting`` (the scan's MR weighting left by the preprocessing under
     ``weighting_key``, :class:`medmamba.transforms.CheckMRWeightingd`: ``T1``, ``unknown``, or another
@@ -178,6 +182,16 @@ def classify(
             scan that is not a head MR: its lesion probability covers only what was extracted).
             ``None``: not checked; nor is it without ``brain_extraction`` (no extracted brain: the
             bundle's ``--brain_extraction false``).
+        bright_outlier: the gated bright-outlier rule (:class:`medmamba.inferers.BrightOutlierRule`);
+            each row then also reports ``bright_outlier_voxels``, its cluster size (empty where it does
+            not apply: a volume analysed inverted), read from the image the preprocessing keeps under
+            ``unnormalised_key``. ``None``: not scored.
+        bright_outlier_threshold: the rule's threshold in voxels (set on validation data with the
+            network's, :func:`medmamba.apps.calibration.calibrate`); the label is then "lesion present"
+            where the network's score reaches its threshold **or** the cluster exceeds this one.
+            ``None``: the rule is reported, not decided with.
+        unnormalised_key: where the preprocessing keeps the volume before its intensity normalisation
+            (a ``CopyItemsd`` before it), for ``bright_outlier``.
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
@@ -208,6 +222,11 @@ def classify(
         low, high = (float(v) for v in brain_volume_range_ml) if len(brain_volume_range_ml) == 2 else (-1.0, -1.0)
         if not 0.0 <= low < high:
             raise ValueError(f"brain_volume_range_ml must be (low, high) in ml with 0 <= low < high, got {brain_volume_range_ml!r}.")
+    if bright_outlier is not None and not isinstance(bright_outlier, BrightOutlierRule):
+        raise TypeError(f"bright_outlier must be a BrightOutlierRule or None, got {type(bright_outlier).__name__}.")
+    if bright_outlier_threshold is not None and (bright_outlier is None or not math.isfinite(float(bright_outlier_threshold))):
+        raise ValueError(f"bright_outlier_threshold={bright_outlier_threshold!r} needs bright_outlier (the rule) and a "
+                         f"finite number of voxels.")
     start = time.perf_counter()
     cases = find_scans(input_path)
     logger.info("classifying %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
@@ -238,6 +257,16 @@ def classify(
             raise ValueError("threshold_log_odds needs a predictor that returns 'lesion_log_odds'")
         else:
             label = int(log_odds >= float(threshold_log_odds))
+        rule: dict[str, Any] = {}
+        if bright_outlier is not None:
+            if unnormalised_key not in data:
+                raise KeyError(f"bright_outlier needs the volume before its intensity normalisation under "
+                               f"unnormalised_key={unnormalised_key!r}: add CopyItemsd(keys='image', names="
+                               f"{unnormalised_key!r}) before the normalisation; the data hold {sorted(map(str, data))}")
+            voxels = bright_outlier(data[unnormalised_key], predictor)
+            rule["bright_outlier_voxels"] = voxels
+            if bright_outlier_threshold is not None and voxels is not None and voxels > float(bright_outlier_threshold):
+                label = 1
         if isinstance(img, MetaTensor) and img.ndim == 4:
             source_affine, source_shape = source_geometry(img)
             mapped = slices_to_source(slices, img.affine, img.shape[1:], source_affine, source_shape, axis=2)
@@ -259,6 +288,7 @@ def classify(
             "weighting": str(data.get(weighting_key) or ""),
             "contrast_polarity": analysed_polarity(predictor),
             **brain,
+            **rule,
             "warnings": "; ".join(warnings),
         }
         if write_slice_probabilities:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 
-__all__ = ["LEGACY_MIRROR_MARGIN", "release_threshold"]
+__all__ = ["LEGACY_MIRROR_MARGIN", "bright_outlier_rule", "release_bright_outlier_threshold", "release_threshold"]
 
 #: The mirror read-out's margin of threshold files written before the margin was recorded
 #: (classification 0.14.0, whose configs had ``mirror_margin`` 4.0).
@@ -72,6 +72,88 @@ def release_threshold(
                 f"--mirror_margin {mirror_margin} --write_threshold_file <file>, then --threshold_file <file>) or "
                 f"give --threshold_log_odds.")
     return 1.0 / (1.0 + math.exp(-float(value)))
+
+
+def bright_outlier_rule(
+    enabled: bool | str, brain_extraction: bool | str = True, volume_readout: str = "mirror", **settings: float
+) -> object | None:
+    """The classification bundle's bright-outlier rule, or ``None`` when it is switched off.
+
+    The rule reads the brain extraction's tissue map and the mirror read-out's dense lesion map
+    (:class:`medmamba.inferers.BrightOutlierRule`); ``"auto"`` switches it on where the bundle runs both.
+
+    Args:
+        enabled: the bundle's ``bright_outlier``: ``"auto"``, or on/off as a bool or the ``"true"``/``"false"``
+            of a command-line override (on without brain extraction or the mirror read-out, the rule
+            raises when it scores a volume).
+        brain_extraction: the bundle's ``brain_extraction``.
+        volume_readout: the bundle's ``volume_readout``.
+        settings: :class:`medmamba.inferers.BrightOutlierRule` arguments.
+
+    Returns:
+        A :class:`medmamba.inferers.BrightOutlierRule` with ``settings``, or ``None``.
+    """
+    from medmamba.bundle.flags import flag
+    from medmamba.inferers.bright_outlier import BrightOutlierRule
+
+    if isinstance(enabled, str) and enabled.strip().lower() == "auto":
+        on = flag(brain_extraction, "brain_extraction") and volume_readout == "mirror"
+    else:
+        on = flag(enabled, "bright_outlier")
+    return BrightOutlierRule(**settings) if on else None
+
+
+def release_bright_outlier_threshold(
+    path: str | os.PathLike[str],
+    rule: object | None,
+    threshold_voxels: float | None = None,
+    threshold_log_odds: float | None = None,
+) -> float | None:
+    """The bright-outlier rule's threshold in voxels that the main job's calibration set beside the network's.
+
+    Args:
+        path: the bundle's ``threshold.json`` (:func:`medmamba.apps.calibration.calibrate` writes the rule's
+            settings and ``threshold_voxels`` under ``bright_outlier``).
+        rule: the bundle's :class:`medmamba.inferers.BrightOutlierRule`, or ``None`` (switched off).
+        threshold_voxels: a threshold the user gave (``--bright_outlier_threshold_voxels``, from a site's
+            ``calibration.json``); it wins over the file.
+        threshold_log_odds: the network threshold the user gave (``--threshold_log_odds``); without
+            ``threshold_voxels`` the file is then not read either (its two thresholds were set together),
+            and the rule does not decide.
+
+    Returns:
+        The threshold, or ``None`` (the rule does not decide) where ``rule`` is ``None``, the file is
+        missing, or it was written without the rule (a release before classification 0.15.0).
+
+    Raises:
+        ValueError: the file's rule was set with other settings than ``rule``'s (its cluster sizes differ),
+            or holds no finite ``threshold_voxels``.
+    """
+    if rule is None:
+        return None
+    if threshold_voxels is not None:
+        if not _finite_number(threshold_voxels):
+            raise ValueError(f"bright_outlier_threshold_voxels must be a finite number of voxels, got {threshold_voxels!r}.")
+        return float(threshold_voxels)
+    if threshold_log_odds is not None or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    recorded = doc.get("bright_outlier") if isinstance(doc, dict) else None
+    if recorded is None:
+        return None
+    value = recorded.get("threshold_voxels") if isinstance(recorded, dict) else None
+    if not _finite_number(value):
+        raise ValueError(f"{os.fspath(path)} must hold a finite bright_outlier 'threshold_voxels', got {value!r}.")
+    settings = rule.settings()  # type: ignore[attr-defined]
+    differ = {k: (recorded.get(k), v) for k, v in settings.items()
+              if not (_finite_number(recorded.get(k)) and math.isclose(float(recorded[k]), float(v)))}
+    if differ:
+        detail = ", ".join(f"{k}={file!r} in the file, {given!r} asked for" for k, (file, given) in differ.items())
+        raise ValueError(f"{os.fspath(path)} holds a bright-outlier threshold set with other settings ({detail}): the "
+                         f"cluster sizes differ. Set a threshold for them (calibrate.json --write_threshold_file <file>, "
+                         f"then --threshold_file <file>) or switch the rule off (--bright_outlier false).")
+    return float(value)
 
 
 def _finite_number(value: object) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
+from .bright_outlier import BrightOutlierRule, bright_outlier_score, local_white_matter_ratio
 from .chain import find_inferer
 from .brain_normalization import FINAL_INPUTS, BrainNormalizingInferer, combine_head_and_brain, tissue_network
 from .contrast_polarity import (
@@ -32,6 +33,7 @@ __all__ = [
     "AGGREGATIONS",
     "BrainExtractor",
     "BrainNormalizingInferer",
+    "BrightOutlierRule",
     "FINAL_INPUTS",
     "ContrastPolarityInferer",
     "DenseLesionMap",
@@ -53,12 +55,14 @@ __all__ = [
     "VolumeSegmenter",
     "aggregate_slice_logits",
     "analysed_polarity",
+    "bright_outlier_score",
     "combine_head_and_brain",
     "expected_in_channels",
     "find_inferer",
     "invert_contrast",
     "lesion_log_odds",
     "lesion_probability",
+    "local_white_matter_ratio",
     "prefers_inverted",
     "probe_slices",
     "tissue_map_fit",

@@ -162,6 +162,10 @@ class MirrorContrastInferer(Inferer):
         left_right_axis: the spatial axis of the mirror (0 in RAS).
         background_channel: index of the background class of the classifier's segmentation network.
 
+    Attributes:
+        last_lesion_maps: the dense lesion log-odds ``(*spatial)`` of each volume of the last call, on
+            the CPU (empty before the first), for :class:`medmamba.inferers.BrightOutlierRule`.
+
     Raises:
         TypeError: ``inferer`` is not callable.
         ValueError: ``slice_axis`` equals ``left_right_axis`` or either is not 0, 1 or 2.
@@ -186,12 +190,14 @@ class MirrorContrastInferer(Inferer):
         self.slice_axis = slice_axis
         self.left_right_axis = left_right_axis
         self.background_channel = int(background_channel)
+        self.last_lesion_maps: list[torch.Tensor] = []
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """``(B, 2, S)`` slice logits of volumes ``(B, C, H, W, D)``."""
         dense = torch.as_tensor(self.inferer(inputs, DenseLesionMap(network, self.background_channel), *args, **kwargs))
         if dense.ndim != 5 or dense.shape[1] != 2:
             raise ValueError(f"the inferer must return the dense map (B, 2, H, W, D), got shape {tuple(dense.shape)}.")
+        self.last_lesion_maps = [volume[0].detach().float().cpu() for volume in dense]
         scores = []
         for volume in dense.float():
             contrast = mirror_contrast(volume[0], volume[1] > 0.5, self.margin, self.left_right_axis)
