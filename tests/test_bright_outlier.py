@@ -223,12 +223,14 @@ def test_classify_calls_a_lesion_where_the_network_or_the_rule_is_above_its_thre
                        write_slice_probabilities=False, bright_outlier=_FixedRule(), bright_outlier_threshold=9)
     with open(summary["report"], newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
-    assert {k: (r["label"], r["bright_outlier_voxels"]) for k, r in rows.items()} == {
-        "net": ("1", "20"), "rule": ("1", "30"), "neither": ("0", "5"), "inverted": ("0", "")}
+    assert {k: (r["label"], r["bright_outlier_voxels"], r["decided_by"]) for k, r in rows.items()} == {
+        "net": ("1", "20", "network and bright-outlier rule"), "rule": ("1", "30", "bright-outlier rule"),
+        "neither": ("0", "5", ""), "inverted": ("0", "", "")}
     reported = classify(tmp_path, tmp_path / "out2", _predictor, _preprocessing, threshold_log_odds=10.0,
                         write_slice_probabilities=False, bright_outlier=_FixedRule())  # no threshold: reported only
     with open(reported["report"], newline="") as f:
-        assert {r["case_id"]: r["label"] for r in csv.DictReader(f)}["rule"] == "0"
+        row = {r["case_id"]: r for r in csv.DictReader(f)}["rule"]
+    assert row["label"] == "0" and row["bright_outlier_voxels"] == "30" and "decided_by" not in row
     with pytest.raises(ValueError, match="bright_outlier_threshold=9 needs bright_outlier"):
         classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, bright_outlier_threshold=9)
     with pytest.raises(TypeError, match="bright_outlier must be a BrightOutlierRule or None, got function"):

@@ -138,7 +138,8 @@ def classify(
     """Classify every scan under ``input_path``; write ``<output_dir>/probabilities.csv``.
 
     Per case the report row holds ``lesion_probability`` (volume level), ``label`` (1 = lesion
-    present, at ``threshold``, or where ``bright_outlier`` exceeds ``bright_outlier_threshold``), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
+    present, at ``threshold``, or where ``bright_outlier`` exceeds ``bright_outlier_threshold``:
+    ``decided_by`` then says which of the two called it), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
     (index of the input's most suspicious slice), ``slice_axis`` (the input's array axis those
     slices are taken along), ``weighting`` (the scan's MR weighting left by the preprocessing under
     ``weighting_key``, :class:`medmamba.transforms.CheckMRWeightingd`: ``T1``, ``unknown``, or another
@@ -265,8 +266,11 @@ def classify(
                                f"{unnormalised_key!r}) before the normalisation; the data hold {sorted(map(str, data))}")
             voxels = bright_outlier(data[unnormalised_key], predictor)
             rule["bright_outlier_voxels"] = voxels
-            if bright_outlier_threshold is not None and voxels is not None and voxels > float(bright_outlier_threshold):
-                label = 1
+            if bright_outlier_threshold is not None:
+                by_rule = voxels is not None and voxels > float(bright_outlier_threshold)
+                callers = [name for name, called in (("network", label == 1), ("bright-outlier rule", by_rule)) if called]
+                rule["decided_by"] = " and ".join(callers)
+                label = int(bool(callers))
         if isinstance(img, MetaTensor) and img.ndim == 4:
             source_affine, source_shape = source_geometry(img)
             mapped = slices_to_source(slices, img.affine, img.shape[1:], source_affine, source_shape, axis=2)
