@@ -44,6 +44,19 @@ logger = logging.getLogger(__name__)
 REPORT_RESOLUTION = 1e-4
 
 
+def _ok_rows(report_csv: str | os.PathLike[str], column: str) -> list[dict[str, str]]:
+    """The rows of the cases a classification report holds as ``ok``.
+
+    Raises:
+        ValueError: the report has no ``column``.
+    """
+    with open(report_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and column not in rows[0]:
+        raise ValueError(f"{os.fspath(report_csv)} has no {column!r} column; columns: {sorted(rows[0])}")
+    return [r for r in rows if r.get("status") == "ok"]
+
+
 def report_scores(report_csv: str | os.PathLike[str]) -> list[float]:
     """The volume lesion log-odds of the cases a classification report holds as ``ok``.
 
@@ -56,25 +69,18 @@ def report_scores(report_csv: str | os.PathLike[str]) -> list[float]:
     Raises:
         ValueError: the report has no ``lesion_log_odds`` column.
     """
-    with open(report_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and "lesion_log_odds" not in rows[0]:
-        raise ValueError(f"{os.fspath(report_csv)} has no 'lesion_log_odds' column; columns: {sorted(rows[0])}")
-    return [float(r["lesion_log_odds"]) for r in rows if r.get("status") == "ok" and r.get("lesion_log_odds")]
+    return [float(r["lesion_log_odds"]) for r in _ok_rows(report_csv, "lesion_log_odds") if r.get("lesion_log_odds")]
 
 
-def report_rule_scores(report_csv: str | os.PathLike[str]) -> list[int]:
-    """The bright-outlier cluster sizes (``bright_outlier_voxels``) of the ``ok`` cases of a classification
-    report where the rule applied (an empty cell: a volume analysed inverted).
+def _rule_rows(report_csv: str | os.PathLike[str]) -> list[tuple[float, int | None]]:
+    """``(lesion_log_odds, bright_outlier_voxels or None)`` of the ``ok`` cases of a classification report
+    (``None``: the rule did not apply, a volume analysed inverted).
 
     Raises:
         ValueError: the report has no ``bright_outlier_voxels`` column.
     """
-    with open(report_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and "bright_outlier_voxels" not in rows[0]:
-        raise ValueError(f"{os.fspath(report_csv)} has no 'bright_outlier_voxels' column; columns: {sorted(rows[0])}")
-    return [int(float(r["bright_outlier_voxels"])) for r in rows if r.get("status") == "ok" and r.get("bright_outlier_voxels")]
+    return [(float(r["lesion_log_odds"]), int(float(r["bright_outlier_voxels"])) if r.get("bright_outlier_voxels") else None)
+            for r in _ok_rows(report_csv, "bright_outlier_voxels") if r.get("lesion_log_odds")]
 
 
 def rule_threshold(negatives: Sequence[int], specificity: float) -> int:
@@ -155,7 +161,6 @@ def calibrate(
         readout_settings["mirror_margin"] = float(mirror_margin)
     runs = {"negatives": negative_path, "positives": positive_path}
     scores: dict[str, list[float]] = {}
-    rule_scores: dict[str, list[int]] = {}
     decisions: dict[str, list[tuple[float, int | None]]] = {}
     failed: dict[str, list] = {}
     for name, path in runs.items():
@@ -165,7 +170,6 @@ def calibrate(
                            bright_outlier=bright_outlier)
         scores[name] = report_scores(summary["report"])
         if bright_outlier is not None:
-            rule_scores[name] = report_rule_scores(summary["report"])
             decisions[name] = _rule_rows(summary["report"])
         failed[name] = summary["failed"]
     if not scores["negatives"]:
@@ -174,11 +178,12 @@ def calibrate(
     result = calibrate_threshold(scores["negatives"], specificity, confidence, scores.get("positives"),
                                  resolution=REPORT_RESOLUTION)
     if bright_outlier is not None:
-        if not rule_scores["negatives"]:
+        negatives = [v for _, v in decisions["negatives"] if v is not None]
+        if not negatives:
             raise ValueError(f"the bright-outlier rule applied to no lesion-free scan under {os.fspath(negative_path)} "
                              f"(every one analysed inverted?): set no rule threshold with --bright_outlier false.")
-        rule = {**bright_outlier.settings(), "threshold_voxels": rule_threshold(rule_scores["negatives"], specificity),
-                "negative_max": max(rule_scores["negatives"]), "n_negatives": len(rule_scores["negatives"])}
+        rule = {**bright_outlier.settings(), "threshold_voxels": rule_threshold(negatives, specificity),
+                "negative_max": max(negatives), "n_negatives": len(negatives)}
         if "positives" in decisions:
             found = [z >= result.threshold_log_odds or (v is not None and v > rule["threshold_voxels"])
                      for z, v in decisions["positives"]]
@@ -217,13 +222,6 @@ def calibrate(
                     readout_settings["bright_outlier"]["threshold_voxels"], readout_settings["bright_outlier"]["negative_max"],
                     readout_settings["bright_outlier"]["n_negatives"])
     return doc
-
-
-def _rule_rows(report_csv: str | os.PathLike[str]) -> list[tuple[float, int | None]]:
-    """``(lesion_log_odds, bright_outlier_voxels or None)`` of the ``ok`` cases of a classification report."""
-    with open(report_csv, newline="", encoding="utf-8") as f:
-        return [(float(r["lesion_log_odds"]), int(float(r["bright_outlier_voxels"])) if r.get("bright_outlier_voxels") else None)
-                for r in csv.DictReader(f) if r.get("status") == "ok" and r.get("lesion_log_odds")]
 
 
 def _copy(src: Path, dst: Path) -> None:
