@@ -103,13 +103,16 @@ def test_score_errors_name_the_argument() -> None:
 # ------------------------------------------------------------------ the rule read from a classifier's last call
 def _chain(image_shape=(24, 24, 24), polarity: str | None = None):
     """A predictor chain (mirror read-out -> [polarity check ->] skull stripping) whose last call is the phantom's:
-    the stripping inferer holds the brain and tissue probabilities, the read-out the lesion map."""
+    the stripping inferer holds the brain, its extractor the tissue logits, the read-out the lesion map."""
+    from medmamba.inferers import BrainExtractor
+
     image, wm, brain = _phantom(image_shape)
-    stripping = SkullStrippingInferer(lambda x, net: x, lambda x: torch.ones(x.shape[0], *x.shape[2:], dtype=torch.bool))
+    extractor = BrainExtractor(lambda x: x, lambda x, net: x)
+    stripping = SkullStrippingInferer(lambda x, net: x, extractor)
     stripping.last_brains = [torch.from_numpy(brain)]
     stripping.last_brain_voxels = [int(brain.sum())]
-    tissue = torch.from_numpy(np.stack([1 - wm, 0 * wm, 0 * wm, wm]))  # background, CSF, grey, white matter
-    stripping.last_tissue_probabilities = [tissue]
+    # background, CSF, grey, white matter: white matter's probability 0.9999 where wm is 1, 1e-4 elsewhere
+    extractor.last_tissue_logits = 10.0 * torch.from_numpy(np.stack([1 - wm, 0 * wm, 0 * wm, wm]))[None]
     inner = stripping
     if polarity is not None:
         inner = ContrastPolarityInferer(stripping, polarity=polarity)
@@ -133,7 +136,7 @@ def test_rule_scores_the_last_call_as_the_function_does() -> None:
     assert rule(torch.from_numpy(lesion)[None], predictor) == 27  # (1, H, W, D) as the preprocessing keeps it
     assert rule(lesion, predictor) == bright_outlier_score(lesion, wm, brain, smooth=0.0,
                                                           lesion_log_odds=readout.last_lesion_maps[0].numpy())
-    stripping.last_tissue_probabilities[0][3] = 0.0  # no white matter found: no level, the rule does not apply
+    stripping.extractor.last_tissue_logits[0, 3] = -10.0  # no white matter found: no level, the rule does not apply
     assert rule(lesion, predictor) is None
     stripping.last_brain_voxels = [10]  # a brain too small to strip to: nor does it
     assert rule(lesion, predictor) is None

@@ -185,7 +185,7 @@ def calibrate(
         rule = {**bright_outlier.settings(), "threshold_voxels": rule_threshold(negatives, specificity),
                 "negative_max": max(negatives), "n_negatives": len(negatives)}
         if "positives" in decisions:
-            found = [z >= result.threshold_log_odds or (v is not None and v > rule["threshold_voxels"])
+            found = [z >= result.threshold_log_odds or bright_outlier.calls(v, rule["threshold_voxels"])
                      for z, v in decisions["positives"]]
             rule["sensitivity_with_network"] = sum(found) / len(found) if found else None
         readout_settings["bright_outlier"] = rule

@@ -267,7 +267,7 @@ def classify(
             voxels = bright_outlier(data[unnormalised_key], predictor)
             rule["bright_outlier_voxels"] = voxels
             if bright_outlier_threshold is not None:
-                by_rule = voxels is not None and voxels > float(bright_outlier_threshold)
+                by_rule = bright_outlier.calls(voxels, bright_outlier_threshold)
                 callers = [name for name, called in (("network", label == 1), ("bright-outlier rule", by_rule)) if called]
                 rule["decided_by"] = " and ".join(callers)
                 label = int(bool(callers))

@@ -184,7 +184,7 @@ class ClassificationReport:
             if self.bright_outlier is not None:
                 voxels = self._rule[n]
                 rows[-1]["bright_outlier_voxels"] = voxels
-                if self.bright_outlier_threshold is not None and voxels is not None and voxels > self.bright_outlier_threshold:
+                if self.bright_outlier.calls(voxels, self.bright_outlier_threshold):
                     rows[-1]["predicted"] = 1
         slice_scores, _ = self._store.slice_arrays()
         metrics = {k: _plain(v) for k, v in engine.state.metrics.items()}

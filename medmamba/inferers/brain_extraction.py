@@ -46,9 +46,9 @@ class BrainExtractor:
         device: where the network runs (the volumes are moved there; the masks come back on the CPU).
 
     Attributes:
-        last_tissue_probabilities: the tissue network's class probabilities ``(K, *spatial)`` of each
-            volume of the last call, on the CPU (empty before the first), for a caller that reads the
-            tissue the brain was found from (:class:`medmamba.inferers.BrightOutlierRule`).
+        last_tissue_logits: the tissue network's logits ``(B, K, *spatial)`` of the last call, as the
+            inferer returned them (``None`` before the first), for a caller that reads the tissue the
+            brain was found from (:class:`medmamba.inferers.BrightOutlierRule`).
 
     Raises:
         TypeError: ``network`` or ``inferer`` is not callable.
@@ -80,7 +80,7 @@ class BrainExtractor:
         self.masker = BrainMask(opening_mm=opening_mm, spacing=spacing, closing_mm=closing_mm)
         self.background_channel = background_channel
         self.device = torch.device(device)
-        self.last_tissue_probabilities: list[torch.Tensor] = []
+        self.last_tissue_logits: torch.Tensor | None = None
 
     def __call__(self, volumes: torch.Tensor) -> torch.Tensor:
         """Boolean brain masks ``(B, *spatial)`` of volumes ``(B, C, *spatial)``.
@@ -95,7 +95,7 @@ class BrainExtractor:
         with torch.no_grad():
             logits = self.inferer(x.to(self.device), self.network)
         masks = brain_masks_from_logits(logits, x, self.masker, self.background_channel)
-        self.last_tissue_probabilities = [torch.softmax(v.float(), dim=0).cpu() for v in torch.as_tensor(logits)]
+        self.last_tissue_logits = torch.as_tensor(logits)
         return masks
 
 
@@ -120,9 +120,8 @@ class SkullStrippingInferer(Inferer):
         last_brain_voxels: the extracted brain's voxel count of each volume of the last call (empty
             before the first), for a caller that reports the brain the network was run on (e.g. the
             classification bundle's check that a scan holds a whole brain).
-        last_brains: the extracted brain masks of the last call (boolean ``(*spatial)``, on the CPU).
-        last_tissue_probabilities: the extractor's tissue probabilities of the last call where it keeps
-            them (:class:`BrainExtractor`), else empty; with ``last_brains`` what
+        last_brains: the extracted brain masks of the last call (boolean ``(*spatial)``, on the CPU); with
+            the extractor's ``last_tissue_logits`` (:class:`BrainExtractor`) what
             :class:`medmamba.inferers.BrightOutlierRule` reads.
 
     Raises:
@@ -149,7 +148,6 @@ class SkullStrippingInferer(Inferer):
         self.min_voxels = min_voxels
         self.last_brain_voxels: list[int] = []
         self.last_brains: list[torch.Tensor] = []
-        self.last_tissue_probabilities: list[torch.Tensor] = []
 
     def strip(self, inputs: torch.Tensor) -> torch.Tensor:
         """``inputs`` ``(B, C, *spatial)`` reduced to each volume's brain and normalised over it."""
@@ -161,7 +159,6 @@ class SkullStrippingInferer(Inferer):
                              f"inputs {tuple(inputs.shape)}, got {tuple(masks.shape)}.")
         self.last_brain_voxels = [int(m.sum()) for m in masks]
         self.last_brains = [m.cpu() for m in masks]
-        self.last_tissue_probabilities = list(getattr(self.extractor, "last_tissue_probabilities", []))
         stripped = torch.as_tensor(inputs).clone()
         for b in range(inputs.shape[0]):
             brain = masks[b]

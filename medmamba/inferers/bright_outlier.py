@@ -106,9 +106,33 @@ def bright_outlier_score(
                          f"brain {brain.shape} must be the same 3D grid.")
     _check_settings(ratio, smooth, sigma, core)
     brain = brain.astype(bool)
+    return _largest_bright_cluster(image, _white_matter(white_matter_probability, brain), brain, ratio, smooth, sigma,
+                                   core, lesion_log_odds, min_log_odds)
+
+
+def _white_matter(probability: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The voxels whose white-matter ``probability`` exceeds 0.5 inside the boolean ``brain`` eroded by one voxel."""
+    from scipy import ndimage
+
+    return (probability > 0.5) & ndimage.binary_erosion(brain, ndimage.generate_binary_structure(3, 1))
+
+
+def _largest_bright_cluster(
+    image: np.ndarray,
+    white_matter: np.ndarray,
+    brain: np.ndarray,
+    ratio: float,
+    smooth: float,
+    sigma: float,
+    core: int,
+    lesion_log_odds: np.ndarray | None,
+    min_log_odds: float,
+) -> int:
+    """:func:`bright_outlier_score` of checked arguments, given the white-matter voxels (:func:`_white_matter`)."""
+    from scipy import ndimage
+
     ball = ndimage.generate_binary_structure(3, 1)
     image = ndimage.gaussian_filter(image.astype(np.float32), smooth) if smooth else image.astype(np.float32)
-    white_matter = (white_matter_probability > 0.5) & ndimage.binary_erosion(brain, ball)
     bright = local_white_matter_ratio(image, white_matter, sigma) > ratio
     if core:
         bright &= ndimage.binary_erosion(brain, ball, iterations=core)
@@ -135,9 +159,9 @@ class BrightOutlierRule:
     """The gated bright-outlier rule of the classification bundle (:func:`bright_outlier_score`).
 
     Called after a :class:`medmamba.inferers.VolumeClassifier` has classified a batch, it scores one
-    volume of it from what the predictor's chain of inferers kept of that call
-    (``last_brains`` and ``last_tissue_probabilities`` of the
-    :class:`~medmamba.inferers.SkullStrippingInferer`, ``last_lesion_maps`` of the
+    volume of it from what the predictor's chain of inferers kept of that call (``last_brains`` of the
+    :class:`~medmamba.inferers.SkullStrippingInferer` and ``last_tissue_logits`` of its
+    :class:`~medmamba.inferers.BrainExtractor`, ``last_lesion_maps`` of the
     :class:`~medmamba.inferers.MirrorContrastInferer`) and the volume's unnormalised intensities.
 
     Args:
@@ -199,8 +223,9 @@ class BrightOutlierRule:
             missing = "brain extraction (--brain_extraction true)" if stripping is None else "the mirror read-out (--volume_readout mirror)"
             raise ValueError(f"the bright-outlier rule needs {missing} in the classifier's chain; run with "
                              f"--bright_outlier false without it.")
-        if not (index < len(stripping.last_brains) and index < len(stripping.last_tissue_probabilities)
-                and index < len(readout.last_lesion_maps)):
+        logits = getattr(stripping.extractor, "last_tissue_logits", None)
+        if logits is None or not (index < len(stripping.last_brains) and index < len(logits)
+                                  and index < len(readout.last_lesion_maps)):
             raise ValueError(f"the predictor's last call holds no volume {index}: classify the volume first.")
         if analysed_polarity(predictor, index) == "inverted":
             return None
@@ -210,19 +235,27 @@ class BrightOutlierRule:
         if array.ndim == 4 and array.shape[0] == 1:
             array = array[0]
         brain = stripping.last_brains[index].cpu().numpy()
-        probabilities = stripping.last_tissue_probabilities[index]
-        if not 0 <= self.white_matter_channel < probabilities.shape[0]:
+        if not 0 <= self.white_matter_channel < logits.shape[1]:
             raise ValueError(f"white_matter_channel {self.white_matter_channel} is not a channel of the tissue "
-                             f"probabilities ({probabilities.shape[0]}).")
+                             f"probabilities ({logits.shape[1]}).")
         if array.shape != brain.shape:
             raise ValueError(f"image {array.shape} must be on the grid the classifier ran on {brain.shape} (the "
                              f"preprocessed volume before its intensity normalisation).")
-        from scipy import ndimage
-
-        white_matter = probabilities[self.white_matter_channel].float().cpu().numpy()
-        if not ((white_matter > 0.5) & ndimage.binary_erosion(brain, ndimage.generate_binary_structure(3, 1))).any():
+        probability = torch.softmax(logits[index].float(), dim=0)[self.white_matter_channel].cpu().numpy()
+        white_matter = _white_matter(probability, brain)
+        if not white_matter.any():
             return None
-        return bright_outlier_score(
-            array, white_matter, brain,
-            ratio=self.ratio, smooth=self.smooth, sigma=self.sigma, core=self.core,
-            lesion_log_odds=readout.last_lesion_maps[index].float().cpu().numpy(), min_log_odds=self.min_log_odds)
+        lesion = readout.last_lesion_maps[index].float().cpu().numpy()
+        if lesion.shape != array.shape:
+            raise ValueError(f"lesion_log_odds {lesion.shape} must be on the image's grid {array.shape}.")
+        return _largest_bright_cluster(array, white_matter, brain, self.ratio, self.smooth, self.sigma, self.core,
+                                       lesion, self.min_log_odds)
+
+    @staticmethod
+    def calls(voxels: int | None, threshold: float | None) -> bool:
+        """Whether a cluster of ``voxels`` calls a lesion at ``threshold`` (called above it).
+
+        ``voxels`` ``None`` (the rule did not apply) or ``threshold`` ``None`` (the rule reports, does not
+        decide) never call one.
+        """
+        return threshold is not None and voxels is not None and voxels > float(threshold)

@@ -164,7 +164,7 @@ class MirrorContrastInferer(Inferer):
 
     Attributes:
         last_lesion_maps: the dense lesion log-odds ``(*spatial)`` of each volume of the last call, on
-            the CPU (empty before the first), for :class:`medmamba.inferers.BrightOutlierRule`.
+            the inferer's device (empty before the first), for :class:`medmamba.inferers.BrightOutlierRule`.
 
     Raises:
         TypeError: ``inferer`` is not callable.
@@ -197,7 +197,7 @@ class MirrorContrastInferer(Inferer):
         dense = torch.as_tensor(self.inferer(inputs, DenseLesionMap(network, self.background_channel), *args, **kwargs))
         if dense.ndim != 5 or dense.shape[1] != 2:
             raise ValueError(f"the inferer must return the dense map (B, 2, H, W, D), got shape {tuple(dense.shape)}.")
-        self.last_lesion_maps = [volume[0].detach().float().cpu() for volume in dense]
+        self.last_lesion_maps = [volume[0].detach() for volume in dense]
         scores = []
         for volume in dense.float():
             contrast = mirror_contrast(volume[0], volume[1] > 0.5, self.margin, self.left_right_axis)
