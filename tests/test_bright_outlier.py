@@ -1,6 +1,6 @@
 """The bright-outlier rule (medmamba.inferers.bright_outlier) and how the classification bundle decides with it:
 the report column and the OR decision (classify, ClassificationReport), its threshold set with the network's
-(calibrate, rule_threshold) and read back (release_bright_outlier_threshold)."""
+(calibrate, rule_threshold) and read back (release_rule_threshold)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from medmamba.apps.calibration import calibrate, rule_threshold
 from medmamba.apps.classification import classify
-from medmamba.bundle import bright_outlier_rule, release_bright_outlier_threshold
+from medmamba.bundle import bright_outlier_rule, release_rule_threshold
 from medmamba.inferers import (
     BrightOutlierRule,
     ContrastPolarityInferer,
@@ -119,6 +119,7 @@ def _chain(image_shape=(24, 24, 24), polarity: str | None = None):
         inner.last_polarities = [polarity]
     readout = MirrorContrastInferer(inner)
     readout.last_lesion_maps = [torch.full(image.shape, -5.0)]
+    readout.last_contrast_maps = [torch.full(image.shape, -5.0)]
 
     class _Predictor:
         inferer = readout
@@ -174,19 +175,19 @@ def test_rule_threshold_keeps_the_wanted_share_of_negatives_uncalled() -> None:
 def test_release_threshold_of_the_rule(tmp_path: Path) -> None:
     path = tmp_path / "threshold.json"
     rule = BrightOutlierRule()
-    assert release_bright_outlier_threshold(path, rule) is None  # no file: the rule does not decide
+    assert release_rule_threshold(path, rule) is None  # no file: the rule does not decide
     path.write_text(json.dumps({"threshold_log_odds": 13.9, "volume_readout": "mirror"}))  # a release before the rule
-    assert release_bright_outlier_threshold(path, rule) is None
+    assert release_rule_threshold(path, rule) is None
     path.write_text(json.dumps({"threshold_log_odds": 13.9, "bright_outlier": {**rule.settings(), "threshold_voxels": 9}}))
-    assert release_bright_outlier_threshold(path, rule) == 9.0
-    assert release_bright_outlier_threshold(path, None) is None  # switched off
-    assert release_bright_outlier_threshold(path, rule, threshold_voxels=20) == 20.0  # the user's wins
-    assert release_bright_outlier_threshold(path, rule, threshold_log_odds=12.0) is None  # a site's network threshold alone
+    assert release_rule_threshold(path, rule) == 9.0
+    assert release_rule_threshold(path, None) is None  # switched off
+    assert release_rule_threshold(path, rule, threshold_voxels=20) == 20.0  # the user's wins
+    assert release_rule_threshold(path, rule, threshold_log_odds=12.0) is None  # a site's network threshold alone
     with pytest.raises(ValueError, match=r"other settings \(ratio=1.25 in the file, 1.3 asked for\)"):
-        release_bright_outlier_threshold(path, BrightOutlierRule(ratio=1.3))
+        release_rule_threshold(path, BrightOutlierRule(ratio=1.3))
     path.write_text(json.dumps({"bright_outlier": {**rule.settings(), "threshold_voxels": None}}))
     with pytest.raises(ValueError, match="must hold a finite bright_outlier 'threshold_voxels', got None"):
-        release_bright_outlier_threshold(path, rule)
+        release_rule_threshold(path, rule)
     assert bright_outlier_rule("false") is None and isinstance(bright_outlier_rule(True, ratio=1.3), BrightOutlierRule)
     # "auto": on where the bundle runs what the rule reads (brain extraction, the mirror read-out)
     assert isinstance(bright_outlier_rule("auto", "true", "mirror"), BrightOutlierRule)
@@ -223,23 +224,28 @@ def test_classify_calls_a_lesion_where_the_network_or_the_rule_is_above_its_thre
     for name, value, peak in (("net", 20.0, 0.0), ("rule", 1.0, 30.0), ("neither", 1.0, 5.0), ("inverted", -1.0, -1.0)):
         _scan(tmp_path / f"{name}.nii.gz", value, peak)
     summary = classify(tmp_path, tmp_path / "out", _predictor, _preprocessing, threshold_log_odds=10.0,
-                       write_slice_probabilities=False, bright_outlier=_FixedRule(), bright_outlier_threshold=9)
+                       write_slice_probabilities=False, rules=[_FixedRule()], rule_thresholds={"bright_outlier": 9})
     with open(summary["report"], newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     assert {k: (r["label"], r["bright_outlier_voxels"], r["decided_by"]) for k, r in rows.items()} == {
         "net": ("1", "20", "network and bright-outlier rule"), "rule": ("1", "30", "bright-outlier rule"),
         "neither": ("0", "5", ""), "inverted": ("0", "", "")}
     reported = classify(tmp_path, tmp_path / "out2", _predictor, _preprocessing, threshold_log_odds=10.0,
-                        write_slice_probabilities=False, bright_outlier=_FixedRule())  # no threshold: reported only
+                        write_slice_probabilities=False, rules=[_FixedRule()])  # no threshold: reported only
     with open(reported["report"], newline="") as f:
         row = {r["case_id"]: r for r in csv.DictReader(f)}["rule"]
     assert row["label"] == "0" and row["bright_outlier_voxels"] == "30" and "decided_by" not in row
-    with pytest.raises(ValueError, match="bright_outlier_threshold=9 needs bright_outlier"):
-        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, bright_outlier_threshold=9)
-    with pytest.raises(TypeError, match="bright_outlier must be a BrightOutlierRule or None, got function"):
-        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, bright_outlier=lambda *a: 0)
+    with pytest.raises(ValueError, match="gives bright_outlier=9, but no bright_outlier rule is scored"):
+        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rule_thresholds={"bright_outlier": 9})
+    with pytest.raises(TypeError, match="rules must hold LesionRule objects, got function"):
+        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rules=[lambda *a: 0])
+    with pytest.raises(ValueError, match="rules must have different names"):
+        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rules=[_FixedRule(), _FixedRule()])
+    with pytest.raises(ValueError, match=r"rule_thresholds\['bright_outlier'\] must be a finite number of voxels or None, got nan"):
+        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rules=[_FixedRule()],
+                 rule_thresholds={"bright_outlier": float("nan")})
     failed = classify(tmp_path, tmp_path / "y", _predictor, lambda d: {"image": _preprocessing(d)["image"]},
-                      bright_outlier=_FixedRule(), write_slice_probabilities=False)
+                      rules=[_FixedRule()], write_slice_probabilities=False)
     assert failed["n_failed"] == 4 and "before its intensity normalisation under unnormalised_key" in failed["failed"]["rule"]
 
 
@@ -251,7 +257,7 @@ def test_calibrate_sets_the_rules_threshold_with_the_networks(tmp_path: Path) ->
     for i, (value, peak) in enumerate([(12.0, 0.0), (1.0, 40.0), (1.0, 11.0)]):
         _scan(tmp_path / "pos" / f"p{i}.nii.gz", value, peak)
     doc = calibrate(tmp_path / "neg", tmp_path / "out", _predictor, _preprocessing, positive_path=tmp_path / "pos",
-                    specificity=1.0, threshold_file=tmp_path / "t.json", bright_outlier=_FixedRule())
+                    specificity=1.0, threshold_file=tmp_path / "t.json", rules=[_FixedRule()])
     rule = doc["bright_outlier"]
     assert (rule["threshold_voxels"], rule["negative_max"], rule["n_negatives"]) == (12, 12, 3)
     assert rule["sensitivity_with_network"] == pytest.approx(2 / 3)  # 12 by the network, 40 by the rule; 11 by neither
@@ -259,7 +265,7 @@ def test_calibrate_sets_the_rules_threshold_with_the_networks(tmp_path: Path) ->
     assert doc["inference_override"] == "--threshold_log_odds 9.5001 --bright_outlier_threshold_voxels 12"
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["bright_outlier"] == rule
-    assert release_bright_outlier_threshold(tmp_path / "t.json", _FixedRule()) == 12.0
+    assert release_rule_threshold(tmp_path / "t.json", _FixedRule()) == 12.0
 
 
 @pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
@@ -287,7 +293,7 @@ def test_bundle_configs_decide_with_the_rule_of_the_run(tmp_path: Path, config: 
     assert transforms[copy + 1] == "MRNormalized"  # kept right before the normalisation
     assert list(parser.get_parsed_content("preprocessing").transforms[copy].names) == ["unnormalised_image"]
     assert parsed(brain_extraction=False).get_parsed_content("bright_outlier_rule") is None  # "auto"
-    off = parsed(bright_outlier=False)
+    off = parsed(bright_outlier=False, dark_asymmetry=False)
     assert off.get_parsed_content("bright_outlier_rule") is None and off.get_parsed_content("bright_outlier_threshold") is None
     assert not any(isinstance(t, CopyItemsd) for t in off.get_parsed_content("preprocessing").transforms)
 
@@ -298,7 +304,7 @@ def test_evaluation_report_decides_as_inference_does(tmp_path: Path) -> None:
     from medmamba.handlers import ClassificationReport
 
     report = ClassificationReport(tmp_path, threshold=float(torch.sigmoid(torch.tensor(10.0, dtype=torch.float64))),
-                                  bright_outlier=_FixedRule(), bright_outlier_threshold=9, inferer=object())
+                                  rules=[_FixedRule()], rule_thresholds={"bright_outlier": 9}, inferer=object())
     engine = SimpleNamespace(state=SimpleNamespace(metrics={"volume_auc": 1.0}))
     report._on_started(engine)
     # (case, slice log-odds, lesion present, the unnormalised image's peak = the stand-in rule's cluster)
@@ -316,8 +322,8 @@ def test_evaluation_report_decides_as_inference_does(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert (doc["decision_sensitivity"], doc["decision_specificity"], doc["bright_outlier_threshold_voxels"]) == (1.0, 0.5, 9.0)
     assert doc["volume_auc"] == 1.0  # the network's metrics are kept as the evaluator computed them
-    with pytest.raises(ValueError, match="bright_outlier needs inferer"):
-        ClassificationReport(tmp_path, bright_outlier=_FixedRule())
+    with pytest.raises(ValueError, match="rules need inferer"):
+        ClassificationReport(tmp_path, rules=[_FixedRule()])
     engine.state.batch = {"id": ["e"]}
     with pytest.raises(KeyError, match="unnormalised volumes under 'unnormalised_image'"):
         report._on_iteration(engine)

@@ -166,8 +166,8 @@ def _classify(inputs: Path, out: Path) -> dict:
     from medmamba.inferers import SliceStackInferer
 
     predictor = VolumeClassifier(SphereAreaNet(), SliceStackInferer(2, context=2), "max")
-    return _run_config(CLS_CONFIGS / "inference.json", {  # a stand-in network: nothing for the bright-outlier rule to read
-        "input_path": str(inputs), "output_dir": str(out), "predictor": predictor, "bright_outlier": False,
+    return _run_config(CLS_CONFIGS / "inference.json", {  # a stand-in network: nothing for the lesion rules to read
+        "input_path": str(inputs), "output_dir": str(out), "predictor": predictor, "bright_outlier": False, "dark_asymmetry": False,
     })
 
 
@@ -405,7 +405,8 @@ def test_both_reports_say_in_which_contrast_polarity_a_scan_was_analysed(phantom
     _classify(ph["path"], tmp_path / "cls_t1")
     inverting = VolumeClassifier(SphereAreaNet(), ContrastPolarityInferer(SliceStackInferer(2, context=2), polarity="inverted"), "max")
     _run_config(CLS_CONFIGS / "inference.json", {"input_path": str(t2), "output_dir": str(tmp_path / "cls_t2"),
-                                                  "predictor": inverting, "bright_outlier": False})
+                                                  "predictor": inverting, "bright_outlier": False,
+                                                  "dark_asymmetry": False})
     (t1_row,) = _rows(tmp_path / "cls_t1" / "probabilities.csv").values()
     (t2_row,) = _rows(tmp_path / "cls_t2" / "probabilities.csv").values()
     assert (t1_row["contrast_polarity"], t2_row["contrast_polarity"]) == ("given", "inverted")

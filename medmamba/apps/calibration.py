@@ -31,7 +31,7 @@ from typing import Any
 
 from medmamba.apps.classification import classify
 from medmamba.data.default_dataset import DATALIST_FILES
-from medmamba.inferers.bright_outlier import BrightOutlierRule
+from medmamba.inferers.lesion_rule import LesionRule, check_rules, rule_callers
 from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.atomic import atomic_write_text
 from medmamba.metrics.calibration import calibrate_threshold
@@ -44,16 +44,17 @@ logger = logging.getLogger(__name__)
 REPORT_RESOLUTION = 1e-4
 
 
-def _ok_rows(report_csv: str | os.PathLike[str], column: str) -> list[dict[str, str]]:
+def _ok_rows(report_csv: str | os.PathLike[str], *columns: str) -> list[dict[str, str]]:
     """The rows of the cases a classification report holds as ``ok``.
 
     Raises:
-        ValueError: the report has no ``column``.
+        ValueError: the report lacks one of ``columns``.
     """
     with open(report_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    if rows and column not in rows[0]:
-        raise ValueError(f"{os.fspath(report_csv)} has no {column!r} column; columns: {sorted(rows[0])}")
+    for column in columns:
+        if rows and column not in rows[0]:
+            raise ValueError(f"{os.fspath(report_csv)} has no {column!r} column; columns: {sorted(rows[0])}")
     return [r for r in rows if r.get("status") == "ok"]
 
 
@@ -72,19 +73,20 @@ def report_scores(report_csv: str | os.PathLike[str]) -> list[float]:
     return [float(r["lesion_log_odds"]) for r in _ok_rows(report_csv, "lesion_log_odds") if r.get("lesion_log_odds")]
 
 
-def _rule_rows(report_csv: str | os.PathLike[str]) -> list[tuple[float, int | None]]:
-    """``(lesion_log_odds, bright_outlier_voxels or None)`` of the ``ok`` cases of a classification report
-    (``None``: the rule did not apply, a volume analysed inverted).
+def _rule_rows(report_csv: str | os.PathLike[str], rules: Sequence[LesionRule]) -> list[tuple[float, list[int | None]]]:
+    """``(lesion_log_odds, [<rule.name>_voxels or None per rule])`` of the ``ok`` cases of a classification
+    report (``None``: the rule did not apply, a volume analysed inverted).
 
     Raises:
-        ValueError: the report has no ``bright_outlier_voxels`` column.
+        ValueError: the report lacks a rule's ``<rule.name>_voxels`` column.
     """
-    return [(float(r["lesion_log_odds"]), int(float(r["bright_outlier_voxels"])) if r.get("bright_outlier_voxels") else None)
-            for r in _ok_rows(report_csv, "bright_outlier_voxels") if r.get("lesion_log_odds")]
+    columns = [f"{rule.name}_voxels" for rule in rules]
+    return [(float(r["lesion_log_odds"]), [int(float(r[c])) if r.get(c) else None for c in columns])
+            for r in _ok_rows(report_csv, *columns) if r.get("lesion_log_odds")]
 
 
 def rule_threshold(negatives: Sequence[int], specificity: float) -> int:
-    """The bright-outlier rule's threshold in voxels: a volume is called above it (``>``).
+    """A lesion rule's threshold in voxels: a volume is called above it (``>``).
 
     The smallest cluster size that at least ``ceil(specificity * n)`` of the ``n`` lesion-free volumes
     reach at most: at ``specificity`` 1.0 the largest lesion-free cluster, so that every lesion-free
@@ -116,7 +118,7 @@ def calibrate(
     threshold_file: str | os.PathLike[str] | None = None,
     volume_readout: str = "maximum",
     mirror_margin: float | None = None,
-    bright_outlier: BrightOutlierRule | None = None,
+    rules: Sequence[LesionRule] = (),
 ) -> dict[str, Any]:
     """Classify lesion-free (and optionally lesion) scans and set the threshold at ``specificity``.
 
@@ -140,11 +142,11 @@ def calibrate(
             recorded in both files: the threshold holds for that score only.
         mirror_margin: the margin of the ``"mirror"`` read-out (the bundle's ``mirror_margin``), recorded
             beside it; ``None`` records none.
-        bright_outlier: the bundle's bright-outlier rule (:class:`medmamba.inferers.BrightOutlierRule`):
-            its threshold is set at the same ``specificity`` on the same lesion-free scans
-            (:func:`rule_threshold`) and recorded as ``bright_outlier`` (its settings and
-            ``threshold_voxels``) in both files, with the sensitivity of the network or the rule on the
-            positives; ``None``: the network's threshold only.
+        rules: the bundle's lesion rules (:class:`medmamba.inferers.LesionRule`): each one's threshold
+            is set at the same ``specificity`` on the same lesion-free scans (:func:`rule_threshold`) and
+            recorded under its name (its settings and ``threshold_voxels``) in both files, with the
+            sensitivity on the positives of the network or that rule (``sensitivity_with_network``) and,
+            once, of the network or any rule (``decision_sensitivity``); empty: the network's threshold only.
 
     Returns:
         The content of ``calibration.json``.
@@ -159,46 +161,52 @@ def calibrate(
     readout_settings: dict[str, Any] = {}  # what else the decision depends on, beside the read-out
     if volume_readout == "mirror" and mirror_margin is not None:
         readout_settings["mirror_margin"] = float(mirror_margin)
+    rules, _ = check_rules(rules)
     runs = {"negatives": negative_path, "positives": positive_path}
     scores: dict[str, list[float]] = {}
-    decisions: dict[str, list[tuple[float, int | None]]] = {}
+    decisions: dict[str, list[tuple[float, list[int | None]]]] = {}
     failed: dict[str, list] = {}
     for name, path in runs.items():
         if path is None:
             continue
-        summary = classify(path, out / name, predictor, preprocessing, write_slice_probabilities=False,
-                           bright_outlier=bright_outlier)
+        summary = classify(path, out / name, predictor, preprocessing, write_slice_probabilities=False, rules=rules)
         scores[name] = report_scores(summary["report"])
-        if bright_outlier is not None:
-            decisions[name] = _rule_rows(summary["report"])
+        if rules:
+            decisions[name] = _rule_rows(summary["report"], rules)
         failed[name] = summary["failed"]
     if not scores["negatives"]:
         raise ValueError(f"no lesion-free scan under {os.fspath(negative_path)} was classified without failure; "
                          f"failed: {failed['negatives']}")
     result = calibrate_threshold(scores["negatives"], specificity, confidence, scores.get("positives"),
                                  resolution=REPORT_RESOLUTION)
-    if bright_outlier is not None:
-        negatives = [v for _, v in decisions["negatives"] if v is not None]
+    thresholds: dict[str, float | None] = {}
+    for k, rule in enumerate(rules):
+        negatives = [v[k] for _, v in decisions["negatives"] if v[k] is not None]
         if not negatives:
-            raise ValueError(f"the bright-outlier rule applied to no lesion-free scan under {os.fspath(negative_path)} "
-                             f"(every one analysed inverted?): set no rule threshold with --bright_outlier false.")
-        rule = {**bright_outlier.settings(), "threshold_voxels": rule_threshold(negatives, specificity),
-                "negative_max": max(negatives), "n_negatives": len(negatives)}
+            raise ValueError(f"the {rule.title} applied to no lesion-free scan under {os.fspath(negative_path)} "
+                             f"(every one analysed inverted?): set no rule threshold with --{rule.name} false.")
+        entry = {**rule.settings(), "threshold_voxels": rule_threshold(negatives, specificity),
+                 "negative_max": max(negatives), "n_negatives": len(negatives)}
+        thresholds[rule.name] = entry["threshold_voxels"]
         if "positives" in decisions:
-            found = [z >= result.threshold_log_odds or bright_outlier.calls(v, rule["threshold_voxels"])
+            found = [z >= result.threshold_log_odds or rule.calls(v[k], entry["threshold_voxels"])
                      for z, v in decisions["positives"]]
-            rule["sensitivity_with_network"] = sum(found) / len(found) if found else None
-        readout_settings["bright_outlier"] = rule
+            entry["sensitivity_with_network"] = sum(found) / len(found) if found else None
+        readout_settings[rule.name] = entry
+    decision: dict[str, Any] = {}  # calibration.json only: the network or any rule, on the positives
+    if rules and "positives" in decisions:
+        found = [bool(rule_callers(z >= result.threshold_log_odds, rules, v, thresholds)) for z, v in decisions["positives"]]
+        decision["decision_sensitivity"] = sum(found) / len(found) if found else None
     doc: dict[str, Any] = {
         **result.as_dict(),
         "negative_path": os.fspath(negative_path),
         "positive_path": None if positive_path is None else os.fspath(positive_path),
         "failed": failed,
-        "inference_override": f"--threshold_log_odds {round(result.threshold_log_odds, 4)!r}" + (
-            f" --bright_outlier_threshold_voxels {readout_settings['bright_outlier']['threshold_voxels']}"
-            if "bright_outlier" in readout_settings else ""),
+        "inference_override": f"--threshold_log_odds {round(result.threshold_log_odds, 4)!r}" + "".join(
+            f" --{name}_threshold_voxels {value}" for name, value in thresholds.items()),
         "volume_readout": volume_readout,
         **readout_settings,
+        **decision,
     }
     atomic_write_text(out / "calibration.json", json.dumps(doc, indent=1) + "\n")
     if threshold_file is not None:
@@ -217,10 +225,10 @@ def calibrate(
                 result.threshold_log_odds, result.n_negatives - result.negatives_at_or_above, result.n_negatives,
                 result.specificity, 100 * confidence, result.specificity_lower_bound,
                 "" if result.meets_target else f": too few scans to vouch for {specificity}")
-    if bright_outlier is not None:
-        logger.info("bright-outlier rule: threshold %d voxels (largest lesion-free cluster %d of %d scans)",
-                    readout_settings["bright_outlier"]["threshold_voxels"], readout_settings["bright_outlier"]["negative_max"],
-                    readout_settings["bright_outlier"]["n_negatives"])
+    for rule in rules:
+        logger.info("%s: threshold %d voxels (largest lesion-free cluster %d of %d scans)", rule.title,
+                    readout_settings[rule.name]["threshold_voxels"], readout_settings[rule.name]["negative_max"],
+                    readout_settings[rule.name]["n_negatives"])
     return doc
 
 

@@ -45,7 +45,7 @@ from medmamba.data.discovery import find_scans
 from medmamba.handlers.classification_report import ClassificationReport
 from medmamba.handlers.rank_zero import rank_zero_handlers
 from medmamba.inferers.brain_extraction import SkullStrippingInferer
-from medmamba.inferers.bright_outlier import BrightOutlierRule
+from medmamba.inferers.lesion_rule import LesionRule, check_rules, rule_callers
 from medmamba.inferers.contrast_polarity import analysed_polarity
 from medmamba.inferers.lesion_scores import lesion_log_odds, volume_log_odds
 from medmamba.inferers.volume_predictor import VolumeClassifier
@@ -131,15 +131,15 @@ def classify(
     weighting_key: str = "scan_weighting",
     brain_extraction: SkullStrippingInferer | None = None,
     brain_volume_range_ml: Sequence[float] | None = None,
-    bright_outlier: BrightOutlierRule | None = None,
-    bright_outlier_threshold: float | None = None,
+    rules: Sequence[LesionRule] = (),
+    rule_thresholds: Mapping[str, float | None] | None = None,
     unnormalised_key: str = "unnormalised_image",
 ) -> dict[str, Any]:
     """Classify every scan under ``input_path``; write ``<output_dir>/probabilities.csv``.
 
     Per case the report row holds ``lesion_probability`` (volume level), ``label`` (1 = lesion
-    present, at ``threshold``, or where ``bright_outlier`` exceeds ``bright_outlier_threshold``:
-    ``decided_by`` then says which of the two called it), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
+    present, at ``threshold``, or where a lesion rule's cluster exceeds its threshold in
+    ``rule_thresholds``: ``decided_by`` then says which called it), ``class_name``, ``n_slices`` (slices of the input), ``top_slice``
     (index of the input's most suspicious slice), ``slice_axis`` (the input's array axis those
     slices are taken along), ``weighting`` (the scan's MR weighting left by the preprocessing under
     ``weighting_key``, :class:`medmamba.transforms.CheckMRWeightingd`: ``T1``, ``unknown``, or another
@@ -183,16 +183,17 @@ def classify(
             scan that is not a head MR: its lesion probability covers only what was extracted).
             ``None``: not checked; nor is it without ``brain_extraction`` (no extracted brain: the
             bundle's ``--brain_extraction false``).
-        bright_outlier: the gated bright-outlier rule (:class:`medmamba.inferers.BrightOutlierRule`);
-            each row then also reports ``bright_outlier_voxels``, its cluster size (empty where it does
-            not apply: a volume analysed inverted), read from the image the preprocessing keeps under
-            ``unnormalised_key``. ``None``: not scored.
-        bright_outlier_threshold: the rule's threshold in voxels (set on validation data with the
+        rules: the bundle's lesion rules (:class:`medmamba.inferers.LesionRule`: the gated bright-outlier
+            and the dark-asymmetry rule); each row then also reports ``<rule.name>_voxels``, the rule's
+            cluster size (empty where it does not apply: a volume analysed inverted), scored after the
+            network from what its chain kept and from the image the preprocessing keeps under
+            ``unnormalised_key``. Empty: none scored.
+        rule_thresholds: each rule's threshold in voxels by its name (set on validation data with the
             network's, :func:`medmamba.apps.calibration.calibrate`); the label is then "lesion present"
-            where the network's score reaches its threshold **or** the cluster exceeds this one.
-            ``None``: the rule is reported, not decided with.
+            where the network's score reaches its threshold **or** a rule's cluster exceeds its own.
+            A rule without one (``None`` or absent) is reported, not decided with.
         unnormalised_key: where the preprocessing keeps the volume before its intensity normalisation
-            (a ``CopyItemsd`` before it), for ``bright_outlier``.
+            (a ``CopyItemsd`` before it), for ``rules``.
 
     Returns:
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
@@ -223,11 +224,7 @@ def classify(
         low, high = (float(v) for v in brain_volume_range_ml) if len(brain_volume_range_ml) == 2 else (-1.0, -1.0)
         if not 0.0 <= low < high:
             raise ValueError(f"brain_volume_range_ml must be (low, high) in ml with 0 <= low < high, got {brain_volume_range_ml!r}.")
-    if bright_outlier is not None and not isinstance(bright_outlier, BrightOutlierRule):
-        raise TypeError(f"bright_outlier must be a BrightOutlierRule or None, got {type(bright_outlier).__name__}.")
-    if bright_outlier_threshold is not None and (bright_outlier is None or not math.isfinite(float(bright_outlier_threshold))):
-        raise ValueError(f"bright_outlier_threshold={bright_outlier_threshold!r} needs bright_outlier (the rule) and a "
-                         f"finite number of voxels.")
+    rules, thresholds = check_rules(rules, rule_thresholds)
     start = time.perf_counter()
     cases = find_scans(input_path)
     logger.info("classifying %d case(s) from %s into %s", len(cases), os.fspath(input_path), os.fspath(output_dir))
@@ -259,16 +256,15 @@ def classify(
         else:
             label = int(log_odds >= float(threshold_log_odds))
         rule: dict[str, Any] = {}
-        if bright_outlier is not None:
+        if rules:
             if unnormalised_key not in data:
-                raise KeyError(f"bright_outlier needs the volume before its intensity normalisation under "
+                raise KeyError(f"the lesion rules need the volume before its intensity normalisation under "
                                f"unnormalised_key={unnormalised_key!r}: add CopyItemsd(keys='image', names="
                                f"{unnormalised_key!r}) before the normalisation; the data hold {sorted(map(str, data))}")
-            voxels = bright_outlier(data[unnormalised_key], predictor)
-            rule["bright_outlier_voxels"] = voxels
-            if bright_outlier_threshold is not None:
-                by_rule = bright_outlier.calls(voxels, bright_outlier_threshold)
-                callers = [name for name, called in (("network", label == 1), ("bright-outlier rule", by_rule)) if called]
+            voxels = [r(data[unnormalised_key], predictor) for r in rules]
+            rule.update({f"{r.name}_voxels": v for r, v in zip(rules, voxels)})
+            if any(thresholds[r.name] is not None for r in rules):
+                callers = rule_callers(label == 1, rules, voxels, thresholds)
                 rule["decided_by"] = " and ".join(callers)
                 label = int(bool(callers))
         if isinstance(img, MetaTensor) and img.ndim == 4:

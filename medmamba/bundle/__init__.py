@@ -16,7 +16,7 @@ One concept per module:
 - :mod:`~medmamba.bundle.paths`: optional files passed on only when they exist;
 - :mod:`~medmamba.bundle.datalists`: a training list with optional extra lists beside it;
 - :mod:`~medmamba.bundle.threshold`: the classification thresholds a training run chose (the network's
-  and the bright-outlier rule's);
+  and the lesion rules');
 - :mod:`~medmamba.bundle.flags`: on/off variables as typed on the command line.
 """
 
@@ -27,12 +27,14 @@ from .distributed import handlers_of_rank
 from .flags import all_off, flag
 from .networks import network_description, network_label, network_variant, to_device
 from .paths import existing_file, model_file
-from .threshold import bright_outlier_rule, release_bright_outlier_threshold, release_threshold
+from .threshold import bright_outlier_rule, dark_asymmetry_rule, lesion_rule, release_rule_threshold, release_threshold
 from .training import class_weights, dense_teacher, warmup_steps
 
 __all__ = [
     "all_off",
     "bright_outlier_rule",
+    "dark_asymmetry_rule",
+    "lesion_rule",
     "class_weights",
     "dense_teacher",
     "existing_file",
@@ -42,7 +44,7 @@ __all__ = [
     "network_description",
     "network_label",
     "network_variant",
-    "release_bright_outlier_threshold",
+    "release_rule_threshold",
     "release_threshold",
     "to_device",
     "training_list",

@@ -6,7 +6,14 @@ import json
 import math
 import os
 
-__all__ = ["LEGACY_MIRROR_MARGIN", "bright_outlier_rule", "release_bright_outlier_threshold", "release_threshold"]
+__all__ = [
+    "LEGACY_MIRROR_MARGIN",
+    "bright_outlier_rule",
+    "dark_asymmetry_rule",
+    "lesion_rule",
+    "release_rule_threshold",
+    "release_threshold",
+]
 
 #: The mirror read-out's margin of threshold files written before the margin was recorded
 #: (classification 0.14.0, whose configs had ``mirror_margin`` 4.0).
@@ -77,15 +84,11 @@ def release_threshold(
 def bright_outlier_rule(
     enabled: bool | str, brain_extraction: bool | str = True, volume_readout: str = "mirror", **settings: float
 ) -> object | None:
-    """The classification bundle's bright-outlier rule, or ``None`` when it is switched off.
-
-    The rule reads the brain extraction's tissue map and the mirror read-out's dense lesion map
-    (:class:`medmamba.inferers.BrightOutlierRule`); ``"auto"`` switches it on where the bundle runs both.
+    """The classification bundle's gated bright-outlier rule, or ``None`` when it is switched off.
 
     Args:
         enabled: the bundle's ``bright_outlier``: ``"auto"``, or on/off as a bool or the ``"true"``/``"false"``
-            of a command-line override (on without brain extraction or the mirror read-out, the rule
-            raises when it scores a volume).
+            of a command-line override (:func:`lesion_rule`).
         brain_extraction: the bundle's ``brain_extraction``.
         volume_readout: the bundle's ``volume_readout``.
         settings: :class:`medmamba.inferers.BrightOutlierRule` arguments.
@@ -93,37 +96,85 @@ def bright_outlier_rule(
     Returns:
         A :class:`medmamba.inferers.BrightOutlierRule` with ``settings``, or ``None``.
     """
-    from medmamba.bundle.flags import flag
     from medmamba.inferers.bright_outlier import BrightOutlierRule
 
+    return lesion_rule(BrightOutlierRule, enabled, brain_extraction, volume_readout, **settings)
+
+
+def dark_asymmetry_rule(
+    enabled: bool | str, brain_extraction: bool | str = True, volume_readout: str = "mirror", **settings: float
+) -> object | None:
+    """The classification bundle's dark-asymmetry rule, or ``None`` when it is switched off.
+
+    Args:
+        enabled: the bundle's ``dark_asymmetry``: ``"auto"``, or on/off (:func:`lesion_rule`).
+        brain_extraction: the bundle's ``brain_extraction``.
+        volume_readout: the bundle's ``volume_readout``.
+        settings: :class:`medmamba.inferers.DarkAsymmetryRule` arguments.
+
+    Returns:
+        A :class:`medmamba.inferers.DarkAsymmetryRule` with ``settings``, or ``None``.
+    """
+    from medmamba.inferers.dark_asymmetry import DarkAsymmetryRule
+
+    return lesion_rule(DarkAsymmetryRule, enabled, brain_extraction, volume_readout, **settings)
+
+
+def lesion_rule(
+    kind: type, enabled: bool | str, brain_extraction: bool | str = True, volume_readout: str = "mirror", **settings: float
+) -> object | None:
+    """A lesion rule of the classification bundle, or ``None`` when it is switched off.
+
+    The rules read the brain extraction's tissue map and the mirror read-out's dense lesion maps
+    (:class:`medmamba.inferers.LesionRule`); ``"auto"`` switches a rule on where the bundle runs both.
+
+    Args:
+        kind: the rule's class (a :class:`medmamba.inferers.LesionRule` subclass).
+        enabled: ``"auto"``, or on/off as a bool or the ``"true"``/``"false"`` of a command-line override
+            (on without brain extraction or the mirror read-out, the rule raises when it scores a volume).
+        brain_extraction: the bundle's ``brain_extraction``.
+        volume_readout: the bundle's ``volume_readout``.
+        settings: the rule's arguments.
+
+    Returns:
+        ``kind(**settings)``, or ``None``.
+
+    Raises:
+        TypeError: ``kind`` is not a lesion rule class.
+    """
+    from medmamba.bundle.flags import flag
+    from medmamba.inferers.lesion_rule import LesionRule
+
+    if not (isinstance(kind, type) and issubclass(kind, LesionRule)):
+        raise TypeError(f"kind must be a LesionRule subclass, got {kind!r}.")
     if isinstance(enabled, str) and enabled.strip().lower() == "auto":
         on = flag(brain_extraction, "brain_extraction") and volume_readout == "mirror"
     else:
-        on = flag(enabled, "bright_outlier")
-    return BrightOutlierRule(**settings) if on else None
+        on = flag(enabled, kind.name)
+    return kind(**settings) if on else None
 
 
-def release_bright_outlier_threshold(
+def release_rule_threshold(
     path: str | os.PathLike[str],
     rule: object | None,
     threshold_voxels: float | None = None,
     threshold_log_odds: float | None = None,
 ) -> float | None:
-    """The bright-outlier rule's threshold in voxels that the main job's calibration set beside the network's.
+    """A lesion rule's threshold in voxels that the main job's calibration set beside the network's.
 
     Args:
-        path: the bundle's ``threshold.json`` (:func:`medmamba.apps.calibration.calibrate` writes the rule's
-            settings and ``threshold_voxels`` under ``bright_outlier``).
-        rule: the bundle's :class:`medmamba.inferers.BrightOutlierRule`, or ``None`` (switched off).
-        threshold_voxels: a threshold the user gave (``--bright_outlier_threshold_voxels``, from a site's
+        path: the bundle's ``threshold.json`` (:func:`medmamba.apps.calibration.calibrate` writes each rule's
+            settings and ``threshold_voxels`` under the rule's name).
+        rule: the bundle's :class:`medmamba.inferers.LesionRule`, or ``None`` (switched off).
+        threshold_voxels: a threshold the user gave (``--<rule name>_threshold_voxels``, from a site's
             ``calibration.json``); it wins over the file.
         threshold_log_odds: the network threshold the user gave (``--threshold_log_odds``); without
-            ``threshold_voxels`` the file is then not read either (its two thresholds were set together),
+            ``threshold_voxels`` the file is then not read either (its thresholds were set together),
             and the rule does not decide.
 
     Returns:
         The threshold, or ``None`` (the rule does not decide) where ``rule`` is ``None``, the file is
-        missing, or it was written without the rule (a release before classification 0.15.0).
+        missing, or it was written without the rule (a release before the rule).
 
     Raises:
         ValueError: the file's rule was set with other settings than ``rule``'s (its cluster sizes differ),
@@ -131,28 +182,29 @@ def release_bright_outlier_threshold(
     """
     if rule is None:
         return None
+    name, title = rule.name, rule.title  # type: ignore[attr-defined]
     if threshold_voxels is not None:
         if not _finite_number(threshold_voxels):
-            raise ValueError(f"bright_outlier_threshold_voxels must be a finite number of voxels, got {threshold_voxels!r}.")
+            raise ValueError(f"{name}_threshold_voxels must be a finite number of voxels, got {threshold_voxels!r}.")
         return float(threshold_voxels)
     if threshold_log_odds is not None or not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
-    recorded = doc.get("bright_outlier") if isinstance(doc, dict) else None
+    recorded = doc.get(name) if isinstance(doc, dict) else None
     if recorded is None:
         return None
     value = recorded.get("threshold_voxels") if isinstance(recorded, dict) else None
     if not _finite_number(value):
-        raise ValueError(f"{os.fspath(path)} must hold a finite bright_outlier 'threshold_voxels', got {value!r}.")
+        raise ValueError(f"{os.fspath(path)} must hold a finite {name} 'threshold_voxels', got {value!r}.")
     settings = rule.settings()  # type: ignore[attr-defined]
     differ = {k: (recorded.get(k), v) for k, v in settings.items()
               if not (_finite_number(recorded.get(k)) and math.isclose(float(recorded[k]), float(v)))}
     if differ:
         detail = ", ".join(f"{k}={file!r} in the file, {given!r} asked for" for k, (file, given) in differ.items())
-        raise ValueError(f"{os.fspath(path)} holds a bright-outlier threshold set with other settings ({detail}): the "
+        raise ValueError(f"{os.fspath(path)} holds a {title} threshold set with other settings ({detail}): the "
                          f"cluster sizes differ. Set a threshold for them (calibrate.json --write_threshold_file <file>, "
-                         f"then --threshold_file <file>) or switch the rule off (--bright_outlier false).")
+                         f"then --threshold_file <file>) or switch the rule off (--{name} false).")
     return float(value)
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from medmamba.data.discovery import scan_stem
+from medmamba.inferers.lesion_rule import check_rules, rule_callers
 from medmamba.inferers.lesion_scores import check_aggregation, lesion_probability
 from medmamba.metrics.lesion import LesionCases, binary_metric, engine_pred_label
 
@@ -65,13 +66,13 @@ class ClassificationReport:
       ``n_positive_slices``, and the slice-level AUC inside the case (through
       :func:`medmamba.io.write_results_csv`: no identifying DICOM values).
 
-    With ``bright_outlier`` each case also gets ``bright_outlier_voxels`` (the gated bright-outlier
-    rule's cluster, :class:`medmamba.inferers.BrightOutlierRule`, scored after each iteration from what
-    ``inferer`` kept of it and the batch's unnormalised image), ``predicted`` becomes the bundle's
-    decision (the network's score at ``threshold`` **or** the rule above ``bright_outlier_threshold``, as
-    ``inference.json`` decides), and the JSON gets ``decision_sensitivity`` and ``decision_specificity``
-    of that decision beside the metrics, which stay the network's (its AUC, and accuracy and F1 at
-    ``threshold``).
+    With ``rules`` each case also gets ``<rule.name>_voxels`` per lesion rule (its cluster,
+    :class:`medmamba.inferers.LesionRule`, scored after each iteration from what ``inferer`` kept of it
+    and the batch's unnormalised image), ``predicted`` becomes the bundle's decision (the network's
+    score at ``threshold`` **or** a rule above its threshold in ``rule_thresholds``, as
+    ``inference.json`` decides), and the JSON gets ``<rule.name>_threshold_voxels``,
+    ``decision_sensitivity`` and ``decision_specificity`` of that decision beside the metrics, which
+    stay the network's (its AUC, and accuracy and F1 at ``threshold``).
 
     Not ``monai.handlers.MetricsSaver``: it writes ``metrics.csv`` and one ``<metric>_raw.csv`` per
     metric, not this JSON and one per-case table (read by ``benchmarks/test_split_intervals.py``).
@@ -85,14 +86,14 @@ class ClassificationReport:
         extra: more entries for the JSON (simple values).
         gather: under an initialised process group, gather the volumes of all ranks (in input
             order; evaluation split over the ranks) and write on rank 0 only.
-        bright_outlier: the bundle's bright-outlier rule, or ``None`` (not scored).
-        bright_outlier_threshold: the rule's threshold in voxels (``None``: reported, not decided with).
-        inferer: the evaluator's inferer (its chain holds what the rule reads); needed with ``bright_outlier``.
+        rules: the bundle's lesion rules (empty: none scored).
+        rule_thresholds: their thresholds in voxels by name (``None`` or absent: reported, not decided with).
+        inferer: the evaluator's inferer (its chain holds what the rules read); needed with ``rules``.
         unnormalised_key: the batch key of the volumes before their intensity normalisation.
 
     Raises:
-        ValueError: an unknown ``aggregation`` or a ``top_k`` out of range, or ``bright_outlier``
-            without ``inferer``.
+        ValueError: an unknown ``aggregation`` or a ``top_k`` out of range, ``rules`` without
+            ``inferer``, or thresholds that :func:`medmamba.inferers.lesion_rule.check_rules` rejects.
     """
 
     def __init__(
@@ -105,19 +106,18 @@ class ClassificationReport:
         metrics_file: str = "metrics.json",
         extra: Mapping[str, Any] | None = None,
         gather: bool = False,
-        bright_outlier: Any = None,
-        bright_outlier_threshold: float | None = None,
+        rules: Sequence[Any] = (),
+        rule_thresholds: Mapping[str, float | None] | None = None,
         inferer: Any = None,
         unnormalised_key: str = "unnormalised_image",
     ) -> None:
         check_aggregation(aggregation, top_k)
-        if bright_outlier is not None and inferer is None:
-            raise ValueError("bright_outlier needs inferer, the evaluator's inferer whose chain the rule reads.")
-        self.bright_outlier = bright_outlier
-        self.bright_outlier_threshold = None if bright_outlier_threshold is None else float(bright_outlier_threshold)
+        self.rules, self.rule_thresholds = check_rules(rules, rule_thresholds)
+        if self.rules and inferer is None:
+            raise ValueError("rules need inferer, the evaluator's inferer whose chain the rules read.")
         self.inferer = inferer
         self.unnormalised_key = unnormalised_key
-        self._rule: list[int | None] = []
+        self._rule: list[list[int | None]] = []
         self.gather = bool(gather)
         self.output_dir = Path(output_dir)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
@@ -147,23 +147,23 @@ class ClassificationReport:
         pred, label = engine_pred_label(engine.state.output)
         new = self._store.add(pred, label)
         self._ids.extend(_case_ids(engine.state.batch, len(new)))
-        if self.bright_outlier is not None:
+        if self.rules:
             batch = engine.state.batch
             if not isinstance(batch, Mapping) or self.unnormalised_key not in batch:
-                raise KeyError(f"bright_outlier needs the unnormalised volumes under {self.unnormalised_key!r} in the "
+                raise KeyError(f"the lesion rules need the unnormalised volumes under {self.unnormalised_key!r} in the "
                                f"batch (CopyItemsd before the normalisation, kept by SelectItemsd).")
             images = batch[self.unnormalised_key]
-            self._rule.extend(self.bright_outlier(images[b], self.inferer, index=b) for b in range(len(new)))
+            self._rule.extend([rule(images[b], self.inferer, index=b) for rule in self.rules] for b in range(len(new)))
 
     def _on_completed(self, engine: Engine) -> None:
         now = time.perf_counter()
         if self.gather:
             from medmamba.data.distributed_batch import all_gather_in_order
 
-            rule = self._rule if self.bright_outlier is not None else [None] * len(self._ids)
+            rule = self._rule if self.rules else [[]] * len(self._ids)
             triples = all_gather_in_order(list(zip(self._ids, self._store.cases, rule)))
             self._ids, self._store.cases = [i for i, _, _ in triples], [c for _, c, _ in triples]
-            self._rule = [r for _, _, r in triples] if self.bright_outlier is not None else []
+            self._rule = [r for _, _, r in triples] if self.rules else []
         rows = []
         for n, (case_id, (z, y)) in enumerate(zip(self._ids, self._store.cases)):
             log_odds = self._store.volume_log_odds(z)
@@ -181,10 +181,10 @@ class ClassificationReport:
                 "n_positive_slices": int((y == 1).sum()),
                 "slice_auc_in_case": None if inner is None else round(inner, 6),
             })
-            if self.bright_outlier is not None:
+            if self.rules:
                 voxels = self._rule[n]
-                rows[-1]["bright_outlier_voxels"] = voxels
-                if self.bright_outlier.calls(voxels, self.bright_outlier_threshold):
+                rows[-1].update({f"{rule.name}_voxels": v for rule, v in zip(self.rules, voxels)})
+                if rule_callers(False, self.rules, voxels, self.rule_thresholds):
                     rows[-1]["predicted"] = 1
         slice_scores, _ = self._store.slice_arrays()
         metrics = {k: _plain(v) for k, v in engine.state.metrics.items()}
@@ -201,10 +201,10 @@ class ClassificationReport:
             "wall_time_s": round(now - _IMPORTED_AT, 2),
             **{k: _plain(v) for k, v in self.extra.items()},
         }
-        if self.bright_outlier is not None:
+        if self.rules:
             positives = [r["predicted"] for r in rows if r["label"]]
             negatives = [r["predicted"] for r in rows if not r["label"]]
-            doc["bright_outlier_threshold_voxels"] = self.bright_outlier_threshold
+            doc.update({f"{rule.name}_threshold_voxels": self.rule_thresholds[rule.name] for rule in self.rules})
             doc["decision_sensitivity"] = sum(positives) / len(positives) if positives else None
             doc["decision_specificity"] = 1 - sum(negatives) / len(negatives) if negatives else None
         if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized() and (

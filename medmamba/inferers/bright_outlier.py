@@ -26,10 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmamba.inferers.brain_extraction import SkullStrippingInferer
-from medmamba.inferers.chain import find_inferer
-from medmamba.inferers.contrast_polarity import analysed_polarity
-from medmamba.inferers.mirror_contrast import MirrorContrastInferer
+from medmamba.inferers.lesion_rule import LesionRule
 
 __all__ = ["BrightOutlierRule", "bright_outlier_score", "local_white_matter_ratio"]
 
@@ -155,14 +152,13 @@ def _check_settings(ratio: float, smooth: float, sigma: float, core: int) -> Non
         raise ValueError(f"sigma must be > 0, got {sigma!r}.")
 
 
-class BrightOutlierRule:
+class BrightOutlierRule(LesionRule):
     """The gated bright-outlier rule of the classification bundle (:func:`bright_outlier_score`).
 
     Called after a :class:`medmamba.inferers.VolumeClassifier` has classified a batch, it scores one
-    volume of it from what the predictor's chain of inferers kept of that call (``last_brains`` of the
-    :class:`~medmamba.inferers.SkullStrippingInferer` and ``last_tissue_logits`` of its
-    :class:`~medmamba.inferers.BrainExtractor`, ``last_lesion_maps`` of the
-    :class:`~medmamba.inferers.MirrorContrastInferer`) and the volume's unnormalised intensities.
+    volume of it from what the predictor's chain of inferers kept of that call
+    (:meth:`medmamba.inferers.LesionRule.record`: the brain, the tissue pass's white-matter probability,
+    the dense lesion map) and the volume's unnormalised intensities.
 
     Args:
         ratio: how many times the local white-matter level a voxel must exceed.
@@ -176,6 +172,9 @@ class BrightOutlierRule:
         ValueError: a setting out of range (see :func:`bright_outlier_score`) or a negative channel.
     """
 
+    name = "bright_outlier"
+    title = "bright-outlier rule"
+
     def __init__(
         self,
         ratio: float = 1.25,
@@ -186,11 +185,9 @@ class BrightOutlierRule:
         white_matter_channel: int = 3,
     ) -> None:
         _check_settings(ratio, smooth, sigma, core)
-        if isinstance(white_matter_channel, bool) or not isinstance(white_matter_channel, int) or white_matter_channel < 0:
-            raise ValueError(f"white_matter_channel must be an int >= 0, got {white_matter_channel!r}.")
+        super().__init__(white_matter_channel)
         self.ratio, self.smooth, self.sigma, self.core = float(ratio), float(smooth), float(sigma), int(core)
         self.min_log_odds = float(min_log_odds)
-        self.white_matter_channel = white_matter_channel
 
     def settings(self) -> dict[str, float]:
         """What the rule's score depends on (recorded beside its threshold, checked when it is read)."""
@@ -207,55 +204,26 @@ class BrightOutlierRule:
             index: the volume's place in that call's batch.
 
         Returns:
-            The voxel count of the largest gated cluster, or ``None`` where the rule does not apply: the
-            volume was analysed with its contrast inverted (a T2-like scan, where the brightest tissue
-            inside the brain is CSF), its extracted brain was too small to strip to, or the tissue map
-            holds no white matter inside it (no level to compare with).
+            The voxel count of the largest gated cluster, or ``None`` where the rule does not apply
+            (:meth:`~medmamba.inferers.LesionRule.record`; also where no white matter lies inside the
+            brain's eroded core: no level to compare with).
 
         Raises:
-            ValueError: the predictor's chain has no brain extraction or no mirror read-out (the rule
-                needs their tissue map and dense lesion map: run the bundle with ``--bright_outlier false``
-                otherwise), they hold no record of volume ``index``, or ``image`` is not on their grid.
+            ValueError: see :meth:`~medmamba.inferers.LesionRule.record` (run the bundle with
+                ``--bright_outlier false`` without brain extraction or the mirror read-out), or ``image``
+                is not on the chain's grid.
         """
-        stripping = find_inferer(predictor, SkullStrippingInferer)
-        readout = find_inferer(predictor, MirrorContrastInferer)
-        if stripping is None or readout is None:
-            missing = "brain extraction (--brain_extraction true)" if stripping is None else "the mirror read-out (--volume_readout mirror)"
-            raise ValueError(f"the bright-outlier rule needs {missing} in the classifier's chain; run with "
-                             f"--bright_outlier false without it.")
-        logits = getattr(stripping.extractor, "last_tissue_logits", None)
-        if logits is None or not (index < len(stripping.last_brains) and index < len(logits)
-                                  and index < len(readout.last_lesion_maps)):
-            raise ValueError(f"the predictor's last call holds no volume {index}: classify the volume first.")
-        if analysed_polarity(predictor, index) == "inverted":
-            return None
-        if stripping.last_brain_voxels[index] < stripping.min_voxels:
+        record = self.record(predictor, index)
+        if record is None:
             return None
         array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
         if array.ndim == 4 and array.shape[0] == 1:
             array = array[0]
-        brain = stripping.last_brains[index].cpu().numpy()
-        if not 0 <= self.white_matter_channel < logits.shape[1]:
-            raise ValueError(f"white_matter_channel {self.white_matter_channel} is not a channel of the tissue "
-                             f"probabilities ({logits.shape[1]}).")
-        if array.shape != brain.shape:
-            raise ValueError(f"image {array.shape} must be on the grid the classifier ran on {brain.shape} (the "
+        if array.shape != record.brain.shape:
+            raise ValueError(f"image {array.shape} must be on the grid the classifier ran on {record.brain.shape} (the "
                              f"preprocessed volume before its intensity normalisation).")
-        probability = torch.softmax(logits[index].float(), dim=0)[self.white_matter_channel].cpu().numpy()
-        white_matter = _white_matter(probability, brain)
+        white_matter = _white_matter(record.white_matter_probability, record.brain)
         if not white_matter.any():
             return None
-        lesion = readout.last_lesion_maps[index].float().cpu().numpy()
-        if lesion.shape != array.shape:
-            raise ValueError(f"lesion_log_odds {lesion.shape} must be on the image's grid {array.shape}.")
-        return _largest_bright_cluster(array, white_matter, brain, self.ratio, self.smooth, self.sigma, self.core,
-                                       lesion, self.min_log_odds)
-
-    @staticmethod
-    def calls(voxels: int | None, threshold: float | None) -> bool:
-        """Whether a cluster of ``voxels`` calls a lesion at ``threshold`` (called above it).
-
-        ``voxels`` ``None`` (the rule did not apply) or ``threshold`` ``None`` (the rule reports, does not
-        decide) never call one.
-        """
-        return threshold is not None and voxels is not None and voxels > float(threshold)
+        return _largest_bright_cluster(array, white_matter, record.brain, self.ratio, self.smooth, self.sigma, self.core,
+                                       record.lesion_log_odds, self.min_log_odds)

@@ -164,7 +164,9 @@ class MirrorContrastInferer(Inferer):
 
     Attributes:
         last_lesion_maps: the dense lesion log-odds ``(*spatial)`` of each volume of the last call, on
-            the inferer's device (empty before the first), for :class:`medmamba.inferers.BrightOutlierRule`.
+            the inferer's device (empty before the first), for the lesion rules
+            (:class:`medmamba.inferers.LesionRule`).
+        last_contrast_maps: their mirror contrast (:func:`mirror_contrast`), likewise.
 
     Raises:
         TypeError: ``inferer`` is not callable.
@@ -191,6 +193,7 @@ class MirrorContrastInferer(Inferer):
         self.left_right_axis = left_right_axis
         self.background_channel = int(background_channel)
         self.last_lesion_maps: list[torch.Tensor] = []
+        self.last_contrast_maps: list[torch.Tensor] = []
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """``(B, 2, S)`` slice logits of volumes ``(B, C, H, W, D)``."""
@@ -198,9 +201,11 @@ class MirrorContrastInferer(Inferer):
         if dense.ndim != 5 or dense.shape[1] != 2:
             raise ValueError(f"the inferer must return the dense map (B, 2, H, W, D), got shape {tuple(dense.shape)}.")
         self.last_lesion_maps = [volume[0].detach() for volume in dense]
+        self.last_contrast_maps = []
         scores = []
         for volume in dense.float():
             contrast = mirror_contrast(volume[0], volume[1] > 0.5, self.margin, self.left_right_axis)
+            self.last_contrast_maps.append(contrast.detach())
             others = [d for d in range(3) if d != self.slice_axis]
             scores.append(contrast.amax(dim=others))
         slice_scores = torch.stack(scores)  # (B, S)
