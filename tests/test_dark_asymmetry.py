@@ -24,6 +24,7 @@ from medmamba.inferers import (
     MirrorContrastInferer,
     SkullStrippingInferer,
     dark_asymmetry_score,
+    fit_midsagittal_plane,
     mirrored_mask,
 )
 
@@ -44,18 +45,35 @@ def _phantom(shape=(32, 24, 24), symmetric: bool = False):
 
 
 def test_mirrored_mask_reflects_about_the_reference_centre() -> None:
-    mask = np.zeros((10, 3, 3), dtype=bool)
-    mask[1, 1, 1] = True
+    mask = np.zeros((10, 12, 12), dtype=bool)
+    mask[1, 5, 5] = True
     reference = np.zeros_like(mask)
-    reference[2:8] = True  # centre 4.5
+    reference[2:8] = True  # every row centred at 4.5: the plane x = 4.5
     out = mirrored_mask(mask, reference)
-    assert np.argwhere(out).tolist() == [[8, 1, 1]]  # 2 * 4.5 - 1
+    assert np.argwhere(out).tolist() == [[8, 5, 5]]  # 2 * 4.5 - 1
     assert not mirrored_mask(mask, np.zeros_like(mask)).any()  # no reference: nothing mirrored
-    assert np.argwhere(mirrored_mask(np.moveaxis(mask, 0, 1), np.moveaxis(reference, 0, 1), axis=1)).tolist() == [[1, 8, 1]]
-    with pytest.raises(ValueError, match=r"mask \(10, 3, 3\) and reference \(9, 3, 3\) must have the same shape"):
+    assert np.argwhere(mirrored_mask(np.moveaxis(mask, 0, 1), np.moveaxis(reference, 0, 1), axis=1)).tolist() == [[5, 8, 5]]
+    with pytest.raises(ValueError, match=r"mask \(10, 12, 12\) and reference \(9, 12, 12\) must have the same shape"):
         mirrored_mask(mask, reference[:-1])
     with pytest.raises(ValueError, match="axis=3 is out of range"):
         mirrored_mask(mask, reference, axis=3)
+
+
+def test_the_fitted_plane_follows_a_turned_head() -> None:
+    """A brain whose left-right rows are centred on x = 30 + 0.2 (y - 20): the plane turns with it."""
+    reference = np.zeros((60, 41, 12), dtype=bool)
+    for y in range(41):
+        centre = 30 + 0.2 * (y - 20)
+        reference[int(round(centre - 12)):int(round(centre + 12)) + 1, y, :] = True
+    point, normal = fit_midsagittal_plane(reference)
+    assert normal[2] == pytest.approx(0.0, abs=1e-3)
+    assert -normal[1] / normal[0] == pytest.approx(0.2, abs=0.02)  # the slope of the rows' centres
+    assert point[0] + (-normal[1] / normal[0]) * (20 - point[1]) == pytest.approx(30.0, abs=0.3)  # x at y = 20
+    spot = np.zeros_like(reference)
+    spot[22, 20, 6] = True  # 8 voxels left of the plane at y = 20: its reflection lies 8 right of it
+    assert np.argwhere(mirrored_mask(spot, reference))[0, 0] in (37, 38)
+    with pytest.raises(ValueError, match="reference is empty"):
+        fit_midsagittal_plane(np.zeros_like(reference))
 
 
 def test_score_counts_a_one_sided_dark_spot_the_network_marks() -> None:

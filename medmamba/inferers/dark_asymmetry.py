@@ -8,8 +8,9 @@ matter: the ventricles, the midline CSF and most sulci have a counterpart there.
 
 * the brain extraction's tissue pass does not call white matter,
 * lie in the brain's core (``core`` voxels from its edge),
-* mirror (about the brain's centre of mass on the left-right axis, as the classifier's mirror read-out
-  does) onto white matter at least ``solid`` voxels deep (a white-matter mask eroded by ``solid``),
+* mirror onto white matter at least ``solid`` voxels deep (a white-matter mask eroded by ``solid``),
+  reflected about the brain's mid-sagittal plane fitted to its core (:func:`fit_midsagittal_plane`: it
+  follows a head turned or tilted in the grid),
 * and where the classifier's mirror-contrast lesion map exceeds ``min_log_odds``: the rule confirms a
   spot the network half-sees.
 
@@ -26,43 +27,91 @@ import numpy as np
 
 from medmamba.inferers.lesion_rule import LesionRule
 
-__all__ = ["DarkAsymmetryRule", "dark_asymmetry_score", "mirrored_mask"]
+__all__ = ["DarkAsymmetryRule", "dark_asymmetry_score", "fit_midsagittal_plane", "mirrored_mask"]
+
+
+def fit_midsagittal_plane(reference: np.ndarray, axis: int = 0, min_width: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The plane that halves each left-right row of a brain mask: ``x = c0 + a (y - ym) + b (z - zm)``.
+
+    Every row of the mask along ``axis`` at least ``min_width`` voxels wide has its centre of mass; a least
+    squares fit weighted by the rows' widths, refitted once without the rows more than 3 voxels off,
+    gives a plane that follows a head turned or tilted inside the grid (yaw and roll), which a plane
+    through the mask's centre of mass at right angles to ``axis`` does not.
+
+    Args:
+        reference: boolean ``(H, W, D)`` brain mask.
+        axis: the left-right axis.
+        min_width: the narrowest row that counts (voxels).
+
+    Returns:
+        ``(point, normal)``: a point of the plane and its unit normal, in voxel coordinates of the grid;
+        with fewer than three rows, the plane through the centre of mass at right angles to ``axis``.
+
+    Raises:
+        ValueError: ``reference`` not 3D or empty, or ``axis`` out of range.
+    """
+    if reference.ndim != 3:
+        raise ValueError(f"reference must be a 3D mask, got shape {reference.shape}.")
+    if not -reference.ndim <= axis < reference.ndim:
+        raise ValueError(f"axis={axis} is out of range for a {reference.ndim}D mask.")
+    axis = axis % reference.ndim
+    mask = np.moveaxis(reference.astype(bool), axis, 0)
+    if not mask.any():
+        raise ValueError("reference is empty: no plane to fit.")
+    width = mask.sum(axis=0).astype(np.float64)  # (W, D): each row's width
+    centres = np.tensordot(np.arange(mask.shape[0], dtype=np.float64), mask, axes=(0, 0)) / np.maximum(width, 1.0)
+    rows = np.nonzero(width >= min_width)
+    coefficients = np.zeros(3)
+    if rows[0].size < 3:
+        point_ = np.argwhere(mask).mean(axis=0)  # the centre of mass, the plane at right angles to the axis
+    else:
+        w, x = width[rows], centres[rows]
+        mean = np.array([np.average(rows[0], weights=w), np.average(rows[1], weights=w)])
+        design = np.stack([np.ones_like(x), rows[0] - mean[0], rows[1] - mean[1]], axis=1)
+        keep = np.ones(x.size, dtype=bool)
+        for _ in range(2):
+            root = np.sqrt(w[keep])[:, None]
+            coefficients = np.linalg.lstsq(design[keep] * root, x[keep] * root[:, 0], rcond=None)[0]
+            keep = np.abs(design @ coefficients - x) < 3.0
+            if keep.sum() < 3:
+                break
+        point_ = np.array([coefficients[0], mean[0], mean[1]])
+    normal_ = np.array([1.0, -coefficients[1], -coefficients[2]])
+    normal_ /= np.linalg.norm(normal_)
+    moved = [axis] + [d for d in range(reference.ndim) if d != axis]  # back to the grid's axis order
+    point, normal = np.empty(reference.ndim), np.empty(reference.ndim)
+    point[moved], normal[moved] = point_, normal_
+    return point, normal
 
 
 def mirrored_mask(mask: np.ndarray, reference: np.ndarray, axis: int = 0) -> np.ndarray:
-    """A boolean mask mirrored about the centre of mass of ``reference`` on one axis.
+    """A boolean mask reflected about the mid-sagittal plane of ``reference`` (:func:`fit_midsagittal_plane`).
 
     Args:
         mask: boolean ``(H, W, D)``.
-        reference: boolean mask of the same shape whose centre of mass on ``axis`` is the mirror plane.
+        reference: boolean brain mask of the same shape.
         axis: the left-right axis (0 for the bundles' RAS volumes).
 
     Returns:
-        ``M`` with ``M[i] = mask[round(2c - i)]`` along ``axis`` (numpy's rounding, half to even, as
-        :func:`medmamba.inferers.mirror_contrast` rounds) and ``False`` where ``2c - i`` falls outside
-        the grid or ``reference`` is empty.
+        The reflection (nearest voxel), ``False`` where it falls outside the grid or ``reference`` is
+        empty. The plane is fitted in voxel coordinates: a reflection for grids of equal spacing on every
+        axis (the bundles' 2 mm grids).
 
     Raises:
         ValueError: shapes differ or ``axis`` is out of range.
     """
+    from scipy import ndimage
+
     if mask.shape != reference.shape:
         raise ValueError(f"mask {mask.shape} and reference {reference.shape} must have the same shape.")
     if not -mask.ndim <= axis < mask.ndim:
         raise ValueError(f"axis={axis} is out of range for a {mask.ndim}D mask.")
-    axis = axis % mask.ndim
-    out = np.zeros(mask.shape, dtype=bool)
-    weights = reference.sum(axis=tuple(d for d in range(reference.ndim) if d != axis)).astype(np.float64)
-    if weights.sum() == 0:
-        return out
-    n = mask.shape[axis]
-    centre = float((weights * np.arange(n)).sum() / weights.sum())
-    source = np.round(2 * centre - np.arange(n)).astype(int)
-    inside = (source >= 0) & (source < n)
-    target = np.nonzero(inside)[0]
-    src = np.moveaxis(mask.astype(bool), axis, 0)
-    dst = np.moveaxis(out, axis, 0)
-    dst[target] = src[source[inside]]
-    return out
+    if not reference.any():
+        return np.zeros(mask.shape, dtype=bool)
+    point, normal = fit_midsagittal_plane(reference, axis)
+    matrix = np.eye(mask.ndim) - 2.0 * np.outer(normal, normal)  # a reflection is its own inverse
+    offset = 2.0 * float(normal @ point) * normal
+    return ndimage.affine_transform(mask.astype(np.uint8), matrix, offset=offset, order=0, mode="constant", cval=0) > 0
 
 
 def dark_asymmetry_score(
@@ -84,7 +133,7 @@ def dark_asymmetry_score(
             (:func:`medmamba.inferers.mirror_contrast`).
         solid: how deep (an erosion in voxels) inside white matter the mirror location must lie.
         core: voxels next to the brain's edge left out, as an erosion by this many voxels; the mirror
-            plane is the centre of mass of that core.
+            plane is fitted to that core (:func:`fit_midsagittal_plane`).
         min_log_odds: only voxels whose ``lesion_contrast`` exceeds it count.
         axis: the left-right axis.
 
