@@ -24,8 +24,8 @@ from medmamba.inferers import (
     MirrorContrastInferer,
     SkullStrippingInferer,
     dark_asymmetry_score,
-    fit_midsagittal_plane,
     mirrored_mask,
+    symmetry_plane,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,36 +44,45 @@ def _phantom(shape=(32, 24, 24), symmetric: bool = False):
     return wm, brain
 
 
-def test_mirrored_mask_reflects_about_the_reference_centre() -> None:
+def test_mirrored_mask_reflects_about_the_plane() -> None:
     mask = np.zeros((10, 12, 12), dtype=bool)
     mask[1, 5, 5] = True
-    reference = np.zeros_like(mask)
-    reference[2:8] = True  # every row centred at 4.5: the plane x = 4.5
-    out = mirrored_mask(mask, reference)
-    assert np.argwhere(out).tolist() == [[8, 5, 5]]  # 2 * 4.5 - 1
-    assert not mirrored_mask(mask, np.zeros_like(mask)).any()  # no reference: nothing mirrored
-    assert np.argwhere(mirrored_mask(np.moveaxis(mask, 0, 1), np.moveaxis(reference, 0, 1), axis=1)).tolist() == [[5, 8, 5]]
-    with pytest.raises(ValueError, match=r"mask \(10, 12, 12\) and reference \(9, 12, 12\) must have the same shape"):
-        mirrored_mask(mask, reference[:-1])
-    with pytest.raises(ValueError, match="axis=3 is out of range"):
-        mirrored_mask(mask, reference, axis=3)
+    assert np.argwhere(mirrored_mask(mask, np.array([4.5, 0.0, 0.0]), np.array([2.0, 0.0, 0.0]))).tolist() == [[8, 5, 5]]
+    assert np.argwhere(mirrored_mask(mask, np.array([0.0, 6.0, 0.0]), np.array([0.0, 1.0, 0.0]))).tolist() == [[1, 7, 5]]
+    assert not mirrored_mask(mask, np.array([9.5, 0.0, 0.0]), np.array([1.0, 0.0, 0.0])).any()  # reflected off the grid
+    with pytest.raises(ValueError, match=r"point \(2,\) and normal \(3,\) must be 3 coordinates"):
+        mirrored_mask(mask, np.zeros(2), np.ones(3))
+    with pytest.raises(ValueError, match="the normal not zero"):
+        mirrored_mask(mask, np.zeros(3), np.zeros(3))
 
 
-def test_the_fitted_plane_follows_a_turned_head() -> None:
-    """A brain whose left-right rows are centred on x = 30 + 0.2 (y - 20): the plane turns with it."""
-    reference = np.zeros((60, 41, 12), dtype=bool)
-    for y in range(41):
-        centre = 30 + 0.2 * (y - 20)
-        reference[int(round(centre - 12)):int(round(centre + 12)) + 1, y, :] = True
-    point, normal = fit_midsagittal_plane(reference)
-    assert normal[2] == pytest.approx(0.0, abs=1e-3)
-    assert -normal[1] / normal[0] == pytest.approx(0.2, abs=0.02)  # the slope of the rows' centres
-    assert point[0] + (-normal[1] / normal[0]) * (20 - point[1]) == pytest.approx(30.0, abs=0.3)  # x at y = 20
-    spot = np.zeros_like(reference)
-    spot[22, 20, 6] = True  # 8 voxels left of the plane at y = 20: its reflection lies 8 right of it
-    assert np.argwhere(mirrored_mask(spot, reference))[0, 0] in (37, 38)
-    with pytest.raises(ValueError, match="reference is empty"):
-        fit_midsagittal_plane(np.zeros_like(reference))
+def _symmetric_head(degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """A brain (ellipsoid) with two 'ventricles' mirror images of each other, a third structure on the plane
+    and a fourth on one side only, all turned by ``degrees`` from x = 20 towards axis 1."""
+    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=float) for n in (40, 48, 32)), indexing="ij"), axis=-1)
+    normal = np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees)), 0.0])
+    centre = np.array([20.0, 24.0, 16.0])
+    tangent = np.array([-normal[1], normal[0], 0.0])
+    local = np.stack([(grid - centre) @ normal, (grid - centre) @ tangent, grid[..., 2] - centre[2]], axis=-1)
+    brain = ((local**2) / np.array([15.0, 19.0, 13.0]) ** 2).sum(-1) <= 1  # the head turned with its structures
+    image = np.where(brain, 1.0, 0.0)
+    for spot in (centre + 6 * normal + 5 * tangent, centre - 6 * normal + 5 * tangent, centre - 8 * tangent):
+        image[((grid - spot) ** 2).sum(-1) <= 9] = 0.2
+    image[((grid - (centre + 6 * normal - 6 * tangent)) ** 2).sum(-1) <= 4] = 0.3  # and one on one side only
+    return image, brain
+
+
+@pytest.mark.parametrize("degrees", [0.0, 7.0, -9.0])
+def test_symmetry_plane_follows_a_turned_head(degrees: float) -> None:
+    image, brain = _symmetric_head(degrees)
+    point, normal = symmetry_plane(image, brain)
+    assert np.degrees(np.arctan2(normal[1], normal[0])) == pytest.approx(degrees, abs=1.5)
+    assert abs(normal[2]) < np.sin(np.radians(1.5))
+    assert abs(float(normal @ (point - np.array([20.0, 24.0, 16.0])))) < 0.5  # through the brain's centre
+    with pytest.raises(ValueError, match="brain is empty"):
+        symmetry_plane(image, np.zeros_like(brain))
+    with pytest.raises(ValueError, match=r"image \(40, 48, 32\) and brain \(40, 48, 31\) must be the same 3D grid"):
+        symmetry_plane(image, brain[..., :-1])
 
 
 def test_score_counts_a_one_sided_dark_spot_the_network_marks() -> None:
@@ -130,7 +139,7 @@ def test_rule_scores_the_last_call_as_the_function_does() -> None:
     contrast = np.full(brain.shape, -5.0, dtype=np.float32)
     contrast[BLOB] = 6.0
     rule = DarkAsymmetryRule()
-    assert rule.settings() == {"solid": 2, "core": 2, "min_log_odds": 4.0}
+    assert rule.settings() == {"solid": 2, "core": 2, "min_log_odds": 4.0, "min_voxels": 8}
     assert rule(None, _predictor(wm, brain, contrast)) == 27 == dark_asymmetry_score(wm, brain, contrast)
     assert rule(None, _predictor(wm, brain, contrast, polarity="inverted")) is None  # set on T1 contrast only
     assert rule(None, _predictor(wm, brain, contrast, polarity="given")) == 27
@@ -208,16 +217,17 @@ def test_calibrate_sets_each_rules_threshold(tmp_path: Path) -> None:
     doc = calibrate(tmp_path / "neg", tmp_path / "out", _network, _preprocessing, positive_path=tmp_path / "pos",
                     specificity=1.0, threshold_file=tmp_path / "t.json", rules=[_Bright(), _Dark()])
     bright, dark = doc["bright_outlier"], doc["dark_asymmetry"]
-    assert (bright["threshold_voxels"], dark["threshold_voxels"], dark["negative_max"], dark["n_negatives"]) == (12, 7, 7, 3)
+    # the dark rule's largest lesion-free cluster is 7, its threshold the rule's floor min_voxels = 8
+    assert (bright["threshold_voxels"], dark["threshold_voxels"], dark["negative_max"], dark["n_negatives"]) == (12, 8, 7, 3)
     assert (bright["sensitivity_with_network"], dark["sensitivity_with_network"]) == (0.5, 0.5)
     assert doc["decision_sensitivity"] == 0.75  # the network, the bright rule, the dark rule; the fourth by none
     assert doc["inference_override"] == ("--threshold_log_odds 9.5001 --bright_outlier_threshold_voxels 12 "
-                                         "--dark_asymmetry_threshold_voxels 7")
+                                         "--dark_asymmetry_threshold_voxels 8")
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["dark_asymmetry"] == {**DarkAsymmetryRule().settings(), **{k: dark[k] for k in (
         "threshold_voxels", "negative_max", "n_negatives", "sensitivity_with_network")}}
     assert "decision_sensitivity" not in written  # calibration.json only
-    assert release_rule_threshold(tmp_path / "t.json", _Dark()) == 7.0
+    assert release_rule_threshold(tmp_path / "t.json", _Dark()) == 8.0
     with pytest.raises(ValueError, match=r"dark-asymmetry rule threshold set with other settings \(solid=2 in the file, 3 asked"):
         release_rule_threshold(tmp_path / "t.json", DarkAsymmetryRule(solid=3))
 

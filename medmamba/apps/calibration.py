@@ -143,7 +143,8 @@ def calibrate(
         mirror_margin: the margin of the ``"mirror"`` read-out (the bundle's ``mirror_margin``), recorded
             beside it; ``None`` records none.
         rules: the bundle's lesion rules (:class:`medmamba.inferers.LesionRule`): each one's threshold
-            is set at the same ``specificity`` on the same lesion-free scans (:func:`rule_threshold`) and
+            is set at the same ``specificity`` on the same lesion-free scans (:func:`rule_threshold`, at least
+            the rule's ``min_voxels``) and
             recorded under its name (its settings and ``threshold_voxels``) in both files, with the
             sensitivity on the positives of the network or that rule (``sensitivity_with_network``) and,
             once, of the network or any rule (``decision_sensitivity``); empty: the network's threshold only.
@@ -185,7 +186,7 @@ def calibrate(
         if not negatives:
             raise ValueError(f"the {rule.title} applied to no lesion-free scan under {os.fspath(negative_path)} "
                              f"(every one analysed inverted?): set no rule threshold with --{rule.name} false.")
-        entry = {**rule.settings(), "threshold_voxels": rule_threshold(negatives, specificity),
+        entry = {**rule.settings(), "threshold_voxels": max(rule_threshold(negatives, specificity), rule.min_voxels),
                  "negative_max": max(negatives), "n_negatives": len(negatives)}
         thresholds[rule.name] = entry["threshold_voxels"]
         if "positives" in decisions:

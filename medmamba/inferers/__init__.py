@@ -5,7 +5,7 @@ from __future__ import annotations
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .bright_outlier import BrightOutlierRule, bright_outlier_score, local_white_matter_ratio
 from .chain import find_inferer
-from .dark_asymmetry import DarkAsymmetryRule, dark_asymmetry_score, fit_midsagittal_plane, mirrored_mask
+from .dark_asymmetry import DarkAsymmetryRule, dark_asymmetry_score, mirrored_mask, symmetry_plane
 from .lesion_rule import LesionRule, VolumeRecord
 from .brain_normalization import FINAL_INPUTS, BrainNormalizingInferer, combine_head_and_brain, tissue_network
 from .contrast_polarity import (
@@ -62,8 +62,8 @@ __all__ = [
     "analysed_polarity",
     "bright_outlier_score",
     "dark_asymmetry_score",
-    "fit_midsagittal_plane",
     "mirrored_mask",
+    "symmetry_plane",
     "combine_head_and_brain",
     "expected_in_channels",
     "find_inferer",

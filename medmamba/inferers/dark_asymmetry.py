@@ -9,8 +9,8 @@ matter: the ventricles, the midline CSF and most sulci have a counterpart there.
 * the brain extraction's tissue pass does not call white matter,
 * lie in the brain's core (``core`` voxels from its edge),
 * mirror onto white matter at least ``solid`` voxels deep (a white-matter mask eroded by ``solid``),
-  reflected about the brain's mid-sagittal plane fitted to its core (:func:`fit_midsagittal_plane`: it
-  follows a head turned or tilted in the grid),
+  reflected about the brain's mid-sagittal plane (:func:`symmetry_plane`: the reflection that maps the
+  white-matter map onto itself best, which follows a head turned or tilted in the grid),
 * and where the classifier's mirror-contrast lesion map exceeds ``min_log_odds``: the rule confirms a
   spot the network half-sees.
 
@@ -21,94 +21,101 @@ is above its threshold (``docs/real-scans.md``, twenty-eighth session).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from medmamba.inferers.lesion_rule import LesionRule
 
-__all__ = ["DarkAsymmetryRule", "dark_asymmetry_score", "fit_midsagittal_plane", "mirrored_mask"]
+__all__ = ["DarkAsymmetryRule", "dark_asymmetry_score", "mirrored_mask", "symmetry_plane"]
 
 
-def fit_midsagittal_plane(reference: np.ndarray, axis: int = 0, min_width: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """The plane that halves each left-right row of a brain mask: ``x = c0 + a (y - ym) + b (z - zm)``.
+def symmetry_plane(
+    image: np.ndarray,
+    brain: np.ndarray,
+    axis: int = 0,
+    coarse_degrees: Sequence[float] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0),
+    fine_degrees: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The brain's mid-sagittal plane: the reflection that best maps ``image`` inside ``brain`` onto itself.
 
-    Every row of the mask along ``axis`` at least ``min_width`` voxels wide has its centre of mass; a least
-    squares fit weighted by the rows' widths, refitted once without the rows more than 3 voxels off,
-    gives a plane that follows a head turned or tilted inside the grid (yaw and roll), which a plane
-    through the mask's centre of mass at right angles to ``axis`` does not.
+    The plane passes through the brain's centre of mass; its normal is the left-right ``axis`` turned by
+    two angles (towards each of the other two axes: a head turned and tilted in the grid). The angles
+    are searched for the largest normalised correlation between the image (smoothed by one voxel) and its
+    reflection: every pair of ``coarse_degrees`` on every second voxel, then each angle in turn by
+    ``fine_degrees`` around the best, on every voxel.
 
     Args:
-        reference: boolean ``(H, W, D)`` brain mask.
+        image: ``(H, W, D)`` map whose symmetry is sought (the tissue pass's white-matter probability).
+        brain: boolean ``(H, W, D)`` brain mask; ``image`` outside it is not used.
         axis: the left-right axis.
-        min_width: the narrowest row that counts (voxels).
+        coarse_degrees: the first search's angles.
+        fine_degrees: the second search's steps around the first's best.
 
     Returns:
-        ``(point, normal)``: a point of the plane and its unit normal, in voxel coordinates of the grid;
-        with fewer than three rows, the plane through the centre of mass at right angles to ``axis``.
+        ``(point, normal)``: a point of the plane and its unit normal, in voxel coordinates of the grid.
+        The search is in voxel coordinates: a mirror plane for grids of equal spacing on every axis (the
+        bundles' 2 mm grids).
 
     Raises:
-        ValueError: ``reference`` not 3D or empty, or ``axis`` out of range.
-    """
-    if reference.ndim != 3:
-        raise ValueError(f"reference must be a 3D mask, got shape {reference.shape}.")
-    if not -reference.ndim <= axis < reference.ndim:
-        raise ValueError(f"axis={axis} is out of range for a {reference.ndim}D mask.")
-    axis = axis % reference.ndim
-    mask = np.moveaxis(reference.astype(bool), axis, 0)
-    if not mask.any():
-        raise ValueError("reference is empty: no plane to fit.")
-    width = mask.sum(axis=0).astype(np.float64)  # (W, D): each row's width
-    centres = np.tensordot(np.arange(mask.shape[0], dtype=np.float64), mask, axes=(0, 0)) / np.maximum(width, 1.0)
-    rows = np.nonzero(width >= min_width)
-    coefficients = np.zeros(3)
-    if rows[0].size < 3:
-        point_ = np.argwhere(mask).mean(axis=0)  # the centre of mass, the plane at right angles to the axis
-    else:
-        w, x = width[rows], centres[rows]
-        mean = np.array([np.average(rows[0], weights=w), np.average(rows[1], weights=w)])
-        design = np.stack([np.ones_like(x), rows[0] - mean[0], rows[1] - mean[1]], axis=1)
-        keep = np.ones(x.size, dtype=bool)
-        for _ in range(2):
-            root = np.sqrt(w[keep])[:, None]
-            coefficients = np.linalg.lstsq(design[keep] * root, x[keep] * root[:, 0], rcond=None)[0]
-            keep = np.abs(design @ coefficients - x) < 3.0
-            if keep.sum() < 3:
-                break
-        point_ = np.array([coefficients[0], mean[0], mean[1]])
-    normal_ = np.array([1.0, -coefficients[1], -coefficients[2]])
-    normal_ /= np.linalg.norm(normal_)
-    moved = [axis] + [d for d in range(reference.ndim) if d != axis]  # back to the grid's axis order
-    point, normal = np.empty(reference.ndim), np.empty(reference.ndim)
-    point[moved], normal[moved] = point_, normal_
-    return point, normal
-
-
-def mirrored_mask(mask: np.ndarray, reference: np.ndarray, axis: int = 0) -> np.ndarray:
-    """A boolean mask reflected about the mid-sagittal plane of ``reference`` (:func:`fit_midsagittal_plane`).
-
-    Args:
-        mask: boolean ``(H, W, D)``.
-        reference: boolean brain mask of the same shape.
-        axis: the left-right axis (0 for the bundles' RAS volumes).
-
-    Returns:
-        The reflection (nearest voxel), ``False`` where it falls outside the grid or ``reference`` is
-        empty. The plane is fitted in voxel coordinates: a reflection for grids of equal spacing on every
-        axis (the bundles' 2 mm grids).
-
-    Raises:
-        ValueError: shapes differ or ``axis`` is out of range.
+        ValueError: shapes differ, not 3D, an empty ``brain`` or ``axis`` out of range.
     """
     from scipy import ndimage
 
-    if mask.shape != reference.shape:
-        raise ValueError(f"mask {mask.shape} and reference {reference.shape} must have the same shape.")
-    if not -mask.ndim <= axis < mask.ndim:
-        raise ValueError(f"axis={axis} is out of range for a {mask.ndim}D mask.")
-    if not reference.any():
-        return np.zeros(mask.shape, dtype=bool)
-    point, normal = fit_midsagittal_plane(reference, axis)
+    if image.shape != brain.shape or image.ndim != 3:
+        raise ValueError(f"image {image.shape} and brain {brain.shape} must be the same 3D grid.")
+    if not -image.ndim <= axis < image.ndim:
+        raise ValueError(f"axis={axis} is out of range for a {image.ndim}D image.")
+    if not brain.any():
+        raise ValueError("brain is empty: no plane to fit.")
+    axis = axis % image.ndim
+    others = [d for d in range(3) if d != axis]
+    where = np.argwhere(brain)
+    centre = where.mean(axis=0)
+    low, high = where.min(axis=0), where.max(axis=0) + 1
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    masked = ndimage.gaussian_filter(np.where(brain, image, 0.0).astype(np.float32)[box], 1.0)
+    grids = {1: (masked, centre - low), 2: (masked[::2, ::2, ::2], (centre - low) / 2.0)}
+
+    def normal_of(first: float, second: float) -> np.ndarray:
+        normal = np.zeros(3)
+        normal[axis] = 1.0
+        normal[others[0]], normal[others[1]] = np.tan(np.radians(first)), np.tan(np.radians(second))
+        return normal / np.linalg.norm(normal)
+
+    def similarity(first: float, second: float, step: int) -> float:
+        values, point = grids[step]
+        normal = normal_of(first, second)
+        reflected = ndimage.affine_transform(values, np.eye(3) - 2.0 * np.outer(normal, normal),
+                                             offset=2.0 * float(normal @ point) * normal, order=1)
+        return float((values * reflected).sum() / (np.sqrt((values**2).sum() * (reflected**2).sum()) + 1e-12))
+
+    _, first, second = max((similarity(a, b, 2), a, b) for a in coarse_degrees for b in coarse_degrees)
+    _, first = max((similarity(first + a, second, 1), first + a) for a in fine_degrees)  # then at full resolution,
+    _, second = max((similarity(first, second + b, 1), second + b) for b in fine_degrees)  # one angle at a time
+    return centre, normal_of(first, second)
+
+
+def mirrored_mask(mask: np.ndarray, point: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """A boolean mask reflected about the plane through ``point`` with unit ``normal`` (nearest voxel).
+
+    Args:
+        mask: boolean ``(H, W, D)``.
+        point, normal: the plane in voxel coordinates (:func:`symmetry_plane`).
+
+    Returns:
+        The reflection, ``False`` where it falls outside the grid.
+
+    Raises:
+        ValueError: ``point`` or ``normal`` not of the mask's dimension, or a zero ``normal``.
+    """
+    from scipy import ndimage
+
+    point, normal = np.asarray(point, dtype=np.float64), np.asarray(normal, dtype=np.float64)
+    if point.shape != (mask.ndim,) or normal.shape != (mask.ndim,) or not np.linalg.norm(normal) > 0:
+        raise ValueError(f"point {point.shape} and normal {normal.shape} must be {mask.ndim} coordinates, the normal not zero.")
+    normal = normal / np.linalg.norm(normal)
     matrix = np.eye(mask.ndim) - 2.0 * np.outer(normal, normal)  # a reflection is its own inverse
     offset = 2.0 * float(normal @ point) * normal
     return ndimage.affine_transform(mask.astype(np.uint8), matrix, offset=offset, order=0, mode="constant", cval=0) > 0
@@ -133,7 +140,7 @@ def dark_asymmetry_score(
             (:func:`medmamba.inferers.mirror_contrast`).
         solid: how deep (an erosion in voxels) inside white matter the mirror location must lie.
         core: voxels next to the brain's edge left out, as an erosion by this many voxels; the mirror
-            plane is fitted to that core (:func:`fit_midsagittal_plane`).
+            plane is fitted to that core (:func:`symmetry_plane`).
         min_log_odds: only voxels whose ``lesion_contrast`` exceeds it count.
         axis: the left-right axis.
 
@@ -153,7 +160,9 @@ def dark_asymmetry_score(
     brain = brain.astype(bool)
     inner = ndimage.binary_erosion(brain, ball, iterations=core) if core else brain
     white_matter = white_matter_probability > 0.5
-    mirror = mirrored_mask(white_matter, inner, axis)
+    if not inner.any():
+        return 0
+    mirror = mirrored_mask(white_matter, *symmetry_plane(white_matter_probability, inner, axis))
     if solid:
         mirror = ndimage.binary_erosion(mirror, ball, iterations=solid)
     candidates = ~white_matter & inner & mirror & (lesion_contrast > min_log_odds)
@@ -179,6 +188,10 @@ class DarkAsymmetryRule(LesionRule):
         solid: how deep inside white matter the mirror location must lie (voxels).
         core: voxels next to the brain's edge left out.
         min_log_odds: the gate on the classifier's mirror-contrast lesion map.
+        min_voxels: the smallest threshold the calibration may set: the smallest lesion the default data
+            plant on the bundles' 2 mm grid (:func:`medmamba.data.synthetic.insert_lesions`, ``min_voxels``).
+            With the mirror plane fitted, lesion-free scans hold clusters of a few voxels at most, and a
+            threshold set by them alone would call any few stray voxels.
         white_matter_channel: the white-matter class of the brain extraction's tissue network.
 
     Raises:
@@ -188,14 +201,16 @@ class DarkAsymmetryRule(LesionRule):
     name = "dark_asymmetry"
     title = "dark-asymmetry rule"
 
-    def __init__(self, solid: int = 2, core: int = 2, min_log_odds: float = 4.0, white_matter_channel: int = 3) -> None:
+    def __init__(
+        self, solid: int = 2, core: int = 2, min_log_odds: float = 4.0, min_voxels: int = 8, white_matter_channel: int = 3
+    ) -> None:
         _check_settings(solid, core)
-        super().__init__(white_matter_channel)
+        super().__init__(white_matter_channel, min_voxels)
         self.solid, self.core, self.min_log_odds = int(solid), int(core), float(min_log_odds)
 
     def settings(self) -> dict[str, float]:
         """What the rule's score depends on (recorded beside its threshold, checked when it is read)."""
-        return {"solid": self.solid, "core": self.core, "min_log_odds": self.min_log_odds}
+        return {"solid": self.solid, "core": self.core, "min_log_odds": self.min_log_odds, "min_voxels": self.min_voxels}
 
     def __call__(self, image: Any, predictor: Any, index: int = 0) -> int | None:
         """The cluster size of volume ``index`` of the predictor's last call.

@@ -59,18 +59,22 @@ class LesionRule:
 
     Args:
         white_matter_channel: the white-matter class of the brain extraction's tissue network.
+        min_voxels: the smallest threshold the calibration may set (:func:`medmamba.apps.calibration.calibrate`):
+            a cluster this small is no lesion whatever the lesion-free scans show.
 
     Raises:
-        ValueError: a negative or non-int ``white_matter_channel``.
+        ValueError: a negative or non-int ``white_matter_channel`` or ``min_voxels``.
     """
 
     name: ClassVar[str] = "lesion_rule"
     title: ClassVar[str] = "lesion rule"
 
-    def __init__(self, white_matter_channel: int = 3) -> None:
-        if isinstance(white_matter_channel, bool) or not isinstance(white_matter_channel, int) or white_matter_channel < 0:
-            raise ValueError(f"white_matter_channel must be an int >= 0, got {white_matter_channel!r}.")
+    def __init__(self, white_matter_channel: int = 3, min_voxels: int = 0) -> None:
+        for arg, value in (("white_matter_channel", white_matter_channel), ("min_voxels", min_voxels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{arg} must be an int >= 0, got {value!r}.")
         self.white_matter_channel = white_matter_channel
+        self.min_voxels = min_voxels
 
     def settings(self) -> dict[str, float]:
         """What the rule's score depends on (recorded beside its threshold, checked when it is read)."""
