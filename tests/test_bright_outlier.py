@@ -8,7 +8,6 @@ import csv
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -24,6 +23,8 @@ from medmamba.inferers import (
     bright_outlier_score,
     local_white_matter_ratio,
 )
+
+from lesion_rule_stand_ins import network, preprocessing, write_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,48 +204,31 @@ class _FixedRule(BrightOutlierRule):
         return None if top < 0 else top
 
 
-def _scan(path: Path, value: float, peak: float) -> None:
-    data = np.full((4, 4, 4), value, dtype=np.float32)
-    data[0, 0, 0] = peak
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-
-
-def _preprocessing(data: dict) -> dict:
-    image = torch.as_tensor(np.asarray(nib.load(data["image"]).dataobj), dtype=torch.float32)[None]
-    return {"image": image, "unnormalised_image": image}
-
-
-def _predictor(volume: torch.Tensor) -> dict:
-    score = volume.median().reshape(1)
-    return {"lesion_log_odds": score, "lesion_probability": torch.sigmoid(score.double()),
-            "slice_probabilities": torch.sigmoid(volume.median(dim=1).values.flatten(1)[:, :4])}
-
-
 def test_classify_calls_a_lesion_where_the_network_or_the_rule_is_above_its_threshold(tmp_path: Path) -> None:
     for name, value, peak in (("net", 20.0, 0.0), ("rule", 1.0, 30.0), ("neither", 1.0, 5.0), ("inverted", -1.0, -1.0)):
-        _scan(tmp_path / f"{name}.nii.gz", value, peak)
-    summary = classify(tmp_path, tmp_path / "out", _predictor, _preprocessing, threshold_log_odds=10.0,
+        write_scan(tmp_path / f"{name}.nii.gz", value, peak)
+    summary = classify(tmp_path, tmp_path / "out", network, preprocessing, threshold_log_odds=10.0,
                        write_slice_probabilities=False, rules=[_FixedRule()], rule_thresholds={"bright_outlier": 9})
     with open(summary["report"], newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     assert {k: (r["label"], r["bright_outlier_voxels"], r["decided_by"]) for k, r in rows.items()} == {
         "net": ("1", "20", "network and bright-outlier rule"), "rule": ("1", "30", "bright-outlier rule"),
         "neither": ("0", "5", ""), "inverted": ("0", "", "")}
-    reported = classify(tmp_path, tmp_path / "out2", _predictor, _preprocessing, threshold_log_odds=10.0,
+    reported = classify(tmp_path, tmp_path / "out2", network, preprocessing, threshold_log_odds=10.0,
                         write_slice_probabilities=False, rules=[_FixedRule()])  # no threshold: reported only
     with open(reported["report"], newline="") as f:
         row = {r["case_id"]: r for r in csv.DictReader(f)}["rule"]
     assert row["label"] == "0" and row["bright_outlier_voxels"] == "30" and "decided_by" not in row
     with pytest.raises(ValueError, match="gives bright_outlier=9, but no bright_outlier rule is scored"):
-        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rule_thresholds={"bright_outlier": 9})
+        classify(tmp_path, tmp_path / "x", network, preprocessing, rule_thresholds={"bright_outlier": 9})
     with pytest.raises(TypeError, match="rules must hold LesionRule objects, got function"):
-        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rules=[lambda *a: 0])
+        classify(tmp_path, tmp_path / "x", network, preprocessing, rules=[lambda *a: 0])
     with pytest.raises(ValueError, match="rules must have different names"):
-        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rules=[_FixedRule(), _FixedRule()])
+        classify(tmp_path, tmp_path / "x", network, preprocessing, rules=[_FixedRule(), _FixedRule()])
     with pytest.raises(ValueError, match=r"rule_thresholds\['bright_outlier'\] must be a finite number of voxels or None, got nan"):
-        classify(tmp_path, tmp_path / "x", _predictor, _preprocessing, rules=[_FixedRule()],
+        classify(tmp_path, tmp_path / "x", network, preprocessing, rules=[_FixedRule()],
                  rule_thresholds={"bright_outlier": float("nan")})
-    failed = classify(tmp_path, tmp_path / "y", _predictor, lambda d: {"image": _preprocessing(d)["image"]},
+    failed = classify(tmp_path, tmp_path / "y", network, lambda d: {"image": preprocessing(d)["image"]},
                       rules=[_FixedRule()], write_slice_probabilities=False)
     assert failed["n_failed"] == 4 and "before its intensity normalisation under unnormalised_key" in failed["failed"]["rule"]
 
@@ -253,10 +237,10 @@ def test_calibrate_sets_the_rules_threshold_with_the_networks(tmp_path: Path) ->
     (tmp_path / "neg").mkdir()
     (tmp_path / "pos").mkdir()
     for i, (value, peak) in enumerate([(3.0, 4.0), (5.0, 12.0), (9.5, 0.0)]):
-        _scan(tmp_path / "neg" / f"n{i}.nii.gz", value, peak)
+        write_scan(tmp_path / "neg" / f"n{i}.nii.gz", value, peak)
     for i, (value, peak) in enumerate([(12.0, 0.0), (1.0, 40.0), (1.0, 11.0)]):
-        _scan(tmp_path / "pos" / f"p{i}.nii.gz", value, peak)
-    doc = calibrate(tmp_path / "neg", tmp_path / "out", _predictor, _preprocessing, positive_path=tmp_path / "pos",
+        write_scan(tmp_path / "pos" / f"p{i}.nii.gz", value, peak)
+    doc = calibrate(tmp_path / "neg", tmp_path / "out", network, preprocessing, positive_path=tmp_path / "pos",
                     specificity=1.0, threshold_file=tmp_path / "t.json", rules=[_FixedRule()])
     rule = doc["bright_outlier"]
     assert (rule["threshold_voxels"], rule["negative_max"], rule["n_negatives"]) == (12, 12, 3)

@@ -8,7 +8,6 @@ import csv
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -27,6 +26,8 @@ from medmamba.inferers import (
     mirrored_mask,
     symmetry_plane,
 )
+
+from lesion_rule_stand_ins import network, preprocessing, write_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOB = (slice(8, 11), slice(10, 13), slice(10, 13))  # left of the mirror plane (x = 15.5)
@@ -169,29 +170,11 @@ class _Dark(DarkAsymmetryRule):
         return max(0, -int(torch.as_tensor(image).min()))
 
 
-def _scan(path: Path, value: float, peak: float, dip: float) -> None:
-    data = np.full((4, 4, 4), value, dtype=np.float32)
-    data[0, 0, 0] = peak
-    data[1, 1, 1] = dip
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-
-
-def _preprocessing(data: dict) -> dict:
-    image = torch.as_tensor(np.asarray(nib.load(data["image"]).dataobj), dtype=torch.float32)[None]
-    return {"image": image, "unnormalised_image": image}
-
-
-def _network(volume: torch.Tensor) -> dict:
-    score = volume.median().reshape(1)
-    return {"lesion_log_odds": score, "lesion_probability": torch.sigmoid(score.double()),
-            "slice_probabilities": torch.sigmoid(volume.median(dim=1).values.flatten(1)[:, :4])}
-
-
 def test_classify_decides_with_the_network_or_either_rule(tmp_path: Path) -> None:
     for name, value, peak, dip in (("net", 20.0, 0.0, 20.0), ("bright", 1.0, 30.0, 1.0), ("dark", 1.0, 1.0, -25.0),
                                    ("both", 1.0, 30.0, -25.0), ("none", 1.0, 5.0, -5.0)):
-        _scan(tmp_path / f"{name}.nii.gz", value, peak, dip)
-    summary = classify(tmp_path, tmp_path / "out", _network, _preprocessing, threshold_log_odds=10.0,
+        write_scan(tmp_path / f"{name}.nii.gz", value, peak, dip)
+    summary = classify(tmp_path, tmp_path / "out", network, preprocessing, threshold_log_odds=10.0,
                        write_slice_probabilities=False, rules=[_Bright(), _Dark()],
                        rule_thresholds={"bright_outlier": 9, "dark_asymmetry": 12})
     with open(summary["report"], newline="") as f:
@@ -200,7 +183,7 @@ def test_classify_decides_with_the_network_or_either_rule(tmp_path: Path) -> Non
     assert rows == {"net": ("1", "20", "0", "network and bright-outlier rule"), "bright": ("1", "30", "0", "bright-outlier rule"),
                     "dark": ("1", "1", "25", "dark-asymmetry rule"),
                     "both": ("1", "30", "25", "bright-outlier rule and dark-asymmetry rule"), "none": ("0", "5", "5", "")}
-    only_bright = classify(tmp_path, tmp_path / "out2", _network, _preprocessing, threshold_log_odds=10.0,
+    only_bright = classify(tmp_path, tmp_path / "out2", network, preprocessing, threshold_log_odds=10.0,
                            write_slice_probabilities=False, rules=[_Bright(), _Dark()],
                            rule_thresholds={"bright_outlier": 9, "dark_asymmetry": None})  # the dark rule reported only
     with open(only_bright["report"], newline="") as f:
@@ -211,10 +194,10 @@ def test_calibrate_sets_each_rules_threshold(tmp_path: Path) -> None:
     (tmp_path / "neg").mkdir()
     (tmp_path / "pos").mkdir()
     for i, (value, peak, dip) in enumerate([(3.0, 4.0, -7.0), (5.0, 12.0, 1.0), (9.5, 0.0, -2.0)]):
-        _scan(tmp_path / "neg" / f"n{i}.nii.gz", value, peak, dip)
+        write_scan(tmp_path / "neg" / f"n{i}.nii.gz", value, peak, dip)
     for i, (value, peak, dip) in enumerate([(12.0, 0.0, 1.0), (1.0, 40.0, 1.0), (1.0, 1.0, -30.0), (1.0, 11.0, -6.0)]):
-        _scan(tmp_path / "pos" / f"p{i}.nii.gz", value, peak, dip)
-    doc = calibrate(tmp_path / "neg", tmp_path / "out", _network, _preprocessing, positive_path=tmp_path / "pos",
+        write_scan(tmp_path / "pos" / f"p{i}.nii.gz", value, peak, dip)
+    doc = calibrate(tmp_path / "neg", tmp_path / "out", network, preprocessing, positive_path=tmp_path / "pos",
                     specificity=1.0, threshold_file=tmp_path / "t.json", rules=[_Bright(), _Dark()])
     bright, dark = doc["bright_outlier"], doc["dark_asymmetry"]
     # the dark rule's largest lesion-free cluster is 7, its threshold the rule's floor min_voxels = 8

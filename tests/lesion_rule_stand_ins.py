@@ -1,0 +1,33 @@
+"""Stand-ins for the tests of the classification bundle's decision with lesion rules: tiny scans whose values
+say what a stand-in network and stand-in rules score (tests/test_bright_outlier.py, tests/test_dark_asymmetry.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+
+def write_scan(path: Path, value: float, peak: float, dip: float | None = None) -> None:
+    """A 4 x 4 x 4 scan of ``value`` (the stand-in network's score: the median) with ``peak`` at one voxel and
+    ``dip`` at another (what stand-in rules read)."""
+    data = np.full((4, 4, 4), value, dtype=np.float32)
+    data[0, 0, 0] = peak
+    if dip is not None:
+        data[1, 1, 1] = dip
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+
+
+def preprocessing(data: dict) -> dict:
+    """Loads the scan; keeps it as the unnormalised image too."""
+    image = torch.as_tensor(np.asarray(nib.load(data["image"]).dataobj), dtype=torch.float32)[None]
+    return {"image": image, "unnormalised_image": image}
+
+
+def network(volume: torch.Tensor) -> dict:
+    """A stand-in predictor: the volume's median is its lesion log-odds."""
+    score = volume.median().reshape(1)
+    return {"lesion_log_odds": score, "lesion_probability": torch.sigmoid(score.double()),
+            "slice_probabilities": torch.sigmoid(volume.median(dim=1).values.flatten(1)[:, :4])}
