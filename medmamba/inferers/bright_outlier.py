@@ -9,14 +9,13 @@ lesion map (a cluster counts only where that map exceeds ``min_log_odds`` somewh
 confirms a spot the network half-sees, so that scans with a strong bias field, whose bright patches the
 network does not mark, are not called (``docs/real-scans.md``, twenty-sixth and twenty-seventh sessions).
 
-:class:`BrightOutlierRule` scores the volume a :class:`medmamba.inferers.VolumeClassifier` has just
-classified, from what the classification bundle's chain of inferers computed on it: the brain
-extraction's tissue probabilities and brain mask (:class:`medmamba.inferers.SkullStrippingInferer`),
-the classifier's dense lesion map (:class:`medmamba.inferers.MirrorContrastInferer`) and the contrast
-polarity the volume was analysed in; the image itself comes unnormalised (a ratio of intensities needs
-their zero), on the classifier's grid. The bundle calls a volume "lesion" where its network's score or
-the rule's cluster is above its threshold; both thresholds are set by the main job on validation data
-(:func:`medmamba.apps.calibration.calibrate`).
+:class:`BrightOutlierRule` (a :class:`medmamba.inferers.LesionRule`) scores the volume a
+:class:`medmamba.inferers.VolumeClassifier` has just classified, from what the classification bundle's
+chain of inferers computed on it (the brain extraction's tissue probabilities and brain mask, the
+classifier's dense lesion map, the contrast polarity the volume was analysed in); the image itself comes
+unnormalised (a ratio of intensities needs their zero), on the classifier's grid. The bundle calls a
+volume "lesion" where its network's score or a lesion rule's cluster is above its threshold; all are
+set by the main job on validation data (:func:`medmamba.apps.calibration.calibrate`).
 """
 
 from __future__ import annotations
