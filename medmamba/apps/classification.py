@@ -45,8 +45,8 @@ from medmamba.data.discovery import find_scans
 from medmamba.handlers.classification_report import ClassificationReport
 from medmamba.handlers.rank_zero import rank_zero_handlers
 from medmamba.inferers.brain_extraction import SkullStrippingInferer
-from medmamba.inferers.lesion_rule import LesionRule, check_rules, rule_callers
 from medmamba.inferers.contrast_polarity import analysed_polarity
+from medmamba.inferers.lesion_rule import LesionRule, check_rules, rule_callers
 from medmamba.inferers.lesion_scores import lesion_log_odds, volume_log_odds
 from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.geometry import slices_to_source, source_geometry, voxel_volume_ml
@@ -199,9 +199,11 @@ def classify(
         ``{"n_ok", "n_failed", "report", "failed", "seconds"}``.
 
     Raises:
-        TypeError: ``brain_extraction`` is not a :class:`medmamba.inferers.SkullStrippingInferer`.
-        ValueError: no ``input_path``, a threshold out of range, or ``brain_volume_range_ml`` that is not
-            ``(low, high)`` with ``0 <= low < high``.
+        TypeError: ``brain_extraction`` is not a :class:`medmamba.inferers.SkullStrippingInferer`, or a rule
+            is not a :class:`medmamba.inferers.LesionRule`.
+        ValueError: no ``input_path``, a threshold out of range, ``brain_volume_range_ml`` that is not
+            ``(low, high)`` with ``0 <= low < high``, or ``rule_thresholds`` that name no rule or are not
+            finite (:func:`medmamba.inferers.lesion_rule.check_rules`).
     """
     from monai.data import MetaTensor
 
