@@ -31,3 +31,16 @@ def network(volume: torch.Tensor) -> dict:
     score = volume.median().reshape(1)
     return {"lesion_log_odds": score, "lesion_probability": torch.sigmoid(score.double()),
             "slice_probabilities": torch.sigmoid(volume.median(dim=1).values.flatten(1)[:, :4])}
+
+
+CLASSIFICATION_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mobilemamba_classification"
+
+
+def parsed_config(config: str, ckpt_dir: Path, **overrides):
+    """The classification bundle's ``config`` parsed with ``ckpt_dir`` (where ``threshold.json`` is read) and overrides."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CLASSIFICATION_BUNDLE / "configs" / config))
+    parser.update({"bundle_root": str(CLASSIFICATION_BUNDLE), "ckpt_dir": str(ckpt_dir), **overrides})
+    return parser

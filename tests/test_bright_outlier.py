@@ -24,9 +24,8 @@ from medmamba.inferers import (
     local_white_matter_ratio,
 )
 
-from lesion_rule_stand_ins import network, preprocessing, write_scan
+from lesion_rule_stand_ins import network, parsed_config, preprocessing, write_scan
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _phantom(shape=(24, 24, 24)):
@@ -254,15 +253,9 @@ def test_calibrate_sets_the_rules_threshold_with_the_networks(tmp_path: Path) ->
 
 @pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
 def test_bundle_configs_decide_with_the_rule_of_the_run(tmp_path: Path, config: str) -> None:
-    from monai.bundle import ConfigParser
-
-    bundle = ROOT / "bundles" / "mobilemamba_classification"
 
     def parsed(**overrides):
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / config))
-        parser.update({"bundle_root": str(bundle), "ckpt_dir": str(tmp_path), **overrides})
-        return parser
+        return parsed_config(config, tmp_path, **overrides)
 
     rule = BrightOutlierRule()
     (tmp_path / "threshold.json").write_text(json.dumps(

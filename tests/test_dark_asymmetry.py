@@ -27,9 +27,8 @@ from medmamba.inferers import (
     symmetry_plane,
 )
 
-from lesion_rule_stand_ins import network, preprocessing, write_scan
+from lesion_rule_stand_ins import network, parsed_config, preprocessing, write_scan
 
-ROOT = Path(__file__).resolve().parents[1]
 BLOB = (slice(8, 11), slice(10, 13), slice(10, 13))  # left of the mirror plane (x = 15.5)
 MIRROR_OF_BLOB = (slice(21, 24), slice(10, 13), slice(10, 13))
 
@@ -243,16 +242,10 @@ def test_evaluation_report_decides_with_both_rules(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
 def test_bundle_configs_switch_each_rule(tmp_path: Path, config: str) -> None:
-    from monai.bundle import ConfigParser
     from monai.transforms import CopyItemsd
 
-    bundle = ROOT / "bundles" / "mobilemamba_classification"
-
     def parsed(**overrides):
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / config))
-        parser.update({"bundle_root": str(bundle), "ckpt_dir": str(tmp_path), **overrides})
-        return parser
+        return parsed_config(config, tmp_path, **overrides)
 
     (tmp_path / "threshold.json").write_text(json.dumps({
         "threshold_log_odds": 12.0, "volume_readout": "mirror",
