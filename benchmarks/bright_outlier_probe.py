@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     maps = LesionMapReader(args.bundle_root, args.threads)  # the bundle parsed once, for both readers
     reader = TissueReader(maps, args.out / "tissue")
     threshold = json.loads((args.bundle_root / "models" / "threshold.json").read_text())
+    if threshold.get("volume_readout", "maximum") != "mirror":  # the probe scores the network with the upright mirror
+        raise ValueError(f"{args.bundle_root / 'models' / 'threshold.json'} was set with volume_readout="
+                         f"{threshold.get('volume_readout', 'maximum')!r}; this probe scores the network with the upright "
+                         f"mirror read-out ('mirror', classification 0.14-0.16) and needs a threshold set with it.")
     margin = float(threshold.get("mirror_margin", 4.0))  # the read-out the threshold was set with
     rule = dict(ratio=args.ratio, smooth=args.smooth, sigma=args.sigma, core=args.core)
 

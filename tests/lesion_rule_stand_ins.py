@@ -1,5 +1,6 @@
 """Stand-ins for the tests of the classification bundle's decision with lesion rules: tiny scans whose values
-say what a stand-in network and stand-in rules score (tests/test_bright_outlier.py, tests/test_dark_asymmetry.py)."""
+say what a stand-in network and stand-in rules score (tests/test_bright_outlier.py, tests/test_dark_asymmetry.py),
+and a turned head with mirror-symmetric structures (tests/test_symmetry.py, tests/test_mirror_contrast.py)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,19 @@ def parsed_config(config: str, ckpt_dir: Path, **overrides):
     parser.read_config(str(CLASSIFICATION_BUNDLE / "configs" / config))
     parser.update({"bundle_root": str(CLASSIFICATION_BUNDLE), "ckpt_dir": str(ckpt_dir), **overrides})
     return parser
+
+
+def symmetric_head(degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """A brain (ellipsoid) with two 'ventricles' mirror images of each other, a third structure on the plane
+    and a fourth on one side only, all turned by ``degrees`` from x = 20 towards axis 1."""
+    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=float) for n in (40, 48, 32)), indexing="ij"), axis=-1)
+    normal = np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees)), 0.0])
+    centre = np.array([20.0, 24.0, 16.0])
+    tangent = np.array([-normal[1], normal[0], 0.0])
+    local = np.stack([(grid - centre) @ normal, (grid - centre) @ tangent, grid[..., 2] - centre[2]], axis=-1)
+    brain = ((local**2) / np.array([15.0, 19.0, 13.0]) ** 2).sum(-1) <= 1  # the head turned with its structures
+    image = np.where(brain, 1.0, 0.0)
+    for spot in (centre + 6 * normal + 5 * tangent, centre - 6 * normal + 5 * tangent, centre - 8 * tangent):
+        image[((grid - spot) ** 2).sum(-1) <= 9] = 0.2
+    image[((grid - (centre + 6 * normal - 6 * tangent)) ** 2).sum(-1) <= 4] = 0.3  # and one on one side only
+    return image, brain

@@ -158,7 +158,7 @@ def test_rule_does_not_apply_to_an_inverted_contrast_and_needs_its_chain() -> No
     class _NoReadout:
         inferer = given.inferer.inferer  # the polarity check without the mirror read-out
 
-    with pytest.raises(ValueError, match=r"needs the mirror read-out \(--volume_readout mirror\).*--bright_outlier false"):
+    with pytest.raises(ValueError, match=r"needs a mirror read-out \(--volume_readout aligned_mirror or mirror\).*--bright_outlier false"):
         BrightOutlierRule()(image, _NoReadout())
 
 

@@ -23,8 +23,6 @@ from medmamba.inferers import (
     MirrorContrastInferer,
     SkullStrippingInferer,
     dark_asymmetry_score,
-    mirrored_mask,
-    symmetry_plane,
 )
 
 from lesion_rule_stand_ins import network, parsed_config, preprocessing, write_scan
@@ -42,47 +40,6 @@ def _phantom(shape=(32, 24, 24), symmetric: bool = False):
     if symmetric:
         wm[MIRROR_OF_BLOB] = 0.0
     return wm, brain
-
-
-def test_mirrored_mask_reflects_about_the_plane() -> None:
-    mask = np.zeros((10, 12, 12), dtype=bool)
-    mask[1, 5, 5] = True
-    assert np.argwhere(mirrored_mask(mask, np.array([4.5, 0.0, 0.0]), np.array([2.0, 0.0, 0.0]))).tolist() == [[8, 5, 5]]
-    assert np.argwhere(mirrored_mask(mask, np.array([0.0, 6.0, 0.0]), np.array([0.0, 1.0, 0.0]))).tolist() == [[1, 7, 5]]
-    assert not mirrored_mask(mask, np.array([9.5, 0.0, 0.0]), np.array([1.0, 0.0, 0.0])).any()  # reflected off the grid
-    with pytest.raises(ValueError, match=r"point \(2,\) and normal \(3,\) must be 3 coordinates"):
-        mirrored_mask(mask, np.zeros(2), np.ones(3))
-    with pytest.raises(ValueError, match="the normal not zero"):
-        mirrored_mask(mask, np.zeros(3), np.zeros(3))
-
-
-def _symmetric_head(degrees: float) -> tuple[np.ndarray, np.ndarray]:
-    """A brain (ellipsoid) with two 'ventricles' mirror images of each other, a third structure on the plane
-    and a fourth on one side only, all turned by ``degrees`` from x = 20 towards axis 1."""
-    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=float) for n in (40, 48, 32)), indexing="ij"), axis=-1)
-    normal = np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees)), 0.0])
-    centre = np.array([20.0, 24.0, 16.0])
-    tangent = np.array([-normal[1], normal[0], 0.0])
-    local = np.stack([(grid - centre) @ normal, (grid - centre) @ tangent, grid[..., 2] - centre[2]], axis=-1)
-    brain = ((local**2) / np.array([15.0, 19.0, 13.0]) ** 2).sum(-1) <= 1  # the head turned with its structures
-    image = np.where(brain, 1.0, 0.0)
-    for spot in (centre + 6 * normal + 5 * tangent, centre - 6 * normal + 5 * tangent, centre - 8 * tangent):
-        image[((grid - spot) ** 2).sum(-1) <= 9] = 0.2
-    image[((grid - (centre + 6 * normal - 6 * tangent)) ** 2).sum(-1) <= 4] = 0.3  # and one on one side only
-    return image, brain
-
-
-@pytest.mark.parametrize("degrees", [0.0, 7.0, -9.0])
-def test_symmetry_plane_follows_a_turned_head(degrees: float) -> None:
-    image, brain = _symmetric_head(degrees)
-    point, normal = symmetry_plane(image, brain)
-    assert np.degrees(np.arctan2(normal[1], normal[0])) == pytest.approx(degrees, abs=1.5)
-    assert abs(normal[2]) < np.sin(np.radians(1.5))
-    assert abs(float(normal @ (point - np.array([20.0, 24.0, 16.0])))) < 0.5  # through the brain's centre
-    with pytest.raises(ValueError, match="brain is empty"):
-        symmetry_plane(image, np.zeros_like(brain))
-    with pytest.raises(ValueError, match=r"image \(40, 48, 32\) and brain \(40, 48, 31\) must be the same 3D grid"):
-        symmetry_plane(image, brain[..., :-1])
 
 
 def test_score_counts_a_one_sided_dark_spot_the_network_marks() -> None:
@@ -112,7 +69,7 @@ def test_score_errors_name_the_argument() -> None:
         DarkAsymmetryRule(core=1.5)  # type: ignore[arg-type]
 
 
-def _predictor(wm: np.ndarray, brain: np.ndarray, contrast: np.ndarray, polarity: str | None = None):
+def _predictor(wm: np.ndarray, brain: np.ndarray, contrast: np.ndarray, polarity: str | None = None, plane=None):
     """A predictor chain whose last call kept ``brain``, tissue logits with white matter ``wm`` and ``contrast``."""
     extractor = BrainExtractor(lambda x: x, lambda x, net: x)
     stripping = SkullStrippingInferer(lambda x, net: x, extractor)
@@ -127,6 +84,7 @@ def _predictor(wm: np.ndarray, brain: np.ndarray, contrast: np.ndarray, polarity
     readout = MirrorContrastInferer(inner)
     readout.last_lesion_maps = [torch.from_numpy(contrast)]
     readout.last_contrast_maps = [torch.from_numpy(contrast)]
+    readout.last_planes = [plane]
 
     class _Predictor:
         inferer = readout
@@ -150,8 +108,22 @@ def test_rule_scores_the_last_call_as_the_function_does() -> None:
     class _NoReadout:
         inferer = _predictor(wm, brain, contrast).inferer.inferer
 
-    with pytest.raises(ValueError, match=r"dark-asymmetry rule needs the mirror read-out.*--dark_asymmetry false"):
+    with pytest.raises(ValueError, match=r"dark-asymmetry rule needs a mirror read-out.*--dark_asymmetry false"):
         rule(None, _NoReadout())
+
+
+def test_rule_takes_the_plane_the_read_out_fitted() -> None:
+    """With the aligned read-out the rule reuses its plane (fitted to the same core) instead of fitting it again."""
+    wm, brain = _phantom()
+    contrast = np.full(brain.shape, -5.0, dtype=np.float32)
+    contrast[BLOB] = 6.0
+    off_grid = (np.array([40.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]))  # mirrors every voxel off the grid
+    predictor = _predictor(wm, brain, contrast, plane=off_grid)
+    record = DarkAsymmetryRule().record(predictor)
+    assert record.plane_core == 2 and record.mirror_plane is off_grid
+    assert DarkAsymmetryRule()(None, predictor) == 0  # no mirror location: the read-out's plane was used
+    assert DarkAsymmetryRule(core=1)(None, predictor) == 27  # fitted to another core: the rule fits its own
+    assert DarkAsymmetryRule()(None, _predictor(wm, brain, contrast)) == 27  # upright read-out: the rule fits its own
 
 
 # ------------------------------------------------------------------ deciding with two rules

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from medmamba.inferers import SliceStackInferer, VolumeClassifier
+from medmamba.inferers import BrainExtractor, SkullStrippingInferer, SliceStackInferer, VolumeClassifier, symmetry_plane
 from medmamba.inferers.mirror_contrast import (
     OUTSIDE_LOG_ODDS,
     DenseLesionMap,
@@ -18,6 +18,8 @@ from medmamba.inferers.mirror_contrast import (
 )
 from medmamba.networks import LesionMapClassifier, MeanEnsemble
 from medmamba.networks.fuse_on_load import FuseOnLoad
+
+from lesion_rule_stand_ins import symmetric_head
 
 
 def _brain(shape=(12, 6, 5), lo=2, hi=9):
@@ -150,5 +152,74 @@ def test_volume_readout_inferer_choices():
     assert volume_readout_inferer(base, "maximum") is base
     mirror = volume_readout_inferer(base, "mirror", margin=2.5)
     assert isinstance(mirror, MirrorContrastInferer) and mirror.margin == 2.5 and mirror.inferer is base
+    aligned = volume_readout_inferer(base, "aligned_mirror", margin=6.0)
+    assert isinstance(aligned, MirrorContrastInferer) and (aligned.margin, aligned.plane, aligned.widen) == (6.0, "symmetry", 3)
+    assert (mirror.plane, mirror.widen) == ("upright", 1)
     with pytest.raises(ValueError, match=r"volume_readout='median' is not valid"):
         volume_readout_inferer(base, "median")
+
+
+# ------------------------------------------------------------------ the aligned mirror read-out
+def test_mirror_contrast_about_an_oblique_plane_flattens_the_turned_pair():
+    """A head turned by 9 degrees: its mirror pair cancels about the fitted plane, not about the upright one;
+    the one-sided spot keeps its log-odds either way."""
+    image, brain = symmetric_head(9.0)
+    point, normal = symmetry_plane(image, brain)
+    lesion = torch.from_numpy(np.where(image < 0.5, 12.0, -8.0).astype(np.float32))  # the dark structures marked
+    one_sided = tuple(np.argwhere(np.isclose(image, 0.3))[0])
+    pair = tuple(np.argwhere(np.isclose(image, 0.2))[0])
+    brain_t = torch.from_numpy(brain)
+    aligned = mirror_contrast(lesion, brain_t, 4.0, plane=(point, normal), widen=3)
+    upright = mirror_contrast(lesion, brain_t, 4.0)
+    assert aligned[one_sided].item() == 12.0 and upright[one_sided].item() == 12.0
+    assert aligned[pair].item() == pytest.approx(4.0)
+    inside = np.isclose(image, 0.2)
+    assert (aligned.numpy()[inside] <= 4.0).mean() > (upright.numpy()[inside] <= 4.0).mean()
+    with pytest.raises(ValueError, match="widen must be an odd int >= 1, got 2"):
+        mirror_contrast(lesion, brain_t, plane=(point, normal), widen=2)
+
+
+class _RecordingStripping(SkullStrippingInferer):
+    """Stand-in brain extraction: keeps ``brain`` and tissue logits with white matter ``wm``, returns ``dense``."""
+
+    def __init__(self, dense: torch.Tensor, brain: np.ndarray, wm: np.ndarray) -> None:
+        super().__init__(lambda x, net: x, BrainExtractor(lambda x: x, lambda x, net: x))
+        self.dense, self.brain, self.wm = dense, brain, wm
+
+    def __call__(self, inputs, network, *args, **kwargs):
+        self.last_brains = [torch.from_numpy(self.brain)]
+        self.last_brain_voxels = [int(self.brain.sum())]
+        w = torch.from_numpy(self.wm.astype(np.float32))
+        self.extractor.last_tissue_logits = 10.0 * torch.stack([1 - w, 0 * w, 0 * w, w])[None]
+        return self.dense
+
+
+def test_aligned_read_out_fits_the_plane_of_the_brain_extraction():
+    image, brain = symmetric_head(-8.0)
+    lesion = np.where(image < 0.5, 12.0, -8.0).astype(np.float32)
+    dense = torch.stack([torch.from_numpy(lesion), torch.from_numpy(brain.astype(np.float32))])[None]
+    classifier = LesionMapClassifier(_TinySeg(), lesion_channel=-1)
+    readout = volume_readout_inferer(_RecordingStripping(dense, brain, image), "aligned_mirror", margin=4.0)
+    assert isinstance(readout, MirrorContrastInferer) and (readout.plane, readout.widen) == ("symmetry", 3)
+    slices = readout(torch.zeros(1, 1, *brain.shape), classifier)
+    point, normal = readout.last_planes[0]
+    assert np.degrees(np.arctan2(normal[1], normal[0])) == pytest.approx(-8.0, abs=1.5)
+    expected = mirror_contrast(torch.from_numpy(lesion), torch.from_numpy(brain), 4.0, plane=(point, normal), widen=3)
+    torch.testing.assert_close(readout.last_contrast_maps[0], expected)
+    torch.testing.assert_close(slices[0, 1], expected.amax(dim=(0, 1)))
+    small = _RecordingStripping(dense, brain, image)
+    small.min_voxels = int(brain.sum()) + 1  # too small to strip to: the upright plane
+    fallback = MirrorContrastInferer(small, margin=4.0, plane="symmetry", widen=3)
+    fallback(torch.zeros(1, 1, *brain.shape), classifier)
+    assert fallback.last_planes == [None]
+
+
+def test_aligned_read_out_needs_brain_extraction_and_valid_settings():
+    classifier = LesionMapClassifier(_TinySeg(), lesion_channel=-1)
+    readout = MirrorContrastInferer(SliceStackInferer(spatial_dim=2, context=0), plane="symmetry")
+    with pytest.raises(ValueError, match=r"needs brain extraction in the chain.*--volume_readout mirror"):
+        readout(_phantom(), classifier)
+    with pytest.raises(ValueError, match=r"plane='oblique' is not valid; expected one of \('upright', 'symmetry'\)"):
+        MirrorContrastInferer(SliceStackInferer(spatial_dim=2), plane="oblique")
+    with pytest.raises(ValueError, match="widen must be an odd int >= 1, got 0"):
+        MirrorContrastInferer(SliceStackInferer(spatial_dim=2), widen=0)

@@ -114,6 +114,9 @@ def test_calibrate_writes_the_threshold_from_the_sites_scans(tmp_path: Path) -> 
     written = json.loads((tmp_path / "t.json").read_text())
     assert (doc["volume_readout"], doc["mirror_margin"]) == ("mirror", 3.0)
     assert (written["volume_readout"], written["mirror_margin"], written["threshold_log_odds"]) == ("mirror", 3.0, 9.5001)
+    doc = calibrate(tmp_path / "neg", tmp_path / "out_a", _predictor, _preprocessing, specificity=1.0,
+                    volume_readout="aligned_mirror", mirror_margin=6)
+    assert (doc["volume_readout"], doc["mirror_margin"]) == ("aligned_mirror", 6.0)  # both mirrors record their margin
     assert sorted(report_scores(tmp_path / "out" / "negatives" / "probabilities.csv")) == [3.0, 5.0, 7.25, 9.5]
     with pytest.raises(ValueError, match="negative_path is required"):
         calibrate(None, tmp_path / "o2", _predictor, _preprocessing)
@@ -183,19 +186,26 @@ def test_bundle_configs_decide_at_the_threshold_of_the_run(tmp_path: Path, confi
         return parser.get_parsed_content("threshold")
 
     assert threshold() == 0.9999725  # no threshold.json: the config's default (10.5 log-odds)
-    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0, "volume_readout": "mirror"}))
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0, "volume_readout": "aligned_mirror",
+                                                         "mirror_margin": 6.0}))
     assert threshold() == pytest.approx(1 / (1 + np.exp(-12.0)), rel=1e-15)
-    # a threshold of 0.13.x (no read-out recorded: the maximum) does not hold for 0.14's mirror read-out
+    # a threshold of 0.13.x (no read-out recorded: the maximum) does not hold for the aligned mirror read-out
     (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 14.5967}))
     with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's error
         threshold()
-    assert "set with volume_readout='maximum', but volume_readout='mirror'" in str(info.value.__cause__)
-    # a mirror threshold set with another margin than the config's (4.0) does not hold either
-    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0, "volume_readout": "mirror",
+    assert "set with volume_readout='maximum', but volume_readout='aligned_mirror'" in str(info.value.__cause__)
+    # nor one of 0.14-0.16 (the upright mirror, margin 4)
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 13.8883, "volume_readout": "mirror",
+                                                         "mirror_margin": 4.0}))
+    with pytest.raises(RuntimeError) as info:
+        threshold()
+    assert "set with volume_readout='mirror', but volume_readout='aligned_mirror'" in str(info.value.__cause__)
+    # an aligned mirror threshold set with another margin than the config's (6.0) does not hold either
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold_log_odds": 12.0, "volume_readout": "aligned_mirror",
                                                          "mirror_margin": 2.0}))
     with pytest.raises(RuntimeError) as info:
         threshold()
-    assert "set with mirror_margin=2.0, but mirror_margin=4.0" in str(info.value.__cause__)
+    assert "set with mirror_margin=2.0, but mirror_margin=6.0" in str(info.value.__cause__)
 
 
 def test_release_sets_take_the_validation_split_and_the_template_checks(tmp_path: Path, monkeypatch) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from medmamba.apps.classification import classify
 from medmamba.data.default_dataset import DATALIST_FILES
 from medmamba.inferers.lesion_rule import LesionRule, check_rules, rule_callers
+from medmamba.inferers.mirror_contrast import MIRROR_READOUTS
 from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.atomic import atomic_write_text
 from medmamba.metrics.calibration import calibrate_threshold
@@ -140,8 +141,8 @@ def calibrate(
             ``threshold_probability``, and where it came from), for :func:`medmamba.bundle.release_threshold`.
         volume_readout: the read-out ``predictor`` scores volumes with (the bundle's ``volume_readout``),
             recorded in both files: the threshold holds for that score only.
-        mirror_margin: the margin of the ``"mirror"`` read-out (the bundle's ``mirror_margin``), recorded
-            beside it; ``None`` records none.
+        mirror_margin: the margin of a mirror read-out (``"mirror"``, ``"aligned_mirror"``; the bundle's
+            ``mirror_margin``), recorded beside it; ``None`` records none.
         rules: the bundle's lesion rules (:class:`medmamba.inferers.LesionRule`): each one's threshold
             is set at the same ``specificity`` on the same lesion-free scans (:func:`rule_threshold`, at least
             the rule's ``min_voxels``) and
@@ -160,7 +161,7 @@ def calibrate(
         raise ValueError("negative_path is required: the site's lesion-free scans (bundle override --negative_path <path>).")
     out = Path(output_dir)
     readout_settings: dict[str, Any] = {}  # what else the decision depends on, beside the read-out
-    if volume_readout == "mirror" and mirror_margin is not None:
+    if volume_readout in MIRROR_READOUTS and mirror_margin is not None:
         readout_settings["mirror_margin"] = float(mirror_margin)
     rules, _ = check_rules(rules)
     runs = {"negatives": negative_path, "positives": positive_path}

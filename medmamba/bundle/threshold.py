@@ -34,8 +34,8 @@ def release_threshold(
     validation data (:func:`medmamba.apps.calibration.calibrate` with ``threshold_file``), and the
     bundle's ``evaluate.json`` and ``inference.json`` read it here. A threshold holds for the volume
     score it was set on: the file names its read-out (``volume_readout``; files without it were set
-    with ``"maximum"``), and another read-out is refused; so is, for the ``"mirror"`` read-out, another
-    ``mirror_margin`` than the file's (``mirror_margin``; mirror files without it were set with 4.0, the
+    with ``"maximum"``), and another read-out is refused; so is, for a mirror read-out (``"mirror"``,
+    ``"aligned_mirror"``), another ``mirror_margin`` than the file's (``mirror_margin``; mirror files without it were set with 4.0, the
     only margin of classification 0.14.0).
 
     Args:
@@ -52,7 +52,7 @@ def release_threshold(
 
     Raises:
         ValueError: the file exists but holds no finite ``threshold_log_odds``, or was set with
-            another read-out than ``volume_readout`` or (mirror read-out) another ``mirror_margin``.
+            another read-out than ``volume_readout`` or (a mirror read-out) another ``mirror_margin``.
     """
     if threshold_log_odds is not None:
         return 1.0 / (1.0 + math.exp(-float(threshold_log_odds)))
@@ -70,7 +70,9 @@ def release_threshold(
             f"{volume_readout!r} was asked for: the scores differ. Set a threshold for it (calibrate.json with "
             f"--volume_readout {volume_readout} --write_threshold_file <file>, then --threshold_file <file>) or "
             f"give --threshold_log_odds.")
-    if volume_readout == "mirror" and mirror_margin is not None:
+    from medmamba.inferers.mirror_contrast import MIRROR_READOUTS
+
+    if volume_readout in MIRROR_READOUTS and mirror_margin is not None:
         margin = doc.get("mirror_margin", LEGACY_MIRROR_MARGIN)
         if not _finite_number(margin) or not math.isclose(margin, mirror_margin):
             raise ValueError(
@@ -126,7 +128,8 @@ def lesion_rule(
     """A lesion rule of the classification bundle, or ``None`` when it is switched off.
 
     The rules read the brain extraction's tissue map and the mirror read-out's dense lesion maps
-    (:class:`medmamba.inferers.LesionRule`); ``"auto"`` switches a rule on where the bundle runs both.
+    (:class:`medmamba.inferers.LesionRule`); ``"auto"`` switches a rule on where the bundle runs both
+    (a mirror read-out: ``"mirror"`` or ``"aligned_mirror"``).
 
     Args:
         kind: the rule's class (a :class:`medmamba.inferers.LesionRule` subclass).
@@ -148,7 +151,9 @@ def lesion_rule(
     if not (isinstance(kind, type) and issubclass(kind, LesionRule)):
         raise TypeError(f"kind must be a LesionRule subclass, got {kind!r}.")
     if isinstance(enabled, str) and enabled.strip().lower() == "auto":
-        on = flag(brain_extraction, "brain_extraction") and volume_readout == "mirror"
+        from medmamba.inferers.mirror_contrast import MIRROR_READOUTS
+
+        on = flag(brain_extraction, "brain_extraction") and volume_readout in MIRROR_READOUTS
     else:
         on = flag(enabled, kind.name)
     return kind(**settings) if on else None

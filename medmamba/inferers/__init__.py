@@ -5,7 +5,8 @@ from __future__ import annotations
 from .brain_extraction import BrainExtractor, SkullStrippingInferer
 from .bright_outlier import BrightOutlierRule, bright_outlier_score, local_white_matter_ratio
 from .chain import find_inferer
-from .dark_asymmetry import DarkAsymmetryRule, dark_asymmetry_score, mirrored_mask, symmetry_plane
+from .dark_asymmetry import DarkAsymmetryRule, dark_asymmetry_score
+from .symmetry import mirrored_mask, reflected, symmetry_plane, white_matter_plane
 from .lesion_rule import LesionRule, VolumeRecord
 from .brain_normalization import FINAL_INPUTS, BrainNormalizingInferer, combine_head_and_brain, tissue_network
 from .contrast_polarity import (
@@ -19,7 +20,7 @@ from .contrast_polarity import (
     tissue_map_fit,
 )
 from .flip_tta import FlipTTAInferer, log_mean_softmax
-from .mirror_contrast import READOUTS, DenseLesionMap, MirrorContrastInferer, mirror_contrast, volume_readout_inferer
+from .mirror_contrast import MIRROR_PLANES, MIRROR_READOUTS, READOUTS, DenseLesionMap, MirrorContrastInferer, mirror_contrast, volume_readout_inferer
 from .lesion_scores import lesion_log_odds, lesion_probability, volume_log_odds
 from .multi_view import MultiViewInferer
 from .slice_stack import SliceStackInferer, expected_in_channels
@@ -44,6 +45,8 @@ __all__ = [
     "DenseLesionMap",
     "MirrorContrastInferer",
     "READOUTS",
+    "MIRROR_PLANES",
+    "MIRROR_READOUTS",
     "POLARITIES",
     "TissueMapFit",
     "FlipTTAInferer",
@@ -64,6 +67,8 @@ __all__ = [
     "dark_asymmetry_score",
     "mirrored_mask",
     "symmetry_plane",
+    "reflected",
+    "white_matter_plane",
     "combine_head_and_brain",
     "expected_in_channels",
     "find_inferer",

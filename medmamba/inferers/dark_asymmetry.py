@@ -21,104 +21,14 @@ is above its threshold (``docs/real-scans.md``, twenty-eighth session).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from medmamba.inferers.lesion_rule import LesionRule
+from medmamba.inferers.symmetry import mirrored_mask, symmetry_plane
 
-__all__ = ["DarkAsymmetryRule", "dark_asymmetry_score", "mirrored_mask", "symmetry_plane"]
-
-
-def symmetry_plane(
-    image: np.ndarray,
-    brain: np.ndarray,
-    axis: int = 0,
-    coarse_degrees: Sequence[float] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0),
-    fine_degrees: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
-) -> tuple[np.ndarray, np.ndarray]:
-    """The brain's mid-sagittal plane: the reflection that best maps ``image`` inside ``brain`` onto itself.
-
-    The plane passes through the brain's centre of mass; its normal is the left-right ``axis`` turned by
-    two angles (towards each of the other two axes: a head turned and tilted in the grid). The angles
-    are searched for the largest normalised correlation between the image (smoothed by one voxel) and its
-    reflection: every pair of ``coarse_degrees`` on every second voxel, then each angle in turn by
-    ``fine_degrees`` around the best, on every voxel.
-
-    Args:
-        image: ``(H, W, D)`` map whose symmetry is sought (the tissue pass's white-matter probability).
-        brain: boolean ``(H, W, D)`` brain mask; ``image`` outside it is not used.
-        axis: the left-right axis.
-        coarse_degrees: the first search's angles.
-        fine_degrees: the second search's steps around the first's best.
-
-    Returns:
-        ``(point, normal)``: a point of the plane and its unit normal, in voxel coordinates of the grid.
-        The search is in voxel coordinates: a mirror plane for grids of equal spacing on every axis (the
-        bundles' 2 mm grids).
-
-    Raises:
-        ValueError: shapes differ, not 3D, an empty ``brain`` or ``axis`` out of range.
-    """
-    from scipy import ndimage
-
-    if image.shape != brain.shape or image.ndim != 3:
-        raise ValueError(f"image {image.shape} and brain {brain.shape} must be the same 3D grid.")
-    if not -image.ndim <= axis < image.ndim:
-        raise ValueError(f"axis={axis} is out of range for a {image.ndim}D image.")
-    if not brain.any():
-        raise ValueError("brain is empty: no plane to fit.")
-    axis = axis % image.ndim
-    others = [d for d in range(3) if d != axis]
-    where = np.argwhere(brain)
-    centre = where.mean(axis=0)
-    low, high = where.min(axis=0), where.max(axis=0) + 1
-    box = tuple(slice(a, b) for a, b in zip(low, high))
-    masked = ndimage.gaussian_filter(np.where(brain, image, 0.0).astype(np.float32)[box], 1.0)
-    grids = {1: (masked, centre - low), 2: (masked[::2, ::2, ::2], (centre - low) / 2.0)}
-
-    def normal_of(first: float, second: float) -> np.ndarray:
-        normal = np.zeros(3)
-        normal[axis] = 1.0
-        normal[others[0]], normal[others[1]] = np.tan(np.radians(first)), np.tan(np.radians(second))
-        return normal / np.linalg.norm(normal)
-
-    def similarity(first: float, second: float, step: int) -> float:
-        values, point = grids[step]
-        normal = normal_of(first, second)
-        reflected = ndimage.affine_transform(values, np.eye(3) - 2.0 * np.outer(normal, normal),
-                                             offset=2.0 * float(normal @ point) * normal, order=1)
-        return float((values * reflected).sum() / (np.sqrt((values**2).sum() * (reflected**2).sum()) + 1e-12))
-
-    _, first, second = max((similarity(a, b, 2), a, b) for a in coarse_degrees for b in coarse_degrees)
-    _, first = max((similarity(first + a, second, 1), first + a) for a in fine_degrees)  # then at full resolution,
-    _, second = max((similarity(first, second + b, 1), second + b) for b in fine_degrees)  # one angle at a time
-    return centre, normal_of(first, second)
-
-
-def mirrored_mask(mask: np.ndarray, point: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """A boolean mask reflected about the plane through ``point`` with unit ``normal`` (nearest voxel).
-
-    Args:
-        mask: boolean ``(H, W, D)``.
-        point, normal: the plane in voxel coordinates (:func:`symmetry_plane`).
-
-    Returns:
-        The reflection, ``False`` where it falls outside the grid.
-
-    Raises:
-        ValueError: ``point`` or ``normal`` not of the mask's dimension, or a zero ``normal``.
-    """
-    from scipy import ndimage
-
-    point, normal = np.asarray(point, dtype=np.float64), np.asarray(normal, dtype=np.float64)
-    if point.shape != (mask.ndim,) or normal.shape != (mask.ndim,) or not np.linalg.norm(normal) > 0:
-        raise ValueError(f"point {point.shape} and normal {normal.shape} must be {mask.ndim} coordinates, the normal not zero.")
-    normal = normal / np.linalg.norm(normal)
-    matrix = np.eye(mask.ndim) - 2.0 * np.outer(normal, normal)  # a reflection is its own inverse
-    offset = 2.0 * float(normal @ point) * normal
-    return ndimage.affine_transform(mask.astype(np.uint8), matrix, offset=offset, order=0, mode="constant", cval=0) > 0
+__all__ = ["DarkAsymmetryRule", "dark_asymmetry_score"]
 
 
 def dark_asymmetry_score(
@@ -129,6 +39,7 @@ def dark_asymmetry_score(
     core: int = 2,
     min_log_odds: float = 4.0,
     axis: int = 0,
+    plane: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> int:
     """The largest cluster of non-white-matter voxels whose mirror location is solid white matter.
 
@@ -143,6 +54,9 @@ def dark_asymmetry_score(
             plane is fitted to that core (:func:`symmetry_plane`).
         min_log_odds: only voxels whose ``lesion_contrast`` exceeds it count.
         axis: the left-right axis.
+        plane: the mirror plane ``(point, normal)`` if already found for this brain and core (the
+            ``aligned_mirror`` read-out's, :func:`medmamba.inferers.white_matter_plane`); ``None`` fits it
+            here (:func:`symmetry_plane` of the white-matter map inside the core).
 
     Returns:
         The voxel count of the largest 6-connected cluster (0 without one).
@@ -162,7 +76,9 @@ def dark_asymmetry_score(
     white_matter = white_matter_probability > 0.5
     if not inner.any():
         return 0
-    mirror = mirrored_mask(white_matter, *symmetry_plane(white_matter_probability, inner, axis))
+    if plane is None:
+        plane = symmetry_plane(white_matter_probability, inner, axis)
+    mirror = mirrored_mask(white_matter, *plane)
     if solid:
         mirror = ndimage.binary_erosion(mirror, ball, iterations=solid)
     candidates = ~white_matter & inner & mirror & (lesion_contrast > min_log_odds)
@@ -232,5 +148,6 @@ class DarkAsymmetryRule(LesionRule):
         record = self.record(predictor, index)
         if record is None:
             return None
+        plane = record.mirror_plane if self.core == record.plane_core else None  # the read-out's, fitted alike
         return dark_asymmetry_score(record.white_matter_probability, record.brain, record.lesion_contrast,
-                                    self.solid, self.core, self.min_log_odds)
+                                    self.solid, self.core, self.min_log_odds, plane=plane)

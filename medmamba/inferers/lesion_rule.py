@@ -42,12 +42,17 @@ class VolumeRecord:
         lesion_log_odds: ``(H, W, D)`` the classifier's dense lesion log-odds.
         lesion_contrast: ``(H, W, D)`` their mirror contrast (:func:`medmamba.inferers.mirror_contrast`),
             what the volume score is the maximum of.
+        mirror_plane: the read-out's mirror plane ``(point, normal)`` (the ``aligned_mirror`` read-out,
+            :func:`medmamba.inferers.white_matter_plane`), ``None`` where it was upright.
+        plane_core: the core (voxels from the brain's edge) that plane was fitted to.
     """
 
     brain: np.ndarray
     white_matter_probability: np.ndarray
     lesion_log_odds: np.ndarray
     lesion_contrast: np.ndarray
+    mirror_plane: tuple[np.ndarray, np.ndarray] | None = None
+    plane_core: int | None = None
 
 
 class LesionRule:
@@ -103,7 +108,8 @@ class LesionRule:
         stripping = find_inferer(predictor, SkullStrippingInferer)
         readout = find_inferer(predictor, MirrorContrastInferer)
         if stripping is None or readout is None:
-            missing = "brain extraction (--brain_extraction true)" if stripping is None else "the mirror read-out (--volume_readout mirror)"
+            missing = ("brain extraction (--brain_extraction true)" if stripping is None
+                       else "a mirror read-out (--volume_readout aligned_mirror or mirror)")
             raise ValueError(f"the {self.title} needs {missing} in the classifier's chain; run with "
                              f"--{self.name} false without it.")
         logits = getattr(stripping.extractor, "last_tissue_logits", None)
@@ -126,7 +132,8 @@ class LesionRule:
         if not (lesion.shape == contrast.shape == brain.shape == probability.shape):
             raise ValueError(f"the chain's maps are on different grids: brain {brain.shape}, tissue {probability.shape}, "
                              f"lesion map {lesion.shape}.")
-        return VolumeRecord(brain, probability, lesion, contrast)
+        plane = readout.last_planes[index] if index < len(readout.last_planes) else None
+        return VolumeRecord(brain, probability, lesion, contrast, plane, readout.plane_core if plane is not None else None)
 
     @staticmethod
     def calls(voxels: int | None, threshold: float | None) -> bool:

@@ -5,10 +5,16 @@ hypointense lesions on real scans lie on the midline (the third and fourth ventr
 cisterns) or in mirror-symmetric pairs (dark spots beside the trigones; ``docs/real-scans.md``,
 thirteenth to seventeenth sessions). :class:`MirrorContrastInferer` runs the classifier's dense lesion
 map over the whole volume, subtracts from every voxel the part of its mirror voxel's log-odds above a
-margin (the mirror plane through the brain's centre of mass on the left-right axis), and returns per
-slice the largest remaining log-odds as slice logits, which :class:`medmamba.inferers.VolumeClassifier`
-pools as before. A lesion whose mirror spot is normal tissue keeps its log-odds; a structure marked on
-both sides or on the midline drops to about the margin.
+margin, and returns per slice the largest remaining log-odds as slice logits, which
+:class:`medmamba.inferers.VolumeClassifier` pools as before. A lesion whose mirror spot is normal tissue
+keeps its log-odds; a structure marked on both sides or on the midline drops to about the margin.
+
+The mirror plane is either upright (``plane="upright"``, the ``mirror`` read-out: through the brain's
+centre of mass, across the grid's left-right axis) or the brain's mid-sagittal plane found by symmetry
+(``plane="symmetry"``, the ``aligned_mirror`` read-out: :func:`medmamba.inferers.white_matter_plane` of
+the brain extraction's white-matter map, which follows a head turned or tilted in the grid), with the
+mirror image widened by a maximum filter (``widen``) that absorbs the nearest-voxel reflection's
+rounding about an oblique plane.
 """
 
 from __future__ import annotations
@@ -16,16 +22,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from medmamba.inferers.brain_extraction import SkullStrippingInferer
+from medmamba.inferers.chain import find_inferer
+from medmamba.inferers.symmetry import reflected, white_matter_plane
 from medmamba.networks.nets.lesion_map import lesion_log_odds_map
 
-__all__ = ["OUTSIDE_LOG_ODDS", "READOUTS", "DenseLesionMap", "MirrorContrastInferer", "mirror_contrast", "mirrored", "volume_readout_inferer"]
+__all__ = [
+    "MIRROR_PLANES",
+    "MIRROR_READOUTS",
+    "OUTSIDE_LOG_ODDS",
+    "READOUTS",
+    "DenseLesionMap",
+    "MirrorContrastInferer",
+    "mirror_contrast",
+    "mirrored",
+    "volume_readout_inferer",
+]
 
 #: the volume read-outs of the classification bundle (``volume_readout`` in its configs).
-READOUTS = ("maximum", "mirror")
+READOUTS = ("maximum", "mirror", "aligned_mirror")
+
+#: the read-outs that score the mirror contrast (they have a margin and keep dense maps for the lesion rules).
+MIRROR_READOUTS = ("mirror", "aligned_mirror")
+
+#: the mirror planes of :class:`MirrorContrastInferer`.
+MIRROR_PLANES = ("upright", "symmetry")
 
 #: log-odds given to mirror voxels that fall outside the grid (never subtracted).
 OUTSIDE_LOG_ODDS = -50.0
@@ -67,20 +93,42 @@ def mirrored(lesion_map: torch.Tensor, brain: torch.Tensor, axis: int = 0) -> to
     return out
 
 
-def mirror_contrast(lesion_map: torch.Tensor, brain: torch.Tensor, margin: float = 4.0, axis: int = 0) -> torch.Tensor:
-    """Lesion log-odds minus the part of the mirror voxel's above ``margin``: ``L - max(M - margin, 0)``.
+def mirror_contrast(
+    lesion_map: torch.Tensor,
+    brain: torch.Tensor,
+    margin: float = 4.0,
+    axis: int = 0,
+    plane: tuple[np.ndarray, np.ndarray] | None = None,
+    widen: int = 1,
+) -> torch.Tensor:
+    """Lesion log-odds minus what the mirror image shows above ``margin``: ``L - max(M - margin, 0)``.
 
     Args:
-        lesion_map: ``(*spatial)`` per-voxel lesion log-odds.
-        brain: boolean brain mask of the same shape (the mirror plane, :func:`mirrored`).
-        margin: mirror log-odds that are not subtracted (a one-sided lesion's mirror spot in normal
-            tissue stays below it).
+        lesion_map: ``(H, W, D)`` per-voxel lesion log-odds.
+        brain: boolean brain mask of the same shape (the upright mirror plane, :func:`mirrored`).
+        margin: log-odds of the mirror image that are not subtracted.
         axis: the left-right axis.
+        plane: the mirror plane ``(point, normal)`` in voxel coordinates
+            (:func:`medmamba.inferers.white_matter_plane`); ``None``: upright through the brain's centre of mass.
+        widen: the width in voxels (odd) of a maximum filter over the mirror image (1: none).
 
     Returns:
-        The contrast map, same shape and dtype as ``lesion_map``.
+        The contrast map, same shape.
+
+    Raises:
+        ValueError: shapes differ, ``axis`` out of range, or ``widen`` not an odd int >= 1.
     """
-    return lesion_map - torch.clamp(mirrored(lesion_map, brain, axis) - float(margin), min=0.0)
+    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1 or widen % 2 == 0:
+        raise ValueError(f"widen must be an odd int >= 1, got {widen!r}.")
+    if plane is None:
+        mirror = mirrored(lesion_map, brain, axis)
+    else:
+        if lesion_map.shape != brain.shape:
+            raise ValueError(f"lesion_map {tuple(lesion_map.shape)} and brain {tuple(brain.shape)} must have the same shape.")
+        mirror = reflected(lesion_map, *plane, fill=OUTSIDE_LOG_ODDS)
+    if widen > 1:
+        mirror = torch.nn.functional.max_pool3d(mirror[None, None], widen, stride=1, padding=widen // 2)[0, 0]
+    return lesion_map - torch.clamp(mirror - float(margin), min=0.0)
 
 
 class DenseLesionMap(nn.Module):
@@ -155,22 +203,34 @@ class MirrorContrastInferer(Inferer):
     :func:`mirror_contrast` per volume, and returns per slice ``[0, max contrast]`` (``(B, 2, S)``):
     the classifier's ``[0, pooled lesion log-odds]`` with the maximum taken over the contrast map.
 
+    With ``plane="symmetry"`` the mirror plane of each volume is its brain's mid-sagittal plane
+    (:func:`medmamba.inferers.white_matter_plane` of the records of the
+    :class:`medmamba.inferers.SkullStrippingInferer` in ``inferer``'s chain); where a brain is too small
+    to strip to or its core holds no white matter, the upright plane is used.
+
     Args:
         inferer: runs a 2D network over a volume and returns its dense output ``(B, K, *spatial)``.
         margin: the mirror log-odds that are not subtracted (:func:`mirror_contrast`).
         slice_axis: the spatial axis of the slices (2: axial, as the bundle slices).
         left_right_axis: the spatial axis of the mirror (0 in RAS).
         background_channel: index of the background class of the classifier's segmentation network.
+        plane: ``"upright"`` or ``"symmetry"`` (:data:`MIRROR_PLANES`).
+        widen: width (odd) of the maximum filter over the mirror image.
+        white_matter_channel: the white-matter class of the brain extraction's tissue network (``"symmetry"``).
+        plane_core: voxels next to the brain's edge left out of the plane's fit (``"symmetry"``).
 
     Attributes:
         last_lesion_maps: the dense lesion log-odds ``(*spatial)`` of each volume of the last call, on
             the inferer's device (empty before the first), for the lesion rules
             (:class:`medmamba.inferers.LesionRule`).
         last_contrast_maps: their mirror contrast (:func:`mirror_contrast`), likewise.
+        last_planes: the mirror plane ``(point, normal)`` of each volume (``None``: upright).
 
     Raises:
         TypeError: ``inferer`` is not callable.
-        ValueError: ``slice_axis`` equals ``left_right_axis`` or either is not 0, 1 or 2.
+        ValueError: ``slice_axis`` equals ``left_right_axis`` or either is not 0, 1 or 2; ``plane`` not one
+            of :data:`MIRROR_PLANES`; ``widen`` not an odd int >= 1; a negative channel or core; with
+            ``plane="symmetry"``, when called, no brain extraction in ``inferer``'s chain.
     """
 
     def __init__(
@@ -180,8 +240,19 @@ class MirrorContrastInferer(Inferer):
         slice_axis: int = 2,
         left_right_axis: int = 0,
         background_channel: int = 0,
+        plane: str = "upright",
+        widen: int = 1,
+        white_matter_channel: int = 3,
+        plane_core: int = 2,
     ) -> None:
         super().__init__()
+        if plane not in MIRROR_PLANES:
+            raise ValueError(f"plane={plane!r} is not valid; expected one of {MIRROR_PLANES}.")
+        if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1 or widen % 2 == 0:
+            raise ValueError(f"widen must be an odd int >= 1, got {widen!r}.")
+        for name, value in (("white_matter_channel", white_matter_channel), ("plane_core", plane_core)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
         if not callable(inferer):
             raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
         if slice_axis not in (0, 1, 2) or left_right_axis not in (0, 1, 2) or slice_axis == left_right_axis:
@@ -192,8 +263,11 @@ class MirrorContrastInferer(Inferer):
         self.slice_axis = slice_axis
         self.left_right_axis = left_right_axis
         self.background_channel = int(background_channel)
+        self.plane, self.widen = plane, widen
+        self.white_matter_channel, self.plane_core = white_matter_channel, plane_core
         self.last_lesion_maps: list[torch.Tensor] = []
         self.last_contrast_maps: list[torch.Tensor] = []
+        self.last_planes: list[tuple[np.ndarray, np.ndarray] | None] = []
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """``(B, 2, S)`` slice logits of volumes ``(B, C, H, W, D)``."""
@@ -202,14 +276,38 @@ class MirrorContrastInferer(Inferer):
             raise ValueError(f"the inferer must return the dense map (B, 2, H, W, D), got shape {tuple(dense.shape)}.")
         self.last_lesion_maps = [volume[0].detach() for volume in dense]
         self.last_contrast_maps = []
+        self.last_planes = self._planes(dense) if self.plane == "symmetry" else [None] * len(dense)
         scores = []
-        for volume in dense.float():
-            contrast = mirror_contrast(volume[0], volume[1] > 0.5, self.margin, self.left_right_axis)
+        for volume, plane in zip(dense.float(), self.last_planes):
+            contrast = mirror_contrast(volume[0], volume[1] > 0.5, self.margin, self.left_right_axis, plane, self.widen)
             self.last_contrast_maps.append(contrast.detach())
             others = [d for d in range(3) if d != self.slice_axis]
             scores.append(contrast.amax(dim=others))
         slice_scores = torch.stack(scores)  # (B, S)
         return torch.stack([torch.zeros_like(slice_scores), slice_scores], dim=1)
+
+    def _planes(self, dense: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """The mid-sagittal plane of each volume of the last call, from the brain extraction's records."""
+        stripping = find_inferer(self.inferer, SkullStrippingInferer)
+        logits = None if stripping is None else getattr(stripping.extractor, "last_tissue_logits", None)
+        if stripping is None or logits is None or len(stripping.last_brains) != len(dense) or len(logits) != len(dense):
+            raise ValueError("the aligned mirror read-out (plane='symmetry') needs brain extraction in the chain, with a "
+                             "record of every volume: run the bundle with --brain_extraction true, or --volume_readout mirror.")
+        if not 0 <= self.white_matter_channel < logits.shape[1]:
+            raise ValueError(f"white_matter_channel {self.white_matter_channel} is not a channel of the tissue "
+                             f"probabilities ({logits.shape[1]}).")
+        planes: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for index, brain in enumerate(stripping.last_brains):
+            if brain.shape != dense.shape[2:]:
+                raise ValueError(f"the extracted brain {tuple(brain.shape)} and the lesion map {tuple(dense.shape[2:])} "
+                                 f"are on different grids.")
+            if stripping.last_brain_voxels[index] < stripping.min_voxels:
+                planes.append(None)
+                continue
+            probability = torch.softmax(logits[index].float(), dim=0)[self.white_matter_channel].cpu().numpy()
+            planes.append(white_matter_plane(brain.cpu().numpy().astype(bool), probability, self.plane_core,
+                                             self.left_right_axis))
+        return planes
 
 
 def volume_readout_inferer(inferer: Callable[..., Any], readout: str = "maximum", margin: float = 4.0) -> Any:
@@ -217,16 +315,23 @@ def volume_readout_inferer(inferer: Callable[..., Any], readout: str = "maximum"
 
     Args:
         inferer: the bundle's inferer (brain extraction, polarity, slice stacks).
-        readout: ``"maximum"`` (the classifier's own pooled slice logits: ``inferer`` as it is) or
-            ``"mirror"`` (:class:`MirrorContrastInferer` around it).
+        readout: ``"maximum"`` (the classifier's own pooled slice logits: ``inferer`` as it is),
+            ``"mirror"`` (:class:`MirrorContrastInferer` around it, the upright plane) or
+            ``"aligned_mirror"`` (the same about each brain's mid-sagittal plane, the mirror image widened
+            by 3 voxels; needs brain extraction in ``inferer``).
         margin: the mirror margin in log-odds.
 
     Returns:
-        ``inferer`` or ``MirrorContrastInferer(inferer, margin)``.
+        ``inferer``, ``MirrorContrastInferer(inferer, margin)`` or
+        ``MirrorContrastInferer(inferer, margin, plane="symmetry", widen=3)``.
 
     Raises:
         ValueError: ``readout`` is not one of :data:`READOUTS`.
     """
     if readout not in READOUTS:
         raise ValueError(f"volume_readout={readout!r} is not valid; expected one of {READOUTS}.")
-    return inferer if readout == "maximum" else MirrorContrastInferer(inferer, margin=margin)
+    if readout == "maximum":
+        return inferer
+    if readout == "mirror":
+        return MirrorContrastInferer(inferer, margin=margin)
+    return MirrorContrastInferer(inferer, margin=margin, plane="symmetry", widen=3)
