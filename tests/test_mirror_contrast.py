@@ -214,11 +214,20 @@ def test_aligned_read_out_fits_the_plane_of_the_brain_extraction():
     assert fallback.last_planes == [None]
 
 
-def test_aligned_read_out_needs_brain_extraction_and_valid_settings():
+def test_aligned_read_out_without_brain_extraction_mirrors_upright(caplog):
     classifier = LesionMapClassifier(_TinySeg(), lesion_channel=-1)
-    readout = MirrorContrastInferer(SliceStackInferer(spatial_dim=2, context=0), plane="symmetry")
-    with pytest.raises(ValueError, match=r"needs brain extraction in the chain.*--volume_readout mirror"):
-        readout(_phantom(), classifier)
+    vol = _phantom()
+    upright = MirrorContrastInferer(SliceStackInferer(spatial_dim=2, context=0), margin=4.0)(vol, classifier)
+    readout = MirrorContrastInferer(SliceStackInferer(spatial_dim=2, context=0), margin=4.0, plane="symmetry")
+    with caplog.at_level("WARNING", logger="medmamba.inferers.mirror_contrast"):
+        torch.testing.assert_close(readout(vol, classifier), upright)
+    assert readout.last_planes == [None] and "the upright mirror plane is used" in caplog.text
+    stale = _RecordingStripping(torch.zeros(1, 2, 4, 4, 4), np.ones((4, 4, 4), bool), np.ones((4, 4, 4)))
+    with pytest.raises(ValueError, match=r"holds no record of the 2 volume\(s\) of this call"):
+        MirrorContrastInferer(stale, plane="symmetry")._planes(torch.zeros(2, 2, 4, 4, 4))
+
+
+def test_aligned_read_out_settings_are_checked():
     with pytest.raises(ValueError, match=r"plane='oblique' is not valid; expected one of \('upright', 'symmetry'\)"):
         MirrorContrastInferer(SliceStackInferer(spatial_dim=2), plane="oblique")
     with pytest.raises(ValueError, match="widen must be an odd int >= 1, got 0"):

@@ -19,6 +19,7 @@ rounding about an oblique plane.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from medmamba.inferers.brain_extraction import SkullStrippingInferer
 from medmamba.inferers.chain import find_inferer
 from medmamba.inferers.symmetry import reflected, white_matter_plane
 from medmamba.networks.nets.lesion_map import lesion_log_odds_map
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIRROR_PLANES",
@@ -205,8 +208,9 @@ class MirrorContrastInferer(Inferer):
 
     With ``plane="symmetry"`` the mirror plane of each volume is its brain's mid-sagittal plane
     (:func:`medmamba.inferers.white_matter_plane` of the records of the
-    :class:`medmamba.inferers.SkullStrippingInferer` in ``inferer``'s chain); where a brain is too small
-    to strip to or its core holds no white matter, the upright plane is used.
+    :class:`medmamba.inferers.SkullStrippingInferer` in ``inferer``'s chain); where the chain has no brain
+    extraction (a warning is logged), a brain is too small to strip to or its core holds no white matter,
+    the upright plane is used.
 
     Args:
         inferer: runs a 2D network over a volume and returns its dense output ``(B, K, *spatial)``.
@@ -230,7 +234,7 @@ class MirrorContrastInferer(Inferer):
         TypeError: ``inferer`` is not callable.
         ValueError: ``slice_axis`` equals ``left_right_axis`` or either is not 0, 1 or 2; ``plane`` not one
             of :data:`MIRROR_PLANES`; ``widen`` not an odd int >= 1; a negative channel or core; with
-            ``plane="symmetry"``, when called, no brain extraction in ``inferer``'s chain.
+            ``plane="symmetry"``, when called, a brain extraction in the chain without records of the call.
     """
 
     def __init__(
@@ -289,10 +293,13 @@ class MirrorContrastInferer(Inferer):
     def _planes(self, dense: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """The mid-sagittal plane of each volume of the last call, from the brain extraction's records."""
         stripping = find_inferer(self.inferer, SkullStrippingInferer)
-        logits = None if stripping is None else getattr(stripping.extractor, "last_tissue_logits", None)
-        if stripping is None or logits is None or len(stripping.last_brains) != len(dense) or len(logits) != len(dense):
-            raise ValueError("the aligned mirror read-out (plane='symmetry') needs brain extraction in the chain, with a "
-                             "record of every volume: run the bundle with --brain_extraction true, or --volume_readout mirror.")
+        if stripping is None:  # e.g. the bundle run with --brain_extraction false: nothing to fit the plane to
+            logger.warning("the aligned mirror read-out has no brain extraction in its chain: the upright mirror plane "
+                           "is used (the threshold was set with the fitted plane).")
+            return [None] * len(dense)
+        logits = getattr(stripping.extractor, "last_tissue_logits", None)
+        if logits is None or len(stripping.last_brains) != len(dense) or len(logits) != len(dense):
+            raise ValueError(f"the brain extraction in the chain holds no record of the {len(dense)} volume(s) of this call.")
         if not 0 <= self.white_matter_channel < logits.shape[1]:
             raise ValueError(f"white_matter_channel {self.white_matter_channel} is not a channel of the tissue "
                              f"probabilities ({logits.shape[1]}).")
