@@ -107,16 +107,17 @@ def mirror_contrast(
     """Lesion log-odds minus what the mirror image shows above ``margin``: ``L - max(M - margin, 0)``.
 
     Args:
-        lesion_map: ``(H, W, D)`` per-voxel lesion log-odds.
+        lesion_map: ``(*spatial)`` per-voxel lesion log-odds (``(H, W, D)`` with a ``plane`` or ``widen`` > 1).
         brain: boolean brain mask of the same shape (the upright mirror plane, :func:`mirrored`).
-        margin: log-odds of the mirror image that are not subtracted.
+        margin: log-odds of the mirror image that are not subtracted (a one-sided lesion's mirror spot in
+            normal tissue stays below it).
         axis: the left-right axis.
         plane: the mirror plane ``(point, normal)`` in voxel coordinates
             (:func:`medmamba.inferers.white_matter_plane`); ``None``: upright through the brain's centre of mass.
         widen: the width in voxels (odd) of a maximum filter over the mirror image (1: none).
 
     Returns:
-        The contrast map, same shape.
+        The contrast map, same shape and dtype as ``lesion_map``.
 
     Raises:
         ValueError: shapes differ, ``axis`` out of range, or ``widen`` not an odd int >= 1.
