@@ -1,6 +1,7 @@
 """Stand-ins for the tests of the classification bundle's decision with lesion rules: tiny scans whose values
 say what a stand-in network and stand-in rules score (tests/test_bright_outlier.py, tests/test_dark_asymmetry.py),
-and a turned head with mirror-symmetric structures (tests/test_symmetry.py, tests/test_mirror_contrast.py)."""
+a predictor chain whose last call kept given records (the rules' and the aligned read-out's tests), and a turned
+head with mirror-symmetric structures (tests/test_symmetry.py, tests/test_mirror_contrast.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+
+from medmamba.inferers import BrainExtractor, ContrastPolarityInferer, MirrorContrastInferer, SkullStrippingInferer
 
 
 def write_scan(path: Path, value: float, peak: float, dip: float | None = None) -> None:
@@ -61,3 +64,40 @@ def symmetric_head(degrees: float) -> tuple[np.ndarray, np.ndarray]:
         image[((grid - spot) ** 2).sum(-1) <= 9] = 0.2
     image[((grid - (centre + 6 * normal - 6 * tangent)) ** 2).sum(-1) <= 4] = 0.3  # and one on one side only
     return image, brain
+
+
+def keep_extraction_records(stripping: SkullStrippingInferer, brain: np.ndarray, white_matter: np.ndarray) -> None:
+    """What a brain extraction keeps of a one-volume call: ``brain``, its voxel count, and tissue logits
+    (background, CSF, grey, white matter) whose white-matter probability is 0.9999 where ``white_matter`` is 1
+    and 1e-4 where it is 0."""
+    stripping.last_brains = [torch.from_numpy(brain)]
+    stripping.last_brain_voxels = [int(brain.sum())]
+    w = torch.as_tensor(np.asarray(white_matter, dtype=np.float32))
+    stripping.extractor.last_tissue_logits = 10.0 * torch.stack([1 - w, 0 * w, 0 * w, w])[None]
+
+
+def recorded_chain(brain: np.ndarray, white_matter: np.ndarray, lesion_map, contrast_map,
+                   polarity: str | None = None, plane=None):
+    """A predictor chain (mirror read-out -> [polarity check ->] skull stripping) whose last call kept ``brain``,
+    tissue logits with ``white_matter`` (:func:`keep_extraction_records`), the dense ``lesion_map``, its
+    ``contrast_map`` and the mirror ``plane``; the polarity check, if ``polarity`` is given, analysed it so.
+
+    Returns:
+        ``(predictor, readout, stripping)``.
+    """
+    stripping = SkullStrippingInferer(lambda x, net: x, BrainExtractor(lambda x: x, lambda x, net: x))
+    keep_extraction_records(stripping, brain, white_matter)
+    inner = stripping
+    if polarity is not None:
+        inner = ContrastPolarityInferer(stripping, polarity=polarity)
+        inner.last_polarities = [polarity]
+    readout = MirrorContrastInferer(inner)
+    readout.last_lesion_maps = [torch.as_tensor(lesion_map)]
+    readout.last_contrast_maps = [torch.as_tensor(contrast_map)]
+    readout.last_planes = [plane]
+
+    class _Predictor:
+        inferer = readout
+
+    return _Predictor(), readout, stripping
+

@@ -15,16 +15,9 @@ import torch
 from medmamba.apps.calibration import calibrate, rule_threshold
 from medmamba.apps.classification import classify
 from medmamba.bundle import bright_outlier_rule, release_rule_threshold
-from medmamba.inferers import (
-    BrightOutlierRule,
-    ContrastPolarityInferer,
-    MirrorContrastInferer,
-    SkullStrippingInferer,
-    bright_outlier_score,
-    local_white_matter_ratio,
-)
+from medmamba.inferers import BrightOutlierRule, bright_outlier_score, local_white_matter_ratio
 
-from lesion_rule_stand_ins import network, parsed_config, preprocessing, write_scan
+from lesion_rule_stand_ins import network, parsed_config, preprocessing, recorded_chain, write_scan
 
 
 
@@ -104,27 +97,10 @@ def test_score_errors_name_the_argument() -> None:
 def _chain(image_shape=(24, 24, 24), polarity: str | None = None):
     """A predictor chain (mirror read-out -> [polarity check ->] skull stripping) whose last call is the phantom's:
     the stripping inferer holds the brain, its extractor the tissue logits, the read-out the lesion map."""
-    from medmamba.inferers import BrainExtractor
-
     image, wm, brain = _phantom(image_shape)
-    extractor = BrainExtractor(lambda x: x, lambda x, net: x)
-    stripping = SkullStrippingInferer(lambda x, net: x, extractor)
-    stripping.last_brains = [torch.from_numpy(brain)]
-    stripping.last_brain_voxels = [int(brain.sum())]
-    # background, CSF, grey, white matter: white matter's probability 0.9999 where wm is 1, 1e-4 elsewhere
-    extractor.last_tissue_logits = 10.0 * torch.from_numpy(np.stack([1 - wm, 0 * wm, 0 * wm, wm]))[None]
-    inner = stripping
-    if polarity is not None:
-        inner = ContrastPolarityInferer(stripping, polarity=polarity)
-        inner.last_polarities = [polarity]
-    readout = MirrorContrastInferer(inner)
-    readout.last_lesion_maps = [torch.full(image.shape, -5.0)]
-    readout.last_contrast_maps = [torch.full(image.shape, -5.0)]
-
-    class _Predictor:
-        inferer = readout
-
-    return image, wm, brain, _Predictor(), readout, stripping
+    predictor, readout, stripping = recorded_chain(brain, wm, torch.full(image.shape, -5.0), torch.full(image.shape, -5.0),
+                                                   polarity)
+    return image, wm, brain, predictor, readout, stripping
 
 
 def test_rule_scores_the_last_call_as_the_function_does() -> None:

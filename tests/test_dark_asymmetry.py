@@ -15,17 +15,9 @@ import torch
 from medmamba.apps.calibration import calibrate
 from medmamba.apps.classification import classify
 from medmamba.bundle import dark_asymmetry_rule, lesion_rule, release_rule_threshold
-from medmamba.inferers import (
-    BrainExtractor,
-    BrightOutlierRule,
-    ContrastPolarityInferer,
-    DarkAsymmetryRule,
-    MirrorContrastInferer,
-    SkullStrippingInferer,
-    dark_asymmetry_score,
-)
+from medmamba.inferers import BrightOutlierRule, DarkAsymmetryRule, dark_asymmetry_score
 
-from lesion_rule_stand_ins import network, parsed_config, preprocessing, write_scan
+from lesion_rule_stand_ins import network, parsed_config, preprocessing, recorded_chain, write_scan
 
 BLOB = (slice(8, 11), slice(10, 13), slice(10, 13))  # left of the mirror plane (x = 15.5)
 MIRROR_OF_BLOB = (slice(21, 24), slice(10, 13), slice(10, 13))
@@ -71,25 +63,7 @@ def test_score_errors_name_the_argument() -> None:
 
 def _predictor(wm: np.ndarray, brain: np.ndarray, contrast: np.ndarray, polarity: str | None = None, plane=None):
     """A predictor chain whose last call kept ``brain``, tissue logits with white matter ``wm`` and ``contrast``."""
-    extractor = BrainExtractor(lambda x: x, lambda x, net: x)
-    stripping = SkullStrippingInferer(lambda x, net: x, extractor)
-    stripping.last_brains = [torch.from_numpy(brain)]
-    stripping.last_brain_voxels = [int(brain.sum())]
-    w = torch.from_numpy(wm)
-    extractor.last_tissue_logits = 10.0 * torch.stack([1 - w, 0 * w, 0 * w, w])[None]
-    inner = stripping
-    if polarity is not None:
-        inner = ContrastPolarityInferer(stripping, polarity=polarity)
-        inner.last_polarities = [polarity]
-    readout = MirrorContrastInferer(inner)
-    readout.last_lesion_maps = [torch.from_numpy(contrast)]
-    readout.last_contrast_maps = [torch.from_numpy(contrast)]
-    readout.last_planes = [plane]
-
-    class _Predictor:
-        inferer = readout
-
-    return _Predictor()
+    return recorded_chain(brain, wm, torch.from_numpy(contrast), torch.from_numpy(contrast), polarity, plane)[0]
 
 
 def test_rule_scores_the_last_call_as_the_function_does() -> None:

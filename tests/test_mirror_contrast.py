@@ -19,7 +19,7 @@ from medmamba.inferers.mirror_contrast import (
 from medmamba.networks import LesionMapClassifier, MeanEnsemble
 from medmamba.networks.fuse_on_load import FuseOnLoad
 
-from lesion_rule_stand_ins import symmetric_head
+from lesion_rule_stand_ins import keep_extraction_records, symmetric_head
 
 
 def _brain(shape=(12, 6, 5), lo=2, hi=9):
@@ -187,10 +187,7 @@ class _RecordingStripping(SkullStrippingInferer):
         self.dense, self.brain, self.wm = dense, brain, wm
 
     def __call__(self, inputs, network, *args, **kwargs):
-        self.last_brains = [torch.from_numpy(self.brain)]
-        self.last_brain_voxels = [int(self.brain.sum())]
-        w = torch.from_numpy(self.wm.astype(np.float32))
-        self.extractor.last_tissue_logits = 10.0 * torch.stack([1 - w, 0 * w, 0 * w, w])[None]
+        keep_extraction_records(self, self.brain, self.wm)
         return self.dense
 
 
