@@ -122,8 +122,7 @@ def mirror_contrast(
     Raises:
         ValueError: shapes differ, ``axis`` out of range, or ``widen`` not an odd int >= 1.
     """
-    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1 or widen % 2 == 0:
-        raise ValueError(f"widen must be an odd int >= 1, got {widen!r}.")
+    _check_widen(widen)
     if plane is None:
         mirror = mirrored(lesion_map, brain, axis)
     else:
@@ -133,6 +132,11 @@ def mirror_contrast(
     if widen > 1:
         mirror = torch.nn.functional.max_pool3d(mirror[None, None], widen, stride=1, padding=widen // 2)[0, 0]
     return lesion_map - torch.clamp(mirror - float(margin), min=0.0)
+
+
+def _check_widen(widen: int) -> None:
+    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1 or widen % 2 == 0:
+        raise ValueError(f"widen must be an odd int >= 1, got {widen!r}.")
 
 
 class DenseLesionMap(nn.Module):
@@ -253,8 +257,7 @@ class MirrorContrastInferer(Inferer):
         super().__init__()
         if plane not in MIRROR_PLANES:
             raise ValueError(f"plane={plane!r} is not valid; expected one of {MIRROR_PLANES}.")
-        if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1 or widen % 2 == 0:
-            raise ValueError(f"widen must be an odd int >= 1, got {widen!r}.")
+        _check_widen(widen)
         for name, value in (("white_matter_channel", white_matter_channel), ("plane_core", plane_core)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
