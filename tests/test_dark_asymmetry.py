@@ -97,6 +97,9 @@ def test_rule_takes_the_plane_the_read_out_fitted() -> None:
     assert record.plane_core == 2 and record.mirror_plane is off_grid
     assert DarkAsymmetryRule()(None, predictor) == 0  # no mirror location: the read-out's plane was used
     assert DarkAsymmetryRule(core=1)(None, predictor) == 27  # fitted to another core: the rule fits its own
+    predictor.inferer.white_matter_channel = 2  # the read-out's plane fitted to another tissue map
+    assert DarkAsymmetryRule().record(predictor).mirror_plane is None
+    assert DarkAsymmetryRule()(None, predictor) == 27  # so the rule fits its own
     assert DarkAsymmetryRule()(None, _predictor(wm, brain, contrast)) == 27  # upright read-out: the rule fits its own
 
 

@@ -43,7 +43,8 @@ class VolumeRecord:
         lesion_contrast: ``(H, W, D)`` their mirror contrast (:func:`medmamba.inferers.mirror_contrast`),
             what the volume score is the maximum of.
         mirror_plane: the read-out's mirror plane ``(point, normal)`` (the ``aligned_mirror`` read-out,
-            :func:`medmamba.inferers.white_matter_plane`), ``None`` where it was upright.
+            :func:`medmamba.inferers.white_matter_plane`), ``None`` where it was upright or fitted to another
+            white-matter channel than the rule's.
         plane_core: the core (voxels from the brain's edge) that plane was fitted to.
     """
 
@@ -133,6 +134,8 @@ class LesionRule:
             raise ValueError(f"the chain's maps are on different grids: brain {brain.shape}, tissue {probability.shape}, "
                              f"lesion map {lesion.shape}.")
         plane = readout.last_planes[index] if index < len(readout.last_planes) else None
+        if readout.white_matter_channel != self.white_matter_channel:  # fitted to another tissue map
+            plane = None
         return VolumeRecord(brain, probability, lesion, contrast, plane, readout.plane_core if plane is not None else None)
 
     @staticmethod
