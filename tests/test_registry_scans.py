@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,33 @@ def test_debian_packages_are_unpacked_without_dpkg(tmp_path) -> None:
         extract_archive(tmp_path / "empty.deb", tmp_path / "out3")
     with pytest.raises(ValueError, match="registry must be 'npm', 'pypi' or 'debian', got 'conda'"):
         download_package("conda", "numpy=2.0", tmp_path)
+
+
+def test_a_relative_cache_folder_is_not_taken_twice(tmp_path, monkeypatch) -> None:
+    """The registry's tool runs inside the cache folder: a relative ``cache`` must reach it absolute
+    (``npm pack --pack-destination runs/cache`` run in ``runs/cache`` failed before)."""
+    import subprocess
+
+    import medmamba.data.package_archives as package_archives
+
+    calls = []
+
+    def fake_run(cmd, capture_output, text, cwd):
+        calls.append((cmd, cwd))
+        destination = Path(cmd[cmd.index("--pack-destination") + 1])
+        (destination / "pkg-1.0.0.tgz").write_bytes(b"archive")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(package_archives.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(package_archives.subprocess, "run", fake_run)
+    (tmp_path / "runs" / "cache").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    archive = package_archives.download_package("npm", "pkg@1.0.0", Path("runs/cache"))
+    assert archive == tmp_path / "runs" / "cache" / "pkg-1.0.0.tgz"
+    assert archive.read_bytes() == b"archive"
+    cmd, cwd = calls[0]
+    assert Path(cmd[cmd.index("--pack-destination") + 1]) == tmp_path / "runs" / "cache"
+    assert Path(cwd) == tmp_path / "runs" / "cache"
 
 
 def _nifti_scan(path, volume: np.ndarray, affine: np.ndarray) -> None:

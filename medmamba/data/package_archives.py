@@ -37,6 +37,8 @@ def download_package(registry: str, package: str, cache: Path) -> Path:
     """
     if registry not in ("npm", "pypi", "debian"):
         raise ValueError(f"registry must be 'npm', 'pypi' or 'debian', got {registry!r}")
+    # absolute: the registry's tool runs inside ``cache``, where a relative path would be taken twice
+    cache = Path(cache).resolve()
     if registry == "npm":
         npm = shutil.which("npm")
         if npm is None:
