@@ -87,8 +87,10 @@ def test_score_errors_name_the_argument() -> None:
         bright_outlier_score(image, wm[:-1], brain)
     with pytest.raises(ValueError, match="ratio must be > 1"):
         bright_outlier_score(image, wm, brain, ratio=1.0)
-    with pytest.raises(ValueError, match="smooth must be >= 0 and core an int >= 0, got smooth=0.7, core=-1"):
+    with pytest.raises(ValueError, match="core must be an int >= 0, got -1"):
         bright_outlier_score(image, wm, brain, core=-1)
+    with pytest.raises(ValueError, match="smooth must be >= 0, got -0.5"):
+        bright_outlier_score(image, wm, brain, smooth=-0.5)
     with pytest.raises(ValueError, match="white_matter_channel must be an int >= 0, got -1"):
         BrightOutlierRule(white_matter_channel=-1)
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medmamba.inferers.argument_checks import check_count
 from medmamba.inferers.lesion_rule import LesionRule
 
 __all__ = ["BrightOutlierRule", "bright_outlier_score", "local_white_matter_ratio"]
@@ -145,8 +146,9 @@ def _largest_bright_cluster(
 def _check_settings(ratio: float, smooth: float, sigma: float, core: int) -> None:
     if not ratio > 1:
         raise ValueError(f"ratio must be > 1 (brighter than white matter), got {ratio!r}.")
-    if not smooth >= 0 or isinstance(core, bool) or not isinstance(core, (int, np.integer)) or core < 0:
-        raise ValueError(f"smooth must be >= 0 and core an int >= 0, got smooth={smooth!r}, core={core!r}.")
+    if not smooth >= 0:
+        raise ValueError(f"smooth must be >= 0, got {smooth!r}.")
+    check_count("core", core)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}.")
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from medmamba.inferers.argument_checks import check_count
 from medmamba.inferers.lesion_rule import LesionRule
 from medmamba.inferers.symmetry import mirrored_mask, symmetry_plane
 
@@ -87,9 +88,8 @@ def dark_asymmetry_score(
 
 
 def _check_settings(solid: int, core: int) -> None:
-    for name, value in (("solid", solid), ("core", core)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    check_count("solid", solid)
+    check_count("core", core)
 
 
 class DarkAsymmetryRule(LesionRule):

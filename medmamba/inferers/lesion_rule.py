@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from medmamba.inferers.argument_checks import check_count
 from medmamba.inferers.brain_extraction import SkullStrippingInferer
 from medmamba.inferers.chain import find_inferer
 from medmamba.inferers.contrast_polarity import analysed_polarity
@@ -76,11 +77,8 @@ class LesionRule:
     title: ClassVar[str] = "lesion rule"
 
     def __init__(self, white_matter_channel: int = 3, min_voxels: int = 0) -> None:
-        for arg, value in (("white_matter_channel", white_matter_channel), ("min_voxels", min_voxels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{arg} must be an int >= 0, got {value!r}.")
-        self.white_matter_channel = white_matter_channel
-        self.min_voxels = min_voxels
+        self.white_matter_channel = check_count("white_matter_channel", white_matter_channel)
+        self.min_voxels = check_count("min_voxels", min_voxels)
 
     def settings(self) -> dict[str, float]:
         """What the rule's score depends on (recorded beside its threshold, checked when it is read)."""

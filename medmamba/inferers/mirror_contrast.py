@@ -28,6 +28,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from medmamba.inferers.argument_checks import check_count
 from medmamba.inferers.brain_extraction import SkullStrippingInferer
 from medmamba.inferers.chain import find_inferer
 from medmamba.inferers.symmetry import reflected, white_matter_plane
@@ -258,9 +259,8 @@ class MirrorContrastInferer(Inferer):
         if plane not in MIRROR_PLANES:
             raise ValueError(f"plane={plane!r} is not valid; expected one of {MIRROR_PLANES}.")
         _check_widen(widen)
-        for name, value in (("white_matter_channel", white_matter_channel), ("plane_core", plane_core)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+        white_matter_channel = check_count("white_matter_channel", white_matter_channel)
+        plane_core = check_count("plane_core", plane_core)
         if not callable(inferer):
             raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
         if slice_axis not in (0, 1, 2) or left_right_axis not in (0, 1, 2) or slice_axis == left_right_axis:

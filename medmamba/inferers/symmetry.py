@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from medmamba.inferers.argument_checks import check_count
+
 __all__ = ["mirrored_mask", "reflected", "symmetry_plane", "white_matter_plane"]
 
 
@@ -170,8 +172,7 @@ def white_matter_plane(
     if brain.shape != white_matter_probability.shape or brain.ndim != 3:
         raise ValueError(f"brain {brain.shape} and white_matter_probability {white_matter_probability.shape} "
                          f"must be the same 3D grid.")
-    if isinstance(core, bool) or not isinstance(core, (int, np.integer)) or core < 0:
-        raise ValueError(f"core must be an int >= 0, got {core!r}.")
+    core = check_count("core", core)
     brain = brain.astype(bool)
     inner = ndimage.binary_erosion(brain, ndimage.generate_binary_structure(3, 1), iterations=int(core)) if core else brain
     if not (white_matter_probability[inner] > 0.5).any():
