@@ -221,6 +221,8 @@ def test_calibrate_sets_the_rules_threshold_with_the_networks(tmp_path: Path) ->
                     specificity=1.0, threshold_file=tmp_path / "t.json", rules=[_FixedRule()])
     rule = doc["bright_outlier"]
     assert (rule["threshold_voxels"], rule["negative_max"], rule["n_negatives"]) == (12, 12, 3)
+    # which lesion-free scan set each threshold: n1 the rule's (cluster 12), n2 the network's (9.5)
+    assert (rule["negative_max_case"], doc["negative_max_case"]) == ("n1", "n2")
     assert rule["sensitivity_with_network"] == pytest.approx(2 / 3)  # 12 by the network, 40 by the rule; 11 by neither
     assert doc["sensitivity"] == pytest.approx(1 / 3)  # the network alone
     assert doc["inference_override"] == "--threshold_log_odds 9.5001 --bright_outlier_threshold_voxels 12"

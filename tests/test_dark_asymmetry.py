@@ -156,7 +156,8 @@ def test_calibrate_sets_each_rules_threshold(tmp_path: Path) -> None:
                                          "--dark_asymmetry_threshold_voxels 8")
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["dark_asymmetry"] == {**DarkAsymmetryRule().settings(), **{k: dark[k] for k in (
-        "threshold_voxels", "negative_max", "n_negatives", "sensitivity_with_network")}}
+        "threshold_voxels", "negative_max", "negative_max_case", "n_negatives", "sensitivity_with_network")}}
+    assert (dark["negative_max_case"], bright["negative_max_case"]) == ("n0", "n1")  # the scans that set them
     assert "decision_sensitivity" not in written  # calibration.json only
     assert release_rule_threshold(tmp_path / "t.json", _Dark()) == 8.0
     with pytest.raises(ValueError, match=r"dark-asymmetry rule threshold set with other settings \(solid=2 in the file, 3 asked"):

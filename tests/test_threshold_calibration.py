@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from medmamba.apps.calibration import calibrate, report_scores
+from medmamba.apps.calibration import calibrate, highest_case, report_scores
 from medmamba.apps.classification import classify
 from medmamba.metrics import calibrate_threshold, clopper_pearson_lower
 
@@ -118,6 +118,14 @@ def test_calibrate_writes_the_threshold_from_the_sites_scans(tmp_path: Path) -> 
                     volume_readout="aligned_mirror", mirror_margin=6)
     assert (doc["volume_readout"], doc["mirror_margin"]) == ("aligned_mirror", 6.0)  # both mirrors record their margin
     assert sorted(report_scores(tmp_path / "out" / "negatives" / "probabilities.csv")) == [3.0, 5.0, 7.25, 9.5]
+    report = tmp_path / "out" / "negatives" / "probabilities.csv"
+    assert highest_case(report, "lesion_log_odds") == "n2"  # 9.5
+    with pytest.raises(ValueError, match="has no 'dark_asymmetry_voxels' column"):
+        highest_case(report, "dark_asymmetry_voxels")
+    report.write_text("case_id,status,lesion_log_odds\nn0,failed,\nn1,ok,2.5\nn2,ok,2.5\n")
+    assert highest_case(report, "lesion_log_odds") == "n1"  # the first of equals; failed cases left out
+    report.write_text("case_id,status,lesion_log_odds\nn0,failed,\n")
+    assert highest_case(report, "lesion_log_odds") is None
     with pytest.raises(ValueError, match="negative_path is required"):
         calibrate(None, tmp_path / "o2", _predictor, _preprocessing)
 
@@ -354,6 +362,7 @@ def test_calibrate_writes_the_release_threshold_file(tmp_path: Path) -> None:
               threshold_file=tmp_path / "models" / "threshold.json")
     doc = json.loads((tmp_path / "models" / "threshold.json").read_text())
     assert doc["threshold_log_odds"] == 11.2501 and doc["negative_max"] == 11.25 and doc["n_negatives"] == 2
+    assert doc["negative_max_case"] == "n1"  # the lesion-free scan that set it
     assert doc["volume_readout"] == "maximum"  # the read-out the threshold holds for
     assert release_threshold(tmp_path / "models" / "threshold.json", 0.5) == pytest.approx(doc["threshold_probability"])
 

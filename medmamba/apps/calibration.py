@@ -37,7 +37,7 @@ from medmamba.inferers.volume_predictor import VolumeClassifier
 from medmamba.io.atomic import atomic_write_text
 from medmamba.metrics.calibration import calibrate_threshold
 
-__all__ = ["calibrate", "real_scan_negatives", "release_sets", "report_scores", "rule_threshold"]
+__all__ = ["calibrate", "highest_case", "real_scan_negatives", "release_sets", "report_scores", "rule_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,19 @@ def _rule_rows(report_csv: str | os.PathLike[str], rules: Sequence[LesionRule]) 
     columns = [f"{rule.name}_voxels" for rule in rules]
     return [(float(r["lesion_log_odds"]), [int(float(r[c])) if r.get(c) else None for c in columns])
             for r in _ok_rows(report_csv, *columns) if r.get("lesion_log_odds")]
+
+
+def highest_case(report_csv: str | os.PathLike[str], column: str) -> str | None:
+    """The ``case_id`` of the ``ok`` case with the highest value in ``column`` (the first of equals), or
+    ``None`` where no case has a value there: which lesion-free scan set a threshold.
+
+    Raises:
+        ValueError: the report lacks ``column``.
+    """
+    rows = [r for r in _ok_rows(report_csv, column) if r.get(column)]
+    if not rows:
+        return None
+    return max(rows, key=lambda r: float(r[column]))["case_id"]  # max keeps the first of equal values
 
 
 def rule_threshold(negatives: Sequence[int], specificity: float) -> int:
@@ -166,6 +179,7 @@ def calibrate(
     rules, _ = check_rules(rules)
     runs = {"negatives": negative_path, "positives": positive_path}
     scores: dict[str, list[float]] = {}
+    reports: dict[str, Path] = {}
     decisions: dict[str, list[tuple[float, list[int | None]]]] = {}
     failed: dict[str, list] = {}
     for name, path in runs.items():
@@ -173,6 +187,7 @@ def calibrate(
             continue
         summary = classify(path, out / name, predictor, preprocessing, write_slice_probabilities=False, rules=rules)
         scores[name] = report_scores(summary["report"])
+        reports[name] = Path(summary["report"])
         if rules:
             decisions[name] = _rule_rows(summary["report"], rules)
         failed[name] = summary["failed"]
@@ -188,7 +203,8 @@ def calibrate(
             raise ValueError(f"the {rule.title} applied to no lesion-free scan under {os.fspath(negative_path)} "
                              f"(every one analysed inverted?): set no rule threshold with --{rule.name} false.")
         entry = {**rule.settings(), "threshold_voxels": max(rule_threshold(negatives, specificity), rule.min_voxels),
-                 "negative_max": max(negatives), "n_negatives": len(negatives)}
+                 "negative_max": max(negatives), "negative_max_case": highest_case(reports["negatives"], f"{rule.name}_voxels"),
+                 "n_negatives": len(negatives)}
         thresholds[rule.name] = entry["threshold_voxels"]
         if "positives" in decisions:
             found = [z >= result.threshold_log_odds or rule.calls(v[k], entry["threshold_voxels"])
@@ -199,8 +215,10 @@ def calibrate(
     if rules and "positives" in decisions:
         found = [bool(rule_callers(z >= result.threshold_log_odds, rules, v, thresholds)) for z, v in decisions["positives"]]
         decision["decision_sensitivity"] = sum(found) / len(found) if found else None
+    network_case = highest_case(reports["negatives"], "lesion_log_odds")  # the scan that set the network's threshold
     doc: dict[str, Any] = {
         **result.as_dict(),
+        "negative_max_case": network_case,
         "negative_path": os.fspath(negative_path),
         "positive_path": None if positive_path is None else os.fspath(positive_path),
         "failed": failed,
@@ -218,19 +236,20 @@ def calibrate(
             "target_specificity": result.target_specificity,
             "n_negatives": result.n_negatives,
             "negative_max": result.negative_max,
+            "negative_max_case": network_case,
             "calibration": os.fspath(out / "calibration.json"),
             "volume_readout": volume_readout,
             **readout_settings,
         }
         atomic_write_text(Path(threshold_file), json.dumps(release, indent=1) + "\n")
-    logger.info("threshold %.4f log-odds: %d of %d lesion-free scans below (specificity %.3f, %.0f %% lower bound %.3f%s)",
-                result.threshold_log_odds, result.n_negatives - result.negatives_at_or_above, result.n_negatives,
+    logger.info("threshold %.4f log-odds: %d of %d lesion-free scans below (specificity %.3f, %.0f %% lower bound %.3f%s); "
+                "highest lesion-free scan %s", result.threshold_log_odds, result.n_negatives - result.negatives_at_or_above, result.n_negatives,
                 result.specificity, 100 * confidence, result.specificity_lower_bound,
-                "" if result.meets_target else f": too few scans to vouch for {specificity}")
+                "" if result.meets_target else f": too few scans to vouch for {specificity}", network_case)
     for rule in rules:
-        logger.info("%s: threshold %d voxels (largest lesion-free cluster %d of %d scans)", rule.title,
-                    readout_settings[rule.name]["threshold_voxels"], readout_settings[rule.name]["negative_max"],
-                    readout_settings[rule.name]["n_negatives"])
+        entry = readout_settings[rule.name]
+        logger.info("%s: threshold %d voxels (largest lesion-free cluster %d of %d scans, in %s)", rule.title,
+                    entry["threshold_voxels"], entry["negative_max"], entry["n_negatives"], entry["negative_max_case"])
     return doc
 
 
