@@ -145,6 +145,23 @@ def test_bad_arguments_and_outputs_are_named() -> None:
         BrainExtractor(_TissueByIntensity(), lambda x, n: n(x)[:, :, :8])(head)
 
 
+def test_the_white_matter_probability_of_the_last_call_is_one_softmax_for_the_read_out_and_the_rules() -> None:
+    extractor = BrainExtractor(_TissueByIntensity(), _run)
+    with pytest.raises(ValueError, match="the brain extractor has not been called: no tissue logits"):
+        extractor.white_matter_probability(0, 1)
+    head, _, _, _ = _head()
+    extractor(head)
+    logits = extractor.last_tissue_logits
+    channels = logits.shape[1]
+    probability = extractor.white_matter_probability(0, channels - 1)
+    assert probability.shape == tuple(head.shape[2:])
+    assert torch.equal(torch.from_numpy(probability), torch.softmax(logits[0].float(), dim=0)[channels - 1])
+    with pytest.raises(ValueError, match=f"white_matter_channel {channels} is not a channel of the tissue probabilities \\({channels}\\)"):
+        extractor.white_matter_probability(0, channels)
+    with pytest.raises(ValueError, match="white_matter_channel -1 is not a channel"):
+        extractor.check_tissue_channel(-1)
+
+
 def test_the_extractor_is_the_segmentation_bundle_as_its_config_says(tmp_path: Path) -> None:
     from medmamba.apps.brain_extraction import load_brain_extractor
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.inferers import Inferer
 from torch import nn
@@ -97,6 +98,28 @@ class BrainExtractor:
         masks = brain_masks_from_logits(logits, x, self.masker, self.background_channel)
         self.last_tissue_logits = torch.as_tensor(logits)
         return masks
+
+    def white_matter_probability(self, index: int, channel: int) -> np.ndarray:
+        """The probability of tissue class ``channel`` (white matter) of volume ``index`` of the last call:
+        the softmax of :attr:`last_tissue_logits` over the classes, as a numpy array ``(*spatial)``.
+
+        Args:
+            index: the volume's place in the last call's batch.
+            channel: the white-matter class of the tissue network.
+
+        Raises:
+            ValueError: no call yet, or ``channel`` is not a class of the logits.
+        """
+        self.check_tissue_channel(channel)
+        return torch.softmax(self.last_tissue_logits[index].float(), dim=0)[channel].cpu().numpy()
+
+    def check_tissue_channel(self, channel: int) -> None:
+        """Raise ``ValueError`` unless the last call's tissue logits exist and ``channel`` is one of their classes."""
+        logits = self.last_tissue_logits
+        if logits is None:
+            raise ValueError("the brain extractor has not been called: no tissue logits.")
+        if not 0 <= channel < logits.shape[1]:
+            raise ValueError(f"white_matter_channel {channel} is not a channel of the tissue probabilities ({logits.shape[1]}).")
 
 
 class SkullStrippingInferer(Inferer):

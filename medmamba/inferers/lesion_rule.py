@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from medmamba.inferers.argument_checks import check_count
 from medmamba.inferers.brain_extraction import SkullStrippingInferer
@@ -119,11 +118,8 @@ class LesionRule:
             return None
         if stripping.last_brain_voxels[index] < stripping.min_voxels:
             return None
-        if not 0 <= self.white_matter_channel < logits.shape[1]:
-            raise ValueError(f"white_matter_channel {self.white_matter_channel} is not a channel of the tissue "
-                             f"probabilities ({logits.shape[1]}).")
         brain = stripping.last_brains[index].cpu().numpy().astype(bool)
-        probability = torch.softmax(logits[index].float(), dim=0)[self.white_matter_channel].cpu().numpy()
+        probability = stripping.extractor.white_matter_probability(index, self.white_matter_channel)
         if not (probability[brain] > 0.5).any():
             return None
         lesion = readout.last_lesion_maps[index].float().cpu().numpy()

@@ -304,9 +304,7 @@ class MirrorContrastInferer(Inferer):
         logits = getattr(stripping.extractor, "last_tissue_logits", None)
         if logits is None or len(stripping.last_brains) != len(dense) or len(logits) != len(dense):
             raise ValueError(f"the brain extraction in the chain holds no record of the {len(dense)} volume(s) of this call.")
-        if not 0 <= self.white_matter_channel < logits.shape[1]:
-            raise ValueError(f"white_matter_channel {self.white_matter_channel} is not a channel of the tissue "
-                             f"probabilities ({logits.shape[1]}).")
+        stripping.extractor.check_tissue_channel(self.white_matter_channel)  # before any volume, as a settings error
         planes: list[tuple[np.ndarray, np.ndarray] | None] = []
         for index, brain in enumerate(stripping.last_brains):
             if brain.shape != dense.shape[2:]:
@@ -315,7 +313,7 @@ class MirrorContrastInferer(Inferer):
             if stripping.last_brain_voxels[index] < stripping.min_voxels:
                 planes.append(None)
                 continue
-            probability = torch.softmax(logits[index].float(), dim=0)[self.white_matter_channel].cpu().numpy()
+            probability = stripping.extractor.white_matter_probability(index, self.white_matter_channel)
             planes.append(white_matter_plane(brain.cpu().numpy().astype(bool), probability, self.plane_core,
                                              self.left_right_axis))
         return planes
