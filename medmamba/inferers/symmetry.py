@@ -78,8 +78,7 @@ def symmetry_plane(
     def similarity(first: float, second: float, step: int) -> float:
         values, point = grids[step]
         normal = normal_of(first, second)
-        reflected = ndimage.affine_transform(values, np.eye(3) - 2.0 * np.outer(normal, normal),
-                                             offset=2.0 * float(normal @ point) * normal, order=1)
+        reflected = ndimage.affine_transform(values, *_reflection(point, normal), order=1)
         return float((values * reflected).sum() / (np.sqrt((values**2).sum() * (reflected**2).sum()) + 1e-12))
 
     _, first, second = max((similarity(a, b, 2), a, b) for a in coarse_degrees for b in coarse_degrees)
@@ -106,10 +105,14 @@ def mirrored_mask(mask: np.ndarray, point: np.ndarray, normal: np.ndarray) -> np
     point, normal = np.asarray(point, dtype=np.float64), np.asarray(normal, dtype=np.float64)
     if point.shape != (mask.ndim,) or normal.shape != (mask.ndim,) or not np.linalg.norm(normal) > 0:
         raise ValueError(f"point {point.shape} and normal {normal.shape} must be {mask.ndim} coordinates, the normal not zero.")
-    normal = normal / np.linalg.norm(normal)
-    matrix = np.eye(mask.ndim) - 2.0 * np.outer(normal, normal)  # a reflection is its own inverse
-    offset = 2.0 * float(normal @ point) * normal
+    matrix, offset = _reflection(point, normal / np.linalg.norm(normal))
     return ndimage.affine_transform(mask.astype(np.uint8), matrix, offset=offset, order=0, mode="constant", cval=0) > 0
+
+
+def _reflection(point: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(matrix, offset)`` of scipy's ``affine_transform`` for the reflection about the plane through ``point``
+    with unit ``normal``: ``x -> x - 2 (n . x) n + 2 (n . p) n`` (a reflection is its own inverse)."""
+    return np.eye(normal.size) - 2.0 * np.outer(normal, normal), 2.0 * float(normal @ point) * normal
 
 
 def reflected(volume: torch.Tensor, point: np.ndarray, normal: np.ndarray, fill: float = 0.0) -> torch.Tensor:
